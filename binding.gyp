@@ -1,0 +1,16 @@
+{
+  "targets": [
+    {
+      "target_name": "erofs_ondemand_native",
+      "sources": [
+        "native/addon.cc",
+        "native/errors.cc",
+        "native/fs_calls.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
+      "cflags_cc!": ["-fno-exceptions"]
+    }
+  ]
+}

@@ -1,0 +1,9 @@
+#include <napi.h>
+#include "fs_calls.h"
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InitFsCalls(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(erofs_ondemand_native, Init)

@@ -1,0 +1,120 @@
+// Syscalls Node.js does not expose: mount(2) with a regular file as source (file-backed EROFS),
+// umount2(2), the l*xattr family, and lseek(2) with SEEK_DATA/SEEK_HOLE.
+#include "fs_calls.h"
+#include "errors.h"
+
+#include <cerrno>
+#include <sys/mount.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+Napi::Value Mount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string source = PathArg(info[0], "source");
+  std::string target = PathArg(info[1], "target");
+  std::string fstype = info[2].As<Napi::String>().Utf8Value();
+  unsigned long flags = static_cast<unsigned long>(info[3].As<Napi::Number>().Int64Value());
+  std::string data = info[4].IsUndefined() ? "" : info[4].As<Napi::String>().Utf8Value();
+  if (::mount(source.c_str(), target.c_str(), fstype.c_str(), flags, data.empty() ? nullptr : data.c_str()) != 0) {
+    ThrowErrno(env, errno, "mount", target);
+  }
+  return env.Undefined();
+}
+
+Napi::Value Umount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string target = PathArg(info[0], "target");
+  int flags = info[1].IsUndefined() ? 0 : info[1].As<Napi::Number>().Int32Value();
+  if (::umount2(target.c_str(), flags) != 0) ThrowErrno(env, errno, "umount2", target);
+  return env.Undefined();
+}
+
+Napi::Value ListXattrs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = PathArg(info[0], "path");
+  std::vector<char> buf;
+  for (;;) {
+    ssize_t size = ::llistxattr(path.c_str(), nullptr, 0);
+    if (size < 0) ThrowErrno(env, errno, "llistxattr", path);
+    buf.resize(static_cast<size_t>(size));
+    if (size == 0) break;
+    ssize_t got = ::llistxattr(path.c_str(), buf.data(), buf.size());
+    if (got >= 0) {
+      buf.resize(static_cast<size_t>(got));
+      break;
+    }
+    if (errno != ERANGE) ThrowErrno(env, errno, "llistxattr", path);
+  }
+  Napi::Array names = Napi::Array::New(env);
+  uint32_t n = 0;
+  size_t start = 0;
+  for (size_t i = 0; i < buf.size(); i++) {
+    if (buf[i] == '\0') {
+      names.Set(n++, Napi::Buffer<char>::Copy(env, buf.data() + start, i - start));
+      start = i + 1;
+    }
+  }
+  return names;
+}
+
+Napi::Value GetXattr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = PathArg(info[0], "path");
+  std::string name = PathArg(info[1], "name");
+  std::vector<char> buf;
+  for (;;) {
+    ssize_t size = ::lgetxattr(path.c_str(), name.c_str(), nullptr, 0);
+    if (size < 0) ThrowErrno(env, errno, "lgetxattr", path);
+    buf.resize(static_cast<size_t>(size));
+    ssize_t got = ::lgetxattr(path.c_str(), name.c_str(), buf.data(), buf.size());
+    if (got >= 0) {
+      buf.resize(static_cast<size_t>(got));
+      break;
+    }
+    if (errno != ERANGE) ThrowErrno(env, errno, "lgetxattr", path);
+  }
+  return Napi::Buffer<char>::Copy(env, buf.data(), buf.size());
+}
+
+Napi::Value SetXattr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = PathArg(info[0], "path");
+  std::string name = PathArg(info[1], "name");
+  auto value = info[2].As<Napi::Buffer<char>>();
+  if (::lsetxattr(path.c_str(), name.c_str(), value.Data(), value.Length(), 0) != 0) {
+    ThrowErrno(env, errno, "lsetxattr", path);
+  }
+  return env.Undefined();
+}
+
+// Returns the offset, or -1 when there is no data/hole at or after `offset` (ENXIO).
+Napi::Value Seek(const Napi::CallbackInfo& info, int whence, const char* name) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  off_t offset = static_cast<off_t>(info[1].As<Napi::Number>().Int64Value());
+  off_t r = ::lseek(fd, offset, whence);
+  if (r < 0) {
+    if (errno == ENXIO) return Napi::Number::New(env, -1);
+    ThrowErrno(env, errno, name);
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Value SeekData(const Napi::CallbackInfo& info) { return Seek(info, SEEK_DATA, "lseek(SEEK_DATA)"); }
+Napi::Value SeekHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HOLE, "lseek(SEEK_HOLE)"); }
+
+}  // namespace
+
+void InitFsCalls(Napi::Env env, Napi::Object exports) {
+  exports.Set("mount", Napi::Function::New(env, Mount));
+  exports.Set("umount", Napi::Function::New(env, Umount));
+  exports.Set("listXattrs", Napi::Function::New(env, ListXattrs));
+  exports.Set("getXattr", Napi::Function::New(env, GetXattr));
+  exports.Set("setXattr", Napi::Function::New(env, SetXattr));
+  exports.Set("seekData", Napi::Function::New(env, SeekData));
+  exports.Set("seekHole", Napi::Function::New(env, SeekHole));
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+// erofs-ondemand: the operators' command line. Each command is a thin layer over the library.
+import fs from 'node:fs';
+import path from 'node:path';
+import { Command, CommanderError } from 'commander';
+import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
+import { readSuperblock } from '../erofs/reader';
+import { mountFileBacked, unmount } from '../mount/file-backed';
+import { buildCommand } from './build';
+
+function mountLocal(outDir: string, target: string): void {
+  const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
+  const sb = readSuperblock(fs.readFileSync(bootstrap), bootstrap);
+  const blobs = sb.devices.map((d) => path.resolve(outDir, BLOB_DIR, d.tag));
+  for (const b of blobs) if (!fs.existsSync(b)) throw new Error(`blob ${b} named by ${bootstrap} is missing`);
+  mountFileBacked({ bootstrap: path.resolve(bootstrap), blobs, target });
+}
+
+export function program(): Command {
+  const cli = new Command('erofs-ondemand')
+    .description('Lazy-loading container images on EROFS')
+    .exitOverride()
+    .showHelpAfterError();
+  cli
+    .command('build')
+    .description('write a metadata-only EROFS bootstrap and an uncompressed data blob for a directory')
+    .argument('<dir>', 'source directory')
+    .argument('<out-dir>', 'output directory (bootstrap.erofs, blobs/<id>)')
+    .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
+    .option('--json', 'print the summary as JSON')
+    .action((dir: string, out: string, opts: { chunkSize: string; json?: boolean }) => buildCommand(dir, out, opts));
+  cli
+    .command('mount-local')
+    .description('mount the output of `build` read-only (file-backed EROFS, Linux 6.12+)')
+    .argument('<out-dir>', 'a directory written by `build`')
+    .argument('<target>', 'mount point')
+    .action((out: string, target: string) => mountLocal(out, target));
+  cli
+    .command('umount')
+    .description('unmount an image')
+    .argument('<target>', 'mount point')
+    .option('--lazy', 'detach now, clean up when no longer busy')
+    .action((target: string, opts: { lazy?: boolean }) => unmount(target, opts));
+  return cli;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await program().parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    process.stderr.write(`erofs-ondemand: error: ${(err as Error).message}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,61 @@
+import { BLOCK_SIZE, DIRENT_SIZE, DirentType } from './format';
+
+export interface DirEntry {
+  name: Buffer;
+  nid: number;
+  type: DirentType;
+}
+
+/** Packs name lengths into blocks: returns how many entries each block holds. Entries never span blocks. */
+export function packDirBlocks(nameLengths: readonly number[]): number[] {
+  const counts: number[] = [];
+  let used = 0;
+  let count = 0;
+  for (const len of nameLengths) {
+    const need = DIRENT_SIZE + len;
+    if (used + need > BLOCK_SIZE) {
+      counts.push(count);
+      used = 0;
+      count = 0;
+    }
+    used += need;
+    count++;
+  }
+  if (count > 0) counts.push(count);
+  return counts;
+}
+
+/** Directory i_size: every block but the last counts in full, the last by the bytes it uses. */
+export function dirDataSize(nameLengths: readonly number[]): number {
+  const counts = packDirBlocks(nameLengths);
+  let i = 0;
+  let size = 0;
+  counts.forEach((count, block) => {
+    let used = 0;
+    for (let k = 0; k < count; k++) used += DIRENT_SIZE + nameLengths[i++];
+    size = block < counts.length - 1 ? size + BLOCK_SIZE : size + used;
+  });
+  return size;
+}
+
+/** Encodes entries, which must already be sorted bytewise by name (`.` and `..` included). */
+export function encodeDirBlocks(entries: readonly DirEntry[]): Buffer {
+  const counts = packDirBlocks(entries.map((e) => e.name.length));
+  const size = dirDataSize(entries.map((e) => e.name.length));
+  const out = Buffer.alloc(size);
+  let i = 0;
+  counts.forEach((count, block) => {
+    const base = block * BLOCK_SIZE;
+    let nameoff = count * DIRENT_SIZE;
+    for (let k = 0; k < count; k++, i++) {
+      const e = entries[i];
+      const at = base + k * DIRENT_SIZE;
+      out.writeBigUInt64LE(BigInt(e.nid), at);
+      out.writeUInt16LE(nameoff, at + 8);
+      out.writeUInt8(e.type, at + 10);
+      e.name.copy(out, base + nameoff);
+      nameoff += e.name.length;
+    }
+  });
+  return out;
+}

@@ -1,0 +1,26 @@
+// File-backed EROFS mounts (Linux 6.12+): the bootstrap file is the source and each blob is a `device=`.
+// mount(8) would put the bootstrap on a loop device, after which file devices are refused, so the
+// addon calls mount(2) directly.
+import { MS_RDONLY, MNT_DETACH, native } from '../native';
+
+export interface FileBackedMount {
+  bootstrap: string;
+  blobs: readonly string[];
+  target: string;
+}
+
+export function mountFileBacked(m: FileBackedMount): void {
+  for (const blob of m.blobs) {
+    if (blob.includes(',')) throw new Error(`blob path ${JSON.stringify(blob)} contains a comma, which mount options cannot carry`);
+  }
+  const options = m.blobs.map((b) => `device=${b}`).join(',');
+  try {
+    native.mount(m.bootstrap, m.target, 'erofs', MS_RDONLY, options);
+  } catch (err) {
+    throw new Error(`mount ${m.bootstrap} on ${m.target} (${options || 'no devices'}): ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export function unmount(target: string, opts: { lazy?: boolean } = {}): void {
+  native.umount(target, opts.lazy ? MNT_DETACH : 0);
+}

@@ -1,0 +1,31 @@
+// Typed face of the N-API addon (native/): the syscalls Node.js does not offer.
+import fs from 'node:fs';
+import path from 'node:path';
+
+export type PathLike = string | Buffer;
+
+interface NativeAddon {
+  mount(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): void;
+  umount(target: PathLike, flags?: number): void;
+  listXattrs(path: PathLike): Buffer[];
+  getXattr(path: PathLike, name: PathLike): Buffer;
+  setXattr(path: PathLike, name: PathLike, value: Buffer): void;
+  /** Next offset holding data at or after `offset`, or -1 if none (ENXIO). */
+  seekData(fd: number, offset: number): number;
+  /** Next hole at or after `offset`, or -1 if `offset` is past the end (ENXIO). */
+  seekHole(fd: number, offset: number): number;
+}
+
+function packageRoot(): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
+    if (path.dirname(dir) === dir) throw new Error(`no package.json above ${__dirname}`);
+  }
+}
+
+export const native: NativeAddon = require(
+  path.join(packageRoot(), 'build', 'Release', 'erofs_ondemand_native.node'),
+) as NativeAddon;
+
+export const MS_RDONLY = 1;
+export const MNT_DETACH = 2;
