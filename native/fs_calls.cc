@@ -4,7 +4,10 @@
 #include "errors.h"
 
 #include <cerrno>
+#include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -104,6 +107,28 @@ Napi::Value Seek(const Napi::CallbackInfo& info, int whence, const char* name) {
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
+Napi::Value Mknod(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = PathArg(info[0], "path");
+  mode_t mode = static_cast<mode_t>(info[1].As<Napi::Number>().Uint32Value());
+  unsigned major = info[2].As<Napi::Number>().Uint32Value();
+  unsigned minor = info[3].As<Napi::Number>().Uint32Value();
+  if (::mknod(path.c_str(), mode, makedev(major, minor)) != 0) ThrowErrno(env, errno, "mknod", path);
+  return env.Undefined();
+}
+
+// Sets atime and mtime with nanosecond precision without following a final symlink.
+Napi::Value SetTimes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = PathArg(info[0], "path");
+  bool lossless = false;
+  int64_t sec = info[1].As<Napi::BigInt>().Int64Value(&lossless);
+  long nsec = static_cast<long>(info[2].As<Napi::Number>().Int64Value());
+  struct timespec times[2] = {{sec, nsec}, {sec, nsec}};
+  if (::utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) ThrowErrno(env, errno, "utimensat", path);
+  return env.Undefined();
+}
+
 Napi::Value SeekData(const Napi::CallbackInfo& info) { return Seek(info, SEEK_DATA, "lseek(SEEK_DATA)"); }
 Napi::Value SeekHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HOLE, "lseek(SEEK_HOLE)"); }
 
@@ -115,6 +140,8 @@ void InitFsCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("listXattrs", Napi::Function::New(env, ListXattrs));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("setXattr", Napi::Function::New(env, SetXattr));
+  exports.Set("mknod", Napi::Function::New(env, Mknod));
+  exports.Set("setTimes", Napi::Function::New(env, SetTimes));
   exports.Set("seekData", Napi::Function::New(env, SeekData));
   exports.Set("seekHole", Napi::Function::New(env, SeekHole));
 }

@@ -78,7 +78,7 @@ function fail(path: readonly Buffer[], message: string): never {
   throw new InputError(message, { path: displayPath(path) });
 }
 
-function typeBits(inode: Inode): number {
+function typeBits(inode: Inode, path: readonly Buffer[]): number {
   switch (inode.type) {
     case 'file':
       return S_IFREG;
@@ -95,7 +95,7 @@ function typeBits(inode: Inode): number {
     case 'socket':
       return S_IFSOCK;
     default:
-      throw new Error(`unsupported file type ${(inode as { type: unknown }).type}`);
+      fail(path, `unsupported file type ${String((inode as { type: unknown }).type)}`);
   }
 }
 
@@ -204,7 +204,7 @@ function plan(p: Planned, opts: BootstrapOptions, buildTime: { sec: bigint; nsec
   }
   p.xattrSize = xattrAreaSize(p.xattrs);
   if (xattrICount(p.xattrSize) > 0xffff) fail(path, `xattrs take ${p.xattrSize} bytes, more than an inode can hold`);
-  p.mode = typeBits(inode) | inode.meta.perm;
+  p.mode = typeBits(inode, path) | inode.meta.perm;
   p.nlink = inode.type === 'dir' ? 2 + p.children.filter((c) => c.node.inode.type === 'dir').length : p.links;
 
   let size = 0;

@@ -10,6 +10,10 @@ interface NativeAddon {
   listXattrs(path: PathLike): Buffer[];
   getXattr(path: PathLike, name: PathLike): Buffer;
   setXattr(path: PathLike, name: PathLike, value: Buffer): void;
+  /** mknod(2): `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK). */
+  mknod(path: PathLike, mode: number, major: number, minor: number): void;
+  /** utimensat(2) without following symlinks: atime = mtime = sec + nsec. */
+  setTimes(path: PathLike, sec: bigint, nsec: number): void;
   /** Next offset holding data at or after `offset`, or -1 if none (ENXIO). */
   seekData(fd: number, offset: number): number;
   /** Next hole at or after `offset`, or -1 if `offset` is past the end (ENXIO). */

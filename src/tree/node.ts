@@ -71,16 +71,14 @@ export function newDirectory(meta: Metadata): Directory {
   return { type: 'dir', meta, entries: new Map() };
 }
 
-/** A path for messages: UTF-8 where valid, other bytes as \xNN. */
+/** A path for messages: UTF-8 where valid and printable, otherwise bytes outside printable ASCII as \xNN. */
 export function displayPath(parts: readonly Buffer[] | Buffer): string {
   const raw = Buffer.isBuffer(parts) ? parts : Buffer.concat(parts.flatMap((p) => [Buffer.from('/'), p]));
-  const text = raw.length === 0 ? '/' : raw;
-  if (typeof text === 'string') return text;
+  if (raw.length === 0) return '/';
+  const decoded = raw.toString('utf8');
+  // eslint-disable-next-line no-control-regex
+  if (Buffer.from(decoded, 'utf8').equals(raw) && !/[\x00-\x1f\x7f]/.test(decoded)) return decoded;
   let out = '';
-  const decoded = new TextDecoder('utf-8', { fatal: false }).decode(text);
-  if (Buffer.from(decoded, 'utf8').equals(text)) return decoded;
-  for (const byte of text) {
-    out += byte >= 0x20 && byte < 0x7f ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`;
-  }
+  for (const byte of raw) out += byte >= 0x20 && byte < 0x7f ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`;
   return out;
 }
