@@ -40,7 +40,6 @@ export function buildCommand(source: string, outDir: string, opts: BuildCommandO
     return;
   }
   const rows: string[][] = [
-    ['', 'value'],
     ['bootstrap', `${bytes(r.bootstrapBytes)} (${r.bootstrapBytes} B) ${r.bootstrapPath}`],
     ['blob', r.blob ? `${bytes(r.blob.size)} (${r.blob.size} B) ${r.blobPath}` : 'none (no file data)'],
     ['inodes', `${r.inodes} (${r.counts.file} files, ${r.counts.dir} dirs, ${r.counts.symlink} symlinks)`],
