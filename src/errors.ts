@@ -9,6 +9,8 @@ export interface ErrorContext {
 
 export class InputError extends Error {
   readonly context: ErrorContext;
+  /** The message without its context prefix, for re-wrapping with more context. */
+  readonly detail: string;
 
   constructor(message: string, context: ErrorContext = {}, options?: { cause?: unknown }) {
     const where = Object.entries(context)
@@ -18,5 +20,12 @@ export class InputError extends Error {
     super(where ? `${where}: ${message}` : message, options);
     this.name = 'InputError';
     this.context = context;
+    this.detail = message;
+  }
+
+  /** The same error with more context (outer context first, the error's own kept). */
+  static wrap(err: unknown, context: ErrorContext): InputError {
+    if (err instanceof InputError) return new InputError(err.detail, { ...context, ...err.context }, { cause: err });
+    return new InputError((err as Error).message ?? String(err), context, { cause: err });
   }
 }

@@ -12,6 +12,11 @@ export class ChunkDictionary {
     this.byDigest.set(digest.toString('hex'), location);
   }
 
+  /** Each stored location once: callers may renumber devices in place. */
+  locations(): IterableIterator<ChunkLocation> {
+    return this.byDigest.values();
+  }
+
   get size(): number {
     return this.byDigest.size;
   }

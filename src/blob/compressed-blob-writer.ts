@@ -1,0 +1,89 @@
+// Writes one data blob of a converted layer: each new chunk zstd-compressed on its own, then the
+// chunk table and its trailer. Chunks are placed in the uncompressed address space as in the
+// uncompressed blob (4 KiB aligned), so a cache file of that size can hold them at the same offsets.
+import { createHash, type Hash } from 'node:crypto';
+import fs from 'node:fs';
+import { compress } from '@mongodb-js/zstd';
+import { BLOCK_SIZE } from '../erofs/format';
+import type { ChunkLocation } from '../tree/node';
+import type { ChunkDictionary } from './chunk-dict';
+import { encodeTable, encodeTrailer, type ChunkEntry } from './chunk-table';
+import type { AddResult } from './blob-writer';
+
+export interface CompressedBlob {
+  /** sha256 hex of the whole blob file: its registry digest and its device tag. */
+  id: string;
+  size: number;
+  uncompressedSize: number;
+  chunkSize: number;
+  tableOffset: number;
+  chunks: ChunkEntry[];
+}
+
+const ZSTD_LEVEL = 3;
+const IN_FLIGHT = 4;
+
+export class CompressedBlobWriter {
+  private uncompressedOffset = 0;
+  private compressedOffset = 0;
+  private readonly hash: Hash = createHash('sha256');
+  private readonly entries: ChunkEntry[] = [];
+  private readonly queue: Array<{ entry: ChunkEntry; data: Promise<Buffer> }> = [];
+
+  constructor(
+    private readonly fd: number,
+    private readonly device: number,
+    private readonly dict: ChunkDictionary,
+    private readonly chunkSize: number,
+  ) {}
+
+  get chunkCount(): number {
+    return this.entries.length;
+  }
+
+  /** Returns where the chunk lives; compression runs in the background, a few chunks at a time. */
+  async add(data: Buffer): Promise<AddResult> {
+    const digest = createHash('sha256').update(data).digest();
+    const known = this.dict.get(digest);
+    if (known) return { location: known, stored: false };
+    const location: ChunkLocation = { device: this.device, blkaddr: this.uncompressedOffset / BLOCK_SIZE };
+    const entry: ChunkEntry = { uncompressedOffset: this.uncompressedOffset, uncompressedSize: data.length, compressedOffset: 0, compressedSize: 0, digest };
+    this.uncompressedOffset += Math.ceil(data.length / BLOCK_SIZE) * BLOCK_SIZE;
+    this.dict.set(digest, location);
+    this.entries.push(entry);
+    const compressed = compress(data, ZSTD_LEVEL);
+    compressed.catch(() => undefined); // surfaced when awaited in order; not an unhandled rejection meanwhile
+    this.queue.push({ entry, data: compressed });
+    while (this.queue.length > IN_FLIGHT) await this.writeOldest();
+    return { location, stored: true };
+  }
+
+  private async writeOldest(): Promise<void> {
+    const { entry, data } = this.queue.shift()!;
+    const compressed = await data;
+    entry.compressedOffset = this.compressedOffset;
+    entry.compressedSize = compressed.length;
+    this.append(compressed);
+  }
+
+  private append(data: Buffer): void {
+    fs.writeSync(this.fd, data, 0, data.length, this.compressedOffset);
+    this.hash.update(data);
+    this.compressedOffset += data.length;
+  }
+
+  async finish(): Promise<CompressedBlob> {
+    while (this.queue.length > 0) await this.writeOldest();
+    const tableOffset = this.compressedOffset;
+    this.append(encodeTable(this.entries));
+    this.append(encodeTrailer({ chunkSize: this.chunkSize, tableOffset, chunkCount: this.entries.length, uncompressedSize: this.uncompressedOffset }));
+    return {
+      id: this.hash.digest('hex'),
+      size: this.compressedOffset,
+      uncompressedSize: this.uncompressedOffset,
+      chunkSize: this.chunkSize,
+      tableOffset,
+      chunks: this.entries,
+    };
+  }
+}

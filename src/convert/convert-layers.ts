@@ -1,0 +1,114 @@
+// The format side of `convert`: source layers in, one merged bootstrap and one data blob per layer out
+// (a layer whose chunks all exist in lower layers gets no blob). Knows nothing of registries.
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ChunkDictionary } from '../blob/chunk-dict';
+import { CompressedBlobWriter, type CompressedBlob } from '../blob/compressed-blob-writer';
+import { writeBootstrap } from '../erofs/writer';
+import { InputError } from '../errors';
+import { compressionOf, convertLayer, decompressLayer, type LayerStats } from './layer-converter';
+import { MergedTree } from './layer-merge';
+
+export interface LayerInput {
+  digest: string;
+  mediaType: string;
+  size: number;
+  /** The layer's raw bytes; the stream must fail at its end if they do not match `digest`. */
+  open(): Promise<AsyncIterable<Buffer>>;
+}
+
+export interface ConvertedBlob extends CompressedBlob {
+  path: string;
+  /** Digest of the source layer this blob was made from. */
+  sourceLayer: string;
+}
+
+export interface ConvertedLayers {
+  bootstrapPath: string;
+  bootstrapSize: number;
+  bootstrapDigest: string;
+  blobs: ConvertedBlob[];
+  layers: Array<LayerStats & { digest: string; blob: string | null }>;
+  chunkSize: number;
+  inodes: number;
+}
+
+export interface ConvertLayersOptions {
+  chunkBits: number;
+  /** Names the image in errors. */
+  image: string;
+  onBytes?: (layer: number, bytes: number) => void;
+  signal?: AbortSignal;
+}
+
+async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => void, signal?: AbortSignal): AsyncIterable<Buffer> {
+  for await (const b of source) {
+    signal?.throwIfAborted();
+    onBytes(b.length);
+    yield b;
+  }
+}
+
+export async function convertLayers(layers: readonly LayerInput[], workDir: string, opts: ConvertLayersOptions): Promise<ConvertedLayers> {
+  const chunkSize = 2 ** opts.chunkBits;
+  const tree = new MergedTree();
+  const dict = new ChunkDictionary();
+  const blobs: ConvertedBlob[] = [];
+  const layerStats: ConvertedLayers['layers'] = [];
+  // Chunks are first numbered by layer (device = layer + 1); layers without new chunks get no blob,
+  // so devices are renumbered once all layers are read.
+  const deviceOfLayer = new Map<number, number>();
+
+  for (const [i, layer] of layers.entries()) {
+    const ctx = { image: opts.image, layer: layer.digest };
+    const compression = compressionOf(layer.mediaType);
+    if (!compression) throw new InputError(`unsupported layer media type ${JSON.stringify(layer.mediaType)}`, ctx);
+    const blobPath = path.join(workDir, `layer-${i}.blob`);
+    const fd = fs.openSync(blobPath, 'w');
+    let blob: CompressedBlob;
+    let stats: LayerStats;
+    try {
+      const writer = new CompressedBlobWriter(fd, i + 1, dict, chunkSize);
+      let raw: AsyncIterable<Buffer>;
+      try {
+        raw = counted(await layer.open(), (n) => opts.onBytes?.(i, n), opts.signal);
+      } catch (err) {
+        throw InputError.wrap(err, ctx);
+      }
+      stats = await convertLayer(decompressLayer(raw, compression), tree, i, writer, chunkSize, ctx);
+      blob = await writer.finish();
+    } finally {
+      fs.closeSync(fd);
+    }
+    if (blob.chunks.length > 0) {
+      deviceOfLayer.set(i + 1, blobs.length + 1);
+      const finalPath = path.join(workDir, `${blob.id}.blob`);
+      fs.renameSync(blobPath, finalPath);
+      blobs.push({ ...blob, path: finalPath, sourceLayer: layer.digest });
+    } else {
+      fs.rmSync(blobPath);
+    }
+    layerStats.push({ ...stats, digest: layer.digest, blob: blob.chunks.length > 0 ? blob.id : null });
+  }
+
+  for (const location of dict.locations()) location.device = deviceOfLayer.get(location.device)!;
+  const { image, inodeCount } = (() => {
+    try {
+      return writeBootstrap(tree.root, { chunkBits: opts.chunkBits, devices: blobs.map((b) => ({ id: b.id, size: b.uncompressedSize })) });
+    } catch (err) {
+      throw InputError.wrap(err, { image: opts.image });
+    }
+  })();
+  const bootstrapPath = path.join(workDir, 'bootstrap.erofs');
+  fs.writeFileSync(bootstrapPath, image);
+  return {
+    bootstrapPath,
+    bootstrapSize: image.length,
+    bootstrapDigest: `sha256:${createHash('sha256').update(image).digest('hex')}`,
+    blobs,
+    layers: layerStats,
+    chunkSize,
+    inodes: inodeCount,
+  };
+}

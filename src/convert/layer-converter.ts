@@ -1,0 +1,99 @@
+// One source layer -> entries applied to the merged tree + its data blob (new chunks only).
+import { createGunzip } from 'node:zlib';
+import { Readable } from 'node:stream';
+import { decompress } from '@mongodb-js/zstd';
+import type { CompressedBlobWriter } from '../blob/compressed-blob-writer';
+import { InputError, type ErrorContext } from '../errors';
+import { TarReader } from '../tar/reader';
+import { displayPath, type ChunkLocation } from '../tree/node';
+import type { MergedTree } from './layer-merge';
+
+export type LayerCompression = 'gzip' | 'zstd' | 'none';
+
+export interface LayerStats {
+  entries: number;
+  fileBytes: number;
+  dataChunks: number;
+  storedChunks: number;
+  holeChunks: number;
+}
+
+export function compressionOf(mediaType: string): LayerCompression | null {
+  if (/\.tar\+gzip$|\.tar\.gzip$|rootfs\.diff\.tar\.gzip$/.test(mediaType)) return 'gzip';
+  if (/\.tar\+zstd$/.test(mediaType)) return 'zstd';
+  if (/\.tar$/.test(mediaType)) return 'none';
+  return null;
+}
+
+async function* gunzip(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+  const stream = Readable.from(source).pipe(createGunzip());
+  yield* stream as AsyncIterable<Buffer>;
+}
+
+async function* unzstd(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+  // @mongodb-js/zstd 1.x has no streaming API: zstd layers are decompressed whole.
+  const parts: Buffer[] = [];
+  for await (const b of source) parts.push(b);
+  yield await decompress(Buffer.concat(parts));
+}
+
+export function decompressLayer(source: AsyncIterable<Buffer>, compression: LayerCompression): AsyncIterable<Buffer> {
+  if (compression === 'gzip') return gunzip(source);
+  if (compression === 'zstd') return unzstd(source);
+  return source;
+}
+
+/**
+ * Reads a (decompressed) layer tar to the end and applies it. The raw stream must be consumed to its
+ * end so that the caller's digest check sees every byte, so trailing data after the archive is drained.
+ */
+export async function convertLayer(
+  tar: AsyncIterable<Buffer>,
+  tree: MergedTree,
+  layer: number,
+  blob: CompressedBlobWriter,
+  chunkSize: number,
+  ctx: ErrorContext,
+): Promise<LayerStats> {
+  const stats: LayerStats = { entries: 0, fileBytes: 0, dataChunks: 0, storedChunks: 0, holeChunks: 0 };
+  const iterator = tar[Symbol.asyncIterator]();
+  const drainable: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => iterator };
+  const reader = new TarReader(drainable);
+  const zeros = Buffer.alloc(chunkSize);
+  let current = '';
+  const content = async (size: number): Promise<Array<ChunkLocation | null>> => {
+    const chunks: Array<ChunkLocation | null> = [];
+    for (let left = size; left > 0; ) {
+      const data = await reader.readBody(Math.min(chunkSize, left));
+      left -= data.length;
+      if (data.equals(zeros.subarray(0, data.length))) {
+        chunks.push(null);
+        stats.holeChunks++;
+        continue;
+      }
+      const { location, stored } = await blob.add(data);
+      chunks.push(location);
+      stats.dataChunks++;
+      if (stored) stats.storedChunks++;
+    }
+    stats.fileBytes += size;
+    return chunks;
+  };
+  try {
+    for (;;) {
+      const entry = await reader.next();
+      if (!entry) break;
+      current = displayPath(entry.name);
+      stats.entries++;
+      await tree.apply(entry, layer, (e) => content(e.size));
+    }
+    // Drain: tar writers pad archives to a record size, and the digest covers those bytes too.
+    for (;;) {
+      const r = await iterator.next();
+      if (r.done) break;
+    }
+  } catch (err) {
+    throw InputError.wrap(err, { ...ctx, ...(current && !(err instanceof InputError && err.context.path) ? { entry: current } : {}) });
+  }
+  return stats;
+}

@@ -1,0 +1,68 @@
+// Exact-length reads over an async stream of buffers.
+
+export class ByteReader {
+  private readonly it: AsyncIterator<Buffer>;
+  private pending: Buffer[] = [];
+  private buffered = 0;
+  private ended = false;
+
+  constructor(source: AsyncIterable<Buffer>) {
+    this.it = source[Symbol.asyncIterator]();
+  }
+
+  private async fill(n: number): Promise<void> {
+    while (this.buffered < n && !this.ended) {
+      const r = await this.it.next();
+      if (r.done) {
+        this.ended = true;
+        break;
+      }
+      const chunk = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
+      if (chunk.length === 0) continue;
+      this.pending.push(chunk);
+      this.buffered += chunk.length;
+    }
+  }
+
+  /**
+   * Exactly `n` bytes. At a clean end of input returns null when `allowEnd` is set; any other short read
+   * is a truncated input.
+   */
+  async readExact(n: number, allowEnd = false): Promise<Buffer | null> {
+    await this.fill(n);
+    if (this.buffered < n) {
+      if (allowEnd && this.buffered === 0) return null;
+      throw new Error(`input ends after ${this.buffered} of ${n} expected bytes (truncated)`);
+    }
+    let out: Buffer;
+    if (this.pending[0].length >= n) {
+      out = this.pending[0].subarray(0, n);
+      this.pending[0] = this.pending[0].subarray(n);
+      if (this.pending[0].length === 0) this.pending.shift();
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let got = 0;
+      while (got < n) {
+        const head = this.pending[0];
+        const take = Math.min(head.length, n - got);
+        head.copy(out, got, 0, take);
+        got += take;
+        if (take === head.length) this.pending.shift();
+        else this.pending[0] = head.subarray(take);
+      }
+    }
+    this.buffered -= n;
+    return out;
+  }
+
+  async skip(n: number): Promise<void> {
+    let left = n;
+    while (left > 0) {
+      await this.fill(Math.min(left, 1 << 20));
+      if (this.buffered === 0) throw new Error(`input ends ${left} bytes before the expected end (truncated)`);
+      const take = Math.min(left, this.buffered);
+      await this.readExact(take);
+      left -= take;
+    }
+  }
+}

@@ -1,0 +1,209 @@
+// A streaming tar reader (ustar, GNU long names, PAX) that keeps names, link targets and xattr values
+// as raw bytes: general-purpose tar libraries decode PAX values as UTF-8, which corrupts binary xattrs
+// such as security.capability and non-UTF-8 file names.
+import { ByteReader } from './byte-reader';
+
+export type TarEntryType = 'file' | 'hardlink' | 'symlink' | 'chardev' | 'blockdev' | 'dir' | 'fifo';
+
+export interface TarEntry {
+  name: Buffer;
+  type: TarEntryType;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeSec: bigint;
+  mtimeNsec: number;
+  linkname: Buffer;
+  devmajor: number;
+  devminor: number;
+  xattrs: Array<{ name: Buffer; value: Buffer }>;
+}
+
+export class TarFormatError extends Error {}
+
+const BLOCK = 512;
+
+function field(h: Buffer, off: number, len: number): Buffer {
+  const raw = h.subarray(off, off + len);
+  const nul = raw.indexOf(0);
+  return nul === -1 ? raw : raw.subarray(0, nul);
+}
+
+/** Octal ASCII, or base-256 (GNU) when the high bit of the first byte is set. */
+function numeric(h: Buffer, off: number, len: number, what: string): number {
+  const raw = h.subarray(off, off + len);
+  if (raw[0] & 0x80) {
+    let v = BigInt(raw[0] & 0x7f) - (raw[0] & 0x40 ? 0x80n : 0n);
+    for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(raw[i]);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) throw new TarFormatError(`${what} out of range`);
+    return Number(v);
+  }
+  const text = raw.toString('latin1').replace(/[\0 ]+$/, '').trim();
+  if (text === '') return 0;
+  if (!/^[0-7]+$/.test(text)) throw new TarFormatError(`${what} field is not octal: ${JSON.stringify(text)}`);
+  return parseInt(text, 8);
+}
+
+function checksumOk(h: Buffer): boolean {
+  const stored = numeric(h, 148, 8, 'checksum');
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const b = i >= 148 && i < 156 ? 0x20 : h[i];
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
+  return stored === unsigned || stored === signed;
+}
+
+function parseTime(text: string, what: string): { sec: bigint; nsec: number } {
+  const m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(text);
+  if (!m) throw new TarFormatError(`${what} ${JSON.stringify(text)} is not a time`);
+  const frac = Number((m[3] ?? '').padEnd(9, '0').slice(0, 9));
+  let sec = BigInt(m[2]);
+  let nsec = frac;
+  if (m[1] === '-') {
+    sec = -sec;
+    if (nsec > 0) {
+      sec -= 1n;
+      nsec = 1e9 - nsec;
+    }
+  }
+  return { sec, nsec };
+}
+
+interface Pax {
+  records: Map<string, Buffer>;
+}
+
+function parsePax(data: Buffer): Pax {
+  const records = new Map<string, Buffer>();
+  let pos = 0;
+  while (pos < data.length) {
+    if (data[pos] === 0) break;
+    const space = data.indexOf(0x20, pos);
+    if (space === -1) throw new TarFormatError('PAX record without a length');
+    const len = Number(data.subarray(pos, space).toString('latin1'));
+    if (!Number.isInteger(len) || len <= space - pos + 1 || pos + len > data.length) throw new TarFormatError('PAX record length is wrong');
+    const record = data.subarray(space + 1, pos + len);
+    if (record[record.length - 1] !== 0x0a) throw new TarFormatError('PAX record does not end in a newline');
+    const eq = record.indexOf(0x3d);
+    if (eq === -1) throw new TarFormatError('PAX record without =');
+    records.set(record.subarray(0, eq).toString('utf8'), record.subarray(eq + 1, record.length - 1));
+    pos += len;
+  }
+  return { records };
+}
+
+export class TarReader {
+  private readonly in: ByteReader;
+  private remaining = 0;
+  private padding = 0;
+  private globalPax = new Map<string, Buffer>();
+  private done = false;
+
+  constructor(source: AsyncIterable<Buffer>) {
+    this.in = new ByteReader(source);
+  }
+
+  /** Next entry, or null at the end of the archive. Any unread body of the previous entry is skipped. */
+  async next(): Promise<TarEntry | null> {
+    if (this.done) return null;
+    await this.in.skip(this.remaining + this.padding);
+    this.remaining = 0;
+    this.padding = 0;
+    let longName: Buffer | null = null;
+    let longLink: Buffer | null = null;
+    let pax: Map<string, Buffer> | null = null;
+    for (;;) {
+      const h = await this.in.readExact(BLOCK, true);
+      if (h === null) throw new TarFormatError('archive ends without its end-of-archive blocks (truncated)');
+      if (h.every((b) => b === 0)) {
+        this.done = true;
+        return null;
+      }
+      if (!checksumOk(h)) throw new TarFormatError('header checksum mismatch (corrupt archive)');
+      const typeflag = String.fromCharCode(h[156] || 0x30);
+      const size = numeric(h, 124, 12, 'size');
+      const padded = Math.ceil(size / BLOCK) * BLOCK;
+      if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
+        if (size > 16 << 20) throw new TarFormatError(`metadata entry of ${size} bytes is too large`);
+        const data = await this.in.readExact(padded);
+        const body = data!.subarray(0, size);
+        if (typeflag === 'x') pax = new Map([...(pax ?? []), ...parsePax(body).records]);
+        else if (typeflag === 'g') this.globalPax = new Map([...this.globalPax, ...parsePax(body).records]);
+        else if (typeflag === 'L') longName = field(body, 0, body.length);
+        else longLink = field(body, 0, body.length);
+        continue;
+      }
+      const entry = this.entryOf(h, typeflag, size, longName, longLink, new Map([...this.globalPax, ...(pax ?? [])]));
+      this.remaining = entry.type === 'file' ? entry.size : size;
+      this.padding = (entry.type === 'file' ? Math.ceil(entry.size / BLOCK) * BLOCK : padded) - this.remaining;
+      return entry;
+    }
+  }
+
+  /** Reads the next `n` bytes of the current entry's body (at most what is left). */
+  async readBody(n: number): Promise<Buffer> {
+    const len = Math.min(n, this.remaining);
+    const data = await this.in.readExact(len);
+    this.remaining -= len;
+    return data!;
+  }
+
+  private entryOf(h: Buffer, typeflag: string, size: number, longName: Buffer | null, longLink: Buffer | null, pax: Map<string, Buffer>): TarEntry {
+    const magic = h.subarray(257, 263).toString('latin1');
+    const ustar = magic === 'ustar\0';
+    let name = longName ?? field(h, 0, 100);
+    if (!longName && ustar) {
+      const prefix = field(h, 345, 155);
+      if (prefix.length > 0) name = Buffer.concat([prefix, Buffer.from('/'), name]);
+    }
+    let linkname = longLink ?? field(h, 157, 100);
+    let mtime = { sec: BigInt(numeric(h, 136, 12, 'mtime')), nsec: 0 };
+    let uid = numeric(h, 108, 8, 'uid');
+    let gid = numeric(h, 116, 8, 'gid');
+    let devmajor = numeric(h, 329, 8, 'devmajor');
+    let devminor = numeric(h, 337, 8, 'devminor');
+    const xattrs: TarEntry['xattrs'] = [];
+    for (const [key, value] of pax) {
+      const text = () => value.toString('utf8');
+      if (key === 'path') name = value;
+      else if (key === 'linkpath') linkname = value;
+      else if (key === 'size') size = Number(text());
+      else if (key === 'uid') uid = Number(text());
+      else if (key === 'gid') gid = Number(text());
+      else if (key === 'mtime') mtime = parseTime(text(), 'PAX mtime');
+      else if (key === 'SCHILY.devmajor') devmajor = Number(text());
+      else if (key === 'SCHILY.devminor') devminor = Number(text());
+      else if (key.startsWith('SCHILY.xattr.')) xattrs.push({ name: Buffer.from(key.slice('SCHILY.xattr.'.length), 'utf8'), value });
+      else if (key.startsWith('LIBARCHIVE.xattr.')) {
+        xattrs.push({ name: Buffer.from(decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), 'utf8'), value: Buffer.from(text(), 'base64') });
+      } else if (key.startsWith('GNU.sparse.')) throw new TarFormatError('sparse files (GNU.sparse PAX records) are not supported');
+    }
+    if (!Number.isSafeInteger(size) || size < 0) throw new TarFormatError(`entry size ${size} is invalid`);
+    const types: Record<string, TarEntryType | undefined> = {
+      '0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'chardev', '4': 'blockdev', '5': 'dir', '6': 'fifo',
+    };
+    let type = types[typeflag];
+    if (typeflag === 'S') throw new TarFormatError('GNU sparse entries are not supported');
+    if (!type) throw new TarFormatError(`unsupported entry type ${JSON.stringify(typeflag)}`);
+    // Old tars mark directories only by a trailing slash on a regular-file entry.
+    if (type === 'file' && name[name.length - 1] === 0x2f) type = 'dir';
+    return {
+      name,
+      type,
+      mode: numeric(h, 100, 8, 'mode') & 0o7777,
+      uid,
+      gid,
+      size: type === 'file' ? size : 0,
+      mtimeSec: mtime.sec,
+      mtimeNsec: mtime.nsec,
+      linkname,
+      devmajor,
+      devminor,
+      xattrs,
+    };
+  }
+}
