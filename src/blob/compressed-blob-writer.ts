@@ -20,8 +20,8 @@ export interface CompressedBlob {
   chunks: ChunkEntry[];
 }
 
-const ZSTD_LEVEL = 3;
-const IN_FLIGHT = 4;
+// Compressions run on libuv's thread pool; a few in flight keep both cores busy while the tar is parsed.
+const IN_FLIGHT = 8;
 
 export class CompressedBlobWriter {
   private uncompressedOffset = 0;
@@ -51,7 +51,7 @@ export class CompressedBlobWriter {
     this.uncompressedOffset += Math.ceil(data.length / BLOCK_SIZE) * BLOCK_SIZE;
     this.dict.set(digest, location);
     this.entries.push(entry);
-    const compressed = compress(data, ZSTD_LEVEL);
+    const compressed = compress(data); // zstd's default level 3: the 1.x wrapper takes no level
     compressed.catch(() => undefined); // surfaced when awaited in order; not an unhandled rejection meanwhile
     this.queue.push({ entry, data: compressed });
     while (this.queue.length > IN_FLIGHT) await this.writeOldest();

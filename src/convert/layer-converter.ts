@@ -26,7 +26,7 @@ export function compressionOf(mediaType: string): LayerCompression | null {
 }
 
 async function* gunzip(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
-  const stream = Readable.from(source).pipe(createGunzip());
+  const stream = Readable.from(source).pipe(createGunzip({ chunkSize: 1 << 20 }));
   yield* stream as AsyncIterable<Buffer>;
 }
 

@@ -1,0 +1,127 @@
+// Real OCI images for tests, made by real tools: debootstrap for content, umoci for layers
+// (umoci writes whiteouts for deletions; `umoci raw add-layer` carries a hand-made opaque directory).
+// Built images are cached under CACHE_DIR, since debootstrap takes about a minute.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const CACHE_DIR = process.env.EROFS_ONDEMAND_TEST_CACHE ?? '/var/cache/erofs-ondemand-test';
+const SUITE = 'bookworm';
+const MIRROR = process.env.DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
+
+function run(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+}
+
+/** Builds into a temporary sibling and renames, so an interrupted build never looks finished. */
+function cached(name: string, make: (dir: string) => void): string {
+  const dir = path.join(CACHE_DIR, name);
+  if (fs.existsSync(dir)) return dir;
+  fs.mkdirSync(CACHE_DIR, { recursive: true });
+  const tmp = `${dir}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  try {
+    make(tmp);
+    fs.renameSync(tmp, dir);
+  } catch (err) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return dir;
+}
+
+export function debootstrapRootfs(): string {
+  return cached(`rootfs-minbase-${SUITE}`, (dir) => {
+    run('debootstrap', ['--variant=minbase', SUITE, dir, MIRROR]);
+    // Keep the image reproducible and small: no apt lists, no logs of this run.
+    fs.rmSync(path.join(dir, 'var', 'cache', 'apt', 'archives'), { recursive: true, force: true });
+    fs.rmSync(path.join(dir, 'debootstrap'), { recursive: true, force: true });
+  });
+}
+
+export class UmociImage {
+  constructor(
+    readonly layout: string,
+    readonly tag: string,
+  ) {}
+
+  get ref(): string {
+    return `${this.layout}:${this.tag}`;
+  }
+
+  create(): this {
+    if (!fs.existsSync(path.join(this.layout, 'index.json'))) run('umoci', ['init', '--layout', this.layout]);
+    run('umoci', ['new', '--image', this.ref]);
+    return this;
+  }
+
+  /** A layer of whatever `change` does to the unpacked root filesystem. */
+  layer(change: (rootfs: string) => void): this {
+    const bundle = fs.mkdtempSync(path.join(path.dirname(this.layout), 'bundle-'));
+    fs.rmdirSync(bundle);
+    try {
+      run('umoci', ['unpack', '--image', this.ref, bundle]);
+      change(path.join(bundle, 'rootfs'));
+      run('umoci', ['repack', '--image', this.ref, bundle]);
+    } finally {
+      fs.rmSync(bundle, { recursive: true, force: true });
+    }
+    return this;
+  }
+
+  /** A layer from a directory taken as is, whiteout files included. */
+  rawLayer(dir: string): this {
+    const tar = path.join(path.dirname(this.layout), `raw-${process.pid}.tar`);
+    run('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', dir, '-cf', tar, '.']);
+    try {
+      run('umoci', ['raw', 'add-layer', '--image', this.ref, tar]);
+    } finally {
+      fs.rmSync(tar, { force: true });
+    }
+    return this;
+  }
+
+  config(args: string[]): this {
+    run('umoci', ['config', '--image', this.ref, ...args]);
+    return this;
+  }
+
+  /** The reference result: the image as umoci unpacks it (whiteouts and opaque directories applied). */
+  unpack(dest: string): string {
+    run('umoci', ['unpack', '--image', this.ref, dest]);
+    return path.join(dest, 'rootfs');
+  }
+}
+
+function copyTree(from: string, to: string): void {
+  run('cp', ['-a', `${from}/.`, to]);
+}
+
+/**
+ * A three-layer image from Debian packages: minbase, then a layer that deletes and adds files, then a
+ * hand-made layer with an opaque directory. Shared by the convert and daemon tests.
+ */
+export function minbaseImage(): UmociImage {
+  const layoutDir = cached('oci-minbase', (dir) => {
+    fs.mkdirSync(dir);
+    const layout = path.join(dir, 'layout');
+    const rootfs = debootstrapRootfs();
+    const img = new UmociImage(layout, 'latest').create();
+    img.layer((r) => copyTree(rootfs, r));
+    img.layer((r) => {
+      fs.rmSync(path.join(r, 'usr', 'share', 'doc'), { recursive: true, force: true });
+      fs.rmSync(path.join(r, 'etc', 'motd'), { force: true });
+      fs.mkdirSync(path.join(r, 'opt', 'app'), { recursive: true });
+      fs.writeFileSync(path.join(r, 'opt', 'app', 'run.sh'), '#!/bin/sh\necho lazy hello\n', { mode: 0o755 });
+      fs.copyFileSync(path.join(r, 'usr', 'bin', 'bash'), path.join(r, 'opt', 'app', 'bash-copy'));
+    });
+    const raw = path.join(dir, 'raw');
+    fs.mkdirSync(path.join(raw, 'etc', 'apt', 'apt.conf.d'), { recursive: true });
+    fs.writeFileSync(path.join(raw, 'etc', 'apt', 'apt.conf.d', '.wh..wh..opq'), '');
+    fs.writeFileSync(path.join(raw, 'etc', 'apt', 'apt.conf.d', '99-only-this'), 'APT::Install-Recommends "0";\n');
+    img.rawLayer(raw);
+    fs.rmSync(raw, { recursive: true });
+    img.config(['--config.entrypoint', '/opt/app/run.sh', '--config.env', 'LAZY=1']);
+  });
+  return new UmociImage(path.join(layoutDir, 'layout'), 'latest');
+}
