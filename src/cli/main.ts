@@ -7,6 +7,7 @@ import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
 import { readSuperblock } from '../erofs/reader';
 import { mountFileBacked, unmount } from '../mount/file-backed';
 import { buildCommand } from './build';
+import { convertCommand } from './convert';
 
 function mountLocal(outDir: string, target: string): void {
   const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
@@ -29,6 +30,20 @@ export function program(): Command {
     .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
     .option('--json', 'print the summary as JSON')
     .action((dir: string, out: string, opts: { chunkSize: string; json?: boolean }) => buildCommand(dir, out, opts));
+  cli
+    .command('convert')
+    .description('convert an OCI image into the lazy format and push it')
+    .argument('<source>', 'registry reference, oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]')
+    .argument('<target>', 'registry reference or oci:PATH[:TAG]')
+    .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
+    .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)')
+    .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
+    .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .option('--json', 'print the result as one JSON line')
+    .option('-q, --quiet', 'print nothing on success')
+    .action(async (source: string, target: string, opts) => {
+      await convertCommand(source, target, opts);
+    });
   cli
     .command('mount-local')
     .description('mount the output of `build` read-only (file-backed EROFS, Linux 6.12+)')

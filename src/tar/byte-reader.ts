@@ -5,6 +5,8 @@ export class ByteReader {
   private pending: Buffer[] = [];
   private buffered = 0;
   private ended = false;
+  /** Bytes handed out so far: the stream offset of the next byte read. */
+  position = 0;
 
   constructor(source: AsyncIterable<Buffer>) {
     this.it = source[Symbol.asyncIterator]();
@@ -52,6 +54,7 @@ export class ByteReader {
       }
     }
     this.buffered -= n;
+    this.position += n;
     return out;
   }
 

@@ -144,6 +144,11 @@ export class TarReader {
     }
   }
 
+  /** Offset in the archive of the current entry's next unread body byte. */
+  get bodyOffset(): number {
+    return this.in.position;
+  }
+
   /** Reads the next `n` bytes of the current entry's body (at most what is left). */
   async readBody(n: number): Promise<Buffer> {
     const len = Math.min(n, this.remaining);

@@ -1,0 +1,91 @@
+// `erofs-ondemand convert SOURCE TARGET`: progress bars on a terminal, a JSON line with --json,
+// one summary line otherwise. Ctrl-C aborts before the manifest is pushed.
+import { MultiBar, Presets, type SingleBar } from 'cli-progress';
+import { convertImage, type ConvertProgress, type ConvertResult } from '../convert/convert';
+import { openSource, openTarget, type OpenOptions } from '../oci/open-image';
+import { hostPlatform, parsePlatform } from '../oci/types';
+import { chunkBitsOf } from './build';
+import { bytes } from './format';
+
+export interface ConvertCommandOptions extends OpenOptions {
+  chunkSize: string;
+  platform?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+function progressBars(): { onProgress: (e: ConvertProgress) => void; stop: () => void } {
+  const multi = new MultiBar(
+    { format: ' {name} [{bar}] {percentage}% {done}/{total}', hideCursor: true, clearOnComplete: false, stream: process.stderr },
+    Presets.shades_classic,
+  );
+  const bars: SingleBar[] = [];
+  const totals: number[] = [];
+  const done: number[] = [];
+  return {
+    onProgress: (e) => {
+      if (e.kind === 'resolved') {
+        e.layers.forEach((l, i) => {
+          totals[i] = l.size;
+          done[i] = 0;
+          bars.push(multi.create(l.size, 0, { name: `layer ${i + 1} ${l.digest.slice(7, 19)}`, done: bytes(0), total: bytes(l.size) }));
+        });
+      } else if (e.kind === 'layer-bytes') {
+        done[e.layer] += e.bytes;
+        bars[e.layer]?.update(done[e.layer], { done: bytes(done[e.layer]), total: bytes(totals[e.layer]) });
+      }
+    },
+    stop: () => multi.stop(),
+  };
+}
+
+export async function convertCommand(source: string, target: string, opts: ConvertCommandOptions): Promise<ConvertResult> {
+  const controller = new AbortController();
+  const onSigint = () => controller.abort(new Error('interrupted: nothing was tagged at the target'));
+  process.once('SIGINT', onSigint);
+  process.once('SIGTERM', onSigint);
+  const tty = process.stderr.isTTY && !opts.json && !opts.quiet;
+  const bars = tty ? progressBars() : null;
+  const started = process.hrtime.bigint();
+  try {
+    const result = await convertImage(await openSource(source, opts), await openTarget(target, opts), {
+      chunkBits: chunkBitsOf(opts.chunkSize),
+      platform: opts.platform ? parsePlatform(opts.platform) : hostPlatform(),
+      signal: controller.signal,
+      onProgress: bars?.onProgress,
+    });
+    bars?.stop();
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const c = result.converted;
+    const blobBytes = c.blobs.reduce((n, b) => n + b.size, 0);
+    const fileBytes = c.layers.reduce((n, l) => n + l.fileBytes, 0);
+    if (opts.json) {
+      process.stdout.write(
+        `${JSON.stringify({
+          source: result.source,
+          target: result.target,
+          seconds,
+          bootstrapBytes: c.bootstrapSize,
+          blobs: c.blobs.map((b) => ({ digest: `sha256:${b.id}`, bytes: b.size, uncompressedBytes: b.uncompressedSize, chunks: b.chunks.length, sourceLayer: b.sourceLayer })),
+          layers: c.layers,
+          sourceLayerBytes: result.sourceLayerBytes,
+          blobBytes,
+          fileBytes,
+          uploadedBlobs: result.uploadedBlobs,
+          skippedBlobs: result.skippedBlobs,
+        })}\n`,
+      );
+    } else if (!opts.quiet) {
+      process.stdout.write(
+        `${result.target.ref}@${result.target.digest}: bootstrap ${bytes(c.bootstrapSize)}, ${c.blobs.length} blobs ${bytes(blobBytes)} ` +
+          `(source layers ${bytes(result.sourceLayerBytes)}, files ${bytes(fileBytes)}), ${result.uploadedBlobs} blobs uploaded, ` +
+          `${result.skippedBlobs} already there, ${seconds.toFixed(1)} s\n`,
+      );
+    }
+    return result;
+  } finally {
+    bars?.stop();
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigint);
+  }
+}

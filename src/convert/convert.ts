@@ -1,0 +1,130 @@
+// `erofs-ondemand convert`: a normal OCI image in, the lazy image out (bootstrap + chunked blobs),
+// pushed blobs first and the manifest last, so an interrupted run never leaves a manifest behind.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { sha256Digest } from '../oci/digest';
+import { readAll, type ImageSource, type ImageTarget } from '../oci/image-io';
+import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
+import { convertLayers, type ConvertedLayers } from './convert-layers';
+
+export const LazyMediaType = {
+  bootstrap: 'application/vnd.erofs-ondemand.bootstrap.v1.erofs',
+  blob: 'application/vnd.erofs-ondemand.blob.v1.chunked+zstd',
+  /** artifactType of the referrer that points from a source image to its lazy form. */
+  referrer: 'application/vnd.erofs-ondemand.image.v1',
+} as const;
+
+export const Annotation = {
+  sourceDigest: 'io.erofs-ondemand.source.digest',
+  sourceLayer: 'io.erofs-ondemand.source.layer',
+  chunkSize: 'io.erofs-ondemand.chunk-size',
+  uncompressedSize: 'io.erofs-ondemand.blob.uncompressed-size',
+  tableOffset: 'io.erofs-ondemand.blob.chunk-table-offset',
+  chunks: 'io.erofs-ondemand.blob.chunks',
+  inodes: 'io.erofs-ondemand.bootstrap.inodes',
+  image: 'io.erofs-ondemand.image',
+} as const;
+
+export type ConvertProgress =
+  | { kind: 'resolved'; digest: string; layers: Descriptor[] }
+  | { kind: 'layer-bytes'; layer: number; bytes: number }
+  | { kind: 'layer-done'; layer: number }
+  | { kind: 'push'; digest: string; uploaded: boolean };
+
+export interface ConvertOptions {
+  chunkBits: number;
+  platform: Platform;
+  workDir?: string;
+  onProgress?: (e: ConvertProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface ConvertResult {
+  source: { ref: string; digest: string };
+  target: { ref: string; digest: string };
+  manifest: ImageManifest;
+  converted: ConvertedLayers;
+  sourceLayerBytes: number;
+  uploadedBlobs: number;
+  skippedBlobs: number;
+}
+
+export function lazyManifest(config: Descriptor, sourceDigest: string, c: ConvertedLayers): ImageManifest {
+  return {
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    config,
+    layers: [
+      {
+        mediaType: LazyMediaType.bootstrap,
+        digest: c.bootstrapDigest,
+        size: c.bootstrapSize,
+        annotations: { [Annotation.inodes]: String(c.inodes), [Annotation.chunkSize]: String(c.chunkSize) },
+      },
+      ...c.blobs.map((b) => ({
+        mediaType: LazyMediaType.blob,
+        digest: `sha256:${b.id}`,
+        size: b.size,
+        annotations: {
+          [Annotation.sourceLayer]: b.sourceLayer,
+          [Annotation.uncompressedSize]: String(b.uncompressedSize),
+          [Annotation.tableOffset]: String(b.tableOffset),
+          [Annotation.chunks]: String(b.chunks.length),
+        },
+      })),
+    ],
+    annotations: { [Annotation.sourceDigest]: sourceDigest, [Annotation.chunkSize]: String(c.chunkSize) },
+  };
+}
+
+export async function convertImage(source: ImageSource, target: ImageTarget, opts: ConvertOptions): Promise<ConvertResult> {
+  const work = fs.mkdtempSync(path.join(opts.workDir ?? os.tmpdir(), 'erofs-ondemand-convert-'));
+  try {
+    const resolved = await source.resolve(opts.platform);
+    const { manifest } = resolved;
+    opts.onProgress?.({ kind: 'resolved', digest: resolved.digest, layers: manifest.layers });
+    const configPath = path.join(work, 'config.json');
+    fs.writeFileSync(configPath, await readAll(await source.openBlob(manifest.config)));
+
+    const converted = await convertLayers(
+      manifest.layers.map((desc) => ({ ...desc, open: () => source.openBlob(desc) })),
+      work,
+      {
+        chunkBits: opts.chunkBits,
+        image: source.ref,
+        signal: opts.signal,
+        onBytes: (layer, bytes) => opts.onProgress?.({ kind: 'layer-bytes', layer, bytes }),
+      },
+    );
+
+    const lazy = lazyManifest(manifest.config, resolved.digest, converted);
+    const files = new Map<string, string>([
+      [manifest.config.digest, configPath],
+      [converted.bootstrapDigest, converted.bootstrapPath],
+      ...converted.blobs.map((b) => [`sha256:${b.id}`, b.path] as [string, string]),
+    ]);
+    let uploaded = 0;
+    for (const desc of [manifest.config, ...lazy.layers]) {
+      opts.signal?.throwIfAborted();
+      const did = await target.putBlob(desc, files.get(desc.digest)!);
+      if (did) uploaded++;
+      opts.onProgress?.({ kind: 'push', digest: desc.digest, uploaded: did });
+    }
+    opts.signal?.throwIfAborted();
+    const raw = Buffer.from(JSON.stringify(lazy));
+    const digest = await target.putManifest(raw, MediaType.ociManifest);
+    if (digest !== sha256Digest(raw)) throw new Error(`target ${target.ref} stored the manifest as ${digest}, expected ${sha256Digest(raw)}`);
+    return {
+      source: { ref: source.ref, digest: resolved.digest },
+      target: { ref: target.ref, digest },
+      manifest: lazy,
+      converted,
+      sourceLayerBytes: manifest.layers.reduce((n, l) => n + l.size, 0),
+      uploadedBlobs: uploaded,
+      skippedBlobs: 1 + lazy.layers.length - uploaded,
+    };
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}

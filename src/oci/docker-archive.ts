@@ -1,0 +1,120 @@
+// `docker save` archives (`docker-archive:PATH[:NAME:TAG]`): a tar holding manifest.json, the image
+// config and one tar per layer. There are no digests inside, so they are computed on opening.
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { InputError } from '../errors';
+import { TarReader } from '../tar/reader';
+import { sha256Digest, verifyDigest } from './digest';
+import type { ImageSource, ResolvedImage } from './image-io';
+import { MediaType, type Descriptor, type ImageManifest } from './types';
+
+interface Member {
+  offset: number;
+  size: number;
+}
+
+interface ArchiveManifestEntry {
+  Config: string;
+  RepoTags?: string[] | null;
+  Layers: string[];
+}
+
+function sniffLayerType(head: Buffer): string {
+  if (head[0] === 0x1f && head[1] === 0x8b) return MediaType.ociLayerGzip;
+  if (head.readUInt32LE(0) === 0xfd2fb528) return MediaType.ociLayerZstd;
+  return MediaType.ociLayerTar;
+}
+
+export class DockerArchiveSource implements ImageSource {
+  private readonly file: string;
+  private readonly name: string | undefined;
+  private members: Map<string, Member> | null = null;
+  private readonly byDigest = new Map<string, Member>();
+
+  constructor(readonly ref: string) {
+    const rest = ref.replace(/^docker-archive:/, '');
+    const m = /^(.*?\.tar):(.+)$/.exec(rest);
+    this.file = m ? m[1] : rest;
+    this.name = m ? m[2] : undefined;
+  }
+
+  private async index(): Promise<Map<string, Member>> {
+    if (this.members) return this.members;
+    const members = new Map<string, Member>();
+    let reader: TarReader;
+    try {
+      reader = new TarReader(fs.createReadStream(this.file, { highWaterMark: 1 << 20 }));
+      for (let e = await reader.next(); e; e = await reader.next()) {
+        if (e.type === 'file') members.set(e.name.toString('utf8').replace(/^\.\//, ''), { offset: reader.bodyOffset, size: e.size });
+      }
+    } catch (err) {
+      throw InputError.wrap(err, { image: this.ref });
+    }
+    this.members = members;
+    return members;
+  }
+
+  private async member(name: string): Promise<Member> {
+    const m = (await this.index()).get(name);
+    if (!m) throw new InputError(`archive has no member ${JSON.stringify(name)}`, { image: this.ref });
+    return m;
+  }
+
+  private async readMember(m: Member): Promise<Buffer> {
+    const fd = fs.openSync(this.file, 'r');
+    try {
+      const buf = Buffer.alloc(m.size);
+      fs.readSync(fd, buf, 0, m.size, m.offset);
+      return buf;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  private async hashMember(m: Member): Promise<{ digest: string; head: Buffer }> {
+    const hash = createHash('sha256');
+    let head = Buffer.alloc(0);
+    if (m.size > 0) {
+      for await (const b of fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 })) {
+        if (head.length < 8) head = Buffer.concat([head, b as Buffer]).subarray(0, 8);
+        hash.update(b as Buffer);
+      }
+    }
+    return { digest: `sha256:${hash.digest('hex')}`, head: Buffer.concat([head, Buffer.alloc(8)]) };
+  }
+
+  async resolve(): Promise<ResolvedImage> {
+    let entries: ArchiveManifestEntry[];
+    try {
+      entries = JSON.parse((await this.readMember(await this.member('manifest.json'))).toString('utf8'));
+    } catch (err) {
+      throw InputError.wrap(err, { image: this.ref, path: 'manifest.json' });
+    }
+    if (!Array.isArray(entries) || entries.length === 0) throw new InputError('manifest.json lists no image', { image: this.ref });
+    const entry = this.name ? entries.find((e) => e.RepoTags?.includes(this.name!)) : entries.length === 1 ? entries[0] : undefined;
+    if (!entry) throw new InputError(this.name ? `no image tagged ${this.name}` : `${entries.length} images in the archive: name one with :NAME:TAG`, { image: this.ref });
+
+    const describe = async (name: string, mediaType?: string): Promise<Descriptor> => {
+      const m = await this.member(name);
+      const { digest, head } = await this.hashMember(m);
+      this.byDigest.set(digest, m);
+      return { mediaType: mediaType ?? sniffLayerType(head), digest, size: m.size };
+    };
+    const manifest: ImageManifest = {
+      schemaVersion: 2,
+      mediaType: MediaType.ociManifest,
+      config: await describe(entry.Config, MediaType.ociConfig),
+      layers: [],
+    };
+    for (const layer of entry.Layers) manifest.layers.push(await describe(layer));
+    const raw = Buffer.from(JSON.stringify(manifest));
+    return { manifest, raw, digest: sha256Digest(raw), mediaType: MediaType.ociManifest };
+  }
+
+  async openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer>> {
+    const m = this.byDigest.get(desc.digest);
+    if (!m) throw new InputError(`blob ${desc.digest} is not in the archive`, { image: this.ref });
+    const stream = m.size === 0 ? [] : fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 });
+    return verifyDigest(stream as AsyncIterable<Buffer>, desc.digest, desc.size, { image: this.ref });
+  }
+}
