@@ -1,0 +1,88 @@
+// `erofs-ondemand convert` on real images made by debootstrap + umoci, checked against `umoci unpack`.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { LazyMediaType } from '../src/convert/convert';
+import { cleanup, tempDir } from './lib/image';
+import { layoutManifest, withLazyMount } from './lib/lazy-image';
+import { minbaseImage, UmociImage } from './lib/test-images';
+import { compareTrees } from './lib/tree-compare';
+
+const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
+const made: string[] = [];
+after(() => cleanup(...made));
+
+function convert(source: string, target: string, ...args: string[]): { digest: string; json: Record<string, unknown> } {
+  const r = spawnSync(process.execPath, [CLI, 'convert', source, target, '--json', ...args], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const json = JSON.parse(r.stdout);
+  return { digest: json.target.digest, json };
+}
+
+describe('convert from OCI layouts and docker archives', () => {
+  let image: UmociImage;
+  let reference: string;
+  let work: string;
+
+  before(() => {
+    image = minbaseImage();
+    work = tempDir('convert');
+    made.push(work);
+    reference = image.unpack(path.join(work, 'reference'));
+  });
+
+  it('converts a three-layer debootstrap image into a tree equal to umoci unpack', async () => {
+    const target = `oci:${work}/lazy:v1`;
+    const { json } = convert(`oci:${image.ref}`, target);
+    const { manifest, blob } = layoutManifest(target);
+    assert.equal(manifest.layers[0].mediaType, LazyMediaType.bootstrap);
+    assert.ok(manifest.layers.slice(1).every((l) => l.mediaType === LazyMediaType.blob));
+    const source = JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8'));
+    assert.equal(manifest.annotations?.['io.erofs-ondemand.source.digest'], source.manifests[0].digest);
+    const diffs = await withLazyMount(manifest, blob, work, (mnt) => {
+      const out = execFileSync('chroot', [mnt, '/opt/app/run.sh'], { encoding: 'utf8' });
+      assert.equal(out, 'lazy hello\n');
+      return compareTrees(reference, mnt);
+    });
+    assert.deepEqual(diffs, []);
+    // The config is the source's, unchanged: entrypoint and env survive.
+    const config = JSON.parse(fs.readFileSync(blob(manifest.config.digest), 'utf8'));
+    assert.deepEqual(config.config.Entrypoint, ['/opt/app/run.sh']);
+    assert.ok(config.config.Env.includes('LAZY=1'));
+    assert.ok((json.bootstrapBytes as number) < (json.fileBytes as number) / 50, 'the bootstrap is a small share of the image');
+  });
+
+  it('gives identical digests when converting twice, and stores nothing new the second time', () => {
+    const target = `oci:${work}/twice:v1`;
+    const a = convert(`oci:${image.ref}`, target);
+    const b = convert(`oci:${image.ref}`, target);
+    assert.equal(a.digest, b.digest);
+    assert.equal(b.json.uploadedBlobs, 0);
+  });
+
+  it('stores no new blob for a base layer shared with an image converted before', () => {
+    const target = `oci:${work}/shared`;
+    convert(`oci:${image.ref}`, `${target}:first`);
+    // A second image: same layers plus one more.
+    const second = new UmociImage(path.join(work, 'second-layout'), 'v2');
+    execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `oci:${second.ref}`]);
+    second.layer((r) => fs.writeFileSync(path.join(r, 'extra'), 'only in the second image'));
+    const { json } = convert(`oci:${second.ref}`, `${target}:second`);
+    const firstBlobs = layoutManifest(`${target}:first`).manifest.layers.slice(1).map((l) => l.digest);
+    const secondBlobs = layoutManifest(`${target}:second`).manifest.layers.slice(1).map((l) => l.digest);
+    assert.deepEqual(secondBlobs.slice(0, firstBlobs.length), firstBlobs, 'the shared layers convert to the same blobs');
+    // Uploaded: the new layer's blob and the new bootstrap; the config changed too (umoci repack).
+    assert.ok((json.uploadedBlobs as number) <= 3, `uploaded ${json.uploadedBlobs}`);
+  });
+
+  it('reads docker save archives', async () => {
+    const archive = path.join(work, 'image.tar');
+    execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);
+    const target = `oci:${work}/from-archive:v1`;
+    convert(`docker-archive:${archive}`, target);
+    const { manifest, blob } = layoutManifest(target);
+    assert.deepEqual(await withLazyMount(manifest, blob, work, (mnt) => compareTrees(reference, mnt)), []);
+  });
+});
