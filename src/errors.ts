@@ -23,9 +23,18 @@ export class InputError extends Error {
     this.detail = message;
   }
 
-  /** The same error with more context (outer context first, the error's own kept). */
-  static wrap(err: unknown, context: ErrorContext): InputError {
+  /** The same error with more context (outer context first, the error's own kept). An interruption stays one. */
+  static wrap(err: unknown, context: ErrorContext): Error {
+    if (err instanceof Interrupted) return err;
     if (err instanceof InputError) return new InputError(err.detail, { ...context, ...err.context }, { cause: err });
     return new InputError((err as Error).message ?? String(err), context, { cause: err });
+  }
+}
+
+/** The user interrupted the command (Ctrl-C, SIGTERM); CLIs exit 130. */
+export class Interrupted extends Error {
+  constructor(message = 'interrupted') {
+    super(message);
+    this.name = 'Interrupted';
   }
 }

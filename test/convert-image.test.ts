@@ -1,6 +1,7 @@
 // `erofs-ondemand convert` on real images made by debootstrap + umoci, checked against `umoci unpack`.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -84,5 +85,69 @@ describe('convert from OCI layouts and docker archives', () => {
     convert(`docker-archive:${archive}`, target);
     const { manifest, blob } = layoutManifest(target);
     assert.deepEqual(await withLazyMount(manifest, blob, work, (mnt) => compareTrees(reference, mnt)), []);
+  });
+});
+
+describe('convert: interruption and bad input leave no manifest behind', () => {
+  let image: UmociImage;
+  let work: string;
+
+  before(() => {
+    image = minbaseImage();
+    work = tempDir('convert-bad');
+    made.push(work);
+  });
+
+  function taggedManifests(layout: string): number {
+    const file = path.join(layout, 'index.json');
+    return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).manifests.length : 0;
+  }
+
+  it('Ctrl-C during conversion exits 130 and pushes no manifest', async () => {
+    const target = path.join(work, 'interrupted');
+    const child = spawn(process.execPath, [CLI, 'convert', `oci:${image.ref}`, `oci:${target}:v1`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (b) => (stderr += b));
+    await new Promise((r) => setTimeout(r, 700));
+    child.kill('SIGINT');
+    const code = await new Promise<number | null>((r) => child.on('exit', r));
+    assert.equal(code, 130, stderr);
+    assert.match(stderr, /interrupted: no manifest was pushed/);
+    assert.equal(taggedManifests(target), 0);
+  });
+
+  it('a blob whose bytes were altered fails with the image and layer named, and pushes no manifest', () => {
+    const copy = path.join(work, 'altered');
+    execFileSync('cp', ['-a', image.layout, copy]);
+    const { manifest, blob } = layoutManifest(`oci:${copy}:latest`);
+    const layer = manifest.layers[1];
+    const file = blob(layer.digest);
+    const data = fs.readFileSync(file);
+    data[data.length >> 1] ^= 0x55;
+    fs.chmodSync(file, 0o644);
+    fs.writeFileSync(file, data);
+    const target = path.join(work, 'not-pushed');
+    const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${copy}:latest`, `oci:${target}:v1`], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, new RegExp(`image "oci:${copy}:latest", layer "${layer.digest}"`));
+    assert.match(r.stderr, /digest mismatch|invalid|incorrect|truncated/);
+    assert.equal(taggedManifests(target), 0);
+  });
+
+  it('an unknown layer media type is refused by name', () => {
+    const copy = path.join(work, 'odd-type');
+    execFileSync('cp', ['-a', image.layout, copy]);
+    const index = JSON.parse(fs.readFileSync(path.join(copy, 'index.json'), 'utf8'));
+    const { blob } = layoutManifest(`oci:${copy}:latest`);
+    const manifest = JSON.parse(fs.readFileSync(blob(index.manifests[0].digest), 'utf8'));
+    manifest.layers[2].mediaType = 'application/x-unknown-layer';
+    const raw = Buffer.from(JSON.stringify(manifest));
+    const digest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    fs.writeFileSync(blob(digest), raw);
+    index.manifests[0] = { ...index.manifests[0], digest, size: raw.length };
+    fs.writeFileSync(path.join(copy, 'index.json'), JSON.stringify(index));
+    const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${copy}:latest`, `oci:${path.join(work, 'x')}:v1`], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /unsupported layer media type "application\/x-unknown-layer"/);
   });
 });

@@ -1,6 +1,7 @@
 // `erofs-ondemand convert SOURCE TARGET`: progress bars on a terminal, a JSON line with --json,
 // one summary line otherwise. Ctrl-C aborts before the manifest is pushed.
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
+import { Interrupted } from '../errors';
 import { convertImage, type ConvertProgress, type ConvertResult } from '../convert/convert';
 import { openSource, openTarget, type OpenOptions } from '../oci/open-image';
 import { hostPlatform, parsePlatform } from '../oci/types';
@@ -41,7 +42,7 @@ function progressBars(): { onProgress: (e: ConvertProgress) => void; stop: () =>
 
 export async function convertCommand(source: string, target: string, opts: ConvertCommandOptions): Promise<ConvertResult> {
   const controller = new AbortController();
-  const onSigint = () => controller.abort(new Error('interrupted: nothing was tagged at the target'));
+  const onSigint = () => controller.abort(new Interrupted('interrupted: no manifest was pushed to the target'));
   process.once('SIGINT', onSigint);
   process.once('SIGTERM', onSigint);
   const tty = process.stderr.isTTY && !opts.json && !opts.quiet;

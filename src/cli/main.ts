@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
 import { readSuperblock } from '../erofs/reader';
+import { Interrupted } from '../errors';
 import { mountFileBacked, unmount } from '../mount/file-backed';
 import { buildCommand } from './build';
 import { convertCommand } from './convert';
@@ -65,6 +66,10 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof Interrupted) {
+      process.stderr.write(`erofs-ondemand: ${err.message}\n`);
+      return 130;
+    }
     process.stderr.write(`erofs-ondemand: error: ${(err as Error).message}\n`);
     return 1;
   }

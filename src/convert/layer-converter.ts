@@ -26,8 +26,16 @@ export function compressionOf(mediaType: string): LayerCompression | null {
 }
 
 async function* gunzip(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
-  const stream = Readable.from(source).pipe(createGunzip({ chunkSize: 1 << 20 }));
-  yield* stream as AsyncIterable<Buffer>;
+  const input = Readable.from(source);
+  const gz = createGunzip({ chunkSize: 1 << 20 });
+  // pipe() does not forward errors: a digest mismatch or an abort upstream must end the gunzip stream.
+  input.on('error', (err) => gz.destroy(err));
+  input.pipe(gz);
+  try {
+    yield* gz as AsyncIterable<Buffer>;
+  } finally {
+    input.destroy();
+  }
 }
 
 async function* unzstd(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
