@@ -1,0 +1,109 @@
+// The fetcher shared by every cache-miss transport: missing chunks -> merged Range GETs -> zstd
+// decompression -> SHA-256 check. One fetch per chunk however many readers wait for it; nothing
+// unverified is ever returned.
+import type { RangeReader } from '../blob/blob-index';
+import { decodeChunk } from '../blob/chunk-codec';
+import type { ChunkEntry } from '../blob/chunk-table';
+import { Limiter, type Priority } from './limiter';
+import { planRanges } from './range-plan';
+
+export interface RemoteBlob {
+  /** The blob digest: chunks are identified by blob and uncompressed offset. */
+  digest: string;
+  /** Names the blob in errors and logs (image, blob). */
+  what: string;
+  read: RangeReader;
+}
+
+export interface FetchStats {
+  requests: number;
+  bytesFetched: number;
+  chunksFetched: number;
+  verifyFailures: number;
+  failedRequests: number;
+}
+
+export interface FetcherOptions {
+  /** Upper bound of one Range GET (compressed bytes). */
+  maxRequestBytes?: number;
+  /** Gap of unneeded compressed bytes worth fetching to save a request. */
+  maxGap?: number;
+  concurrency?: number;
+  /** Called with each request's duration in seconds (for the latency histogram). */
+  observeLatency?: (seconds: number, bytes: number) => void;
+}
+
+export class ChunkFetcher {
+  readonly stats: FetchStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, verifyFailures: 0, failedRequests: 0 };
+  private readonly inflight = new Map<string, Promise<Buffer>>();
+  private readonly pending = new Map<string, { resolve: (b: Buffer) => void; reject: (e: Error) => void }>();
+  private readonly limiter: Limiter;
+  private readonly maxRequestBytes: number;
+  private readonly maxGap: number;
+
+  constructor(private readonly opts: FetcherOptions = {}) {
+    this.limiter = new Limiter(opts.concurrency ?? 8);
+    this.maxRequestBytes = opts.maxRequestBytes ?? 4 << 20;
+    this.maxGap = opts.maxGap ?? 64 << 10;
+  }
+
+  get inFlight(): number {
+    return this.inflight.size;
+  }
+
+  /** The verified uncompressed bytes of each wanted chunk, in the order asked. */
+  getChunks(blob: RemoteBlob, wanted: readonly ChunkEntry[], priority: Priority = 'demand'): Promise<Buffer[]> {
+    const result: Array<Promise<Buffer>> = [];
+    const missing: ChunkEntry[] = [];
+    for (const c of wanted) {
+      const key = `${blob.digest}@${c.uncompressedOffset}`;
+      let p = this.inflight.get(key);
+      if (!p) {
+        missing.push(c);
+        p = new Promise<Buffer>((resolve, reject) => this.pending.set(key, { resolve, reject }));
+        p.catch(() => undefined);
+        this.inflight.set(key, p);
+      }
+      result.push(p);
+    }
+    for (const range of planRanges(missing, this.maxRequestBytes, this.maxGap)) {
+      void this.limiter.run(priority, () => this.fetchRange(blob, range.start, range.end, range.chunks));
+    }
+    return Promise.all(result);
+  }
+
+  private async fetchRange(blob: RemoteBlob, start: number, end: number, chunks: ChunkEntry[]): Promise<void> {
+    const settle = (c: ChunkEntry, value: Buffer | Error) => {
+      const key = `${blob.digest}@${c.uncompressedOffset}`;
+      const waiter = this.pending.get(key);
+      this.pending.delete(key);
+      this.inflight.delete(key);
+      if (!waiter) return;
+      if (value instanceof Error) waiter.reject(value);
+      else waiter.resolve(value);
+    };
+    let data: Buffer;
+    const t0 = process.hrtime.bigint();
+    try {
+      this.stats.requests++;
+      data = await blob.read(start, end - start);
+      this.stats.bytesFetched += data.length;
+      this.opts.observeLatency?.(Number(process.hrtime.bigint() - t0) / 1e9, data.length);
+    } catch (err) {
+      this.stats.failedRequests++;
+      const e = new Error(`${blob.what}: fetching bytes ${start}-${end - 1}: ${(err as Error).message}`, { cause: err });
+      for (const c of chunks) settle(c, e);
+      return;
+    }
+    for (const c of chunks) {
+      try {
+        const piece = data.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize);
+        settle(c, await decodeChunk(c, piece, blob.what));
+        this.stats.chunksFetched++;
+      } catch (err) {
+        this.stats.verifyFailures++;
+        settle(c, err as Error);
+      }
+    }
+  }
+}
