@@ -3,7 +3,7 @@
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import { Interrupted } from '../errors';
 import { convertImage, type ConvertProgress, type ConvertResult } from '../convert/convert';
-import { openSource, openTarget, type OpenOptions } from '../oci/open-image';
+import { closeRegistryClients, openSource, openTarget, type OpenOptions } from '../oci/open-image';
 import { hostPlatform, parsePlatform } from '../oci/types';
 import { chunkBitsOf } from './build';
 import { bytes } from './format';
@@ -49,7 +49,8 @@ export async function convertCommand(source: string, target: string, opts: Conve
   const bars = tty ? progressBars() : null;
   const started = process.hrtime.bigint();
   try {
-    const result = await convertImage(await openSource(source, opts), await openTarget(target, opts), {
+    const src = await openSource(source, opts);
+    const result = await convertImage(src, await openTarget(target, opts, src), {
       chunkBits: chunkBitsOf(opts.chunkSize),
       platform: opts.platform ? parsePlatform(opts.platform) : hostPlatform(),
       signal: controller.signal,
@@ -72,6 +73,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
           sourceLayerBytes: result.sourceLayerBytes,
           blobBytes,
           fileBytes,
+          referrer: result.referrer,
           uploadedBlobs: result.uploadedBlobs,
           skippedBlobs: result.skippedBlobs,
         })}\n`,
@@ -86,6 +88,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
     return result;
   } finally {
     bars?.stop();
+    await closeRegistryClients();
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigint);
   }

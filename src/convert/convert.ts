@@ -45,6 +45,8 @@ export interface ConvertResult {
   target: { ref: string; digest: string };
   manifest: ImageManifest;
   converted: ConvertedLayers;
+  /** Digest of the referrer pushed next to the source, when the source is in a registry. */
+  referrer: string | null;
   sourceLayerBytes: number;
   uploadedBlobs: number;
   skippedBlobs: number;
@@ -115,12 +117,22 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const raw = Buffer.from(JSON.stringify(lazy));
     const digest = await target.putManifest(raw, MediaType.ociManifest);
     if (digest !== sha256Digest(raw)) throw new Error(`target ${target.ref} stored the manifest as ${digest}, expected ${sha256Digest(raw)}`);
+    // Nodes find the lazy image from the original reference through this referrer.
+    let referrer: string | null = null;
+    if (source.addReferrer) {
+      const subject = { mediaType: resolved.mediaType, digest: resolved.digest, size: resolved.raw.length };
+      referrer = await source.addReferrer(subject, LazyMediaType.referrer, {
+        [Annotation.image]: `${target.ref.replace(/@sha256:[0-9a-f]{64}$/, '')}@${digest}`,
+        [Annotation.chunkSize]: String(converted.chunkSize),
+      });
+    }
     return {
       source: { ref: source.ref, digest: resolved.digest },
       target: { ref: target.ref, digest },
       manifest: lazy,
       converted,
       sourceLayerBytes: manifest.layers.reduce((n, l) => n + l.size, 0),
+      referrer,
       uploadedBlobs: uploaded,
       skippedBlobs: 1 + lazy.layers.length - uploaded,
     };

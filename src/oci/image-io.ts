@@ -14,6 +14,8 @@ export interface ImageSource {
   resolve(platform: Platform): Promise<ResolvedImage>;
   /** The blob's bytes, failing at the end if they do not match the descriptor's digest and size. */
   openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer>>;
+  /** Records, where the source lives, an artifact pointing at `subject` (registries: the referrers API). */
+  addReferrer?(subject: Descriptor, artifactType: string, annotations: Record<string, string>): Promise<string>;
 }
 
 export interface ImageTarget {

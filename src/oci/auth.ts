@@ -1,0 +1,335 @@
+// Registry authentication: credentials from docker's config.json, WWW-Authenticate challenges, and
+// the Bearer token flow (distribution's token spec). Secrets stay in this module's objects: messages
+// and log lines name hosts, realms and scopes, never usernames, passwords or tokens.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { InputError, type ErrorContext } from '../errors';
+import { log } from '../log';
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+export interface Challenge {
+  /** Lowercased: `basic`, `bearer`, ... */
+  scheme: string;
+  /** Parameter names lowercased, values unquoted. */
+  params: Record<string, string>;
+}
+
+const DOCKER_HUB_HOSTS = ['registry-1.docker.io', 'index.docker.io', 'docker.io'];
+
+/** `host[:port]` of a config.json `auths` key, which may be a URL (`https://index.docker.io/v1/`). */
+function authKeyHost(key: string): string {
+  return key
+    .replace(/^[a-z][a-z0-9+.-]*:\/\//i, '')
+    .replace(/\/.*$/, '')
+    .toLowerCase();
+}
+
+function sameRegistry(a: string, b: string): boolean {
+  return a === b || (DOCKER_HUB_HOSTS.includes(a) && DOCKER_HUB_HOSTS.includes(b));
+}
+
+export function dockerConfigPath(env: NodeJS.ProcessEnv = process.env): string {
+  return path.join(env.DOCKER_CONFIG || path.join(env.HOME || os.homedir(), '.docker'), 'config.json');
+}
+
+interface DockerConfigAuth {
+  auth?: string;
+  username?: string;
+  password?: string;
+}
+
+/**
+ * The credentials docker's config.json holds for `host` (`auths[key].auth` as base64 `user:pass`, or
+ * `username`/`password`), or undefined. Credential helpers (`credsStore`, `credHelpers`) are not run.
+ */
+export function loadDockerCredentials(host: string, opts: { env?: NodeJS.ProcessEnv; file?: string } = {}): Credentials | undefined {
+  const file = opts.file ?? dockerConfigPath(opts.env);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new InputError(`cannot read docker config: ${(err as Error).message}`, { path: file });
+  }
+  let config: { auths?: Record<string, DockerConfigAuth>; credsStore?: string; credHelpers?: Record<string, string> };
+  try {
+    config = JSON.parse(text);
+  } catch (err) {
+    // The JSON parser's message can quote the text around the error, which may be a secret.
+    throw new InputError('docker config is not valid JSON', { path: file }, { cause: (err as Error).name });
+  }
+  const wanted = host.toLowerCase();
+  const entries = Object.entries(config?.auths ?? {}).filter(([key]) => sameRegistry(authKeyHost(key), wanted));
+  // An exact host match wins over a Docker Hub alias.
+  entries.sort(([a], [b]) => Number(authKeyHost(b) === wanted) - Number(authKeyHost(a) === wanted));
+  for (const [, entry] of entries) {
+    if (typeof entry?.auth === 'string' && entry.auth) {
+      const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
+      const colon = decoded.indexOf(':');
+      if (colon <= 0) throw new InputError(`docker config entry for ${host} has an "auth" that is not base64 of user:password`, { path: file });
+      return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+    }
+    if (typeof entry?.username === 'string' && typeof entry.password === 'string') return { username: entry.username, password: entry.password };
+  }
+  if (config?.credHelpers?.[host] || config?.credsStore) log.debug('docker config names a credential helper; helpers are not supported', { registry: host, path: file });
+  return undefined;
+}
+
+export function basicAuthorization(c: Credentials): string {
+  return `Basic ${Buffer.from(`${c.username}:${c.password}`, 'utf8').toString('base64')}`;
+}
+
+/** Parses a WWW-Authenticate value (RFC 7235): one or more challenges, each `scheme k=v, k="v", ...`. */
+export function parseWwwAuthenticate(value: string): Challenge[] {
+  const challenges: Challenge[] = [];
+  let i = 0;
+  const n = value.length;
+  const skipSpace = () => {
+    while (i < n && (value[i] === ' ' || value[i] === '\t')) i++;
+  };
+  const token = () => {
+    const m = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+/.exec(value.slice(i));
+    if (!m) return '';
+    i += m[0].length;
+    return m[0];
+  };
+  while (i < n) {
+    skipSpace();
+    if (value[i] === ',') {
+      i++;
+      continue;
+    }
+    const scheme = token();
+    if (!scheme) break;
+    const challenge: Challenge = { scheme: scheme.toLowerCase(), params: {} };
+    challenges.push(challenge);
+    for (;;) {
+      skipSpace();
+      const start = i;
+      const name = token();
+      skipSpace();
+      if (!name || value[i] !== '=') {
+        // Not `name=`: the next challenge's scheme. (token68 forms are not used by registries.)
+        i = start;
+        break;
+      }
+      i++;
+      skipSpace();
+      let v = '';
+      if (value[i] === '"') {
+        i++;
+        while (i < n && value[i] !== '"') {
+          if (value[i] === '\\' && i + 1 < n) i++;
+          v += value[i++];
+        }
+        i++;
+      } else {
+        // Unquoted values should be tokens; realms are sometimes sent as bare URLs all the same.
+        v = /^[^,\s]*/.exec(value.slice(i))![0];
+        i += v.length;
+      }
+      challenge.params[name.toLowerCase()] = v;
+      skipSpace();
+      if (value[i] === ',') {
+        i++;
+        continue;
+      }
+      break;
+    }
+  }
+  return challenges;
+}
+
+/** Replaces every occurrence of the secrets in `text` with `***`. */
+export function redact(text: string, secrets: Iterable<string | undefined>): string {
+  let out = text;
+  for (const s of secrets) if (s && s.length >= 3) out = out.split(s).join('***');
+  return out;
+}
+
+/** A realm URL for messages: no userinfo, no query. */
+export function printableUrl(url: string | URL): string {
+  try {
+    const u = new URL(url.toString());
+    return `${u.protocol}//${u.host}${u.pathname}`;
+  } catch {
+    return '(invalid URL)';
+  }
+}
+
+/** Fetches a token endpoint URL: the registry client's transport, with its TLS settings and retries. */
+export type TokenFetch = (url: URL, headers: Record<string, string>) => Promise<{ status: number; body: Buffer }>;
+
+interface CachedToken {
+  token: string;
+  expiresAt: number;
+}
+
+interface BearerParams {
+  realm: string;
+  service?: string;
+}
+
+/** The token spec's default lifetime when `expires_in` is absent. */
+const DEFAULT_TOKEN_SECONDS = 60;
+const MAX_TOKEN_BYTES = 1 << 20;
+
+/**
+ * How one registry host wants requests authenticated, learned from its first 401, and the tokens it
+ * handed out (per set of scopes, until they expire).
+ */
+export class RegistryAuth {
+  private scheme: 'none' | 'basic' | 'bearer' = 'none';
+  private bearer: BearerParams | null = null;
+  private readonly tokens = new Map<string, CachedToken>();
+  private readonly inflight = new Map<string, Promise<CachedToken>>();
+  private readonly secrets = new Set<string>();
+
+  constructor(
+    readonly host: string,
+    private readonly credentials: Credentials | undefined,
+    private readonly fetchToken: TokenFetch,
+    private readonly now: () => number = Date.now,
+  ) {
+    if (credentials) {
+      this.secrets.add(credentials.password);
+      this.secrets.add(basicAuthorization(credentials).slice('Basic '.length));
+    }
+  }
+
+  get hasCredentials(): boolean {
+    return this.credentials !== undefined;
+  }
+
+  /** Removes anything secret this object knows from a text bound for a message or a log line. */
+  redact(text: string): string {
+    return redact(text, this.secrets);
+  }
+
+  /**
+   * The Authorization value for a request needing `scopes` (e.g. `repository:a/b:pull`), once the
+   * registry has asked for authentication; an expired token is renewed first.
+   */
+  async authorization(scopes: string[], ctx: ErrorContext): Promise<string | undefined> {
+    if (this.scheme === 'basic') return this.credentials ? basicAuthorization(this.credentials) : undefined;
+    if (this.scheme !== 'bearer') return undefined;
+    const key = scopeKey(scopes);
+    const cached = this.tokens.get(key);
+    if (cached && cached.expiresAt > this.now()) return `Bearer ${cached.token}`;
+    return `Bearer ${(await this.token(key, scopes, ctx)).token}`;
+  }
+
+  /**
+   * Answers a 401's WWW-Authenticate. Afterwards `authorization(scopes)` gives the value to retry with.
+   * Fails when the registry wants credentials that there are none of, or the token server refuses.
+   */
+  async challenge(header: string | string[] | undefined, scopes: string[], ctx: ErrorContext): Promise<void> {
+    const value = Array.isArray(header) ? header.join(', ') : header;
+    const challenges = value ? parseWwwAuthenticate(value) : [];
+    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
+    const basic = challenges.find((c) => c.scheme === 'basic');
+    if (bearer) {
+      this.scheme = 'bearer';
+      this.bearer = { realm: bearer.params.realm, service: bearer.params.service };
+      // The challenge names every scope the refused request needed (a mount also needs pull on the
+      // source repository): ask for those as well as ours, and keep the token under our key.
+      const wanted = mergeScopes([...scopes, ...(bearer.params.scope ?? '').split(' ').filter(Boolean)]);
+      const key = scopeKey(scopes);
+      this.tokens.delete(key);
+      await this.token(key, wanted, ctx);
+      return;
+    }
+    if (basic) {
+      if (!this.credentials) throw new InputError('the registry requires authentication (Basic) and there are no credentials for it in the docker config', ctx);
+      this.scheme = 'basic';
+      return;
+    }
+    const schemes = challenges.map((c) => c.scheme).join(', ');
+    throw new InputError(`the registry answered 401 with ${value ? `an unsupported challenge (${schemes || 'unparsable'})` : 'no WWW-Authenticate challenge'}`, ctx);
+  }
+
+  private token(key: string, scopes: string[], ctx: ErrorContext): Promise<CachedToken> {
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      pending = this.requestToken(scopes, ctx).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    return pending.then((t) => {
+      this.tokens.set(key, t);
+      return t;
+    });
+  }
+
+  private async requestToken(scopes: string[], ctx: ErrorContext): Promise<CachedToken> {
+    const { realm, service } = this.bearer!;
+    let url: URL;
+    try {
+      url = new URL(realm);
+    } catch {
+      throw new InputError('the registry names a Bearer realm that is not a URL', ctx);
+    }
+    if (service) url.searchParams.set('service', service);
+    for (const scope of scopes) url.searchParams.append('scope', scope);
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (this.credentials) headers.authorization = basicAuthorization(this.credentials);
+    const where = { ...ctx, realm: printableUrl(url) };
+    log.debug('requesting a registry token', { ...where, scopes: scopes.join(' '), withCredentials: this.hasCredentials });
+    const res = await this.fetchToken(url, headers);
+    if (res.status === 401 || res.status === 403) {
+      throw new InputError(
+        this.credentials ? `the token server refused the credentials (${res.status})` : `the token server refused an anonymous token (${res.status}); log in first`,
+        where,
+      );
+    }
+    if (res.status !== 200) throw new InputError(`the token server answered ${res.status}`, where);
+    if (res.body.length > MAX_TOKEN_BYTES) throw new InputError('the token server answered with more than 1 MiB', where);
+    let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      doc = JSON.parse(res.body.toString('utf8'));
+    } catch {
+      throw new InputError('the token server answered with something that is not JSON', where);
+    }
+    const token = typeof doc.token === 'string' && doc.token ? doc.token : typeof doc.access_token === 'string' ? doc.access_token : '';
+    if (!token) throw new InputError('the token server answered without a token', where);
+    this.secrets.add(token);
+    const seconds = typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : DEFAULT_TOKEN_SECONDS;
+    // Renew a little early so that a token does not expire between being attached and being checked.
+    const margin = Math.min(10_000, seconds * 100);
+    return { token, expiresAt: this.now() + seconds * 1000 - margin };
+  }
+}
+
+/** Scopes with the actions on one resource united: `repository:a:pull` and `repository:a:push` -> `repository:a:pull,push`. */
+export function mergeScopes(scopes: string[]): string[] {
+  const actions = new Map<string, Set<string>>();
+  const other: string[] = [];
+  for (const scope of scopes) {
+    const last = scope.lastIndexOf(':');
+    if (last <= 0 || scope.indexOf(':') === last) {
+      other.push(scope);
+      continue;
+    }
+    const resource = scope.slice(0, last);
+    if (!actions.has(resource)) actions.set(resource, new Set());
+    for (const a of scope.slice(last + 1).split(',')) if (a) actions.get(resource)!.add(a);
+  }
+  const merged = [...actions].map(([resource, set]) => `${resource}:${[...set].sort().join(',')}`);
+  return [...new Set([...merged, ...other])];
+}
+
+function scopeKey(scopes: string[]): string {
+  return [...scopes].sort().join(' ');
+}
+
+export function pullScope(repository: string): string {
+  return `repository:${repository}:pull`;
+}
+
+export function pushScope(repository: string): string {
+  return `repository:${repository}:pull,push`;
+}

@@ -1,0 +1,73 @@
+// Registry images as convert's source and target, and the referrer that lets a node find the lazy
+// image from the original reference.
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
+import { InputError } from '../errors';
+import { sha256Digest } from './digest';
+import type { ImageSource, ImageTarget, ResolvedImage } from './image-io';
+import { manifestReference, type ImageReference } from './reference';
+import type { RegistryClient } from './registry';
+import { MediaType, type Descriptor, type ImageManifest, type Platform } from './types';
+
+export class RegistrySource implements ImageSource {
+  constructor(
+    readonly ref: string,
+    readonly parsed: ImageReference,
+    readonly client: RegistryClient,
+  ) {}
+
+  resolve(platform: Platform): Promise<ResolvedImage> {
+    return this.client.resolveManifest(this.parsed.repository, manifestReference(this.parsed), platform);
+  }
+
+  async openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer>> {
+    return this.client.getBlob(this.parsed.repository, desc.digest, desc.size);
+  }
+
+  /** Pushes an artifact whose subject is `subject` into this image's repository. */
+  async addReferrer(subject: Descriptor, artifactType: string, annotations: Record<string, string>): Promise<string> {
+    const repo = this.parsed.repository;
+    await this.client.pushBlob(repo, EMPTY_DESCRIPTOR.digest, EMPTY_JSON.length, () => Readable.from([EMPTY_JSON]));
+    const raw = Buffer.from(JSON.stringify(referrerManifest(subject, artifactType, annotations)));
+    return this.client.putManifest(repo, sha256Digest(raw), raw, MediaType.ociManifest);
+  }
+}
+
+export class RegistryTarget implements ImageTarget {
+  constructor(
+    readonly ref: string,
+    readonly parsed: ImageReference,
+    readonly client: RegistryClient,
+    /** A repository on the same registry that may already hold blobs (the source): mounted, not uploaded. */
+    private readonly mountFrom?: string,
+  ) {
+    if (parsed.digest) throw new InputError('a target reference names a tag, not a digest', { image: ref });
+  }
+
+  async putBlob(desc: Descriptor, file: string): Promise<boolean> {
+    const result = await this.client.pushBlob(this.parsed.repository, desc.digest, desc.size, () => fs.createReadStream(file, { highWaterMark: 1 << 20 }), {
+      mountFrom: this.mountFrom,
+    });
+    return result === 'uploaded';
+  }
+
+  putManifest(raw: Buffer, mediaType: string): Promise<string> {
+    return this.client.putManifest(this.parsed.repository, this.parsed.tag ?? 'latest', raw, mediaType);
+  }
+}
+
+export const EMPTY_JSON = Buffer.from('{}');
+export const EMPTY_DESCRIPTOR: Descriptor = { mediaType: MediaType.ociEmpty, digest: sha256Digest(EMPTY_JSON), size: EMPTY_JSON.length };
+
+/** The referrer artifact, pushed into the source repository, naming the lazy image. */
+export function referrerManifest(subject: Descriptor, artifactType: string, annotations: Record<string, string>): ImageManifest {
+  return {
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    artifactType,
+    config: EMPTY_DESCRIPTOR,
+    layers: [EMPTY_DESCRIPTOR],
+    subject,
+    annotations,
+  };
+}

@@ -1,0 +1,114 @@
+// An HTTP proxy on 127.0.0.1 in front of a test registry that records every request and, on the
+// requests a fault matches, answers with an error status, resets the connection, drops Range,
+// flips a byte of the body, or answers by itself.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export type Fault =
+  | { kind: 'status'; status: number; headers?: Record<string, string>; body?: string }
+  | { kind: 'reset' }
+  | { kind: 'ignore-range' }
+  | { kind: 'corrupt' }
+  | { kind: 'respond'; respond: (req: http.IncomingMessage, res: http.ServerResponse) => void };
+
+export interface FaultRule {
+  method?: string;
+  path: RegExp;
+  /** How many matching requests get the fault (default 1). */
+  times?: number;
+  fault: Fault;
+}
+
+export interface ProxiedRequest {
+  method: string;
+  path: string;
+  /** The status sent back, or 'reset'. */
+  status: number | 'reset';
+  /** Whether the request carried an Authorization header. */
+  authorized: boolean;
+}
+
+export interface FaultProxy {
+  host: string;
+  url: string;
+  requests: ProxiedRequest[];
+  add(rule: FaultRule): void;
+  /** Forgets recorded requests and unused faults. */
+  reset(): void;
+  stop(): Promise<void>;
+}
+
+export async function startFaultProxy(target: string): Promise<FaultProxy> {
+  const [targetHost, targetPort] = target.split(':');
+  let rules: (FaultRule & { left: number })[] = [];
+  const requests: ProxiedRequest[] = [];
+  const agent = new http.Agent({ keepAlive: true });
+
+  const server = http.createServer((req, res) => {
+    const method = req.method ?? 'GET';
+    const url = req.url ?? '/';
+    const record: ProxiedRequest = { method, path: url, status: 0, authorized: req.headers.authorization !== undefined };
+    requests.push(record);
+    const rule = rules.find((r) => r.left > 0 && (!r.method || r.method === method) && r.path.test(url));
+    if (rule) rule.left--;
+    const fault = rule?.fault;
+
+    if (fault?.kind === 'reset') {
+      record.status = 'reset';
+      req.socket.resetAndDestroy();
+      return;
+    }
+    if (fault?.kind === 'status') {
+      record.status = fault.status;
+      req.resume();
+      req.on('end', () => res.writeHead(fault.status, { 'content-type': 'application/json', ...fault.headers }).end(fault.body ?? '{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'));
+      return;
+    }
+    if (fault?.kind === 'respond') {
+      res.on('finish', () => (record.status = res.statusCode));
+      fault.respond(req, res);
+      return;
+    }
+
+    const headers = { ...req.headers };
+    if (fault?.kind === 'ignore-range') delete headers.range;
+    // The Host header stays the proxy's: the registry builds its Location URLs from it.
+    const upstream = http.request({ host: targetHost, port: Number(targetPort), method, path: url, headers, agent }, (up) => {
+      record.status = up.statusCode ?? 0;
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      if (fault?.kind === 'corrupt') {
+        let flipped = false;
+        up.on('data', (b: Buffer) => {
+          if (!flipped && b.length > 0) {
+            b = Buffer.from(b);
+            b[0] ^= 0xff;
+            flipped = true;
+          }
+          res.write(b);
+        });
+        up.on('end', () => res.end());
+      } else {
+        up.pipe(res);
+      }
+    });
+    upstream.on('error', () => res.destroy());
+    req.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    host: `127.0.0.1:${port}`,
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    add: (rule) => rules.push({ ...rule, left: rule.times ?? 1 }),
+    reset: () => {
+      requests.length = 0;
+      rules = [];
+    },
+    stop: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      agent.destroy();
+    },
+  };
+}

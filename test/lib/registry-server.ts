@@ -1,0 +1,125 @@
+// A real registry for tests: Debian's docker-registry (distribution 2.8) on 127.0.0.1, storing in a
+// temp dir, optionally behind htpasswd (Basic) or token (Bearer) authentication.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export const REGISTRY_BIN = '/usr/bin/docker-registry';
+
+export interface TokenAuthConfig {
+  realm: string;
+  service: string;
+  issuer: string;
+  rootCertBundle: string;
+}
+
+export interface StartRegistryOptions {
+  auth?: 'htpasswd' | { token: TokenAuthConfig };
+  /** htpasswd users (default { user: 'pass' }). */
+  users?: Record<string, string>;
+  /** Location headers relative to the request (distribution's http.relativeurls). */
+  relativeUrls?: boolean;
+}
+
+export interface RegistryServer {
+  /** `127.0.0.1:port` */
+  host: string;
+  url: string;
+  dir: string;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function yamlString(s: string): string {
+  return JSON.stringify(s);
+}
+
+export async function startRegistry(opts: StartRegistryOptions = {}): Promise<RegistryServer> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'erofs-registry-'));
+  const port = await freePort();
+  const host = `127.0.0.1:${port}`;
+  const lines = [
+    'version: 0.1',
+    'log:',
+    '  level: warn',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${yamlString(path.join(dir, 'data'))}`,
+    '  delete:',
+    '    enabled: true',
+    'http:',
+    `  addr: ${host}`,
+    `  relativeurls: ${opts.relativeUrls ? 'true' : 'false'}`,
+  ];
+  if (opts.auth === 'htpasswd') {
+    const file = path.join(dir, 'htpasswd');
+    const users = opts.users ?? { user: 'pass' };
+    fs.writeFileSync(file, Object.entries(users).map(([u, p]) => execFileSync('htpasswd', ['-Bbn', u, p], { encoding: 'utf8' }).trim()).join('\n') + '\n');
+    lines.push('auth:', '  htpasswd:', '    realm: test-realm', `    path: ${yamlString(file)}`);
+  } else if (opts.auth) {
+    const t = opts.auth.token;
+    lines.push(
+      'auth:',
+      '  token:',
+      `    realm: ${yamlString(t.realm)}`,
+      `    service: ${yamlString(t.service)}`,
+      `    issuer: ${yamlString(t.issuer)}`,
+      `    rootcertbundle: ${yamlString(t.rootCertBundle)}`,
+    );
+  }
+  const config = path.join(dir, 'config.yml');
+  fs.writeFileSync(config, lines.join('\n') + '\n');
+
+  let output = '';
+  const child: ChildProcess = spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-8000)));
+  child.stderr!.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-8000)));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(killer);
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    if (child.exitCode !== null) {
+      await stop();
+      throw new Error(`docker-registry exited with ${child.exitCode} before answering:\n${output}`);
+    }
+    try {
+      const res = await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      if (res.status === 200 || res.status === 401) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`docker-registry did not answer GET /v2/ within 15 s:\n${output}`);
+    }
+    await sleep(50);
+  }
+  return { host, url: `http://${host}`, dir, stop };
+}
