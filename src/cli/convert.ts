@@ -61,6 +61,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
     const c = result.converted;
     const blobBytes = c.blobs.reduce((n, b) => n + b.size, 0);
     const fileBytes = c.layers.reduce((n, l) => n + l.fileBytes, 0);
+    const tarBytes = c.layers.reduce((n, l) => n + l.tarBytes, 0);
     if (opts.json) {
       process.stdout.write(
         `${JSON.stringify({
@@ -73,6 +74,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
           sourceLayerBytes: result.sourceLayerBytes,
           blobBytes,
           fileBytes,
+          tarBytes,
           referrer: result.referrer,
           uploadedBlobs: result.uploadedBlobs,
           skippedBlobs: result.skippedBlobs,

@@ -12,6 +12,8 @@ export type LayerCompression = 'gzip' | 'zstd' | 'none';
 
 export interface LayerStats {
   entries: number;
+  /** Bytes of the uncompressed tar read (headers, padding and file data). */
+  tarBytes: number;
   fileBytes: number;
   dataChunks: number;
   storedChunks: number;
@@ -63,7 +65,7 @@ export async function convertLayer(
   chunkSize: number,
   ctx: ErrorContext,
 ): Promise<LayerStats> {
-  const stats: LayerStats = { entries: 0, fileBytes: 0, dataChunks: 0, storedChunks: 0, holeChunks: 0 };
+  const stats: LayerStats = { entries: 0, tarBytes: 0, fileBytes: 0, dataChunks: 0, storedChunks: 0, holeChunks: 0 };
   const iterator = tar[Symbol.asyncIterator]();
   const drainable: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => iterator };
   const reader = new TarReader(drainable);
@@ -95,6 +97,7 @@ export async function convertLayer(
       stats.entries++;
       await tree.apply(entry, layer, (e) => content(e.size));
     }
+    stats.tarBytes = reader.bodyOffset;
     // Drain: tar writers pad archives to a record size, and the digest covers those bytes too.
     for (;;) {
       const r = await iterator.next();

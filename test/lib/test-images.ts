@@ -39,6 +39,15 @@ export function debootstrapRootfs(): string {
   });
 }
 
+/** minbase plus python3: the shape of an ML base image (about 250 MB unpacked, per FACTS.md). */
+export function debootstrapPythonRootfs(): string {
+  return cached(`rootfs-python3-${SUITE}`, (dir) => {
+    run('debootstrap', ['--variant=minbase', '--include=python3', SUITE, dir, MIRROR]);
+    fs.rmSync(path.join(dir, 'var', 'cache', 'apt', 'archives'), { recursive: true, force: true });
+    fs.rmSync(path.join(dir, 'debootstrap'), { recursive: true, force: true });
+  });
+}
+
 export class UmociImage {
   constructor(
     readonly layout: string,
@@ -122,6 +131,18 @@ export function minbaseImage(): UmociImage {
     img.rawLayer(raw);
     fs.rmSync(raw, { recursive: true });
     img.config(['--config.entrypoint', '/opt/app/run.sh', '--config.env', 'LAZY=1']);
+  });
+  return new UmociImage(path.join(layoutDir, 'layout'), 'latest');
+}
+
+/** Two layers: minbase, then python3 with its dependencies on top. For benchmarks. */
+export function pythonImage(): UmociImage {
+  const layoutDir = cached('oci-python3', (dir) => {
+    fs.mkdirSync(dir);
+    const img = new UmociImage(path.join(dir, 'layout'), 'latest').create();
+    img.layer((r) => copyTree(debootstrapRootfs(), r));
+    img.layer((r) => copyTree(debootstrapPythonRootfs(), r));
+    img.config(['--config.cmd', 'python3', '--config.cmd', '-c', '--config.cmd', 'print(42)']);
   });
   return new UmociImage(path.join(layoutDir, 'layout'), 'latest');
 }

@@ -1,0 +1,86 @@
+// Convert benchmark: images built from Debian packages, pushed to one local registry, converted
+// into a second local registry by `erofs-ondemand convert`, against `skopeo copy` of the same image
+// between the same two registries. Medians of several runs; each run writes to a fresh repository,
+// so every blob is really transferred. Prints a table.
+import { execFileSync, spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { startRegistry, type RegistryServer } from '../test/lib/registry-server';
+import { minbaseImage, pythonImage, type UmociImage } from '../test/lib/test-images';
+
+const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function timed(fn: () => void): number {
+  const t0 = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+const mb = (n: number) => (n / 1e6).toFixed(1);
+
+async function main(): Promise<void> {
+  const images: Array<[string, () => UmociImage]> = [
+    ['debootstrap minbase (3 layers)', minbaseImage],
+    ['minbase + python3 (2 layers)', pythonImage],
+  ];
+  let src: RegistryServer | undefined;
+  let dst: RegistryServer | undefined;
+  const rows: string[][] = [];
+  try {
+    src = await startRegistry();
+    dst = await startRegistry();
+    for (const [name, make] of images) {
+      process.stderr.write(`== ${name}: building/pushing the source image\n`);
+      const img = make();
+      const repo = name.split(' ')[0].replace(/[^a-z0-9]/g, '');
+      execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${src.host}/src/${repo}:1`]);
+      const ours: number[] = [];
+      const theirs: number[] = [];
+      let last: Record<string, any> = {};
+      for (let i = 0; i < RUNS; i++) {
+        theirs.push(timed(() => execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src!.host}/src/${repo}:1`, `docker://${dst!.host}/copy${i}/${repo}:1`])));
+        let out = '';
+        ours.push(
+          timed(() => {
+            const r = spawnSync(process.execPath, [CLI, 'convert', '--json', `${src!.host}/src/${repo}:1`, `${dst!.host}/lazy${i}/${repo}:1`], { encoding: 'utf8' });
+            if (r.status !== 0) throw new Error(`convert failed: ${r.stderr}`);
+            out = r.stdout;
+          }),
+        );
+        last = JSON.parse(out);
+        process.stderr.write(`   run ${i + 1}: convert ${ours[i].toFixed(2)} s, skopeo copy ${theirs[i].toFixed(2)} s\n`);
+      }
+      const blobBytes = last.blobBytes as number;
+      const tarBytes = last.tarBytes as number;
+      rows.push([
+        name,
+        mb(last.sourceLayerBytes),
+        mb(tarBytes),
+        median(ours).toFixed(2),
+        (tarBytes / 1e6 / median(ours)).toFixed(1),
+        `${mb(last.bootstrapBytes)} (${((100 * last.bootstrapBytes) / tarBytes).toFixed(2)}%)`,
+        `${mb(blobBytes)} (${((100 * blobBytes) / last.sourceLayerBytes).toFixed(0)}%)`,
+        median(theirs).toFixed(2),
+      ]);
+    }
+  } finally {
+    await src?.stop();
+    await dst?.stop();
+  }
+  const header = ['image', 'layers MB (gz)', 'tar MB', 'convert s', 'MB/s (tar)', 'bootstrap MB (% of tar)', 'blobs MB (% of layers)', 'skopeo copy s'];
+  const table = [header, ...rows];
+  const widths = header.map((_, c) => Math.max(...table.map((r) => r[c].length)));
+  process.stdout.write(`\nconvert: registry 127.0.0.1 -> registry 127.0.0.1, medians of ${RUNS} runs, ${require('node:os').cpus().length} cores\n`);
+  for (const r of table) process.stdout.write(`${r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')}\n`);
+  process.stdout.write('MB = 1e6 bytes; tar MB = uncompressed layer tars read; blobs = zstd chunks + chunk tables pushed\n');
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench-convert: ${(err as Error).stack}\n`);
+  process.exit(1);
+});
