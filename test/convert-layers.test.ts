@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { compress as zstdCompress } from '@mongodb-js/zstd';
 import { materializeBlob } from '../src/blob/materialize';
 import { convertLayers, type ConvertedLayers, type LayerInput } from '../src/convert/convert-layers';
 import { InputError } from '../src/errors';
@@ -125,6 +126,21 @@ describe('convert layers', () => {
     const two = await convert([gzipLayer(baseLayer), gzipLayer(tarDirectory(top))]);
     assert.equal(two.blobs[0].id, one.blobs[0].id);
     assert.ok(fs.readFileSync(two.blobs[0].path).equals(fs.readFileSync(one.blobs[0].path)));
+  });
+
+  it('reads zstd layers and GNU-format tars with long names and links', async () => {
+    const src = dir('gnu');
+    const deep = path.join(src, 'a'.repeat(120), 'b'.repeat(120));
+    fs.mkdirSync(deep, { recursive: true });
+    fs.writeFileSync(path.join(deep, `${'c'.repeat(150)}.txt`), 'long path');
+    fs.symlinkSync(`${'t'.repeat(150)}/target`, path.join(src, 'long-symlink'));
+    fs.linkSync(path.join(deep, `${'c'.repeat(150)}.txt`), path.join(src, 'hard-to-long'));
+    const gnuTar = execFileSync('tar', ['--format=gnu', '--numeric-owner', '-C', src, '-cf', '-', '.'], { maxBuffer: 1 << 26 });
+    assert.ok(gnuTar.includes('././@LongLink'), 'GNU long-name records are in the archive');
+    const c = await convert([memoryLayer(await zstdCompress(gnuTar), 'application/vnd.oci.image.layer.v1.tar+zstd')]);
+    // GNU format keeps whole-second mtimes only: compare everything else.
+    const diffs = await withConverted(c, (mnt) => compareTrees(src, mnt));
+    assert.deepEqual(diffs.filter((d) => !/mtimeNs/.test(d)), []);
   });
 
   it('keeps binary PAX xattr values and non-UTF-8 PAX paths byte for byte', async () => {
