@@ -39,6 +39,8 @@ export interface ConvertLayersOptions {
   /** Names the image in errors. */
   image: string;
   onBytes?: (layer: number, bytes: number) => void;
+  /** Called as soon as a layer's blob is complete, so it can be pushed while later layers convert. */
+  onBlob?: (blob: ConvertedBlob) => void;
   signal?: AbortSignal;
 }
 
@@ -85,7 +87,9 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
       deviceOfLayer.set(i + 1, blobs.length + 1);
       const finalPath = path.join(workDir, `${blob.id}.blob`);
       fs.renameSync(blobPath, finalPath);
-      blobs.push({ ...blob, path: finalPath, sourceLayer: layer.digest });
+      const converted = { ...blob, path: finalPath, sourceLayer: layer.digest };
+      blobs.push(converted);
+      opts.onBlob?.(converted);
     } else {
       fs.rmSync(blobPath);
     }

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { sha256Digest } from '../oci/digest';
 import { readAll, type ImageSource, type ImageTarget } from '../oci/image-io';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
-import { convertLayers, type ConvertedLayers } from './convert-layers';
+import { convertLayers, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 
 export const LazyMediaType = {
   bootstrap: 'application/vnd.erofs-ondemand.bootstrap.v1.erofs',
@@ -52,6 +52,20 @@ export interface ConvertResult {
   skippedBlobs: number;
 }
 
+export function blobDescriptor(b: ConvertedBlob): Descriptor {
+  return {
+    mediaType: LazyMediaType.blob,
+    digest: `sha256:${b.id}`,
+    size: b.size,
+    annotations: {
+      [Annotation.sourceLayer]: b.sourceLayer,
+      [Annotation.uncompressedSize]: String(b.uncompressedSize),
+      [Annotation.tableOffset]: String(b.tableOffset),
+      [Annotation.chunks]: String(b.chunks.length),
+    },
+  };
+}
+
 export function lazyManifest(config: Descriptor, sourceDigest: string, c: ConvertedLayers): ImageManifest {
   return {
     schemaVersion: 2,
@@ -64,17 +78,7 @@ export function lazyManifest(config: Descriptor, sourceDigest: string, c: Conver
         size: c.bootstrapSize,
         annotations: { [Annotation.inodes]: String(c.inodes), [Annotation.chunkSize]: String(c.chunkSize) },
       },
-      ...c.blobs.map((b) => ({
-        mediaType: LazyMediaType.blob,
-        digest: `sha256:${b.id}`,
-        size: b.size,
-        annotations: {
-          [Annotation.sourceLayer]: b.sourceLayer,
-          [Annotation.uncompressedSize]: String(b.uncompressedSize),
-          [Annotation.tableOffset]: String(b.tableOffset),
-          [Annotation.chunks]: String(b.chunks.length),
-        },
-      })),
+      ...c.blobs.map(blobDescriptor),
     ],
     annotations: { [Annotation.sourceDigest]: sourceDigest, [Annotation.chunkSize]: String(c.chunkSize) },
   };
@@ -89,6 +93,17 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const configPath = path.join(work, 'config.json');
     fs.writeFileSync(configPath, await readAll(await source.openBlob(manifest.config)));
 
+    // Blobs are pushed while later layers convert; the manifest waits for all of them.
+    const pushes: Array<Promise<boolean>> = [];
+    const push = (desc: Descriptor, file: string): void => {
+      const p = target.putBlob(desc, file).then((uploaded) => {
+        opts.onProgress?.({ kind: 'push', digest: desc.digest, uploaded });
+        return uploaded;
+      });
+      p.catch(() => undefined); // awaited below; not unhandled while layers convert
+      pushes.push(p);
+    };
+    push(manifest.config, configPath);
     const converted = await convertLayers(
       manifest.layers.map((desc) => ({ ...desc, open: () => source.openBlob(desc) })),
       work,
@@ -97,22 +112,16 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
         image: source.ref,
         signal: opts.signal,
         onBytes: (layer, bytes) => opts.onProgress?.({ kind: 'layer-bytes', layer, bytes }),
+        onBlob: (b) => push(blobDescriptor(b), b.path),
       },
-    );
+    ).catch(async (err) => {
+      await Promise.allSettled(pushes);
+      throw err;
+    });
 
     const lazy = lazyManifest(manifest.config, resolved.digest, converted);
-    const files = new Map<string, string>([
-      [manifest.config.digest, configPath],
-      [converted.bootstrapDigest, converted.bootstrapPath],
-      ...converted.blobs.map((b) => [`sha256:${b.id}`, b.path] as [string, string]),
-    ]);
-    let uploaded = 0;
-    for (const desc of [manifest.config, ...lazy.layers]) {
-      opts.signal?.throwIfAborted();
-      const did = await target.putBlob(desc, files.get(desc.digest)!);
-      if (did) uploaded++;
-      opts.onProgress?.({ kind: 'push', digest: desc.digest, uploaded: did });
-    }
+    push(lazy.layers[0], converted.bootstrapPath);
+    const uploaded = (await Promise.all(pushes)).filter(Boolean).length;
     opts.signal?.throwIfAborted();
     const raw = Buffer.from(JSON.stringify(lazy));
     const digest = await target.putManifest(raw, MediaType.ociManifest);
