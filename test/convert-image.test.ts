@@ -108,7 +108,9 @@ describe('convert: interruption and bad input leave no manifest behind', () => {
     const child = spawn(process.execPath, [CLI, 'convert', `oci:${image.ref}`, `oci:${target}:v1`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (b) => (stderr += b));
-    await new Promise((r) => setTimeout(r, 700));
+    // The target layout appears once the command has installed its signal handlers and begun.
+    for (let i = 0; i < 200 && !fs.existsSync(path.join(target, 'oci-layout')); i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 300));
     child.kill('SIGINT');
     const code = await new Promise<number | null>((r) => child.on('exit', r));
     assert.equal(code, 130, stderr);

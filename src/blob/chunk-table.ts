@@ -80,8 +80,8 @@ export function decodeTrailer(data: Buffer, what: string): BlobTrailer {
   };
 }
 
-/** Chunks overlapping [start, end) of the uncompressed space, by binary search. */
-export function chunksInRange(table: readonly ChunkEntry[], start: number, end: number): ChunkEntry[] {
+/** Indexes [first, last) of the chunks overlapping [start, end) of the uncompressed space (binary search). */
+export function chunkIndexRange(table: readonly ChunkEntry[], start: number, end: number): [number, number] {
   let lo = 0;
   let hi = table.length;
   while (lo < hi) {
@@ -90,7 +90,13 @@ export function chunksInRange(table: readonly ChunkEntry[], start: number, end: 
     if (e.uncompressedOffset + e.uncompressedSize <= start) lo = mid + 1;
     else hi = mid;
   }
-  const out: ChunkEntry[] = [];
-  for (let i = lo; i < table.length && table[i].uncompressedOffset < end; i++) out.push(table[i]);
-  return out;
+  let last = lo;
+  while (last < table.length && table[last].uncompressedOffset < end) last++;
+  return [lo, last];
+}
+
+/** Chunks overlapping [start, end) of the uncompressed space. */
+export function chunksInRange(table: readonly ChunkEntry[], start: number, end: number): ChunkEntry[] {
+  const [first, last] = chunkIndexRange(table, start, end);
+  return table.slice(first, last);
 }

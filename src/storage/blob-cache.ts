@@ -1,0 +1,85 @@
+// The persistent cache of one data blob: a sparse file of the blob's uncompressed size holding each
+// chunk at its offset. What is present is whatever is allocated (SEEK_DATA/SEEK_HOLE), so a restarted
+// daemon reuses it without fetching again.
+import fs from 'node:fs';
+import type { BlobIndex } from '../blob/blob-index';
+import { chunkIndexRange, type ChunkEntry } from '../blob/chunk-table';
+import { BLOCK_SIZE } from '../erofs/format';
+import { native } from '../native';
+import type { ChunkFetcher, RemoteBlob } from './chunk-fetcher';
+import type { Priority } from './limiter';
+
+/** Writes verified chunk bytes at an offset of the cache file (transports may need their own fd). */
+export type ChunkWriter = (offset: number, data: Buffer) => void;
+
+function alignedEnd(c: ChunkEntry): number {
+  return c.uncompressedOffset + Math.ceil(c.uncompressedSize / BLOCK_SIZE) * BLOCK_SIZE;
+}
+
+export class BlobCache {
+  private readonly present: Uint8Array;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly remote: RemoteBlob,
+    readonly index: BlobIndex,
+    private readonly fetcher: ChunkFetcher,
+  ) {
+    this.present = new Uint8Array(index.chunks.length);
+    index.chunks.forEach((c, i) => {
+      this.present[i] = native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset && native.seekHole(fd, c.uncompressedOffset) >= alignedEnd(c) ? 1 : 0;
+    });
+  }
+
+  /** Opens (or creates, sparse) the cache file; one of another size is started afresh. */
+  static open(path: string, remote: RemoteBlob, index: BlobIndex, fetcher: ChunkFetcher): BlobCache {
+    const size = index.trailer.uncompressedSize;
+    const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    if (fs.fstatSync(fd).size !== size) {
+      fs.ftruncateSync(fd, 0);
+      fs.ftruncateSync(fd, size);
+    }
+    return new BlobCache(path, fd, remote, index, fetcher);
+  }
+
+  get presentChunks(): number {
+    return this.present.reduce((n, p) => n + p, 0);
+  }
+
+  get totalChunks(): number {
+    return this.present.length;
+  }
+
+  /**
+   * Makes [start, end) of the uncompressed space present: chunks not cached yet are fetched,
+   * verified and written. Resolves to the number of chunks that had to be fetched.
+   */
+  async ensure(start: number, end: number, priority: Priority = 'demand', write: ChunkWriter = this.writeOwn): Promise<number> {
+    const [first, last] = chunkIndexRange(this.index.chunks, start, end);
+    const missing: ChunkEntry[] = [];
+    const slots: number[] = [];
+    for (let i = first; i < last; i++) {
+      if (!this.present[i]) {
+        missing.push(this.index.chunks[i]);
+        slots.push(i);
+      }
+    }
+    if (missing.length === 0) return 0;
+    const data = await this.fetcher.getChunks(this.remote, missing, priority);
+    data.forEach((d, k) => {
+      if (this.present[slots[k]]) return; // another reader's fetch wrote it meanwhile
+      write(missing[k].uncompressedOffset, d);
+      this.present[slots[k]] = 1;
+    });
+    return missing.length;
+  }
+
+  private readonly writeOwn: ChunkWriter = (offset, data) => {
+    fs.writeSync(this.fd, data, 0, data.length, offset);
+  };
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
