@@ -1,8 +1,10 @@
 #include <napi.h>
+#include "fanotify.h"
 #include "fs_calls.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFsCalls(env, exports);
+  InitFanotify(env, exports);
   return exports;
 }
 

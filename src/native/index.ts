@@ -4,7 +4,28 @@ import path from 'node:path';
 
 export type PathLike = string | Buffer;
 
+/** A FAN_PRE_ACCESS event: the reader is blocked until `respond` is called with the event fd. */
+export interface PreAccessEvent {
+  /** Fd of the marked file, open read-write: fill the range through it (other fds raise events). */
+  fd: number;
+  pid: number;
+  mask: number;
+  /** Byte range being read, or -1 when the kernel sent no range. */
+  offset: number;
+  count: number;
+}
+
+export interface FanotifyGroup {
+  /** Adds (or removes) a FAN_PRE_ACCESS mark on one file. Mark before mounting: later marks see nothing. */
+  mark(path: PathLike, remove?: boolean): void;
+  start(onEvent: (e: PreAccessEvent) => void): void;
+  /** errno 0 allows the access; any other value denies it with that errno. Closes the event fd. */
+  respond(eventFd: number, errno: number): void;
+  close(): void;
+}
+
 interface NativeAddon {
+  FanotifyGroup: new () => FanotifyGroup;
   mount(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): void;
   umount(target: PathLike, flags?: number): void;
   listXattrs(path: PathLike): Buffer[];
