@@ -1,0 +1,90 @@
+// The node's image cache: lazy manifests resolved (directly or through the source image's referrer),
+// bootstraps downloaded and verified, one sparse cache file per blob shared by every image using it.
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadBlobIndex } from '../blob/blob-index';
+import { Annotation, LazyMediaType } from '../convert/convert';
+import { InputError } from '../errors';
+import { log } from '../log';
+import { digestHex } from '../oci/digest';
+import { registryClient, type OpenOptions } from '../oci/open-image';
+import { manifestReference, parseReference } from '../oci/reference';
+import type { RegistryClient } from '../oci/registry';
+import { hostPlatform, type Descriptor, type ImageManifest } from '../oci/types';
+import { BlobCache } from '../storage/blob-cache';
+import type { ChunkFetcher } from '../storage/chunk-fetcher';
+
+export interface PreparedImage {
+  ref: string;
+  /** The lazy image's manifest digest. */
+  digest: string;
+  bootstrapPath: string;
+  blobs: BlobCache[];
+}
+
+export class ImageStore {
+  private readonly blobs = new Map<string, BlobCache>();
+
+  constructor(
+    readonly cacheDir: string,
+    private readonly fetcher: ChunkFetcher,
+    private readonly registries: OpenOptions = {},
+  ) {
+    fs.mkdirSync(path.join(cacheDir, 'bootstraps'), { recursive: true, mode: 0o700 });
+    fs.mkdirSync(path.join(cacheDir, 'blobs'), { recursive: true, mode: 0o700 });
+  }
+
+  /** Finds the lazy manifest for `ref`: the ref itself, or the lazy image its referrer names. */
+  private async lazyManifest(ref: string): Promise<{ client: RegistryClient; repo: string; manifest: ImageManifest; digest: string }> {
+    const parsed = parseReference(ref);
+    const client = registryClient(parsed.registry, this.registries);
+    const resolved = await client.resolveManifest(parsed.repository, manifestReference(parsed), hostPlatform());
+    if (resolved.manifest.layers[0]?.mediaType === LazyMediaType.bootstrap) {
+      return { client, repo: parsed.repository, manifest: resolved.manifest, digest: resolved.digest };
+    }
+    const referrers = await client.referrers(parsed.repository, resolved.digest, LazyMediaType.referrer);
+    const target = referrers.map((r) => r.annotations?.[Annotation.image]).find(Boolean);
+    if (!target) throw new InputError('image is not in the lazy format and no converted image refers to it', { image: ref });
+    log.info('found the lazy image through a referrer', { image: ref, lazy: target });
+    const lazy = parseReference(target);
+    const lazyClient = registryClient(lazy.registry, this.registries);
+    const got = await lazyClient.resolveManifest(lazy.repository, manifestReference(lazy), hostPlatform());
+    if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap) throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
+    return { client: lazyClient, repo: lazy.repository, manifest: got.manifest, digest: got.digest };
+  }
+
+  async prepare(ref: string): Promise<PreparedImage> {
+    const { client, repo, manifest, digest } = await this.lazyManifest(ref);
+    const [boot, ...blobDescs] = manifest.layers;
+    const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
+    if (!fs.existsSync(bootstrapPath)) {
+      const tmp = `${bootstrapPath}.tmp-${process.pid}`;
+      const out = fs.createWriteStream(tmp);
+      try {
+        for await (const b of await client.getBlob(repo, boot.digest, boot.size)) out.write(b);
+        await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+        fs.renameSync(tmp, bootstrapPath);
+      } catch (err) {
+        out.destroy();
+        fs.rmSync(tmp, { force: true });
+        throw InputError.wrap(err, { image: ref, layer: boot.digest });
+      }
+    }
+    const blobs: BlobCache[] = [];
+    for (const desc of blobDescs) blobs.push(await this.blob(ref, client, repo, desc));
+    return { ref, digest, bootstrapPath, blobs };
+  }
+
+  private async blob(ref: string, client: RegistryClient, repo: string, desc: Descriptor): Promise<BlobCache> {
+    const known = this.blobs.get(desc.digest);
+    if (known) return known;
+    const what = `image ${ref}, blob ${desc.digest}`;
+    const read = (offset: number, length: number) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1);
+    const index = await loadBlobIndex(read, desc.size, what);
+    const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
+    if (expected !== index.trailer.uncompressedSize) throw new InputError(`uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`, { image: ref, layer: desc.digest });
+    const cache = BlobCache.open(path.join(this.cacheDir, 'blobs', digestHex(desc.digest)), { digest: desc.digest, what, read }, index, this.fetcher);
+    this.blobs.set(desc.digest, cache);
+    return cache;
+  }
+}

@@ -1,0 +1,69 @@
+// fanotify pre-content transport (Linux 6.14+, file-backed EROFS): the kernel reports the range a
+// reader is about to read from a blob's cache file; missing chunks are fetched, verified and written
+// through the event's fd, then the read is allowed. Any failure denies it with EIO.
+import fs from 'node:fs';
+import { log } from '../log';
+import { native, type FanotifyGroup, type PreAccessEvent } from '../native';
+import type { BlobCache } from '../storage/blob-cache';
+import type { CacheMissTransport } from './transport';
+
+const EIO = 5;
+
+export class FanotifyTransport implements CacheMissTransport {
+  readonly name = 'fanotify' as const;
+  private readonly group: FanotifyGroup;
+  /** Cache files by inode: the event names its file only by an fd. */
+  private readonly byInode = new Map<number, BlobCache>();
+  private readonly pending = new Set<number>();
+  private closed = false;
+  misses = 0;
+
+  constructor() {
+    this.group = new native.FanotifyGroup();
+    this.group.start((e) => void this.onEvent(e));
+  }
+
+  attach(blobs: readonly BlobCache[]): void {
+    for (const b of blobs) {
+      const ino = fs.statSync(b.path).ino;
+      if (this.byInode.has(ino)) continue;
+      this.group.mark(b.path);
+      this.byInode.set(ino, b);
+    }
+  }
+
+  private async onEvent(e: PreAccessEvent): Promise<void> {
+    this.pending.add(e.fd);
+    let errno = 0;
+    let blob: BlobCache | undefined;
+    try {
+      blob = this.byInode.get(fs.fstatSync(e.fd).ino);
+      if (!blob) throw new Error('event on a file this daemon does not serve');
+      if (e.offset < 0) throw new Error('event without a range');
+      const fetched = await blob.ensure(e.offset, e.offset + e.count, 'demand', (offset, data) => {
+        fs.writeSync(e.fd, data, 0, data.length, offset);
+      });
+      if (fetched > 0) this.misses++;
+    } catch (err) {
+      errno = EIO;
+      log.error('cache miss not served', { blob: blob?.remote.what, offset: e.offset, count: e.count, pid: e.pid, error: (err as Error).message });
+    }
+    this.answer(e.fd, errno);
+  }
+
+  private answer(fd: number, errno: number): void {
+    if (!this.pending.delete(fd) || this.closed) return;
+    try {
+      this.group.respond(fd, errno);
+    } catch (err) {
+      log.warn('fanotify response failed', { error: (err as Error).message });
+    }
+  }
+
+  async close(): Promise<void> {
+    // A reader blocked on an unanswered event would hang: deny what is left before closing.
+    for (const fd of [...this.pending]) this.answer(fd, EIO);
+    this.closed = true;
+    this.group.close();
+  }
+}
