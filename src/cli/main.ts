@@ -8,6 +8,8 @@ import { readSuperblock } from '../erofs/reader';
 import { Interrupted } from '../errors';
 import { mountFileBacked, unmount } from '../mount/file-backed';
 import { buildCommand } from './build';
+import { callControl, DEFAULT_SOCKET } from '../daemon/control';
+import { Daemon } from '../daemon/daemon';
 import { convertCommand } from './convert';
 
 function mountLocal(outDir: string, target: string): void {
@@ -52,11 +54,57 @@ export function program(): Command {
     .argument('<target>', 'mount point')
     .action((out: string, target: string) => mountLocal(out, target));
   cli
-    .command('umount')
-    .description('unmount an image')
+    .command('daemon')
+    .description('serve lazy mounts: owns the cache directory and answers cache misses')
+    .option('--cache-dir <dir>', 'cache directory (on ext4/xfs/btrfs)', '/var/lib/erofs-ondemand')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .option('--prefetch <n>', 'background prefetch workers per blob (0: off)', '0')
+    .option('--concurrency <n>', 'concurrent Range GETs', '8')
+    .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
+    .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .action(async (opts) => {
+      const daemon = new Daemon({
+        cacheDir: opts.cacheDir,
+        socket: opts.socket,
+        prefetch: Number(opts.prefetch),
+        concurrency: Number(opts.concurrency),
+        registries: { plainHttp: opts.plainHttp, insecure: opts.insecure },
+      });
+      await daemon.start();
+      await new Promise<void>((resolve) => {
+        const stop = () => void daemon.stop().then(resolve);
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+      });
+    });
+  cli
+    .command('mount')
+    .description('mount an image lazily (asks the daemon)')
+    .argument('<image-ref>', 'the lazy image, or the original image a lazy one refers to')
     .argument('<target>', 'mount point')
-    .option('--lazy', 'detach now, clean up when no longer busy')
-    .action((target: string, opts: { lazy?: boolean }) => unmount(target, opts));
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .action(async (ref: string, target: string, opts: { socket: string }) => {
+      const r = (await callControl(opts.socket, { op: 'mount', ref, target: path.resolve(target) })) as { digest: string };
+      process.stdout.write(`${ref} (${r.digest}) mounted at ${target}\n`);
+    });
+  cli
+    .command('umount')
+    .description('unmount an image mounted by the daemon (or, with --local, one mounted by mount-local)')
+    .argument('<target>', 'mount point')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .option('--local', 'unmount directly, without the daemon')
+    .option('--lazy', 'with --local: detach now, clean up when no longer busy')
+    .action(async (target: string, opts: { socket: string; local?: boolean; lazy?: boolean }) => {
+      if (opts.local) unmount(target, opts);
+      else await callControl(opts.socket, { op: 'umount', target: path.resolve(target) });
+    });
+  cli
+    .command('status')
+    .description('what the daemon serves: mounts, cached chunks, fetch counters')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .action(async (opts: { socket: string }) => {
+      process.stdout.write(`${JSON.stringify(await callControl(opts.socket, { op: 'status' }), null, 2)}\n`);
+    });
   return cli;
 }
 

@@ -10,7 +10,7 @@ import type { ChunkFetcher, RemoteBlob } from './chunk-fetcher';
 import type { Priority } from './limiter';
 
 /** Writes verified chunk bytes at an offset of the cache file (transports may need their own fd). */
-export type ChunkWriter = (offset: number, data: Buffer) => void;
+export type ChunkWriter = (offset: number, data: Buffer) => void | Promise<void>;
 
 function alignedEnd(c: ChunkEntry): number {
   return c.uncompressedOffset + Math.ceil(c.uncompressedSize / BLOCK_SIZE) * BLOCK_SIZE;
@@ -67,17 +67,30 @@ export class BlobCache {
     }
     if (missing.length === 0) return 0;
     const data = await this.fetcher.getChunks(this.remote, missing, priority);
-    data.forEach((d, k) => {
-      if (this.present[slots[k]]) return; // another reader's fetch wrote it meanwhile
-      write(missing[k].uncompressedOffset, d);
+    for (const [k, d] of data.entries()) {
+      if (this.present[slots[k]]) continue; // another reader's fetch wrote it meanwhile
+      await write(missing[k].uncompressedOffset, d);
       this.present[slots[k]] = 1;
-    });
+    }
     return missing.length;
   }
 
-  private readonly writeOwn: ChunkWriter = (offset, data) => {
-    fs.writeSync(this.fd, data, 0, data.length, offset);
+  /**
+   * Writes through the cache's own fd on the thread pool: under fanotify such a write raises an event
+   * of its own, which the event loop must stay free to answer.
+   */
+  private readonly writeOwn: ChunkWriter = async (offset, data) => {
+    await new Promise<void>((resolve, reject) => fs.write(this.fd, data, 0, data.length, offset, (err) => (err ? reject(err) : resolve())));
   };
+
+  /** Chunks not yet cached, for background prefetch. */
+  missingRanges(): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    this.index.chunks.forEach((c, i) => {
+      if (!this.present[i]) out.push([c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize]);
+    });
+    return out;
+  }
 
   close(): void {
     fs.closeSync(this.fd);

@@ -34,6 +34,8 @@ export class FanotifyTransport implements CacheMissTransport {
 
   private async onEvent(e: PreAccessEvent): Promise<void> {
     this.pending.add(e.fd);
+    // The daemon's own writes (prefetch) raise events too; what it writes is already verified.
+    if (e.pid === process.pid) return this.answer(e.fd, 0);
     let errno = 0;
     let blob: BlobCache | undefined;
     try {

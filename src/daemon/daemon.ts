@@ -1,0 +1,135 @@
+// The daemon: owns the node's cache directory, the fetcher and the cache-miss transport, and serves
+// mount/umount/status requests on its control socket.
+import fs from 'node:fs';
+import type net from 'node:net';
+import { log } from '../log';
+import { mountFileBacked, unmount } from '../mount/file-backed';
+import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
+import type { BlobCache } from '../storage/blob-cache';
+import { ChunkFetcher } from '../storage/chunk-fetcher';
+import { FanotifyTransport } from '../transport/fanotify';
+import type { CacheMissTransport } from '../transport/transport';
+import { serveControl, type ControlRequest } from './control';
+import { ImageStore, type PreparedImage } from './image-store';
+
+export interface DaemonOptions {
+  cacheDir: string;
+  socket: string;
+  /** Background prefetch workers per mounted image (0: none). */
+  prefetch: number;
+  concurrency: number;
+  registries?: OpenOptions;
+}
+
+export class Daemon {
+  private readonly fetcher: ChunkFetcher;
+  private readonly store: ImageStore;
+  private readonly transport: CacheMissTransport;
+  private readonly mounts = new Map<string, PreparedImage>();
+  private server: net.Server | null = null;
+  private stopping = false;
+
+  constructor(private readonly opts: DaemonOptions) {
+    this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency });
+    this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries);
+    this.transport = new FanotifyTransport();
+  }
+
+  async start(): Promise<void> {
+    this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
+    log.info('daemon ready', { socket: this.opts.socket, cacheDir: this.opts.cacheDir, transport: this.transport.name });
+  }
+
+  private async handle(req: ControlRequest): Promise<unknown> {
+    switch (req.op) {
+      case 'mount':
+        return this.mount(req.ref, req.target);
+      case 'umount':
+        return this.umount(req.target);
+      case 'status':
+        return this.status();
+      default:
+        throw new Error(`unknown request ${JSON.stringify((req as { op: unknown }).op)}`);
+    }
+  }
+
+  async mount(ref: string, target: string): Promise<{ digest: string }> {
+    if (this.stopping) throw new Error('daemon is stopping');
+    if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
+    if (!fs.statSync(target).isDirectory()) throw new Error(`${target} is not a directory`);
+    const image = await this.store.prepare(ref);
+    this.transport.attach(image.blobs); // before mounting: the kernel only reports misses on marked files
+    mountFileBacked({ bootstrap: image.bootstrapPath, blobs: image.blobs.map((b) => b.path), target });
+    this.mounts.set(target, image);
+    log.info('mounted', { image: ref, digest: image.digest, target, blobs: image.blobs.length });
+    for (const blob of image.blobs) this.prefetch(blob);
+    return { digest: image.digest };
+  }
+
+  private prefetch(blob: BlobCache): void {
+    if (this.opts.prefetch <= 0) return;
+    const ranges = blob.missingRanges();
+    let next = 0;
+    const worker = async () => {
+      while (!this.stopping && next < ranges.length) {
+        const [start, end] = ranges[next++];
+        try {
+          await blob.ensure(start, end, 'prefetch');
+        } catch (err) {
+          log.warn('prefetch failed', { blob: blob.remote.what, offset: start, error: (err as Error).message });
+        }
+      }
+    };
+    for (let i = 0; i < this.opts.prefetch; i++) void worker();
+  }
+
+  async umount(target: string): Promise<void> {
+    if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
+    unmount(target);
+    this.mounts.delete(target);
+    log.info('unmounted', { target });
+  }
+
+  status(): unknown {
+    return {
+      transport: this.transport.name,
+      fetch: this.fetcher.stats,
+      inFlight: this.fetcher.inFlight,
+      mounts: [...this.mounts].map(([target, img]) => ({
+        target,
+        image: img.ref,
+        digest: img.digest,
+        blobs: img.blobs.map((b) => ({ digest: b.remote.digest, chunks: b.totalChunks, cached: b.presentChunks })),
+      })),
+    };
+  }
+
+  /**
+   * Unmounts everything, answers pending misses, closes the socket. With fanotify a hole read after
+   * the daemon is gone reads as zeros, so a mount still in use is first filled completely, then
+   * detached: its readers keep correct data.
+   */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const [target, image] of this.mounts) {
+      try {
+        unmount(target);
+      } catch (err) {
+        log.warn('mount busy at shutdown: filling it before detaching', { target, error: (err as Error).message });
+        for (const blob of image.blobs) {
+          for (const [start, end] of blob.missingRanges()) {
+            await blob.ensure(start, end, 'demand').catch((e: Error) => log.error('fill at shutdown failed', { blob: blob.remote.what, error: e.message }));
+          }
+        }
+        unmount(target, { lazy: true });
+      }
+    }
+    this.mounts.clear();
+    await this.transport.close();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    fs.rmSync(this.opts.socket, { force: true });
+    await closeRegistryClients();
+    log.info('daemon stopped');
+  }
+}

@@ -1,0 +1,107 @@
+// The daemon as users run it: `erofs-ondemand daemon` in the background, `mount`/`umount`/`status`
+// over its control socket, images from a real registry, misses answered through fanotify.
+import assert from 'node:assert/strict';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, it } from 'node:test';
+import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
+import { cleanup, tempDir } from './lib/image';
+import { startRegistry, type RegistryServer } from './lib/registry-server';
+import { minbaseImage } from './lib/test-images';
+
+const run = promisify(execFile);
+const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
+
+function cli(...args: string[]) {
+  return run(process.execPath, [CLI, ...args], { maxBuffer: 1 << 24 });
+}
+
+describe('daemon with fanotify', () => {
+  let registry: RegistryServer;
+  let proxy: FaultProxy;
+  let work: string;
+  let daemon: ChildProcess;
+  let socket: string;
+  let daemonLog = '';
+
+  async function startDaemon(cacheDir: string): Promise<void> {
+    daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
+    daemon.stderr!.on('data', (b) => (daemonLog += b));
+    for (let i = 0; i < 200 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(fs.existsSync(socket), `daemon did not start:\n${daemonLog}`);
+    assert.equal(fs.statSync(socket).mode & 0o777, 0o600, 'the control socket is root-only');
+  }
+
+  async function stopDaemon(): Promise<void> {
+    if (!daemon || daemon.exitCode !== null) return;
+    const exited = new Promise((r) => daemon.once('exit', r));
+    daemon.kill('SIGTERM');
+    await exited;
+  }
+
+  before(async () => {
+    const image = minbaseImage();
+    work = tempDir('daemon');
+    socket = path.join(work, 'control.sock');
+    registry = await startRegistry();
+    proxy = await startFaultProxy(registry.host);
+    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${registry.host}/library/minbase:1`]);
+    execFileSync(process.execPath, [CLI, 'convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
+  });
+  after(async () => {
+    await stopDaemon();
+    await proxy?.stop();
+    await registry?.stop();
+    cleanup(work);
+  });
+
+  it('mounts by the original reference, runs a program, reports status, unmounts', async () => {
+    await startDaemon(path.join(work, 'cache'));
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    // The original reference: the daemon finds the lazy image through the referrer.
+    const { stdout } = await cli('mount', '--socket', socket, `${registry.host}/library/minbase:1`, mnt);
+    assert.match(stdout, /mounted at/);
+    const { stdout: hello } = await run('chroot', [mnt, '/opt/app/run.sh']);
+    assert.equal(hello, 'lazy hello\n');
+    const status = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    assert.equal(status.transport, 'fanotify');
+    assert.equal(status.mounts[0].target, mnt);
+    const cached = status.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
+    const total = status.mounts[0].blobs.reduce((n: number, b: { chunks: number }) => n + b.chunks, 0);
+    assert.ok(cached > 0 && cached < total / 5, `a small workload cached ${cached} of ${total} chunks`);
+    assert.ok(status.fetch.bytesFetched > 0 && status.fetch.verifyFailures === 0);
+    await cli('umount', '--socket', socket, mnt);
+    assert.equal(fs.readdirSync(mnt).length, 0, 'unmounted');
+  });
+
+  it('gives EIO for a chunk whose bytes the registry altered, and writes nothing to the cache', async () => {
+    // A fresh daemon and cache, fetching through the fault proxy.
+    await stopDaemon();
+    await startDaemon(path.join(work, 'cache-2'));
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${proxy.host}/lazy/minbase:1`, mnt);
+    try {
+      proxy.add({ method: 'GET', path: /\/v2\/lazy\/minbase\/blobs\//, times: 1000, fault: { kind: 'corrupt' } });
+      daemonLog = '';
+      await assert.rejects(run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy')]), (err: { stderr: string }) => /Input\/output error/.test(err.stderr));
+      proxy.reset();
+      assert.match(daemonLog, /cache miss not served/);
+      assert.match(daemonLog, /blob sha256:[0-9a-f]{64}/);
+      assert.match(daemonLog, /does not match|zstd/);
+      // Once the registry is honest again the same read succeeds: nothing wrong was cached.
+      const { stdout } = await run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy'), path.join(mnt, 'usr', 'bin', 'bash')]);
+      const sums = stdout.trim().split('\n').map((l) => l.split(' ')[0]);
+      assert.equal(sums[0], sums[1]);
+    } finally {
+      await cli('umount', '--socket', socket, mnt);
+    }
+  });
+
+  it('stops on SIGTERM, removing its socket', async () => {
+    await stopDaemon();
+    assert.equal(daemon.exitCode, 0);
+    assert.equal(fs.existsSync(socket), false);
+  });
+});
