@@ -81,6 +81,21 @@ describe('chunk fetcher', () => {
     assert.equal(f.inFlight, 0);
   });
 
+  it('serves a recently fetched chunk from memory', async () => {
+    const r = remote();
+    const f = new ChunkFetcher();
+    await f.getChunks(r, [index.chunks[6]]);
+    const [again] = await f.getChunks(r, [index.chunks[6]]);
+    assert.equal(r.calls.length, 1);
+    assert.equal(f.stats.memoryHits, 1);
+    assert.equal(again.length, CHUNK);
+    const small = new ChunkFetcher({ memoryCacheBytes: CHUNK });
+    await small.getChunks(r, [index.chunks[7]]);
+    await small.getChunks(r, [index.chunks[8]]);
+    await small.getChunks(r, [index.chunks[7]]);
+    assert.equal(r.calls.length, 4, 'a bounded cache evicts the least recently used chunk');
+  });
+
   it('rejects corrupt bytes and counts the verification failure', async () => {
     const f = new ChunkFetcher();
     await assert.rejects(f.getChunks(remote({ corrupt: true }), [index.chunks[5]]), /test blob: chunk at \d+: (sha256 .* does not match|zstd)/);

@@ -4,6 +4,7 @@
 import type { RangeReader } from '../blob/blob-index';
 import { decodeChunk } from '../blob/chunk-codec';
 import type { ChunkEntry } from '../blob/chunk-table';
+import { LRUCache } from 'lru-cache';
 import { Limiter, type Priority } from './limiter';
 import { planRanges } from './range-plan';
 
@@ -21,6 +22,7 @@ export interface FetchStats {
   chunksFetched: number;
   verifyFailures: number;
   failedRequests: number;
+  memoryHits: number;
 }
 
 export interface FetcherOptions {
@@ -29,12 +31,16 @@ export interface FetcherOptions {
   /** Gap of unneeded compressed bytes worth fetching to save a request. */
   maxGap?: number;
   concurrency?: number;
+  /** Bytes of recently used decompressed chunks kept in memory (default 64 MiB). */
+  memoryCacheBytes?: number;
   /** Called with each request's duration in seconds (for the latency histogram). */
   observeLatency?: (seconds: number, bytes: number) => void;
 }
 
 export class ChunkFetcher {
-  readonly stats: FetchStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, verifyFailures: 0, failedRequests: 0 };
+  readonly stats: FetchStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, verifyFailures: 0, failedRequests: 0, memoryHits: 0 };
+  /** Verified chunks recently fetched: a chunk evicted from the page cache is served without the network. */
+  private readonly recent: LRUCache<string, Buffer>;
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly pending = new Map<string, { resolve: (b: Buffer) => void; reject: (e: Error) => void }>();
   private readonly limiter: Limiter;
@@ -45,6 +51,7 @@ export class ChunkFetcher {
     this.limiter = new Limiter(opts.concurrency ?? 8);
     this.maxRequestBytes = opts.maxRequestBytes ?? 4 << 20;
     this.maxGap = opts.maxGap ?? 64 << 10;
+    this.recent = new LRUCache<string, Buffer>({ maxSize: opts.memoryCacheBytes ?? 64 << 20, sizeCalculation: (b) => Math.max(1, b.length) });
   }
 
   get inFlight(): number {
@@ -57,6 +64,12 @@ export class ChunkFetcher {
     const missing: ChunkEntry[] = [];
     for (const c of wanted) {
       const key = `${blob.digest}@${c.uncompressedOffset}`;
+      const cached = this.recent.get(key);
+      if (cached) {
+        this.stats.memoryHits++;
+        result.push(Promise.resolve(cached));
+        continue;
+      }
       let p = this.inflight.get(key);
       if (!p) {
         missing.push(c);
@@ -98,7 +111,9 @@ export class ChunkFetcher {
     for (const c of chunks) {
       try {
         const piece = data.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize);
-        settle(c, await decodeChunk(c, piece, blob.what));
+        const chunk = await decodeChunk(c, piece, blob.what);
+        this.recent.set(`${blob.digest}@${c.uncompressedOffset}`, chunk);
+        settle(c, chunk);
         this.stats.chunksFetched++;
       } catch (err) {
         this.stats.verifyFailures++;
