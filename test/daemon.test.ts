@@ -99,6 +99,33 @@ describe('daemon with fanotify', () => {
     }
   });
 
+  it('after kill -9 a new daemon restores the mount and reuses the cache without refetching', async () => {
+    await stopDaemon();
+    const cache = path.join(work, 'cache-restart');
+    await startDaemon(cache);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
+    await run('chroot', [mnt, '/opt/app/run.sh']);
+    const before = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    const cachedBefore = before.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
+
+    const killed = new Promise((r) => daemon.once('exit', r));
+    daemon.kill('SIGKILL');
+    await killed;
+    fs.rmSync(socket, { force: true });
+    await startDaemon(cache);
+    const after = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    assert.equal(after.mounts.length, 1, `restored: ${daemonLog}`);
+    assert.equal(after.mounts[0].target, mnt);
+    const cachedAfter = after.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
+    assert.equal(cachedAfter, cachedBefore, 'chunks on disk are found again');
+    const { stdout } = await run('chroot', [mnt, '/opt/app/run.sh']);
+    assert.equal(stdout, 'lazy hello\n');
+    const again = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    assert.equal(again.fetch.bytesFetched, 0, 'nothing present was fetched again');
+    await cli('umount', '--socket', socket, mnt);
+  });
+
   it('stops on SIGTERM, removing its socket', async () => {
     await stopDaemon();
     assert.equal(daemon.exitCode, 0);

@@ -1,6 +1,7 @@
 // The daemon: owns the node's cache directory, the fetcher and the cache-miss transport, and serves
 // mount/umount/status requests on its control socket.
 import fs from 'node:fs';
+import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
 import { mountFileBacked, unmount } from '../mount/file-backed';
@@ -35,7 +36,38 @@ export class Daemon {
     this.transport = new FanotifyTransport();
   }
 
+  private get stateFile(): string {
+    return path.join(this.opts.cacheDir, 'mounts.json');
+  }
+
+  private saveState(): void {
+    const state = [...this.mounts].map(([target, img]) => ({ ref: img.ref, target }));
+    fs.writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
+    fs.renameSync(`${this.stateFile}.tmp`, this.stateFile);
+  }
+
+  /**
+   * Mounts left by a daemon that died are not served any more (fanotify reads holes as zeros), so
+   * each is detached and mounted again, with the new group's marks set first. Cached chunks stay.
+   */
+  private async restore(): Promise<void> {
+    if (!fs.existsSync(this.stateFile)) return;
+    const state = JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Array<{ ref: string; target: string }>;
+    const mounted = new Set(fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]));
+    for (const { ref, target } of state) {
+      try {
+        if (mounted.has(target)) unmount(target, { lazy: true });
+        await this.mount(ref, target);
+        log.info('restored a mount after restart', { image: ref, target });
+      } catch (err) {
+        log.error('could not restore a mount', { image: ref, target, error: (err as Error).message });
+      }
+    }
+    this.saveState();
+  }
+
   async start(): Promise<void> {
+    await this.restore();
     this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
     log.info('daemon ready', { socket: this.opts.socket, cacheDir: this.opts.cacheDir, transport: this.transport.name });
   }
@@ -61,6 +93,7 @@ export class Daemon {
     this.transport.attach(image.blobs); // before mounting: the kernel only reports misses on marked files
     mountFileBacked({ bootstrap: image.bootstrapPath, blobs: image.blobs.map((b) => b.path), target });
     this.mounts.set(target, image);
+    this.saveState();
     log.info('mounted', { image: ref, digest: image.digest, target, blobs: image.blobs.length });
     for (const blob of image.blobs) this.prefetch(blob);
     return { digest: image.digest };
@@ -87,6 +120,7 @@ export class Daemon {
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
     unmount(target);
     this.mounts.delete(target);
+    this.saveState();
     log.info('unmounted', { target });
   }
 
@@ -126,6 +160,7 @@ export class Daemon {
       }
     }
     this.mounts.clear();
+    this.saveState(); // stopped on purpose: nothing to restore at the next start
     await this.transport.close();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     fs.rmSync(this.opts.socket, { force: true });
