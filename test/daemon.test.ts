@@ -26,8 +26,8 @@ describe('daemon with fanotify', () => {
   let socket: string;
   let daemonLog = '';
 
-  async function startDaemon(cacheDir: string): Promise<void> {
-    daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
+  async function startDaemon(cacheDir: string, ...extra: string[]): Promise<void> {
+    daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
     daemon.stderr!.on('data', (b) => (daemonLog += b));
     for (let i = 0; i < 200 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
     assert.ok(fs.existsSync(socket), `daemon did not start:\n${daemonLog}`);
@@ -123,6 +123,34 @@ describe('daemon with fanotify', () => {
     assert.equal(stdout, 'lazy hello\n');
     const again = JSON.parse((await cli('status', '--socket', socket)).stdout);
     assert.equal(again.fetch.bytesFetched, 0, 'nothing present was fetched again');
+    await cli('umount', '--socket', socket, mnt);
+  });
+
+  it('runs a shell on an overlay with a writable upper, and prefetch fills the rest in the background', async () => {
+    await stopDaemon();
+    await startDaemon(path.join(work, 'cache-prefetch'), '--prefetch', '2');
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
+    const ovl = fs.mkdtempSync(path.join(work, 'ovl-'));
+    for (const d of ['upper', 'work', 'merged']) fs.mkdirSync(path.join(ovl, d));
+    execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${mnt},upperdir=${ovl}/upper,workdir=${ovl}/work`, `${ovl}/merged`]);
+    try {
+      const { stdout } = await run('chroot', [`${ovl}/merged`, '/bin/sh', '-c', 'echo written > /tmp/new && cat /tmp/new /etc/debian_version && ls /usr/bin | wc -l']);
+      const [written, version, count] = stdout.trim().split('\n');
+      assert.equal(written, 'written');
+      assert.match(version, /^12/);
+      assert.ok(Number(count) > 100);
+      assert.ok(fs.existsSync(path.join(ovl, 'upper', 'tmp', 'new')), 'writes land in the upper layer');
+    } finally {
+      execFileSync('umount', [`${ovl}/merged`]);
+    }
+    let status: { mounts: Array<{ blobs: Array<{ cached: number; chunks: number }> }> } = { mounts: [] };
+    for (let i = 0; i < 600; i++) {
+      status = JSON.parse((await cli('status', '--socket', socket)).stdout);
+      if (status.mounts[0].blobs.every((b) => b.cached === b.chunks)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(status.mounts[0].blobs.every((b) => b.cached === b.chunks), `prefetch completes: ${JSON.stringify(status.mounts[0].blobs)}`);
     await cli('umount', '--socket', socket, mnt);
   });
 

@@ -83,11 +83,18 @@ export class BlobCache {
     await new Promise<void>((resolve, reject) => fs.write(this.fd, data, 0, data.length, offset, (err) => (err ? reject(err) : resolve())));
   };
 
-  /** Chunks not yet cached, for background prefetch. */
-  missingRanges(): Array<[number, number]> {
+  /**
+   * Ranges of chunks not yet cached, for background prefetch: neighbouring missing chunks are grouped
+   * up to `span` bytes so that one Range GET brings many small chunks.
+   */
+  missingRanges(span = 4 << 20): Array<[number, number]> {
     const out: Array<[number, number]> = [];
     this.index.chunks.forEach((c, i) => {
-      if (!this.present[i]) out.push([c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize]);
+      if (this.present[i]) return;
+      const end = c.uncompressedOffset + c.uncompressedSize;
+      const last = out[out.length - 1];
+      if (last && i > 0 && !this.present[i - 1] && end - last[0] <= span) last[1] = end;
+      else out.push([c.uncompressedOffset, end]);
     });
     return out;
   }
