@@ -21,6 +21,7 @@ import { MediaType } from '../src/oci/types';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { startRegistry, type RegistryServer } from './lib/registry-server';
 import { startTokenServer, type TokenServer } from './lib/token-server';
+import { rejectsWith } from './lib/assertions';
 
 function tempDir(t: { after(fn: () => void): void }): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'erofs-auth-'));
@@ -35,18 +36,6 @@ function writeDockerConfig(dir: string, auths: Record<string, object>): string {
 
 function b64(s: string): string {
   return Buffer.from(s).toString('base64');
-}
-
-async function rejectsWith(fn: () => Promise<unknown>, ...patterns: RegExp[]): Promise<InputError> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof InputError, `expected an InputError, got ${String(caught)}`);
-  for (const p of patterns) assert.match(caught.message, p);
-  return caught;
 }
 
 function assertNoSecrets(text: string, secrets: string[]): void {

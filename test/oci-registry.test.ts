@@ -4,13 +4,13 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { after, before, beforeEach, describe, it } from 'node:test';
-import { InputError } from '../src/errors';
 import { sha256Digest } from '../src/oci/digest';
 import { readAll } from '../src/oci/image-io';
 import { referrersTag, RegistryClient, type RegistryClientOptions } from '../src/oci/registry';
 import { MAX_MANIFEST_BYTES, MediaType, type Descriptor, type ImageIndex, type ImageManifest } from '../src/oci/types';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { startRegistry, type RegistryServer } from './lib/registry-server';
+import { rejectsWith } from './lib/assertions';
 
 const CHUNK = 256 << 10;
 const EMPTY_JSON = Buffer.from('{}');
@@ -28,19 +28,6 @@ function blob(data: Buffer): Blob {
 function source(b: Blob): () => Readable {
   // Several buffers, so that the chunker has to re-cut them.
   return () => Readable.from([b.data.subarray(0, 1000), b.data.subarray(1000, 70_000), b.data.subarray(70_000)].filter((x) => x.length));
-}
-
-/** Asserts that `fn` rejects with an InputError whose message matches every pattern. */
-async function rejectsWith(fn: () => Promise<unknown>, ...patterns: RegExp[]): Promise<InputError> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof InputError, `expected an InputError, got ${String(caught)}`);
-  for (const p of patterns) assert.match(caught.message, p);
-  return caught;
 }
 
 function quoted(s: string): RegExp {
