@@ -4,12 +4,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
+import { callControl, DEFAULT_SOCKET } from '../daemon/control';
+import { Daemon } from '../daemon/daemon';
 import { readSuperblock } from '../erofs/reader';
 import { Interrupted } from '../errors';
 import { mountFileBacked, unmount } from '../mount/file-backed';
 import { buildCommand } from './build';
-import { callControl, DEFAULT_SOCKET } from '../daemon/control';
-import { Daemon } from '../daemon/daemon';
 import { convertCommand } from './convert';
 
 function mountLocal(outDir: string, target: string): void {
