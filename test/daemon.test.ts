@@ -25,6 +25,7 @@ describe('daemon with fanotify', () => {
   let daemon: ChildProcess;
   let socket: string;
   let daemonLog = '';
+  let reference: string;
 
   async function startDaemon(cacheDir: string, ...extra: string[]): Promise<void> {
     daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -44,6 +45,7 @@ describe('daemon with fanotify', () => {
   before(async () => {
     const image = minbaseImage();
     work = tempDir('daemon');
+    reference = image.unpack(path.join(work, 'reference'));
     socket = path.join(work, 'control.sock');
     registry = await startRegistry();
     proxy = await startFaultProxy(registry.host);
@@ -154,9 +156,20 @@ describe('daemon with fanotify', () => {
     await cli('umount', '--socket', socket, mnt);
   });
 
-  it('stops on SIGTERM, removing its socket', async () => {
+  it('stops on SIGTERM while a mount is busy: the reader still gets correct data after the daemon is gone', async () => {
+    await stopDaemon();
+    await startDaemon(path.join(work, 'cache-busy'));
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
+    // Holds a file open (the mount is busy) across the daemon's shutdown, then reads it.
+    const reader = run('sh', ['-c', `exec 3< ${mnt}/opt/app/bash-copy; sleep 3; sha256sum <&3`]);
+    await new Promise((r) => setTimeout(r, 500));
     await stopDaemon();
     assert.equal(daemon.exitCode, 0);
-    assert.equal(fs.existsSync(socket), false);
+    assert.equal(fs.existsSync(socket), false, 'socket removed');
+    const { stdout } = await reader;
+    const expected = execFileSync('sha256sum', [path.join(reference, 'opt', 'app', 'bash-copy')], { encoding: 'utf8' }).split(' ')[0];
+    assert.equal(stdout.split(' ')[0], expected, 'no zeros after the daemon stopped');
+    assert.ok(!fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(mnt), 'the mount was detached');
   });
 });
