@@ -11,6 +11,7 @@ import { Interrupted } from '../errors';
 import { mountFileBacked, unmount } from '../mount/file-backed';
 import { buildCommand } from './build';
 import { convertCommand } from './convert';
+import { doctorCommand } from './doctor';
 
 function mountLocal(outDir: string, target: string): void {
   const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
@@ -78,6 +79,14 @@ export function program(): Command {
       });
     });
   cli
+    .command('doctor')
+    .description('kernel features, the transport the daemon would choose, permissions, cache filesystem')
+    .option('--cache-dir <dir>', 'cache directory to check', '/var/lib/erofs-ondemand')
+    .option('--json', 'print the findings as JSON')
+    .action((opts: { cacheDir: string; json?: boolean }) => {
+      process.exitCode = doctorCommand(opts);
+    });
+  cli
     .command('mount')
     .description('mount an image lazily (asks the daemon)')
     .argument('<image-ref>', 'the lazy image, or the original image a lazy one refers to')
@@ -111,7 +120,7 @@ export function program(): Command {
 export async function main(argv: string[]): Promise<number> {
   try {
     await program().parseAsync(argv);
-    return 0;
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (err instanceof Interrupted) {

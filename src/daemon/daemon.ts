@@ -12,6 +12,7 @@ import { FanotifyTransport } from '../transport/fanotify';
 import type { CacheMissTransport } from '../transport/transport';
 import { serveControl, type ControlRequest } from './control';
 import { ImageStore, type PreparedImage } from './image-store';
+import { probeKernel } from './kernel-features';
 
 export interface DaemonOptions {
   cacheDir: string;
@@ -31,6 +32,14 @@ export class Daemon {
   private stopping = false;
 
   constructor(private readonly opts: DaemonOptions) {
+    const features = probeKernel(opts.cacheDir);
+    if (features.chosen !== 'fanotify') {
+      // fanotify fails silently (holes read as zeros) where marks do not work: never serve without it.
+      throw new Error(
+        `no usable cache-miss transport for ${opts.cacheDir}: fanotify pre-content: ${features.fanotifyPreContent.detail}; ` +
+          `cache filesystem: ${features.cacheFs.detail} (see \`erofs-ondemand doctor\`)`,
+      );
+    }
     this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries);
     this.transport = new FanotifyTransport();

@@ -1,0 +1,83 @@
+// What this kernel and cache filesystem can do, probed for real rather than guessed from versions.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { native } from '../native';
+
+export type TransportName = 'cachefiles' | 'fanotify' | 'fuse';
+
+export interface Probe {
+  ok: boolean;
+  detail: string;
+}
+
+export interface KernelFeatures {
+  kernel: string;
+  root: boolean;
+  erofs: Probe;
+  overlay: Probe;
+  cachefilesOndemand: Probe;
+  fanotifyPreContent: Probe;
+  fuse: Probe;
+  cacheFs: Probe & { type: string };
+  /** What the daemon would use, best first; null when none works here. */
+  chosen: TransportName | null;
+  /** Transports this version of the daemon implements. */
+  implemented: TransportName[];
+}
+
+const FS_TYPES: Record<number, string> = { 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x01021994: 'tmpfs', 0x65735546: 'fuse', 0xe0f5e1e2: 'erofs', 0x794c7630: 'overlayfs' };
+
+function filesystems(): string {
+  try {
+    return fs.readFileSync('/proc/filesystems', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function probeFanotify(cacheDir: string): Probe {
+  const file = path.join(cacheDir, `.probe-fanotify-${process.pid}`);
+  let group;
+  try {
+    fs.writeFileSync(file, '');
+    group = new native.FanotifyGroup();
+    group.mark(file);
+    return { ok: true, detail: 'FAN_CLASS_PRE_CONTENT group with a FAN_PRE_ACCESS mark on the cache filesystem' };
+  } catch (err) {
+    return { ok: false, detail: (err as Error).message };
+  } finally {
+    group?.close();
+    fs.rmSync(file, { force: true });
+  }
+}
+
+export function probeKernel(cacheDir: string): KernelFeatures {
+  fs.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
+  const known = filesystems();
+  const has = (name: string) => new RegExp(`\\t${name}\\n`).test(known);
+  const statfsType = Number(fs.statfsSync(cacheDir).type);
+  const cacheType = FS_TYPES[statfsType] ?? `0x${statfsType.toString(16)}`;
+  const features: KernelFeatures = {
+    kernel: os.release(),
+    root: process.getuid?.() === 0,
+    erofs: { ok: has('erofs'), detail: has('erofs') ? 'in /proc/filesystems' : 'erofs is not in /proc/filesystems' },
+    overlay: { ok: has('overlay'), detail: has('overlay') ? 'in /proc/filesystems' : 'overlay is not in /proc/filesystems' },
+    // `bind ondemand` is the definitive probe (the cachefiles issue); without the device there is nothing to bind.
+    cachefilesOndemand: fs.existsSync('/dev/cachefiles')
+      ? { ok: false, detail: '/dev/cachefiles exists; the on-demand probe comes with the cachefiles transport' }
+      : { ok: false, detail: 'no /dev/cachefiles (CONFIG_CACHEFILES off)' },
+    fanotifyPreContent: probeFanotify(cacheDir),
+    fuse: fs.existsSync('/dev/fuse') ? { ok: true, detail: '/dev/fuse present' } : { ok: false, detail: 'no /dev/fuse' },
+    cacheFs: { ok: ['ext4', 'xfs', 'btrfs'].includes(cacheType), type: cacheType, detail: `${cacheDir} is on ${cacheType}` },
+    chosen: null,
+    implemented: ['fanotify'],
+  };
+  const order: Array<[TransportName, boolean]> = [
+    ['cachefiles', features.cachefilesOndemand.ok],
+    ['fanotify', features.fanotifyPreContent.ok && features.erofs.ok],
+    ['fuse', features.fuse.ok && features.erofs.ok],
+  ];
+  features.chosen = order.find(([name, ok]) => ok && features.implemented.includes(name))?.[0] ?? null;
+  return features;
+}

@@ -1,0 +1,42 @@
+// `doctor` probes the kernel for real; the daemon refuses a cache where misses cannot be served.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, it } from 'node:test';
+import { cleanup, tempDir } from './lib/image';
+
+const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
+const disk = tempDir('doctor');
+const shm = fs.mkdtempSync('/dev/shm/eo-doctor-');
+after(() => cleanup(disk, shm));
+
+function doctor(cacheDir: string) {
+  const r = spawnSync(process.execPath, [CLI, 'doctor', '--json', '--cache-dir', cacheDir], { encoding: 'utf8' });
+  return { status: r.status, report: JSON.parse(r.stdout) };
+}
+
+it('chooses fanotify on a disk filesystem of this 6.18 kernel, and reports what is missing', () => {
+  const { status, report } = doctor(disk);
+  assert.equal(status, 0);
+  assert.equal(report.fanotifyPreContent.ok, true);
+  assert.equal(report.erofs.ok, true);
+  assert.equal(report.cacheFs.type, 'ext4');
+  assert.equal(report.cachefilesOndemand.ok, false);
+  assert.equal(report.chosen, 'fanotify');
+});
+
+it('finds no usable transport for a cache on tmpfs (fanotify marks answer EOPNOTSUPP there)', () => {
+  const { status, report } = doctor(shm);
+  assert.equal(status, 1);
+  assert.equal(report.fanotifyPreContent.ok, false);
+  assert.match(report.fanotifyPreContent.detail, /EOPNOTSUPP/);
+  assert.equal(report.cacheFs.type, 'tmpfs');
+  assert.equal(report.chosen, null);
+});
+
+it('the daemon will not start on such a cache, and says why', () => {
+  const r = spawnSync(process.execPath, [CLI, 'daemon', '--cache-dir', shm, '--socket', path.join(disk, 'sock')], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /no usable cache-miss transport .*EOPNOTSUPP.*tmpfs/);
+});
