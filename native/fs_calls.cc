@@ -6,11 +6,16 @@
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -129,6 +134,29 @@ Napi::Value SetTimes(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET ('@' = abstract namespace).
+// Returns false when not started by systemd with a notify socket.
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string message = info[0].As<Napi::String>().Utf8Value();
+  const char* path = getenv("NOTIFY_SOCKET");
+  if (!path || !*path) return Napi::Boolean::New(env, false);
+  struct sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  size_t len = strlen(path);
+  if (len >= sizeof addr.sun_path) throw Napi::Error::New(env, "NOTIFY_SOCKET path too long");
+  memcpy(addr.sun_path, path, len);
+  if (path[0] == '@') addr.sun_path[0] = '\0';
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, errno, "socket(AF_UNIX)");
+  ssize_t n = sendto(fd, message.data(), message.size(), 0, reinterpret_cast<struct sockaddr*>(&addr),
+                     static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + len));
+  int saved = errno;
+  close(fd);
+  if (n < 0) ThrowErrno(env, saved, "sendto(NOTIFY_SOCKET)", path);
+  return Napi::Boolean::New(env, true);
+}
+
 Napi::Value SeekData(const Napi::CallbackInfo& info) { return Seek(info, SEEK_DATA, "lseek(SEEK_DATA)"); }
 Napi::Value SeekHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HOLE, "lseek(SEEK_HOLE)"); }
 
@@ -142,6 +170,7 @@ void InitFsCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("setXattr", Napi::Function::New(env, SetXattr));
   exports.Set("mknod", Napi::Function::New(env, Mknod));
   exports.Set("setTimes", Napi::Function::New(env, SetTimes));
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   exports.Set("seekData", Napi::Function::New(env, SeekData));
   exports.Set("seekHole", Napi::Function::New(env, SeekHole));
 }

@@ -5,12 +5,12 @@ import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
-import { Daemon } from '../daemon/daemon';
 import { readSuperblock } from '../erofs/reader';
 import { Interrupted } from '../errors';
 import { mountFileBacked, unmount } from '../mount/file-backed';
 import { buildCommand } from './build';
 import { convertCommand } from './convert';
+import { DEFAULT_CONFIG, daemonCommand, type DaemonFlags } from './daemon';
 import { doctorCommand } from './doctor';
 
 function mountLocal(outDir: string, target: string): void {
@@ -57,27 +57,14 @@ export function program(): Command {
   cli
     .command('daemon')
     .description('serve lazy mounts: owns the cache directory and answers cache misses')
-    .option('--cache-dir <dir>', 'cache directory (on ext4/xfs/btrfs)', '/var/lib/erofs-ondemand')
-    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
-    .option('--prefetch <n>', 'background prefetch workers per blob (0: off)', '0')
-    .option('--concurrency <n>', 'concurrent Range GETs', '8')
+    .option('--config <file>', 'configuration file (JSON)', DEFAULT_CONFIG)
+    .option('--cache-dir <dir>', 'cache directory, on ext4/xfs/btrfs (default /var/lib/erofs-ondemand)')
+    .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET})`)
+    .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
+    .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
-    .action(async (opts) => {
-      const daemon = new Daemon({
-        cacheDir: opts.cacheDir,
-        socket: opts.socket,
-        prefetch: Number(opts.prefetch),
-        concurrency: Number(opts.concurrency),
-        registries: { plainHttp: opts.plainHttp, insecure: opts.insecure },
-      });
-      await daemon.start();
-      await new Promise<void>((resolve) => {
-        const stop = () => void daemon.stop().then(resolve);
-        process.once('SIGTERM', stop);
-        process.once('SIGINT', stop);
-      });
-    });
+    .action((opts: DaemonFlags, cmd: Command) => daemonCommand(opts, cmd));
   cli
     .command('doctor')
     .description('kernel features, the transport the daemon would choose, permissions, cache filesystem')

@@ -4,7 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { log } from '../log';
 
-export const DEFAULT_SOCKET = '/run/erofs-ondemand/control.sock';
+export { DEFAULT_SOCKET } from '../config';
 
 export type ControlRequest =
   | { op: 'mount'; ref: string; target: string }

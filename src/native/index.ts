@@ -33,6 +33,8 @@ interface NativeAddon {
   setXattr(path: PathLike, name: PathLike, value: Buffer): void;
   /** mknod(2): `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK). */
   mknod(path: PathLike, mode: number, major: number, minor: number): void;
+  /** Sends a sd_notify message (READY=1, STOPPING=1, STATUS=...); false when there is no NOTIFY_SOCKET. */
+  sdNotify(message: string): boolean;
   /** utimensat(2) without following symlinks: atime = mtime = sec + nsec. */
   setTimes(path: PathLike, sec: bigint, nsec: number): void;
   /** Next offset holding data at or after `offset`, or -1 if none (ENXIO). */

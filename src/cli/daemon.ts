@@ -1,0 +1,66 @@
+// `erofs-ondemand daemon`: configuration file + flags, systemd readiness, SIGTERM/SIGINT to stop,
+// SIGHUP to reload what can change at run time (the log level).
+import type { Command } from 'commander';
+import { DEFAULT_CONFIG, loadConfig, type Config } from '../config';
+import { Daemon } from '../daemon/daemon';
+import { log } from '../log';
+import { native } from '../native';
+
+export interface DaemonFlags {
+  config: string;
+  cacheDir?: string;
+  socket?: string;
+  prefetch?: string;
+  concurrency?: string;
+  plainHttp?: string[];
+  insecure?: string[];
+}
+
+/** The file's settings, overridden by flags given on the command line. */
+function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
+  const explicit = (name: string) => cmd.getOptionValueSource(name) === 'cli';
+  const c = loadConfig(flags.config, explicit('config'));
+  if (flags.cacheDir) c.cacheDir = flags.cacheDir;
+  if (flags.socket) c.socket = flags.socket;
+  if (flags.prefetch !== undefined) c.prefetch = Number(flags.prefetch);
+  if (flags.concurrency !== undefined) c.fetch.concurrency = Number(flags.concurrency);
+  if (flags.plainHttp) c.registries.plainHttp = flags.plainHttp;
+  if (flags.insecure) c.registries.insecure = flags.insecure;
+  return c;
+}
+
+export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<void> {
+  const config = effectiveConfig(flags, cmd);
+  log.level = config.logLevel;
+  const daemon = new Daemon({
+    cacheDir: config.cacheDir,
+    socket: config.socket,
+    prefetch: config.prefetch,
+    concurrency: config.fetch.concurrency,
+    registries: config.registries,
+  });
+  await daemon.start();
+  native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
+  const onHup = () => {
+    try {
+      const next = effectiveConfig(flags, cmd);
+      log.level = next.logLevel;
+      const restartOnly = (['cacheDir', 'socket', 'prefetch'] as const).filter((k) => next[k] !== config[k]);
+      log.info('configuration reloaded', { logLevel: next.logLevel, ...(restartOnly.length ? { needsRestart: restartOnly } : {}) });
+    } catch (err) {
+      log.error('configuration not reloaded', { error: (err as Error).message });
+    }
+  };
+  process.on('SIGHUP', onHup);
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      native.sdNotify('STOPPING=1');
+      void daemon.stop().then(resolve);
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  process.off('SIGHUP', onHup);
+}
+
+export { DEFAULT_CONFIG };
