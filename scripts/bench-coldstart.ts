@@ -92,7 +92,7 @@ async function main(): Promise<void> {
           const got = execFileSync('chroot', [mnt, ...WORKLOAD], { encoding: 'utf8' });
           results[name].t.push(seconds(t0));
           if (got !== expected) throw new Error(`lazy run printed ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`);
-          const status = JSON.parse(cli('status', '--socket', socket));
+          const status = JSON.parse(cli('status', '--json', '--socket', socket));
           results[name].bytes.push(status.fetch.bytesFetched);
           cli('umount', '--socket', socket, mnt);
         } finally {

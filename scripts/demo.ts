@@ -62,7 +62,7 @@ async function main(): Promise<void> {
       return execFileSync('chroot', [mnt, ...PROGRAM], { encoding: 'utf8' });
     });
     say(`   ${lazy.trim()}`);
-    const status = JSON.parse(cli('status', '--socket', socket));
+    const status = JSON.parse(cli('status', '--json', '--socket', socket));
     say(`   transport: ${status.transport}; chunks cached: ${status.mounts[0].blobs.map((b: { cached: number; chunks: number }) => `${b.cached}/${b.chunks}`).join(', ')}`);
     if (lazy !== full) throw new Error('the lazy run printed something else than the full one');
 

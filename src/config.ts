@@ -14,6 +14,8 @@ export interface Config {
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   fetch: { concurrency: number };
   registries: { plainHttp: string[]; insecure: string[] };
+  /** Prometheus metrics on host:port; empty: off. */
+  metrics: { address: string };
 }
 
 export const DEFAULTS: Config = {
@@ -23,9 +25,14 @@ export const DEFAULTS: Config = {
   logLevel: 'info',
   fetch: { concurrency: 8 },
   registries: { plainHttp: [], insecure: [] },
+  metrics: { address: '127.0.0.1:9543' },
 };
 
-type FileConfig = Partial<Omit<Config, 'fetch' | 'registries'>> & { fetch?: Partial<Config['fetch']>; registries?: Partial<Config['registries']> };
+type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
+  fetch?: Partial<Config['fetch']>;
+  registries?: Partial<Config['registries']>;
+  metrics?: Partial<Config['metrics']>;
+};
 
 const schema: JSONSchemaType<FileConfig> = {
   type: 'object',
@@ -49,6 +56,12 @@ const schema: JSONSchemaType<FileConfig> = {
         plainHttp: { type: 'array', items: { type: 'string' }, nullable: true },
         insecure: { type: 'array', items: { type: 'string' }, nullable: true },
       },
+    },
+    metrics: {
+      type: 'object',
+      nullable: true,
+      additionalProperties: false,
+      properties: { address: { type: 'string', pattern: '^(|.+:[0-9]+)$', nullable: true } },
     },
   },
 };
@@ -83,5 +96,6 @@ export function loadConfig(file: string, required: boolean): Config {
     ...c,
     fetch: { ...DEFAULTS.fetch, ...c.fetch },
     registries: { ...DEFAULTS.registries, ...c.registries },
+    metrics: { ...DEFAULTS.metrics, ...c.metrics },
   } as Config;
 }

@@ -28,7 +28,7 @@ describe('daemon with fanotify', () => {
   let reference: string;
 
   async function startDaemon(cacheDir: string, ...extra: string[]): Promise<void> {
-    daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+    daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', '127.0.0.1:0', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
     daemon.stderr!.on('data', (b) => (daemonLog += b));
     for (let i = 0; i < 200 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
     assert.ok(fs.existsSync(socket), `daemon did not start:\n${daemonLog}`);
@@ -67,7 +67,7 @@ describe('daemon with fanotify', () => {
     assert.match(stdout, /mounted at/);
     const { stdout: hello } = await run('chroot', [mnt, '/opt/app/run.sh']);
     assert.equal(hello, 'lazy hello\n');
-    const status = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    const status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
     assert.equal(status.transport, 'fanotify');
     assert.equal(status.mounts[0].target, mnt);
     const cached = status.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
@@ -108,7 +108,7 @@ describe('daemon with fanotify', () => {
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
     await run('chroot', [mnt, '/opt/app/run.sh']);
-    const before = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    const before = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
     const cachedBefore = before.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
 
     const killed = new Promise((r) => daemon.once('exit', r));
@@ -116,14 +116,14 @@ describe('daemon with fanotify', () => {
     await killed;
     fs.rmSync(socket, { force: true });
     await startDaemon(cache);
-    const after = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    const after = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
     assert.equal(after.mounts.length, 1, `restored: ${daemonLog}`);
     assert.equal(after.mounts[0].target, mnt);
     const cachedAfter = after.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
     assert.equal(cachedAfter, cachedBefore, 'chunks on disk are found again');
     const { stdout } = await run('chroot', [mnt, '/opt/app/run.sh']);
     assert.equal(stdout, 'lazy hello\n');
-    const again = JSON.parse((await cli('status', '--socket', socket)).stdout);
+    const again = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
     assert.equal(again.fetch.bytesFetched, 0, 'nothing present was fetched again');
     await cli('umount', '--socket', socket, mnt);
   });
@@ -148,12 +148,49 @@ describe('daemon with fanotify', () => {
     }
     let status: { mounts: Array<{ blobs: Array<{ cached: number; chunks: number }> }> } = { mounts: [] };
     for (let i = 0; i < 600; i++) {
-      status = JSON.parse((await cli('status', '--socket', socket)).stdout);
+      status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
       if (status.mounts[0].blobs.every((b) => b.cached === b.chunks)) break;
       await new Promise((r) => setTimeout(r, 100));
     }
     assert.ok(status.mounts[0].blobs.every((b) => b.cached === b.chunks), `prefetch completes: ${JSON.stringify(status.mounts[0].blobs)}`);
     await cli('umount', '--socket', socket, mnt);
+  });
+
+  it('serves Prometheus metrics, verifies the cache with fsck, and prefetches on request', async () => {
+    await stopDaemon();
+    await startDaemon(path.join(work, 'cache-ops'));
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
+    try {
+      await run('chroot', [mnt, '/opt/app/run.sh']);
+      const status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
+      assert.ok(status.fetch.latency.p50 > 0 && status.fetch.latency.p99 >= status.fetch.latency.p50);
+      assert.ok(status.mounts[0].cachedBytes > 0);
+      const text = await (await fetch(`http://127.0.0.1:${status.metricsPort}/metrics`)).text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+      assert.equal(value('erofs_ondemand_fetched_bytes_total'), status.fetch.bytesFetched);
+      assert.ok(value('erofs_ondemand_cache_misses_total') > 0);
+      assert.ok(value('erofs_ondemand_fetch_seconds_count') > 0);
+      assert.ok(value('erofs_ondemand_cache_bytes') > 0);
+      assert.equal(value('erofs_ondemand_verify_failures_total'), 0);
+      assert.match((await cli('status', '--socket', socket)).stdout, /hit ratio/);
+
+      const clean = await cli('fsck', '--socket', socket, mnt);
+      assert.match(clean.stdout, /^\d+ cached chunks checked, 0 bad/);
+      const { stdout: pf } = await cli('prefetch', '--socket', socket, mnt);
+      assert.match(pf, /^\d+ chunks fetched/);
+      const full = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
+      assert.ok(full.mounts[0].blobs.every((b: { cached: number; chunks: number }) => b.cached === b.chunks));
+
+      // Damage one cached chunk behind the daemon's back: fsck finds it and exits 1.
+      const blobFile = fs.readdirSync(path.join(work, 'cache-ops', 'blobs')).map((f) => path.join(work, 'cache-ops', 'blobs', f)).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0];
+      const fd = fs.openSync(blobFile, 'r+');
+      fs.writeSync(fd, Buffer.from('garbage'), 0, 7, 4096 * 3);
+      fs.closeSync(fd);
+      await assert.rejects(cli('fsck', '--socket', socket, mnt), (err: { code: number; stdout: string }) => err.code === 1 && /1 bad/.test(err.stdout));
+    } finally {
+      await cli('umount', '--socket', socket, mnt);
+    }
   });
 
   it('stops on SIGTERM while a mount is busy: the reader still gets correct data after the daemon is gone', async () => {

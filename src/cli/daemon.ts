@@ -14,6 +14,7 @@ export interface DaemonFlags {
   concurrency?: string;
   plainHttp?: string[];
   insecure?: string[];
+  metricsAddress?: string;
 }
 
 /** The file's settings, overridden by flags given on the command line. */
@@ -26,18 +27,20 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.concurrency !== undefined) c.fetch.concurrency = Number(flags.concurrency);
   if (flags.plainHttp) c.registries.plainHttp = flags.plainHttp;
   if (flags.insecure) c.registries.insecure = flags.insecure;
+  if (flags.metricsAddress !== undefined) c.metrics.address = flags.metricsAddress;
   return c;
 }
 
 export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<void> {
   const config = effectiveConfig(flags, cmd);
-  log.level = config.logLevel;
+  log.level = process.env.EROFS_ONDEMAND_LOG_LEVEL ?? config.logLevel;
   const daemon = new Daemon({
     cacheDir: config.cacheDir,
     socket: config.socket,
     prefetch: config.prefetch,
     concurrency: config.fetch.concurrency,
     registries: config.registries,
+    metricsAddress: config.metrics.address || undefined,
   });
   await daemon.start();
   native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);

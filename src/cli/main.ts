@@ -12,6 +12,7 @@ import { buildCommand } from './build';
 import { convertCommand } from './convert';
 import { DEFAULT_CONFIG, daemonCommand, type DaemonFlags } from './daemon';
 import { doctorCommand } from './doctor';
+import { formatStatus, type DaemonStatus } from './status';
 
 function mountLocal(outDir: string, target: string): void {
   const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
@@ -64,6 +65,7 @@ export function program(): Command {
     .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
     .action((opts: DaemonFlags, cmd: Command) => daemonCommand(opts, cmd));
   cli
     .command('doctor')
@@ -96,10 +98,39 @@ export function program(): Command {
     });
   cli
     .command('status')
-    .description('what the daemon serves: mounts, cached chunks, fetch counters')
+    .description('what the daemon serves: mounts, bytes cached, hit ratio, in-flight misses, fetch latency')
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
-    .action(async (opts: { socket: string }) => {
-      process.stdout.write(`${JSON.stringify(await callControl(opts.socket, { op: 'status' }), null, 2)}\n`);
+    .option('--json', 'print the status as JSON')
+    .action(async (opts: { socket: string; json?: boolean }) => {
+      const s = (await callControl(opts.socket, { op: 'status' })) as DaemonStatus;
+      process.stdout.write(opts.json ? `${JSON.stringify(s)}\n` : `${formatStatus(s)}\n`);
+    });
+  cli
+    .command('fsck')
+    .description('verify every cached chunk of a mounted image against its digest')
+    .argument('<image>', 'mount point or image reference')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .option('--json', 'print the result as JSON')
+    .action(async (image: string, opts: { socket: string; json?: boolean }) => {
+      const r = (await callControl(opts.socket, { op: 'fsck', target: image.startsWith('/') ? path.resolve(image) : image })) as {
+        chunks: number;
+        bad: Array<{ blob: string; offset: number }>;
+      };
+      if (opts.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+      else {
+        process.stdout.write(`${r.chunks} cached chunks checked, ${r.bad.length} bad\n`);
+        for (const b of r.bad) process.stdout.write(`bad: blob ${b.blob} offset ${b.offset}\n`);
+      }
+      if (r.bad.length > 0) process.exitCode = 1;
+    });
+  cli
+    .command('prefetch')
+    .description('fetch every chunk of a mounted image that is not cached yet, and wait for it')
+    .argument('<image>', 'mount point or image reference')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .action(async (image: string, opts: { socket: string }) => {
+      const r = (await callControl(opts.socket, { op: 'prefetch', target: image.startsWith('/') ? path.resolve(image) : image })) as { fetched: number };
+      process.stdout.write(`${r.fetched} chunks fetched\n`);
     });
   return cli;
 }

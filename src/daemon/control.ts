@@ -9,7 +9,9 @@ export { DEFAULT_SOCKET } from '../config';
 export type ControlRequest =
   | { op: 'mount'; ref: string; target: string }
   | { op: 'umount'; target: string }
-  | { op: 'status' };
+  | { op: 'status' }
+  | { op: 'fsck'; target: string }
+  | { op: 'prefetch'; target: string };
 
 export type ControlResponse = { ok: true; result?: unknown } | { ok: false; error: string };
 

@@ -1,6 +1,7 @@
 // The daemon: owns the node's cache directory, the fetcher and the cache-miss transport, and serves
 // mount/umount/status requests on its control socket.
 import fs from 'node:fs';
+import type http from 'node:http';
 import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
@@ -13,6 +14,7 @@ import type { CacheMissTransport } from '../transport/transport';
 import { serveControl, type ControlRequest } from './control';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
+import { DaemonMetrics } from './metrics';
 
 export interface DaemonOptions {
   cacheDir: string;
@@ -21,6 +23,8 @@ export interface DaemonOptions {
   prefetch: number;
   concurrency: number;
   registries?: OpenOptions;
+  /** host:port for Prometheus metrics; none when undefined. */
+  metricsAddress?: string;
 }
 
 export class Daemon {
@@ -29,6 +33,9 @@ export class Daemon {
   private readonly transport: CacheMissTransport;
   private readonly mounts = new Map<string, PreparedImage>();
   private server: net.Server | null = null;
+  private metricsServer: http.Server | null = null;
+  readonly metrics: DaemonMetrics;
+  metricsPort: number | null = null;
   private stopping = false;
 
   constructor(private readonly opts: DaemonOptions) {
@@ -40,9 +47,13 @@ export class Daemon {
           `cache filesystem: ${features.cacheFs.detail} (see \`erofs-ondemand doctor\`)`,
       );
     }
-    this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency });
+    this.metrics = new DaemonMetrics(
+      () => this.fetcher,
+      () => this.store.allBlobs().reduce((n, b) => n + b.allocatedBytes, 0),
+    );
+    this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries);
-    this.transport = new FanotifyTransport();
+    this.transport = new FanotifyTransport(() => this.metrics.misses.inc());
   }
 
   private get stateFile(): string {
@@ -77,6 +88,11 @@ export class Daemon {
 
   async start(): Promise<void> {
     await this.restore();
+    if (this.opts.metricsAddress) {
+      const { server, port } = await this.metrics.listen(this.opts.metricsAddress);
+      this.metricsServer = server;
+      this.metricsPort = port;
+    }
     this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
     log.info('daemon ready', { socket: this.opts.socket, cacheDir: this.opts.cacheDir, transport: this.transport.name });
   }
@@ -89,6 +105,10 @@ export class Daemon {
         return this.umount(req.target);
       case 'status':
         return this.status();
+      case 'fsck':
+        return this.fsck(req.target);
+      case 'prefetch':
+        return this.prefetchAll(req.target);
       default:
         throw new Error(`unknown request ${JSON.stringify((req as { op: unknown }).op)}`);
     }
@@ -133,17 +153,49 @@ export class Daemon {
     log.info('unmounted', { target });
   }
 
+  private image(target: string): PreparedImage {
+    const img = this.mounts.get(target) ?? [...this.mounts.values()].find((m) => m.ref === target);
+    if (!img) throw new Error(`${target} is neither a mount point nor an image mounted by this daemon`);
+    return img;
+  }
+
+  /** Checks every cached chunk of an image against its digest. */
+  fsck(target: string): { chunks: number; bad: Array<{ blob: string; offset: number; expected: string; got: string }> } {
+    const img = this.image(target);
+    const bad = img.blobs.flatMap((b) => b.verify().map((x) => ({ blob: b.remote.digest, ...x })));
+    for (const b of bad) log.error('cached chunk does not match its digest', { image: img.ref, ...b });
+    return { chunks: img.blobs.reduce((n, b) => n + b.presentChunks, 0), bad };
+  }
+
+  /** Fetches every chunk of an image not cached yet; resolves when all are. */
+  async prefetchAll(target: string): Promise<{ fetched: number }> {
+    const img = this.image(target);
+    let fetched = 0;
+    for (const b of img.blobs) {
+      for (const [start, end] of b.missingRanges()) fetched += await b.ensure(start, end, 'prefetch');
+    }
+    return { fetched };
+  }
+
   status(): unknown {
     return {
       transport: this.transport.name,
-      fetch: this.fetcher.stats,
+      fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
       inFlight: this.fetcher.inFlight,
-      mounts: [...this.mounts].map(([target, img]) => ({
-        target,
-        image: img.ref,
-        digest: img.digest,
-        blobs: img.blobs.map((b) => ({ digest: b.remote.digest, chunks: b.totalChunks, cached: b.presentChunks })),
-      })),
+      cacheBytes: this.store.allBlobs().reduce((n, b) => n + b.allocatedBytes, 0),
+      metricsPort: this.metricsPort,
+      mounts: [...this.mounts].map(([target, img]) => {
+        const hits = img.blobs.reduce((n, b) => n + b.hits, 0);
+        const misses = img.blobs.reduce((n, b) => n + b.misses, 0);
+        return {
+          target,
+          image: img.ref,
+          digest: img.digest,
+          cachedBytes: img.blobs.reduce((n, b) => n + b.presentBytes, 0),
+          hitRatio: hits + misses === 0 ? null : hits / (hits + misses),
+          blobs: img.blobs.map((b) => ({ digest: b.remote.digest, chunks: b.totalChunks, cached: b.presentChunks })),
+        };
+      }),
     };
   }
 
@@ -172,6 +224,7 @@ export class Daemon {
     this.saveState(); // stopped on purpose: nothing to restore at the next start
     await this.transport.close();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    await new Promise<void>((resolve) => (this.metricsServer ? this.metricsServer.close(() => resolve()) : resolve()));
     fs.rmSync(this.opts.socket, { force: true });
     await closeRegistryClients();
     log.info('daemon stopped');

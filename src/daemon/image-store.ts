@@ -53,6 +53,10 @@ export class ImageStore {
     return { client: lazyClient, repo: lazy.repository, manifest: got.manifest, digest: got.digest };
   }
 
+  allBlobs(): BlobCache[] {
+    return [...this.blobs.values()];
+  }
+
   async prepare(ref: string): Promise<PreparedImage> {
     const { client, repo, manifest, digest } = await this.lazyManifest(ref);
     const [boot, ...blobDescs] = manifest.layers;

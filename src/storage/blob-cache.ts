@@ -1,6 +1,7 @@
 // The persistent cache of one data blob: a sparse file of the blob's uncompressed size holding each
 // chunk at its offset. What is present is whatever is allocated (SEEK_DATA/SEEK_HOLE), so a restarted
 // daemon reuses it without fetching again.
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { BlobIndex } from '../blob/blob-index';
 import { chunkIndexRange, type ChunkEntry } from '../blob/chunk-table';
@@ -18,6 +19,9 @@ function alignedEnd(c: ChunkEntry): number {
 
 export class BlobCache {
   private readonly present: Uint8Array;
+  /** Reads answered from the cache file alone / that needed chunks fetched. */
+  hits = 0;
+  misses = 0;
 
   private constructor(
     readonly path: string,
@@ -47,6 +51,28 @@ export class BlobCache {
     return this.present.reduce((n, p) => n + p, 0);
   }
 
+  get presentBytes(): number {
+    return this.index.chunks.reduce((n, c, i) => n + (this.present[i] ? c.uncompressedSize : 0), 0);
+  }
+
+  /** Bytes the cache file takes on disk. */
+  get allocatedBytes(): number {
+    return fs.fstatSync(this.fd).blocks * 512;
+  }
+
+  /** Re-reads every cached chunk and checks its SHA-256: the chunks that do not match. */
+  verify(): Array<{ offset: number; expected: string; got: string }> {
+    const bad: Array<{ offset: number; expected: string; got: string }> = [];
+    this.index.chunks.forEach((c, i) => {
+      if (!this.present[i]) return;
+      const buf = Buffer.alloc(c.uncompressedSize);
+      fs.readSync(this.fd, buf, 0, buf.length, c.uncompressedOffset);
+      const got = createHash('sha256').update(buf).digest();
+      if (!got.equals(c.digest)) bad.push({ offset: c.uncompressedOffset, expected: c.digest.toString('hex'), got: got.toString('hex') });
+    });
+    return bad;
+  }
+
   get totalChunks(): number {
     return this.present.length;
   }
@@ -65,7 +91,11 @@ export class BlobCache {
         slots.push(i);
       }
     }
-    if (missing.length === 0) return 0;
+    if (missing.length === 0) {
+      this.hits++;
+      return 0;
+    }
+    if (priority === 'demand') this.misses++;
     const data = await this.fetcher.getChunks(this.remote, missing, priority);
     for (const [k, d] of data.entries()) {
       if (this.present[slots[k]]) continue; // another reader's fetch wrote it meanwhile

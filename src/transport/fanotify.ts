@@ -16,9 +16,7 @@ export class FanotifyTransport implements CacheMissTransport {
   private readonly byInode = new Map<number, BlobCache>();
   private readonly pending = new Set<number>();
   private closed = false;
-  misses = 0;
-
-  constructor() {
+  constructor(private readonly onMiss: () => void = () => undefined) {
     this.group = new native.FanotifyGroup();
     this.group.start((e) => void this.onEvent(e));
   }
@@ -45,7 +43,7 @@ export class FanotifyTransport implements CacheMissTransport {
       const fetched = await blob.ensure(e.offset, e.offset + e.count, 'demand', (offset, data) => {
         fs.writeSync(e.fd, data, 0, data.length, offset);
       });
-      if (fetched > 0) this.misses++;
+      if (fetched > 0) this.onMiss();
     } catch (err) {
       errno = EIO;
       log.error('cache miss not served', { blob: blob?.remote.what, offset: e.offset, count: e.count, pid: e.pid, error: (err as Error).message });

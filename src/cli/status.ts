@@ -1,0 +1,31 @@
+// Human form of the daemon's status.
+import { bytes, table } from './format';
+
+export interface DaemonStatus {
+  transport: string;
+  fetch: { requests: number; bytesFetched: number; verifyFailures: number; latency: { p50: number; p90: number; p99: number } | null };
+  inFlight: number;
+  cacheBytes: number;
+  mounts: Array<{ target: string; image: string; cachedBytes: number; hitRatio: number | null; blobs: Array<{ chunks: number; cached: number }> }>;
+}
+
+export function formatStatus(s: DaemonStatus): string {
+  const ms = (x: number) => `${(x * 1000).toFixed(1)} ms`;
+  const lat = s.fetch.latency ? `p50 ${ms(s.fetch.latency.p50)}, p90 ${ms(s.fetch.latency.p90)}, p99 ${ms(s.fetch.latency.p99)}` : 'no fetches yet';
+  const head = [
+    `transport ${s.transport}; cache ${bytes(s.cacheBytes)} on disk; in-flight chunks ${s.inFlight}`,
+    `fetched ${bytes(s.fetch.bytesFetched)} in ${s.fetch.requests} requests (${s.fetch.verifyFailures} verification failures); latency ${lat}`,
+  ];
+  if (s.mounts.length === 0) return [...head, 'no mounts'].join('\n');
+  const rows = [
+    ['mount', 'image', 'cached', 'chunks', 'hit ratio'],
+    ...s.mounts.map((m) => [
+      m.target,
+      m.image,
+      bytes(m.cachedBytes),
+      `${m.blobs.reduce((n, b) => n + b.cached, 0)}/${m.blobs.reduce((n, b) => n + b.chunks, 0)}`,
+      m.hitRatio === null ? '-' : `${(100 * m.hitRatio).toFixed(1)}%`,
+    ]),
+  ];
+  return [...head, '', table(rows)].join('\n');
+}
