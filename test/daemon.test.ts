@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { cleanup, tempDir } from './lib/image';
 import { startRegistry, type RegistryServer } from './lib/registry-server';
-import { minbaseImage } from './lib/test-images';
+import { minbaseImage, UmociImage } from './lib/test-images';
 
 const run = promisify(execFile);
 const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
@@ -190,6 +190,39 @@ describe('daemon with fanotify', () => {
       await assert.rejects(cli('fsck', '--socket', socket, mnt), (err: { code: number; stdout: string }) => err.code === 1 && /1 bad/.test(err.stdout));
     } finally {
       await cli('umount', '--socket', socket, mnt);
+    }
+  });
+
+  it('shares the cache files of blobs two mounted images have in common', async () => {
+    await stopDaemon();
+    const cache = path.join(work, 'cache-shared');
+    await startDaemon(cache);
+    // A second image: the same three layers and one more.
+    const second = new UmociImage(path.join(work, 'second-layout'), 'v2');
+    execFileSync('skopeo', ['copy', '-q', `oci:${minbaseImage().ref}`, `oci:${second.ref}`]);
+    second.layer((r) => fs.writeFileSync(path.join(r, 'second.txt'), 'only in the second image\n'));
+    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${second.ref}`, `docker://${registry.host}/library/second:1`]);
+    execFileSync(process.execPath, [CLI, 'convert', '-q', `${registry.host}/library/second:1`, `${registry.host}/lazy/second:1`]);
+    const a = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const b = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, a);
+    await cli('mount', '--socket', socket, `${registry.host}/library/second:1`, b);
+    try {
+      const status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
+      const blobsA = status.mounts[0].blobs.map((x: { digest: string }) => x.digest);
+      const blobsB = status.mounts[1].blobs.map((x: { digest: string }) => x.digest);
+      assert.deepEqual(blobsB.slice(0, blobsA.length), blobsA, 'the second image reuses the first one\'s blobs');
+      assert.equal(fs.readdirSync(path.join(cache, 'blobs')).length, new Set([...blobsA, ...blobsB]).size, 'one cache file per distinct blob');
+      // A chunk fetched through one mount is a hit through the other.
+      await run('chroot', [a, '/opt/app/run.sh']);
+      const before = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout).fetch.bytesFetched;
+      assert.equal((await run('chroot', [b, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
+      assert.equal(fs.readFileSync(path.join(b, 'second.txt'), 'utf8'), 'only in the second image\n');
+      const afterRead = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout).fetch.bytesFetched;
+      assert.ok(afterRead - before < 64 << 10, `the second image fetched ${afterRead - before} bytes for what the first had fetched`);
+    } finally {
+      await cli('umount', '--socket', socket, a);
+      await cli('umount', '--socket', socket, b);
     }
   });
 
