@@ -9,6 +9,8 @@ export const DEFAULT_SOCKET = '/run/erofs-ondemand/control.sock';
 
 export interface Config {
   cacheDir: string;
+  /** Bound on the cache's disk use; blobs of unmounted images are evicted, least recently used first. 0: none. */
+  cacheMaxBytes: number;
   socket: string;
   prefetch: number;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
@@ -20,6 +22,7 @@ export interface Config {
 
 export const DEFAULTS: Config = {
   cacheDir: '/var/lib/erofs-ondemand',
+  cacheMaxBytes: 0,
   socket: DEFAULT_SOCKET,
   prefetch: 0,
   logLevel: 'info',
@@ -39,6 +42,7 @@ const schema: JSONSchemaType<FileConfig> = {
   additionalProperties: false,
   properties: {
     cacheDir: { type: 'string', minLength: 1, nullable: true },
+    cacheMaxBytes: { type: 'integer', minimum: 0, nullable: true },
     socket: { type: 'string', minLength: 1, nullable: true },
     prefetch: { type: 'integer', minimum: 0, maximum: 64, nullable: true },
     logLevel: { type: 'string', enum: ['error', 'warn', 'info', 'debug'], nullable: true },

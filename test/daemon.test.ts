@@ -226,6 +226,32 @@ describe('daemon with fanotify', () => {
     }
   });
 
+  it('gc evicts blobs of unmounted images, least recently used first, never those in use', async () => {
+    await stopDaemon();
+    const cache = path.join(work, 'cache-gc');
+    await startDaemon(cache);
+    const a = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const b = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/second:1`, b); // 4 blobs, the first 3 shared
+    await cli('umount', '--socket', socket, b);
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, a); // uses the 3 shared blobs
+    await run('chroot', [a, '/opt/app/run.sh']);
+    const blobs = () => fs.readdirSync(path.join(cache, 'blobs')).sort();
+    assert.equal(blobs().length, 4);
+    const r = JSON.parse((await cli('gc', '--json', '--socket', socket)).stdout);
+    assert.equal(r.removed.length, 1, 'only the blob no mounted image uses');
+    assert.equal(blobs().length, 3);
+    assert.equal((await run('chroot', [a, '/opt/app/run.sh'])).stdout, 'lazy hello\n', 'the mounted image still reads');
+    await cli('umount', '--socket', socket, a);
+    const all = JSON.parse((await cli('gc', '--json', '--max-size', '0', '--socket', socket)).stdout);
+    assert.equal(all.removed.length, 3);
+    assert.equal(all.cacheBytes, 0);
+    // Mounting again after eviction fetches afresh and reads correctly.
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, a);
+    assert.equal((await run('chroot', [a, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
+    await cli('umount', '--socket', socket, a);
+  });
+
   it('stops on SIGTERM while a mount is busy: the reader still gets correct data after the daemon is gone', async () => {
     await stopDaemon();
     await startDaemon(path.join(work, 'cache-busy'));

@@ -5,6 +5,7 @@ import { DEFAULT_CONFIG, loadConfig, type Config } from '../config';
 import { Daemon } from '../daemon/daemon';
 import { log } from '../log';
 import { native } from '../native';
+import { parseSize } from './format';
 
 export interface DaemonFlags {
   config: string;
@@ -15,6 +16,7 @@ export interface DaemonFlags {
   plainHttp?: string[];
   insecure?: string[];
   metricsAddress?: string;
+  cacheMaxBytes?: string;
 }
 
 /** The file's settings, overridden by flags given on the command line. */
@@ -28,6 +30,7 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.plainHttp) c.registries.plainHttp = flags.plainHttp;
   if (flags.insecure) c.registries.insecure = flags.insecure;
   if (flags.metricsAddress !== undefined) c.metrics.address = flags.metricsAddress;
+  if (flags.cacheMaxBytes !== undefined) c.cacheMaxBytes = parseSize(flags.cacheMaxBytes);
   return c;
 }
 
@@ -41,6 +44,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     concurrency: config.fetch.concurrency,
     registries: config.registries,
     metricsAddress: config.metrics.address || undefined,
+    cacheMaxBytes: config.cacheMaxBytes,
   });
   await daemon.start();
   native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);

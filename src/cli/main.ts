@@ -12,6 +12,7 @@ import { buildCommand } from './build';
 import { convertCommand } from './convert';
 import { DEFAULT_CONFIG, daemonCommand, type DaemonFlags } from './daemon';
 import { doctorCommand } from './doctor';
+import { bytes, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
 
 function mountLocal(outDir: string, target: string): void {
@@ -65,6 +66,7 @@ export function program(): Command {
     .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
     .action((opts: DaemonFlags, cmd: Command) => daemonCommand(opts, cmd));
   cli
@@ -131,6 +133,20 @@ export function program(): Command {
     .action(async (image: string, opts: { socket: string }) => {
       const r = (await callControl(opts.socket, { op: 'prefetch', target: image.startsWith('/') ? path.resolve(image) : image })) as { fetched: number };
       process.stdout.write(`${r.fetched} chunks fetched\n`);
+    });
+  cli
+    .command('gc')
+    .description('evict cached blobs no mounted image uses, least recently used first')
+    .option('--max-size <size>', 'shrink the cache to at most this (default: the daemon\'s bound, else evict all unused)')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: { socket: string; maxSize?: string; json?: boolean }) => {
+      const r = (await callControl(opts.socket, { op: 'gc', ...(opts.maxSize ? { maxBytes: parseSize(opts.maxSize) } : {}) })) as {
+        removed: string[];
+        freedBytes: number;
+        cacheBytes: number;
+      };
+      process.stdout.write(opts.json ? `${JSON.stringify(r)}\n` : `${r.removed.length} blobs evicted, ${bytes(r.freedBytes)} freed, cache now ${bytes(r.cacheBytes)}\n`);
     });
   return cli;
 }

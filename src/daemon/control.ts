@@ -11,7 +11,8 @@ export type ControlRequest =
   | { op: 'umount'; target: string }
   | { op: 'status' }
   | { op: 'fsck'; target: string }
-  | { op: 'prefetch'; target: string };
+  | { op: 'prefetch'; target: string }
+  | { op: 'gc'; maxBytes?: number };
 
 export type ControlResponse = { ok: true; result?: unknown } | { ok: false; error: string };
 

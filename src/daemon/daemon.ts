@@ -25,6 +25,8 @@ export interface DaemonOptions {
   registries?: OpenOptions;
   /** host:port for Prometheus metrics; none when undefined. */
   metricsAddress?: string;
+  /** 0: unbounded. */
+  cacheMaxBytes?: number;
 }
 
 export class Daemon {
@@ -109,6 +111,8 @@ export class Daemon {
         return this.fsck(req.target);
       case 'prefetch':
         return this.prefetchAll(req.target);
+      case 'gc':
+        return this.gc(req.maxBytes);
       default:
         throw new Error(`unknown request ${JSON.stringify((req as { op: unknown }).op)}`);
     }
@@ -151,6 +155,7 @@ export class Daemon {
     this.mounts.delete(target);
     this.saveState();
     log.info('unmounted', { target });
+    if (this.opts.cacheMaxBytes) this.gc();
   }
 
   private image(target: string): PreparedImage {
@@ -165,6 +170,33 @@ export class Daemon {
     const bad = img.blobs.flatMap((b) => b.verify().map((x) => ({ blob: b.remote.digest, ...x })));
     for (const b of bad) log.error('cached chunk does not match its digest', { image: img.ref, ...b });
     return { chunks: img.blobs.reduce((n, b) => n + b.presentChunks, 0), bad };
+  }
+
+  /**
+   * Evicts blob cache files no mounted image uses, least recently used first, until the cache takes at
+   * most `maxBytes` (default: the configured bound; 0 with no bound evicts every unused blob).
+   */
+  gc(maxBytes = this.opts.cacheMaxBytes ?? 0): { removed: string[]; freedBytes: number; cacheBytes: number } {
+    const dir = this.store.blobsDir();
+    const inUse = new Set([...this.mounts.values()].flatMap((m) => m.blobs.map((b) => path.basename(b.path))));
+    const files = fs.readdirSync(dir).map((name) => {
+      const st = fs.statSync(path.join(dir, name));
+      return { name, bytes: st.blocks * 512, mtime: st.mtimeMs };
+    });
+    let total = files.reduce((n, f) => n + f.bytes, 0);
+    const removed: string[] = [];
+    let freed = 0;
+    for (const f of files.filter((x) => !inUse.has(x.name)).sort((x, y) => x.mtime - y.mtime)) {
+      if (total <= maxBytes) break;
+      this.store.forget(`sha256:${f.name}`);
+      fs.rmSync(path.join(dir, f.name), { force: true });
+      total -= f.bytes;
+      freed += f.bytes;
+      removed.push(`sha256:${f.name}`);
+    }
+    if (removed.length > 0) log.info('cache evicted', { removed, freedBytes: freed, cacheBytes: total });
+    if (this.opts.cacheMaxBytes && total > this.opts.cacheMaxBytes) log.warn('cache above its bound: all of it is in use by mounts', { cacheBytes: total, bound: this.opts.cacheMaxBytes });
+    return { removed, freedBytes: freed, cacheBytes: total };
   }
 
   /** Fetches every chunk of an image not cached yet; resolves when all are. */

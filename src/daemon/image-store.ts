@@ -22,6 +22,12 @@ export interface PreparedImage {
   blobs: BlobCache[];
 }
 
+/** A blob's cache file is "used" when an image using it is mounted: its mtime orders eviction. */
+function touch(file: string): void {
+  const now = new Date();
+  fs.utimesSync(file, now, now);
+}
+
 export class ImageStore {
   private readonly blobs = new Map<string, BlobCache>();
 
@@ -57,6 +63,16 @@ export class ImageStore {
     return [...this.blobs.values()];
   }
 
+  blobsDir(): string {
+    return path.join(this.cacheDir, 'blobs');
+  }
+
+  /** Closes a blob's cache file and forgets it (before the file is evicted). */
+  forget(digest: string): void {
+    this.blobs.get(digest)?.close();
+    this.blobs.delete(digest);
+  }
+
   async prepare(ref: string): Promise<PreparedImage> {
     const { client, repo, manifest, digest } = await this.lazyManifest(ref);
     const [boot, ...blobDescs] = manifest.layers;
@@ -81,7 +97,10 @@ export class ImageStore {
 
   private async blob(ref: string, client: RegistryClient, repo: string, desc: Descriptor): Promise<BlobCache> {
     const known = this.blobs.get(desc.digest);
-    if (known) return known;
+    if (known) {
+      touch(known.path);
+      return known;
+    }
     const what = `image ${ref}, blob ${desc.digest}`;
     const read = (offset: number, length: number) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1);
     const index = await loadBlobIndex(read, desc.size, what);
@@ -89,6 +108,7 @@ export class ImageStore {
     if (expected !== index.trailer.uncompressedSize) throw new InputError(`uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`, { image: ref, layer: desc.digest });
     const cache = BlobCache.open(path.join(this.cacheDir, 'blobs', digestHex(desc.digest)), { digest: desc.digest, what, read }, index, this.fetcher);
     this.blobs.set(desc.digest, cache);
+    touch(cache.path);
     return cache;
   }
 }

@@ -22,11 +22,11 @@ export class FanotifyTransport implements CacheMissTransport {
   }
 
   attach(blobs: readonly BlobCache[]): void {
+    // Always (re)mark: adding a mark twice is harmless, while an inode number reused by a new cache
+    // file after an eviction must never be mistaken for one already marked (unmarked holes read as zeros).
     for (const b of blobs) {
-      const ino = fs.statSync(b.path).ino;
-      if (this.byInode.has(ino)) continue;
       this.group.mark(b.path);
-      this.byInode.set(ino, b);
+      this.byInode.set(fs.statSync(b.path).ino, b);
     }
   }
 
