@@ -83,6 +83,15 @@ describe('convert between registries', () => {
     }
   });
 
+  it('inspect finds the lazy image from the original reference and reports its tree', () => {
+    const r = cli(['inspect', '--json', `${registry.host}/library/minbase:1`]);
+    assert.equal(r.status, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.ok(report.inodes.file > 1000 && report.inodes.dir > 100);
+    assert.equal(report.devices.length, 3);
+    assert.ok(report.chunks.dedupRatio >= 1);
+  });
+
   it('gives the same digest twice and uploads nothing the second time', () => {
     const a = convert(`${registry.host}/library/minbase:1`, `${registry.host}/lazy/twice:1`);
     const b = convert(`${registry.host}/library/minbase:1`, `${registry.host}/lazy/twice:1`);

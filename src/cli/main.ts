@@ -12,6 +12,7 @@ import { buildCommand } from './build';
 import { convertCommand } from './convert';
 import { DEFAULT_CONFIG, daemonCommand, type DaemonFlags } from './daemon';
 import { doctorCommand } from './doctor';
+import { inspectCommand } from './inspect';
 import { bytes, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
 
@@ -134,6 +135,15 @@ export function program(): Command {
       const r = (await callControl(opts.socket, { op: 'prefetch', target: image.startsWith('/') ? path.resolve(image) : image })) as { fetched: number };
       process.stdout.write(`${r.fetched} chunks fetched\n`);
     });
+  cli
+    .command('inspect')
+    .description('tree, files, chunk and dedup statistics of a lazy image or a bootstrap file')
+    .argument('<image>', 'registry reference (the lazy image or one a lazy image refers to) or a bootstrap file')
+    .option('--tree', 'list every path with its mode and size')
+    .option('--json', 'print the report as JSON')
+    .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
+    .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .action((image: string, opts) => inspectCommand(image, opts));
   cli
     .command('gc')
     .description('evict cached blobs no mounted image uses, least recently used first')

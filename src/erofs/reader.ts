@@ -35,3 +35,123 @@ export function readSuperblock(image: Buffer, what = 'bootstrap'): SuperblockInf
     devices,
   };
 }
+
+export interface InodeInfo {
+  nid: number;
+  mode: number;
+  size: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  layout: number;
+  /** i_u: raw block address, rdev, or chunk format, by layout and type. */
+  iU: number;
+  /** Where the data after the inode (xattrs, then tail or chunk indexes) begins. */
+  bodyStart: number;
+  xattrSize: number;
+}
+
+export interface DirEntryInfo {
+  name: Buffer;
+  nid: number;
+  type: number;
+}
+
+/** Walks a bootstrap written by this project (or by mkfs.erofs, uncompressed): inodes, directories, chunk maps. */
+export class BootstrapReader {
+  readonly sb: SuperblockInfo;
+  private readonly metaBase: number;
+
+  constructor(
+    private readonly image: Buffer,
+    private readonly what = 'bootstrap',
+  ) {
+    this.sb = readSuperblock(image, what);
+    this.metaBase = image.readUInt32LE(SUPERBLOCK_OFFSET + 40) * 4096;
+  }
+
+  inode(nid: number): InodeInfo {
+    const at = this.metaBase + nid * 32;
+    if (at + 32 > this.image.length) throw new Error(`${this.what}: inode ${nid} lies beyond the image`);
+    const format = this.image.readUInt16LE(at);
+    const extended = (format & 1) === 1;
+    const icount = this.image.readUInt16LE(at + 2);
+    const xattrSize = icount === 0 ? 0 : 12 + 4 * (icount - 1);
+    const i = this.image;
+    return extended
+      ? {
+          nid, mode: i.readUInt16LE(at + 4), size: Number(i.readBigUInt64LE(at + 8)), iU: i.readUInt32LE(at + 16),
+          uid: i.readUInt32LE(at + 24), gid: i.readUInt32LE(at + 28), nlink: i.readUInt32LE(at + 44),
+          layout: (format >> 1) & 7, bodyStart: at + 64, xattrSize,
+        }
+      : {
+          nid, mode: i.readUInt16LE(at + 4), size: i.readUInt32LE(at + 8), iU: i.readUInt32LE(at + 16),
+          uid: i.readUInt16LE(at + 24), gid: i.readUInt16LE(at + 26), nlink: i.readUInt16LE(at + 6),
+          layout: (format >> 1) & 7, bodyStart: at + 32, xattrSize,
+        };
+  }
+
+  /** The bytes of a directory or symlink (FLAT_PLAIN or FLAT_INLINE). */
+  data(ino: InodeInfo): Buffer {
+    const full = ino.layout === 2 ? Math.floor(ino.size / 4096) * 4096 : ino.size;
+    const parts: Buffer[] = [];
+    if (full > 0) parts.push(this.image.subarray(ino.iU * 4096, ino.iU * 4096 + full));
+    if (ino.layout === 2) {
+      const tailAt = ino.bodyStart + ino.xattrSize;
+      parts.push(this.image.subarray(tailAt, tailAt + (ino.size - full)));
+    }
+    return Buffer.concat(parts);
+  }
+
+  readDir(ino: InodeInfo): DirEntryInfo[] {
+    const data = this.data(ino);
+    const out: DirEntryInfo[] = [];
+    for (let block = 0; block < data.length; block += 4096) {
+      const end = Math.min(block + 4096, data.length);
+      const count = data.readUInt16LE(block + 8) / 12;
+      for (let k = 0; k < count; k++) {
+        const at = block + k * 12;
+        const nameoff = data.readUInt16LE(at + 8);
+        let nameEnd = k + 1 < count ? data.readUInt16LE(at + 20) : end - block;
+        const name = data.subarray(block + nameoff, block + nameEnd);
+        const nul = name.indexOf(0);
+        if (nul !== -1) nameEnd = nameoff + nul;
+        out.push({ name: data.subarray(block + nameoff, block + nameEnd), nid: Number(data.readBigUInt64LE(at)), type: data[at + 10] });
+      }
+    }
+    return out;
+  }
+
+  /** Chunk map of a chunk-based regular file: device (1-based) and block, or null for a hole. */
+  chunks(ino: InodeInfo): Array<{ device: number; blkaddr: number } | null> {
+    if (ino.layout !== 4) return [];
+    const chunkBits = (ino.iU & 0x1f) + 12;
+    const count = Math.ceil(ino.size / 2 ** chunkBits);
+    let at = Math.ceil((ino.bodyStart + ino.xattrSize) / 8) * 8;
+    const out: Array<{ device: number; blkaddr: number } | null> = [];
+    for (let k = 0; k < count; k++, at += 8) {
+      const blkaddr = this.image.readUInt32LE(at + 4);
+      out.push(blkaddr === 0xffffffff ? null : { device: this.image.readUInt16LE(at + 2), blkaddr });
+    }
+    return out;
+  }
+
+  /** Every path once per directory entry, parents before children. */
+  *walk(): Generator<{ path: Buffer; inode: InodeInfo }> {
+    const stack: Array<{ path: Buffer; nid: number }> = [{ path: Buffer.from('/'), nid: this.sb.rootNid }];
+    while (stack.length > 0) {
+      const { path, nid } = stack.pop()!;
+      const inode = this.inode(nid);
+      yield { path, inode };
+      if ((inode.mode & 0o170000) !== 0o040000) continue;
+      const children = this.readDir(inode).filter((e) => !(e.name.equals(DOT) || e.name.equals(DOTDOT)));
+      for (let k = children.length - 1; k >= 0; k--) {
+        const prefix = path.length === 1 ? path : Buffer.concat([path, Buffer.from('/')]);
+        stack.push({ path: Buffer.concat([prefix, children[k].name]), nid: children[k].nid });
+      }
+    }
+  }
+}
+
+const DOT = Buffer.from('.');
+const DOTDOT = Buffer.from('..');

@@ -1,0 +1,102 @@
+// `erofs-ondemand inspect IMAGE-REF|BOOTSTRAP`: the tree a bootstrap describes, with file, chunk and
+// deduplication statistics. A registry reference is resolved like `mount` does (referrers included).
+import fs from 'node:fs';
+import { LazyMediaType } from '../convert/convert';
+import { BootstrapReader } from '../erofs/reader';
+import { InputError } from '../errors';
+import { readAll } from '../oci/image-io';
+import { closeRegistryClients, openSource, type OpenOptions } from '../oci/open-image';
+import { RegistrySource } from '../oci/registry-image';
+import { hostPlatform } from '../oci/types';
+import { bytes, table } from './format';
+
+export interface InspectReport {
+  source: string;
+  bootstrapBytes: number;
+  devices: string[];
+  entries: number;
+  inodes: Record<string, number>;
+  fileBytes: number;
+  chunks: { referenced: number; unique: number; holes: number; dedupRatio: number };
+  tree?: Array<{ path: string; mode: string; size: number }>;
+}
+
+async function loadBootstrap(ref: string, opts: OpenOptions): Promise<Buffer> {
+  if (fs.existsSync(ref)) return fs.readFileSync(ref);
+  const source = await openSource(ref, opts);
+  if (!(source instanceof RegistrySource)) throw new InputError('inspect takes a bootstrap file or a registry reference', { image: ref });
+  let resolved = await source.resolve(hostPlatform());
+  let from = source;
+  if (resolved.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap) {
+    const refs = await source.client.referrers(source.parsed.repository, resolved.digest, LazyMediaType.referrer);
+    const target = refs.map((r) => r.annotations?.['io.erofs-ondemand.image']).find(Boolean);
+    if (!target) throw new InputError('not a lazy image, and no lazy image refers to it', { image: ref });
+    from = (await openSource(target, opts)) as RegistrySource;
+    resolved = await from.resolve(hostPlatform());
+  }
+  return readAll(await from.openBlob(resolved.manifest.layers[0]));
+}
+
+const TYPES: Record<number, string> = { 0o100000: 'file', 0o040000: 'dir', 0o120000: 'symlink', 0o020000: 'chardev', 0o060000: 'blockdev', 0o010000: 'fifo', 0o140000: 'socket' };
+
+export function inspectBootstrap(image: Buffer, source: string, withTree: boolean): InspectReport {
+  const r = new BootstrapReader(image, source);
+  const seen = new Set<number>();
+  const inodes: Record<string, number> = {};
+  const unique = new Set<string>();
+  let entries = 0;
+  let fileBytes = 0;
+  let referenced = 0;
+  let holes = 0;
+  const tree: InspectReport['tree'] = [];
+  for (const { path, inode } of r.walk()) {
+    entries++;
+    const type = TYPES[inode.mode & 0o170000] ?? 'unknown';
+    if (withTree) tree.push({ path: path.toString('utf8'), mode: (inode.mode & 0o7777).toString(8).padStart(4, '0'), size: inode.size });
+    if (seen.has(inode.nid)) continue;
+    seen.add(inode.nid);
+    inodes[type] = (inodes[type] ?? 0) + 1;
+    if (type !== 'file') continue;
+    fileBytes += inode.size;
+    for (const c of r.chunks(inode)) {
+      if (!c) holes++;
+      else {
+        referenced++;
+        unique.add(`${c.device}:${c.blkaddr}`);
+      }
+    }
+  }
+  return {
+    source,
+    bootstrapBytes: image.length,
+    devices: r.sb.devices.map((d) => d.tag),
+    entries,
+    inodes,
+    fileBytes,
+    chunks: { referenced, unique: unique.size, holes, dedupRatio: unique.size === 0 ? 1 : referenced / unique.size },
+    ...(withTree ? { tree } : {}),
+  };
+}
+
+export async function inspectCommand(ref: string, opts: OpenOptions & { json?: boolean; tree?: boolean }): Promise<void> {
+  try {
+    const report = inspectBootstrap(await loadBootstrap(ref, opts), ref, Boolean(opts.tree));
+    if (opts.json) {
+      process.stdout.write(`${JSON.stringify(report)}\n`);
+      return;
+    }
+    if (report.tree) for (const t of report.tree) process.stdout.write(`${t.mode} ${String(t.size).padStart(12)} ${t.path}\n`);
+    const rows = [
+      ['', 'value'],
+      ['bootstrap', `${bytes(report.bootstrapBytes)} (${report.devices.length} blobs)`],
+      ['entries', String(report.entries)],
+      ['inodes', Object.entries(report.inodes).map(([k, v]) => `${v} ${k}`).join(', ')],
+      ['file data', bytes(report.fileBytes)],
+      ['chunks', `${report.chunks.referenced} referenced, ${report.chunks.unique} distinct, ${report.chunks.holes} holes`],
+      ['dedup ratio', `${report.chunks.dedupRatio.toFixed(3)}x`],
+    ];
+    process.stdout.write(`${table(rows)}\n`);
+  } finally {
+    await closeRegistryClients();
+  }
+}
