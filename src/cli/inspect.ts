@@ -1,13 +1,10 @@
 // `erofs-ondemand inspect IMAGE-REF|BOOTSTRAP`: the tree a bootstrap describes, with file, chunk and
 // deduplication statistics. A registry reference is resolved like `mount` does (referrers included).
 import fs from 'node:fs';
-import { LazyMediaType } from '../convert/convert';
 import { BootstrapReader } from '../erofs/reader';
-import { InputError } from '../errors';
 import { readAll } from '../oci/image-io';
-import { closeRegistryClients, openSource, type OpenOptions } from '../oci/open-image';
-import { RegistrySource } from '../oci/registry-image';
-import { hostPlatform } from '../oci/types';
+import { findLazyImage } from '../daemon/image-store';
+import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import { bytes, table } from './format';
 
 export interface InspectReport {
@@ -23,18 +20,9 @@ export interface InspectReport {
 
 async function loadBootstrap(ref: string, opts: OpenOptions): Promise<Buffer> {
   if (fs.existsSync(ref)) return fs.readFileSync(ref);
-  const source = await openSource(ref, opts);
-  if (!(source instanceof RegistrySource)) throw new InputError('inspect takes a bootstrap file or a registry reference', { image: ref });
-  let resolved = await source.resolve(hostPlatform());
-  let from = source;
-  if (resolved.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap) {
-    const refs = await source.client.referrers(source.parsed.repository, resolved.digest, LazyMediaType.referrer);
-    const target = refs.map((r) => r.annotations?.['io.erofs-ondemand.image']).find(Boolean);
-    if (!target) throw new InputError('not a lazy image, and no lazy image refers to it', { image: ref });
-    from = (await openSource(target, opts)) as RegistrySource;
-    resolved = await from.resolve(hostPlatform());
-  }
-  return readAll(await from.openBlob(resolved.manifest.layers[0]));
+  const { client, repo, manifest } = await findLazyImage(ref, opts);
+  const boot = manifest.layers[0];
+  return readAll(await client.getBlob(repo, boot.digest, boot.size));
 }
 
 const TYPES: Record<number, string> = { 0o100000: 'file', 0o040000: 'dir', 0o120000: 'symlink', 0o020000: 'chardev', 0o060000: 'blockdev', 0o010000: 'fifo', 0o140000: 'socket' };

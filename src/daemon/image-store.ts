@@ -22,6 +22,32 @@ export interface PreparedImage {
   blobs: BlobCache[];
 }
 
+export interface LazyImage {
+  client: RegistryClient;
+  repo: string;
+  manifest: ImageManifest;
+  digest: string;
+}
+
+/** Finds the lazy manifest for `ref`: the ref itself, or the lazy image its referrer names. */
+export async function findLazyImage(ref: string, registries: OpenOptions = {}): Promise<LazyImage> {
+  const parsed = parseReference(ref);
+  const client = registryClient(parsed.registry, registries);
+  const resolved = await client.resolveManifest(parsed.repository, manifestReference(parsed), hostPlatform());
+  if (resolved.manifest.layers[0]?.mediaType === LazyMediaType.bootstrap) {
+    return { client, repo: parsed.repository, manifest: resolved.manifest, digest: resolved.digest };
+  }
+  const referrers = await client.referrers(parsed.repository, resolved.digest, LazyMediaType.referrer);
+  const target = referrers.map((r) => r.annotations?.[Annotation.image]).find(Boolean);
+  if (!target) throw new InputError('image is not in the lazy format and no converted image refers to it', { image: ref });
+  log.info('found the lazy image through a referrer', { image: ref, lazy: target });
+  const lazy = parseReference(target);
+  const lazyClient = registryClient(lazy.registry, registries);
+  const got = await lazyClient.resolveManifest(lazy.repository, manifestReference(lazy), hostPlatform());
+  if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap) throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
+  return { client: lazyClient, repo: lazy.repository, manifest: got.manifest, digest: got.digest };
+}
+
 /** A blob's cache file is "used" when an image using it is mounted: its mtime orders eviction. */
 function touch(file: string): void {
   const now = new Date();
@@ -40,25 +66,6 @@ export class ImageStore {
     fs.mkdirSync(path.join(cacheDir, 'blobs'), { recursive: true, mode: 0o700 });
   }
 
-  /** Finds the lazy manifest for `ref`: the ref itself, or the lazy image its referrer names. */
-  private async lazyManifest(ref: string): Promise<{ client: RegistryClient; repo: string; manifest: ImageManifest; digest: string }> {
-    const parsed = parseReference(ref);
-    const client = registryClient(parsed.registry, this.registries);
-    const resolved = await client.resolveManifest(parsed.repository, manifestReference(parsed), hostPlatform());
-    if (resolved.manifest.layers[0]?.mediaType === LazyMediaType.bootstrap) {
-      return { client, repo: parsed.repository, manifest: resolved.manifest, digest: resolved.digest };
-    }
-    const referrers = await client.referrers(parsed.repository, resolved.digest, LazyMediaType.referrer);
-    const target = referrers.map((r) => r.annotations?.[Annotation.image]).find(Boolean);
-    if (!target) throw new InputError('image is not in the lazy format and no converted image refers to it', { image: ref });
-    log.info('found the lazy image through a referrer', { image: ref, lazy: target });
-    const lazy = parseReference(target);
-    const lazyClient = registryClient(lazy.registry, this.registries);
-    const got = await lazyClient.resolveManifest(lazy.repository, manifestReference(lazy), hostPlatform());
-    if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap) throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
-    return { client: lazyClient, repo: lazy.repository, manifest: got.manifest, digest: got.digest };
-  }
-
   allBlobs(): BlobCache[] {
     return [...this.blobs.values()];
   }
@@ -74,7 +81,7 @@ export class ImageStore {
   }
 
   async prepare(ref: string): Promise<PreparedImage> {
-    const { client, repo, manifest, digest } = await this.lazyManifest(ref);
+    const { client, repo, manifest, digest } = await findLazyImage(ref, this.registries);
     const [boot, ...blobDescs] = manifest.layers;
     const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
     if (!fs.existsSync(bootstrapPath)) {
