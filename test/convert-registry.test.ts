@@ -84,6 +84,7 @@ describe('convert between registries', () => {
   });
 
   it('inspect finds the lazy image from the original reference and reports its tree', () => {
+    convert(`${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`); // a no-op when done already
     const r = cli(['inspect', '--json', `${registry.host}/library/minbase:1`]);
     assert.equal(r.status, 0, r.stderr);
     const report = JSON.parse(r.stdout);
