@@ -165,9 +165,10 @@ export class Daemon {
   }
 
   /** Checks every cached chunk of an image against its digest. */
-  fsck(target: string): { chunks: number; bad: Array<{ blob: string; offset: number; expected: string; got: string }> } {
+  async fsck(target: string): Promise<{ chunks: number; bad: Array<{ blob: string; offset: number; expected: string; got: string }> }> {
     const img = this.image(target);
-    const bad = img.blobs.flatMap((b) => b.verify().map((x) => ({ blob: b.remote.digest, ...x })));
+    const bad: Array<{ blob: string; offset: number; expected: string; got: string }> = [];
+    for (const b of img.blobs) for (const x of await b.verify()) bad.push({ blob: b.remote.digest, ...x });
     for (const b of bad) log.error('cached chunk does not match its digest', { image: img.ref, ...b });
     return { chunks: img.blobs.reduce((n, b) => n + b.presentChunks, 0), bad };
   }

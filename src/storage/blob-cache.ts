@@ -60,16 +60,20 @@ export class BlobCache {
     return fs.fstatSync(this.fd).blocks * 512;
   }
 
-  /** Re-reads every cached chunk and checks its SHA-256: the chunks that do not match. */
-  verify(): Array<{ offset: number; expected: string; got: string }> {
+  /**
+   * Re-reads every cached chunk and checks its SHA-256: the chunks that do not match. Reads go through
+   * the thread pool, never blocking the event loop: under fanotify a read of a marked file may raise
+   * an event that this process's event loop has to answer (FACTS.md: such reads can deadlock).
+   */
+  async verify(): Promise<Array<{ offset: number; expected: string; got: string }>> {
     const bad: Array<{ offset: number; expected: string; got: string }> = [];
-    this.index.chunks.forEach((c, i) => {
-      if (!this.present[i]) return;
+    for (const [i, c] of this.index.chunks.entries()) {
+      if (!this.present[i]) continue;
       const buf = Buffer.alloc(c.uncompressedSize);
-      fs.readSync(this.fd, buf, 0, buf.length, c.uncompressedOffset);
+      await new Promise<void>((resolve, reject) => fs.read(this.fd, buf, 0, buf.length, c.uncompressedOffset, (err) => (err ? reject(err) : resolve())));
       const got = createHash('sha256').update(buf).digest();
       if (!got.equals(c.digest)) bad.push({ offset: c.uncompressedOffset, expected: c.digest.toString('hex'), got: got.toString('hex') });
-    });
+    }
     return bad;
   }
 
