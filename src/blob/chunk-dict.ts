@@ -16,8 +16,4 @@ export class ChunkDictionary {
   locations(): IterableIterator<ChunkLocation> {
     return this.byDigest.values();
   }
-
-  get size(): number {
-    return this.byDigest.size;
-  }
 }

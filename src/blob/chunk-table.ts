@@ -94,9 +94,3 @@ export function chunkIndexRange(table: readonly ChunkEntry[], start: number, end
   while (last < table.length && table[last].uncompressedOffset < end) last++;
   return [lo, last];
 }
-
-/** Chunks overlapping [start, end) of the uncompressed space. */
-export function chunksInRange(table: readonly ChunkEntry[], start: number, end: number): ChunkEntry[] {
-  const [first, last] = chunkIndexRange(table, start, end);
-  return table.slice(first, last);
-}

@@ -37,10 +37,6 @@ export class CompressedBlobWriter {
     private readonly chunkSize: number,
   ) {}
 
-  get chunkCount(): number {
-    return this.entries.length;
-  }
-
   /** Returns where the chunk lives; compression runs in the background, a few chunks at a time. */
   async add(data: Buffer): Promise<AddResult> {
     const digest = createHash('sha256').update(data).digest();

@@ -1,7 +1,7 @@
 // `erofs-ondemand daemon`: configuration file + flags, systemd readiness, SIGTERM/SIGINT to stop,
 // SIGHUP to reload what can change at run time (the log level).
 import type { Command } from 'commander';
-import { DEFAULT_CONFIG, loadConfig, type Config } from '../config';
+import { loadConfig, type Config } from '../config';
 import { Daemon } from '../daemon/daemon';
 import { log } from '../log';
 import { native } from '../native';
@@ -69,5 +69,3 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
   });
   process.off('SIGHUP', onHup);
 }
-
-export { DEFAULT_CONFIG };

@@ -29,7 +29,6 @@ export const Annotation = {
 export type ConvertProgress =
   | { kind: 'resolved'; digest: string; layers: Descriptor[] }
   | { kind: 'layer-bytes'; layer: number; bytes: number }
-  | { kind: 'layer-done'; layer: number }
   | { kind: 'push'; digest: string; uploaded: boolean };
 
 export interface ConvertOptions {

@@ -19,12 +19,4 @@ export class Limiter {
       else this.running--;
     }
   }
-
-  get pending(): number {
-    return this.queues.demand.length + this.queues.prefetch.length;
-  }
-
-  get active(): number {
-    return this.running;
-  }
 }

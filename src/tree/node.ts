@@ -67,10 +67,6 @@ export function keyName(key: string): Buffer {
   return Buffer.from(key, 'latin1');
 }
 
-export function newDirectory(meta: Metadata): Directory {
-  return { type: 'dir', meta, entries: new Map() };
-}
-
 /** A path for messages: UTF-8 where valid and printable, otherwise bytes outside printable ASCII as \xNN. */
 export function displayPath(parts: readonly Buffer[] | Buffer): string {
   const raw = Buffer.isBuffer(parts) ? parts : Buffer.concat(parts.flatMap((p) => [Buffer.from('/'), p]));
