@@ -1,5 +1,6 @@
 // Where images are read from and written to: a registry, an OCI layout directory, a docker archive.
-import type { Descriptor, ImageManifest, Platform } from './types';
+import { InputError, type ErrorContext } from '../errors';
+import { choosePlatform, parseManifestOrIndex, type Descriptor, type ImageManifest, type Platform } from './types';
 
 export interface ResolvedImage {
   manifest: ImageManifest;
@@ -30,4 +31,29 @@ export async function readAll(source: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const b of source) parts.push(b);
   return Buffer.concat(parts);
+}
+
+export interface FetchedManifest {
+  raw: Buffer;
+  mediaType: string | undefined;
+  digest: string;
+  /** Names what was fetched, in errors. */
+  ctx: ErrorContext;
+}
+
+/**
+ * Fetches a manifest and, while it is an image index, the entry for `platform`: `fetch` gets no
+ * descriptor for the first document, then the index entry to follow.
+ */
+export async function resolveThroughIndexes(fetch: (next?: Descriptor) => Promise<FetchedManifest>, platform: Platform): Promise<ResolvedImage> {
+  let next: Descriptor | undefined;
+  let ctx: ErrorContext = {};
+  for (let depth = 0; depth < 4; depth++) {
+    const got = await fetch(next);
+    ctx = got.ctx;
+    const parsed = parseManifestOrIndex(got.raw, got.mediaType, ctx);
+    if (parsed.kind === 'manifest') return { manifest: parsed.manifest, raw: got.raw, digest: got.digest, mediaType: parsed.mediaType };
+    next = choosePlatform(parsed.index, platform, ctx);
+  }
+  throw new InputError('image indexes nest too deeply', ctx);
 }

@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InputError } from '../errors';
 import { digestHex, sha256Digest, verifyDigest } from './digest';
-import type { ImageSource, ImageTarget, ResolvedImage } from './image-io';
-import { choosePlatform, MediaType, parseManifestOrIndex, type Descriptor, type ImageIndex, type Platform } from './types';
+import { readAll, resolveThroughIndexes, type ImageSource, type ImageTarget, type ResolvedImage } from './image-io';
+import { MediaType, parseManifestOrIndex, type Descriptor, type ImageIndex, type Platform } from './types';
 
 const REF_NAME = 'org.opencontainers.image.ref.name';
 
@@ -46,20 +46,10 @@ export class OciLayoutSource implements ImageSource {
     const candidates = this.tag ? index.manifests.filter((m) => m.annotations?.[REF_NAME] === this.tag) : index.manifests;
     if (candidates.length === 0) throw new InputError(`no manifest tagged ${JSON.stringify(this.tag)}`, { image: this.ref });
     if (candidates.length > 1) throw new InputError(`${candidates.length} manifests in the layout: name one with :TAG`, { image: this.ref });
-    let desc = candidates[0];
-    for (let depth = 0; depth < 4; depth++) {
-      const raw = Buffer.from(await this.readSmall(desc));
-      const parsed = parseManifestOrIndex(raw, desc.mediaType, { image: this.ref, digest: desc.digest });
-      if (parsed.kind === 'manifest') return { manifest: parsed.manifest, raw, digest: desc.digest, mediaType: parsed.mediaType };
-      desc = choosePlatform(parsed.index, platform, { image: this.ref });
-    }
-    throw new InputError('image indexes nest too deeply', { image: this.ref });
-  }
-
-  private async readSmall(desc: Descriptor): Promise<Buffer> {
-    const parts: Buffer[] = [];
-    for await (const b of await this.openBlob(desc)) parts.push(b);
-    return Buffer.concat(parts);
+    return resolveThroughIndexes(async (next) => {
+      const desc = next ?? candidates[0];
+      return { raw: await readAll(await this.openBlob(desc)), mediaType: desc.mediaType, digest: desc.digest, ctx: { image: this.ref, digest: desc.digest } };
+    }, platform);
   }
 
   async openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer>> {

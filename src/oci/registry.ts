@@ -10,10 +10,9 @@ import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
 import { loadDockerCredentials, printableUrl, pullScope, pushScope, RegistryAuth, type Credentials } from './auth';
 import { digestHex, sha256Digest, verifyDigest } from './digest';
-import type { ResolvedImage } from './image-io';
+import { resolveThroughIndexes, type ResolvedImage } from './image-io';
 import { isValidRepository, isValidTag } from './reference';
 import {
-  choosePlatform,
   INDEX_MEDIA_TYPES,
   isDigest,
   MANIFEST_MEDIA_TYPES,
@@ -206,15 +205,11 @@ export class RegistryClient {
   }
 
   /** Follows an index down to the manifest for `platform`, as `ImageSource.resolve` does. */
-  async resolveManifest(repo: string, reference: string, platform: Platform): Promise<ResolvedImage> {
-    let ref = reference;
-    for (let depth = 0; depth < 4; depth++) {
-      const got = await this.getManifest(repo, ref);
-      const parsed = parseManifestOrIndex(got.raw, got.mediaType, this.refContext(repo, ref));
-      if (parsed.kind === 'manifest') return { manifest: parsed.manifest, raw: got.raw, digest: got.digest, mediaType: parsed.mediaType };
-      ref = choosePlatform(parsed.index, platform, this.refContext(repo, ref)).digest;
-    }
-    throw new InputError('image indexes nest too deeply', this.refContext(repo, reference));
+  resolveManifest(repo: string, reference: string, platform: Platform): Promise<ResolvedImage> {
+    return resolveThroughIndexes(async (next) => {
+      const ref = next?.digest ?? reference;
+      return { ...(await this.getManifest(repo, ref)), ctx: this.refContext(repo, ref) };
+    }, platform);
   }
 
   /**
