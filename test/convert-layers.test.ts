@@ -6,13 +6,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { compress as zstdCompress } from '@mongodb-js/zstd';
-import { materializeBlob } from '../src/blob/materialize';
 import { convertLayers, type ConvertedLayers, type LayerInput } from '../src/convert/convert-layers';
 import { InputError } from '../src/errors';
-import { mountFileBacked, unmount } from '../src/mount/file-backed';
 import { native } from '../src/native';
 import { CAP_NET_BIND_SERVICE, makeKitchenSink, makeOddNames, MiB, setXattr } from './lib/fixtures';
 import { cleanup, tempDir } from './lib/image';
+import { withMaterializedMount } from './lib/lazy-image';
 import { gzipLayer, memoryLayer, TAR, tarDirectory } from './lib/layers';
 import { makeTar } from './lib/tar-writer';
 import { compareTrees } from './lib/tree-compare';
@@ -30,23 +29,12 @@ async function convert(layers: LayerInput[], chunkBits = 20): Promise<ConvertedL
   return convertLayers(layers, dir('work'), { chunkBits, image: 'test/image:1' });
 }
 
-async function withConverted<T>(c: ConvertedLayers, fn: (mnt: string) => T): Promise<T> {
-  const blobs: string[] = [];
-  for (const b of c.blobs) {
-    const out = `${b.path}.raw`;
-    const m = await materializeBlob(b.path, out);
-    assert.equal(m.uncompressedSize, b.uncompressedSize);
-    blobs.push(out);
-  }
-  const fsck = execFileSync('fsck.erofs', [...blobs.map((b) => `--device=${b}`), c.bootstrapPath], { encoding: 'utf8' });
-  assert.doesNotMatch(fsck, /error/i);
-  const mnt = dir('mnt');
-  mountFileBacked({ bootstrap: c.bootstrapPath, blobs, target: mnt });
-  try {
+function withConverted<T>(c: ConvertedLayers, fn: (mnt: string) => T): Promise<T> {
+  const work = dir('mount');
+  return withMaterializedMount(c.bootstrapPath, c.blobs.map((b) => b.path), work, (mnt) => {
+    for (const b of c.blobs) assert.equal(fs.statSync(path.join(work, `${path.basename(b.path)}.raw`)).size, b.uncompressedSize);
     return fn(mnt);
-  } finally {
-    unmount(mnt);
-  }
+  });
 }
 
 describe('convert layers', () => {

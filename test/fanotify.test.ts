@@ -10,9 +10,9 @@ import { native, type FanotifyGroup } from '../src/native';
 import { mountFileBacked, unmount } from '../src/mount/file-backed';
 import { makeKitchenSink } from './lib/fixtures';
 import { build, cleanup, tempDir } from './lib/image';
+import { compareTreesInChild } from './lib/tree-compare';
 
 const run = promisify(execFile);
-const COMPARE = path.resolve(__dirname, 'lib', 'tree-compare.js');
 
 describe('fanotify pre-content transport primitives', () => {
   let work: string;
@@ -61,9 +61,7 @@ describe('fanotify pre-content transport primitives', () => {
         g.respond(e.fd, 0);
       },
       async (mnt) => {
-        // Read in another process: this one must stay free to answer events.
-        const { stdout } = await run(process.execPath, ['-e', `console.log(JSON.stringify(require(${JSON.stringify(COMPARE)}).compareTrees(${JSON.stringify(src)}, ${JSON.stringify(mnt)})))`]);
-        assert.deepEqual(JSON.parse(stdout), []);
+        assert.deepEqual(await compareTreesInChild(src, mnt), []);
       },
     );
     fs.closeSync(truth);

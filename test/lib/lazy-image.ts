@@ -1,4 +1,5 @@
 // Mounting a converted image the simple way: its blobs materialised locally, file-backed EROFS.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { materializeBlob } from '../../src/blob/materialize';
@@ -15,21 +16,31 @@ export function layoutManifest(ref: string): { manifest: ImageManifest; blob: (d
   return { manifest: JSON.parse(fs.readFileSync(blob(entry.digest), 'utf8')), blob };
 }
 
-/** Materialises the blobs of a lazy manifest whose blobs are files, mounts it, runs `fn`, unmounts. */
-export async function withLazyMount<T>(manifest: ImageManifest, blobFile: (digest: string) => string, work: string, fn: (mnt: string) => T): Promise<T> {
-  const [boot, ...blobs] = manifest.layers;
-  if (boot.mediaType !== LazyMediaType.bootstrap) throw new Error(`first layer is ${boot.mediaType}, not a bootstrap`);
+/**
+ * Materialises compressed blob files (each verified chunk at its offset), checks the result with
+ * fsck.erofs, mounts it file-backed, runs `fn`, unmounts.
+ */
+export async function withMaterializedMount<T>(bootstrap: string, compressedBlobs: readonly string[], work: string, fn: (mnt: string) => T): Promise<T> {
   const devices: string[] = [];
-  for (const b of blobs) {
-    const out = path.join(work, `${b.digest.slice(7)}.raw`);
-    await materializeBlob(blobFile(b.digest), out);
+  for (const blob of compressedBlobs) {
+    const out = path.join(work, `${path.basename(blob)}.raw`);
+    await materializeBlob(blob, out);
     devices.push(out);
   }
+  const fsck = execFileSync('fsck.erofs', [...devices.map((d) => `--device=${d}`), bootstrap], { encoding: 'utf8' });
+  if (/error/i.test(fsck)) throw new Error(`fsck.erofs: ${fsck}`);
   const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
-  mountFileBacked({ bootstrap: blobFile(boot.digest), blobs: devices, target: mnt });
+  mountFileBacked({ bootstrap, blobs: devices, target: mnt });
   try {
     return fn(mnt);
   } finally {
     unmount(mnt);
   }
+}
+
+/** Mounts a lazy manifest whose blobs are local files (an OCI layout). */
+export async function withLazyMount<T>(manifest: ImageManifest, blobFile: (digest: string) => string, work: string, fn: (mnt: string) => T): Promise<T> {
+  const [boot, ...blobs] = manifest.layers;
+  if (boot.mediaType !== LazyMediaType.bootstrap) throw new Error(`first layer is ${boot.mediaType}, not a bootstrap`);
+  return withMaterializedMount(blobFile(boot.digest), blobs.map((b) => blobFile(b.digest)), work, fn);
 }

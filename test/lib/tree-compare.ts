@@ -111,3 +111,16 @@ export function compareTrees(expected: string, actual: string, opts: CompareOpti
   }
   return diffs;
 }
+
+/**
+ * compareTrees in another process: reads of a lazily served mount block until this process answers
+ * them, so this one must stay free.
+ */
+export async function compareTreesInChild(expected: string, actual: string): Promise<string[]> {
+  const { execFile } = await import('node:child_process');
+  const script = `console.log(JSON.stringify(require(${JSON.stringify(__filename)}).compareTrees(${JSON.stringify(expected)}, ${JSON.stringify(actual)})))`;
+  const stdout = await new Promise<string>((resolve, reject) =>
+    execFile(process.execPath, ['-e', script], { maxBuffer: 1 << 24 }, (err, out) => (err ? reject(err) : resolve(out))),
+  );
+  return JSON.parse(stdout);
+}
