@@ -10,24 +10,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startRegistry } from '../test/lib/registry-server';
 import { pythonImage } from '../test/lib/test-images';
+import { dropCaches, median, numberTable, timed } from './lib';
 
 const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const WORKLOAD = ['/usr/bin/python3', '-c', 'import json, email.parser, http.client; print(json.dumps({"answer": 42}))'];
-
-function dropCaches(): void {
-  execFileSync('sync');
-  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-}
-
-function seconds(t0: bigint): number {
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 async function startDaemon(cacheDir: string, socket: string, prefetch: number): Promise<ChildProcess> {
   const d = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, '--prefetch', String(prefetch)], { stdio: 'ignore' });
@@ -65,18 +52,17 @@ async function main(): Promise<void> {
       const dir = path.join(work, `trad-${i}`);
       fs.mkdirSync(dir);
       dropCaches();
-      let t0 = process.hrtime.bigint();
-      execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://${registry.host}/src/python:1`, `oci:${dir}/layout:1`]);
-      execFileSync('umoci', ['unpack', '--image', `${dir}/layout:1`, `${dir}/bundle`], { stdio: 'ignore' });
-      const out = execFileSync('chroot', [`${dir}/bundle/rootfs`, ...WORKLOAD], { encoding: 'utf8' });
-      results.traditional.t.push(seconds(t0));
+      const [out, pulled] = timed(() => {
+        execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://${registry.host}/src/python:1`, `oci:${dir}/layout:1`]);
+        execFileSync('umoci', ['unpack', '--image', `${dir}/layout:1`, `${dir}/bundle`], { stdio: 'ignore' });
+        return execFileSync('chroot', [`${dir}/bundle/rootfs`, ...WORKLOAD], { encoding: 'utf8' });
+      });
+      results.traditional.t.push(pulled);
       results.traditional.bytes.push(sourceBytes);
       expected ||= out;
       // local: the same rootfs, now on disk
       dropCaches();
-      t0 = process.hrtime.bigint();
-      execFileSync('chroot', [`${dir}/bundle/rootfs`, ...WORKLOAD]);
-      results.local.t.push(seconds(t0));
+      results.local.t.push(timed(() => execFileSync('chroot', [`${dir}/bundle/rootfs`, ...WORKLOAD]))[1]);
       results.local.bytes.push(0);
       fs.rmSync(dir, { recursive: true, force: true });
 
@@ -87,10 +73,11 @@ async function main(): Promise<void> {
         const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
         try {
           dropCaches();
-          t0 = process.hrtime.bigint();
-          cli('mount', '--socket', socket, `${registry.host}/src/python:1`, mnt);
-          const got = execFileSync('chroot', [mnt, ...WORKLOAD], { encoding: 'utf8' });
-          results[name].t.push(seconds(t0));
+          const [got, lazySeconds] = timed(() => {
+            cli('mount', '--socket', socket, `${registry.host}/src/python:1`, mnt);
+            return execFileSync('chroot', [mnt, ...WORKLOAD], { encoding: 'utf8' });
+          });
+          results[name].t.push(lazySeconds);
           if (got !== expected) throw new Error(`lazy run printed ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`);
           const status = JSON.parse(cli('status', '--json', '--socket', socket));
           results[name].bytes.push(status.fetch.bytesFetched);
@@ -106,11 +93,9 @@ async function main(): Promise<void> {
       rows.push([name, median(r.t).toFixed(2), (median(r.bytes) / 1e6).toFixed(1), `${((100 * median(r.bytes)) / sourceBytes).toFixed(1)}%`]);
     }
     const header = ['method', 'seconds to first result', 'MB fetched', 'of image (compressed)'];
-    const table = [header, ...rows];
-    const widths = header.map((_, c) => Math.max(...table.map((r) => r[c].length)));
     process.stdout.write(`\ncold start of minbase+python3 (${(sourceBytes / 1e6).toFixed(1)} MB compressed), workload: ${WORKLOAD.join(' ')}\n`);
     process.stdout.write(`registry on 127.0.0.1, page cache dropped before each run, medians of ${RUNS} runs\n`);
-    for (const r of table) process.stdout.write(`${r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')}\n`);
+    process.stdout.write(`${numberTable([header, ...rows])}\n`);
     process.stdout.write('lazy+prefetch: the prefetch keeps running after the first result; its bytes are counted when the run ends.\n');
   } finally {
     await registry.stop();

@@ -6,20 +6,10 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { startRegistry, type RegistryServer } from '../test/lib/registry-server';
 import { minbaseImage, pythonImage, type UmociImage } from '../test/lib/test-images';
+import { median, numberTable, timed } from './lib';
 
 const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-function timed(fn: () => void): number {
-  const t0 = process.hrtime.bigint();
-  fn();
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
 
@@ -44,14 +34,14 @@ async function main(): Promise<void> {
       for (let i = 0; i < RUNS; i++) {
         await dst?.stop();
         dst = await startRegistry();
-        theirs.push(timed(() => execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src!.host}/src/${repo}:1`, `docker://${dst!.host}/copy${i}/${repo}:1`])));
+        theirs.push(timed(() => execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src!.host}/src/${repo}:1`, `docker://${dst!.host}/copy${i}/${repo}:1`]))[1]);
         let out = '';
         ours.push(
           timed(() => {
             const r = spawnSync(process.execPath, [CLI, 'convert', '--json', `${src!.host}/src/${repo}:1`, `${dst!.host}/lazy${i}/${repo}:1`], { encoding: 'utf8' });
             if (r.status !== 0) throw new Error(`convert failed: ${r.stderr}`);
             out = r.stdout;
-          }),
+          })[1],
         );
         last = JSON.parse(out);
         process.stderr.write(`   run ${i + 1}: convert ${ours[i].toFixed(2)} s, skopeo copy ${theirs[i].toFixed(2)} s\n`);
@@ -74,10 +64,8 @@ async function main(): Promise<void> {
     await dst?.stop();
   }
   const header = ['image', 'layers MB (gz)', 'tar MB', 'convert s', 'MB/s (tar)', 'bootstrap MB (% of tar)', 'blobs MB (% of layers)', 'skopeo copy s'];
-  const table = [header, ...rows];
-  const widths = header.map((_, c) => Math.max(...table.map((r) => r[c].length)));
   process.stdout.write(`\nconvert: registry 127.0.0.1 -> registry 127.0.0.1, medians of ${RUNS} runs, ${require('node:os').cpus().length} cores\n`);
-  for (const r of table) process.stdout.write(`${r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')}\n`);
+  process.stdout.write(`${numberTable([header, ...rows])}\n`);
   process.stdout.write('MB = 1e6 bytes; tar MB = uncompressed layer tars read; blobs = zstd chunks + chunk tables pushed\n');
 }
 

@@ -7,23 +7,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startRegistry } from '../test/lib/registry-server';
 import { pythonImage } from '../test/lib/test-images';
+import { dropCaches, numberTable, timed } from './lib';
 
 const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const PROGRAM = ['/usr/bin/python3', '-c', 'import platform, json; print(json.dumps({"hello": "from a lazily loaded image", "python": platform.python_version()}))'];
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
 const cli = (...args: string[]) => execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
-
-function dropCaches(): void {
-  execFileSync('sync');
-  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-}
-
-function timed<T>(fn: () => T): [T, number] {
-  const t0 = process.hrtime.bigint();
-  const r = fn();
-  return [r, Number(process.hrtime.bigint() - t0) / 1e9];
-}
 
 async function main(): Promise<void> {
   const work = fs.mkdtempSync('/var/tmp/erofs-ondemand-demo-');
@@ -72,8 +62,7 @@ async function main(): Promise<void> {
       ['full pull + unpack', fullSeconds.toFixed(2), (imageBytes / 1e6).toFixed(1)],
       ['lazy (erofs-ondemand)', lazySeconds.toFixed(2), (status.fetch.bytesFetched / 1e6).toFixed(1)],
     ];
-    const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-    for (const r of rows) say(r.map((cell, c) => (c === 0 ? cell.padEnd(w[c]) : cell.padStart(w[c]))).join('  '));
+    say(numberTable(rows));
     cli('umount', '--socket', socket, mnt);
   } finally {
     const exited = new Promise((r) => daemon.once('exit', r));

@@ -51,7 +51,7 @@ export class Daemon {
     }
     this.metrics = new DaemonMetrics(
       () => this.fetcher,
-      () => this.store.allBlobs().reduce((n, b) => n + b.allocatedBytes, 0),
+      () => this.store.cacheBytes(),
     );
     this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries);
@@ -215,7 +215,7 @@ export class Daemon {
       transport: this.transport.name,
       fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
       inFlight: this.fetcher.inFlight,
-      cacheBytes: this.store.allBlobs().reduce((n, b) => n + b.allocatedBytes, 0),
+      cacheBytes: this.store.cacheBytes(),
       metricsPort: this.metricsPort,
       mounts: [...this.mounts].map(([target, img]) => {
         const hits = img.blobs.reduce((n, b) => n + b.hits, 0);

@@ -70,6 +70,11 @@ export class ImageStore {
     return [...this.blobs.values()];
   }
 
+  /** Bytes the blob cache files take on disk. */
+  cacheBytes(): number {
+    return this.allBlobs().reduce((n, b) => n + b.allocatedBytes, 0);
+  }
+
   blobsDir(): string {
     return path.join(this.cacheDir, 'blobs');
   }

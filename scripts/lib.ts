@@ -1,0 +1,27 @@
+// Helpers shared by the benchmark and demo scripts.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+
+/** Cold-cache runs: write back dirty pages, then drop the page cache, dentries and inodes. */
+export function dropCaches(): void {
+  execFileSync('sync');
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Runs `fn` and returns its result with the wall time it took, in seconds. */
+export function timed<T>(fn: () => T): [T, number] {
+  const t0 = process.hrtime.bigint();
+  const r = fn();
+  return [r, Number(process.hrtime.bigint() - t0) / 1e9];
+}
+
+/** A table with the first column left-aligned and the others right-aligned (numbers). */
+export function numberTable(rows: ReadonlyArray<readonly string[]>): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
+}
