@@ -78,44 +78,21 @@ function fail(path: readonly Buffer[], message: string): never {
   throw new InputError(message, { path: displayPath(path) });
 }
 
-function typeBits(inode: Inode, path: readonly Buffer[]): number {
-  switch (inode.type) {
-    case 'file':
-      return S_IFREG;
-    case 'dir':
-      return S_IFDIR;
-    case 'symlink':
-      return S_IFLNK;
-    case 'chardev':
-      return S_IFCHR;
-    case 'blockdev':
-      return S_IFBLK;
-    case 'fifo':
-      return S_IFIFO;
-    case 'socket':
-      return S_IFSOCK;
-    default:
-      fail(path, `unsupported file type ${String((inode as { type: unknown }).type)}`);
-  }
-}
+/** Mode type bits and directory-entry type of each kind of inode. */
+const TYPES: Record<Inode['type'], { ifmt: number; dirent: DirentType }> = {
+  file: { ifmt: S_IFREG, dirent: DirentType.RegFile },
+  dir: { ifmt: S_IFDIR, dirent: DirentType.Dir },
+  symlink: { ifmt: S_IFLNK, dirent: DirentType.Symlink },
+  chardev: { ifmt: S_IFCHR, dirent: DirentType.CharDev },
+  blockdev: { ifmt: S_IFBLK, dirent: DirentType.BlockDev },
+  fifo: { ifmt: S_IFIFO, dirent: DirentType.Fifo },
+  socket: { ifmt: S_IFSOCK, dirent: DirentType.Socket },
+};
 
-function direntType(inode: Inode): DirentType {
-  switch (inode.type) {
-    case 'file':
-      return DirentType.RegFile;
-    case 'dir':
-      return DirentType.Dir;
-    case 'symlink':
-      return DirentType.Symlink;
-    case 'chardev':
-      return DirentType.CharDev;
-    case 'blockdev':
-      return DirentType.BlockDev;
-    case 'fifo':
-      return DirentType.Fifo;
-    case 'socket':
-      return DirentType.Socket;
-  }
+function typeOf(inode: Inode, path: readonly Buffer[]): { ifmt: number; dirent: DirentType } {
+  const t = Object.hasOwn(TYPES, inode.type) ? TYPES[inode.type] : undefined;
+  if (!t) fail(path, `unsupported file type ${String((inode as { type: unknown }).type)}`);
+  return t;
 }
 
 function validateName(parent: readonly Buffer[], name: Buffer): void {
@@ -204,7 +181,7 @@ function plan(p: Planned, opts: BootstrapOptions, buildTime: { sec: bigint; nsec
   }
   p.xattrSize = xattrAreaSize(p.xattrs);
   if (xattrICount(p.xattrSize) > 0xffff) fail(path, `xattrs take ${p.xattrSize} bytes, more than an inode can hold`);
-  p.mode = typeBits(inode, path) | inode.meta.perm;
+  p.mode = typeOf(inode, path).ifmt | inode.meta.perm;
   p.nlink = inode.type === 'dir' ? 2 + p.children.filter((c) => c.node.inode.type === 'dir').length : p.links;
 
   let size = 0;
@@ -347,7 +324,7 @@ function dirData(p: Planned): Buffer {
   const entries: DirEntry[] = [
     { name: DOT, nid: self.nid, type: DirentType.Dir },
     { name: DOTDOT, nid: parent.nid, type: DirentType.Dir },
-    ...p.children.map((c) => ({ name: c.name, nid: c.node.nid, type: direntType(c.node.inode) })),
+    ...p.children.map((c) => ({ name: c.name, nid: c.node.nid, type: TYPES[c.node.inode.type].dirent })),
   ];
   entries.sort((a, b) => Buffer.compare(a.name, b.name));
   return encodeDirBlocks(entries);
