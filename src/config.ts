@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import Ajv, { type JSONSchemaType } from 'ajv';
 import { InputError } from './errors';
+import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 
 export const DEFAULT_CONFIG = '/etc/erofs-ondemand/config.json';
 export const DEFAULT_SOCKET = '/run/erofs-ondemand/control.sock';
@@ -13,6 +14,8 @@ export interface Config {
   cacheMaxBytes: number;
   socket: string;
   prefetch: number;
+  /** 'auto': the best the kernel supports (cachefiles, then fanotify, then FUSE). */
+  transport: TransportName | 'auto';
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   fetch: { concurrency: number };
   registries: { plainHttp: string[]; insecure: string[] };
@@ -25,6 +28,7 @@ export const DEFAULTS: Config = {
   cacheMaxBytes: 0,
   socket: DEFAULT_SOCKET,
   prefetch: 0,
+  transport: 'auto',
   logLevel: 'info',
   fetch: { concurrency: 8 },
   registries: { plainHttp: [], insecure: [] },
@@ -45,6 +49,7 @@ const schema: JSONSchemaType<FileConfig> = {
     cacheMaxBytes: { type: 'integer', minimum: 0, nullable: true },
     socket: { type: 'string', minLength: 1, nullable: true },
     prefetch: { type: 'integer', minimum: 0, maximum: 64, nullable: true },
+    transport: { type: 'string', enum: ['auto', ...TRANSPORT_NAMES], nullable: true },
     logLevel: { type: 'string', enum: ['error', 'warn', 'info', 'debug'], nullable: true },
     fetch: {
       type: 'object',

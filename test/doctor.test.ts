@@ -40,3 +40,18 @@ it('the daemon will not start on such a cache, and says why', () => {
   assert.equal(r.status, 1);
   assert.match(r.stderr, /no usable cache-miss transport .*EOPNOTSUPP.*tmpfs/);
 });
+
+it('a transport the kernel lacks, when forced, stops the daemon with the reason', () => {
+  const r = spawnSync(process.execPath, [CLI, 'daemon', '--cache-dir', disk, '--socket', path.join(disk, 'sock'), '--transport', 'cachefiles', '--metrics-address', ''], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /transport cachefiles was requested but cannot work here \(cachefiles: .*\/dev\/cachefiles/);
+  const d = spawnSync(process.execPath, [CLI, 'doctor', '--cache-dir', disk, '--transport', 'cachefiles', '--json'], { encoding: 'utf8' });
+  assert.equal(d.status, 1);
+  assert.equal(JSON.parse(d.stdout).chosen, null);
+});
+
+it('an unknown transport name is a usage error', () => {
+  const r = spawnSync(process.execPath, [CLI, 'daemon', '--transport', 'nfs'], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /nfs.*Allowed choices are auto, cachefiles, fanotify, fuse/);
+});

@@ -8,7 +8,6 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { ImageStore } from '../src/daemon/image-store';
-import { mountFileBacked, unmount } from '../src/mount/file-backed';
 import { closeRegistryClients } from '../src/oci/open-image';
 import { ChunkFetcher } from '../src/storage/chunk-fetcher';
 import { FanotifyTransport } from '../src/transport/fanotify';
@@ -44,9 +43,8 @@ describe('lazy mount through fanotify', () => {
     const store = new ImageStore(path.join(work, 'cache'), fetcher);
     const image = await store.prepare(`${registry.host}/library/minbase:1`); // the source ref: found via its referrer
     const transport = new FanotifyTransport();
-    transport.attach(image.blobs);
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
-    mountFileBacked({ bootstrap: image.bootstrapPath, blobs: image.blobs.map((b) => b.path), target: mnt });
+    await transport.mount(image, mnt);
     try {
       const total = image.blobs.reduce((n, b) => n + b.index.chunks.reduce((m, c) => m + c.compressedSize, 0), 0);
       const { stdout } = await run('chroot', [mnt, '/opt/app/run.sh']);
@@ -56,7 +54,7 @@ describe('lazy mount through fanotify', () => {
       assert.deepEqual(await compareTreesInChild(reference, mnt), []);
       assert.equal(fetcher.stats.verifyFailures, 0);
     } finally {
-      unmount(mnt);
+      await transport.unmount(mnt);
       await transport.close();
     }
   });

@@ -17,6 +17,7 @@ export interface DaemonFlags {
   insecure?: string[];
   metricsAddress?: string;
   cacheMaxBytes?: string;
+  transport?: string;
 }
 
 /** The file's settings, overridden by flags given on the command line. */
@@ -31,6 +32,7 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.insecure) c.registries.insecure = flags.insecure;
   if (flags.metricsAddress !== undefined) c.metrics.address = flags.metricsAddress;
   if (flags.cacheMaxBytes !== undefined) c.cacheMaxBytes = parseSize(flags.cacheMaxBytes);
+  if (flags.transport !== undefined) c.transport = flags.transport as Config['transport'];
   return c;
 }
 
@@ -45,6 +47,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     registries: config.registries,
     metricsAddress: config.metrics.address || undefined,
     cacheMaxBytes: config.cacheMaxBytes,
+    transport: config.transport,
   });
   await daemon.start();
   native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
@@ -52,7 +55,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     try {
       const next = effectiveConfig(flags, cmd);
       log.level = next.logLevel;
-      const restartOnly = (['cacheDir', 'socket', 'prefetch'] as const).filter((k) => next[k] !== config[k]);
+      const restartOnly = (['cacheDir', 'socket', 'prefetch', 'transport'] as const).filter((k) => next[k] !== config[k]);
       log.info('configuration reloaded', { logLevel: next.logLevel, ...(restartOnly.length ? { needsRestart: restartOnly } : {}) });
     } catch (err) {
       log.error('configuration not reloaded', { error: (err as Error).message });

@@ -1,9 +1,10 @@
 // `erofs-ondemand doctor`: what the kernel supports, what the daemon would choose, and why.
 import { probeKernel } from '../daemon/kernel-features';
+import type { TransportName } from '../transport/transport';
 import { table } from './format';
 
-export function doctorCommand(opts: { cacheDir: string; json?: boolean }): number {
-  const f = probeKernel(opts.cacheDir);
+export function doctorCommand(opts: { cacheDir: string; transport?: TransportName | 'auto'; json?: boolean }): number {
+  const f = probeKernel(opts.cacheDir, opts.transport ?? 'auto');
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(f)}\n`);
   } else {
@@ -18,7 +19,7 @@ export function doctorCommand(opts: { cacheDir: string; json?: boolean }): numbe
       ['fanotify pre-content', mark(f.fanotifyPreContent.ok), f.fanotifyPreContent.detail],
       ['FUSE', mark(f.fuse.ok), f.fuse.detail],
       ['cache filesystem', mark(f.cacheFs.ok), f.cacheFs.detail],
-      ['transport chosen', f.chosen ? 'yes' : 'no', f.chosen ?? `none usable (implemented: ${f.implemented.join(', ')})`],
+      ['transport chosen', f.chosen ? 'yes' : 'no', f.chosen ?? f.refusal ?? 'none'],
     ];
     process.stdout.write(`${table(rows)}\n`);
   }

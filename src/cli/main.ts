@@ -2,7 +2,7 @@
 // erofs-ondemand: the operators' command line. Each command is a thin layer over the library.
 import fs from 'node:fs';
 import path from 'node:path';
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
 import { DEFAULT_CONFIG } from '../config';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
@@ -16,6 +16,7 @@ import { doctorCommand } from './doctor';
 import { inspectCommand } from './inspect';
 import { bytes, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
+import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
 function mountLocal(outDir: string, target: string): void {
   const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
@@ -70,13 +71,15 @@ export function program(): Command {
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
+    .addOption(new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices(['auto', ...TRANSPORT_NAMES]))
     .action((opts: DaemonFlags, cmd: Command) => daemonCommand(opts, cmd));
   cli
     .command('doctor')
     .description('kernel features, the transport the daemon would choose, permissions, cache filesystem')
     .option('--cache-dir <dir>', 'cache directory to check', '/var/lib/erofs-ondemand')
+    .addOption(new Option('--transport <name>', 'check one transport instead of choosing the best').choices(['auto', ...TRANSPORT_NAMES]).default('auto'))
     .option('--json', 'print the findings as JSON')
-    .action((opts: { cacheDir: string; json?: boolean }) => {
+    .action((opts: { cacheDir: string; transport: TransportName | 'auto'; json?: boolean }) => {
       process.exitCode = doctorCommand(opts);
     });
   cli

@@ -5,12 +5,12 @@ import type http from 'node:http';
 import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
-import { mountFileBacked, unmount } from '../mount/file-backed';
+import { unmount } from '../mount/file-backed';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import type { BlobCache } from '../storage/blob-cache';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
 import { FanotifyTransport } from '../transport/fanotify';
-import type { CacheMissTransport } from '../transport/transport';
+import type { CacheMissTransport, TransportName } from '../transport/transport';
 import { serveControl, type ControlRequest } from './control';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
@@ -27,6 +27,17 @@ export interface DaemonOptions {
   metricsAddress?: string;
   /** 0: unbounded. */
   cacheMaxBytes?: number;
+  /** 'auto' (default): the best transport this kernel supports. */
+  transport?: TransportName | 'auto';
+}
+
+function createTransport(name: TransportName, onMiss: () => void): CacheMissTransport {
+  switch (name) {
+    case 'fanotify':
+      return new FanotifyTransport(onMiss);
+    default:
+      throw new Error(`transport ${name} is not implemented`);
+  }
 }
 
 export class Daemon {
@@ -41,21 +52,17 @@ export class Daemon {
   private stopping = false;
 
   constructor(private readonly opts: DaemonOptions) {
-    const features = probeKernel(opts.cacheDir);
-    if (features.chosen !== 'fanotify') {
-      // fanotify fails silently (holes read as zeros) where marks do not work: never serve without it.
-      throw new Error(
-        `no usable cache-miss transport for ${opts.cacheDir}: fanotify pre-content: ${features.fanotifyPreContent.detail}; ` +
-          `cache filesystem: ${features.cacheFs.detail} (see \`erofs-ondemand doctor\`)`,
-      );
-    }
+    // Probed for real: fanotify on a filesystem that refuses marks would serve holes as zeros.
+    const features = probeKernel(opts.cacheDir, opts.transport ?? 'auto');
+    if (!features.chosen) throw new Error(`${features.refusal} for ${opts.cacheDir} (see \`erofs-ondemand doctor\`)`);
     this.metrics = new DaemonMetrics(
       () => this.fetcher,
       () => this.store.cacheBytes(),
     );
     this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries);
-    this.transport = new FanotifyTransport(() => this.metrics.misses.inc());
+    this.transport = createTransport(features.chosen, () => this.metrics.misses.inc());
+    log.info('cache-miss transport chosen', { transport: features.chosen, requested: opts.transport ?? 'auto', kernel: features.kernel });
   }
 
   private get stateFile(): string {
@@ -123,8 +130,7 @@ export class Daemon {
     if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
     if (!fs.statSync(target).isDirectory()) throw new Error(`${target} is not a directory`);
     const image = await this.store.prepare(ref);
-    this.transport.attach(image.blobs); // before mounting: the kernel only reports misses on marked files
-    mountFileBacked({ bootstrap: image.bootstrapPath, blobs: image.blobs.map((b) => b.path), target });
+    await this.transport.mount(image, target);
     this.mounts.set(target, image);
     this.saveState();
     log.info('mounted', { image: ref, digest: image.digest, target, blobs: image.blobs.length });
@@ -151,7 +157,7 @@ export class Daemon {
 
   async umount(target: string): Promise<void> {
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
-    unmount(target);
+    await this.transport.unmount(target);
     this.mounts.delete(target);
     this.saveState();
     log.info('unmounted', { target });
@@ -235,22 +241,27 @@ export class Daemon {
   /**
    * Unmounts everything, answers pending misses, closes the socket. With fanotify a hole read after
    * the daemon is gone reads as zeros, so a mount still in use is first filled completely, then
-   * detached: its readers keep correct data.
+   * detached: its readers keep correct data. Other transports fail such reads with EIO: detached.
    */
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     for (const [target, image] of this.mounts) {
       try {
-        unmount(target);
+        await this.transport.unmount(target);
       } catch (err) {
+        if (!this.transport.zerosWithoutDaemon) {
+          log.warn('mount busy at shutdown: detached; its readers get EIO for data not cached', { target, error: (err as Error).message });
+          await this.transport.unmount(target, { lazy: true }).catch((e: Error) => log.error('detach failed', { target, error: e.message }));
+          continue;
+        }
         log.warn('mount busy at shutdown: filling it before detaching', { target, error: (err as Error).message });
         for (const blob of image.blobs) {
           for (const [start, end] of blob.missingRanges()) {
             await blob.ensure(start, end, 'demand').catch((e: Error) => log.error('fill at shutdown failed', { blob: blob.remote.what, error: e.message }));
           }
         }
-        unmount(target, { lazy: true });
+        await this.transport.unmount(target, { lazy: true });
       }
     }
     this.mounts.clear();

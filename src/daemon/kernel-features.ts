@@ -3,8 +3,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { native } from '../native';
+import type { TransportName } from '../transport/transport';
 
-export type TransportName = 'cachefiles' | 'fanotify' | 'fuse';
+export type { TransportName };
 
 export interface Probe {
   ok: boolean;
@@ -20,8 +21,10 @@ export interface KernelFeatures {
   fanotifyPreContent: Probe;
   fuse: Probe;
   cacheFs: Probe & { type: string };
-  /** What the daemon would use, best first; null when none works here. */
+  /** What the daemon would use (the best that works, or the one requested); null when none works here. */
   chosen: TransportName | null;
+  /** Why nothing was chosen, when nothing was. */
+  refusal?: string;
   /** Transports this version of the daemon implements. */
   implemented: TransportName[];
 }
@@ -52,7 +55,8 @@ function probeFanotify(cacheDir: string): Probe {
   }
 }
 
-export function probeKernel(cacheDir: string): KernelFeatures {
+/** `requested`: 'auto' (best first: cachefiles, fanotify, FUSE) or one transport to insist on. */
+export function probeKernel(cacheDir: string, requested: TransportName | 'auto' = 'auto'): KernelFeatures {
   fs.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   const known = filesystems();
   const has = (name: string) => new RegExp(`\\t${name}\\n`).test(known);
@@ -73,11 +77,18 @@ export function probeKernel(cacheDir: string): KernelFeatures {
     chosen: null,
     implemented: ['fanotify'],
   };
-  const order: Array<[TransportName, boolean]> = [
-    ['cachefiles', features.cachefilesOndemand.ok],
-    ['fanotify', features.fanotifyPreContent.ok && features.erofs.ok],
-    ['fuse', features.fuse.ok && features.erofs.ok],
-  ];
-  features.chosen = order.find(([name, ok]) => ok && features.implemented.includes(name))?.[0] ?? null;
+  const usable: Record<TransportName, Probe> = {
+    cachefiles: features.cachefilesOndemand,
+    fanotify: features.fanotifyPreContent,
+    fuse: features.fuse,
+  };
+  const works = (name: TransportName) => usable[name].ok && features.erofs.ok && features.implemented.includes(name);
+  const why = (name: TransportName) =>
+    !usable[name].ok ? `${name}: ${usable[name].detail}` : !features.erofs.ok ? `${name}: ${features.erofs.detail}` : `${name}: not implemented by this version`;
+  const candidates: TransportName[] = requested === 'auto' ? ['cachefiles', 'fanotify', 'fuse'] : [requested];
+  features.chosen = candidates.find(works) ?? null;
+  if (!features.chosen) {
+    features.refusal = `${requested === 'auto' ? 'no usable cache-miss transport' : `transport ${requested} was requested but cannot work here`} (${candidates.map(why).join('; ')}; cache filesystem: ${features.cacheFs.detail})`;
+  }
   return features;
 }

@@ -4,13 +4,15 @@
 import fs from 'node:fs';
 import { log } from '../log';
 import { native, type FanotifyGroup, type PreAccessEvent } from '../native';
+import { mountFileBacked, unmount } from '../mount/file-backed';
 import type { BlobCache } from '../storage/blob-cache';
-import type { CacheMissTransport } from './transport';
+import type { CacheMissTransport, MountableImage } from './transport';
 
 const EIO = 5;
 
 export class FanotifyTransport implements CacheMissTransport {
   readonly name = 'fanotify' as const;
+  readonly zerosWithoutDaemon = true;
   private readonly group: FanotifyGroup;
   /** Cache files by inode: the event names its file only by an fd. */
   private readonly byInode = new Map<number, BlobCache>();
@@ -19,6 +21,15 @@ export class FanotifyTransport implements CacheMissTransport {
   constructor(private readonly onMiss: () => void = () => undefined) {
     this.group = new native.FanotifyGroup();
     this.group.start((e) => void this.onEvent(e));
+  }
+
+  async mount(image: MountableImage, target: string): Promise<void> {
+    this.attach(image.blobs); // before mounting: the kernel reports nothing on files marked after the mount
+    mountFileBacked({ bootstrap: image.bootstrapPath, blobs: image.blobs.map((b) => b.path), target });
+  }
+
+  async unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
+    unmount(target, opts);
   }
 
   attach(blobs: readonly BlobCache[]): void {

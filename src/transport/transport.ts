@@ -1,11 +1,29 @@
-// The cache-miss transport: how a read of a missing blob range reaches the daemon. Implementations:
-// fanotify pre-content (here), cachefiles on-demand and FUSE (their own issues).
+// The cache-miss transport: how a read of a missing blob range reaches the daemon, and so also how an
+// image is mounted. Implementations: fanotify pre-content (fanotify.ts), FUSE (fuse.ts), cachefiles
+// on-demand (cachefiles.ts). All serve the same image format from the same fetcher and blob caches.
 import type { BlobCache } from '../storage/blob-cache';
 
+export type TransportName = 'cachefiles' | 'fanotify' | 'fuse';
+export const TRANSPORT_NAMES: readonly TransportName[] = ['cachefiles', 'fanotify', 'fuse'];
+
+/** What a transport needs to mount one image: its verified bootstrap and the caches of its blobs. */
+export interface MountableImage {
+  ref: string;
+  bootstrapPath: string;
+  blobs: readonly BlobCache[];
+}
+
 export interface CacheMissTransport {
-  readonly name: 'fanotify' | 'cachefiles' | 'fuse';
-  /** Starts serving misses on these blobs' cache files. Must happen before the image is mounted. */
-  attach(blobs: readonly BlobCache[]): void;
+  readonly name: TransportName;
+  /**
+   * When the daemon is gone, do unfilled ranges read as zeros (fanotify) instead of failing with EIO?
+   * Such a transport's busy mounts are filled completely before the daemon leaves them.
+   */
+  readonly zerosWithoutDaemon: boolean;
+  /** Mounts the image read-only on `target`, its misses served by this transport. */
+  mount(image: MountableImage, target: string): Promise<void>;
+  /** Unmounts `target` (detached when `lazy`); throws (EBUSY) when it is in use and not lazy. */
+  unmount(target: string, opts?: { lazy?: boolean }): Promise<void>;
   /** Answers every pending miss (EIO) and stops. */
   close(): Promise<void>;
 }
