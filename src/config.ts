@@ -5,8 +5,9 @@ import Ajv, { type JSONSchemaType } from 'ajv';
 import { InputError } from './errors';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 
-export const DEFAULT_CONFIG = '/etc/erofs-ondemand/config.json';
-export const DEFAULT_SOCKET = '/run/erofs-ondemand/control.sock';
+import { DEFAULT_CACHE_DIR, DEFAULT_SOCKET } from './defaults';
+
+export { DEFAULT_CONFIG, DEFAULT_SOCKET } from './defaults';
 
 export interface Config {
   cacheDir: string;
@@ -24,7 +25,7 @@ export interface Config {
 }
 
 export const DEFAULTS: Config = {
-  cacheDir: '/var/lib/erofs-ondemand',
+  cacheDir: DEFAULT_CACHE_DIR,
   cacheMaxBytes: 0,
   socket: DEFAULT_SOCKET,
   prefetch: 0,

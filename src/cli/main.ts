@@ -1,19 +1,16 @@
 #!/usr/bin/env node
-// erofs-ondemand: the operators' command line. Each command is a thin layer over the library.
+// erofs-ondemand: the operators' command line. Each command is a thin layer over the library, loaded
+// when that command runs: the HTTP client, metrics and schema libraries cost a quarter second to load.
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
-import { DEFAULT_CONFIG } from '../config';
+import { DEFAULT_CACHE_DIR, DEFAULT_CONFIG } from '../defaults';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
 import { readSuperblock } from '../erofs/reader';
 import { Interrupted } from '../errors';
 import { mountFileBacked, unmount } from '../mount/file-backed';
-import { buildCommand } from './build';
-import { convertCommand } from './convert';
-import { daemonCommand, type DaemonFlags } from './daemon';
-import { doctorCommand } from './doctor';
-import { inspectCommand } from './inspect';
+import type { DaemonFlags } from './daemon';
 import { bytes, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
@@ -38,7 +35,7 @@ export function program(): Command {
     .argument('<out-dir>', 'output directory (bootstrap.erofs, blobs/<id>)')
     .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
     .option('--json', 'print the summary as JSON')
-    .action((dir: string, out: string, opts: { chunkSize: string; json?: boolean }) => buildCommand(dir, out, opts));
+    .action(async (dir: string, out: string, opts: { chunkSize: string; json?: boolean }) => (await import('./build')).buildCommand(dir, out, opts));
   cli
     .command('convert')
     .description('convert an OCI image into the lazy format and push it')
@@ -51,7 +48,7 @@ export function program(): Command {
     .option('--json', 'print the result as one JSON line')
     .option('-q, --quiet', 'print nothing on success')
     .action(async (source: string, target: string, opts) => {
-      await convertCommand(source, target, opts);
+      await (await import('./convert')).convertCommand(source, target, opts);
     });
   cli
     .command('mount-local')
@@ -72,15 +69,15 @@ export function program(): Command {
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
     .addOption(new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices(['auto', ...TRANSPORT_NAMES]))
-    .action((opts: DaemonFlags, cmd: Command) => daemonCommand(opts, cmd));
+    .action(async (opts: DaemonFlags, cmd: Command) => (await import('./daemon')).daemonCommand(opts, cmd));
   cli
     .command('doctor')
     .description('kernel features, the transport the daemon would choose, permissions, cache filesystem')
-    .option('--cache-dir <dir>', 'cache directory to check', '/var/lib/erofs-ondemand')
+    .option('--cache-dir <dir>', 'cache directory to check', DEFAULT_CACHE_DIR)
     .addOption(new Option('--transport <name>', 'check one transport instead of choosing the best').choices(['auto', ...TRANSPORT_NAMES]).default('auto'))
     .option('--json', 'print the findings as JSON')
-    .action((opts: { cacheDir: string; transport: TransportName | 'auto'; json?: boolean }) => {
-      process.exitCode = doctorCommand(opts);
+    .action(async (opts: { cacheDir: string; transport: TransportName | 'auto'; json?: boolean }) => {
+      process.exitCode = (await import('./doctor')).doctorCommand(opts);
     });
   cli
     .command('mount')
@@ -147,7 +144,7 @@ export function program(): Command {
     .option('--json', 'print the report as JSON')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
-    .action((image: string, opts) => inspectCommand(image, opts));
+    .action(async (image: string, opts) => (await import('./inspect')).inspectCommand(image, opts));
   cli
     .command('gc')
     .description('evict cached blobs no mounted image uses, least recently used first')

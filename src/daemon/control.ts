@@ -4,7 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { log } from '../log';
 
-export { DEFAULT_SOCKET } from '../config';
+export { DEFAULT_SOCKET } from '../defaults';
 
 export type ControlRequest =
   | { op: 'mount'; ref: string; target: string }
