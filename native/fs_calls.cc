@@ -1,5 +1,5 @@
 // Syscalls Node.js does not expose: mount(2) with a regular file as source (file-backed EROFS),
-// umount2(2), the l*xattr family, and lseek(2) with SEEK_DATA/SEEK_HOLE.
+// umount2(2), the l*xattr family, lseek(2) with SEEK_DATA/SEEK_HOLE, fallocate(2) hole punching.
 #include "fs_calls.h"
 #include "errors.h"
 
@@ -19,6 +19,48 @@
 #include <vector>
 
 namespace {
+
+// fallocate(PUNCH_HOLE) runs on the thread pool: on a file with a fanotify pre-content mark it raises
+// an event that the event loop itself must answer.
+class PunchHoleWorker : public Napi::AsyncWorker {
+ public:
+  PunchHoleWorker(Napi::Env env, int fd, off_t offset, off_t length)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), offset_(offset), length_(length) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset_, length_) != 0) err_ = errno;
+  }
+  void OnOK() override {
+    if (err_ == 0) {
+      deferred_.Resolve(Env().Undefined());
+      return;
+    }
+    try {
+      ThrowErrno(Env(), err_, "fallocate");
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int fd_;
+  off_t offset_;
+  off_t length_;
+  int err_ = 0;
+};
+
+Napi::Value PunchHole(const Napi::CallbackInfo& info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  off_t offset = static_cast<off_t>(info[1].As<Napi::Number>().Int64Value());
+  off_t length = static_cast<off_t>(info[2].As<Napi::Number>().Int64Value());
+  auto* worker = new PunchHoleWorker(info.Env(), fd, offset, length);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
 
 Napi::Value Mount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -173,4 +215,5 @@ void InitFsCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   exports.Set("seekData", Napi::Function::New(env, SeekData));
   exports.Set("seekHole", Napi::Function::New(env, SeekHole));
+  exports.Set("punchHole", Napi::Function::New(env, PunchHole));
 }

@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { cleanup, tempDir } from './lib/image';
 import { startRegistry, type RegistryServer } from './lib/registry-server';
+import { compareTreesInChild } from './lib/tree-compare';
 import { minbaseImage, UmociImage } from './lib/test-images';
 
 const run = promisify(execFile);
@@ -253,6 +254,36 @@ describe('daemon with fanotify', () => {
     await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, a);
     assert.equal((await run('chroot', [a, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
     await cli('umount', '--socket', socket, a);
+  });
+
+  it('keeps the cache within a bound smaller than the image: oldest chunks are evicted, every file still reads correctly', async () => {
+    await stopDaemon();
+    const cache = path.join(work, 'cache-bounded');
+    const bound = 24 << 20; // the image holds about 170 MB of file data
+    await startDaemon(cache, '--cache-max-bytes', '24M', '--prefetch', '2');
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
+    const onDisk = () => fs.readdirSync(path.join(cache, 'blobs')).reduce((n, f) => n + fs.statSync(path.join(cache, 'blobs', f)).blocks * 512, 0);
+    let peak = 0;
+    const sampler = setInterval(() => (peak = Math.max(peak, onDisk())), 20);
+    try {
+      assert.deepEqual(await compareTreesInChild(reference, mnt), []);
+    } finally {
+      clearInterval(sampler);
+    }
+    peak = Math.max(peak, onDisk());
+    assert.ok(peak <= bound, `the cache reached ${peak} bytes, above its bound of ${bound}`);
+    const status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
+    assert.ok(status.evictedBytes > 100 << 20, `reading the whole image evicted only ${status.evictedBytes} bytes`);
+    assert.equal(status.cacheBoundBytes, bound);
+    // gc with a smaller bound takes chunks of the mounted image too; it still reads.
+    const r = JSON.parse((await cli('gc', '--json', '--max-size', '4M', '--socket', socket)).stdout);
+    assert.ok(r.evictedChunkBytes > 0 && r.cacheBytes <= 4 << 20, JSON.stringify(r));
+    assert.ok(onDisk() <= 4 << 20);
+    assert.equal((await run('chroot', [mnt, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
+    const fsck = JSON.parse((await cli('fsck', '--json', '--socket', socket, mnt)).stdout);
+    assert.deepEqual(fsck.bad, []);
+    await cli('umount', '--socket', socket, mnt);
   });
 
   it('stops on SIGTERM while a mount is busy: the reader still gets correct data after the daemon is gone', async () => {

@@ -8,6 +8,7 @@ import { log } from '../log';
 import { unmount } from '../mount/file-backed';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import type { BlobCache } from '../storage/blob-cache';
+import { CacheBudget } from '../storage/cache-budget';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
 import { FanotifyTransport } from '../transport/fanotify';
 import type { CacheMissTransport, TransportName } from '../transport/transport';
@@ -43,6 +44,7 @@ function createTransport(name: TransportName, onMiss: () => void): CacheMissTran
 export class Daemon {
   private readonly fetcher: ChunkFetcher;
   private readonly store: ImageStore;
+  private readonly budget: CacheBudget;
   private readonly transport: CacheMissTransport;
   private readonly mounts = new Map<string, PreparedImage>();
   private server: net.Server | null = null;
@@ -58,9 +60,15 @@ export class Daemon {
     this.metrics = new DaemonMetrics(
       () => this.fetcher,
       () => this.store.cacheBytes(),
+      () => this.budget.evictedBytes,
     );
     this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
-    this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries);
+    this.budget = new CacheBudget(opts.cacheMaxBytes ?? 0, 0, {
+      evictUnused: (target) => this.evictUnusedBlobs(target).cacheBytes,
+      mounted: () => [...new Set([...this.mounts.values()].flatMap((m) => m.blobs))],
+    });
+    this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries, this.budget);
+    this.budget.resync(this.evictUnusedBlobs(Infinity).cacheBytes); // measures, evicts nothing
     this.transport = createTransport(features.chosen, () => this.metrics.misses.inc());
     log.info('cache-miss transport chosen', { transport: features.chosen, requested: opts.transport ?? 'auto', kernel: features.kernel });
   }
@@ -145,6 +153,12 @@ export class Daemon {
     const worker = async () => {
       while (!this.stopping && next < ranges.length) {
         const [start, end] = ranges[next++];
+        if (this.budget.limit > 0 && this.budget.usedBytes + (end - start) > this.budget.limit * 0.9) {
+          // Beyond this, prefetch would only evict what readers fetched: they know better what they need.
+          log.info('prefetch stopped at the cache bound', { blob: blob.remote.what, bound: this.budget.limit });
+          next = ranges.length;
+          break;
+        }
         try {
           await blob.ensure(start, end, 'prefetch');
         } catch (err) {
@@ -161,7 +175,7 @@ export class Daemon {
     this.mounts.delete(target);
     this.saveState();
     log.info('unmounted', { target });
-    if (this.opts.cacheMaxBytes) this.gc();
+    if (this.opts.cacheMaxBytes) await this.gc();
   }
 
   private image(target: string): PreparedImage {
@@ -179,11 +193,8 @@ export class Daemon {
     return { chunks: img.blobs.reduce((n, b) => n + b.presentChunks, 0), bad };
   }
 
-  /**
-   * Evicts blob cache files no mounted image uses, least recently used first, until the cache takes at
-   * most `maxBytes` (default: the configured bound; 0 with no bound evicts every unused blob).
-   */
-  gc(maxBytes = this.opts.cacheMaxBytes ?? 0): { removed: string[]; freedBytes: number; cacheBytes: number } {
+  /** Removes blob cache files no mounted image uses, least recently used first, until the cache takes at most `target`. */
+  private evictUnusedBlobs(target: number): { removed: string[]; freedBytes: number; cacheBytes: number } {
     const dir = this.store.blobsDir();
     const inUse = new Set([...this.mounts.values()].flatMap((m) => m.blobs.map((b) => path.basename(b.path))));
     const files = fs.readdirSync(dir).map((name) => {
@@ -194,16 +205,30 @@ export class Daemon {
     const removed: string[] = [];
     let freed = 0;
     for (const f of files.filter((x) => !inUse.has(x.name)).sort((x, y) => x.mtime - y.mtime)) {
-      if (total <= maxBytes) break;
+      if (total <= target) break;
       this.store.forget(`sha256:${f.name}`);
       fs.rmSync(path.join(dir, f.name), { force: true });
       total -= f.bytes;
       freed += f.bytes;
       removed.push(`sha256:${f.name}`);
     }
-    if (removed.length > 0) log.info('cache evicted', { removed, freedBytes: freed, cacheBytes: total });
-    if (this.opts.cacheMaxBytes && total > this.opts.cacheMaxBytes) log.warn('cache above its bound: all of it is in use by mounts', { cacheBytes: total, bound: this.opts.cacheMaxBytes });
+    if (removed.length > 0) log.info('cache evicted unused blobs', { removed, freedBytes: freed, cacheBytes: total });
     return { removed, freedBytes: freed, cacheBytes: total };
+  }
+
+  /**
+   * Shrinks the cache to at most `maxBytes` (default: the configured bound; 0 with no bound evicts
+   * every unused blob): blobs no mounted image uses go first, least recently used first; then, for a
+   * non-zero bound, the oldest chunks of mounted blobs (read again, they are fetched again).
+   */
+  async gc(maxBytes = this.opts.cacheMaxBytes ?? 0): Promise<{ removed: string[]; freedBytes: number; evictedChunkBytes: number; cacheBytes: number }> {
+    return this.budget.exclusive(async () => {
+      const r = this.evictUnusedBlobs(maxBytes);
+      this.budget.resync(r.cacheBytes);
+      const evictedChunkBytes = maxBytes > 0 && r.cacheBytes > maxBytes ? await this.budget.evictChunks(maxBytes) : 0;
+      if (evictedChunkBytes > 0) log.info('cache evicted chunks of mounted images', { freedBytes: evictedChunkBytes, cacheBytes: this.budget.usedBytes });
+      return { removed: r.removed, freedBytes: r.freedBytes + evictedChunkBytes, evictedChunkBytes, cacheBytes: this.budget.usedBytes };
+    });
   }
 
   /** Fetches every chunk of an image not cached yet; resolves when all are. */
@@ -222,6 +247,8 @@ export class Daemon {
       fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
       inFlight: this.fetcher.inFlight,
       cacheBytes: this.store.cacheBytes(),
+      cacheBoundBytes: this.budget.limit,
+      evictedBytes: this.budget.evictedBytes,
       metricsPort: this.metricsPort,
       mounts: [...this.mounts].map(([target, img]) => {
         const hits = img.blobs.reduce((n, b) => n + b.hits, 0);

@@ -11,7 +11,7 @@ import { registryClient, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
 import type { RegistryClient } from '../oci/registry';
 import { hostPlatform, type Descriptor, type ImageManifest } from '../oci/types';
-import { BlobCache } from '../storage/blob-cache';
+import { BlobCache, type SpaceReserver } from '../storage/blob-cache';
 import type { ChunkFetcher } from '../storage/chunk-fetcher';
 
 export interface PreparedImage {
@@ -61,6 +61,8 @@ export class ImageStore {
     readonly cacheDir: string,
     private readonly fetcher: ChunkFetcher,
     private readonly registries: OpenOptions = {},
+    /** Enforces the cache bound before chunks are written; none: unbounded. */
+    private readonly space: SpaceReserver | null = null,
   ) {
     fs.mkdirSync(path.join(cacheDir, 'bootstraps'), { recursive: true, mode: 0o700 });
     fs.mkdirSync(path.join(cacheDir, 'blobs'), { recursive: true, mode: 0o700 });
@@ -119,6 +121,7 @@ export class ImageStore {
     const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
     if (expected !== index.trailer.uncompressedSize) throw new InputError(`uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`, { image: ref, layer: desc.digest });
     const cache = BlobCache.open(path.join(this.cacheDir, 'blobs', digestHex(desc.digest)), { digest: desc.digest, what, read }, index, this.fetcher);
+    cache.space = this.space;
     this.blobs.set(desc.digest, cache);
     touch(cache.path);
     return cache;

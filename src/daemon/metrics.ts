@@ -16,7 +16,7 @@ export class DaemonMetrics {
   /** The last latencies, for the percentiles `status` prints. */
   private readonly recent: number[] = [];
 
-  constructor(fetcher: () => ChunkFetcher, cacheBytes: () => number) {
+  constructor(fetcher: () => ChunkFetcher, cacheBytes: () => number, evictedBytes: () => number) {
     const stat = (name: string, help: string, read: () => number) =>
       new Gauge({ name, help, registers: [this.registry], collect() { this.set(read()); } });
     stat('erofs_ondemand_fetched_bytes_total', 'Compressed bytes fetched from registries', () => fetcher().stats.bytesFetched);
@@ -25,6 +25,7 @@ export class DaemonMetrics {
     stat('erofs_ondemand_memory_hits_total', 'Chunks served from the in-memory cache', () => fetcher().stats.memoryHits);
     stat('erofs_ondemand_inflight_chunks', 'Chunks being fetched now', () => fetcher().inFlight);
     stat('erofs_ondemand_cache_bytes', 'Bytes allocated by blob cache files', cacheBytes);
+    stat('erofs_ondemand_evicted_bytes_total', 'Bytes of cached chunks evicted to keep the cache within its bound', evictedBytes);
   }
 
   observe(seconds: number): void {

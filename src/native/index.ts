@@ -41,6 +41,8 @@ interface NativeAddon {
   seekData(fd: number, offset: number): number;
   /** Next hole at or after `offset`, or -1 if `offset` is past the end (ENXIO). */
   seekHole(fd: number, offset: number): number;
+  /** Deallocates [offset, offset+length) keeping the size (fallocate PUNCH_HOLE), on the thread pool. */
+  punchHole(fd: number, offset: number, length: number): Promise<void>;
 }
 
 function packageRoot(): string {

@@ -13,15 +13,29 @@ import type { Priority } from './limiter';
 /** Writes verified chunk bytes at an offset of the cache file (transports may need their own fd). */
 export type ChunkWriter = (offset: number, data: Buffer) => void | Promise<void>;
 
+/** Room on disk for new chunks: `reserve` may evict other chunks or blobs first (cache-budget.ts). */
+export interface SpaceReserver {
+  reserve(bytes: number, forBlob: BlobCache): Promise<void>;
+}
+
 function alignedEnd(c: ChunkEntry): number {
   return c.uncompressedOffset + Math.ceil(c.uncompressedSize / BLOCK_SIZE) * BLOCK_SIZE;
 }
 
 export class BlobCache {
   private readonly present: Uint8Array;
+  /** When each present chunk was written (a daemon-wide counter): eviction takes the oldest first. */
+  private readonly writtenAt: Float64Array;
+  /** Chunks being fetched or written for a reader: never evicted under it. */
+  private readonly busy = new Set<number>();
+  /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
+  private readonly punching = new Map<number, Promise<void>>();
   /** Reads answered from the cache file alone / that needed chunks fetched. */
   hits = 0;
   misses = 0;
+  evictedChunks = 0;
+  space: SpaceReserver | null = null;
+  private static clock = 0;
 
   private constructor(
     readonly path: string,
@@ -31,8 +45,10 @@ export class BlobCache {
     private readonly fetcher: ChunkFetcher,
   ) {
     this.present = new Uint8Array(index.chunks.length);
+    this.writtenAt = new Float64Array(index.chunks.length);
     index.chunks.forEach((c, i) => {
       this.present[i] = native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset && native.seekHole(fd, c.uncompressedOffset) >= alignedEnd(c) ? 1 : 0;
+      if (this.present[i]) this.writtenAt[i] = ++BlobCache.clock; // found at start: older than anything written now
     });
   }
 
@@ -100,13 +116,54 @@ export class BlobCache {
       return 0;
     }
     if (priority === 'demand') this.misses++;
-    const data = await this.fetcher.getChunks(this.remote, missing, priority);
-    for (const [k, d] of data.entries()) {
-      if (this.present[slots[k]]) continue; // another reader's fetch wrote it meanwhile
-      await write(missing[k].uncompressedOffset, d);
-      this.present[slots[k]] = 1;
+    const mine = slots.filter((i) => !this.busy.has(i));
+    for (const i of mine) this.busy.add(i);
+    try {
+      const data = await this.fetcher.getChunks(this.remote, missing, priority);
+      for (const [k, d] of data.entries()) {
+        const i = slots[k];
+        if (this.present[i]) continue; // another reader's fetch wrote it meanwhile
+        await this.space?.reserve(alignedEnd(missing[k]) - missing[k].uncompressedOffset, this);
+        await this.punching.get(i)?.catch(() => undefined);
+        await write(missing[k].uncompressedOffset, d);
+        this.present[i] = 1;
+        this.writtenAt[i] = ++BlobCache.clock;
+      }
+    } finally {
+      for (const i of mine) this.busy.delete(i);
     }
     return missing.length;
+  }
+
+  /** Write time of the oldest chunk that could be evicted now, or Infinity. */
+  oldestEvictable(): number {
+    let oldest = Infinity;
+    for (let i = 0; i < this.present.length; i++) if (this.present[i] && !this.busy.has(i) && this.writtenAt[i] < oldest) oldest = this.writtenAt[i];
+    return oldest;
+  }
+
+  /**
+   * Punches out the oldest chunks not in use by a reader until at least `bytes` are freed: a later
+   * read of them is a miss again. Resolves to the bytes freed.
+   */
+  async evictOldest(bytes: number): Promise<number> {
+    const order = [...this.present.keys()].filter((i) => this.present[i] && !this.busy.has(i)).sort((a, b) => this.writtenAt[a] - this.writtenAt[b]);
+    let freed = 0;
+    for (const i of order) {
+      if (freed >= bytes) break;
+      const c = this.index.chunks[i];
+      this.present[i] = 0; // first: a reader arriving meanwhile fetches it again rather than trusting it
+      const punch = native.punchHole(this.fd, c.uncompressedOffset, alignedEnd(c) - c.uncompressedOffset);
+      this.punching.set(i, punch);
+      try {
+        await punch;
+      } finally {
+        this.punching.delete(i);
+      }
+      freed += alignedEnd(c) - c.uncompressedOffset;
+      this.evictedChunks++;
+    }
+    return freed;
   }
 
   /**

@@ -1,0 +1,86 @@
+// The bound on the cache's disk use, enforced before each chunk is written: first whole blobs no
+// mounted image uses (least recently used first), then the oldest chunks of mounted blobs, which
+// later reads simply fetch again.
+import { log } from '../log';
+import type { BlobCache, SpaceReserver } from './blob-cache';
+
+export interface BudgetSources {
+  /** Removes unused blob files, LRU first, until the cache takes at most `target` bytes; returns its size after. */
+  evictUnused(target: number): number;
+  /** Blobs of mounted images. */
+  mounted(): readonly BlobCache[];
+}
+
+/** Evicting a little more than needed keeps every write from evicting a chunk of its own. */
+const HEADROOM = 0.05;
+
+export class CacheBudget implements SpaceReserver {
+  private queue: Promise<void> = Promise.resolve();
+  evictedBytes = 0;
+  private warned = false;
+
+  constructor(
+    readonly limit: number,
+    private used: number,
+    private readonly sources: BudgetSources,
+  ) {}
+
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  /** After something outside the budget changed the cache (gc, a removed file): its measured size. */
+  resync(used: number): void {
+    this.used = used;
+  }
+
+  /** Evicts the oldest chunks of mounted blobs until the cache takes at most `target`; returns bytes freed. */
+  async evictChunks(target: number): Promise<number> {
+    let total = 0;
+    while (this.used > target) {
+      let victim: BlobCache | null = null;
+      let oldest = Infinity;
+      for (const b of this.sources.mounted()) {
+        const t = b.oldestEvictable();
+        if (t < oldest) [victim, oldest] = [b, t];
+      }
+      if (!victim) break;
+      const freed = await victim.evictOldest(this.used - target);
+      if (freed === 0) break;
+      this.used -= freed;
+      total += freed;
+    }
+    this.evictedBytes += total;
+    return total;
+  }
+
+  reserve(bytes: number, forBlob: BlobCache): Promise<void> {
+    return this.exclusive(() => this.makeRoom(bytes, forBlob));
+  }
+
+  /** Runs `fn` when no other eviction is under way: concurrent readers would all evict for the same room. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(fn);
+    this.queue = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    return next;
+  }
+
+  private async makeRoom(bytes: number, forBlob: BlobCache): Promise<void> {
+    if (this.limit <= 0 || this.used + bytes <= this.limit) {
+      this.used += bytes;
+      return;
+    }
+    const target = Math.max(0, Math.floor(this.limit * (1 - HEADROOM)) - bytes);
+    this.used = this.sources.evictUnused(target);
+    await this.evictChunks(target);
+    if (this.used + bytes > this.limit && !this.warned) {
+      // Only chunks under active reads are left: serving them correctly comes before the bound.
+      this.warned = true;
+      log.warn('cache bound exceeded: every cached chunk is being read right now', { bound: this.limit, used: this.used, blob: forBlob.remote.what });
+    }
+    this.used += bytes;
+  }
+}
