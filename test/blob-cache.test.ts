@@ -110,4 +110,32 @@ describe('blob cache over registry Range GETs', () => {
       cache.close();
     }
   });
+
+  it('evicts the oldest unpinned chunks by punching holes; a later read fetches them again', async () => {
+    const file = path.join(work, 'cache-d');
+    const cache = BlobCache.open(file, remote(), index, new ChunkFetcher({ memoryCacheBytes: 1 }));
+    try {
+      assert.ok(index.chunks.length >= 3, 'the fixture has several chunks');
+      for (const c of index.chunks) await cache.ensure(c.uncompressedOffset, c.uncompressedOffset + 1);
+      const before = cache.allocatedBytes;
+      const [oldest, second] = index.chunks;
+      const freed = await cache.evictOldest(1); // one chunk is enough for one byte
+      assert.ok(freed >= oldest.uncompressedSize && freed < oldest.uncompressedSize + 4096, `freed ${freed}`);
+      assert.equal(cache.presentChunks, index.chunks.length - 1);
+      assert.ok(cache.allocatedBytes <= before - oldest.uncompressedSize + 4096);
+      const fd = fs.openSync(file, 'r');
+      assert.notEqual(native.seekData(fd, oldest.uncompressedOffset), oldest.uncompressedOffset, 'a hole where the oldest chunk was');
+      fs.closeSync(fd);
+      // A read pins its chunks: an eviction meanwhile takes others, and the bytes are right.
+      proxy.reset();
+      const reading = cache.read(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize);
+      const evicting = cache.evictOldest(second.uncompressedSize);
+      const [{ data, fetched }] = await Promise.all([reading, evicting]);
+      assert.equal(fetched, 1);
+      assert.equal(proxy.requests.length, 1);
+      assert.ok(data.equals(raw.subarray(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize)));
+    } finally {
+      cache.close();
+    }
+  });
 });

@@ -26,8 +26,8 @@ export class BlobCache {
   private readonly present: Uint8Array;
   /** When each present chunk was written (a daemon-wide counter): eviction takes the oldest first. */
   private readonly writtenAt: Float64Array;
-  /** Chunks being fetched or written for a reader: never evicted under it. */
-  private readonly busy = new Set<number>();
+  /** Readers using each chunk right now (fetching, writing or reading it): pinned chunks are never evicted. */
+  private readonly pins: Uint16Array;
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
   private readonly punching = new Map<number, Promise<void>>();
   /** Reads answered from the cache file alone / that needed chunks fetched. */
@@ -46,6 +46,7 @@ export class BlobCache {
   ) {
     this.present = new Uint8Array(index.chunks.length);
     this.writtenAt = new Float64Array(index.chunks.length);
+    this.pins = new Uint16Array(index.chunks.length);
     index.chunks.forEach((c, i) => {
       this.present[i] = native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset && native.seekHole(fd, c.uncompressedOffset) >= alignedEnd(c) ? 1 : 0;
       if (this.present[i]) this.writtenAt[i] = ++BlobCache.clock; // found at start: older than anything written now
@@ -116,8 +117,7 @@ export class BlobCache {
       return 0;
     }
     if (priority === 'demand') this.misses++;
-    const mine = slots.filter((i) => !this.busy.has(i));
-    for (const i of mine) this.busy.add(i);
+    for (const i of slots) this.pins[i]++;
     try {
       const data = await this.fetcher.getChunks(this.remote, missing, priority);
       for (const [k, d] of data.entries()) {
@@ -130,15 +130,34 @@ export class BlobCache {
         this.writtenAt[i] = ++BlobCache.clock;
       }
     } finally {
-      for (const i of mine) this.busy.delete(i);
+      for (const i of slots) this.pins[i]--;
     }
     return missing.length;
+  }
+
+  /**
+   * The verified bytes of [start, end), fetching what is missing; the chunks stay pinned until read,
+   * so an eviction cannot turn them into zeros in between.
+   */
+  async read(start: number, end: number, priority: Priority = 'demand'): Promise<{ data: Buffer; fetched: number }> {
+    const [first, last] = chunkIndexRange(this.index.chunks, start, end);
+    for (let i = first; i < last; i++) this.pins[i]++;
+    try {
+      const fetched = await this.ensure(start, end, priority);
+      const data = Buffer.alloc(end - start);
+      await new Promise<void>((resolve, reject) =>
+        fs.read(this.fd, data, 0, data.length, start, (err, n) => (err ? reject(err) : n !== data.length ? reject(new Error(`${this.path}: short read at ${start}`)) : resolve())),
+      );
+      return { data, fetched };
+    } finally {
+      for (let i = first; i < last; i++) this.pins[i]--;
+    }
   }
 
   /** Write time of the oldest chunk that could be evicted now, or Infinity. */
   oldestEvictable(): number {
     let oldest = Infinity;
-    for (let i = 0; i < this.present.length; i++) if (this.present[i] && !this.busy.has(i) && this.writtenAt[i] < oldest) oldest = this.writtenAt[i];
+    for (let i = 0; i < this.present.length; i++) if (this.present[i] && this.pins[i] === 0 && this.writtenAt[i] < oldest) oldest = this.writtenAt[i];
     return oldest;
   }
 
@@ -147,7 +166,7 @@ export class BlobCache {
    * read of them is a miss again. Resolves to the bytes freed.
    */
   async evictOldest(bytes: number): Promise<number> {
-    const order = [...this.present.keys()].filter((i) => this.present[i] && !this.busy.has(i)).sort((a, b) => this.writtenAt[a] - this.writtenAt[b]);
+    const order = [...this.present.keys()].filter((i) => this.present[i] && this.pins[i] === 0).sort((a, b) => this.writtenAt[a] - this.writtenAt[b]);
     let freed = 0;
     for (const i of order) {
       if (freed >= bytes) break;
