@@ -1,9 +1,11 @@
-// The daemon's configuration file (default /etc/erofs-ondemand/config.json), checked against a
-// JSON schema so that a typo is an error naming the key, not a silently ignored setting.
+// The daemon's configuration file (default /etc/erofs-ondemand/config.json) and the registries file
+// of `--registries-config`, checked against a JSON schema so that a typo is an error naming the key,
+// not a silently ignored setting.
 import fs from 'node:fs';
-import Ajv, { type JSONSchemaType } from 'ajv';
+import Ajv, { type ErrorObject, type JSONSchemaType } from 'ajv';
 import { InputError } from './errors';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
+import { checkRegistries, registriesSchema, type RegistriesConfig } from './oci/hosts';
 
 import { DEFAULT_CACHE_DIR, DEFAULT_SOCKET } from './defaults';
 
@@ -19,7 +21,8 @@ export interface Config {
   transport: TransportName | 'auto';
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   fetch: { concurrency: number };
-  registries: { plainHttp: string[]; insecure: string[] };
+  /** Mirrors, CAs, TLS and plain HTTP per registry host (src/oci/hosts.ts). */
+  registries: RegistriesConfig;
   /** Prometheus metrics on host:port; empty: off. */
   metrics: { address: string };
 }
@@ -32,13 +35,13 @@ export const DEFAULTS: Config = {
   transport: 'auto',
   logLevel: 'info',
   fetch: { concurrency: 8 },
-  registries: { plainHttp: [], insecure: [] },
+  registries: { plainHttp: [], insecure: [], hosts: {} },
   metrics: { address: '127.0.0.1:9543' },
 };
 
 type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
   fetch?: Partial<Config['fetch']>;
-  registries?: Partial<Config['registries']>;
+  registries?: RegistriesConfig;
   metrics?: Partial<Config['metrics']>;
 };
 
@@ -58,15 +61,7 @@ const schema: JSONSchemaType<FileConfig> = {
       additionalProperties: false,
       properties: { concurrency: { type: 'integer', minimum: 1, maximum: 256, nullable: true } },
     },
-    registries: {
-      type: 'object',
-      nullable: true,
-      additionalProperties: false,
-      properties: {
-        plainHttp: { type: 'array', items: { type: 'string' }, nullable: true },
-        insecure: { type: 'array', items: { type: 'string' }, nullable: true },
-      },
-    },
+    registries: { ...registriesSchema, nullable: true },
     metrics: {
       type: 'object',
       nullable: true,
@@ -76,31 +71,44 @@ const schema: JSONSchemaType<FileConfig> = {
   },
 };
 
-const validate = new Ajv({ allErrors: true }).compile(schema);
+const ajv = new Ajv({ allErrors: true });
+const validate = ajv.compile(schema);
+const validateRegistries = ajv.compile(registriesSchema);
 
-/** Reads and checks a config file; a missing file at the default path means the defaults. */
-export function loadConfig(file: string, required: boolean): Config {
+/** Each schema error as `<JSON pointer>: <what is wrong>`, naming the key. */
+function schemaProblems(errors: ErrorObject[] | null | undefined): string[] {
+  return (errors ?? []).map((e) => {
+    const where = e.instancePath || '/';
+    if (e.keyword === 'additionalProperties') return `${where}: unknown key ${JSON.stringify(e.params.additionalProperty)}`;
+    if (e.keyword === 'enum') return `${where}: must be one of ${(e.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    if (e.keyword === 'required') return `${where}: missing key ${JSON.stringify(e.params.missingProperty)}`;
+    return `${where}: ${e.message}`;
+  });
+}
+
+function readJson(file: string, required: boolean): unknown {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    if (!required && (err as NodeJS.ErrnoException).code === 'ENOENT') return structuredClone(DEFAULTS);
+    if (!required && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new InputError(`cannot read: ${(err as Error).message}`, { path: file });
   }
-  let doc: unknown;
   try {
-    doc = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
     throw new InputError(`not JSON: ${(err as Error).message}`, { path: file });
   }
-  if (!validate(doc)) {
-    const problems = (validate.errors ?? []).map((e) => {
-      const where = e.instancePath || '/';
-      return e.keyword === 'additionalProperties' ? `${where}: unknown key ${JSON.stringify(e.params.additionalProperty)}` : `${where}: ${e.message}`;
-    });
-    throw new InputError(`invalid configuration: ${problems.join('; ')}`, { path: file });
-  }
+}
+
+/** Reads and checks a config file; a missing file at the default path means the defaults. */
+export function loadConfig(file: string, required: boolean): Config {
+  const doc = readJson(file, required);
+  if (doc === undefined) return structuredClone(DEFAULTS);
+  if (!validate(doc)) throw new InputError(`invalid configuration: ${schemaProblems(validate.errors).join('; ')}`, { path: file });
   const c = doc as FileConfig;
+  const semantic = checkRegistries(c.registries ?? {}).map((p) => `/registries${p}`);
+  if (semantic.length) throw new InputError(`invalid configuration: ${semantic.join('; ')}`, { path: file });
   return {
     ...DEFAULTS,
     ...c,
@@ -108,4 +116,35 @@ export function loadConfig(file: string, required: boolean): Config {
     registries: { ...DEFAULTS.registries, ...c.registries },
     metrics: { ...DEFAULTS.metrics, ...c.metrics },
   } as Config;
+}
+
+/**
+ * A registries configuration file (`--registries-config`): the same object as the daemon
+ * configuration's `registries`. Errors name the key, as JSON pointers from the file's top.
+ */
+export function loadRegistriesFile(file: string): RegistriesConfig {
+  const doc = readJson(file, true);
+  if (!validateRegistries(doc)) throw new InputError(`invalid registries configuration: ${schemaProblems(validateRegistries.errors).join('; ')}`, { path: file });
+  const problems = checkRegistries(doc);
+  if (problems.length) throw new InputError(`invalid registries configuration: ${problems.join('; ')}`, { path: file });
+  return doc;
+}
+
+/** The registry flags of `convert` and `inspect`. */
+export interface RegistryFlags {
+  plainHttp?: string[];
+  insecure?: string[];
+  registriesConfig?: string;
+}
+
+/** The `--registries-config` file (if any) with the `--plain-http`/`--insecure` hosts added to its lists. */
+export function registriesFromFlags(flags: RegistryFlags): RegistriesConfig {
+  const base = flags.registriesConfig ? loadRegistriesFile(flags.registriesConfig) : {};
+  const extra = checkRegistries({ plainHttp: flags.plainHttp, insecure: flags.insecure });
+  if (extra.length) throw new InputError(`invalid registry flags: ${extra.join('; ')}`);
+  return {
+    ...base,
+    plainHttp: [...(base.plainHttp ?? []), ...(flags.plainHttp ?? [])],
+    insecure: [...(base.insecure ?? []), ...(flags.insecure ?? [])],
+  };
 }

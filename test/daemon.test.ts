@@ -8,7 +8,9 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { cleanup, tempDir } from './lib/image';
-import { startRegistry, type RegistryServer } from './lib/registry-server';
+import { RegistryClient } from '../src/oci/registry';
+import type { ImageManifest } from '../src/oci/types';
+import { freePort, startRegistry, type RegistryServer } from './lib/registry-server';
 import { compareTreesInChild } from './lib/tree-compare';
 import { minbaseImage, UmociImage } from './lib/test-images';
 
@@ -98,6 +100,65 @@ describe('daemon with fanotify', () => {
       const sums = stdout.trim().split('\n').map((l) => l.split(' ')[0]);
       assert.equal(sums[0], sums[1]);
     } finally {
+      await cli('umount', '--socket', socket, mnt);
+    }
+  });
+
+  it('mounts through a mirror while the upstream refuses connections: manifests, bootstrap and chunk Range GETs come from the mirror', async () => {
+    await stopDaemon();
+    const dead = `127.0.0.1:${await freePort()}`;
+    const config = path.join(work, 'config-mirror.json');
+    fs.writeFileSync(config, JSON.stringify({ registries: { hosts: { [dead]: { mirrors: [{ url: proxy.url }] } } } }));
+    await startDaemon(path.join(work, 'cache-mirror'), '--config', config);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    proxy.reset();
+    await cli('mount', '--socket', socket, `${dead}/lazy/minbase:1`, mnt);
+    try {
+      assert.equal((await run('chroot', [mnt, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
+      const { stdout } = await run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy'), path.join(reference, 'opt', 'app', 'bash-copy')]);
+      const [got, want] = stdout.trim().split('\n').map((l) => l.split(' ')[0]);
+      assert.equal(got, want);
+      const ranges = proxy.requests.filter((r) => r.status === 206);
+      assert.ok(ranges.length > 3, `${ranges.length} Range GETs through the mirror`);
+      assert.ok(proxy.requests.every((r) => r.path.endsWith(`?ns=${encodeURIComponent(dead)}`)), 'every request names the upstream it is for');
+      assert.match(daemonLog, /"message":"registry endpoint serves ranges of this blob"/);
+      assert.doesNotMatch(daemonLog, /trying the next/);
+    } finally {
+      await cli('umount', '--socket', socket, mnt);
+    }
+  });
+
+  it('passes over a mirror that alters bytes: the bootstrap and chunks come verified from the upstream, nothing wrong is cached', async () => {
+    await stopDaemon();
+    const registries = path.join(work, 'registries-liar.json');
+    fs.writeFileSync(registries, JSON.stringify({ hosts: { [registry.host]: { mirrors: [{ url: proxy.url }] } } }));
+    const cache = path.join(work, 'cache-liar');
+    await startDaemon(cache, '--registries-config', registries);
+    const direct = new RegistryClient(registry.host, { plainHttp: true, credentials: null });
+    const lazy = JSON.parse((await direct.getManifest('lazy/minbase', '1')).raw.toString()) as ImageManifest;
+    await direct.close();
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    proxy.reset();
+    daemonLog = '';
+    // The bootstrap from the mirror is altered: it is read again from the upstream.
+    proxy.add({ method: 'GET', path: new RegExp(`/blobs/${lazy.layers[0].digest}`), times: 10, fault: { kind: 'corrupt' } });
+    await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
+    try {
+      assert.match(daemonLog, /blob from a mirror failed; reading it again from the next endpoint/);
+      // From now on every chunk range the mirror sends is altered.
+      proxy.add({ method: 'GET', path: /\/v2\/lazy\/minbase\/blobs\//, times: 100_000, fault: { kind: 'corrupt' } });
+      const { stdout } = await run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy'), path.join(reference, 'opt', 'app', 'bash-copy')]);
+      const [got, want] = stdout.trim().split('\n').map((l) => l.split(' ')[0]);
+      assert.equal(got, want, 'the right bytes, not the mirror\'s');
+      assert.equal((await run('chroot', [mnt, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
+      const status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
+      assert.ok(status.fetch.verifyFailures >= 1, 'the mirror\'s chunks were caught');
+      assert.match(daemonLog, /"message":"mirror passed over for this blob: its bytes failed"/);
+      assert.match(daemonLog, /chunk at \d+/);
+      const { stdout: fsck } = await cli('fsck', '--socket', socket, mnt);
+      assert.match(fsck, /^\d+ cached chunks checked, 0 bad/);
+    } finally {
+      proxy.reset();
       await cli('umount', '--socket', socket, mnt);
     }
   });

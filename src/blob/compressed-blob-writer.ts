@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { compress } from '@mongodb-js/zstd';
 import { BLOCK_SIZE } from '../erofs/format';
 import type { ChunkLocation } from '../tree/node';
+import { tableDigest } from './blob-index';
 import type { ChunkDictionary } from './chunk-dict';
 import { encodeTable, encodeTrailer, type ChunkEntry } from './chunk-table';
 import type { AddResult } from './blob-writer';
@@ -17,6 +18,8 @@ export interface CompressedBlob {
   uncompressedSize: number;
   chunkSize: number;
   tableOffset: number;
+  /** SHA-256 of the chunk table and trailer: lets a reader of byte ranges verify the table. */
+  tableDigest: string;
   chunks: ChunkEntry[];
 }
 
@@ -71,14 +74,18 @@ export class CompressedBlobWriter {
   async finish(): Promise<CompressedBlob> {
     while (this.queue.length > 0) await this.writeOldest();
     const tableOffset = this.compressedOffset;
-    this.append(encodeTable(this.entries));
-    this.append(encodeTrailer({ chunkSize: this.chunkSize, tableOffset, chunkCount: this.entries.length, uncompressedSize: this.uncompressedOffset }));
+    const tail = Buffer.concat([
+      encodeTable(this.entries),
+      encodeTrailer({ chunkSize: this.chunkSize, tableOffset, chunkCount: this.entries.length, uncompressedSize: this.uncompressedOffset }),
+    ]);
+    this.append(tail);
     return {
       id: this.hash.digest('hex'),
       size: this.compressedOffset,
       uncompressedSize: this.uncompressedOffset,
       chunkSize: this.chunkSize,
       tableOffset,
+      tableDigest: tableDigest(tail),
       chunks: this.entries,
     };
   }

@@ -1,14 +1,15 @@
 // `erofs-ondemand convert SOURCE TARGET`: progress bars on a terminal, a JSON line with --json,
 // one summary line otherwise. Ctrl-C aborts before the manifest is pushed.
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
+import { registriesFromFlags, type RegistryFlags } from '../config';
 import { Interrupted } from '../errors';
 import { convertImage, type ConvertProgress, type ConvertResult } from '../convert/convert';
-import { closeRegistryClients, openSource, openTarget, type OpenOptions } from '../oci/open-image';
+import { closeRegistryClients, openSource, openTarget } from '../oci/open-image';
 import { hostPlatform, parsePlatform } from '../oci/types';
 import { chunkBitsOf } from './build';
 import { bytes } from './format';
 
-export interface ConvertCommandOptions extends OpenOptions {
+export interface ConvertCommandOptions extends RegistryFlags {
   chunkSize: string;
   platform?: string;
   json?: boolean;
@@ -49,8 +50,9 @@ export async function convertCommand(source: string, target: string, opts: Conve
   const bars = tty ? progressBars() : null;
   const started = process.hrtime.bigint();
   try {
-    const src = await openSource(source, opts);
-    const result = await convertImage(src, await openTarget(target, opts, src), {
+    const registries = registriesFromFlags(opts);
+    const src = await openSource(source, registries);
+    const result = await convertImage(src, await openTarget(target, registries, src), {
       chunkBits: chunkBitsOf(opts.chunkSize),
       platform: opts.platform ? parsePlatform(opts.platform) : hostPlatform(),
       signal: controller.signal,

@@ -1,7 +1,7 @@
 // `erofs-ondemand daemon`: configuration file + flags, systemd readiness, SIGTERM/SIGINT to stop,
 // SIGHUP to reload what can change at run time (the log level).
 import type { Command } from 'commander';
-import { loadConfig, type Config } from '../config';
+import { loadConfig, loadRegistriesFile, type Config } from '../config';
 import { Daemon } from '../daemon/daemon';
 import { log } from '../log';
 import { native } from '../native';
@@ -15,6 +15,7 @@ export interface DaemonFlags {
   concurrency?: string;
   plainHttp?: string[];
   insecure?: string[];
+  registriesConfig?: string;
   metricsAddress?: string;
   cacheMaxBytes?: string;
   transport?: string;
@@ -28,6 +29,7 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.socket) c.socket = flags.socket;
   if (flags.prefetch !== undefined) c.prefetch = Number(flags.prefetch);
   if (flags.concurrency !== undefined) c.fetch.concurrency = Number(flags.concurrency);
+  if (flags.registriesConfig) c.registries = loadRegistriesFile(flags.registriesConfig);
   if (flags.plainHttp) c.registries.plainHttp = flags.plainHttp;
   if (flags.insecure) c.registries.insecure = flags.insecure;
   if (flags.metricsAddress !== undefined) c.metrics.address = flags.metricsAddress;
@@ -55,7 +57,8 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     try {
       const next = effectiveConfig(flags, cmd);
       log.level = next.logLevel;
-      const restartOnly = (['cacheDir', 'socket', 'prefetch', 'transport'] as const).filter((k) => next[k] !== config[k]);
+      const restartOnly: string[] = (['cacheDir', 'socket', 'prefetch', 'transport'] as const).filter((k) => next[k] !== config[k]);
+      if (JSON.stringify(next.registries) !== JSON.stringify(config.registries)) restartOnly.push('registries');
       log.info('configuration reloaded', { logLevel: next.logLevel, ...(restartOnly.length ? { needsRestart: restartOnly } : {}) });
     } catch (err) {
       log.error('configuration not reloaded', { error: (err as Error).message });

@@ -1,6 +1,7 @@
 // `erofs-ondemand inspect IMAGE-REF|BOOTSTRAP`: the tree a bootstrap describes, with file, chunk and
 // deduplication statistics. A registry reference is resolved like `mount` does (referrers included).
 import fs from 'node:fs';
+import { registriesFromFlags, type RegistryFlags } from '../config';
 import { BootstrapReader } from '../erofs/reader';
 import { readAll } from '../oci/image-io';
 import { findLazyImage } from '../daemon/image-store';
@@ -22,7 +23,7 @@ async function loadBootstrap(ref: string, opts: OpenOptions): Promise<Buffer> {
   if (fs.existsSync(ref)) return fs.readFileSync(ref);
   const { client, repo, manifest } = await findLazyImage(ref, opts);
   const boot = manifest.layers[0];
-  return readAll(await client.getBlob(repo, boot.digest, boot.size));
+  return client.readBlob(repo, boot.digest, boot.size, readAll);
 }
 
 const TYPES: Record<number, string> = { 0o100000: 'file', 0o040000: 'dir', 0o120000: 'symlink', 0o020000: 'chardev', 0o060000: 'blockdev', 0o010000: 'fifo', 0o140000: 'socket' };
@@ -66,9 +67,9 @@ export function inspectBootstrap(image: Buffer, source: string, withTree: boolea
   };
 }
 
-export async function inspectCommand(ref: string, opts: OpenOptions & { json?: boolean; tree?: boolean }): Promise<void> {
+export async function inspectCommand(ref: string, opts: RegistryFlags & { json?: boolean; tree?: boolean }): Promise<void> {
   try {
-    const report = inspectBootstrap(await loadBootstrap(ref, opts), ref, Boolean(opts.tree));
+    const report = inspectBootstrap(await loadBootstrap(ref, registriesFromFlags(opts)), ref, Boolean(opts.tree));
     if (opts.json) {
       process.stdout.write(`${JSON.stringify(report)}\n`);
       return;

@@ -45,6 +45,7 @@ export function program(): Command {
     .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)')
     .option('--json', 'print the result as one JSON line')
     .option('-q, --quiet', 'print nothing on success')
     .action(async (source: string, target: string, opts) => {
@@ -66,6 +67,7 @@ export function program(): Command {
     .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)')
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
     .addOption(new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices(['auto', ...TRANSPORT_NAMES]))
@@ -144,6 +146,7 @@ export function program(): Command {
     .option('--json', 'print the report as JSON')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
+    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)')
     .action(async (image: string, opts) => (await import('./inspect')).inspectCommand(image, opts));
   cli
     .command('gc')

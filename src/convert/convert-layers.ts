@@ -6,7 +6,7 @@ import path from 'node:path';
 import { ChunkDictionary } from '../blob/chunk-dict';
 import { CompressedBlobWriter, type CompressedBlob } from '../blob/compressed-blob-writer';
 import { writeBootstrap } from '../erofs/writer';
-import { InputError } from '../errors';
+import { InputError, type ErrorContext } from '../errors';
 import { compressionOf, convertLayer, decompressLayer, type LayerStats } from './layer-converter';
 import { MergedTree } from './layer-merge';
 
@@ -14,8 +14,11 @@ export interface LayerInput {
   digest: string;
   mediaType: string;
   size: number;
-  /** The layer's raw bytes; the stream must fail at its end if they do not match `digest`. */
-  open(): Promise<AsyncIterable<Buffer>>;
+  /**
+   * The layer's raw bytes; the stream must fail at its end if they do not match `digest`. An
+   * `endpoint` on it (a registry mirror serving them) is named in errors about the layer.
+   */
+  open(): Promise<AsyncIterable<Buffer> & { endpoint?: string }>;
 }
 
 export interface ConvertedBlob extends CompressedBlob {
@@ -63,7 +66,7 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
   const deviceOfLayer = new Map<number, number>();
 
   for (const [i, layer] of layers.entries()) {
-    const ctx = { image: opts.image, layer: layer.digest };
+    const ctx: ErrorContext = { image: opts.image, layer: layer.digest };
     const compression = compressionOf(layer.mediaType);
     if (!compression) throw new InputError(`unsupported layer media type ${JSON.stringify(layer.mediaType)}`, ctx);
     const blobPath = path.join(workDir, `layer-${i}.blob`);
@@ -74,7 +77,9 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
       const writer = new CompressedBlobWriter(fd, i + 1, dict, chunkSize);
       let raw: AsyncIterable<Buffer>;
       try {
-        raw = counted(await layer.open(), (n) => opts.onBytes?.(i, n), opts.signal);
+        const opened = await layer.open();
+        if (opened.endpoint) ctx.endpoint = opened.endpoint;
+        raw = counted(opened, (n) => opts.onBytes?.(i, n), opts.signal);
       } catch (err) {
         throw InputError.wrap(err, ctx);
       }

@@ -21,6 +21,7 @@ export const Annotation = {
   chunkSize: 'io.erofs-ondemand.chunk-size',
   uncompressedSize: 'io.erofs-ondemand.blob.uncompressed-size',
   tableOffset: 'io.erofs-ondemand.blob.chunk-table-offset',
+  tableDigest: 'io.erofs-ondemand.blob.chunk-table-digest',
   chunks: 'io.erofs-ondemand.blob.chunks',
   inodes: 'io.erofs-ondemand.bootstrap.inodes',
   image: 'io.erofs-ondemand.image',
@@ -60,6 +61,7 @@ export function blobDescriptor(b: ConvertedBlob): Descriptor {
       [Annotation.sourceLayer]: b.sourceLayer,
       [Annotation.uncompressedSize]: String(b.uncompressedSize),
       [Annotation.tableOffset]: String(b.tableOffset),
+      [Annotation.tableDigest]: b.tableDigest,
       [Annotation.chunks]: String(b.chunks.length),
     },
   };

@@ -1,15 +1,16 @@
 // The node's image cache: lazy manifests resolved (directly or through the source image's referrer),
 // bootstraps downloaded and verified, one sparse cache file per blob shared by every image using it.
+import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadBlobIndex } from '../blob/blob-index';
+import { loadBlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
 import { Annotation, LazyMediaType } from '../convert/convert';
 import { InputError } from '../errors';
 import { log } from '../log';
 import { digestHex } from '../oci/digest';
 import { registryClient, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
-import type { RegistryClient } from '../oci/registry';
+import type { HostClient } from '../oci/host-client';
 import { hostPlatform, type Descriptor, type ImageManifest } from '../oci/types';
 import { BlobCache, type SpaceReserver } from '../storage/blob-cache';
 import type { ChunkFetcher } from '../storage/chunk-fetcher';
@@ -23,7 +24,7 @@ export interface PreparedImage {
 }
 
 export interface LazyImage {
-  client: RegistryClient;
+  client: HostClient;
   repo: string;
   manifest: ImageManifest;
   digest: string;
@@ -46,6 +47,26 @@ export async function findLazyImage(ref: string, registries: OpenOptions = {}): 
   const got = await lazyClient.resolveManifest(lazy.repository, manifestReference(lazy), hostPlatform());
   if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap) throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
   return { client: lazyClient, repo: lazy.repository, manifest: got.manifest, digest: got.digest };
+}
+
+/** The chunk table's place and digest as the manifest gives them, when it does. */
+function expectedTable(desc: Descriptor): ExpectedTable | undefined {
+  const offset = desc.annotations?.[Annotation.tableOffset];
+  const digest = desc.annotations?.[Annotation.tableDigest];
+  if (offset === undefined || digest === undefined) return undefined;
+  if (!/^\d+$/.test(offset) || !/^sha256:[0-9a-f]{64}$/.test(digest)) throw new InputError('invalid chunk table annotations', { layer: desc.digest });
+  return { offset: Number(offset), digest };
+}
+
+async function writeFile(file: string, body: AsyncIterable<Buffer>): Promise<void> {
+  const out = fs.createWriteStream(file);
+  try {
+    for await (const b of body) if (!out.write(b)) await once(out, 'drain');
+    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+  } catch (err) {
+    out.destroy();
+    throw err;
+  }
 }
 
 /** A blob's cache file is "used" when an image using it is mounted: its mtime orders eviction. */
@@ -93,13 +114,11 @@ export class ImageStore {
     const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
     if (!fs.existsSync(bootstrapPath)) {
       const tmp = `${bootstrapPath}.tmp-${process.pid}`;
-      const out = fs.createWriteStream(tmp);
       try {
-        for await (const b of await client.getBlob(repo, boot.digest, boot.size)) out.write(b);
-        await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+        // Written afresh on each attempt: a mirror whose bytes fail the digest check is followed by the next endpoint.
+        await client.readBlob(repo, boot.digest, boot.size, (body) => writeFile(tmp, body));
         fs.renameSync(tmp, bootstrapPath);
       } catch (err) {
-        out.destroy();
         fs.rmSync(tmp, { force: true });
         throw InputError.wrap(err, { image: ref, layer: boot.digest });
       }
@@ -109,15 +128,20 @@ export class ImageStore {
     return { ref, digest, bootstrapPath, blobs };
   }
 
-  private async blob(ref: string, client: RegistryClient, repo: string, desc: Descriptor): Promise<BlobCache> {
+  private async blob(ref: string, client: HostClient, repo: string, desc: Descriptor): Promise<BlobCache> {
     const known = this.blobs.get(desc.digest);
     if (known) {
       touch(known.path);
       return known;
     }
     const what = `image ${ref}, blob ${desc.digest}`;
-    const read = (offset: number, length: number) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1);
-    const index = await loadBlobIndex(read, desc.size, what);
+    // Chunks are checked against the chunk table, so any endpoint may serve them. The table is checked
+    // against the manifest's digest of it; a manifest without one (older images) has its table read
+    // from the upstream only, never from a mirror nothing could catch lying.
+    const read: RangeReader = (offset, length, verify) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify });
+    const table = expectedTable(desc);
+    const readTable: RangeReader = table ? read : (offset, length, verify) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, mirrors: false });
+    const index = await loadBlobIndex(readTable, desc.size, what, table);
     const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
     if (expected !== index.trailer.uncompressedSize) throw new InputError(`uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`, { image: ref, layer: desc.digest });
     const cache = BlobCache.open(path.join(this.cacheDir, 'blobs', digestHex(desc.digest)), { digest: desc.digest, what, read }, index, this.fetcher);

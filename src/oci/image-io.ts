@@ -13,8 +13,11 @@ export interface ImageSource {
   /** The reference as the user wrote it, for messages. */
   readonly ref: string;
   resolve(platform: Platform): Promise<ResolvedImage>;
-  /** The blob's bytes, failing at the end if they do not match the descriptor's digest and size. */
-  openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer>>;
+  /**
+   * The blob's bytes, failing at the end if they do not match the descriptor's digest and size;
+   * `endpoint` names a registry mirror that serves them.
+   */
+  openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer> & { endpoint?: string }>;
   /** Records, where the source lives, an artifact pointing at `subject` (registries: the referrers API). */
   addReferrer?(subject: Descriptor, artifactType: string, annotations: Record<string, string>): Promise<string>;
 }

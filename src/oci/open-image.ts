@@ -1,33 +1,31 @@
 // Turns a user's image reference into a source or target: `oci:PATH[:TAG]`, `docker-archive:PATH`,
-// or a registry reference.
+// or a registry reference, reached through the endpoints its host configuration names.
 import { InputError } from '../errors';
 import { DockerArchiveSource } from './docker-archive';
+import { HostClient } from './host-client';
+import { hostEndpoints, type Endpoint, type RegistriesConfig } from './hosts';
 import type { ImageSource, ImageTarget } from './image-io';
 import { OciLayoutSource, OciLayoutTarget } from './layout';
 import { parseReference } from './reference';
-import { RegistryClient } from './registry';
 import { RegistrySource, RegistryTarget } from './registry-image';
 
-export interface OpenOptions {
-  /** Registry hosts spoken to over plain HTTP (loopback hosts always are). */
-  plainHttp?: string[];
-  /** Registry hosts whose TLS certificates are not verified. */
-  insecure?: string[];
+/** How registries are reached: mirrors, TLS, plain HTTP (the daemon configuration's `registries`). */
+export type OpenOptions = RegistriesConfig;
+
+const clients = new Map<string, HostClient>();
+
+function endpointKey(e: Endpoint): unknown[] {
+  return [e.api, e.mirror, [...e.capabilities].sort(), e.ca, e.insecure, e.namespace];
 }
 
-const clients = new Map<string, RegistryClient>();
-
-function isLoopback(host: string): boolean {
-  const name = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return name === 'localhost' || name === '::1' || /^127\.\d+\.\d+\.\d+$/.test(name);
-}
-
-/** One client per registry host, so connections and tokens are shared between source and target. */
-export function registryClient(host: string, opts: OpenOptions = {}): RegistryClient {
-  let c = clients.get(host);
+/** One client per registry host and configuration, so connections and tokens are shared between source and target. */
+export function registryClient(host: string, opts: OpenOptions = {}): HostClient {
+  const endpoints = hostEndpoints(host, opts);
+  const key = JSON.stringify([host, endpointKey(endpoints.upstream), endpoints.pull.map(endpointKey)]);
+  let c = clients.get(key);
   if (!c) {
-    c = new RegistryClient(host, { plainHttp: isLoopback(host) || (opts.plainHttp ?? []).includes(host), insecure: (opts.insecure ?? []).includes(host) });
-    clients.set(host, c);
+    c = new HostClient(host, endpoints);
+    clients.set(key, c);
   }
   return c;
 }
@@ -44,10 +42,11 @@ export async function openSource(ref: string, opts: OpenOptions = {}): Promise<I
   return new RegistrySource(ref, parsed, registryClient(parsed.registry, opts));
 }
 
+/** Pushes go to the target host's upstream, never to its mirrors. */
 export async function openTarget(ref: string, opts: OpenOptions = {}, source?: ImageSource): Promise<ImageTarget> {
   if (ref.startsWith('oci:')) return new OciLayoutTarget(ref);
   if (ref.startsWith('docker-archive:')) throw new InputError('docker-archive: can only be a source', { image: ref });
   const parsed = parseReference(ref);
   const mountFrom = source instanceof RegistrySource && source.parsed.registry === parsed.registry && source.parsed.repository !== parsed.repository ? source.parsed.repository : undefined;
-  return new RegistryTarget(ref, parsed, registryClient(parsed.registry, opts), mountFrom);
+  return new RegistryTarget(ref, parsed, registryClient(parsed.registry, opts).upstream, mountFrom);
 }

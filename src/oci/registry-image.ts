@@ -4,16 +4,18 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../errors';
 import { sha256Digest } from './digest';
+import type { HostClient } from './host-client';
 import type { ImageSource, ImageTarget, ResolvedImage } from './image-io';
 import { manifestReference, type ImageReference } from './reference';
 import type { RegistryClient } from './registry';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from './types';
 
+/** Pulls through the host's mirrors; the referrer is pushed to the upstream. */
 export class RegistrySource implements ImageSource {
   constructor(
     readonly ref: string,
     readonly parsed: ImageReference,
-    readonly client: RegistryClient,
+    readonly client: HostClient,
   ) {}
 
   resolve(platform: Platform): Promise<ResolvedImage> {
@@ -27,9 +29,10 @@ export class RegistrySource implements ImageSource {
   /** Pushes an artifact whose subject is `subject` into this image's repository. */
   async addReferrer(subject: Descriptor, artifactType: string, annotations: Record<string, string>): Promise<string> {
     const repo = this.parsed.repository;
-    await this.client.pushBlob(repo, EMPTY_DESCRIPTOR.digest, EMPTY_JSON.length, () => Readable.from([EMPTY_JSON]));
+    const upstream = this.client.upstream;
+    await upstream.pushBlob(repo, EMPTY_DESCRIPTOR.digest, EMPTY_JSON.length, () => Readable.from([EMPTY_JSON]));
     const raw = Buffer.from(JSON.stringify(referrerManifest(subject, artifactType, annotations)));
-    return this.client.putManifest(repo, sha256Digest(raw), raw, MediaType.ociManifest);
+    return upstream.putManifest(repo, sha256Digest(raw), raw, MediaType.ociManifest);
   }
 }
 
@@ -37,6 +40,7 @@ export class RegistryTarget implements ImageTarget {
   constructor(
     readonly ref: string,
     readonly parsed: ImageReference,
+    /** The target host's upstream: pushes never go to mirrors. */
     readonly client: RegistryClient,
     /** A repository on the same registry that may already hold blobs (the source): mounted, not uploaded. */
     private readonly mountFrom?: string,

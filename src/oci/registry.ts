@@ -4,6 +4,7 @@
 // digest or reference involved.
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
+import tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, type Dispatcher } from 'undici';
 import { InputError, type ErrorContext } from '../errors';
@@ -29,7 +30,17 @@ export interface RegistryClientOptions {
   plainHttp?: boolean;
   /** TLS without certificate verification. */
   insecure?: boolean;
-  /** Credentials for this host; undefined: look them up in the docker config; null: anonymous. */
+  /** PEM certificates trusted besides Node's default CAs (a private CA). */
+  ca?: string;
+  /**
+   * Another endpoint serving this host's repositories, e.g. a mirror: its API root
+   * (`http://mirror:5001/v2`; requests go to `<api>/<repository>/...`). Errors then name it as
+   * `endpoint`, and its credentials are looked up under its own host.
+   */
+  api?: string;
+  /** Sent as `?ns=` with every request: a mirror learns which upstream host is meant. */
+  namespace?: string;
+  /** Credentials for this endpoint; undefined: look them up in the docker config; null: anonymous. */
   credentials?: Credentials | null;
   /** Attempts per request when the registry is busy or the connection fails (default 4). */
   retries?: number;
@@ -101,6 +112,19 @@ const RETRY_ERROR_CODES = new Set([
   'UND_ERR_HEADERS_TIMEOUT',
   'UND_ERR_BODY_TIMEOUT',
 ]);
+/** Codes of a TLS certificate that does not verify: the message says how to trust it. */
+const TLS_VERIFY_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
 const MAX_REDIRECTS = 5;
 const MAX_ERROR_BODY = 64 << 10;
 const USER_AGENT = 'erofs-ondemand/0.1';
@@ -124,6 +148,15 @@ function errorCode(err: unknown): string | undefined {
   return undefined;
 }
 
+/** Whether a request failed for want of a connection or an answer in time, rather than on an answer. */
+export function isUnreachable(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && RETRY_ERROR_CODES.has(code)) return true;
+  }
+  return false;
+}
+
 /** Milliseconds a Retry-After value (seconds or an HTTP date) asks to wait, or undefined. */
 export function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {
   if (!value) return undefined;
@@ -137,8 +170,13 @@ function mediaTypeOf(contentType: string | undefined): string {
 }
 
 export class RegistryClient {
+  /** The registry host the repositories belong to (what image references name). */
   readonly host: string;
+  /** The endpoint spoken to when it is not the host itself (a mirror), for messages. */
+  readonly endpoint: string | undefined;
   private readonly origin: string;
+  private readonly apiPath: string;
+  private readonly namespace: string | undefined;
   private readonly agent: Agent;
   private readonly auth: RegistryAuth;
   private readonly attempts: number;
@@ -148,7 +186,11 @@ export class RegistryClient {
 
   constructor(host: string, opts: RegistryClientOptions = {}) {
     this.host = host;
-    this.origin = `${opts.plainHttp ? 'http' : 'https'}://${host}`;
+    const api = new URL(opts.api ?? `${opts.plainHttp ? 'http' : 'https'}://${host}/v2`);
+    this.origin = api.origin;
+    this.apiPath = api.pathname.replace(/\/+$/, '');
+    this.endpoint = opts.api === undefined ? undefined : printableUrl(api).replace(/\/+$/, '');
+    this.namespace = opts.namespace;
     this.attempts = Math.max(1, opts.retries ?? 4);
     const timeoutMs = opts.timeoutMs ?? 60_000;
     this.retryBaseMs = opts.retryBaseMs ?? 500;
@@ -159,10 +201,11 @@ export class RegistryClient {
       keepAliveTimeout: 30_000,
       headersTimeout: timeoutMs,
       bodyTimeout: timeoutMs,
-      connect: { rejectUnauthorized: !opts.insecure, timeout: timeoutMs },
+      connect: { rejectUnauthorized: !opts.insecure, timeout: timeoutMs, ...(opts.ca ? { ca: [...tls.rootCertificates, opts.ca] } : {}) },
     });
-    const credentials = opts.credentials === null ? undefined : (opts.credentials ?? loadDockerCredentials(host));
-    this.auth = new RegistryAuth(host, credentials, (url, headers) => this.fetchToken(url, headers));
+    // A mirror's credentials are its own, never the upstream's.
+    const credentials = opts.credentials === null ? undefined : (opts.credentials ?? loadDockerCredentials(api.host));
+    this.auth = new RegistryAuth(api.host, credentials, (url, headers) => this.fetchToken(url, headers));
   }
 
   /** Closes the connections; the client is unusable afterwards. */
@@ -184,7 +227,7 @@ export class RegistryClient {
     const res = await this.send({
       op: 'head manifest',
       method: 'HEAD',
-      url: this.url(`/v2/${repo}/manifests/${reference}`),
+      url: this.url(`${repo}/manifests/${reference}`),
       headers: { accept: accept.join(', ') },
       scopes: [pullScope(repo)],
       ctx,
@@ -225,7 +268,7 @@ export class RegistryClient {
     const res = await this.send({
       op: 'put manifest',
       method: 'PUT',
-      url: this.url(`/v2/${repo}/manifests/${reference}`),
+      url: this.url(`${repo}/manifests/${reference}`),
       headers: { 'content-type': mediaType },
       body: () => raw,
       scopes: [pushScope(repo)],
@@ -255,7 +298,7 @@ export class RegistryClient {
 
   async deleteManifest(repo: string, digest: string): Promise<void> {
     const ctx = this.digestContext(repo, digest);
-    const res = await this.send({ op: 'delete manifest', method: 'DELETE', url: this.url(`/v2/${repo}/manifests/${digest}`), scopes: [`repository:${repo}:delete`], ctx, retry: true });
+    const res = await this.send({ op: 'delete manifest', method: 'DELETE', url: this.url(`${repo}/manifests/${digest}`), scopes: [`repository:${repo}:delete`], ctx, retry: true });
     if (res.status !== 202 && res.status !== 200) throw await this.unexpected(res, 'delete manifest', ctx);
     await res.body.dump();
   }
@@ -268,7 +311,7 @@ export class RegistryClient {
    */
   async referrers(repo: string, digest: string, artifactType?: string): Promise<Descriptor[]> {
     const ctx = this.digestContext(repo, digest);
-    const url = this.url(`/v2/${repo}/referrers/${digest}`);
+    const url = this.url(`${repo}/referrers/${digest}`);
     if (artifactType) url.searchParams.set('artifactType', artifactType);
     const res = await this.send({ op: 'list referrers', method: 'GET', url, headers: { accept: MediaType.ociIndex }, scopes: [pullScope(repo)], ctx, retry: true });
     let index: ImageIndex;
@@ -304,7 +347,7 @@ export class RegistryClient {
   /** The blob's size, or null when the repository does not have it. */
   async headBlob(repo: string, digest: string, scopes = [pullScope(repo)]): Promise<number | null> {
     const ctx = this.digestContext(repo, digest);
-    const res = await this.send({ op: 'head blob', method: 'HEAD', url: this.url(`/v2/${repo}/blobs/${digest}`), scopes, ctx, retry: true, followRedirects: true });
+    const res = await this.send({ op: 'head blob', method: 'HEAD', url: this.url(`${repo}/blobs/${digest}`), scopes, ctx, retry: true, followRedirects: true });
     await res.body.dump();
     if (res.status === 404) return null;
     if (res.status !== 200) throw await this.unexpected(res, 'head blob', ctx);
@@ -319,7 +362,7 @@ export class RegistryClient {
    */
   async getBlob(repo: string, digest: string, expectedSize?: number): Promise<Readable> {
     const ctx = this.digestContext(repo, digest);
-    const res = await this.send({ op: 'get blob', method: 'GET', url: this.url(`/v2/${repo}/blobs/${digest}`), scopes: [pullScope(repo)], ctx, retry: true, followRedirects: true });
+    const res = await this.send({ op: 'get blob', method: 'GET', url: this.url(`${repo}/blobs/${digest}`), scopes: [pullScope(repo)], ctx, retry: true, followRedirects: true });
     if (res.status === 404) {
       await res.body.dump();
       throw new InputError('blob unknown (404)', ctx);
@@ -351,7 +394,7 @@ export class RegistryClient {
     const res = await this.send({
       op: 'get blob range',
       method: 'GET',
-      url: this.url(`/v2/${repo}/blobs/${digest}`),
+      url: this.url(`${repo}/blobs/${digest}`),
       headers: { range: `bytes=${start}-${endInclusive}` },
       scopes: [pullScope(repo)],
       ctx,
@@ -409,10 +452,11 @@ export class RegistryClient {
 
   private async uploadOnce(repo: string, digest: string, size: number, open: () => Readable, opts: PushBlobOptions, ctx: ErrorContext): Promise<PushResult> {
     const scopes = [pushScope(repo)];
-    const start = this.url(`/v2/${repo}/blobs/uploads/`);
+    const start = this.url(`${repo}/blobs/uploads/`);
     if (opts.mountFrom && opts.mountFrom !== repo) {
       if (!isValidRepository(opts.mountFrom)) throw new InputError(`invalid repository to mount from ${JSON.stringify(opts.mountFrom)}`, ctx);
-      start.search = `?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(opts.mountFrom)}`;
+      start.searchParams.set('mount', digest);
+      start.searchParams.set('from', opts.mountFrom);
       scopes.push(pullScope(opts.mountFrom));
     }
     const res = await this.send({ op: 'start blob upload', method: 'POST', url: start, headers: { 'content-length': '0' }, scopes, ctx, retry: true });
@@ -478,24 +522,32 @@ export class RegistryClient {
 
   // ---- transport ----
 
-  private url(pathAndQuery: string): URL {
-    return new URL(pathAndQuery, this.origin);
+  /** `<api>/<rest>`, with the `ns` query a mirror is told. */
+  private url(rest: string): URL {
+    const url = new URL(`${this.apiPath}/${rest}`, this.origin);
+    if (this.namespace) url.searchParams.set('ns', this.namespace);
+    return url;
+  }
+
+  /** What every error names: the registry host, and the endpoint when it is a mirror. */
+  private where(): ErrorContext {
+    return this.endpoint === undefined ? { registry: this.host } : { registry: this.host, endpoint: this.endpoint };
   }
 
   private refContext(repo: string, reference: string): ErrorContext {
     this.checkRepo(repo, reference);
-    if (!isDigest(reference) && !isValidTag(reference)) throw new InputError('invalid tag or digest', { registry: this.host, repository: repo, reference });
-    return { registry: this.host, repository: repo, reference };
+    if (!isDigest(reference) && !isValidTag(reference)) throw new InputError('invalid tag or digest', { ...this.where(), repository: repo, reference });
+    return { ...this.where(), repository: repo, reference };
   }
 
   private digestContext(repo: string, digest: string): ErrorContext {
     this.checkRepo(repo, digest);
-    if (!isDigest(digest)) throw new InputError('invalid digest (sha256:<64 hex digits> expected)', { registry: this.host, repository: repo, digest });
-    return { registry: this.host, repository: repo, digest };
+    if (!isDigest(digest)) throw new InputError('invalid digest (sha256:<64 hex digits> expected)', { ...this.where(), repository: repo, digest });
+    return { ...this.where(), repository: repo, digest };
   }
 
   private checkRepo(repo: string, what: string): void {
-    if (!isValidRepository(repo)) throw new InputError('invalid repository name', { registry: this.host, repository: repo, reference: what });
+    if (!isValidRepository(repo)) throw new InputError('invalid repository name', { ...this.where(), repository: repo, reference: what });
   }
 
   private location(res: Response, ctx: ErrorContext): URL {
@@ -513,7 +565,7 @@ export class RegistryClient {
     const res = await this.send({
       op: 'get manifest',
       method: 'GET',
-      url: this.url(`/v2/${repo}/manifests/${reference}`),
+      url: this.url(`${repo}/manifests/${reference}`),
       headers: { accept: accept.join(', ') },
       scopes: [pullScope(repo)],
       ctx,
@@ -576,7 +628,7 @@ export class RegistryClient {
   }
 
   private async fetchToken(url: URL, headers: Record<string, string>): Promise<{ status: number; body: Buffer }> {
-    const ctx: ErrorContext = { registry: this.host, realm: printableUrl(url) };
+    const ctx: ErrorContext = { ...this.where(), realm: printableUrl(url) };
     for (let attempt = 1; ; attempt++) {
       let res: Dispatcher.ResponseData;
       try {
@@ -690,6 +742,10 @@ export class RegistryClient {
   private networkError(err: unknown, op: string, ctx: ErrorContext): InputError {
     const code = errorCode(err);
     const message = this.auth.redact((err as Error)?.message ?? String(err));
+    if (code && TLS_VERIFY_CODES.has(code)) {
+      const text = `${op}: the TLS certificate of ${this.origin} does not verify: ${message} (${code}); trust its CA with "ca" in the registries configuration, or skip verification with "insecure"`;
+      return new InputError(text, ctx, { cause: err });
+    }
     const text = `${op}: ${message}${code ? ` (${code})` : ''}`;
     return code && RETRY_ERROR_CODES.has(code) ? new TransientError(text, ctx, { cause: err }) : new InputError(text, ctx, { cause: err });
   }

@@ -13,6 +13,7 @@ export interface RemoteBlob {
   digest: string;
   /** Names the blob in errors and logs (image, blob). */
   what: string;
+  /** Compressed bytes; a reader with several sources (mirrors) tries the next when the chunks in them fail verification. */
   read: RangeReader;
 }
 
@@ -95,11 +96,25 @@ export class ChunkFetcher {
       if (value instanceof Error) waiter.reject(value);
       else waiter.resolve(value);
     };
+    // The chunks decoded from the bytes last checked: a reader with several sources (mirrors) calls
+    // the check for each and moves on when a chunk fails; a plain reader never calls it.
+    let checkedBytes: Buffer | undefined;
+    let decoded: Array<Buffer | Error> = [];
+    const decodeAll = async (bytes: Buffer): Promise<Array<Buffer | Error>> => {
+      const out = await Promise.all(chunks.map((c) => decodeChunk(c, bytes.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize), blob.what).catch((e: Error) => e)));
+      this.stats.verifyFailures += out.filter((d) => d instanceof Error).length;
+      return out;
+    };
+    const verify = async (bytes: Buffer): Promise<Error | null> => {
+      decoded = await decodeAll(bytes);
+      checkedBytes = bytes;
+      return decoded.find((d): d is Error => d instanceof Error) ?? null;
+    };
     let data: Buffer;
     const t0 = process.hrtime.bigint();
     try {
       this.stats.requests++;
-      data = await blob.read(start, end - start);
+      data = await blob.read(start, end - start, verify);
       this.stats.bytesFetched += data.length;
       this.opts.observeLatency?.(Number(process.hrtime.bigint() - t0) / 1e9, data.length);
     } catch (err) {
@@ -108,17 +123,14 @@ export class ChunkFetcher {
       for (const c of chunks) settle(c, e);
       return;
     }
-    for (const c of chunks) {
-      try {
-        const piece = data.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize);
-        const chunk = await decodeChunk(c, piece, blob.what);
+    if (checkedBytes !== data) decoded = await decodeAll(data);
+    for (const [i, c] of chunks.entries()) {
+      const chunk = decoded[i];
+      if (!(chunk instanceof Error)) {
         this.recent.set(`${blob.digest}@${c.uncompressedOffset}`, chunk);
-        settle(c, chunk);
         this.stats.chunksFetched++;
-      } catch (err) {
-        this.stats.verifyFailures++;
-        settle(c, err as Error);
       }
+      settle(c, chunk);
     }
   }
 }

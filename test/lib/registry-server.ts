@@ -1,7 +1,8 @@
 // A real registry for tests: Debian's docker-registry (distribution 2.8) on 127.0.0.1, storing in a
-// temp dir, optionally behind htpasswd (Basic) or token (Bearer) authentication.
+// temp dir, optionally behind htpasswd (Basic) or token (Bearer) authentication, optionally on TLS.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,11 +23,14 @@ export interface StartRegistryOptions {
   users?: Record<string, string>;
   /** Location headers relative to the request (distribution's http.relativeurls). */
   relativeUrls?: boolean;
+  /** Serve HTTPS with this certificate and key (PEM files). */
+  tls?: { certificate: string; key: string };
 }
 
 export interface RegistryServer {
   /** `127.0.0.1:port` */
   host: string;
+  /** `http://` or, with TLS, `https://` and the host. */
   url: string;
   dir: string;
   stop(): Promise<void>;
@@ -67,6 +71,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     `  addr: ${host}`,
     `  relativeurls: ${opts.relativeUrls ? 'true' : 'false'}`,
   ];
+  if (opts.tls) lines.push('  tls:', `    certificate: ${yamlString(opts.tls.certificate)}`, `    key: ${yamlString(opts.tls.key)}`);
   if (opts.auth === 'htpasswd') {
     const file = path.join(dir, 'htpasswd');
     const users = opts.users ?? { user: 'pass' };
@@ -109,9 +114,8 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
       throw new Error(`docker-registry exited with ${child.exitCode} before answering:\n${output}`);
     }
     try {
-      const res = await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
-      if (res.status === 200 || res.status === 401) break;
+      const status = opts.tls ? await httpsStatus(`https://${host}/v2/`) : await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) }).then(async (r) => (await r.arrayBuffer(), r.status));
+      if (status === 200 || status === 401) break;
     } catch {
       // not listening yet
     }
@@ -121,5 +125,17 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     }
     await sleep(50);
   }
-  return { host, url: `http://${host}`, dir, stop };
+  return { host, url: `${opts.tls ? 'https' : 'http'}://${host}`, dir, stop };
+}
+
+/** The status of a GET over TLS, the certificate not verified: is the server up yet? */
+function httpsStatus(url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { rejectUnauthorized: false, timeout: 1000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
 }
