@@ -244,6 +244,7 @@ export class Daemon {
   status(): unknown {
     return {
       transport: this.transport.name,
+      transportRequests: this.transport.requests,
       fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
       inFlight: this.fetcher.inFlight,
       cacheBytes: this.store.cacheBytes(),

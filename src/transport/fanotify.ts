@@ -13,6 +13,7 @@ const EIO = 5;
 export class FanotifyTransport implements CacheMissTransport {
   readonly name = 'fanotify' as const;
   readonly zerosWithoutDaemon = true;
+  requests = 0;
   private readonly group: FanotifyGroup;
   /** Cache files by inode: the event names its file only by an fd. */
   private readonly byInode = new Map<number, BlobCache>();
@@ -45,6 +46,7 @@ export class FanotifyTransport implements CacheMissTransport {
     this.pending.add(e.fd);
     // The daemon's own writes (prefetch) raise events too; what it writes is already verified.
     if (e.pid === process.pid) return this.answer(e.fd, 0);
+    this.requests++;
     let errno = 0;
     let blob: BlobCache | undefined;
     try {

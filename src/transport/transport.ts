@@ -20,6 +20,8 @@ export interface CacheMissTransport {
    * Such a transport's busy mounts are filled completely before the daemon leaves them.
    */
   readonly zerosWithoutDaemon: boolean;
+  /** Cache-miss requests the kernel sent so far (fanotify events, cachefiles READs, FUSE READs). */
+  readonly requests: number;
   /** Mounts the image read-only on `target`, its misses served by this transport. */
   mount(image: MountableImage, target: string): Promise<void>;
   /** Unmounts `target` (detached when `lazy`); throws (EBUSY) when it is in use and not lazy. */
