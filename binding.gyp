@@ -4,6 +4,7 @@
       "target_name": "erofs_ondemand_native",
       "sources": [
         "native/addon.cc",
+        "native/cachefiles.cc",
         "native/errors.cc",
         "native/fanotify.cc",
         "native/fs_calls.cc"

@@ -1,10 +1,12 @@
 #include <napi.h>
+#include "cachefiles.h"
 #include "fanotify.h"
 #include "fs_calls.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFsCalls(env, exports);
   InitFanotify(env, exports);
+  InitCachefiles(env, exports);
   return exports;
 }
 

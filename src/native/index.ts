@@ -24,8 +24,71 @@ export interface FanotifyGroup {
   close(): void;
 }
 
+/** A request read from /dev/cachefiles (see native/cachefiles.cc for the wire format). */
+export type CachefilesMessage =
+  | {
+      opcode: 'open';
+      msgId: number;
+      objectId: number;
+      /** Anonymous fd of the cache object, already open in this process: keep it until CLOSE. */
+      fd: number;
+      flags: number;
+      /** "erofs,<domain_id or fsid>", without the kernel's trailing NUL. */
+      volumeKey: Buffer;
+      /** The cookie: the fsid for the bootstrap, the device tag (or device= string) for a blob. */
+      cookieKey: Buffer;
+    }
+  | { opcode: 'read'; msgId: number; objectId: number; offset: number; length: number }
+  | { opcode: 'close'; msgId: number; objectId: number }
+  | {
+      /** A message whose lengths do not add up. With `fd` (a malformed OPEN): refuse it and close the fd. */
+      opcode: 'invalid';
+      reason: string;
+      raw: Buffer;
+      msgId?: number;
+      objectId?: number;
+      rawOpcode?: number;
+      fd?: number;
+    }
+  | {
+      /** read() of the device failed (EIO once the cache is dead); the reader thread has stopped. */
+      opcode: 'error';
+      reason: string;
+      code: string;
+      errno: number;
+    };
+
+/** The daemon end of cachefiles on-demand mode. Errors are Node-style (`code`, `errno`, `syscall`). */
+export interface CachefilesDevice {
+  /** Opens the device read-write (CAP_SYS_ADMIN; EBUSY while another daemon holds it). */
+  open(path?: string): void;
+  /** One setup command per call: dir, tag, brun/bcull/bstop/frun/fcull/fstop, bind ondemand, restore,
+   * inuse, cull. `bind ondemand` gives EINVAL without CONFIG_CACHEFILES_ONDEMAND and EOPNOTSUPP when
+   * the cache directory is on a file system that cannot back a cache (tmpfs). The error has `command`. */
+  command(text: string): void;
+  /** Starts the reader thread; `onMessage` runs on the JS thread for each request, in order. */
+  start(onMessage: (msg: CachefilesMessage) => void): void;
+  /** Answers an OPEN: the object's size in bytes (deterministic per object), or -errno to refuse it. */
+  copen(msgId: number, size: number): void;
+  /** pwrite through page-aligned memory. `offset` must be 4 KiB-aligned; a length that is not a
+   * multiple of 4 KiB is zero-padded, allowed only when offset + data.length === objectSize (the final
+   * block). Returns the bytes written (padded). */
+  writeAligned(fd: number, offset: number, data: Buffer, objectSize?: number): number;
+  /** ioctl CACHEFILES_IOC_READ_COMPLETE: the READ `msgId` is done (unfilled ranges then read as EIO). */
+  readComplete(fd: number, msgId: number): void;
+  /** Closes an anon fd (on CLOSE of its object). */
+  closeFd(fd: number): void;
+  /** Stops and joins the reader thread and closes the device: the cache is then dead (mounts get EIO). */
+  close(): void;
+  /** The device fd, -1 when not open. */
+  readonly fd: number;
+}
+
 interface NativeAddon {
   FanotifyGroup: new () => FanotifyGroup;
+  CachefilesDevice: new () => CachefilesDevice;
+  /** The message CachefilesDevice.start would deliver for these bytes (for tests of the parser). */
+  parseCachefilesMessage(message: Buffer): CachefilesMessage;
   mount(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): void;
   umount(target: PathLike, flags?: number): void;
   listXattrs(path: PathLike): Buffer[];
