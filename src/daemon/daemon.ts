@@ -10,6 +10,7 @@ import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import type { BlobCache } from '../storage/blob-cache';
 import { CacheBudget } from '../storage/cache-budget';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
+import { CachefilesTransport } from '../transport/cachefiles';
 import { FanotifyTransport } from '../transport/fanotify';
 import type { CacheMissTransport, TransportName } from '../transport/transport';
 import { serveControl, type ControlRequest } from './control';
@@ -32,8 +33,10 @@ export interface DaemonOptions {
   transport?: TransportName | 'auto';
 }
 
-function createTransport(name: TransportName, onMiss: () => void): CacheMissTransport {
+function createTransport(name: TransportName, cacheDir: string, onMiss: () => void): CacheMissTransport {
   switch (name) {
+    case 'cachefiles':
+      return new CachefilesTransport(cacheDir, onMiss);
     case 'fanotify':
       return new FanotifyTransport(onMiss);
     default:
@@ -69,7 +72,7 @@ export class Daemon {
     });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries, this.budget);
     this.budget.resync(this.evictUnusedBlobs(Infinity).cacheBytes); // measures, evicts nothing
-    this.transport = createTransport(features.chosen, () => this.metrics.misses.inc());
+    this.transport = createTransport(features.chosen, opts.cacheDir, () => this.metrics.misses.inc());
     log.info('cache-miss transport chosen', { transport: features.chosen, requested: opts.transport ?? 'auto', kernel: features.kernel });
   }
 

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { native } from '../native';
+import { probeCachefiles } from '../transport/cachefiles';
 import type { TransportName } from '../transport/transport';
 
 export type { TransportName };
@@ -67,15 +68,12 @@ export function probeKernel(cacheDir: string, requested: TransportName | 'auto' 
     root: process.getuid?.() === 0,
     erofs: { ok: has('erofs'), detail: has('erofs') ? 'in /proc/filesystems' : 'erofs is not in /proc/filesystems' },
     overlay: { ok: has('overlay'), detail: has('overlay') ? 'in /proc/filesystems' : 'overlay is not in /proc/filesystems' },
-    // `bind ondemand` is the definitive probe (the cachefiles issue); without the device there is nothing to bind.
-    cachefilesOndemand: fs.existsSync('/dev/cachefiles')
-      ? { ok: false, detail: '/dev/cachefiles exists; the on-demand probe comes with the cachefiles transport' }
-      : { ok: false, detail: 'no /dev/cachefiles (CONFIG_CACHEFILES off)' },
+    cachefilesOndemand: probeCachefiles(cacheDir),
     fanotifyPreContent: probeFanotify(cacheDir),
     fuse: fs.existsSync('/dev/fuse') ? { ok: true, detail: '/dev/fuse present' } : { ok: false, detail: 'no /dev/fuse' },
     cacheFs: { ok: ['ext4', 'xfs', 'btrfs'].includes(cacheType), type: cacheType, detail: `${cacheDir} is on ${cacheType}` },
     chosen: null,
-    implemented: ['fanotify'],
+    implemented: ['cachefiles', 'fanotify'],
   };
   const usable: Record<TransportName, Probe> = {
     cachefiles: features.cachefilesOndemand,

@@ -1,0 +1,234 @@
+// cachefiles on-demand transport (kernels 5.19-7.1 built with CONFIG_CACHEFILES_ONDEMAND and
+// CONFIG_EROFS_FS_ONDEMAND): EROFS is mounted in fscache mode (`fsid=`, `domain_id=`), the kernel's
+// cachefiles backend keeps the data, and every miss arrives here as a READ on /dev/cachefiles. A READ
+// is answered from the blob cache (fetching and verifying missing chunks first), written into the
+// object's anonymous fd, then completed; a READ that cannot be served is completed unfilled, which
+// the reader sees as EIO. Cache hits never leave the kernel.
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { BLOCK_SIZE } from '../erofs/format';
+import { log } from '../log';
+import { native, type CachefilesDevice, type CachefilesMessage } from '../native';
+import { digestHex } from '../oci/digest';
+import type { BlobCache } from '../storage/blob-cache';
+import type { CacheMissTransport, MountableImage } from './transport';
+
+const run = promisify(execFile);
+const { ENOENT, EIO } = os.constants.errno;
+
+/** Images sharing blobs share their cache files: one domain for everything this daemon mounts. */
+export const DOMAIN_ID = 'erofs-ondemand';
+/** A READ still unanswered after this long is completed unfilled (EIO) rather than hanging its reader. */
+const READ_TIMEOUT_MS = Number(process.env.EROFS_ONDEMAND_READ_TIMEOUT_MS ?? 120_000);
+/** Longest cookie key accepted: fsids we hand out are shorter, device tags are 64 hex digits. */
+const MAX_KEY = 256;
+
+/** What a cookie key names: the bootstrap of a mount (by fsid) or a data blob (by device tag). */
+type Source = { kind: 'bootstrap'; path: string; size: number } | { kind: 'blob'; blob: BlobCache; size: number };
+
+interface CacheObject {
+  key: string;
+  source: Source;
+  /** Anonymous fds the kernel handed over for this object (one per OPEN); written through the newest. */
+  fds: number[];
+}
+
+/** `bind ondemand` on a throwaway cache directory: the one definitive test of kernel support. */
+export function probeCachefiles(cacheDir: string): { ok: boolean; detail: string } {
+  if (!fs.existsSync('/dev/cachefiles')) return { ok: false, detail: 'no /dev/cachefiles (CONFIG_CACHEFILES off)' };
+  const dir = path.join(cacheDir, `.probe-cachefiles-${process.pid}`);
+  const dev = new native.CachefilesDevice();
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    dev.open();
+    dev.command(`dir ${dir}`);
+    dev.command('tag erofs-ondemand-probe');
+    dev.command('bind ondemand');
+    return { ok: true, detail: '`bind ondemand` accepted on /dev/cachefiles' };
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'EINVAL' ? ' (kernel without CONFIG_CACHEFILES_ONDEMAND)' : e.code === 'EBUSY' ? ' (another cachefiles daemon holds the device)' : '';
+    return { ok: false, detail: `${e.message}${why}` };
+  } finally {
+    dev.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export class CachefilesTransport implements CacheMissTransport {
+  readonly name = 'cachefiles' as const;
+  readonly zerosWithoutDaemon = false;
+  requests = 0;
+  private readonly dev: CachefilesDevice;
+  private readonly byKey = new Map<string, Source>();
+  private readonly objects = new Map<number, CacheObject>();
+  /** Per mount target: the fsid it was mounted with. */
+  private readonly fsids = new Map<string, string>();
+  private readonly pending = new Map<number, { fd: number; timer: NodeJS.Timeout }>();
+  private closed = false;
+
+  constructor(
+    cacheDir: string,
+    private readonly onMiss: () => void = () => undefined,
+  ) {
+    const dir = path.join(cacheDir, 'fscache');
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.dev = new native.CachefilesDevice();
+    this.dev.open();
+    try {
+      this.dev.command(`dir ${dir}`);
+      this.dev.command('tag erofs-ondemand');
+      this.dev.command('bind ondemand');
+    } catch (err) {
+      this.dev.close();
+      throw new Error(`cachefiles on-demand mode on ${dir}: ${(err as Error).message}`, { cause: err });
+    }
+    this.dev.start((m) => this.onMessage(m));
+  }
+
+  async mount(image: MountableImage, target: string): Promise<void> {
+    // One fsid per bootstrap, so a remount finds its cached bootstrap; a second mount of the same
+    // image at once needs another (the kernel refuses a duplicate fsid within a domain).
+    const base = `eo-${createHash('sha256').update(fs.readFileSync(image.bootstrapPath)).digest('hex').slice(0, 32)}`;
+    const taken = new Set(this.fsids.values());
+    let fsid = base;
+    for (let n = 2; taken.has(fsid); n++) fsid = `${base}-${n}`;
+    this.byKey.set(fsid, { kind: 'bootstrap', path: image.bootstrapPath, size: fs.statSync(image.bootstrapPath).size });
+    for (const blob of image.blobs) this.byKey.set(digestHex(blob.remote.digest), { kind: 'blob', blob, size: blob.index.trailer.uncompressedSize });
+    // mount(2) waits for the bootstrap's OPEN and first READs, which this event loop answers: so the
+    // mount runs in a child process, never as a blocking call here.
+    try {
+      await run('mount', ['-t', 'erofs', '-o', `ro,fsid=${fsid},domain_id=${DOMAIN_ID}`, 'none', target]);
+    } catch (err) {
+      this.byKey.delete(fsid);
+      throw new Error(`mount -t erofs -o fsid=${fsid},domain_id=${DOMAIN_ID} none ${target}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`, { cause: err });
+    }
+    this.fsids.set(target, fsid);
+  }
+
+  async unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
+    native.umount(target, opts.lazy ? 2 : 0);
+    const fsid = this.fsids.get(target);
+    this.fsids.delete(target);
+    if (fsid) this.byKey.delete(fsid);
+  }
+
+  private onMessage(m: CachefilesMessage): void {
+    if (this.closed) return;
+    try {
+      switch (m.opcode) {
+        case 'open':
+          return this.onOpen(m);
+        case 'read':
+          return void this.onRead(m);
+        case 'close':
+          return this.onClose(m.objectId);
+        case 'invalid':
+          log.error('malformed message from /dev/cachefiles refused', { reason: m.reason, msgId: m.msgId, bytes: m.raw.length });
+          if (m.fd !== undefined) {
+            if (m.msgId !== undefined) this.dev.copen(m.msgId, -EIO);
+            this.dev.closeFd(m.fd);
+          }
+          return;
+        case 'error':
+          log.error('/dev/cachefiles read failed: cache-miss service stopped', { error: m.reason, code: m.code });
+          return;
+      }
+    } catch (err) {
+      log.error('cachefiles message not handled', { opcode: m.opcode, error: (err as Error).message });
+    }
+  }
+
+  private onOpen(m: Extract<CachefilesMessage, { opcode: 'open' }>): void {
+    const key = m.cookieKey.toString('latin1');
+    const source = key.length <= MAX_KEY ? this.byKey.get(key) : undefined;
+    if (!source) {
+      log.warn('cachefiles OPEN of an object no mount of this daemon names: refused', { volume: m.volumeKey.toString('latin1').slice(0, MAX_KEY), key: key.slice(0, MAX_KEY) });
+      this.dev.copen(m.msgId, -ENOENT);
+      this.dev.closeFd(m.fd);
+      return;
+    }
+    const obj = this.objects.get(m.objectId) ?? { key, source, fds: [] };
+    obj.fds.push(m.fd);
+    this.objects.set(m.objectId, obj);
+    this.dev.copen(m.msgId, source.size);
+    log.debug('cachefiles object opened', { objectId: m.objectId, key, size: source.size });
+  }
+
+  private onClose(objectId: number): void {
+    const obj = this.objects.get(objectId);
+    if (!obj) return;
+    for (const fd of obj.fds) this.dev.closeFd(fd);
+    this.objects.delete(objectId);
+  }
+
+  private async onRead(m: Extract<CachefilesMessage, { opcode: 'read' }>): Promise<void> {
+    this.requests++;
+    const obj = this.objects.get(m.objectId);
+    if (!obj || obj.fds.length === 0) {
+      log.error('cachefiles READ for an unknown object', { objectId: m.objectId });
+      return; // no fd to complete it through; the kernel fails the read when the object goes
+    }
+    const fd = obj.fds[obj.fds.length - 1];
+    const timer = setTimeout(() => {
+      log.error('cache miss not served in time: the reader gets EIO', { key: obj.key, offset: m.offset, length: m.length, timeoutMs: READ_TIMEOUT_MS });
+      this.complete(m.msgId);
+    }, READ_TIMEOUT_MS);
+    this.pending.set(m.msgId, { fd, timer });
+    try {
+      const start = Math.floor(m.offset / BLOCK_SIZE) * BLOCK_SIZE;
+      const end = Math.min(obj.source.size, m.offset + m.length);
+      if (start < end) await this.fill(obj.source, fd, start, end);
+    } catch (err) {
+      log.error('cache miss not served: the reader gets EIO', { key: obj.key, offset: m.offset, length: m.length, error: (err as Error).message });
+    }
+    this.complete(m.msgId);
+  }
+
+  /** Writes verified bytes of [start, end) of the object into its cache file. */
+  private async fill(source: Source, fd: number, start: number, end: number): Promise<void> {
+    let data: Buffer;
+    if (source.kind === 'blob') {
+      const got = await source.blob.read(start, end);
+      if (got.fetched > 0) this.onMiss();
+      data = got.data;
+    } else {
+      data = Buffer.alloc(end - start);
+      const handle = await fs.promises.open(source.path, 'r');
+      try {
+        const { bytesRead } = await handle.read(data, 0, data.length, start);
+        if (bytesRead !== data.length) throw new Error(`${source.path}: ${bytesRead} of ${data.length} bytes at ${start}`);
+      } finally {
+        await handle.close();
+      }
+    }
+    if (this.closed) return;
+    // Writes into the anonymous fd are direct I/O: whole 4 KiB blocks (the addon pads the object's last one).
+    const padded = end === source.size || data.length % BLOCK_SIZE === 0 ? data : Buffer.concat([data, Buffer.alloc(BLOCK_SIZE - (data.length % BLOCK_SIZE))]);
+    this.dev.writeAligned(fd, start, padded, source.size);
+  }
+
+  private complete(msgId: number): void {
+    const p = this.pending.get(msgId);
+    if (!p) return;
+    clearTimeout(p.timer);
+    this.pending.delete(msgId);
+    try {
+      this.dev.readComplete(p.fd, msgId);
+    } catch (err) {
+      log.warn('cachefiles READ_COMPLETE failed', { msgId, error: (err as Error).message });
+    }
+  }
+
+  async close(): Promise<void> {
+    // Complete what is pending (unfilled: EIO) so no reader waits on a daemon that is leaving.
+    for (const msgId of [...this.pending.keys()]) this.complete(msgId);
+    this.closed = true;
+    for (const id of [...this.objects.keys()]) this.onClose(id);
+    this.dev.close();
+  }
+}
