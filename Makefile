@@ -1,6 +1,7 @@
 # The two entry points of the README: `make demo` and `make test`. Both install what they need.
 # `make kernel-test`: the cachefiles on-demand transport in a qemu VM with the project's own kernel
-# (kernel-tests/; the first run builds the kernel, about 10 minutes, then it is cached).
+# (kernel-tests/; the first run builds the kernel, about 15 minutes on 2 cores, then it is cached).
+# `make test` runs it too, after the host tests; SKIP_KERNEL_TESTS=1 leaves it out.
 SHELL := /bin/bash
 NODE ?= node
 
@@ -16,6 +17,7 @@ build: deps
 
 test: build
 	$(NODE) --test dist/test/*.test.js
+	@if [ -n "$$SKIP_KERNEL_TESTS" ]; then echo "kernel tests skipped (SKIP_KERNEL_TESTS)"; else $(MAKE) --no-print-directory kernel-test; fi
 
 demo: build
 	scripts/demo
@@ -29,6 +31,7 @@ kernel:
 kernel-test: build kernel
 	kernel-tests/run-vm --timeout 900 -- kernel-tests/probe.sh
 	kernel-tests/run-vm --timeout 1800 -- $(NODE) dist/kernel-tests/cachefiles-smoke.js
+	kernel-tests/run-vm --timeout 2400 -- $(NODE) --test dist/kernel-tests/daemon-cachefiles.test.js
 
 clean:
 	rm -rf dist build
