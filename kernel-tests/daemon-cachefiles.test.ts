@@ -51,10 +51,11 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
   const trees: Record<'a' | 'b', string> = { a: '', b: '' };
   let baseBlob = '';
 
-  async function startDaemon(cacheDir: string, ...extra: string[]): Promise<void> {
+  async function startDaemon(cacheDir: string, env: Record<string, string> = {}): Promise<void> {
     daemonLog = '';
-    daemon = spawn(process.execPath, [CLI, 'daemon', '--transport', 'cachefiles', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', '', ...extra], {
+    daemon = spawn(process.execPath, [CLI, 'daemon', '--transport', 'cachefiles', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', ''], {
       stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, ...env },
     });
     daemon.stderr!.on('data', (b) => (daemonLog += b));
     for (let i = 0; i < 1200 && !fs.existsSync(socket) && daemon.exitCode === null; i++) await new Promise((r) => setTimeout(r, 100));
@@ -170,5 +171,27 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
     } finally {
       await cli('umount', '--socket', socket, mnt);
     }
+  });
+
+  it('a fetch that never answers fails its read with EIO after the timeout, not a hang', async () => {
+    await stopDaemon();
+    await startDaemon(path.join(work, 'cache-stall'), { EROFS_ONDEMAND_READ_TIMEOUT_MS: '20000' });
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, `${proxy.host}/lazy/b:1`, mnt);
+    try {
+      proxy.add({ method: 'GET', path: /\/v2\/lazy\/b\/blobs\//, times: 1000, fault: { kind: 'respond', respond: () => undefined } });
+      await assert.rejects(run('cat', [path.join(mnt, 'only-b')], { encoding: 'buffer', maxBuffer: 1 << 24 }), (err: { stderr: Buffer }) => /Input\/output error/.test(err.stderr.toString()));
+      assert.match(daemonLog, /not served in time/);
+      proxy.reset();
+    } finally {
+      await cli('umount', '--socket', socket, mnt);
+    }
+  });
+
+  it('refuses an object no mount names (the kernel fails that mount) and keeps serving', async () => {
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await assert.rejects(run('mount', ['-t', 'erofs', '-o', 'fsid=nobody-knows-me,domain_id=erofs-ondemand', 'none', mnt]));
+    assert.match(daemonLog, /OPEN of an object no mount of this daemon names: refused/);
+    assert.equal((await status()).transport, 'cachefiles', 'the daemon still answers');
   });
 });
