@@ -194,4 +194,41 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
     assert.match(daemonLog, /OPEN of an object no mount of this daemon names: refused/);
     assert.equal((await status()).transport, 'cachefiles', 'the daemon still answers');
   });
+
+  it('a daemon killed with SIGKILL comes back with the device from the fd store: the mount never breaks', async () => {
+    await stopDaemon();
+    daemonLog = '';
+    // fdstore.py plays systemd (FileDescriptorStoreMax=, Restart=on-failure).
+    daemon = spawn('python3', [path.join(__dirname, '..', '..', 'kernel-tests', 'fdstore.py'), path.join(work, 'notify.sock'), process.execPath, CLI, 'daemon', '--transport', 'cachefiles', '--cache-dir', path.join(work, 'cache-restore'), '--socket', socket, '--metrics-address', ''], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    daemon.stderr!.on('data', (b) => (daemonLog += b));
+    const waitFor = async (what: RegExp) => {
+      for (let i = 0; i < 1200 && !what.test(daemonLog); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.match(daemonLog, what);
+    };
+    await waitFor(/fdstore: stored cachefiles/);
+    for (let i = 0; i < 600 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 100));
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await cli('mount', '--socket', socket, refs.a, mnt);
+    assert.equal(fs.readFileSync(path.join(mnt, 'etc', 'deep', 'er', 'small'), 'utf8'), 'small file\n');
+    const mountLine = () => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === mnt);
+    const before = mountLine();
+    assert.ok(before, 'mounted');
+    const { pid } = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout) as { pid: number };
+    process.kill(pid, 'SIGKILL');
+    // A reader arriving while no daemon runs waits for the next one instead of failing.
+    const reading = run('sha256sum', [path.join(mnt, 'random-3m')]);
+    await waitFor(/restarting/);
+    await waitFor(/resumed a mount after restart/);
+    const expected = execFileSync('sha256sum', [path.join(trees.a, 'random-3m')], { encoding: 'utf8' }).split(' ')[0];
+    assert.equal((await reading).stdout.split(' ')[0], expected);
+    assert.deepEqual(await compareTreesInChild(trees.a, mnt), []);
+    assert.equal(mountLine(), before, 'the same mount, not a new one');
+    const s = await status();
+    assert.ok(s.transportRequests > 0, 'the new daemon served the reads');
+    await cli('umount', '--socket', socket, mnt);
+    await stopDaemon();
+    assert.match(daemonLog, /fdstore: removed cachefiles/, 'a clean stop unbinds the cache');
+  });
 });

@@ -236,7 +236,7 @@ class Device : public Napi::ObjectWrap<Device> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "CachefilesDevice",
-                       {InstanceMethod("open", &Device::Open), InstanceMethod("command", &Device::Command),
+                       {InstanceMethod("open", &Device::Open), InstanceMethod("adopt", &Device::Adopt), InstanceMethod("command", &Device::Command),
                         InstanceMethod("start", &Device::Start), InstanceMethod("copen", &Device::Copen),
                         InstanceMethod("writeAligned", &Device::WriteAligned),
                         InstanceMethod("readComplete", &Device::ReadComplete),
@@ -256,6 +256,22 @@ class Device : public Napi::ObjectWrap<Device> {
     std::string path = info.Length() > 0 && !info[0].IsUndefined() ? PathArg(info[0], "path") : "/dev/cachefiles";
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) ThrowErrno(env, errno, "open", path);
+    Take(env, fd);
+    return env.Undefined();
+  }
+
+  // adopt(fd): a device fd inherited from an earlier daemon (systemd's fd store), still bound; the
+  // caller then writes `restore` so the kernel sends the pending and reopened requests again.
+  Napi::Value Adopt(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ >= 0) throw Napi::Error::New(env, "cachefiles device already open");
+    int fd = info[0].As<Napi::Number>().Int32Value();
+    if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) ThrowErrno(env, errno, "fcntl(inherited cachefiles fd)");
+    Take(env, fd);
+    return env.Undefined();
+  }
+
+  void Take(Napi::Env env, int fd) {
     int stop = eventfd(0, EFD_CLOEXEC);
     if (stop < 0) {
       int err = errno;
@@ -264,7 +280,6 @@ class Device : public Napi::ObjectWrap<Device> {
     }
     fd_ = fd;
     stop_ = stop;
-    return env.Undefined();
   }
 
   void RequireOpen(Napi::Env env) {

@@ -10,9 +10,10 @@ import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import type { BlobCache } from '../storage/blob-cache';
 import { CacheBudget } from '../storage/cache-budget';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
-import { CachefilesTransport } from '../transport/cachefiles';
+import { CachefilesTransport, FDNAME as CACHEFILES_FDNAME } from '../transport/cachefiles';
 import { FanotifyTransport } from '../transport/fanotify';
-import type { CacheMissTransport, TransportName } from '../transport/transport';
+import type { CacheMissTransport, MountState, TransportName } from '../transport/transport';
+import { forgetListenEnv, inheritedFd } from './fd-store';
 import { serveControl, type ControlRequest } from './control';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
@@ -33,10 +34,10 @@ export interface DaemonOptions {
   transport?: TransportName | 'auto';
 }
 
-function createTransport(name: TransportName, cacheDir: string, onMiss: () => void): CacheMissTransport {
+function createTransport(name: TransportName, cacheDir: string, onMiss: () => void, cachefilesFd?: number): CacheMissTransport {
   switch (name) {
     case 'cachefiles':
-      return new CachefilesTransport(cacheDir, onMiss);
+      return new CachefilesTransport(cacheDir, onMiss, cachefilesFd);
     case 'fanotify':
       return new FanotifyTransport(onMiss);
     default:
@@ -50,6 +51,8 @@ export class Daemon {
   private readonly budget: CacheBudget;
   private readonly transport: CacheMissTransport;
   private readonly mounts = new Map<string, PreparedImage>();
+  /** What the transport needs to resume each mount after a restart. */
+  private readonly mountStates = new Map<string, MountState>();
   private server: net.Server | null = null;
   private metricsServer: http.Server | null = null;
   readonly metrics: DaemonMetrics;
@@ -57,8 +60,13 @@ export class Daemon {
   private stopping = false;
 
   constructor(private readonly opts: DaemonOptions) {
+    // A still-bound /dev/cachefiles from the daemon before us (systemd's fd store): the kernel has
+    // cachefiles on-demand, and its mounts are resumed rather than remounted.
+    const requested = opts.transport ?? 'auto';
+    const inherited = requested === 'auto' || requested === 'cachefiles' ? inheritedFd(CACHEFILES_FDNAME) : undefined;
+    forgetListenEnv();
     // Probed for real: fanotify on a filesystem that refuses marks would serve holes as zeros.
-    const features = probeKernel(opts.cacheDir, opts.transport ?? 'auto');
+    const features = probeKernel(opts.cacheDir, inherited !== undefined ? 'cachefiles' : requested, inherited !== undefined);
     if (!features.chosen) throw new Error(`${features.refusal} for ${opts.cacheDir} (see \`erofs-ondemand doctor\`)`);
     this.metrics = new DaemonMetrics(
       () => this.fetcher,
@@ -72,8 +80,14 @@ export class Daemon {
     });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries, this.budget);
     this.budget.resync(this.evictUnusedBlobs(Infinity).cacheBytes); // measures, evicts nothing
-    this.transport = createTransport(features.chosen, opts.cacheDir, () => this.metrics.misses.inc());
-    log.info('cache-miss transport chosen', { transport: features.chosen, requested: opts.transport ?? 'auto', kernel: features.kernel });
+    this.transport = createTransport(features.chosen, opts.cacheDir, () => this.metrics.misses.inc(), inherited);
+    const passedOver = requested === 'auto' ? (['cachefiles', 'fanotify', 'fuse'] as const).slice(0, ['cachefiles', 'fanotify', 'fuse'].indexOf(features.chosen)) : [];
+    log.info('cache-miss transport chosen', {
+      transport: features.chosen,
+      requested,
+      kernel: features.kernel,
+      ...(passedOver.length ? { unavailable: Object.fromEntries(passedOver.map((t) => [t, { cachefiles: features.cachefilesOndemand, fanotify: features.fanotifyPreContent, fuse: features.fuse }[t].detail])) } : {}),
+    });
   }
 
   private get stateFile(): string {
@@ -81,20 +95,41 @@ export class Daemon {
   }
 
   private saveState(): void {
-    const state = [...this.mounts].map(([target, img]) => ({ ref: img.ref, target }));
+    const state = [...this.mounts].map(([target, img]) => ({ ref: img.ref, target, state: this.mountStates.get(target) }));
     fs.writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
     fs.renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
 
   /**
-   * Mounts left by a daemon that died are not served any more (fanotify reads holes as zeros), so
-   * each is detached and mounted again, with the new group's marks set first. Cached chunks stay.
+   * Mounts left by a daemon that died. A transport that can take one over does (cachefiles with the
+   * inherited device: readers never notice). Otherwise the mount is no longer served (fanotify would
+   * read holes as zeros, FUSE gives EIO), so it is detached and mounted again. Cached chunks stay.
    */
   private async restore(): Promise<void> {
-    if (!fs.existsSync(this.stateFile)) return;
-    const state = JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Array<{ ref: string; target: string }>;
+    const state = fs.existsSync(this.stateFile)
+      ? (JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Array<{ ref: string; target: string; state?: MountState }>)
+      : [];
     const mounted = new Set(fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]));
-    for (const { ref, target } of state) {
+    const remount: typeof state = [];
+    for (const entry of state) {
+      try {
+        if (mounted.has(entry.target) && this.transport.resume && entry.state) {
+          const image = await this.store.prepare(entry.ref);
+          if (this.transport.resume(image, entry.target, entry.state)) {
+            this.mounts.set(entry.target, image);
+            this.mountStates.set(entry.target, entry.state);
+            log.info('resumed a mount after restart', { image: entry.ref, target: entry.target, transport: this.transport.name });
+            continue;
+          }
+        }
+        remount.push(entry);
+      } catch (err) {
+        log.error('could not resume a mount', { image: entry.ref, target: entry.target, error: (err as Error).message });
+        remount.push(entry);
+      }
+    }
+    this.transport.begin?.();
+    for (const { ref, target } of remount) {
       try {
         if (mounted.has(target)) unmount(target, { lazy: true });
         await this.mount(ref, target);
@@ -141,8 +176,9 @@ export class Daemon {
     if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
     if (!fs.statSync(target).isDirectory()) throw new Error(`${target} is not a directory`);
     const image = await this.store.prepare(ref);
-    await this.transport.mount(image, target);
+    const state = await this.transport.mount(image, target);
     this.mounts.set(target, image);
+    if (state) this.mountStates.set(target, state);
     this.saveState();
     log.info('mounted', { image: ref, digest: image.digest, target, blobs: image.blobs.length });
     for (const blob of image.blobs) this.prefetch(blob);
@@ -176,6 +212,7 @@ export class Daemon {
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
     await this.transport.unmount(target);
     this.mounts.delete(target);
+    this.mountStates.delete(target);
     this.saveState();
     log.info('unmounted', { target });
     if (this.opts.cacheMaxBytes) await this.gc();
@@ -246,6 +283,7 @@ export class Daemon {
 
   status(): unknown {
     return {
+      pid: process.pid,
       transport: this.transport.name,
       transportRequests: this.transport.requests,
       fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },

@@ -57,7 +57,8 @@ function probeFanotify(cacheDir: string): Probe {
 }
 
 /** `requested`: 'auto' (best first: cachefiles, fanotify, FUSE) or one transport to insist on. */
-export function probeKernel(cacheDir: string, requested: TransportName | 'auto' = 'auto'): KernelFeatures {
+/** `cachefilesBound`: a bound device was inherited, so it works (probing would only get EBUSY). */
+export function probeKernel(cacheDir: string, requested: TransportName | 'auto' = 'auto', cachefilesBound = false): KernelFeatures {
   fs.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   const known = filesystems();
   const has = (name: string) => new RegExp(`\\t${name}\\n`).test(known);
@@ -68,7 +69,7 @@ export function probeKernel(cacheDir: string, requested: TransportName | 'auto' 
     root: process.getuid?.() === 0,
     erofs: { ok: has('erofs'), detail: has('erofs') ? 'in /proc/filesystems' : 'erofs is not in /proc/filesystems' },
     overlay: { ok: has('overlay'), detail: has('overlay') ? 'in /proc/filesystems' : 'overlay is not in /proc/filesystems' },
-    cachefilesOndemand: probeCachefiles(cacheDir),
+    cachefilesOndemand: cachefilesBound ? { ok: true, detail: 'bound /dev/cachefiles inherited from the previous daemon' } : probeCachefiles(cacheDir),
     fanotifyPreContent: probeFanotify(cacheDir),
     fuse: fs.existsSync('/dev/fuse') ? { ok: true, detail: '/dev/fuse present' } : { ok: false, detail: 'no /dev/fuse' },
     cacheFs: { ok: ['ext4', 'xfs', 'btrfs'].includes(cacheType), type: cacheType, detail: `${cacheDir} is on ${cacheType}` },

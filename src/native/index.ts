@@ -62,6 +62,8 @@ export type CachefilesMessage =
 export interface CachefilesDevice {
   /** Opens the device read-write (CAP_SYS_ADMIN; EBUSY while another daemon holds it). */
   open(path?: string): void;
+  /** Takes over a still-bound device fd inherited from an earlier daemon (then send `restore`). */
+  adopt(fd: number): void;
   /** One setup command per call: dir, tag, brun/bcull/bstop/frun/fcull/fstop, bind ondemand, restore,
    * inuse, cull. `bind ondemand` gives EINVAL without CONFIG_CACHEFILES_ONDEMAND and EOPNOTSUPP when
    * the cache directory is on a file system that cannot back a cache (tmpfs). The error has `command`. */
@@ -97,7 +99,7 @@ interface NativeAddon {
   /** mknod(2): `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK). */
   mknod(path: PathLike, mode: number, major: number, minor: number): void;
   /** Sends a sd_notify message (READY=1, STOPPING=1, STATUS=...); false when there is no NOTIFY_SOCKET. */
-  sdNotify(message: string): boolean;
+  sdNotify(message: string, fds?: number[]): boolean;
   /** utimensat(2) without following symlinks: atime = mtime = sec + nsec. */
   setTimes(path: PathLike, sec: bigint, nsec: number): void;
   /** Next offset holding data at or after `offset`, or -1 if none (ENXIO). */

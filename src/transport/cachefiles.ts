@@ -15,7 +15,7 @@ import { log } from '../log';
 import { native, type CachefilesDevice, type CachefilesMessage } from '../native';
 import { digestHex } from '../oci/digest';
 import type { BlobCache } from '../storage/blob-cache';
-import type { CacheMissTransport, MountableImage } from './transport';
+import type { CacheMissTransport, MountableImage, MountState } from './transport';
 
 const run = promisify(execFile);
 const { ENOENT, EIO } = os.constants.errno;
@@ -24,6 +24,8 @@ const { ENOENT, EIO } = os.constants.errno;
 export const DOMAIN_ID = 'erofs-ondemand';
 /** A READ still unanswered after this long is completed unfilled (EIO) rather than hanging its reader. */
 const READ_TIMEOUT_MS = Number(process.env.EROFS_ONDEMAND_READ_TIMEOUT_MS ?? 120_000);
+/** The device fd's name in systemd's fd store (LISTEN_FDNAMES when it is handed back). */
+export const FDNAME = 'cachefiles';
 /** Longest cookie key accepted: fsids we hand out are shorter, device tags are 64 hex digits. */
 const MAX_KEY = 256;
 
@@ -71,13 +73,28 @@ export class CachefilesTransport implements CacheMissTransport {
   private readonly pending = new Map<number, { fd: number; timer: NodeJS.Timeout }>();
   private closed = false;
 
+  /** Set when the device came from an earlier daemon: `restore` is sent once its mounts are resumed. */
+  private readonly inherited: boolean;
+
+  /**
+   * Binds the cache, or with `inheritedFd` takes over the still-bound device of a daemon that died
+   * (kept for us by systemd's fd store). A fresh binding is handed to the fd store, when there is one,
+   * so that the next daemon can resume without breaking mounts.
+   */
   constructor(
     cacheDir: string,
     private readonly onMiss: () => void = () => undefined,
+    inheritedFd?: number,
   ) {
     const dir = path.join(cacheDir, 'fscache');
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.dev = new native.CachefilesDevice();
+    this.inherited = inheritedFd !== undefined;
+    if (inheritedFd !== undefined) {
+      this.dev.adopt(inheritedFd);
+      log.info('cachefiles device inherited from the previous daemon', { fd: inheritedFd });
+      return;
+    }
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.dev.open();
     try {
       this.dev.command(`dir ${dir}`);
@@ -87,18 +104,35 @@ export class CachefilesTransport implements CacheMissTransport {
       this.dev.close();
       throw new Error(`cachefiles on-demand mode on ${dir}: ${(err as Error).message}`, { cause: err });
     }
+    if (native.sdNotify(`FDSTORE=1\nFDNAME=${FDNAME}`, [this.dev.fd])) log.info('cachefiles device handed to the service manager\'s fd store');
+  }
+
+  begin(): void {
+    // After `restore` the kernel sends again what the dead daemon left unanswered, reopening objects first.
+    if (this.inherited) this.dev.command('restore');
     this.dev.start((m) => this.onMessage(m));
   }
 
-  async mount(image: MountableImage, target: string): Promise<void> {
+  resume(image: MountableImage, target: string, state: MountState): boolean {
+    if (!this.inherited || !state.fsid) return false;
+    this.register(image, state.fsid);
+    this.fsids.set(target, state.fsid);
+    return true;
+  }
+
+  private register(image: MountableImage, fsid: string): void {
+    this.byKey.set(fsid, { kind: 'bootstrap', path: image.bootstrapPath, size: fs.statSync(image.bootstrapPath).size });
+    for (const blob of image.blobs) this.byKey.set(digestHex(blob.remote.digest), { kind: 'blob', blob, size: blob.index.trailer.uncompressedSize });
+  }
+
+  async mount(image: MountableImage, target: string): Promise<MountState> {
     // One fsid per bootstrap, so a remount finds its cached bootstrap; a second mount of the same
     // image at once needs another (the kernel refuses a duplicate fsid within a domain).
     const base = `eo-${createHash('sha256').update(fs.readFileSync(image.bootstrapPath)).digest('hex').slice(0, 32)}`;
     const taken = new Set(this.fsids.values());
     let fsid = base;
     for (let n = 2; taken.has(fsid); n++) fsid = `${base}-${n}`;
-    this.byKey.set(fsid, { kind: 'bootstrap', path: image.bootstrapPath, size: fs.statSync(image.bootstrapPath).size });
-    for (const blob of image.blobs) this.byKey.set(digestHex(blob.remote.digest), { kind: 'blob', blob, size: blob.index.trailer.uncompressedSize });
+    this.register(image, fsid);
     // mount(2) waits for the bootstrap's OPEN and first READs, which this event loop answers: so the
     // mount runs in a child process, never as a blocking call here.
     try {
@@ -108,6 +142,7 @@ export class CachefilesTransport implements CacheMissTransport {
       throw new Error(`mount -t erofs -o fsid=${fsid},domain_id=${DOMAIN_ID} none ${target}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`, { cause: err });
     }
     this.fsids.set(target, fsid);
+    return { fsid };
   }
 
   async unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
@@ -224,11 +259,13 @@ export class CachefilesTransport implements CacheMissTransport {
     }
   }
 
+  /** Stopping on purpose (mounts are gone): the fd store's copy is dropped too, so the cache is unbound. */
   async close(): Promise<void> {
     // Complete what is pending (unfilled: EIO) so no reader waits on a daemon that is leaving.
     for (const msgId of [...this.pending.keys()]) this.complete(msgId);
     this.closed = true;
     for (const id of [...this.objects.keys()]) this.onClose(id);
+    native.sdNotify(`FDSTOREREMOVE=1\nFDNAME=${FDNAME}`); // stopped on purpose: nothing to resume
     this.dev.close();
   }
 }

@@ -13,6 +13,8 @@ export interface MountableImage {
   blobs: readonly BlobCache[];
 }
 
+export type MountState = Record<string, string>;
+
 export interface CacheMissTransport {
   readonly name: TransportName;
   /**
@@ -22,8 +24,18 @@ export interface CacheMissTransport {
   readonly zerosWithoutDaemon: boolean;
   /** Cache-miss requests the kernel sent so far (fanotify events, cachefiles READs, FUSE READs). */
   readonly requests: number;
-  /** Mounts the image read-only on `target`, its misses served by this transport. */
-  mount(image: MountableImage, target: string): Promise<void>;
+  /**
+   * Mounts the image read-only on `target`, its misses served by this transport. Resolves to what
+   * `resume` needs to take the mount over after a restart (saved with the daemon's state).
+   */
+  mount(image: MountableImage, target: string): Promise<MountState | void>;
+  /**
+   * Takes over a mount an earlier daemon made, which survived it (cachefiles with an inherited device
+   * fd). Absent, or false: the daemon detaches the old mount and mounts again.
+   */
+  resume?(image: MountableImage, target: string, state: MountState): boolean;
+  /** Called once restored mounts are resumed: starts taking requests (the kernel queued them meanwhile). */
+  begin?(): void;
   /** Unmounts `target` (detached when `lazy`); throws (EBUSY) when it is in use and not lazy. */
   unmount(target: string, opts?: { lazy?: boolean }): Promise<void>;
   /** Answers every pending miss (EIO) and stops. */
