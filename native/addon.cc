@@ -1,10 +1,12 @@
 #include <napi.h>
 #include "fanotify.h"
 #include "fs_calls.h"
+#include "fuse.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFsCalls(env, exports);
   InitFanotify(env, exports);
+  InitFuse(env, exports);
   return exports;
 }
 
