@@ -19,6 +19,7 @@ function alignedEnd(c: ChunkEntry): number {
 
 export class BlobCache {
   private readonly present: Uint8Array;
+  private closed = false;
   /** Reads answered from the cache file alone / that needed chunks fetched. */
   hits = 0;
   misses = 0;
@@ -133,7 +134,24 @@ export class BlobCache {
     return out;
   }
 
+  /**
+   * Reads `length` bytes at `position` of the cache file into `buf` on the thread pool (the caller has
+   * made the range present with `ensure`). Throws rather than return fewer bytes.
+   */
+  async read(buf: Buffer, bufOffset: number, length: number, position: number): Promise<void> {
+    for (let done = 0; done < length; ) {
+      // Checked on every step: after close() the fd number may belong to another file.
+      if (this.closed) throw new Error(`cache file ${this.path} is closed`);
+      const n = await new Promise<number>((resolve, reject) =>
+        fs.read(this.fd, buf, bufOffset + done, length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
+      );
+      if (n === 0) throw new Error(`cache file ${this.path} ends at ${position + done}, before ${position + length}`);
+      done += n;
+    }
+  }
+
   close(): void {
+    this.closed = true;
     fs.closeSync(this.fd);
   }
 }
