@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import Ajv, { type JSONSchemaType } from 'ajv';
 import { InputError } from './errors';
+import { FUSE_BACKINGS, type FuseBacking } from './transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 
 export const DEFAULT_CONFIG = '/etc/erofs-ondemand/config.json';
@@ -16,6 +17,8 @@ export interface Config {
   prefetch: number;
   /** 'auto': the best the kernel supports (cachefiles, then fanotify, then FUSE). */
   transport: TransportName | 'auto';
+  /** FUSE transport: how EROFS reaches the FUSE files ('auto': file-backed on 6.12+, loop devices before). */
+  fuseBacking: FuseBacking;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   fetch: { concurrency: number };
   registries: { plainHttp: string[]; insecure: string[] };
@@ -29,6 +32,7 @@ export const DEFAULTS: Config = {
   socket: DEFAULT_SOCKET,
   prefetch: 0,
   transport: 'auto',
+  fuseBacking: 'auto',
   logLevel: 'info',
   fetch: { concurrency: 8 },
   registries: { plainHttp: [], insecure: [] },
@@ -50,6 +54,7 @@ const schema: JSONSchemaType<FileConfig> = {
     socket: { type: 'string', minLength: 1, nullable: true },
     prefetch: { type: 'integer', minimum: 0, maximum: 64, nullable: true },
     transport: { type: 'string', enum: ['auto', ...TRANSPORT_NAMES], nullable: true },
+    fuseBacking: { type: 'string', enum: [...FUSE_BACKINGS], nullable: true },
     logLevel: { type: 'string', enum: ['error', 'warn', 'info', 'debug'], nullable: true },
     fetch: {
       type: 'object',

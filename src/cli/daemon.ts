@@ -18,6 +18,7 @@ export interface DaemonFlags {
   metricsAddress?: string;
   cacheMaxBytes?: string;
   transport?: string;
+  fuseBacking?: string;
 }
 
 /** The file's settings, overridden by flags given on the command line. */
@@ -33,6 +34,7 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.metricsAddress !== undefined) c.metrics.address = flags.metricsAddress;
   if (flags.cacheMaxBytes !== undefined) c.cacheMaxBytes = parseSize(flags.cacheMaxBytes);
   if (flags.transport !== undefined) c.transport = flags.transport as Config['transport'];
+  if (flags.fuseBacking !== undefined) c.fuseBacking = flags.fuseBacking as Config['fuseBacking'];
   return c;
 }
 
@@ -48,6 +50,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     metricsAddress: config.metrics.address || undefined,
     cacheMaxBytes: config.cacheMaxBytes,
     transport: config.transport,
+    fuseBacking: config.fuseBacking,
   });
   await daemon.start();
   native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
@@ -55,7 +58,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     try {
       const next = effectiveConfig(flags, cmd);
       log.level = next.logLevel;
-      const restartOnly = (['cacheDir', 'socket', 'prefetch', 'transport'] as const).filter((k) => next[k] !== config[k]);
+      const restartOnly = (['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking'] as const).filter((k) => next[k] !== config[k]);
       log.info('configuration reloaded', { logLevel: next.logLevel, ...(restartOnly.length ? { needsRestart: restartOnly } : {}) });
     } catch (err) {
       log.error('configuration not reloaded', { error: (err as Error).message });

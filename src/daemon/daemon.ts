@@ -10,6 +10,8 @@ import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import type { BlobCache } from '../storage/blob-cache';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
 import { FanotifyTransport } from '../transport/fanotify';
+import { FuseTransport } from '../transport/fuse';
+import type { FuseBacking } from '../transport/fuse-backing';
 import type { CacheMissTransport, TransportName } from '../transport/transport';
 import { serveControl, type ControlRequest } from './control';
 import { ImageStore, type PreparedImage } from './image-store';
@@ -29,12 +31,18 @@ export interface DaemonOptions {
   cacheMaxBytes?: number;
   /** 'auto' (default): the best transport this kernel supports. */
   transport?: TransportName | 'auto';
+  /** FUSE transport only: file-backed EROFS or loop devices ('auto': by kernel version). */
+  fuseBacking?: FuseBacking;
 }
 
-function createTransport(name: TransportName, onMiss: () => void): CacheMissTransport {
+function createTransport(name: TransportName, opts: DaemonOptions, onMiss: () => void): CacheMissTransport {
   switch (name) {
     case 'fanotify':
       return new FanotifyTransport(onMiss);
+    case 'fuse':
+      // Inside the cache directory (root-only, 0700): one FUSE mount per daemon, found again at the
+      // same place after a crash, and its files reachable by no one else.
+      return new FuseTransport({ dir: path.join(opts.cacheDir, 'fuse'), backing: opts.fuseBacking, onMiss });
     default:
       throw new Error(`transport ${name} is not implemented`);
   }
@@ -61,8 +69,13 @@ export class Daemon {
     );
     this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries);
-    this.transport = createTransport(features.chosen, () => this.metrics.misses.inc());
-    log.info('cache-miss transport chosen', { transport: features.chosen, requested: opts.transport ?? 'auto', kernel: features.kernel });
+    this.transport = createTransport(features.chosen, opts, () => this.metrics.misses.inc());
+    log.info('cache-miss transport chosen', {
+      transport: features.chosen,
+      requested: opts.transport ?? 'auto',
+      kernel: features.kernel,
+      ...(this.transport instanceof FuseTransport ? { fuseBacking: this.transport.backing, fuseDir: this.transport.dir } : {}),
+    });
   }
 
   private get stateFile(): string {
@@ -219,6 +232,7 @@ export class Daemon {
   status(): unknown {
     return {
       transport: this.transport.name,
+      ...(this.transport instanceof FuseTransport ? { fuseBacking: this.transport.backing } : {}),
       fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
       inFlight: this.fetcher.inFlight,
       cacheBytes: this.store.cacheBytes(),

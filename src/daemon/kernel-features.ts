@@ -55,6 +55,21 @@ function probeFanotify(cacheDir: string): Probe {
   }
 }
 
+/**
+ * FUSE: /dev/fuse opens read-write and the kernel knows the filesystem type. The cache filesystem does
+ * not matter: the FUSE files are served from the cache files, whatever holds them (tmpfs included; a
+ * bootstrap there is served through FUSE too).
+ */
+function probeFuse(): Probe {
+  if (!/\tfuse\n/.test(filesystems())) return { ok: false, detail: 'fuse is not in /proc/filesystems' };
+  try {
+    fs.closeSync(fs.openSync('/dev/fuse', 'r+'));
+    return { ok: true, detail: '/dev/fuse opens read-write; fuse in /proc/filesystems' };
+  } catch (err) {
+    return { ok: false, detail: (err as Error).message };
+  }
+}
+
 /** `requested`: 'auto' (best first: cachefiles, fanotify, FUSE) or one transport to insist on. */
 export function probeKernel(cacheDir: string, requested: TransportName | 'auto' = 'auto'): KernelFeatures {
   fs.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
@@ -72,10 +87,14 @@ export function probeKernel(cacheDir: string, requested: TransportName | 'auto' 
       ? { ok: false, detail: '/dev/cachefiles exists; the on-demand probe comes with the cachefiles transport' }
       : { ok: false, detail: 'no /dev/cachefiles (CONFIG_CACHEFILES off)' },
     fanotifyPreContent: probeFanotify(cacheDir),
-    fuse: fs.existsSync('/dev/fuse') ? { ok: true, detail: '/dev/fuse present' } : { ok: false, detail: 'no /dev/fuse' },
-    cacheFs: { ok: ['ext4', 'xfs', 'btrfs'].includes(cacheType), type: cacheType, detail: `${cacheDir} is on ${cacheType}` },
+    fuse: probeFuse(),
+    cacheFs: {
+      ok: ['ext4', 'xfs', 'btrfs'].includes(cacheType),
+      type: cacheType,
+      detail: ['ext4', 'xfs', 'btrfs'].includes(cacheType) ? `${cacheDir} is on ${cacheType}` : `${cacheDir} is on ${cacheType} (fanotify needs ext4, xfs or btrfs; FUSE serves from any)`,
+    },
     chosen: null,
-    implemented: ['fanotify'],
+    implemented: ['fanotify', 'fuse'],
   };
   const usable: Record<TransportName, Probe> = {
     cachefiles: features.cachefilesOndemand,
