@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { native } from '../native';
+import { kernelHasFileBackedErofs } from '../transport/fuse-backing';
 import type { TransportName } from '../transport/transport';
 
 export type { TransportName };
@@ -64,7 +65,8 @@ function probeFuse(): Probe {
   if (!/\tfuse\n/.test(filesystems())) return { ok: false, detail: 'fuse is not in /proc/filesystems' };
   try {
     fs.closeSync(fs.openSync('/dev/fuse', 'r+'));
-    return { ok: true, detail: '/dev/fuse opens read-write; fuse in /proc/filesystems' };
+    const backing = kernelHasFileBackedErofs() ? 'EROFS file-backed on its files (6.12+)' : 'EROFS through loop devices (kernel before 6.12)';
+    return { ok: true, detail: `/dev/fuse opens read-write; fuse in /proc/filesystems; ${backing}` };
   } catch (err) {
     return { ok: false, detail: (err as Error).message };
   }

@@ -5,7 +5,6 @@
 // chunks are fetched, verified and written to the blob's cache file, then the range is read from the
 // cache file and sent back. A failure is EIO, never other bytes; a dead daemon means EIO, not zeros.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { log } from '../log';
 import { attachLoop, detachLoop, loopDirectIo } from '../mount/loop';
@@ -16,7 +15,7 @@ import type { BlobCache } from '../storage/blob-cache';
 import * as P from './fuse-protocol';
 import type { CacheMissTransport, MountableImage } from './transport';
 
-import type { FuseBacking } from './fuse-backing';
+import { kernelHasFileBackedErofs, type FuseBacking } from './fuse-backing';
 
 export const FUSE_FSTYPE = 'fuse.erofs-ondemand';
 /** Names and attributes never change while a blob is attached: the kernel may cache them long. */
@@ -27,11 +26,6 @@ const REPLY_BUFFER_SIZE = P.OUT_HEADER_SIZE + 256 * 4096;
 const MAX_POOLED_BUFFERS = 64;
 const W_OK = 2;
 
-/** Linux 6.12 brought file-backed EROFS mounts. */
-export function kernelHasFileBackedErofs(release = os.release()): boolean {
-  const [major, minor] = release.split(/[.-]/).map(Number);
-  return major > 6 || (major === 6 && minor >= 12);
-}
 
 /** What a FUSE file serves: a blob's cache (fetching what is missing) or a local file as it is. */
 export interface ServedFile {
@@ -103,6 +97,7 @@ export class BlobFs {
   /** Requests read and not answered yet, by unique id. */
   private readonly pending = new Set<bigint>();
   private closed = false;
+  private malformed = 0;
   private readonly started = Math.floor(Date.now() / 1000);
   readonly directIo: boolean;
   private readonly onMiss: () => void;
@@ -147,7 +142,8 @@ export class BlobFs {
       parsed = P.parseRequest(buf);
     } catch (err) {
       const header = err instanceof P.ProtocolError ? err.header : undefined;
-      log.warn('malformed FUSE request', { error: (err as Error).message, opcode: header?.opcode });
+      // Loud for the first few only: a broken peer must not flood the log.
+      log.log(this.malformed++ < 10 ? 'warn' : 'debug', 'malformed FUSE request', { error: (err as Error).message, opcode: header?.opcode });
       // Answerable when its header was readable, unless it is of a kind that takes no answer.
       if (header && ![P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT].includes(header.opcode as 2)) this.answer(header.unique, P.reply(header.unique, P.Errno.EINVAL), true);
       return;
@@ -378,9 +374,10 @@ export class FuseTransport implements CacheMissTransport {
     const backing = opts.backing ?? 'auto';
     this.backing = backing === 'auto' ? (kernelHasFileBackedErofs() ? 'file' : 'loop') : backing;
     this.readAheadKb = opts.readAheadKb ?? 4096;
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    // First: a dead FUSE mount fails even a stat of its mount point (ENOTCONN).
     const stale = detachStale(this.dir);
     if (stale > 0) log.warn('detached a FUSE mount left by a daemon that is gone', { dir: this.dir });
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.session = new native.FuseSession();
     this.fs = new BlobFs((reply) => this.send(reply), { directIo: opts.directIo, onMiss: opts.onMiss });
     try {
@@ -389,6 +386,9 @@ export class FuseTransport implements CacheMissTransport {
       this.session.close();
       throw err;
     }
+    // A daemon that exits without close() (an uncaught error) still detaches its FUSE mount; only
+    // SIGKILL leaves one behind, which the next daemon detaches at start.
+    process.on('exit', this.detachAtExit);
     this.session.start((req) => {
       if (req) this.fs.handle(req);
       else if (!this.closed) log.error('FUSE connection ended while the daemon runs (unmounted or aborted)', { dir: this.dir });
@@ -519,9 +519,14 @@ export class FuseTransport implements CacheMissTransport {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    process.off('exit', this.detachAtExit);
     this.fs.close();
     this.session.close();
   }
+
+  private readonly detachAtExit = (): void => {
+    if (!this.closed) this.session.close();
+  };
 }
 
 /** bdi names of file-backed EROFS superblocks (erofs-<sequence number>). */
