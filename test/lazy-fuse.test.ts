@@ -152,19 +152,26 @@ describe('lazy mount through FUSE', () => {
     }
   });
 
-  it('serves a cache on tmpfs (the bootstrap through FUSE too: tmpfs cannot back an EROFS mount)', async () => {
+  it('serves a cache on tmpfs (the bootstrap through FUSE too: tmpfs cannot back an EROFS mount), to two mounts of one image', async () => {
     const cache = path.join(shm, 'cache');
     const store = new ImageStore(cache, new ChunkFetcher());
     const image = await store.prepare(`${registry.host}/lazy/minbase:1`);
     const transport = new FuseTransport({ dir: path.join(cache, 'fuse'), backing: 'file' });
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const second = fs.mkdtempSync(path.join(work, 'mnt-'));
     await transport.mount(image, mnt);
+    await transport.mount(image, second);
     try {
       const m = mounts().find((e) => e.target === mnt)!;
       assert.equal(m.source, path.join(transport.dir, `bootstrap-${path.basename(image.bootstrapPath)}`));
       assert.equal((await run('chroot', [mnt, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
+      // The later mount goes; the first, sharing its FUSE files, reads on (metadata not cached yet).
+      await transport.unmount(second);
+      await dropCaches();
       assert.equal(await sha256(path.join(mnt, 'opt', 'app', 'bash-copy')), await sha256(path.join(reference, 'opt', 'app', 'bash-copy')));
+      assert.equal((await run('ls', [path.join(mnt, 'usr', 'share')])).stdout.includes('zoneinfo'), true);
     } finally {
+      if (mounts().some((e) => e.target === second)) await transport.unmount(second);
       await transport.unmount(mnt);
       await transport.close();
     }

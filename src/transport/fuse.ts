@@ -24,6 +24,7 @@ const O_ACCMODE = 3;
 /** The largest READ reply: 256 pages (max_pages) and the header. */
 const REPLY_BUFFER_SIZE = P.OUT_HEADER_SIZE + 256 * 4096;
 const MAX_POOLED_BUFFERS = 64;
+const NO_REPLY_OPCODES = new Set<number>([P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT]);
 const W_OK = 2;
 
 
@@ -145,7 +146,7 @@ export class BlobFs {
       // Loud for the first few only: a broken peer must not flood the log.
       log.log(this.malformed++ < 10 ? 'warn' : 'debug', 'malformed FUSE request', { error: (err as Error).message, opcode: header?.opcode });
       // Answerable when its header was readable, unless it is of a kind that takes no answer.
-      if (header && ![P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT].includes(header.opcode as 2)) this.answer(header.unique, P.reply(header.unique, P.Errno.EINVAL), true);
+      if (header && !NO_REPLY_OPCODES.has(header.opcode)) this.answer(header.unique, P.reply(header.unique, P.Errno.EINVAL), true);
       return;
     }
     const { header, req } = parsed;
@@ -342,7 +343,8 @@ export interface FuseTransportOptions {
 /** The FUSE files one mount uses: blob names, and local files served for it alone. */
 interface MountedImage {
   names: string[];
-  local: Array<{ name: string; close(): void }>;
+  /** Names of local files served through FUSE for it (bootstraps on tmpfs). */
+  local: string[];
 }
 
 /** Detaches whatever is mounted on `dir` (a FUSE mount left by a daemon that died: its reads fail). */
@@ -366,6 +368,7 @@ export class FuseTransport implements CacheMissTransport {
   private readonly mounted = new Map<string, MountedImage>();
   private closed = false;
   private mounting: Promise<void> = Promise.resolve();
+  private readonly localFiles = new Map<string, { file: ReturnType<typeof servedLocalFile>; refs: number }>();
   /** bdi directory of each mount whose read-ahead was raised (for tests and benchmarks). */
   readonly bdis = new Map<string, string>();
 
@@ -449,18 +452,28 @@ export class FuseTransport implements CacheMissTransport {
       if ((err as { cause?: { code?: string } }).cause?.code !== 'ENOTBLK') throw err;
     }
     const name = `bootstrap-${path.basename(bootstrap)}`;
-    const local = servedLocalFile(bootstrap);
-    this.fs.attach(name, local);
-    used.local.push({ name, close: local.close });
+    // One open file per bootstrap, however many mounts of the image use it.
+    let local = this.localFiles.get(name);
+    if (!local) {
+      local = { file: servedLocalFile(bootstrap), refs: 0 };
+      this.localFiles.set(name, local);
+    }
+    local.refs++;
+    this.fs.attach(name, local.file);
+    used.local.push(name);
     log.info('bootstrap served through FUSE: its filesystem cannot back an EROFS mount', { bootstrap });
     await mountErofsAsync({ bootstrap: path.join(this.dir, name), blobs: files, target });
   }
 
   private release(used: MountedImage): void {
     for (const n of used.names) this.fs.detach(n);
-    for (const l of used.local) {
-      this.fs.detach(l.name);
-      l.close();
+    for (const name of used.local) {
+      this.fs.detach(name);
+      const local = this.localFiles.get(name);
+      if (local && --local.refs === 0) {
+        local.file.close();
+        this.localFiles.delete(name);
+      }
     }
   }
 
