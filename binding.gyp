@@ -7,7 +7,8 @@
         "native/cachefiles.cc",
         "native/errors.cc",
         "native/fanotify.cc",
-        "native/fs_calls.cc"
+        "native/fs_calls.cc",
+        "native/fuse.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -2,11 +2,13 @@
 #include "cachefiles.h"
 #include "fanotify.h"
 #include "fs_calls.h"
+#include "fuse.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFsCalls(env, exports);
   InitFanotify(env, exports);
   InitCachefiles(env, exports);
+  InitFuse(env, exports);
   return exports;
 }
 

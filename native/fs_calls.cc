@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -81,6 +83,65 @@ Napi::Value Umount(const Napi::CallbackInfo& info) {
   int flags = info[1].IsUndefined() ? 0 : info[1].As<Napi::Number>().Int32Value();
   if (::umount2(target.c_str(), flags) != 0) ThrowErrno(env, errno, "umount2", target);
   return env.Undefined();
+}
+
+// mount(2)/umount2(2) on the thread pool, resolving a promise: a mount whose devices are files on a
+// FUSE filesystem served by this very process must not block the JS thread that answers its requests.
+class MountWorker : public Napi::AsyncWorker {
+ public:
+  MountWorker(Napi::Env env, bool mount, std::string source, std::string target, std::string fstype, unsigned long flags, std::string data)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), mount_(mount), source_(std::move(source)),
+        target_(std::move(target)), fstype_(std::move(fstype)), flags_(flags), data_(std::move(data)) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    int r = mount_ ? ::mount(source_.c_str(), target_.c_str(), fstype_.c_str(), flags_, data_.empty() ? nullptr : data_.c_str())
+                   : ::umount2(target_.c_str(), static_cast<int>(flags_));
+    err_ = r == 0 ? 0 : errno;
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ == 0) {
+      deferred_.Resolve(env.Undefined());
+      return;
+    }
+    try {
+      ThrowErrno(env, err_, mount_ ? "mount" : "umount2", target_);
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  bool mount_;
+  std::string source_, target_, fstype_;
+  unsigned long flags_;
+  std::string data_;
+  int err_ = 0;
+};
+
+Napi::Value MountAsync(const Napi::CallbackInfo& info) {
+  std::string source = PathArg(info[0], "source");
+  std::string target = PathArg(info[1], "target");
+  std::string fstype = info[2].As<Napi::String>().Utf8Value();
+  unsigned long flags = static_cast<unsigned long>(info[3].As<Napi::Number>().Int64Value());
+  std::string data = info[4].IsUndefined() ? "" : info[4].As<Napi::String>().Utf8Value();
+  auto* w = new MountWorker(info.Env(), true, source, target, fstype, flags, data);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value UmountAsync(const Napi::CallbackInfo& info) {
+  std::string target = PathArg(info[0], "target");
+  unsigned long flags = info[1].IsUndefined() ? 0 : info[1].As<Napi::Number>().Uint32Value();
+  auto* w = new MountWorker(info.Env(), false, "", target, "", flags, "");
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value ListXattrs(const Napi::CallbackInfo& info) {
@@ -228,6 +289,8 @@ Napi::Value SeekHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HO
 void InitFsCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("mount", Napi::Function::New(env, Mount));
   exports.Set("umount", Napi::Function::New(env, Umount));
+  exports.Set("mountAsync", Napi::Function::New(env, MountAsync));
+  exports.Set("umountAsync", Napi::Function::New(env, UmountAsync));
   exports.Set("listXattrs", Napi::Function::New(env, ListXattrs));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("setXattr", Napi::Function::New(env, SetXattr));

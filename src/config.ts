@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import Ajv, { type ErrorObject, type JSONSchemaType } from 'ajv';
 import { InputError } from './errors';
+import { FUSE_BACKINGS, type FuseBacking } from './transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 import { checkRegistries, registriesSchema, type RegistriesConfig } from './oci/hosts';
 
@@ -19,6 +20,8 @@ export interface Config {
   prefetch: number;
   /** 'auto': the best the kernel supports (cachefiles, then fanotify, then FUSE). */
   transport: TransportName | 'auto';
+  /** FUSE transport: how EROFS reaches the FUSE files ('auto': file-backed on 6.12+, loop devices before). */
+  fuseBacking: FuseBacking;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   fetch: { concurrency: number };
   /** Mirrors, CAs, TLS and plain HTTP per registry host (src/oci/hosts.ts). */
@@ -33,6 +36,7 @@ export const DEFAULTS: Config = {
   socket: DEFAULT_SOCKET,
   prefetch: 0,
   transport: 'auto',
+  fuseBacking: 'auto',
   logLevel: 'info',
   fetch: { concurrency: 8 },
   registries: { plainHttp: [], insecure: [], hosts: {} },
@@ -54,6 +58,7 @@ const schema: JSONSchemaType<FileConfig> = {
     socket: { type: 'string', minLength: 1, nullable: true },
     prefetch: { type: 'integer', minimum: 0, maximum: 64, nullable: true },
     transport: { type: 'string', enum: ['auto', ...TRANSPORT_NAMES], nullable: true },
+    fuseBacking: { type: 'string', enum: [...FUSE_BACKINGS], nullable: true },
     logLevel: { type: 'string', enum: ['error', 'warn', 'info', 'debug'], nullable: true },
     fetch: {
       type: 'object',

@@ -19,6 +19,7 @@ export interface DaemonFlags {
   metricsAddress?: string;
   cacheMaxBytes?: string;
   transport?: string;
+  fuseBacking?: string;
 }
 
 /** The file's settings, overridden by flags given on the command line. */
@@ -35,6 +36,7 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.metricsAddress !== undefined) c.metrics.address = flags.metricsAddress;
   if (flags.cacheMaxBytes !== undefined) c.cacheMaxBytes = parseSize(flags.cacheMaxBytes);
   if (flags.transport !== undefined) c.transport = flags.transport as Config['transport'];
+  if (flags.fuseBacking !== undefined) c.fuseBacking = flags.fuseBacking as Config['fuseBacking'];
   return c;
 }
 
@@ -50,6 +52,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     metricsAddress: config.metrics.address || undefined,
     cacheMaxBytes: config.cacheMaxBytes,
     transport: config.transport,
+    fuseBacking: config.fuseBacking,
   });
   await daemon.start();
   native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
@@ -57,7 +60,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     try {
       const next = effectiveConfig(flags, cmd);
       log.level = next.logLevel;
-      const restartOnly: string[] = (['cacheDir', 'socket', 'prefetch', 'transport'] as const).filter((k) => next[k] !== config[k]);
+      const restartOnly: string[] = (['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking'] as const).filter((k) => next[k] !== config[k]);
       if (JSON.stringify(next.registries) !== JSON.stringify(config.registries)) restartOnly.push('registries');
       log.info('configuration reloaded', { logLevel: next.logLevel, ...(restartOnly.length ? { needsRestart: restartOnly } : {}) });
     } catch (err) {

@@ -13,6 +13,7 @@ import { mountFileBacked, unmount } from '../mount/file-backed';
 import type { DaemonFlags } from './daemon';
 import { bytes, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
+import { FUSE_BACKINGS } from '../transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
 function mountLocal(outDir: string, target: string): void {
@@ -71,6 +72,7 @@ export function program(): Command {
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
     .addOption(new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices(['auto', ...TRANSPORT_NAMES]))
+    .addOption(new Option('--fuse-backing <mode>', 'FUSE transport: EROFS over the FUSE files directly (file, Linux 6.12+) or through loop devices (default auto: by kernel version)').choices([...FUSE_BACKINGS]))
     .action(async (opts: DaemonFlags, cmd: Command) => (await import('./daemon')).daemonCommand(opts, cmd));
   cli
     .command('doctor')

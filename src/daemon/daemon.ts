@@ -14,6 +14,8 @@ import { CachefilesTransport, FDNAME as CACHEFILES_FDNAME } from '../transport/c
 import { FanotifyTransport } from '../transport/fanotify';
 import type { CacheMissTransport, MountState, TransportName } from '../transport/transport';
 import { forgetListenEnv, inheritedFd } from './fd-store';
+import { FuseTransport } from '../transport/fuse';
+import type { FuseBacking } from '../transport/fuse-backing';
 import { serveControl, type ControlRequest } from './control';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
@@ -32,14 +34,20 @@ export interface DaemonOptions {
   cacheMaxBytes?: number;
   /** 'auto' (default): the best transport this kernel supports. */
   transport?: TransportName | 'auto';
+  /** FUSE transport only: file-backed EROFS or loop devices ('auto': by kernel version). */
+  fuseBacking?: FuseBacking;
 }
 
-function createTransport(name: TransportName, cacheDir: string, onMiss: () => void, cachefilesFd?: number): CacheMissTransport {
+function createTransport(name: TransportName, opts: DaemonOptions, onMiss: () => void, cachefilesFd?: number): CacheMissTransport {
   switch (name) {
     case 'cachefiles':
-      return new CachefilesTransport(cacheDir, onMiss, cachefilesFd);
+      return new CachefilesTransport(opts.cacheDir, onMiss, cachefilesFd);
     case 'fanotify':
       return new FanotifyTransport(onMiss);
+    case 'fuse':
+      // Inside the cache directory (root-only, 0700): one FUSE mount per daemon, found again at the
+      // same place after a crash, and its files reachable by no one else.
+      return new FuseTransport({ dir: path.join(opts.cacheDir, 'fuse'), backing: opts.fuseBacking, onMiss });
     default:
       throw new Error(`transport ${name} is not implemented`);
   }
@@ -75,18 +83,19 @@ export class Daemon {
     );
     this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
     this.budget = new CacheBudget(opts.cacheMaxBytes ?? 0, 0, {
-      evictUnused: (target) => this.evictUnusedBlobs(target).cacheBytes,
+      evictUnused: (target) => this.evictUnusedBlobs(target).freedBytes,
       mounted: () => [...new Set([...this.mounts.values()].flatMap((m) => m.blobs))],
     });
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries, this.budget);
     this.budget.resync(this.evictUnusedBlobs(Infinity).cacheBytes); // measures, evicts nothing
-    this.transport = createTransport(features.chosen, opts.cacheDir, () => this.metrics.misses.inc(), inherited);
+    this.transport = createTransport(features.chosen, opts, () => this.metrics.misses.inc(), inherited);
     const passedOver = requested === 'auto' ? (['cachefiles', 'fanotify', 'fuse'] as const).slice(0, ['cachefiles', 'fanotify', 'fuse'].indexOf(features.chosen)) : [];
     log.info('cache-miss transport chosen', {
       transport: features.chosen,
       requested,
       kernel: features.kernel,
       ...(passedOver.length ? { unavailable: Object.fromEntries(passedOver.map((t) => [t, { cachefiles: features.cachefilesOndemand, fanotify: features.fanotifyPreContent, fuse: features.fuse }[t].detail])) } : {}),
+      ...(this.transport instanceof FuseTransport ? { fuseBacking: this.transport.backing, fuseDir: this.transport.dir } : {}),
     });
   }
 
@@ -264,8 +273,8 @@ export class Daemon {
   async gc(maxBytes = this.opts.cacheMaxBytes ?? 0): Promise<{ removed: string[]; freedBytes: number; evictedChunkBytes: number; cacheBytes: number }> {
     return this.budget.exclusive(async () => {
       const r = this.evictUnusedBlobs(maxBytes);
-      this.budget.resync(r.cacheBytes);
-      const evictedChunkBytes = maxBytes > 0 && r.cacheBytes > maxBytes ? await this.budget.evictChunks(maxBytes) : 0;
+      this.budget.release(r.freedBytes);
+      const evictedChunkBytes = maxBytes > 0 && this.budget.usedBytes > maxBytes ? await this.budget.evictChunks(maxBytes) : 0;
       if (evictedChunkBytes > 0) log.info('cache evicted chunks of mounted images', { freedBytes: evictedChunkBytes, cacheBytes: this.budget.usedBytes });
       return { removed: r.removed, freedBytes: r.freedBytes + evictedChunkBytes, evictedChunkBytes, cacheBytes: this.budget.usedBytes };
     });
@@ -286,6 +295,7 @@ export class Daemon {
       pid: process.pid,
       transport: this.transport.name,
       transportRequests: this.transport.requests,
+      ...(this.transport instanceof FuseTransport ? { fuseBacking: this.transport.backing } : {}),
       fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
       inFlight: this.fetcher.inFlight,
       cacheBytes: this.store.cacheBytes(),

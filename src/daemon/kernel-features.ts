@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { native } from '../native';
 import { probeCachefiles } from '../transport/cachefiles';
+import { kernelHasFileBackedErofs } from '../transport/fuse-backing';
 import type { TransportName } from '../transport/transport';
 
 export type { TransportName };
@@ -56,6 +57,22 @@ function probeFanotify(cacheDir: string): Probe {
   }
 }
 
+/**
+ * FUSE: /dev/fuse opens read-write and the kernel knows the filesystem type. The cache filesystem does
+ * not matter: the FUSE files are served from the cache files, whatever holds them (tmpfs included; a
+ * bootstrap there is served through FUSE too).
+ */
+function probeFuse(): Probe {
+  if (!/\tfuse\n/.test(filesystems())) return { ok: false, detail: 'fuse is not in /proc/filesystems' };
+  try {
+    fs.closeSync(fs.openSync('/dev/fuse', 'r+'));
+    const backing = kernelHasFileBackedErofs() ? 'EROFS file-backed on its files (6.12+)' : 'EROFS through loop devices (kernel before 6.12)';
+    return { ok: true, detail: `/dev/fuse opens read-write; fuse in /proc/filesystems; ${backing}` };
+  } catch (err) {
+    return { ok: false, detail: (err as Error).message };
+  }
+}
+
 /** `requested`: 'auto' (best first: cachefiles, fanotify, FUSE) or one transport to insist on. */
 /** `cachefilesBound`: a bound device was inherited, so it works (probing would only get EBUSY). */
 export function probeKernel(cacheDir: string, requested: TransportName | 'auto' = 'auto', cachefilesBound = false): KernelFeatures {
@@ -71,10 +88,14 @@ export function probeKernel(cacheDir: string, requested: TransportName | 'auto' 
     overlay: { ok: has('overlay'), detail: has('overlay') ? 'in /proc/filesystems' : 'overlay is not in /proc/filesystems' },
     cachefilesOndemand: cachefilesBound ? { ok: true, detail: 'bound /dev/cachefiles inherited from the previous daemon' } : probeCachefiles(cacheDir),
     fanotifyPreContent: probeFanotify(cacheDir),
-    fuse: fs.existsSync('/dev/fuse') ? { ok: true, detail: '/dev/fuse present' } : { ok: false, detail: 'no /dev/fuse' },
-    cacheFs: { ok: ['ext4', 'xfs', 'btrfs'].includes(cacheType), type: cacheType, detail: `${cacheDir} is on ${cacheType}` },
+    fuse: probeFuse(),
+    cacheFs: {
+      ok: ['ext4', 'xfs', 'btrfs'].includes(cacheType),
+      type: cacheType,
+      detail: ['ext4', 'xfs', 'btrfs'].includes(cacheType) ? `${cacheDir} is on ${cacheType}` : `${cacheDir} is on ${cacheType} (fanotify needs ext4, xfs or btrfs; FUSE serves from any)`,
+    },
     chosen: null,
-    implemented: ['cachefiles', 'fanotify'],
+    implemented: ['cachefiles', 'fanotify', 'fuse'],
   };
   const usable: Record<TransportName, Probe> = {
     cachefiles: features.cachefilesOndemand,

@@ -9,13 +9,31 @@ export interface FileBackedMount {
   target: string;
 }
 
-export function mountFileBacked(m: FileBackedMount): void {
-  for (const blob of m.blobs) {
+/** The `device=` options naming each blob (a file, or a block device when the bootstrap is one). */
+export function deviceOptions(blobs: readonly string[]): string {
+  for (const blob of blobs) {
     if (blob.includes(',')) throw new Error(`blob path ${JSON.stringify(blob)} contains a comma, which mount options cannot carry`);
   }
-  const options = m.blobs.map((b) => `device=${b}`).join(',');
+  return blobs.map((b) => `device=${b}`).join(',');
+}
+
+export function mountFileBacked(m: FileBackedMount): void {
+  const options = deviceOptions(m.blobs);
   try {
     native.mount(m.bootstrap, m.target, 'erofs', MS_RDONLY, options);
+  } catch (err) {
+    throw new Error(`mount ${m.bootstrap} on ${m.target} (${options || 'no devices'}): ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * The same mount(2) on the thread pool, the event loop staying free: needed when the blobs are files
+ * this very process serves (FUSE), since the kernel looks them up and opens them during the mount.
+ */
+export async function mountErofsAsync(m: FileBackedMount): Promise<void> {
+  const options = deviceOptions(m.blobs);
+  try {
+    await native.mountAsync(m.bootstrap, m.target, 'erofs', MS_RDONLY, options);
   } catch (err) {
     throw new Error(`mount ${m.bootstrap} on ${m.target} (${options || 'no devices'}): ${(err as Error).message}`, { cause: err });
   }

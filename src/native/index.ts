@@ -86,11 +86,27 @@ export interface CachefilesDevice {
   readonly fd: number;
 }
 
+/** One FUSE connection (/dev/fuse) and the filesystem it serves; the protocol is spoken in JS. */
+export interface FuseSession {
+  /** mount(2) of this connection's filesystem: read-only, root-owned, allow_other, default_permissions. */
+  mount(target: PathLike, fstype: string, flags: number, extraOptions?: string): void;
+  /** `onRequest(request)` for each request read from /dev/fuse; `onRequest(null)` when the connection ends. */
+  start(onRequest: (request: Buffer | null) => void): void;
+  /** Writes one reply; returns 0 or the write's errno (ENOENT: the request is gone, e.g. interrupted). */
+  reply(reply: Buffer): number;
+  /** Stops reading, detaches the mount (MNT_DETACH), closes /dev/fuse: what is still pending fails. */
+  close(): void;
+}
+
 interface NativeAddon {
   FanotifyGroup: new () => FanotifyGroup;
   CachefilesDevice: new () => CachefilesDevice;
   /** The message CachefilesDevice.start would deliver for these bytes (for tests of the parser). */
   parseCachefilesMessage(message: Buffer): CachefilesMessage;
+  FuseSession: new () => FuseSession;
+  /** mount(2) on the thread pool: for mounts whose devices this process serves (FUSE). */
+  mountAsync(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): Promise<void>;
+  umountAsync(target: PathLike, flags?: number): Promise<void>;
   mount(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): void;
   umount(target: PathLike, flags?: number): void;
   listXattrs(path: PathLike): Buffer[];
@@ -122,4 +138,6 @@ export const native: NativeAddon = require(
 ) as NativeAddon;
 
 export const MS_RDONLY = 1;
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
 export const MNT_DETACH = 2;

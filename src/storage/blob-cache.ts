@@ -28,8 +28,11 @@ export class BlobCache {
   private readonly writtenAt: Float64Array;
   /** Readers using each chunk right now (fetching, writing or reading it): pinned chunks are never evicted. */
   private readonly pins: Uint16Array;
+  /** Chunk writes under way, so that concurrent readers of one chunk write (and reserve room for) it once. */
+  private readonly writing = new Map<number, Promise<void>>();
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
   private readonly punching = new Map<number, Promise<void>>();
+  private closed = false;
   /** Reads answered from the cache file alone / that needed chunks fetched. */
   hits = 0;
   misses = 0;
@@ -123,11 +126,25 @@ export class BlobCache {
       for (const [k, d] of data.entries()) {
         const i = slots[k];
         if (this.present[i]) continue; // another reader's fetch wrote it meanwhile
-        await this.space?.reserve(alignedEnd(missing[k]) - missing[k].uncompressedOffset, this);
-        await this.punching.get(i)?.catch(() => undefined);
-        await write(missing[k].uncompressedOffset, d);
-        this.present[i] = 1;
-        this.writtenAt[i] = ++BlobCache.clock;
+        const other = this.writing.get(i);
+        if (other) {
+          // Another reader is writing this chunk: wait for it rather than reserve room and write twice.
+          await other;
+          if (this.present[i]) continue;
+        }
+        const writing = (async () => {
+          await this.space?.reserve(alignedEnd(missing[k]) - missing[k].uncompressedOffset, this);
+          await this.punching.get(i)?.catch(() => undefined);
+          await write(missing[k].uncompressedOffset, d);
+          this.present[i] = 1;
+          this.writtenAt[i] = ++BlobCache.clock;
+        })();
+        this.writing.set(i, writing.catch(() => undefined));
+        try {
+          await writing;
+        } finally {
+          this.writing.delete(i);
+        }
       }
     } finally {
       for (const i of slots) this.pins[i]--;
@@ -135,23 +152,11 @@ export class BlobCache {
     return missing.length;
   }
 
-  /**
-   * The verified bytes of [start, end), fetching what is missing; the chunks stay pinned until read,
-   * so an eviction cannot turn them into zeros in between.
-   */
+  /** The verified bytes of [start, end), fetching what is missing (see readInto). */
   async read(start: number, end: number, priority: Priority = 'demand'): Promise<{ data: Buffer; fetched: number }> {
-    const [first, last] = chunkIndexRange(this.index.chunks, start, end);
-    for (let i = first; i < last; i++) this.pins[i]++;
-    try {
-      const fetched = await this.ensure(start, end, priority);
-      const data = Buffer.alloc(end - start);
-      await new Promise<void>((resolve, reject) =>
-        fs.read(this.fd, data, 0, data.length, start, (err, n) => (err ? reject(err) : n !== data.length ? reject(new Error(`${this.path}: short read at ${start}`)) : resolve())),
-      );
-      return { data, fetched };
-    } finally {
-      for (let i = first; i < last; i++) this.pins[i]--;
-    }
+    const data = Buffer.alloc(end - start);
+    const fetched = await this.readInto(data, 0, end - start, start, priority);
+    return { data, fetched };
   }
 
   /** Write time of the oldest chunk that could be evicted now, or Infinity. */
@@ -209,7 +214,33 @@ export class BlobCache {
     return out;
   }
 
+  /**
+   * Makes [position, position + length) present (fetching and verifying what is missing) and reads it
+   * into `buf` on the thread pool, its chunks pinned throughout so that an eviction cannot turn them
+   * into zeros in between. Throws rather than return fewer bytes. Resolves to the chunks fetched.
+   */
+  async readInto(buf: Buffer, bufOffset: number, length: number, position: number, priority: Priority = 'demand'): Promise<number> {
+    const [first, last] = chunkIndexRange(this.index.chunks, position, position + length);
+    for (let i = first; i < last; i++) this.pins[i]++;
+    try {
+      const fetched = await this.ensure(position, position + length, priority);
+      for (let done = 0; done < length; ) {
+        // Checked on every step: after close() the fd number may belong to another file.
+        if (this.closed) throw new Error(`cache file ${this.path} is closed`);
+        const n = await new Promise<number>((resolve, reject) =>
+          fs.read(this.fd, buf, bufOffset + done, length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
+        );
+        if (n === 0) throw new Error(`cache file ${this.path} ends at ${position + done}, before ${position + length}`);
+        done += n;
+      }
+      return fetched;
+    } finally {
+      for (let i = first; i < last; i++) this.pins[i]--;
+    }
+  }
+
   close(): void {
+    this.closed = true;
     fs.closeSync(this.fd);
   }
 }

@@ -5,7 +5,7 @@ import { log } from '../log';
 import type { BlobCache, SpaceReserver } from './blob-cache';
 
 export interface BudgetSources {
-  /** Removes unused blob files, LRU first, until the cache takes at most `target` bytes; returns its size after. */
+  /** Removes unused blob files, LRU first, until the cache takes at most `target` bytes; returns the bytes freed. */
   evictUnused(target: number): number;
   /** Blobs of mounted images. */
   mounted(): readonly BlobCache[];
@@ -29,9 +29,15 @@ export class CacheBudget implements SpaceReserver {
     return this.used;
   }
 
-  /** After something outside the budget changed the cache (gc, a removed file): its measured size. */
+  /** The cache's measured size, when nothing is being written (at start). */
   resync(used: number): void {
     this.used = used;
+  }
+
+  /** Bytes freed outside the budget (gc removing unused blob files). */
+  release(bytes: number): void {
+    this.used -= bytes;
+    this.evictedBytes += bytes;
   }
 
   /** Evicts the oldest chunks of mounted blobs until the cache takes at most `target`; returns bytes freed. */
@@ -74,7 +80,10 @@ export class CacheBudget implements SpaceReserver {
       return;
     }
     const target = Math.max(0, Math.floor(this.limit * (1 - HEADROOM)) - bytes);
-    this.used = this.sources.evictUnused(target);
+    // Freed bytes, not a fresh measurement: chunks reserved but not written yet are not on disk so far.
+    const freed = this.sources.evictUnused(target);
+    this.used -= freed;
+    this.evictedBytes += freed;
     await this.evictChunks(target);
     if (this.used + bytes > this.limit && !this.warned) {
       // Only chunks under active reads are left: serving them correctly comes before the bound.

@@ -2,6 +2,7 @@
 // (umoci writes whiteouts for deletions; `umoci raw add-layer` carries a hand-made opaque directory).
 // Built images are cached under CACHE_DIR, since debootstrap takes about a minute.
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -143,6 +144,23 @@ export function pythonImage(): UmociImage {
     img.layer((r) => copyTree(debootstrapRootfs(), r));
     img.layer((r) => copyTree(debootstrapPythonRootfs(), r));
     img.config(['--config.cmd', 'python3', '--config.cmd', '-c', '--config.cmd', 'print(42)']);
+  });
+  return new UmociImage(path.join(layoutDir, 'layout'), 'latest');
+}
+
+/** One layer holding `big`: 200 MiB of random bytes (throughput benchmarks). */
+export function bigFileImage(): UmociImage {
+  const layoutDir = cached('oci-bigfile-200m', (dir) => {
+    fs.mkdirSync(dir);
+    const img = new UmociImage(path.join(dir, 'layout'), 'latest').create();
+    img.layer((r) => {
+      const fd = fs.openSync(path.join(r, 'big'), 'w');
+      try {
+        for (let i = 0; i < 200; i++) fs.writeSync(fd, randomBytes(1 << 20));
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
   });
   return new UmociImage(path.join(layoutDir, 'layout'), 'latest');
 }

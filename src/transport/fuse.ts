@@ -1,0 +1,575 @@
+// FUSE transport (any Linux with FUSE): this daemon serves one read-only FUSE filesystem in which each
+// attached blob is a regular file named by its digest's hex, of the blob's uncompressed size. EROFS
+// is mounted on top: file-backed with `device=<FUSE file>` (Linux 6.12+), or on older kernels through
+// loop devices over those files. Every read EROFS makes of a blob becomes a FUSE READ: the missing
+// chunks are fetched, verified and written to the blob's cache file, then the range is read from the
+// cache file and sent back. A failure is EIO, never other bytes; a dead daemon means EIO, not zeros.
+import fs from 'node:fs';
+import path from 'node:path';
+import { log } from '../log';
+import { attachLoop, detachLoop, loopDirectIo } from '../mount/loop';
+import { mountErofsAsync, deviceOptions } from '../mount/file-backed';
+import { mounts } from '../mount/mountinfo';
+import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native, type FuseSession } from '../native';
+import type { BlobCache } from '../storage/blob-cache';
+import * as P from './fuse-protocol';
+import type { CacheMissTransport, MountableImage } from './transport';
+
+import { kernelHasFileBackedErofs, type FuseBacking } from './fuse-backing';
+
+export const FUSE_FSTYPE = 'fuse.erofs-ondemand';
+/** Names and attributes never change while a blob is attached: the kernel may cache them long. */
+const ENTRY_TTL_SECONDS = 3600;
+const O_ACCMODE = 3;
+/** The largest READ reply: 256 pages (max_pages) and the header. */
+const REPLY_BUFFER_SIZE = P.OUT_HEADER_SIZE + 256 * 4096;
+const MAX_POOLED_BUFFERS = 64;
+const NO_REPLY_OPCODES = new Set<number>([P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT]);
+const W_OK = 2;
+
+
+/** What a FUSE file serves: a blob's cache (fetching what is missing) or a local file as it is. */
+export interface ServedFile {
+  readonly size: number;
+  /** For logs: which image and blob. */
+  readonly what: string;
+  /** Makes [start, end) present; resolves to the number of chunks fetched. */
+  ensure(start: number, end: number): Promise<number>;
+  read(buf: Buffer, bufOffset: number, length: number, position: number): Promise<void>;
+}
+
+export function servedBlob(blob: BlobCache): ServedFile {
+  return {
+    size: blob.index.trailer.uncompressedSize,
+    what: blob.remote.what,
+    ensure: (start, end) => blob.ensure(start, end, 'demand'),
+    // readInto pins the chunks and makes sure again: an eviction since `ensure` is fetched back, never read as zeros.
+    read: async (buf, bufOffset, length, position) => void (await blob.readInto(buf, bufOffset, length, position)),
+  };
+}
+
+/** A local file served as it is (a bootstrap whose filesystem cannot back an EROFS mount, e.g. tmpfs). */
+export function servedLocalFile(file: string): ServedFile & { close(): void } {
+  const fd = fs.openSync(file, 'r');
+  let closed = false;
+  return {
+    size: fs.fstatSync(fd).size,
+    what: file,
+    ensure: async () => 0,
+    read: async (buf, bufOffset, length, position) => {
+      for (let done = 0; done < length; ) {
+        if (closed) throw new Error(`${file} is closed`);
+        const n = await new Promise<number>((resolve, reject) => fs.read(fd, buf, bufOffset + done, length - done, position + done, (e, b) => (e ? reject(e) : resolve(b))));
+        if (n === 0) throw new Error(`${file} ends at ${position + done}`);
+        done += n;
+      }
+    },
+    close: () => {
+      closed = true;
+      fs.closeSync(fd);
+    },
+  };
+}
+
+interface Node {
+  ino: number;
+  name: Buffer;
+  file: ServedFile;
+  size: number;
+  /** Mounts using this blob; 0: not listed, not found by lookup, not opened. */
+  refs: number;
+}
+
+export interface BlobFsOptions {
+  /** FOPEN_DIRECT_IO on blob files (the default): no second copy of the data in the FUSE file's page cache. */
+  directIo?: boolean;
+  onMiss?: () => void;
+}
+
+/**
+ * The filesystem behind the FUSE connection: requests in, replies out through `send`. Knows nothing
+ * of /dev/fuse, so the protocol handling is testable with any bytes.
+ */
+export class BlobFs {
+  private readonly nodes = new Map<number, Node>();
+  private readonly byName = new Map<string, Node>();
+  private nextIno = P.ROOT_ID + 1;
+  private readonly dirHandles = new Map<bigint, P.DirEntry[]>();
+  private nextDirHandle = 1n;
+  /** Requests read and not answered yet, by unique id. */
+  private readonly pending = new Set<bigint>();
+  private closed = false;
+  private malformed = 0;
+  /** READ requests received. */
+  reads = 0;
+  private readonly started = Math.floor(Date.now() / 1000);
+  readonly directIo: boolean;
+  private readonly onMiss: () => void;
+  /** What INIT settled: protocol minor and max request size. */
+  negotiated: { minor: number; maxPages: number; flags: number } | null = null;
+
+  constructor(
+    private readonly send: (reply: Buffer) => void,
+    opts: BlobFsOptions = {},
+  ) {
+    this.directIo = opts.directIo ?? true;
+    this.onMiss = opts.onMiss ?? (() => undefined);
+  }
+
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /** Lists `file` as `name` (or counts one more user of it); its inode number stays for the session. */
+  attach(name: string, file: ServedFile): void {
+    let node = this.byName.get(name);
+    if (!node) {
+      node = { ino: this.nextIno++, name: Buffer.from(name), file, size: file.size, refs: 0 };
+      this.nodes.set(node.ino, node);
+      this.byName.set(name, node);
+    }
+    node.file = file; // after an eviction the same blob comes back as a new BlobCache
+    node.size = file.size;
+    node.refs++;
+  }
+
+  /** One user less; at none the name is no longer listed, found or opened. */
+  detach(name: string): void {
+    const node = this.byName.get(name);
+    if (node && node.refs > 0) node.refs--;
+  }
+
+  /** Handles one request from the kernel; never throws. */
+  handle(buf: Buffer): void {
+    let parsed: ReturnType<typeof P.parseRequest>;
+    try {
+      parsed = P.parseRequest(buf);
+    } catch (err) {
+      const header = err instanceof P.ProtocolError ? err.header : undefined;
+      // Loud for the first few only: a broken peer must not flood the log.
+      log.log(this.malformed++ < 10 ? 'warn' : 'debug', 'malformed FUSE request', { error: (err as Error).message, opcode: header?.opcode });
+      // Answerable when its header was readable, unless it is of a kind that takes no answer.
+      if (header && !NO_REPLY_OPCODES.has(header.opcode)) this.answer(header.unique, P.reply(header.unique, P.Errno.EINVAL), true);
+      return;
+    }
+    const { header, req } = parsed;
+    if (P.expectsNoReply(req)) return; // FORGET/BATCH_FORGET: nodes live for the session; INTERRUPT: reads finish anyway
+    this.pending.add(header.unique);
+    try {
+      const r = this.dispatch(header, req);
+      if (r instanceof Promise) {
+        r.then(
+          (out) => out && this.answer(header.unique, out),
+          (err: Error) => {
+            log.error('FUSE request failed', { opcode: header.opcode, error: err.message });
+            this.answer(header.unique, P.reply(header.unique, P.Errno.EIO));
+          },
+        );
+      } else {
+        this.answer(header.unique, r);
+      }
+    } catch (err) {
+      log.error('FUSE request failed', { opcode: header.opcode, error: (err as Error).message });
+      this.answer(header.unique, P.reply(header.unique, P.Errno.EIO));
+    }
+  }
+
+  private answer(unique: bigint, out: Buffer, untracked = false): void {
+    if (!untracked && !this.pending.delete(unique)) return; // answered at close
+    if (this.closed) return;
+    this.send(out);
+  }
+
+  /** Answers every pending request with EIO; later completions are dropped. */
+  close(): void {
+    for (const unique of this.pending) this.send(P.reply(unique, P.Errno.EIO));
+    this.pending.clear();
+    this.closed = true;
+  }
+
+  private rootAttr(): P.Attr {
+    return { ino: P.ROOT_ID, size: 0, mode: P.S_IFDIR | 0o555, nlink: 2, time: this.started };
+  }
+
+  private nodeAttr(n: Node): P.Attr {
+    return { ino: n.ino, size: n.size, mode: P.S_IFREG | 0o444, nlink: 1, time: this.started };
+  }
+
+  private attached(ino: number): Node | undefined {
+    const n = this.nodes.get(ino);
+    return n && n.refs > 0 ? n : undefined;
+  }
+
+  private dispatch(h: P.RequestHeader, req: P.Request): Buffer | Promise<Buffer | null> {
+    const u = h.unique;
+    const err = (errno: number) => P.reply(u, errno);
+    switch (req.op) {
+      case 'init':
+        return this.init(u, req);
+      case 'lookup': {
+        if (h.nodeid !== P.ROOT_ID) return err(this.nodes.has(h.nodeid) ? P.Errno.ENOTDIR : P.Errno.ENOENT);
+        const n = this.byName.get(req.name.toString('latin1'));
+        if (!n || n.refs === 0) return err(P.Errno.ENOENT);
+        return P.reply(u, 0, P.entryOut(this.nodeAttr(n), ENTRY_TTL_SECONDS));
+      }
+      case 'getattr': {
+        if (h.nodeid === P.ROOT_ID) return P.reply(u, 0, P.attrOut(this.rootAttr(), ENTRY_TTL_SECONDS));
+        const n = this.nodes.get(h.nodeid);
+        return n ? P.reply(u, 0, P.attrOut(this.nodeAttr(n), ENTRY_TTL_SECONDS)) : err(P.Errno.ENOENT);
+      }
+      case 'open': {
+        if (h.nodeid === P.ROOT_ID) return err(P.Errno.EISDIR);
+        if (!this.attached(h.nodeid)) return err(P.Errno.ENOENT);
+        if ((req.flags & O_ACCMODE) !== 0) return err(P.Errno.EROFS);
+        // NOFLUSH: a close sends no FLUSH (nothing to flush; losetup's close would wait on it).
+        return P.reply(u, 0, P.openOut(0n, (this.directIo ? P.OpenFlag.DIRECT_IO : P.OpenFlag.KEEP_CACHE) | P.OpenFlag.NOFLUSH));
+      }
+      case 'read':
+        return this.read(h, req);
+      case 'release':
+      case 'flush':
+      case 'destroy':
+        return P.reply(u, 0);
+      case 'opendir': {
+        if (h.nodeid !== P.ROOT_ID) return err(this.nodes.has(h.nodeid) ? P.Errno.ENOTDIR : P.Errno.ENOENT);
+        // A snapshot per open directory: offsets stay meaningful however attachments change.
+        const entries: P.DirEntry[] = [
+          { ino: P.ROOT_ID, name: Buffer.from('.'), dir: true },
+          { ino: P.ROOT_ID, name: Buffer.from('..'), dir: true },
+          ...[...this.nodes.values()].filter((n) => n.refs > 0).map((n) => ({ ino: n.ino, name: n.name, dir: false })),
+        ];
+        const fh = this.nextDirHandle++;
+        this.dirHandles.set(fh, entries);
+        return P.reply(u, 0, P.openOut(fh, 0));
+      }
+      case 'readdir': {
+        const entries = this.dirHandles.get(req.fh);
+        if (!entries) return err(P.Errno.EBADF);
+        return P.reply(u, 0, P.dirents(entries, Math.min(req.offset, entries.length), req.size));
+      }
+      case 'releasedir':
+        this.dirHandles.delete(req.fh);
+        return P.reply(u, 0);
+      case 'statfs': {
+        const live = [...this.nodes.values()].filter((n) => n.refs > 0);
+        return P.reply(u, 0, P.statfsOut({ blocks: live.reduce((s, n) => s + Math.ceil(n.size / 4096), 0), files: live.length + 1, bsize: 4096, namelen: 255 }));
+      }
+      case 'getxattr':
+        return err(P.Errno.ENODATA);
+      case 'listxattr':
+        return req.size === 0 ? P.reply(u, 0, P.getxattrOut(0)) : P.reply(u, 0);
+      case 'access':
+        return err(req.mask & W_OK ? P.Errno.EROFS : 0);
+      default:
+        return err(P.Errno.ENOSYS);
+    }
+  }
+
+  private init(u: bigint, req: Extract<P.Request, { op: 'init' }>): Buffer {
+    if (req.major < P.KERNEL_MAJOR || (req.major === P.KERNEL_MAJOR && req.minor < P.MIN_KERNEL_MINOR)) {
+      log.error('FUSE protocol of this kernel is too old', { kernel: `${req.major}.${req.minor}`, needed: `${P.KERNEL_MAJOR}.${P.MIN_KERNEL_MINOR}` });
+      return P.reply(u, P.Errno.EPROTO);
+    }
+    const minor = req.major > P.KERNEL_MAJOR ? P.OUR_MINOR : Math.min(req.minor, P.OUR_MINOR);
+    // Async reads: many READs of one file in flight. ASYNC_DIO: a direct read is split into
+    // parallel requests. MAX_PAGES: requests up to 1 MiB (256 pages, the kernel's default ceiling).
+    const wanted = P.InitFlag.ASYNC_READ | P.InitFlag.ASYNC_DIO | P.InitFlag.PARALLEL_DIROPS | P.InitFlag.MAX_PAGES;
+    const flags = req.flags & wanted;
+    const maxPages = flags & P.InitFlag.MAX_PAGES ? 256 : 32;
+    this.negotiated = { minor, maxPages, flags };
+    log.debug('FUSE session initialised', { kernel: `${req.major}.${req.minor}`, minor, flags, maxReadahead: req.maxReadahead });
+    return P.reply(
+      u,
+      0,
+      P.initOut({
+        minor,
+        maxReadahead: req.maxReadahead, // the kernel only ever lowers its own value with this
+        flags,
+        // Async READs are "background" requests: allow many in flight (the default is 12).
+        maxBackground: 64,
+        congestionThreshold: 48,
+        maxWrite: 4096, // read-only: the minimum
+        maxPages,
+      }),
+    );
+  }
+
+  /** READ data goes out from pooled buffers: a fresh 1 MiB buffer per request costs page faults and GC. */
+  private readonly buffers: Buffer[] = [];
+
+  private sendData(unique: bigint, out: Buffer): void {
+    if (this.pending.delete(unique) && !this.closed) this.send(out);
+  }
+
+  /** Resolves to the reply, or to null when the data reply was sent already. */
+  private async read(h: P.RequestHeader, req: Extract<P.Request, { op: 'read' }>): Promise<Buffer | null> {
+    if (h.nodeid === P.ROOT_ID) return P.reply(h.unique, P.Errno.EISDIR);
+    this.reads++;
+    const node = this.attached(h.nodeid);
+    if (!node) return P.reply(h.unique, P.Errno.EIO);
+    // The kernel sends at most max_pages (256) pages; anything larger is not from it.
+    if (req.size > REPLY_BUFFER_SIZE - P.OUT_HEADER_SIZE) return P.reply(h.unique, P.Errno.EINVAL);
+    const start = Math.min(req.offset, node.size);
+    const end = Math.min(node.size, start + req.size);
+    const file = node.file;
+    try {
+      if (end > start) {
+        const fetched = await file.ensure(start, end);
+        if (fetched > 0) this.onMiss();
+      }
+      const pooled = this.buffers.pop() ?? Buffer.allocUnsafeSlow(REPLY_BUFFER_SIZE);
+      const out = P.dataReply(h.unique, end - start, pooled);
+      try {
+        await file.read(out.buf, P.OUT_HEADER_SIZE, end - start, start);
+        this.sendData(h.unique, out.finish(end - start));
+      } finally {
+        // The reply is written synchronously: the buffer is free again.
+        if (this.buffers.length < MAX_POOLED_BUFFERS) this.buffers.push(pooled);
+      }
+      return null;
+    } catch (err) {
+      log.error('cache miss not served', { blob: file.what, offset: req.offset, count: req.size, pid: h.pid, error: (err as Error).message });
+      return P.reply(h.unique, P.Errno.EIO);
+    }
+  }
+}
+
+export interface FuseTransportOptions {
+  /** Mount point of the FUSE filesystem; the daemon uses <cacheDir>/fuse. */
+  dir: string;
+  backing?: FuseBacking;
+  directIo?: boolean;
+  /** EROFS read-ahead in KiB set on each mount (0: leave the kernel's default). */
+  readAheadKb?: number;
+  onMiss?: () => void;
+}
+
+/** The FUSE files one mount uses: blob names, and local files served for it alone. */
+interface MountedImage {
+  names: string[];
+  /** Names of local files served through FUSE for it (bootstraps on tmpfs). */
+  local: string[];
+}
+
+/** Detaches whatever is mounted on `dir` (a FUSE mount left by a daemon that died: its reads fail). */
+export function detachStale(dir: string): number {
+  let n = 0;
+  while (mounts().some((m) => m.target === dir) && n < 16) {
+    native.umount(dir, MNT_DETACH);
+    n++;
+  }
+  return n;
+}
+
+export class FuseTransport implements CacheMissTransport {
+  readonly name = 'fuse' as const;
+  readonly zerosWithoutDaemon = false;
+  readonly dir: string;
+  get requests(): number {
+    return this.fs.reads;
+  }
+  readonly backing: 'file' | 'loop';
+  private readonly readAheadKb: number;
+  private readonly session: FuseSession;
+  readonly fs: BlobFs;
+  private readonly mounted = new Map<string, MountedImage>();
+  private closed = false;
+  private mounting: Promise<void> = Promise.resolve();
+  private readonly localFiles = new Map<string, { file: ReturnType<typeof servedLocalFile>; refs: number }>();
+  /** bdi directory of each mount whose read-ahead was raised (for tests and benchmarks). */
+  readonly bdis = new Map<string, string>();
+
+  constructor(opts: FuseTransportOptions) {
+    this.dir = path.resolve(opts.dir);
+    const backing = opts.backing ?? 'auto';
+    this.backing = backing === 'auto' ? (kernelHasFileBackedErofs() ? 'file' : 'loop') : backing;
+    this.readAheadKb = opts.readAheadKb ?? 4096;
+    // First: a dead FUSE mount fails even a stat of its mount point (ENOTCONN).
+    const stale = detachStale(this.dir);
+    if (stale > 0) log.warn('detached a FUSE mount left by a daemon that is gone', { dir: this.dir });
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.session = new native.FuseSession();
+    this.fs = new BlobFs((reply) => this.send(reply), { directIo: opts.directIo, onMiss: opts.onMiss });
+    try {
+      this.session.mount(this.dir, FUSE_FSTYPE, MS_RDONLY | MS_NOSUID | MS_NODEV);
+    } catch (err) {
+      this.session.close();
+      throw err;
+    }
+    // A daemon that exits without close() (an uncaught error) still detaches its FUSE mount; only
+    // SIGKILL leaves one behind, which the next daemon detaches at start.
+    process.on('exit', this.detachAtExit);
+    this.session.start((req) => {
+      if (req) this.fs.handle(req);
+      else if (!this.closed) log.error('FUSE connection ended while the daemon runs (unmounted or aborted)', { dir: this.dir });
+    });
+  }
+
+  private send(reply: Buffer): void {
+    const errno = this.session.reply(reply);
+    // ENOENT: the request was interrupted or aborted meanwhile; nobody waits for the answer.
+    if (errno !== 0 && errno !== 2) log.warn('FUSE reply not written', { errno, unique: reply.readBigUInt64LE(8).toString() });
+  }
+
+  /** The FUSE file of a blob, as EROFS sees it: named by the blob digest's hex. */
+  blobFile(blob: BlobCache): string {
+    return path.join(this.dir, path.basename(blob.path));
+  }
+
+  async mount(image: MountableImage, target: string): Promise<void> {
+    if (this.closed) throw new Error('FUSE transport is closed');
+    // One mount at a time: the file-backed EROFS bdi is found as the one that appears during the mount.
+    const previous = this.mounting;
+    let done = () => undefined as void;
+    this.mounting = new Promise<void>((r) => (done = r));
+    await previous;
+    const names = image.blobs.map((b) => path.basename(b.path));
+    image.blobs.forEach((b, i) => this.fs.attach(names[i], servedBlob(b)));
+    const used: MountedImage = { names, local: [] };
+    try {
+      const bdisBefore = erofsBdiNames();
+      const files = names.map((n) => path.join(this.dir, n));
+      // Never stat or open anything on these mounts from this thread: it answers their FUSE requests.
+      let bdi: string | null;
+      if (this.backing === 'file') {
+        await this.mountFileBacked(image.bootstrapPath, files, target, used);
+        bdi = newErofsBdi(bdisBefore);
+      } else {
+        bdi = blockDeviceBdi(await this.mountThroughLoops(image.bootstrapPath, files, target));
+      }
+      this.mounted.set(target, used);
+      this.raiseReadAhead(target, bdi);
+    } catch (err) {
+      this.release(used);
+      throw err;
+    } finally {
+      done();
+    }
+  }
+
+  /**
+   * File-backed EROFS over the FUSE files, the bootstrap read from the cache directory. A bootstrap on
+   * a filesystem that cannot back a mount (tmpfs has no read_folio: ENOTBLK) is served through FUSE too.
+   */
+  private async mountFileBacked(bootstrap: string, files: string[], target: string, used: MountedImage): Promise<void> {
+    try {
+      await mountErofsAsync({ bootstrap, blobs: files, target });
+      return;
+    } catch (err) {
+      if ((err as { cause?: { code?: string } }).cause?.code !== 'ENOTBLK') throw err;
+    }
+    const name = `bootstrap-${path.basename(bootstrap)}`;
+    // One open file per bootstrap, however many mounts of the image use it.
+    let local = this.localFiles.get(name);
+    if (!local) {
+      local = { file: servedLocalFile(bootstrap), refs: 0 };
+      this.localFiles.set(name, local);
+    }
+    local.refs++;
+    this.fs.attach(name, local.file);
+    used.local.push(name);
+    log.info('bootstrap served through FUSE: its filesystem cannot back an EROFS mount', { bootstrap });
+    await mountErofsAsync({ bootstrap: path.join(this.dir, name), blobs: files, target });
+  }
+
+  private release(used: MountedImage): void {
+    for (const n of used.names) this.fs.detach(n);
+    for (const name of used.local) {
+      this.fs.detach(name);
+      const local = this.localFiles.get(name);
+      if (local && --local.refs === 0) {
+        local.file.close();
+        this.localFiles.delete(name);
+      }
+    }
+  }
+
+  /**
+   * Kernels before 6.12: loop devices (read-only, direct I/O: no second page cache) over the FUSE
+   * files and the bootstrap, EROFS on the bootstrap's device with `device=` the blobs' devices (files
+   * and devices cannot be mixed). The devices are detached right after the mount: still in use, the
+   * kernel marks them autoclear, so they go away with the mount, even if this daemon dies.
+   */
+  private async mountThroughLoops(bootstrap: string, files: readonly string[], target: string): Promise<string> {
+    const devices: string[] = [];
+    try {
+      for (const f of files) devices.push(await attachLoop(f));
+      const boot = await attachLoop(bootstrap);
+      devices.push(boot);
+      for (const d of devices) if (!loopDirectIo(d)) log.warn('loop device without direct I/O: data is cached twice', { device: d });
+      const options = deviceOptions(devices.slice(0, -1));
+      try {
+        await native.mountAsync(boot, target, 'erofs', MS_RDONLY, options);
+        return boot;
+      } catch (err) {
+        throw new Error(`mount ${boot} (${bootstrap}) on ${target} (${options || 'no devices'}): ${(err as Error).message}`, { cause: err });
+      }
+    } finally {
+      for (const d of devices) await detachLoop(d).catch((e: Error) => log.warn('loop device not detached', { device: d, error: e.message }));
+    }
+  }
+
+  /**
+   * EROFS reads ahead 128 KiB by default: each miss is then a 128 KiB FUSE READ. A larger window
+   * gives requests up to 1 MiB (the FUSE ceiling), which pays whenever a read waits (FACTS.md).
+   */
+  private raiseReadAhead(target: string, bdi: string | null): void {
+    if (this.readAheadKb <= 0) return;
+    if (!bdi) {
+      log.warn('EROFS read-ahead left at its default: its bdi is not known (another EROFS mounted at the same time?)', { target });
+      return;
+    }
+    try {
+      fs.writeFileSync(path.join(bdi, 'read_ahead_kb'), String(this.readAheadKb));
+      this.bdis.set(target, bdi);
+    } catch (err) {
+      log.warn('EROFS read-ahead not raised', { target, bdi, error: (err as Error).message });
+    }
+  }
+
+  async unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
+    await native.umountAsync(target, opts.lazy ? MNT_DETACH : 0);
+    const used = this.mounted.get(target);
+    this.mounted.delete(target);
+    this.bdis.delete(target);
+    if (used) this.release(used);
+  }
+
+  /** Answers whatever is pending with EIO, detaches the FUSE mount, closes the connection. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    process.off('exit', this.detachAtExit);
+    this.fs.close();
+    this.session.close();
+  }
+
+  private readonly detachAtExit = (): void => {
+    if (!this.closed) this.session.close();
+  };
+}
+
+/** bdi names of file-backed EROFS superblocks (erofs-<sequence number>). */
+export function erofsBdiNames(): Set<string> {
+  return new Set(fs.readdirSync('/sys/class/bdi').filter((n) => n.startsWith('erofs-')));
+}
+
+/** The bdi of a block device (read-ahead of a filesystem on it): /sys/class/bdi/<major:minor>. */
+export function blockDeviceBdi(dev: string): string | null {
+  try {
+    const dir = `/sys/class/bdi/${fs.readFileSync(`/sys/class/block/${path.basename(dev)}/dev`, 'utf8').trim()}`;
+    return fs.existsSync(dir) ? dir : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A file-backed EROFS superblock gets a bdi of its own named by a global counter (erofs-N), which
+ * nothing maps back to the mount: it is the one that appeared during the mount (`before`: the names
+ * just before it), when exactly one did.
+ */
+export function newErofsBdi(before: Set<string>): string | null {
+  const appeared = [...erofsBdiNames()].filter((n) => !before.has(n));
+  return appeared.length === 1 ? `/sys/class/bdi/${appeared[0]}` : null;
+}
