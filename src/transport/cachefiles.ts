@@ -26,6 +26,8 @@ export const DOMAIN_ID = 'erofs-ondemand';
 const READ_TIMEOUT_MS = Number(process.env.EROFS_ONDEMAND_READ_TIMEOUT_MS ?? 120_000);
 /** The device fd's name in systemd's fd store (LISTEN_FDNAMES when it is handed back). */
 export const FDNAME = 'cachefiles';
+/** The kernel's culling limits, written out so that they are the daemon's choice, not an accident. */
+const CULLING = ['brun 10%', 'bcull 7%', 'bstop 3%', 'frun 10%', 'fcull 7%', 'fstop 3%'];
 /** Longest cookie key accepted: fsids we hand out are shorter, device tags are 64 hex digits. */
 const MAX_KEY = 256;
 
@@ -99,6 +101,8 @@ export class CachefilesTransport implements CacheMissTransport {
     try {
       this.dev.command(`dir ${dir}`);
       this.dev.command('tag erofs-ondemand');
+      // Culling by free space and files on the cache filesystem: cull below 7%, stop caching below 3%.
+      for (const c of CULLING) this.dev.command(c);
       this.dev.command('bind ondemand');
     } catch (err) {
       this.dev.close();
