@@ -89,12 +89,11 @@ export class Daemon {
     this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries, this.budget);
     this.budget.resync(this.evictUnusedBlobs(Infinity).cacheBytes); // measures, evicts nothing
     this.transport = createTransport(features.chosen, opts, () => this.metrics.misses.inc(), inherited);
-    const passedOver = requested === 'auto' ? (['cachefiles', 'fanotify', 'fuse'] as const).slice(0, ['cachefiles', 'fanotify', 'fuse'].indexOf(features.chosen)) : [];
     log.info('cache-miss transport chosen', {
       transport: features.chosen,
       requested,
       kernel: features.kernel,
-      ...(passedOver.length ? { unavailable: Object.fromEntries(passedOver.map((t) => [t, { cachefiles: features.cachefilesOndemand, fanotify: features.fanotifyPreContent, fuse: features.fuse }[t].detail])) } : {}),
+      ...(features.passedOver ? { unavailable: features.passedOver } : {}),
       ...(this.transport instanceof FuseTransport ? { fuseBacking: this.transport.backing, fuseDir: this.transport.dir } : {}),
     });
   }

@@ -19,6 +19,8 @@ export interface PreparedImage {
   ref: string;
   /** The lazy image's manifest digest. */
   digest: string;
+  /** sha256:... of the bootstrap, verified when it was downloaded. */
+  bootstrapDigest: string;
   bootstrapPath: string;
   blobs: BlobCache[];
 }
@@ -125,7 +127,7 @@ export class ImageStore {
     }
     const blobs: BlobCache[] = [];
     for (const desc of blobDescs) blobs.push(await this.blob(ref, client, repo, desc));
-    return { ref, digest, bootstrapPath, blobs };
+    return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs };
   }
 
   private async blob(ref: string, client: HostClient, repo: string, desc: Descriptor): Promise<BlobCache> {

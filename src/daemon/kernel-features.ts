@@ -5,7 +5,7 @@ import path from 'node:path';
 import { native } from '../native';
 import { probeCachefiles } from '../transport/cachefiles';
 import { kernelHasFileBackedErofs } from '../transport/fuse-backing';
-import type { TransportName } from '../transport/transport';
+import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
 export type { TransportName };
 
@@ -27,6 +27,8 @@ export interface KernelFeatures {
   chosen: TransportName | null;
   /** Why nothing was chosen, when nothing was. */
   refusal?: string;
+  /** With 'auto': why each transport better than the chosen one could not be used. */
+  passedOver?: Partial<Record<TransportName, string>>;
   /** Transports this version of the daemon implements. */
   implemented: TransportName[];
 }
@@ -105,8 +107,13 @@ export function probeKernel(cacheDir: string, requested: TransportName | 'auto' 
   const works = (name: TransportName) => usable[name].ok && features.erofs.ok && features.implemented.includes(name);
   const why = (name: TransportName) =>
     !usable[name].ok ? `${name}: ${usable[name].detail}` : !features.erofs.ok ? `${name}: ${features.erofs.detail}` : `${name}: not implemented by this version`;
-  const candidates: TransportName[] = requested === 'auto' ? ['cachefiles', 'fanotify', 'fuse'] : [requested];
+  // TRANSPORT_NAMES is best first.
+  const candidates: readonly TransportName[] = requested === 'auto' ? TRANSPORT_NAMES : [requested];
   features.chosen = candidates.find(works) ?? null;
+  if (features.chosen && requested === 'auto') {
+    const better = candidates.slice(0, candidates.indexOf(features.chosen));
+    if (better.length > 0) features.passedOver = Object.fromEntries(better.map((t) => [t, why(t)]));
+  }
   if (!features.chosen) {
     features.refusal = `${requested === 'auto' ? 'no usable cache-miss transport' : `transport ${requested} was requested but cannot work here`} (${candidates.map(why).join('; ')}; cache filesystem: ${features.cacheFs.detail})`;
   }

@@ -5,7 +5,6 @@
 // object's anonymous fd, then completed; a READ that cannot be served is completed unfilled, which
 // the reader sees as EIO. Cache hits never leave the kernel.
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -132,7 +131,7 @@ export class CachefilesTransport implements CacheMissTransport {
   async mount(image: MountableImage, target: string): Promise<MountState> {
     // One fsid per bootstrap, so a remount finds its cached bootstrap; a second mount of the same
     // image at once needs another (the kernel refuses a duplicate fsid within a domain).
-    const base = `eo-${createHash('sha256').update(fs.readFileSync(image.bootstrapPath)).digest('hex').slice(0, 32)}`;
+    const base = `eo-${digestHex(image.bootstrapDigest).slice(0, 32)}`;
     const taken = new Set(this.fsids.values());
     let fsid = base;
     for (let n = 2; taken.has(fsid); n++) fsid = `${base}-${n}`;

@@ -4,11 +4,14 @@
 import type { BlobCache } from '../storage/blob-cache';
 
 export type TransportName = 'cachefiles' | 'fanotify' | 'fuse';
+/** Best first: the order in which 'auto' tries them. */
 export const TRANSPORT_NAMES: readonly TransportName[] = ['cachefiles', 'fanotify', 'fuse'];
 
 /** What a transport needs to mount one image: its verified bootstrap and the caches of its blobs. */
 export interface MountableImage {
   ref: string;
+  /** sha256:... of the bootstrap. */
+  bootstrapDigest: string;
   bootstrapPath: string;
   blobs: readonly BlobCache[];
 }
