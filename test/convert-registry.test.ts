@@ -22,9 +22,9 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}) {
 }
 
 /** For tests whose fault proxy lives in this process: a sync spawn would block the proxy. */
-function cliAsync(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+function cliAsync(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: 'error' } });
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: 'error', ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b) => (stdout += b));
@@ -169,6 +169,33 @@ describe('convert against registries that misbehave or refuse', () => {
     } finally {
       await client.close();
     }
+  });
+
+  it('streams a layer\'s blob to the target while the layer converts, and not again once it is there', async () => {
+    const cache = fs.mkdtempSync(path.join(work, 'xdg-'));
+    proxy.reset();
+    const first = await cliAsync(['convert', '--json', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/streamed:1`], { XDG_CACHE_HOME: cache });
+    assert.equal(first.status, 0, first.stderr);
+    const out = JSON.parse(first.stdout);
+    // Layers are read one after another: PATCHes of the first layer's blob that reach the registry
+    // before the second layer is even requested were sent while the first one was converting.
+    const secondLayer = proxy.requests.findIndex((r) => r.method === 'GET' && r.path.includes(out.blobs[1].sourceLayer));
+    assert.ok(secondLayer > 0);
+    const early = proxy.requests.slice(0, secondLayer).filter((r) => r.method === 'PATCH' && r.path.startsWith('/v2/lazy/streamed/blobs/uploads/'));
+    assert.ok(early.length >= 2, `${early.length} PATCHes before the second layer`);
+    const client = new RegistryClient(registry.host, { plainHttp: true });
+    try {
+      for (const b of out.blobs) assert.equal(await client.headBlob('lazy/streamed', b.digest), b.bytes);
+    } finally {
+      await client.close();
+    }
+
+    proxy.reset();
+    const again = await cliAsync(['convert', '--json', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/streamed:1`], { XDG_CACHE_HOME: cache });
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(JSON.parse(again.stdout).target.digest, out.target.digest);
+    // The memo under XDG_CACHE_HOME said which blobs the target holds: no upload session at all.
+    assert.deepEqual(proxy.requests.filter((r) => r.method === 'POST' || r.method === 'PATCH'), []);
   });
 
   it('a registry that alters blob bytes is caught by the digest check; no manifest is pushed', async () => {

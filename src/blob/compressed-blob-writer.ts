@@ -32,6 +32,8 @@ export class CompressedBlobWriter {
   private readonly hash: Hash = createHash('sha256');
   private readonly entries: ChunkEntry[] = [];
   private readonly queue: Array<{ entry: ChunkEntry; data: Promise<Buffer> }> = [];
+  /** Told how many bytes the file holds after each write (an upload may follow the file). */
+  onWritten?: (bytes: number) => void;
 
   constructor(
     private readonly fd: number,
@@ -69,6 +71,7 @@ export class CompressedBlobWriter {
     fs.writeSync(this.fd, data, 0, data.length, this.compressedOffset);
     this.hash.update(data);
     this.compressedOffset += data.length;
+    this.onWritten?.(this.compressedOffset);
   }
 
   async finish(): Promise<CompressedBlob> {

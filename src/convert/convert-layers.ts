@@ -43,7 +43,11 @@ export interface ConvertLayersOptions {
   image: string;
   onBytes?: (layer: number, bytes: number) => void;
   /** Called as soon as a layer's blob is complete, so it can be pushed while later layers convert. */
-  onBlob?: (blob: ConvertedBlob) => void;
+  onBlob?: (blob: ConvertedBlob, layer: number) => void;
+  /** Called when a layer turns out to need no blob (all its chunks are in lower layers). */
+  onNoBlob?: (layer: number) => void;
+  /** Asked when a layer's blob file is created: who follows its growth (an upload fed as it is written). */
+  blobProgress?: (layer: number, file: string) => { written(bytes: number): void } | undefined;
   signal?: AbortSignal;
 }
 
@@ -75,6 +79,8 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
     let stats: LayerStats;
     try {
       const writer = new CompressedBlobWriter(fd, i + 1, dict, chunkSize);
+      const progress = opts.blobProgress?.(i, blobPath);
+      if (progress) writer.onWritten = (bytes) => progress.written(bytes);
       let raw: AsyncIterable<Buffer>;
       try {
         const opened = await layer.open();
@@ -94,9 +100,10 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
       fs.renameSync(blobPath, finalPath);
       const converted = { ...blob, path: finalPath, sourceLayer: layer.digest };
       blobs.push(converted);
-      opts.onBlob?.(converted);
+      opts.onBlob?.(converted, i);
     } else {
       fs.rmSync(blobPath);
+      opts.onNoBlob?.(i);
     }
     layerStats.push({ ...stats, digest: layer.digest, blob: blob.chunks.length > 0 ? blob.id : null });
   }

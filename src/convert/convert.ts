@@ -4,9 +4,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sha256Digest } from '../oci/digest';
-import { readAll, type ImageSource, type ImageTarget } from '../oci/image-io';
+import { readAll, type ImageSource, type ImageTarget, type StreamedBlob } from '../oci/image-io';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import { convertLayers, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
+import { ConvertedLayerMemo, defaultMemoPath } from './layer-memo';
+
+// The compressor's version is part of what a converted blob depends on.
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const COMPRESSOR = `zstd-napi/${(require('@mongodb-js/zstd/package.json') as { version: string }).version}`;
 
 export const LazyMediaType = {
   bootstrap: 'application/vnd.erofs-ondemand.bootstrap.v1.erofs',
@@ -36,6 +41,8 @@ export interface ConvertOptions {
   chunkBits: number;
   platform: Platform;
   workDir?: string;
+  /** Where to remember which blob each layer chain gave (default: under ~/.cache); null: nowhere. */
+  memoFile?: string | null;
   onProgress?: (e: ConvertProgress) => void;
   signal?: AbortSignal;
 }
@@ -94,17 +101,26 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const configPath = path.join(work, 'config.json');
     fs.writeFileSync(configPath, await readAll(await source.openBlob(manifest.config)));
 
-    // Blobs are pushed while later layers convert; the manifest waits for all of them.
+    // Blobs are pushed while later layers convert, and a layer's blob is streamed to a registry while
+    // it is written, unless it is expected there already; the manifest waits for all of them.
     const pushes: Array<Promise<boolean>> = [];
-    const push = (desc: Descriptor, file: string): void => {
-      const p = target.putBlob(desc, file).then((uploaded) => {
+    const track = (desc: Descriptor, upload: Promise<boolean>): void => {
+      const p = upload.then((uploaded) => {
         opts.onProgress?.({ kind: 'push', digest: desc.digest, uploaded });
         return uploaded;
       });
       p.catch(() => undefined); // awaited below; not unhandled while layers convert
       pushes.push(p);
     };
+    const push = (desc: Descriptor, file: string): void => track(desc, target.putBlob(desc, file));
     push(manifest.config, configPath);
+
+    const layerDigests = manifest.layers.map((l) => l.digest);
+    const memo = opts.memoFile === null ? null : new ConvertedLayerMemo(opts.memoFile ?? defaultMemoPath());
+    const memoKey = (i: number) => ConvertedLayerMemo.key(layerDigests, i, opts.chunkBits, COMPRESSOR);
+    const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, manifest.layers.map((_, i) => memoKey(i))) : new Set<number>();
+    const streams = new Map<number, StreamedBlob>();
+    const abandoned: Array<Promise<void>> = [];
     const converted = await convertLayers(
       manifest.layers.map((desc) => ({ ...desc, open: () => source.openBlob(desc) })),
       work,
@@ -113,12 +129,34 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
         image: source.ref,
         signal: opts.signal,
         onBytes: (layer, bytes) => opts.onProgress?.({ kind: 'layer-bytes', layer, bytes }),
-        onBlob: (b) => push(blobDescriptor(b), b.path),
+        blobProgress: (layer, file) => {
+          if (expectedInTarget.has(layer)) return undefined;
+          const stream = target.streamBlob?.(file);
+          if (stream) streams.set(layer, stream);
+          return stream;
+        },
+        onBlob: (b, layer) => {
+          const desc = blobDescriptor(b);
+          const stream = streams.get(layer);
+          streams.delete(layer);
+          if (stream) track(desc, stream.finish(desc));
+          else push(desc, b.path);
+        },
+        onNoBlob: (layer) => {
+          const stream = streams.get(layer);
+          streams.delete(layer);
+          if (stream) abandoned.push(stream.abandon());
+        },
       },
     ).catch(async (err) => {
-      await Promise.allSettled(pushes);
+      await Promise.allSettled([...pushes, ...abandoned, ...[...streams.values()].map((s) => s.abandon())]);
       throw err;
     });
+    await Promise.all(abandoned);
+    if (memo) {
+      converted.layers.forEach((l, i) => memo.set(memoKey(i), l.blob === null ? null : `sha256:${l.blob}`));
+      memo.save();
+    }
 
     const lazy = lazyManifest(manifest.config, resolved.digest, converted);
     push(lazy.layers[0], converted.bootstrapPath);
@@ -149,4 +187,17 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
+}
+
+/** Layers whose blob the memo knows and the target holds (or which give no blob): not worth streaming. */
+async function expectedBlobs(target: ImageTarget, memo: ConvertedLayerMemo | null, keys: string[]): Promise<Set<number>> {
+  const expected = new Set<number>();
+  if (!memo) return expected;
+  await Promise.all(
+    keys.map(async (key, i) => {
+      const blob = memo.get(key);
+      if (blob === null || (blob !== undefined && (await target.hasBlob?.(blob)))) expected.add(i);
+    }),
+  );
+  return expected;
 }

@@ -26,8 +26,25 @@ export interface ImageTarget {
   readonly ref: string;
   /** Stores a blob from a local file unless the target has it already; returns whether it uploaded. */
   putBlob(desc: Descriptor, file: string): Promise<boolean>;
+  /**
+   * Starts pushing a blob that is still being written to `file` (registries: an upload session fed
+   * as the file grows), or returns undefined when the target gains nothing from it.
+   */
+  streamBlob?(file: string): StreamedBlob | undefined;
+  /** Whether the target holds this blob (false when it cannot tell). */
+  hasBlob?(digest: string): Promise<boolean>;
   /** Stores a manifest under the target's tag; returns its digest. */
   putManifest(raw: Buffer, mediaType: string): Promise<string>;
+}
+
+/** A blob push that follows its file while it is written. */
+export interface StreamedBlob {
+  /** The file now holds this many bytes. */
+  written(bytes: number): void;
+  /** The file is complete and `desc` names it: stores it unless the target has it; returns whether it uploaded. */
+  finish(desc: Descriptor): Promise<boolean>;
+  /** Nothing will be stored: ends any upload session. */
+  abandon(): Promise<void>;
 }
 
 export async function readAll(source: AsyncIterable<Buffer>): Promise<Buffer> {

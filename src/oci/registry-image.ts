@@ -5,7 +5,9 @@ import { Readable } from 'node:stream';
 import { InputError } from '../errors';
 import { sha256Digest } from './digest';
 import type { HostClient } from './host-client';
-import type { ImageSource, ImageTarget, ResolvedImage } from './image-io';
+import type { ImageSource, ImageTarget, ResolvedImage, StreamedBlob } from './image-io';
+import { StreamedBlobPush } from './streamed-push';
+import { pushScope } from './auth';
 import { manifestReference, type ImageReference } from './reference';
 import type { RegistryClient } from './registry';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from './types';
@@ -36,6 +38,9 @@ export class RegistrySource implements ImageSource {
   }
 }
 
+/** PATCH size of a streamed upload: the part still to send when a blob is finished is at most this. */
+const STREAM_PART_SIZE = 8 << 20;
+
 export class RegistryTarget implements ImageTarget {
   constructor(
     readonly ref: string,
@@ -53,6 +58,20 @@ export class RegistryTarget implements ImageTarget {
       mountFrom: this.mountFrom,
     });
     return result === 'uploaded';
+  }
+
+  async hasBlob(digest: string): Promise<boolean> {
+    const repo = this.parsed.repository;
+    return (await this.client.headBlob(repo, digest, [pushScope(repo)]).catch(() => null)) !== null;
+  }
+
+  streamBlob(file: string): StreamedBlob {
+    const push = new StreamedBlobPush(this.client, this.parsed.repository, file, STREAM_PART_SIZE, this.mountFrom);
+    return {
+      written: (bytes) => push.written(bytes),
+      finish: async (desc) => (await push.finish(desc)) === 'uploaded',
+      abandon: () => push.abandon(),
+    };
   }
 
   putManifest(raw: Buffer, mediaType: string): Promise<string> {

@@ -70,6 +70,14 @@ export interface ManifestHead {
 
 export type PushResult = 'exists' | 'mounted' | 'uploaded';
 
+/** An upload session: where the next chunk goes and how many bytes the registry holds. */
+export interface BlobUpload {
+  readonly repo: string;
+  location: URL;
+  offset: number;
+  readonly ctx: ErrorContext;
+}
+
 export interface PushBlobOptions {
   /** A repository on the same registry that may hold the blob already: mounted instead of uploaded. */
   mountFrom?: string;
@@ -466,7 +474,7 @@ export class RegistryClient {
       return 'mounted';
     }
     if (res.status !== 202) throw await this.unexpected(res, 'start blob upload', ctx);
-    let location = this.location(res, ctx);
+    const location = this.location(res, ctx);
 
     if (size <= this.chunkSize) {
       const put = await this.send({
@@ -485,34 +493,64 @@ export class RegistryClient {
       return 'uploaded';
     }
 
-    let offset = 0;
+    const upload: BlobUpload = { repo, location, offset: 0, ctx };
     const hash = createHash('sha256');
     for await (const chunk of chunksOf(open(), this.chunkSize)) {
-      if (offset + chunk.length > size) throw new InputError(`the blob's source gives more than ${size} bytes`, ctx);
+      if (upload.offset + chunk.length > size) throw new InputError(`the blob's source gives more than ${size} bytes`, ctx);
       hash.update(chunk);
-      const patch = await this.send({
-        op: 'upload blob chunk',
-        method: 'PATCH',
-        url: location,
-        headers: { 'content-type': 'application/octet-stream', 'content-length': String(chunk.length), 'content-range': `${offset}-${offset + chunk.length - 1}` },
-        body: () => chunk,
-        scopes,
-        ctx: { ...ctx, offset },
-        retry: false,
-      });
-      if (patch.status !== 202) throw await this.unexpected(patch, 'upload blob chunk', { ...ctx, offset });
-      await patch.body.dump();
-      location = this.location(patch, ctx);
-      offset += chunk.length;
+      await this.patchUpload(upload, chunk);
     }
-    if (offset !== size) throw new InputError(`the blob's source gave ${offset} bytes, expected ${size}`, ctx);
+    if (upload.offset !== size) throw new InputError(`the blob's source gave ${upload.offset} bytes, expected ${size}`, ctx);
     const got = `sha256:${hash.digest('hex')}`;
     if (got !== digest) throw new InputError(`digest mismatch: expected ${digest}, got ${got} (upload not committed)`, ctx);
-    const put = await this.send({ op: 'commit blob upload', method: 'PUT', url: withDigest(location, digest), headers: { 'content-length': '0' }, scopes, ctx, retry: false });
+    await this.commitUpload(upload, digest);
+    return 'uploaded';
+  }
+
+  /**
+   * Opens an upload session for a blob whose digest is not known yet (it is still being produced):
+   * chunks go in order with `patchUpload`, then `commitUpload` names the digest, or `cancelUpload`.
+   */
+  async startUpload(repo: string): Promise<BlobUpload> {
+    this.checkRepo(repo, 'upload');
+    const ctx: ErrorContext = { ...this.where(), repository: repo };
+    const res = await this.send({ op: 'start blob upload', method: 'POST', url: this.url(`${repo}/blobs/uploads/`), headers: { 'content-length': '0' }, scopes: [pushScope(repo)], ctx, retry: true });
+    if (res.status !== 202) throw await this.unexpected(res, 'start blob upload', ctx);
+    await res.body.dump();
+    return { repo, location: this.location(res, ctx), offset: 0, ctx };
+  }
+
+  async patchUpload(upload: BlobUpload, chunk: Buffer): Promise<void> {
+    const ctx = { ...upload.ctx, offset: upload.offset };
+    const patch = await this.send({
+      op: 'upload blob chunk',
+      method: 'PATCH',
+      url: upload.location,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(chunk.length), 'content-range': `${upload.offset}-${upload.offset + chunk.length - 1}` },
+      body: () => chunk,
+      scopes: [pushScope(upload.repo)],
+      ctx,
+      retry: false,
+    });
+    if (patch.status !== 202) throw await this.unexpected(patch, 'upload blob chunk', ctx);
+    await patch.body.dump();
+    upload.location = this.location(patch, ctx);
+    upload.offset += chunk.length;
+  }
+
+  async commitUpload(upload: BlobUpload, digest: string): Promise<void> {
+    const ctx = { ...upload.ctx, digest };
+    const put = await this.send({ op: 'commit blob upload', method: 'PUT', url: withDigest(upload.location, digest), headers: { 'content-length': '0' }, scopes: [pushScope(upload.repo)], ctx, retry: false });
     if (put.status !== 201) throw await this.unexpected(put, 'commit blob upload', ctx);
     await put.body.dump();
     this.checkCommitted(put, digest, ctx);
-    return 'uploaded';
+  }
+
+  /** Ends a session without storing anything (the registry would drop it in time anyway). */
+  async cancelUpload(upload: BlobUpload): Promise<void> {
+    const res = await this.send({ op: 'cancel blob upload', method: 'DELETE', url: upload.location, scopes: [pushScope(upload.repo)], ctx: upload.ctx, retry: false });
+    await res.body.dump();
+    if (res.status !== 204 && res.status !== 202 && res.status !== 200 && res.status !== 404) throw await this.unexpected(res, 'cancel blob upload', upload.ctx);
   }
 
   private checkCommitted(res: Response, digest: string, ctx: ErrorContext): void {
