@@ -2,7 +2,7 @@
 // of `--registries-config`, checked against a JSON schema so that a typo is an error naming the key,
 // not a silently ignored setting.
 import fs from 'node:fs';
-import Ajv, { type ErrorObject, type JSONSchemaType } from 'ajv';
+import type { ErrorObject, JSONSchemaType, ValidateFunction } from 'ajv';
 import { InputError } from './errors';
 import { FUSE_BACKINGS, type FuseBacking } from './transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
@@ -76,9 +76,17 @@ const schema: JSONSchemaType<FileConfig> = {
   },
 };
 
-const ajv = new Ajv({ allErrors: true });
-const validate = ajv.compile(schema);
-const validateRegistries = ajv.compile(registriesSchema);
+// Loading ajv and compiling the schemas takes ~0.1 s: only commands that read a configuration file pay it.
+let validators: { config: ValidateFunction<FileConfig>; registries: ValidateFunction<RegistriesConfig> } | undefined;
+function validatorsOf(): NonNullable<typeof validators> {
+  if (!validators) {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const Ajv = (require('ajv') as typeof import('ajv')).default;
+    const ajv = new Ajv({ allErrors: true });
+    validators = { config: ajv.compile(schema), registries: ajv.compile(registriesSchema) };
+  }
+  return validators;
+}
 
 /** Each schema error as `<JSON pointer>: <what is wrong>`, naming the key. */
 function schemaProblems(errors: ErrorObject[] | null | undefined): string[] {
@@ -110,6 +118,7 @@ function readJson(file: string, required: boolean): unknown {
 export function loadConfig(file: string, required: boolean): Config {
   const doc = readJson(file, required);
   if (doc === undefined) return structuredClone(DEFAULTS);
+  const validate = validatorsOf().config;
   if (!validate(doc)) throw new InputError(`invalid configuration: ${schemaProblems(validate.errors).join('; ')}`, { path: file });
   const c = doc as FileConfig;
   const semantic = checkRegistries(c.registries ?? {}).map((p) => `/registries${p}`);
@@ -129,6 +138,7 @@ export function loadConfig(file: string, required: boolean): Config {
  */
 export function loadRegistriesFile(file: string): RegistriesConfig {
   const doc = readJson(file, true);
+  const validateRegistries = validatorsOf().registries;
   if (!validateRegistries(doc)) throw new InputError(`invalid registries configuration: ${schemaProblems(validateRegistries.errors).join('; ')}`, { path: file });
   const problems = checkRegistries(doc);
   if (problems.length) throw new InputError(`invalid registries configuration: ${problems.join('; ')}`, { path: file });
