@@ -25,14 +25,20 @@ export interface CompressedBlob {
 
 // Compressions run on libuv's thread pool; a few in flight keep both cores busy while the tar is parsed.
 const IN_FLIGHT = 8;
+// Compressed chunks are mostly a few KiB (one file each): they go to the file in batches of about this
+// many bytes, one writev each, instead of one write system call per chunk.
+const WRITE_BATCH = 256 << 10;
 
 export class CompressedBlobWriter {
   private uncompressedOffset = 0;
   private compressedOffset = 0;
+  /** Appended but not yet written: they start at compressedOffset - unwrittenBytes. */
+  private unwritten: Buffer[] = [];
+  private unwrittenBytes = 0;
   private readonly hash: Hash = createHash('sha256');
   private readonly entries: ChunkEntry[] = [];
   private readonly queue: Array<{ entry: ChunkEntry; data: Promise<Buffer> }> = [];
-  /** Told how many bytes the file holds after each write (an upload may follow the file). */
+  /** Told how many bytes the file holds after each batch is written (an upload may follow the file). */
   onWritten?: (bytes: number) => void;
 
   constructor(
@@ -68,9 +74,25 @@ export class CompressedBlobWriter {
   }
 
   private append(data: Buffer): void {
-    fs.writeSync(this.fd, data, 0, data.length, this.compressedOffset);
     this.hash.update(data);
     this.compressedOffset += data.length;
+    this.unwritten.push(data);
+    this.unwrittenBytes += data.length;
+    if (this.unwrittenBytes >= WRITE_BATCH) this.flush();
+  }
+
+  private flush(): void {
+    const buffers = this.unwritten;
+    let position = this.compressedOffset - this.unwrittenBytes;
+    this.unwritten = [];
+    this.unwrittenBytes = 0;
+    while (buffers.length > 0) {
+      // writev may write less than asked (at most IOV_MAX buffers, or a short write): go on after it.
+      let written = fs.writevSync(this.fd, buffers, position);
+      position += written;
+      while (buffers.length > 0 && written >= buffers[0].length) written -= buffers.shift()!.length;
+      if (written > 0) buffers[0] = buffers[0].subarray(written);
+    }
     this.onWritten?.(this.compressedOffset);
   }
 
@@ -82,6 +104,7 @@ export class CompressedBlobWriter {
       encodeTrailer({ chunkSize: this.chunkSize, tableOffset, chunkCount: this.entries.length, uncompressedSize: this.uncompressedOffset }),
     ]);
     this.append(tail);
+    this.flush();
     return {
       id: this.hash.digest('hex'),
       size: this.compressedOffset,

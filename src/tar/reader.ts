@@ -117,8 +117,11 @@ export class TarReader {
     let longLink: Buffer | null = null;
     let pax: Map<string, Buffer> | null = null;
     for (;;) {
-      const h = await this.in.readExact(BLOCK, true);
-      if (h === null) throw new TarFormatError('archive ends without its end-of-archive blocks (truncated)');
+      const block = await this.in.readExact(BLOCK, true);
+      if (block === null) throw new TarFormatError('archive ends without its end-of-archive blocks (truncated)');
+      // Names, link targets and PAX values are subarrays of the header and metadata bodies, and the tree
+      // keeps them: copies, so that they do not pin the whole decompressed chunk they came from.
+      const h = Buffer.from(block);
       if (h.every((b) => b === 0)) {
         this.done = true;
         return null;
@@ -129,8 +132,7 @@ export class TarReader {
       const padded = Math.ceil(size / BLOCK) * BLOCK;
       if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
         if (size > 16 << 20) throw new TarFormatError(`metadata entry of ${size} bytes is too large`);
-        const data = await this.in.readExact(padded);
-        const body = data!.subarray(0, size);
+        const body = Buffer.from((await this.in.readExact(padded))!.subarray(0, size));
         if (typeflag === 'x') pax = new Map([...(pax ?? []), ...parsePax(body).records]);
         else if (typeflag === 'g') this.globalPax = new Map([...this.globalPax, ...parsePax(body).records]);
         else if (typeflag === 'L') longName = field(body, 0, body.length);
