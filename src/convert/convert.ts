@@ -117,8 +117,8 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
 
     const layerDigests = manifest.layers.map((l) => l.digest);
     const memo = opts.memoFile === null ? null : new ConvertedLayerMemo(opts.memoFile ?? defaultMemoPath());
-    const memoKey = (i: number) => ConvertedLayerMemo.key(layerDigests, i, opts.chunkBits, COMPRESSOR);
-    const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, manifest.layers.map((_, i) => memoKey(i))) : new Set<number>();
+    const memoKeys = layerDigests.map((_, i) => ConvertedLayerMemo.key(layerDigests, i, opts.chunkBits, COMPRESSOR));
+    const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, memoKeys) : new Set<number>();
     const streams = new Map<number, StreamedBlob>();
     const abandoned: Array<Promise<void>> = [];
     const converted = await convertLayers(
@@ -154,7 +154,7 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     });
     await Promise.all(abandoned);
     if (memo) {
-      converted.layers.forEach((l, i) => memo.set(memoKey(i), l.blob === null ? null : `sha256:${l.blob}`));
+      converted.layers.forEach((l, i) => memo.set(memoKeys[i], l.blob === null ? null : `sha256:${l.blob}`));
       memo.save();
     }
 

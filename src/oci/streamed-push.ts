@@ -8,12 +8,7 @@ import { pushScope } from './auth';
 import type { BlobUpload, PushResult, RegistryClient } from './registry';
 import type { Descriptor } from './types';
 
-/** What a blob writer tells the upload: the file now holds this many bytes. */
-export interface BlobProgressSink {
-  written(bytes: number): void;
-}
-
-export class StreamedBlobPush implements BlobProgressSink {
+export class StreamedBlobPush {
   private end = 0;
   private finished = false;
   private cancelled = false;
