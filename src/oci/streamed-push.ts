@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { log } from '../log';
+import { readAt } from '../read-at';
 import { pushScope } from './auth';
 import type { BlobUpload, PushResult, RegistryClient } from './registry';
 import type { Descriptor } from './types';
@@ -124,11 +125,8 @@ export class StreamedBlobPush {
 async function* readFd(fd: number, size: number): AsyncGenerator<Buffer> {
   for (let offset = 0; offset < size; ) {
     const buf = Buffer.allocUnsafe(Math.min(1 << 20, size - offset));
-    const { bytesRead } = await new Promise<{ bytesRead: number }>((resolve, reject) =>
-      fs.read(fd, buf, 0, buf.length, offset, (err, bytesRead) => (err ? reject(err) : resolve({ bytesRead }))),
-    );
-    if (bytesRead === 0) throw new Error(`blob file ends at ${offset} of ${size} bytes`);
-    offset += bytesRead;
-    yield buf.subarray(0, bytesRead);
+    await readAt(fd, buf, 0, buf.length, offset, 'blob file');
+    offset += buf.length;
+    yield buf;
   }
 }

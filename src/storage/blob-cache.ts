@@ -9,6 +9,7 @@ import { BLOCK_SIZE } from '../erofs/format';
 import { native } from '../native';
 import type { ChunkFetcher, RemoteBlob } from './chunk-fetcher';
 import type { Priority } from './limiter';
+import { readAt } from '../read-at';
 
 /** Writes verified chunk bytes at an offset of the cache file (transports may need their own fd). */
 export type ChunkWriter = (offset: number, data: Buffer) => void | Promise<void>;
@@ -224,15 +225,7 @@ export class BlobCache {
     for (let i = first; i < last; i++) this.pins[i]++;
     try {
       const fetched = await this.ensure(position, position + length, priority);
-      for (let done = 0; done < length; ) {
-        // Checked on every step: after close() the fd number may belong to another file.
-        if (this.closed) throw new Error(`cache file ${this.path} is closed`);
-        const n = await new Promise<number>((resolve, reject) =>
-          fs.read(this.fd, buf, bufOffset + done, length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
-        );
-        if (n === 0) throw new Error(`cache file ${this.path} ends at ${position + done}, before ${position + length}`);
-        done += n;
-      }
+      await readAt(this.fd, buf, bufOffset, length, position, `cache file ${this.path}`, () => !this.closed);
       return fetched;
     } finally {
       for (let i = first; i < last; i++) this.pins[i]--;

@@ -15,6 +15,7 @@ import { native, type CachefilesDevice, type CachefilesMessage } from '../native
 import { digestHex } from '../oci/digest';
 import type { BlobCache } from '../storage/blob-cache';
 import type { CacheMissTransport, MountableImage, MountState } from './transport';
+import { readAt } from '../read-at';
 
 const run = promisify(execFile);
 const { ENOENT, EIO } = os.constants.errno;
@@ -238,8 +239,7 @@ export class CachefilesTransport implements CacheMissTransport {
       data = Buffer.alloc(end - start);
       const handle = await fs.promises.open(source.path, 'r');
       try {
-        const { bytesRead } = await handle.read(data, 0, data.length, start);
-        if (bytesRead !== data.length) throw new Error(`${source.path}: ${bytesRead} of ${data.length} bytes at ${start}`);
+        await readAt(handle.fd, data, 0, data.length, start, source.path);
       } finally {
         await handle.close();
       }

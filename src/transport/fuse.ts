@@ -16,6 +16,7 @@ import * as P from './fuse-protocol';
 import type { CacheMissTransport, MountableImage } from './transport';
 
 import { kernelHasFileBackedErofs, type FuseBacking } from './fuse-backing';
+import { readAt } from '../read-at';
 
 export const FUSE_FSTYPE = 'fuse.erofs-ondemand';
 /** Names and attributes never change while a blob is attached: the kernel may cache them long. */
@@ -56,14 +57,7 @@ export function servedLocalFile(file: string): ServedFile & { close(): void } {
     size: fs.fstatSync(fd).size,
     what: file,
     ensure: async () => 0,
-    read: async (buf, bufOffset, length, position) => {
-      for (let done = 0; done < length; ) {
-        if (closed) throw new Error(`${file} is closed`);
-        const n = await new Promise<number>((resolve, reject) => fs.read(fd, buf, bufOffset + done, length - done, position + done, (e, b) => (e ? reject(e) : resolve(b))));
-        if (n === 0) throw new Error(`${file} ends at ${position + done}`);
-        done += n;
-      }
-    },
+    read: (buf, bufOffset, length, position) => readAt(fd, buf, bufOffset, length, position, file, () => !closed),
     close: () => {
       closed = true;
       fs.closeSync(fd);
