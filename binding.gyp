@@ -14,6 +14,19 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
       "cflags_cc!": ["-fno-exceptions"]
+    },
+    {
+      "target_name": "erofs_ondemand_convert",
+      "sources": [
+        "native/convert/addon.cc",
+        "native/convert/chunk_compress.cc",
+        "native/convert/gzip_inflate.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "libraries": ["-lzstd", "-lisal"]
     }
   ]
 }

@@ -6,6 +6,7 @@ import { registriesFromFlags, type RegistryFlags } from '../config';
 import { Interrupted } from '../errors';
 import { convertImage, type ConvertProgress, type ConvertResult } from '../convert/convert';
 import { closeRegistryClients, openSource, openTarget } from '../oci/open-image';
+import { convertAddon } from '../native/convert-addon';
 import { hostPlatform, parsePlatform } from '../oci/types';
 import { chunkBitsOf } from './build';
 import { bytes } from './format';
@@ -47,6 +48,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
   // batch job: one pool thread per core measured faster on 2 cores, and uses all cores of larger
   // machines. Read by libuv when the pool first starts, which is later than this.
   process.env.UV_THREADPOOL_SIZE ??= String(os.availableParallelism());
+  convertAddon().keepFreedMemory();
   const controller = new AbortController();
   const onSigint = () => controller.abort(new Interrupted('interrupted: no manifest was pushed to the target'));
   process.once('SIGINT', onSigint);

@@ -91,6 +91,7 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
       }
       stats = await convertLayer(decompressLayer(raw, compression), tree, i, writer, chunkSize, ctx);
       blob = await writer.finish();
+      stats.storedChunks = blob.chunks.length;
     } finally {
       fs.closeSync(fd);
     }

@@ -1,11 +1,10 @@
 // One source layer -> entries applied to the merged tree + its data blob (new chunks only).
-import { createGunzip } from 'node:zlib';
-import { Readable } from 'node:stream';
 import { decompress } from '@mongodb-js/zstd';
 import type { CompressedBlobWriter } from '../blob/compressed-blob-writer';
 import { InputError, type ErrorContext } from '../errors';
 import { TarReader } from '../tar/reader';
 import { displayPath, type ChunkLocation } from '../tree/node';
+import { gunzip, type ReleasingStream } from './gunzip';
 import type { MergedTree } from './layer-merge';
 
 export type LayerCompression = 'gzip' | 'zstd' | 'none';
@@ -27,19 +26,6 @@ export function compressionOf(mediaType: string): LayerCompression | null {
   return null;
 }
 
-async function* gunzip(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
-  const input = Readable.from(source);
-  const gz = createGunzip({ chunkSize: 1 << 20 });
-  // pipe() does not forward errors: a digest mismatch or an abort upstream must end the gunzip stream.
-  input.on('error', (err) => gz.destroy(err));
-  input.pipe(gz);
-  try {
-    yield* gz as AsyncIterable<Buffer>;
-  } finally {
-    input.destroy();
-  }
-}
-
 async function* unzstd(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
   // @mongodb-js/zstd 1.x has no streaming API: zstd layers are decompressed whole.
   const parts: Buffer[] = [];
@@ -47,7 +33,10 @@ async function* unzstd(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
   yield await decompress(Buffer.concat(parts));
 }
 
-export function decompressLayer(source: AsyncIterable<Buffer>, compression: LayerCompression): AsyncIterable<Buffer> {
+/** A layer's tar bytes; where `release` is there, pieces the reader is done with are reused. */
+export type LayerTar = AsyncIterable<Buffer> & Partial<Pick<ReleasingStream, 'release'>>;
+
+export function decompressLayer(source: AsyncIterable<Buffer>, compression: LayerCompression): LayerTar {
   if (compression === 'gzip') return gunzip(source);
   if (compression === 'zstd') return unzstd(source);
   return source;
@@ -58,7 +47,7 @@ export function decompressLayer(source: AsyncIterable<Buffer>, compression: Laye
  * end so that the caller's digest check sees every byte, so trailing data after the archive is drained.
  */
 export async function convertLayer(
-  tar: AsyncIterable<Buffer>,
+  tar: LayerTar,
   tree: MergedTree,
   layer: number,
   blob: CompressedBlobWriter,
@@ -67,24 +56,28 @@ export async function convertLayer(
 ): Promise<LayerStats> {
   const stats: LayerStats = { entries: 0, tarBytes: 0, fileBytes: 0, dataChunks: 0, storedChunks: 0, holeChunks: 0 };
   const iterator = tar[Symbol.asyncIterator]();
+  // The tar reader copies what it keeps; chunk bodies are held until their batch is settled.
+  const release = tar.release ? () => tar.release!(Math.min(reader.bodyOffset, blob.unsettledFrom)) : () => undefined;
   const drainable: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => iterator };
   const reader = new TarReader(drainable);
   const zeros = Buffer.alloc(chunkSize);
   let current = '';
+  const isZero = (parts: Buffer[]) => parts.every((p) => p.equals(zeros.subarray(0, p.length)));
   const content = async (size: number): Promise<Array<ChunkLocation | null>> => {
     const chunks: Array<ChunkLocation | null> = [];
     for (let left = size; left > 0; ) {
-      const data = await reader.readBody(Math.min(chunkSize, left));
-      left -= data.length;
-      if (data.equals(zeros.subarray(0, data.length))) {
+      const at = reader.bodyOffset;
+      const parts = await reader.readBody(Math.min(chunkSize, left));
+      for (const p of parts) left -= p.length;
+      if (isZero(parts)) {
         chunks.push(null);
         stats.holeChunks++;
         continue;
       }
-      const { location, stored } = await blob.add(data);
-      chunks.push(location);
+      chunks.push(null);
+      await blob.add(parts, { chunks, index: chunks.length - 1 }, at);
       stats.dataChunks++;
-      if (stored) stats.storedChunks++;
+      release();
     }
     stats.fileBytes += size;
     return chunks;
@@ -96,6 +89,7 @@ export async function convertLayer(
       current = displayPath(entry.name);
       stats.entries++;
       await tree.apply(entry, layer, (e) => content(e.size));
+      release();
     }
     stats.tarBytes = reader.bodyOffset;
     // Drain: tar writers pad archives to a record size, and the digest covers those bytes too.

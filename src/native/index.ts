@@ -126,7 +126,7 @@ interface NativeAddon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
 }
 
-function packageRoot(): string {
+export function packageRoot(): string {
   for (let dir = __dirname; ; dir = path.dirname(dir)) {
     if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
     if (path.dirname(dir) === dir) throw new Error(`no package.json above ${__dirname}`);

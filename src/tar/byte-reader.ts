@@ -58,13 +58,31 @@ export class ByteReader {
     return out;
   }
 
+  /** Exactly `n` bytes as the pieces they arrived in (subarrays, not copied); a short read is a truncated input. */
+  async readParts(n: number): Promise<Buffer[]> {
+    await this.fill(n);
+    if (this.buffered < n) throw new Error(`input ends after ${this.buffered} of ${n} expected bytes (truncated)`);
+    const parts: Buffer[] = [];
+    for (let got = 0; got < n; ) {
+      const head = this.pending[0];
+      const take = Math.min(head.length, n - got);
+      parts.push(take === head.length ? head : head.subarray(0, take));
+      got += take;
+      if (take === head.length) this.pending.shift();
+      else this.pending[0] = head.subarray(take);
+    }
+    this.buffered -= n;
+    this.position += n;
+    return parts;
+  }
+
   async skip(n: number): Promise<void> {
     let left = n;
     while (left > 0) {
       await this.fill(Math.min(left, 1 << 20));
       if (this.buffered === 0) throw new Error(`input ends ${left} bytes before the expected end (truncated)`);
       const take = Math.min(left, this.buffered);
-      await this.readExact(take);
+      await this.readParts(take); // dropped, not copied
       left -= take;
     }
   }

@@ -152,11 +152,12 @@ export class TarReader {
   }
 
   /** Reads the next `n` bytes of the current entry's body (at most what is left). */
-  async readBody(n: number): Promise<Buffer> {
+  /** The next (up to) `n` bytes of the current entry's body, as the pieces of input they are in: not copied. */
+  async readBody(n: number): Promise<Buffer[]> {
     const len = Math.min(n, this.remaining);
-    const data = await this.in.readExact(len);
+    const parts = await this.in.readParts(len);
     this.remaining -= len;
-    return data!;
+    return parts;
   }
 
   private entryOf(h: Buffer, typeflag: string, size: number, longName: Buffer | null, longLink: Buffer | null, pax: Map<string, Buffer>): TarEntry {

@@ -23,6 +23,9 @@ export interface ChunkLocation {
   blkaddr: number;
 }
 
+/** A chunk whose place is not settled yet (see CompressedBlobWriter); never in a finished tree. */
+export const PENDING_CHUNK: ChunkLocation = Object.freeze({ device: -1, blkaddr: -1 });
+
 export interface RegularFile {
   type: 'file';
   meta: Metadata;
