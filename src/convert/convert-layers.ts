@@ -51,12 +51,23 @@ export interface ConvertLayersOptions {
   signal?: AbortSignal;
 }
 
-async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => void, signal?: AbortSignal): AsyncIterable<Buffer> {
+type OpenedLayer = AsyncIterable<Buffer> & { endpoint?: string };
+
+async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => void, onEnd: () => void, signal?: AbortSignal): AsyncIterable<Buffer> {
   for await (const b of source) {
     signal?.throwIfAborted();
     onBytes(b.length);
     yield b;
   }
+  onEnd();
+}
+
+/** Ends a layer stream that was opened ahead but will not be read. */
+export function discardLayer(opened: Promise<AsyncIterable<Buffer>>): void {
+  opened.then(
+    (s) => (s as { destroy?: () => void }).destroy?.() ?? s[Symbol.asyncIterator]().return?.(),
+    () => undefined,
+  );
 }
 
 export async function convertLayers(layers: readonly LayerInput[], workDir: string, opts: ConvertLayersOptions): Promise<ConvertedLayers> {
@@ -68,45 +79,61 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
   // Chunks are first numbered by layer (device = layer + 1); layers without new chunks get no blob,
   // so devices are renumbered once all layers are read.
   const deviceOfLayer = new Map<number, number>();
-
-  for (const [i, layer] of layers.entries()) {
-    const ctx: ErrorContext = { image: opts.image, layer: layer.digest };
-    const compression = compressionOf(layer.mediaType);
-    if (!compression) throw new InputError(`unsupported layer media type ${JSON.stringify(layer.mediaType)}`, ctx);
-    const blobPath = path.join(workDir, `layer-${i}.blob`);
-    const fd = fs.openSync(blobPath, 'w');
-    let blob: CompressedBlob;
-    let stats: LayerStats;
-    try {
-      const writer = new CompressedBlobWriter(fd, i + 1, dict, chunkSize);
-      const progress = opts.blobProgress?.(i, blobPath);
-      if (progress) writer.onWritten = (bytes) => progress.written(bytes);
-      let raw: AsyncIterable<Buffer>;
+  // A layer's request is sent once the layer before it is downloaded (not earlier: an unread body
+  // would time out behind a long layer), so that its first bytes are there when its turn comes.
+  const opening: Array<Promise<OpenedLayer> | undefined> = [];
+  const open = (i: number): Promise<OpenedLayer> | undefined => {
+    if (i >= layers.length) return undefined;
+    if (!opening[i]) {
+      opening[i] = layers[i].open();
+      opening[i]!.catch(() => undefined); // awaited in its turn
+    }
+    return opening[i];
+  };
+  let current = 0;
+  try {
+    for (const [i, layer] of layers.entries()) {
+      current = i;
+      const ctx: ErrorContext = { image: opts.image, layer: layer.digest };
+      const compression = compressionOf(layer.mediaType);
+      if (!compression) throw new InputError(`unsupported layer media type ${JSON.stringify(layer.mediaType)}`, ctx);
+      const blobPath = path.join(workDir, `layer-${i}.blob`);
+      const fd = fs.openSync(blobPath, 'w');
+      let blob: CompressedBlob;
+      let stats: LayerStats;
       try {
-        const opened = await layer.open();
-        if (opened.endpoint) ctx.endpoint = opened.endpoint;
-        raw = counted(opened, (n) => opts.onBytes?.(i, n), opts.signal);
-      } catch (err) {
-        throw InputError.wrap(err, ctx);
+        const writer = new CompressedBlobWriter(fd, i + 1, dict, chunkSize);
+        const progress = opts.blobProgress?.(i, blobPath);
+        if (progress) writer.onWritten = (bytes) => progress.written(bytes);
+        let raw: AsyncIterable<Buffer>;
+        try {
+          const opened = await open(i)!;
+          if (opened.endpoint) ctx.endpoint = opened.endpoint;
+          raw = counted(opened, (n) => opts.onBytes?.(i, n), () => open(i + 1), opts.signal);
+        } catch (err) {
+          throw InputError.wrap(err, ctx);
+        }
+        stats = await convertLayer(decompressLayer(raw, compression), tree, i, writer, chunkSize, ctx);
+        blob = await writer.finish();
+        stats.storedChunks = blob.chunks.length;
+      } finally {
+        fs.closeSync(fd);
       }
-      stats = await convertLayer(decompressLayer(raw, compression), tree, i, writer, chunkSize, ctx);
-      blob = await writer.finish();
-      stats.storedChunks = blob.chunks.length;
-    } finally {
-      fs.closeSync(fd);
+      if (blob.chunks.length > 0) {
+        deviceOfLayer.set(i + 1, blobs.length + 1);
+        const finalPath = path.join(workDir, `${blob.id}.blob`);
+        fs.renameSync(blobPath, finalPath);
+        const converted = { ...blob, path: finalPath, sourceLayer: layer.digest };
+        blobs.push(converted);
+        opts.onBlob?.(converted, i);
+      } else {
+        fs.rmSync(blobPath);
+        opts.onNoBlob?.(i);
+      }
+      layerStats.push({ ...stats, digest: layer.digest, blob: blob.chunks.length > 0 ? blob.id : null });
     }
-    if (blob.chunks.length > 0) {
-      deviceOfLayer.set(i + 1, blobs.length + 1);
-      const finalPath = path.join(workDir, `${blob.id}.blob`);
-      fs.renameSync(blobPath, finalPath);
-      const converted = { ...blob, path: finalPath, sourceLayer: layer.digest };
-      blobs.push(converted);
-      opts.onBlob?.(converted, i);
-    } else {
-      fs.rmSync(blobPath);
-      opts.onNoBlob?.(i);
-    }
-    layerStats.push({ ...stats, digest: layer.digest, blob: blob.chunks.length > 0 ? blob.id : null });
+  } finally {
+    opening.slice(current + 1).forEach((o) => o && discardLayer(o));
   }
 
   for (const location of dict.locations()) location.device = deviceOfLayer.get(location.device)!;

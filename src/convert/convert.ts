@@ -8,7 +8,7 @@ import { readAll, type ImageSource, type ImageTarget, type StreamedBlob } from '
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import { DEFAULT_ZSTD_LEVEL } from '../blob/compressed-blob-writer';
 import { convertAddon } from '../native/convert-addon';
-import { convertLayers, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
+import { convertLayers, discardLayer, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 import { ConvertedLayerMemo, defaultMemoPath } from './layer-memo';
 
 export const LazyMediaType = {
@@ -92,10 +92,14 @@ export function lazyManifest(config: Descriptor, sourceDigest: string, c: Conver
 
 export async function convertImage(source: ImageSource, target: ImageTarget, opts: ConvertOptions): Promise<ConvertResult> {
   const work = fs.mkdtempSync(path.join(opts.workDir ?? os.tmpdir(), 'erofs-ondemand-convert-'));
+  let firstLayer: Promise<AsyncIterable<Buffer>> | undefined;
   try {
     const resolved = await source.resolve(opts.platform);
     const { manifest } = resolved;
     opts.onProgress?.({ kind: 'resolved', digest: resolved.digest, layers: manifest.layers });
+    // The first layer's request goes out now, beside the config's and the memo's checks.
+    firstLayer = manifest.layers.length > 0 ? source.openBlob(manifest.layers[0]) : undefined;
+    firstLayer?.catch(() => undefined); // awaited when the layer converts
     const configPath = path.join(work, 'config.json');
     fs.writeFileSync(configPath, await readAll(await source.openBlob(manifest.config)));
 
@@ -121,8 +125,9 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, memoKeys) : new Set<number>();
     const streams = new Map<number, StreamedBlob>();
     const abandoned: Array<Promise<void>> = [];
+    const opened = firstLayer;
     const converted = await convertLayers(
-      manifest.layers.map((desc) => ({ ...desc, open: () => source.openBlob(desc) })),
+      manifest.layers.map((desc, i) => ({ ...desc, open: () => (i === 0 && opened ? opened : source.openBlob(desc)) })),
       work,
       {
         chunkBits: opts.chunkBits,
@@ -185,6 +190,7 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
       skippedBlobs: 1 + lazy.layers.length - uploaded,
     };
   } finally {
+    if (firstLayer) discardLayer(firstLayer); // read to its end by now, unless the conversion stopped early
     fs.rmSync(work, { recursive: true, force: true });
   }
 }

@@ -208,7 +208,10 @@ export class HostClient {
         throw err;
       }
     }
-    return { body: Readable.from(watched(), { objectMode: false }), slot, more, failed: () => failed };
+    const body = Readable.from(watched(), { objectMode: false });
+    // Ending this stream early (a layer opened ahead and not read) must end the response under it.
+    body.once('close', () => stream.destroy());
+    return { body, slot, more, failed: () => failed };
   }
 
   private distrust(digest: string, slot: Slot, err: unknown): void {

@@ -38,8 +38,8 @@ export class RegistrySource implements ImageSource {
   }
 }
 
-/** PATCH size of a streamed upload: the part still to send when a blob is finished is at most this. */
-const STREAM_PART_SIZE = 8 << 20;
+/** Reads of a growing blob into its streamed upload: what is left to send when the blob is finished is at most this. */
+const STREAM_READ_SIZE = 1 << 20;
 
 export class RegistryTarget implements ImageTarget {
   constructor(
@@ -66,7 +66,7 @@ export class RegistryTarget implements ImageTarget {
   }
 
   streamBlob(file: string): StreamedBlob {
-    const push = new StreamedBlobPush(this.client, this.parsed.repository, file, STREAM_PART_SIZE, this.mountFrom);
+    const push = new StreamedBlobPush(this.client, this.parsed.repository, file, STREAM_READ_SIZE, this.mountFrom);
     return {
       written: (bytes) => push.written(bytes),
       finish: async (desc) => (await push.finish(desc)) === 'uploaded',

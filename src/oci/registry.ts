@@ -92,7 +92,7 @@ interface Call {
   url: URL;
   headers?: Record<string, string>;
   /** Makes the request body; called again for each attempt. */
-  body?: () => Buffer | Readable;
+  body?: () => Buffer | Readable | AsyncIterable<Buffer>;
   scopes: string[];
   ctx: ErrorContext;
   /** Whether a busy registry or a broken connection may be answered by sending the request again. */
@@ -390,7 +390,11 @@ export class RegistryClient {
         throw wrapNetworkError(err);
       }
     }
-    return Readable.from(checked(), { objectMode: false });
+    const out = Readable.from(checked(), { objectMode: false });
+    // Ending this stream before reading it to the end (a layer opened ahead and not read) must end
+    // the response too, or its connection stays taken and closing the client waits for it.
+    out.once('close', () => body.destroy());
+    return out;
   }
 
   /** Bytes `start..endInclusive` of a blob. The registry must honour Range (206); the bytes are not verifiable against the digest. */
@@ -536,6 +540,37 @@ export class RegistryClient {
     await patch.body.dump();
     upload.location = this.location(patch, ctx);
     upload.offset += chunk.length;
+  }
+
+  /**
+   * Sends the session's bytes as one PATCH whose body is read as it comes (chunked transfer coding,
+   * no Content-Range), the way docker's client streams a layer: the registry takes the bytes as
+   * they arrive, and there is no per-part request to wait for at the end. Not retried: the body
+   * cannot be read twice.
+   */
+  async streamUpload(upload: BlobUpload, body: AsyncIterable<Buffer>): Promise<void> {
+    const ctx = { ...upload.ctx, offset: upload.offset };
+    let used = false;
+    const patch = await this.send({
+      op: 'stream blob upload',
+      method: 'PATCH',
+      url: upload.location,
+      headers: { 'content-type': 'application/octet-stream' },
+      body: () => {
+        if (used) throw new Error('a streamed upload cannot be sent twice');
+        used = true;
+        return body;
+      },
+      scopes: [pushScope(upload.repo)],
+      ctx,
+      retry: false,
+    });
+    if (patch.status !== 202) throw await this.unexpected(patch, 'stream blob upload', ctx);
+    await patch.body.dump();
+    upload.location = this.location(patch, ctx);
+    const range = /^(?:bytes=)?0-(\d+)$/.exec(header(patch, 'range') ?? '');
+    if (!range) throw new InputError(`registry answered the streamed upload with Range ${JSON.stringify(header(patch, 'range') ?? null)}`, ctx);
+    upload.offset = Number(range[1]) + 1;
   }
 
   async commitUpload(upload: BlobUpload, digest: string): Promise<void> {
@@ -762,7 +797,8 @@ export class RegistryClient {
         path: `${url.pathname}${url.search}`,
         method: call.method,
         headers,
-        body: call.body ? call.body() : null,
+        // undici sends an async iterable chunk by chunk (its types leave that case out).
+        body: (call.body ? call.body() : null) as Buffer | Readable | null,
       });
       // Destroying a body we stop reading (a 200 to a Range request, an oversized manifest) makes
       // undici emit an abort error on it; readers still get errors through iteration.

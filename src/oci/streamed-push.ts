@@ -9,35 +9,41 @@ import { pushScope } from './auth';
 import type { BlobUpload, PushResult, RegistryClient } from './registry';
 import type { Descriptor } from './types';
 
+/**
+ * One PATCH whose body follows the file as it grows (see RegistryClient.streamUpload); it opens once
+ * a read's worth of bytes is there, so a blob that turns out empty or tiny costs no session.
+ */
 export class StreamedBlobPush {
   private end = 0;
   private finished = false;
   private cancelled = false;
   private wake: (() => void) | null = null;
   private upload: BlobUpload | null = null;
+  private sending: Promise<void> | null = null;
   private failure: unknown = null;
-  private readonly pumping: Promise<void>;
   private readonly fd: number;
-  private readonly buf: Buffer;
+  /**
+   * Reads go round these buffers. undici waits for the socket to drain after each write larger than
+   * its buffer (any of these), so a buffer is on the wire before the body is asked for more, and is
+   * reused two reads later.
+   */
+  private readonly buffers: Buffer[] = [];
 
   constructor(
     private readonly client: RegistryClient,
     private readonly repo: string,
     file: string,
-    /** Bytes per PATCH; the last one may be shorter. */
-    private readonly partSize: number,
+    /** Bytes per read of the file into the request body; the session opens once this many are written. */
+    private readonly readSize: number,
     private readonly mountFrom?: string,
   ) {
     this.fd = fs.openSync(file, 'r');
-    this.buf = Buffer.allocUnsafe(partSize);
-    this.pumping = this.pump().catch((err) => {
-      this.failure = err;
-    });
   }
 
   written(bytes: number): void {
     this.end = bytes;
-    if (this.end - this.sent >= this.partSize) this.poke();
+    if (!this.sending && bytes >= this.readSize) this.begin();
+    this.poke();
   }
 
   /**
@@ -47,18 +53,24 @@ export class StreamedBlobPush {
   async finish(desc: Descriptor): Promise<PushResult> {
     this.finished = true;
     try {
-      if ((await this.client.headBlob(this.repo, desc.digest, [pushScope(this.repo)])) !== null) {
+      if (!this.sending && this.end > 0) this.begin();
+      this.poke();
+      // The check overlaps the last bytes going out.
+      const exists = this.client.headBlob(this.repo, desc.digest, [pushScope(this.repo)]);
+      exists.catch(() => undefined);
+      if ((await exists) !== null) {
         await this.stop();
         return 'exists';
       }
-      this.poke();
-      await this.pumping;
+      await this.sending;
       if (this.failure === null && this.upload && this.upload.offset === desc.size) {
         await this.client.commitUpload(this.upload, desc.digest);
         return 'uploaded';
       }
       if (this.failure !== null) {
         log.warn('streamed blob upload failed; uploading the finished blob', { repository: this.repo, digest: desc.digest, error: (this.failure as Error).message });
+      } else if (this.upload) {
+        log.warn('streamed blob upload ended short; uploading the finished blob', { repository: this.repo, digest: desc.digest, received: this.upload.offset, size: desc.size });
       }
       await this.stop();
       return await this.client.pushBlob(this.repo, desc.digest, desc.size, () => Readable.from(readFd(this.fd, desc.size)), { mountFrom: this.mountFrom });
@@ -80,8 +92,13 @@ export class StreamedBlobPush {
     }
   }
 
-  private get sent(): number {
-    return this.upload?.offset ?? 0;
+  private begin(): void {
+    this.sending = (async () => {
+      this.upload = await this.client.startUpload(this.repo);
+      if (!this.cancelled) await this.client.streamUpload(this.upload, this.body());
+    })().catch((err) => {
+      this.failure = err;
+    });
   }
 
   private poke(): void {
@@ -90,27 +107,28 @@ export class StreamedBlobPush {
     wake?.();
   }
 
-  /** Waits for the pump and cancels its session, if it opened one. */
+  /** Ends the body (if it is still going) and cancels the session, if one was opened. */
   private async stop(): Promise<void> {
     this.cancelled = true;
     this.poke();
-    await this.pumping;
+    await this.sending;
     const upload = this.upload;
     this.upload = null;
     if (upload) await this.client.cancelUpload(upload).catch((err) => log.debug('cancelling a blob upload failed', { repository: this.repo, error: (err as Error).message }));
   }
 
-  private async pump(): Promise<void> {
-    for (;;) {
+  private async *body(): AsyncGenerator<Buffer> {
+    let sent = 0;
+    for (let turn = 0; ; ) {
       if (this.cancelled) return;
-      const ready = this.end - this.sent;
-      if (this.finished ? ready > 0 : ready >= this.partSize) {
-        this.upload ??= await this.client.startUpload(this.repo);
-        if (this.cancelled) return;
-        const n = Math.min(ready, this.partSize);
-        const got = fs.readSync(this.fd, this.buf, 0, n, this.sent);
-        if (got !== n) throw new Error(`blob file gave ${got} of ${n} bytes at ${this.sent}`);
-        await this.client.patchUpload(this.upload, this.buf.subarray(0, n));
+      const ready = this.end - sent;
+      if (ready > 0 && (ready >= this.readSize || this.finished)) {
+        const n = Math.min(ready, this.readSize);
+        const buf = (this.buffers[turn++ % 3] ??= Buffer.allocUnsafeSlow(this.readSize));
+        const got = fs.readSync(this.fd, buf, 0, n, sent);
+        if (got !== n) throw new Error(`blob file gave ${got} of ${n} bytes at ${sent}`);
+        sent += n;
+        yield buf.subarray(0, n);
         continue;
       }
       if (this.finished) return;

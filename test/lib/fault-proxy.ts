@@ -26,6 +26,10 @@ export interface ProxiedRequest {
   status: number | 'reset';
   /** Whether the request carried an Authorization header. */
   authorized: boolean;
+  /** Request body bytes received so far (a streamed upload grows while it goes on). */
+  bytesIn: number;
+  /** Request body bytes of all requests received before this one started. */
+  bytesInBefore: number;
 }
 
 export interface FaultProxy {
@@ -42,13 +46,18 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   const [targetHost, targetPort] = target.split(':');
   let rules: (FaultRule & { left: number })[] = [];
   const requests: ProxiedRequest[] = [];
+  let bytesIn = 0;
   const agent = new http.Agent({ keepAlive: true });
 
   const server = http.createServer((req, res) => {
     const method = req.method ?? 'GET';
     const url = req.url ?? '/';
-    const record: ProxiedRequest = { method, path: url, status: 0, authorized: req.headers.authorization !== undefined };
+    const record: ProxiedRequest = { method, path: url, status: 0, authorized: req.headers.authorization !== undefined, bytesIn: 0, bytesInBefore: bytesIn };
     requests.push(record);
+    req.on('data', (b: Buffer) => {
+      record.bytesIn += b.length;
+      bytesIn += b.length;
+    });
     const rule = rules.find((r) => r.left > 0 && (!r.method || r.method === method) && r.path.test(url));
     if (rule) rule.left--;
     const fault = rule?.fault;
