@@ -34,34 +34,20 @@ export class ByteReader {
     await this.fill(n);
     if (this.buffered < n) {
       if (allowEnd && this.buffered === 0) return null;
-      throw new Error(`input ends after ${this.buffered} of ${n} expected bytes (truncated)`);
+      throw truncated(this.buffered, n);
     }
-    let out: Buffer;
-    if (this.pending[0].length >= n) {
-      out = this.pending[0].subarray(0, n);
-      this.pending[0] = this.pending[0].subarray(n);
-      if (this.pending[0].length === 0) this.pending.shift();
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let got = 0;
-      while (got < n) {
-        const head = this.pending[0];
-        const take = Math.min(head.length, n - got);
-        head.copy(out, got, 0, take);
-        got += take;
-        if (take === head.length) this.pending.shift();
-        else this.pending[0] = head.subarray(take);
-      }
-    }
-    this.buffered -= n;
-    this.position += n;
-    return out;
+    const parts = this.take(n);
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
   }
 
   /** Exactly `n` bytes as the pieces they arrived in (subarrays, not copied); a short read is a truncated input. */
   async readParts(n: number): Promise<Buffer[]> {
     await this.fill(n);
-    if (this.buffered < n) throw new Error(`input ends after ${this.buffered} of ${n} expected bytes (truncated)`);
+    if (this.buffered < n) throw truncated(this.buffered, n);
+    return this.take(n);
+  }
+
+  private take(n: number): Buffer[] {
     const parts: Buffer[] = [];
     for (let got = 0; got < n; ) {
       const head = this.pending[0];
@@ -86,4 +72,8 @@ export class ByteReader {
       left -= take;
     }
   }
+}
+
+function truncated(got: number, n: number): Error {
+  return new Error(`input ends after ${got} of ${n} expected bytes (truncated)`);
 }
