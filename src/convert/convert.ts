@@ -9,26 +9,10 @@ import { MediaType, type Descriptor, type ImageManifest, type Platform } from '.
 import { DEFAULT_ZSTD_LEVEL } from '../blob/compressed-blob-writer';
 import { convertAddon } from '../native/convert-addon';
 import { convertLayers, discardLayer, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
+import { Annotation, LazyMediaType } from './lazy-image';
 import { ConvertedLayerMemo, defaultMemoPath } from './layer-memo';
 
-export const LazyMediaType = {
-  bootstrap: 'application/vnd.erofs-ondemand.bootstrap.v1.erofs',
-  blob: 'application/vnd.erofs-ondemand.blob.v1.chunked+zstd',
-  /** artifactType of the referrer that points from a source image to its lazy form. */
-  referrer: 'application/vnd.erofs-ondemand.image.v1',
-} as const;
-
-export const Annotation = {
-  sourceDigest: 'io.erofs-ondemand.source.digest',
-  sourceLayer: 'io.erofs-ondemand.source.layer',
-  chunkSize: 'io.erofs-ondemand.chunk-size',
-  uncompressedSize: 'io.erofs-ondemand.blob.uncompressed-size',
-  tableOffset: 'io.erofs-ondemand.blob.chunk-table-offset',
-  tableDigest: 'io.erofs-ondemand.blob.chunk-table-digest',
-  chunks: 'io.erofs-ondemand.blob.chunks',
-  inodes: 'io.erofs-ondemand.bootstrap.inodes',
-  image: 'io.erofs-ondemand.image',
-} as const;
+export { Annotation, LazyMediaType };
 
 export type ConvertProgress =
   | { kind: 'resolved'; digest: string; layers: Descriptor[] }

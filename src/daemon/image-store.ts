@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { loadBlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
-import { Annotation, LazyMediaType } from '../convert/convert';
+import { Annotation, LazyMediaType } from '../convert/lazy-image';
 import { InputError } from '../errors';
 import { log } from '../log';
 import { digestHex } from '../oci/digest';
