@@ -6,7 +6,8 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { createHttpAgent, type HttpAgent } from './http-agent';
 import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
 import { loadDockerCredentials, printableUrl, pullScope, pushScope, RegistryAuth, type Credentials } from './auth';
@@ -185,7 +186,7 @@ export class RegistryClient {
   private readonly origin: string;
   private readonly apiPath: string;
   private readonly namespace: string | undefined;
-  private readonly agent: Agent;
+  private readonly agent: HttpAgent;
   private readonly auth: RegistryAuth;
   private readonly attempts: number;
   private readonly retryBaseMs: number;
@@ -204,7 +205,7 @@ export class RegistryClient {
     this.retryBaseMs = opts.retryBaseMs ?? 500;
     this.maxRetryDelayMs = opts.maxRetryDelayMs ?? 30_000;
     this.chunkSize = opts.chunkSize ?? 16 << 20;
-    this.agent = new Agent({
+    this.agent = createHttpAgent({
       connections: opts.connections ?? 8,
       keepAliveTimeout: 30_000,
       headersTimeout: timeoutMs,
