@@ -1,7 +1,6 @@
 // Typed face of the convert addon (native/convert/): batch chunk compression and gunzip on the
 // thread pool. A separate addon so that the daemon's nodes need neither ISA-L nor this code.
-import path from 'node:path';
-import { packageRoot } from './index';
+import { addonPath } from './addon-path';
 
 /** Streaming gunzip, zlib-like: the caller feeds input and hands in each output buffer (so it can reuse them). */
 export interface GzipInflater {
@@ -46,7 +45,7 @@ let loaded: ConvertAddon | undefined;
 
 export function convertAddon(): ConvertAddon {
   if (!loaded) {
-    const file = path.join(packageRoot(), 'build', 'Release', 'erofs_ondemand_convert.node');
+    const file = addonPath('erofs_ondemand_convert');
     try {
       loaded = require(file) as ConvertAddon;
     } catch (err) {

@@ -1,6 +1,5 @@
 // Typed face of the N-API addon (native/): the syscalls Node.js does not offer.
-import fs from 'node:fs';
-import path from 'node:path';
+import { addonPath } from './addon-path';
 
 export type PathLike = string | Buffer;
 
@@ -126,16 +125,7 @@ interface NativeAddon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
 }
 
-export function packageRoot(): string {
-  for (let dir = __dirname; ; dir = path.dirname(dir)) {
-    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
-    if (path.dirname(dir) === dir) throw new Error(`no package.json above ${__dirname}`);
-  }
-}
-
-export const native: NativeAddon = require(
-  path.join(packageRoot(), 'build', 'Release', 'erofs_ondemand_native.node'),
-) as NativeAddon;
+export const native: NativeAddon = require(addonPath('erofs_ondemand_native')) as NativeAddon;
 
 export const MS_RDONLY = 1;
 export const MS_NOSUID = 2;

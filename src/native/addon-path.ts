@@ -1,0 +1,15 @@
+// Where the addons are built: build/Release under the package root, found from this file, so that
+// both src/ (tests) and dist/ find them.
+import fs from 'node:fs';
+import path from 'node:path';
+
+function packageRoot(): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
+    if (path.dirname(dir) === dir) throw new Error(`no package.json above ${__dirname}`);
+  }
+}
+
+export function addonPath(name: string): string {
+  return path.join(packageRoot(), 'build', 'Release', `${name}.node`);
+}
