@@ -51,7 +51,7 @@ export function gunzip(source: AsyncIterable<Buffer>): ReleasingStream {
           running = undefined;
           const done = out;
           if (needsInput) await feed();
-          const finished = needsInput === false && produced < done.length && last;
+          const finished = !needsInput && produced < done.length && last;
           if (!finished) {
             out = take();
             running = inflater.inflate(out);
