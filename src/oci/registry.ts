@@ -514,7 +514,8 @@ export class RegistryClient {
 
   /**
    * Opens an upload session for a blob whose digest is not known yet (it is still being produced):
-   * chunks go in order with `patchUpload`, then `commitUpload` names the digest, or `cancelUpload`.
+   * chunks go in order with `patchUpload` (or all of them as one stream with `streamUpload`), then
+   * `commitUpload` names the digest, or `cancelUpload`.
    */
   async startUpload(repo: string): Promise<BlobUpload> {
     this.checkRepo(repo, 'upload');
@@ -526,20 +527,8 @@ export class RegistryClient {
   }
 
   async patchUpload(upload: BlobUpload, chunk: Buffer): Promise<void> {
-    const ctx = { ...upload.ctx, offset: upload.offset };
-    const patch = await this.send({
-      op: 'upload blob chunk',
-      method: 'PATCH',
-      url: upload.location,
-      headers: { 'content-type': 'application/octet-stream', 'content-length': String(chunk.length), 'content-range': `${upload.offset}-${upload.offset + chunk.length - 1}` },
-      body: () => chunk,
-      scopes: [pushScope(upload.repo)],
-      ctx,
-      retry: false,
-    });
-    if (patch.status !== 202) throw await this.unexpected(patch, 'upload blob chunk', ctx);
-    await patch.body.dump();
-    upload.location = this.location(patch, ctx);
+    const range = `${upload.offset}-${upload.offset + chunk.length - 1}`;
+    await this.patch(upload, 'upload blob chunk', { 'content-length': String(chunk.length), 'content-range': range }, () => chunk);
     upload.offset += chunk.length;
   }
 
@@ -550,28 +539,34 @@ export class RegistryClient {
    * cannot be read twice.
    */
   async streamUpload(upload: BlobUpload, body: AsyncIterable<Buffer>): Promise<void> {
-    const ctx = { ...upload.ctx, offset: upload.offset };
     let used = false;
-    const patch = await this.send({
-      op: 'stream blob upload',
+    const patch = await this.patch(upload, 'stream blob upload', {}, () => {
+      if (used) throw new Error('a streamed upload cannot be sent twice');
+      used = true;
+      return body;
+    });
+    const range = /^(?:bytes=)?0-(\d+)$/.exec(header(patch, 'range') ?? '');
+    if (!range) throw new InputError(`registry answered the streamed upload with Range ${JSON.stringify(header(patch, 'range') ?? null)}`, { ...upload.ctx, offset: upload.offset });
+    upload.offset = Number(range[1]) + 1;
+  }
+
+  /** One PATCH of an upload session (not retried: the session's offset moves with it); follows its Location. */
+  private async patch(upload: BlobUpload, op: string, headers: Record<string, string>, body: NonNullable<Call['body']>): Promise<Response> {
+    const ctx = { ...upload.ctx, offset: upload.offset };
+    const res = await this.send({
+      op,
       method: 'PATCH',
       url: upload.location,
-      headers: { 'content-type': 'application/octet-stream' },
-      body: () => {
-        if (used) throw new Error('a streamed upload cannot be sent twice');
-        used = true;
-        return body;
-      },
+      headers: { 'content-type': 'application/octet-stream', ...headers },
+      body,
       scopes: [pushScope(upload.repo)],
       ctx,
       retry: false,
     });
-    if (patch.status !== 202) throw await this.unexpected(patch, 'stream blob upload', ctx);
-    await patch.body.dump();
-    upload.location = this.location(patch, ctx);
-    const range = /^(?:bytes=)?0-(\d+)$/.exec(header(patch, 'range') ?? '');
-    if (!range) throw new InputError(`registry answered the streamed upload with Range ${JSON.stringify(header(patch, 'range') ?? null)}`, ctx);
-    upload.offset = Number(range[1]) + 1;
+    if (res.status !== 202) throw await this.unexpected(res, op, ctx);
+    await res.body.dump();
+    upload.location = this.location(res, ctx);
+    return res;
   }
 
   async commitUpload(upload: BlobUpload, digest: string): Promise<void> {
