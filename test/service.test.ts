@@ -5,6 +5,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { until } from './lib/assertions';
 import { cleanup, tempDir } from './lib/image';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -38,11 +39,6 @@ while True:
   return { proc, messages, ready };
 }
 
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
-  assert.ok(cond(), what);
-}
-
 describe('systemd service', () => {
   it('ships a unit file that systemd-analyze accepts', () => {
     const r = spawnSync('systemd-analyze', ['verify', path.join(ROOT, 'systemd', 'erofs-ondemand.service')], { encoding: 'utf8' });
@@ -69,17 +65,17 @@ describe('systemd service', () => {
     let stderr = '';
     daemon.stderr!.on('data', (d) => (stderr += d));
     try {
-      await until(() => listener.messages.some((m) => m.startsWith('READY=1')), `READY=1 sent (log: ${stderr})`);
+      await until(() => listener.messages.some((m) => m.startsWith('READY=1')), `READY=1 sent (log: ${stderr})`, 10_000);
       assert.ok(fs.existsSync(control), 'the socket exists once READY is sent');
       fs.writeFileSync(config, JSON.stringify({ cacheDir: path.join(work, 'cache'), socket: control, logLevel: 'debug', prefetch: 3 }));
       daemon.kill('SIGHUP');
-      await until(() => /configuration reloaded/.test(stderr), 'reload logged');
+      await until(() => /configuration reloaded/.test(stderr), 'reload logged', 10_000);
       assert.match(stderr, /"logLevel":"debug"/);
       assert.match(stderr, /"needsRestart":\["prefetch"\]/);
       const exited = new Promise<number | null>((r) => daemon.once('exit', r));
       daemon.kill('SIGTERM');
       assert.equal(await exited, 0);
-      await until(() => listener.messages.includes('STOPPING=1'), 'STOPPING=1 sent');
+      await until(() => listener.messages.includes('STOPPING=1'), 'STOPPING=1 sent', 10_000);
     } finally {
       if (daemon.exitCode === null) daemon.kill('SIGKILL');
       listener.proc.kill();

@@ -11,6 +11,7 @@ import { readAll } from '../src/oci/image-io';
 import { RegistryClient } from '../src/oci/registry';
 import { StreamedBlobPush } from '../src/oci/streamed-push';
 import { MediaType, type Descriptor } from '../src/oci/types';
+import { until } from './lib/assertions';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { captureLogs } from './lib/log-capture';
 import { startRegistry, type RegistryServer } from './lib/registry-server';
@@ -19,11 +20,6 @@ const PART = 64 << 10;
 
 function descriptorOf(data: Buffer): Descriptor {
   return { mediaType: MediaType.ociLayerTar, digest: `sha256:${createHash('sha256').update(data).digest('hex')}`, size: data.length };
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), `timed out waiting for ${what}`);
 }
 
 describe('streamed blob push', () => {
@@ -54,7 +50,7 @@ describe('streamed blob push', () => {
     push.written(3 * PART);
     // Three reads are out before the writer has even finished: the upload follows the file.
     const patch = () => proxy.requests.find((r) => r.method === 'PATCH');
-    await until(() => (patch()?.bytesIn ?? 0) >= 3 * PART, 'the written bytes to reach the registry');
+    await until(() => (patch()?.bytesIn ?? 0) >= 3 * PART, 'the written bytes to reach the registry', 5_000);
     assert.equal(patch()!.status, 0, 'the PATCH is still open');
     assert.equal(proxy.requests.filter((r) => r.method === 'PUT').length, 0);
     fs.writeSync(fd, data, 3 * PART, data.length - 3 * PART, 3 * PART);
@@ -81,7 +77,7 @@ describe('streamed blob push', () => {
     proxy.reset();
     const second = new StreamedBlobPush(client, 'stream/b', file, PART);
     second.written(data.length);
-    await until(() => proxy.requests.some((r) => r.method === 'PATCH'), 'a PATCH');
+    await until(() => proxy.requests.some((r) => r.method === 'PATCH'), 'a PATCH', 5_000);
     assert.equal(await second.finish(desc), 'exists');
     assert.equal(proxy.requests.filter((r) => r.method === 'PUT').length, 0, 'nothing committed');
     assert.equal(proxy.requests.filter((r) => r.method === 'DELETE' && r.status === 204).length, 1, 'the session was cancelled');
@@ -117,7 +113,7 @@ describe('streamed blob push', () => {
     assert.equal(proxy.requests.length, 0);
     const busy = new StreamedBlobPush(client, 'stream/d', file, PART);
     busy.written(2 * PART);
-    await until(() => proxy.requests.some((r) => r.method === 'PATCH' && r.bytesIn >= PART), 'a PATCH');
+    await until(() => proxy.requests.some((r) => r.method === 'PATCH' && r.bytesIn >= PART), 'a PATCH', 5_000);
     await busy.abandon();
     assert.equal(proxy.requests.filter((r) => r.method === 'DELETE').length, 1);
     assert.equal(proxy.requests.filter((r) => r.method === 'PUT').length, 0);
