@@ -6,7 +6,7 @@ import path from 'node:path';
 import { sha256Digest } from '../oci/digest';
 import { readAll, type ImageSource, type ImageTarget, type StreamedBlob } from '../oci/image-io';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
-import { DEFAULT_ZSTD_LEVEL } from '../blob/compressed-blob-writer';
+import { ZSTD_LEVEL } from '../blob/compressed-blob-writer';
 import { convertAddon } from '../native/convert-addon';
 import { convertLayers, discardLayer, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 import { Annotation, LazyMediaType } from './lazy-image';
@@ -104,7 +104,7 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const layerDigests = manifest.layers.map((l) => l.digest);
     const memo = opts.memoFile === null ? null : new ConvertedLayerMemo(opts.memoFile ?? defaultMemoPath());
     // The compressor's version and level are part of what a converted blob depends on.
-    const compressor = `zstd/${convertAddon().zstdVersion}/level-${DEFAULT_ZSTD_LEVEL}`;
+    const compressor = `zstd/${convertAddon().zstdVersion}/level-${ZSTD_LEVEL}`;
     const memoKeys = layerDigests.map((_, i) => ConvertedLayerMemo.key(layerDigests, i, opts.chunkBits, compressor));
     const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, memoKeys) : new Set<number>();
     const streams = new Map<number, StreamedBlob>();
