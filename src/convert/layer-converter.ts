@@ -1,5 +1,4 @@
 // One source layer -> entries applied to the merged tree + its data blob (new chunks only).
-import { decompress } from '@mongodb-js/zstd';
 import type { CompressedBlobWriter } from '../blob/compressed-blob-writer';
 import { InputError, type ErrorContext } from '../errors';
 import { TarReader } from '../tar/reader';
@@ -30,6 +29,8 @@ async function* unzstd(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
   // @mongodb-js/zstd 1.x has no streaming API: zstd layers are decompressed whole.
   const parts: Buffer[] = [];
   for await (const b of source) parts.push(b);
+  // Loaded here, not at start-up: most layers are gzip, and the binding costs 12 ms to load.
+  const { decompress } = await import('@mongodb-js/zstd');
   yield await decompress(Buffer.concat(parts));
 }
 
