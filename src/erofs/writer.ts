@@ -49,12 +49,17 @@ export interface BootstrapResult {
 
 const MAX_SYMLINK_LEN = 4095;
 const MAX_U32 = 0xffffffff;
+const MIN_I64 = -(1n << 63n);
+const MAX_I64 = (1n << 63n) - 1n;
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
+const NO_XATTRS: EncodedXattr[] = [];
+const NO_CHILDREN: Planned['children'] = [];
 
 interface Planned {
   inode: Inode;
-  path: Buffer[];
+  /** The name under `parent` where the inode was first met (null for the root): its path in messages. */
+  name: Buffer | null;
   parent: Planned | null;
   links: number;
   nlink: number;
@@ -74,8 +79,15 @@ interface Planned {
   children: Array<{ name: Buffer; node: Planned }>;
 }
 
-function fail(path: readonly Buffer[], message: string): never {
-  throw new InputError(message, { path: displayPath(path) });
+// Paths are put together only for messages: one array per inode was a fifth of the writer's time.
+function pathOf(p: Planned | null): Buffer[] {
+  const names: Buffer[] = [];
+  for (let at = p; at?.name; at = at.parent) names.push(at.name);
+  return names.reverse();
+}
+
+function fail(where: Planned | readonly Buffer[], message: string): never {
+  throw new InputError(message, { path: displayPath(Array.isArray(where) ? where : pathOf(where as Planned)) });
 }
 
 /** Mode type bits and directory-entry type of each kind of inode. */
@@ -89,38 +101,41 @@ const TYPES: Record<Inode['type'], { ifmt: number; dirent: DirentType }> = {
   socket: { ifmt: S_IFSOCK, dirent: DirentType.Socket },
 };
 
-function typeOf(inode: Inode, path: readonly Buffer[]): { ifmt: number; dirent: DirentType } {
+function typeOf(inode: Inode, p: Planned): { ifmt: number; dirent: DirentType } {
   const t = Object.hasOwn(TYPES, inode.type) ? TYPES[inode.type] : undefined;
-  if (!t) fail(path, `unsupported file type ${String((inode as { type: unknown }).type)}`);
+  if (!t) fail(p, `unsupported file type ${String((inode as { type: unknown }).type)}`);
   return t;
 }
 
-function validateName(parent: readonly Buffer[], name: Buffer): void {
-  const where = [...parent, name];
+function validateName(parent: Planned, name: Buffer): void {
+  const where = () => [...pathOf(parent), name];
   if (name.length === 0) fail(parent, 'empty file name in directory');
-  if (name.length > MAX_NAME_LEN) fail(where, `file name of ${name.length} bytes exceeds ${MAX_NAME_LEN}`);
-  if (name.includes(0x2f)) fail(where, "file name contains '/'");
-  if (name.includes(0)) fail(where, 'file name contains a NUL byte');
-  if (name.equals(DOT) || name.equals(DOTDOT)) fail(where, `file name ${JSON.stringify(name.toString())} is reserved`);
+  if (name.length > MAX_NAME_LEN) fail(where(), `file name of ${name.length} bytes exceeds ${MAX_NAME_LEN}`);
+  if (name.includes(0x2f)) fail(where(), "file name contains '/'");
+  if (name.includes(0)) fail(where(), 'file name contains a NUL byte');
+  if (name.equals(DOT) || name.equals(DOTDOT)) fail(where(), `file name ${JSON.stringify(name.toString())} is reserved`);
 }
 
-function validateMeta(path: readonly Buffer[], meta: Metadata): void {
-  if (!Number.isInteger(meta.perm) || meta.perm < 0 || meta.perm > 0o7777) fail(path, `mode ${meta.perm} is not a permission mask`);
-  for (const [what, id] of [['uid', meta.uid], ['gid', meta.gid]] as const) {
-    if (!Number.isInteger(id) || id < 0 || id > MAX_U32) fail(path, `${what} ${id} does not fit in 32 bits`);
-  }
-  if (!Number.isInteger(meta.mtimeNsec) || meta.mtimeNsec < 0 || meta.mtimeNsec >= 1e9) fail(path, `mtime nanoseconds ${meta.mtimeNsec} out of range`);
-  if (meta.mtimeSec < -(1n << 63n) || meta.mtimeSec >= 1n << 63n) fail(path, `mtime ${meta.mtimeSec} does not fit in 64 bits`);
+const isU32 = (n: number) => Number.isInteger(n) && n >= 0 && n <= MAX_U32;
+
+function validateMeta(p: Planned, meta: Metadata): void {
+  if (!Number.isInteger(meta.perm) || meta.perm < 0 || meta.perm > 0o7777) fail(p, `mode ${meta.perm} is not a permission mask`);
+  if (!isU32(meta.uid)) fail(p, `uid ${meta.uid} does not fit in 32 bits`);
+  if (!isU32(meta.gid)) fail(p, `gid ${meta.gid} does not fit in 32 bits`);
+  if (!Number.isInteger(meta.mtimeNsec) || meta.mtimeNsec < 0 || meta.mtimeNsec >= 1e9) fail(p, `mtime nanoseconds ${meta.mtimeNsec} out of range`);
+  if (meta.mtimeSec < MIN_I64 || meta.mtimeSec > MAX_I64) fail(p, `mtime ${meta.mtimeSec} does not fit in 64 bits`);
 }
 
 /** Visits every inode once, directories breadth-first with entries in bytewise order. */
 function collect(root: Directory): Planned[] {
-  const make = (inode: Inode, path: Buffer[], parent: Planned | null): Planned => ({
-    inode, path, parent, links: 1, nlink: 0, mode: 0, extended: false, xattrs: [], xattrSize: 0,
-    layout: DataLayout.FlatPlain, data: null, dataLen: 0, fullBlocks: 0, tailLen: 0, rawBlkaddr: 0,
-    nid: 0, ino: 0, children: [],
+  const make = (inode: Inode, name: Buffer | null, parent: Planned | null): Planned => ({
+    inode, name, parent, links: 1, nlink: 0, mode: 0, extended: false, xattrs: NO_XATTRS, xattrSize: 0,
+    // rawBlkaddr starts as a value beyond small integers, as NULL_ADDR is: changing a field's
+    // representation later would migrate every object of this shape.
+    layout: DataLayout.FlatPlain, data: null, dataLen: 0, fullBlocks: 0, tailLen: 0, rawBlkaddr: NULL_ADDR,
+    nid: 0, ino: 0, children: inode.type === 'dir' ? [] : NO_CHILDREN,
   });
-  const rootPlan = make(root, [], null);
+  const rootPlan = make(root, null, null);
   const order: Planned[] = [rootPlan];
   const seen = new Map<Inode, Planned>([[root, rootPlan]]);
   for (let i = 0; i < order.length; i++) {
@@ -130,13 +145,13 @@ function collect(root: Directory): Planned[] {
     for (const key of keys) {
       const child = dir.inode.entries.get(key)!;
       const name = keyName(key);
-      validateName(dir.path, name);
+      validateName(dir, name);
       let plan = seen.get(child);
       if (plan) {
-        if (child.type === 'dir') fail([...dir.path, name], `directory is also linked at ${displayPath(plan.path)}`);
+        if (child.type === 'dir') fail([...pathOf(dir), name], `directory is also linked at ${displayPath(pathOf(plan))}`);
         plan.links++;
       } else {
-        plan = make(child, [...dir.path, name], dir);
+        plan = make(child, name, dir);
         seen.set(child, plan);
         order.push(plan);
       }
@@ -164,50 +179,52 @@ function commonMtime(order: readonly Planned[]): { sec: bigint; nsec: number } {
   return { sec: BigInt(sec), nsec: Number(nsec) };
 }
 
-function rdevField(path: readonly Buffer[], major: number, minor: number): number {
-  if (!Number.isInteger(major) || major < 0 || major > 0xfff) fail(path, `device major ${major} does not fit in 12 bits`);
-  if (!Number.isInteger(minor) || minor < 0 || minor > 0xfffff) fail(path, `device minor ${minor} does not fit in 20 bits`);
+function rdevField(p: Planned, major: number, minor: number): number {
+  if (!Number.isInteger(major) || major < 0 || major > 0xfff) fail(p, `device major ${major} does not fit in 12 bits`);
+  if (!Number.isInteger(minor) || minor < 0 || minor > 0xfffff) fail(p, `device minor ${minor} does not fit in 20 bits`);
   return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
 function plan(p: Planned, opts: BootstrapOptions, buildTime: { sec: bigint; nsec: number }): void {
-  const { inode, path } = p;
-  validateMeta(path, inode.meta);
+  const { inode } = p;
+  validateMeta(p, inode.meta);
   try {
     p.xattrs = prepareXattrs(inode.meta.xattrs);
   } catch (err) {
-    if (err instanceof XattrError) fail(path, err.message);
+    if (err instanceof XattrError) fail(p, err.message);
     throw err;
   }
   p.xattrSize = xattrAreaSize(p.xattrs);
-  if (xattrICount(p.xattrSize) > 0xffff) fail(path, `xattrs take ${p.xattrSize} bytes, more than an inode can hold`);
-  p.mode = typeOf(inode, path).ifmt | inode.meta.perm;
+  if (xattrICount(p.xattrSize) > 0xffff) fail(p, `xattrs take ${p.xattrSize} bytes, more than an inode can hold`);
+  p.mode = typeOf(inode, p).ifmt | inode.meta.perm;
   p.nlink = inode.type === 'dir' ? 2 + p.children.filter((c) => c.node.inode.type === 'dir').length : p.links;
 
   let size = 0;
   if (inode.type === 'file') {
     size = inode.size;
     const chunkSize = 2 ** opts.chunkBits;
-    if (!Number.isSafeInteger(size) || size < 0) fail(path, `file size ${size} is not representable`);
+    if (!Number.isSafeInteger(size) || size < 0) fail(p, `file size ${size} is not representable`);
     const expected = Math.ceil(size / chunkSize);
-    if (inode.chunks.length !== expected) fail(path, `file of ${size} bytes has ${inode.chunks.length} chunks, expected ${expected}`);
-    inode.chunks.forEach((c, i) => {
-      if (c === null) return;
-      if (!Number.isInteger(c.device) || c.device < 1 || c.device > opts.devices.length) fail(path, `chunk ${i} names device ${c.device}, image has ${opts.devices.length}`);
-      if (!Number.isInteger(c.blkaddr) || c.blkaddr < 0 || c.blkaddr >= NULL_ADDR) fail(path, `chunk ${i} block address ${c.blkaddr} does not fit in 32 bits`);
-    });
+    if (inode.chunks.length !== expected) fail(p, `file of ${size} bytes has ${inode.chunks.length} chunks, expected ${expected}`);
+    for (let i = 0; i < inode.chunks.length; i++) {
+      const c = inode.chunks[i];
+      if (c === null) continue;
+      if (!Number.isInteger(c.device) || c.device < 1 || c.device > opts.devices.length) fail(p, `chunk ${i} names device ${c.device}, image has ${opts.devices.length}`);
+      if (!Number.isInteger(c.blkaddr) || c.blkaddr < 0 || c.blkaddr >= NULL_ADDR) fail(p, `chunk ${i} block address ${c.blkaddr} does not fit in 32 bits`);
+    }
     p.layout = size === 0 ? DataLayout.FlatPlain : DataLayout.ChunkBased;
   } else if (inode.type === 'dir') {
-    const names = [DOT, DOTDOT, ...p.children.map((c) => c.name)];
-    p.dataLen = dirDataSize(names.map((n) => n.length));
+    const nameLengths = [DOT.length, DOTDOT.length];
+    for (const c of p.children) nameLengths.push(c.name.length);
+    p.dataLen = dirDataSize(nameLengths);
   } else if (inode.type === 'symlink') {
-    if (inode.target.length === 0) fail(path, 'symlink has an empty target');
-    if (inode.target.length > MAX_SYMLINK_LEN) fail(path, `symlink target of ${inode.target.length} bytes exceeds ${MAX_SYMLINK_LEN}`);
-    if (inode.target.includes(0)) fail(path, 'symlink target contains a NUL byte');
+    if (inode.target.length === 0) fail(p, 'symlink has an empty target');
+    if (inode.target.length > MAX_SYMLINK_LEN) fail(p, `symlink target of ${inode.target.length} bytes exceeds ${MAX_SYMLINK_LEN}`);
+    if (inode.target.includes(0)) fail(p, 'symlink target contains a NUL byte');
     p.data = inode.target;
     p.dataLen = inode.target.length;
   } else if (inode.type === 'chardev' || inode.type === 'blockdev') {
-    rdevField(path, inode.major, inode.minor);
+    rdevField(p, inode.major, inode.minor);
   }
   if (inode.type === 'dir' || inode.type === 'symlink') size = p.dataLen;
 
@@ -218,7 +235,7 @@ function plan(p: Planned, opts: BootstrapOptions, buildTime: { sec: bigint; nsec
     size > MAX_U32 ||
     inode.meta.mtimeSec !== buildTime.sec ||
     inode.meta.mtimeNsec !== buildTime.nsec;
-  if (p.nlink > MAX_U32) fail(path, `${p.nlink} links do not fit in 32 bits`);
+  if (p.nlink > MAX_U32) fail(p, `${p.nlink} links do not fit in 32 bits`);
 
   if (p.dataLen > 0) {
     const inodeSize = p.extended ? EXTENDED_INODE_SIZE : COMPACT_INODE_SIZE;
@@ -269,7 +286,8 @@ export function writeBootstrap(root: Directory, opts: BootstrapOptions): Bootstr
   // Inodes are placed back to back on 32-byte slots; a record with an inline tail is moved to the
   // next block when its tail would otherwise cross a block boundary (the kernel rejects that).
   let cursor = align(deviceTableEnd(opts.devices.length), INODE_SLOT_SIZE);
-  for (const [i, p] of order.entries()) {
+  for (let i = 0; i < order.length; i++) {
+    const p = order[i];
     let start = align(cursor, INODE_SLOT_SIZE);
     if (p.tailLen > 0) {
       const tailStart = start + inodeSize(p) + p.xattrSize;
@@ -296,7 +314,10 @@ export function writeBootstrap(root: Directory, opts: BootstrapOptions): Bootstr
   if (totalBlocks > MAX_U32) throw new InputError('bootstrap exceeds 2^32 blocks');
 
   const image = Buffer.alloc(totalBlocks * BLOCK_SIZE);
-  for (const p of order) writeInode(image, p, opts.chunkBits);
+  // DataView's setters are builtins, fast before the optimizing compiler has seen this code (it runs
+  // once per image); Buffer's write methods are JavaScript with range checks.
+  const view = new DataView(image.buffer, image.byteOffset, image.length);
+  for (const p of order) writeInode(image, view, p, opts.chunkBits);
 
   const devices: DeviceSlot[] = opts.devices.map((d) => ({ tag: d.id, blocks: d.size / BLOCK_SIZE, mappedBlkaddr: 0 }));
   const fields = {
@@ -330,11 +351,11 @@ function dirData(p: Planned): Buffer {
   return encodeDirBlocks(entries);
 }
 
-function writeInode(image: Buffer, p: Planned, chunkBits: number): void {
+function writeInode(image: Buffer, view: DataView, p: Planned, chunkBits: number): void {
   const { inode } = p;
   const at = p.nid * INODE_SLOT_SIZE;
   const data = inode.type === 'dir' ? dirData(p) : p.data;
-  if (data && data.length !== p.dataLen) throw new Error(`internal: ${displayPath(p.path)} data size changed`);
+  if (data && data.length !== p.dataLen) throw new Error(`internal: ${displayPath(pathOf(p))} data size changed`);
 
   let iU = 0;
   let size = 0;
@@ -345,33 +366,33 @@ function writeInode(image: Buffer, p: Planned, chunkBits: number): void {
     size = p.dataLen;
     iU = p.rawBlkaddr;
   } else if (inode.type === 'chardev' || inode.type === 'blockdev') {
-    iU = rdevField(p.path, inode.major, inode.minor);
+    iU = rdevField(p, inode.major, inode.minor);
   }
 
   const format = (p.layout << 1) | (p.extended ? 1 : 0);
   const icount = xattrICount(p.xattrSize);
   if (p.extended) {
-    image.writeUInt16LE(format, at);
-    image.writeUInt16LE(icount, at + 2);
-    image.writeUInt16LE(p.mode, at + 4);
-    image.writeBigUInt64LE(BigInt(size), at + 8);
-    image.writeUInt32LE(iU, at + 16);
-    image.writeUInt32LE(p.ino, at + 20);
-    image.writeUInt32LE(inode.meta.uid, at + 24);
-    image.writeUInt32LE(inode.meta.gid, at + 28);
-    image.writeBigUInt64LE(BigInt.asUintN(64, inode.meta.mtimeSec), at + 32);
-    image.writeUInt32LE(inode.meta.mtimeNsec, at + 40);
-    image.writeUInt32LE(p.nlink, at + 44);
+    view.setUint16(at, format, true);
+    view.setUint16(at + 2, icount, true);
+    view.setUint16(at + 4, p.mode, true);
+    view.setBigUint64(at + 8, BigInt(size), true);
+    view.setUint32(at + 16, iU, true);
+    view.setUint32(at + 20, p.ino, true);
+    view.setUint32(at + 24, inode.meta.uid, true);
+    view.setUint32(at + 28, inode.meta.gid, true);
+    view.setBigUint64(at + 32, BigInt.asUintN(64, inode.meta.mtimeSec), true);
+    view.setUint32(at + 40, inode.meta.mtimeNsec, true);
+    view.setUint32(at + 44, p.nlink, true);
   } else {
-    image.writeUInt16LE(format, at);
-    image.writeUInt16LE(icount, at + 2);
-    image.writeUInt16LE(p.mode, at + 4);
-    image.writeUInt16LE(p.nlink, at + 6);
-    image.writeUInt32LE(size, at + 8);
-    image.writeUInt32LE(iU, at + 16);
-    image.writeUInt32LE(p.ino, at + 20);
-    image.writeUInt16LE(inode.meta.uid, at + 24);
-    image.writeUInt16LE(inode.meta.gid, at + 26);
+    view.setUint16(at, format, true);
+    view.setUint16(at + 2, icount, true);
+    view.setUint16(at + 4, p.mode, true);
+    view.setUint16(at + 6, p.nlink, true);
+    view.setUint32(at + 8, size, true);
+    view.setUint32(at + 16, iU, true);
+    view.setUint32(at + 20, p.ino, true);
+    view.setUint16(at + 24, inode.meta.uid, true);
+    view.setUint16(at + 26, inode.meta.gid, true);
   }
   const xattrAt = at + inodeSize(p);
   writeXattrArea(image, xattrAt, p.xattrs);
@@ -380,9 +401,9 @@ function writeInode(image: Buffer, p: Planned, chunkBits: number): void {
   if (inode.type === 'file' && p.layout === DataLayout.ChunkBased) {
     let idx = align(after, CHUNK_INDEX_SIZE);
     for (const c of inode.chunks) {
-      image.writeUInt16LE(0, idx);
-      image.writeUInt16LE(c ? c.device : 0, idx + 2);
-      image.writeUInt32LE(c ? c.blkaddr : NULL_ADDR, idx + 4);
+      view.setUint16(idx, 0, true);
+      view.setUint16(idx + 2, c ? c.device : 0, true);
+      view.setUint32(idx + 4, c ? c.blkaddr : NULL_ADDR, true);
       idx += CHUNK_INDEX_SIZE;
     }
   } else if (data) {
