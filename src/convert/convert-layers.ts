@@ -53,6 +53,32 @@ export interface ConvertLayersOptions {
 
 type OpenedLayer = AsyncIterable<Buffer> & { endpoint?: string };
 
+// Small layers are read into memory as soon as the conversion starts, so that their requests are not
+// a round trip each between the layers (most images end in a few small layers: config files, a user,
+// an entrypoint script). Bounded per layer and in all, since nothing else limits how much is held.
+const SMALL_LAYER_BYTES = 4 << 20;
+const SMALL_LAYERS_BUDGET = 32 << 20;
+
+/** A layer read to its end (so its digest is checked) while earlier layers convert. */
+function readAhead(opened: Promise<OpenedLayer>): Promise<OpenedLayer> {
+  let stream: OpenedLayer | undefined;
+  let ended = false;
+  const read = opened.then(async (s) => {
+    stream = s;
+    const parts: Buffer[] = [];
+    for await (const b of s) parts.push(b);
+    ended = true;
+    return Object.assign(
+      (async function* () {
+        yield* parts.splice(0);
+      })(),
+      s.endpoint ? { endpoint: s.endpoint } : {},
+    );
+  });
+  // discardLayer() ends the download when the conversion stops before this layer's turn.
+  return Object.assign(read, { abort: () => void (ended || (stream as { destroy?: () => void } | undefined)?.destroy?.()) });
+}
+
 async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => void, onEnd: () => void, signal?: AbortSignal): AsyncIterable<Buffer> {
   for await (const b of source) {
     signal?.throwIfAborted();
@@ -64,6 +90,7 @@ async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => v
 
 /** Ends a layer stream that was opened ahead but will not be read. */
 export function discardLayer(opened: Promise<AsyncIterable<Buffer>>): void {
+  (opened as { abort?: () => void }).abort?.();
   opened.then(
     (s) => (s as { destroy?: () => void }).destroy?.() ?? s[Symbol.asyncIterator]().return?.(),
     () => undefined,
@@ -90,6 +117,13 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
     }
     return opening[i];
   };
+  let ahead = 0;
+  for (let i = 1; i < layers.length; i++) {
+    if (layers[i].size > SMALL_LAYER_BYTES || ahead + layers[i].size > SMALL_LAYERS_BUDGET) continue;
+    ahead += layers[i].size;
+    opening[i] = readAhead(layers[i].open());
+    opening[i]!.catch(() => undefined); // awaited in its turn
+  }
   let current = 0;
   try {
     for (const [i, layer] of layers.entries()) {

@@ -30,6 +30,11 @@ export interface ProxiedRequest {
   bytesIn: number;
   /** Request body bytes of all requests received before this one started. */
   bytesInBefore: number;
+  /** Request body bytes of all requests received by the time this response was sent in full. */
+  bytesInAtFinish?: number;
+  /** performance.now() when the request arrived, and when its response was sent in full. */
+  startedAt: number;
+  finishedAt?: number;
 }
 
 export interface FaultProxy {
@@ -52,8 +57,12 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   const server = http.createServer((req, res) => {
     const method = req.method ?? 'GET';
     const url = req.url ?? '/';
-    const record: ProxiedRequest = { method, path: url, status: 0, authorized: req.headers.authorization !== undefined, bytesIn: 0, bytesInBefore: bytesIn };
+    const record: ProxiedRequest = { method, path: url, status: 0, authorized: req.headers.authorization !== undefined, bytesIn: 0, bytesInBefore: bytesIn, startedAt: performance.now() };
     requests.push(record);
+    res.on('finish', () => {
+      record.bytesInAtFinish = bytesIn;
+      record.finishedAt = performance.now();
+    });
     req.on('data', (b: Buffer) => {
       record.bytesIn += b.length;
       bytesIn += b.length;
