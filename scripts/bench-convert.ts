@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { startRegistry, type RegistryServer } from '../test/lib/registry-server';
 import { minbaseImage, pythonImage, type UmociImage } from '../test/lib/test-images';
-import { median, numberTable, timed } from './lib';
+import { childrenCpuSeconds, median, numberTable, processCpuSeconds, timed } from './lib';
 
 const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -30,12 +30,16 @@ async function main(): Promise<void> {
       execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${src.host}/src/${repo}:1`]);
       const ours: number[] = [];
       const theirs: number[] = [];
+      const ourCpu: number[] = [];
+      const registryCpu: number[] = [];
       let last: Record<string, any> = {};
       for (let i = 0; i < RUNS; i++) {
         await dst?.stop();
         dst = await startRegistry();
         theirs.push(timed(() => execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src!.host}/src/${repo}:1`, `docker://${dst!.host}/copy${i}/${repo}:1`]))[1]);
         let out = '';
+        const registriesBefore = processCpuSeconds(src.pid) + processCpuSeconds(dst.pid);
+        const childrenBefore = childrenCpuSeconds();
         ours.push(
           timed(() => {
             const r = spawnSync(process.execPath, [CLI, 'convert', '--json', `${src!.host}/src/${repo}:1`, `${dst!.host}/lazy${i}/${repo}:1`], { encoding: 'utf8' });
@@ -43,8 +47,12 @@ async function main(): Promise<void> {
             out = r.stdout;
           })[1],
         );
+        ourCpu.push(childrenCpuSeconds() - childrenBefore);
+        registryCpu.push(processCpuSeconds(src.pid) + processCpuSeconds(dst.pid) - registriesBefore);
         last = JSON.parse(out);
-        process.stderr.write(`   run ${i + 1}: convert ${ours[i].toFixed(2)} s, skopeo copy ${theirs[i].toFixed(2)} s\n`);
+        process.stderr.write(
+          `   run ${i + 1}: convert ${ours[i].toFixed(2)} s (${ourCpu[i].toFixed(2)} CPU-s; registries ${registryCpu[i].toFixed(2)} CPU-s), skopeo copy ${theirs[i].toFixed(2)} s\n`,
+        );
       }
       const blobBytes = last.blobBytes as number;
       const tarBytes = last.tarBytes as number;
@@ -54,6 +62,8 @@ async function main(): Promise<void> {
         mb(tarBytes),
         median(ours).toFixed(2),
         (tarBytes / 1e6 / median(ours)).toFixed(1),
+        median(ourCpu).toFixed(2),
+        median(registryCpu).toFixed(2),
         `${mb(last.bootstrapBytes)} (${((100 * last.bootstrapBytes) / tarBytes).toFixed(2)}%)`,
         `${mb(blobBytes)} (${((100 * blobBytes) / last.sourceLayerBytes).toFixed(0)}%)`,
         median(theirs).toFixed(2),
@@ -63,10 +73,11 @@ async function main(): Promise<void> {
     await src?.stop();
     await dst?.stop();
   }
-  const header = ['image', 'layers MB (gz)', 'tar MB', 'convert s', 'MB/s (tar)', 'bootstrap MB (% of tar)', 'blobs MB (% of layers)', 'skopeo copy s'];
+  const header = ['image', 'layers MB (gz)', 'tar MB', 'convert s', 'MB/s (tar)', 'convert CPU-s', 'registries CPU-s', 'bootstrap MB (% of tar)', 'blobs MB (% of layers)', 'skopeo copy s'];
   process.stdout.write(`\nconvert: registry 127.0.0.1 -> registry 127.0.0.1, medians of ${RUNS} runs, ${require('node:os').cpus().length} cores\n`);
   process.stdout.write(`${numberTable([header, ...rows])}\n`);
   process.stdout.write('MB = 1e6 bytes; tar MB = uncompressed layer tars read; blobs = zstd chunks + chunk tables pushed\n');
+  process.stdout.write('CPU-s = user + system seconds of the convert process, and of both docker-registry processes during it (same cores)\n');
 }
 
 main().catch((err) => {

@@ -8,6 +8,28 @@ export function dropCaches(): void {
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
 }
 
+let clockTicks: number | undefined;
+
+function statTimes(pid: number | 'self'): number[] {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the parenthesised command name, from field 3 (state): utime, stime, cutime, cstime are 14-17.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+  return fields.slice(11, 15).map((f) => Number(f) / clockTicks!);
+}
+
+/** CPU seconds (user + system) a running process has used so far. */
+export function processCpuSeconds(pid: number): number {
+  const [utime, stime] = statTimes(pid);
+  return utime + stime;
+}
+
+/** CPU seconds (user + system) of this process's children that have ended and been waited for. */
+export function childrenCpuSeconds(): number {
+  const [, , cutime, cstime] = statTimes('self');
+  return cutime + cstime;
+}
+
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)];

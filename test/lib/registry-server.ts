@@ -33,6 +33,8 @@ export interface RegistryServer {
   /** `http://` or, with TLS, `https://` and the host. */
   url: string;
   dir: string;
+  /** The docker-registry process (benchmarks read its CPU time from /proc). */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -125,7 +127,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     }
     await sleep(50);
   }
-  return { host, url: `${opts.tls ? 'https' : 'http'}://${host}`, dir, stop };
+  return { host, url: `${opts.tls ? 'https' : 'http'}://${host}`, dir, pid: child.pid!, stop };
 }
 
 /** The status of a GET over TLS, the certificate not verified: is the server up yet? */
