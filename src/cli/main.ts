@@ -4,19 +4,21 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import { BLOB_DIR, BOOTSTRAP_FILE } from '../builder/build-dir';
 import { DEFAULT_CACHE_DIR, DEFAULT_CONFIG } from '../defaults';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
 import { readSuperblock } from '../erofs/reader';
 import { Interrupted } from '../errors';
-import { mountFileBacked, unmount } from '../mount/file-backed';
 import type { DaemonFlags } from './daemon';
 import { bytes, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
 import { FUSE_BACKINGS } from '../transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
-function mountLocal(outDir: string, target: string): void {
+async function mountLocal(outDir: string, target: string): Promise<void> {
+  // The builder's modules (the EROFS and blob writers) and the addon cost 25 ms to load: not on the
+  // path of every command (the daemon's mount helper among them).
+  const { BLOB_DIR, BOOTSTRAP_FILE } = await import('../builder/build-dir');
+  const { mountFileBacked } = await import('../mount/file-backed');
   const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
   const sb = readSuperblock(fs.readFileSync(bootstrap), bootstrap);
   const blobs = sb.devices.map((d) => path.resolve(outDir, BLOB_DIR, d.tag));
@@ -57,7 +59,7 @@ export function program(): Command {
     .description('mount the output of `build` read-only (file-backed EROFS, Linux 6.12+)')
     .argument('<out-dir>', 'a directory written by `build`')
     .argument('<target>', 'mount point')
-    .action((out: string, target: string) => mountLocal(out, target));
+    .action(async (out: string, target: string) => mountLocal(out, target));
   cli
     .command('daemon')
     .description('serve lazy mounts: owns the cache directory and answers cache misses')
@@ -101,7 +103,7 @@ export function program(): Command {
     .option('--local', 'unmount directly, without the daemon')
     .option('--lazy', 'with --local: detach now, clean up when no longer busy')
     .action(async (target: string, opts: { socket: string; local?: boolean; lazy?: boolean }) => {
-      if (opts.local) unmount(target, opts);
+      if (opts.local) (await import('../mount/file-backed')).unmount(target, opts);
       else await callControl(opts.socket, { op: 'umount', target: path.resolve(target) });
     });
   cli
