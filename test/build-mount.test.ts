@@ -1,6 +1,7 @@
 // The bootstrap writer proven against erofs-utils (fsck.erofs, dump.erofs) and the running kernel
 // (file-backed EROFS mounts), tree by tree.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -119,5 +120,37 @@ describe('determinism', () => {
     assert.ok(fs.readFileSync(a.bootstrapPath).equals(fs.readFileSync(b.bootstrapPath)), 'bootstraps differ');
     assert.equal(a.blob!.id, b.blob!.id);
     assert.ok(fs.readFileSync(a.blobPath!).equals(fs.readFileSync(b.blobPath!)), 'blobs differ');
+  });
+});
+
+describe('the command line: build, mount-local, umount --local', () => {
+  const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
+  const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+
+  it('mounts what build wrote and unmounts it, as an operator runs them', () => {
+    const src = source('cli');
+    makeKitchenSink(src);
+    const out = tempDir('cli-out');
+    const mnt = tempDir('cli-mnt');
+    made.push(out, mnt);
+    const built = cli('build', '--json', src, out);
+    assert.equal(built.status, 0, built.stderr);
+    const mounted = cli('mount-local', out, mnt);
+    assert.equal(mounted.status, 0, mounted.stderr);
+    try {
+      assert.deepEqual(compareTrees(src, mnt), [], 'mounted tree differs from the source');
+    } finally {
+      const unmounted = cli('umount', '--local', mnt);
+      assert.equal(unmounted.status, 0, unmounted.stderr);
+    }
+    assert.deepEqual(fs.readdirSync(mnt), [], 'still mounted after umount --local');
+  });
+
+  it('names the missing bootstrap and exits 1', () => {
+    const missing = path.join(source('cli-missing'), 'nothing-here');
+    const mnt = source('cli-missing-mnt');
+    const r = cli('mount-local', missing, mnt);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /nothing-here\/bootstrap\.erofs/);
   });
 });
