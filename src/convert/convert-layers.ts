@@ -48,6 +48,8 @@ export interface ConvertLayersOptions {
   onNoBlob?: (layer: number) => void;
   /** Asked when a layer's blob file is created: who follows its growth (an upload fed as it is written). */
   blobProgress?: (layer: number, file: string) => { written(bytes: number): void } | undefined;
+  /** Downloads of these same layers, started earlier by the caller (beside its own requests); by default started here. */
+  downloads?: LayerDownloads;
   signal?: AbortSignal;
 }
 
@@ -75,7 +77,7 @@ function readAhead(opened: Promise<OpenedLayer>): Promise<OpenedLayer> {
       s.endpoint ? { endpoint: s.endpoint } : {},
     );
   });
-  // discardLayer() ends the download when the conversion stops before this layer's turn.
+  // LayerDownloads.discardFrom() ends the download when the conversion stops before this layer's turn.
   return Object.assign(read, { abort: () => void (ended || (stream as { destroy?: () => void } | undefined)?.destroy?.()) });
 }
 
@@ -88,13 +90,46 @@ async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => v
   onEnd();
 }
 
-/** Ends a layer stream that was opened ahead but will not be read. */
-export function discardLayer(opened: Promise<AsyncIterable<Buffer>>): void {
-  (opened as { abort?: () => void }).abort?.();
-  opened.then(
-    (s) => (s as { destroy?: () => void }).destroy?.() ?? s[Symbol.asyncIterator]().return?.(),
-    () => undefined,
-  );
+/**
+ * When each layer's download starts. The first one and the small ones start at once (created as soon
+ * as the manifest is known); any other once the layer before it is downloaded, not earlier: an unread
+ * body would time out behind a long layer. Each is awaited in its turn.
+ */
+export class LayerDownloads {
+  private readonly opening: Array<Promise<OpenedLayer> | undefined> = [];
+
+  constructor(private readonly layers: readonly LayerInput[]) {
+    this.get(0);
+    let ahead = 0;
+    for (let i = 1; i < layers.length; i++) {
+      if (layers[i].size > SMALL_LAYER_BYTES || ahead + layers[i].size > SMALL_LAYERS_BUDGET) continue;
+      ahead += layers[i].size;
+      this.start(i, readAhead(layers[i].open()));
+    }
+  }
+
+  /** Layer `i`'s stream, its download started now if it has not been. */
+  get(i: number): Promise<OpenedLayer> | undefined {
+    if (i >= this.layers.length) return undefined;
+    return this.opening[i] ?? this.start(i, this.layers[i].open());
+  }
+
+  /** Ends the downloads, from layer `from` on, that were started and will not be read. */
+  discardFrom(from: number): void {
+    for (const opened of this.opening.slice(from)) {
+      if (!opened) continue;
+      (opened as { abort?: () => void }).abort?.();
+      opened.then(
+        (s) => (s as { destroy?: () => void }).destroy?.() ?? s[Symbol.asyncIterator]().return?.(),
+        () => undefined,
+      );
+    }
+  }
+
+  private start(i: number, opened: Promise<OpenedLayer>): Promise<OpenedLayer> {
+    opened.catch(() => undefined); // awaited in its turn
+    return (this.opening[i] = opened);
+  }
 }
 
 export async function convertLayers(layers: readonly LayerInput[], workDir: string, opts: ConvertLayersOptions): Promise<ConvertedLayers> {
@@ -106,24 +141,7 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
   // Chunks are first numbered by layer (device = layer + 1); layers without new chunks get no blob,
   // so devices are renumbered once all layers are read.
   const deviceOfLayer = new Map<number, number>();
-  // A layer's request is sent once the layer before it is downloaded (not earlier: an unread body
-  // would time out behind a long layer), so that its first bytes are there when its turn comes.
-  const opening: Array<Promise<OpenedLayer> | undefined> = [];
-  const open = (i: number): Promise<OpenedLayer> | undefined => {
-    if (i >= layers.length) return undefined;
-    if (!opening[i]) {
-      opening[i] = layers[i].open();
-      opening[i]!.catch(() => undefined); // awaited in its turn
-    }
-    return opening[i];
-  };
-  let ahead = 0;
-  for (let i = 1; i < layers.length; i++) {
-    if (layers[i].size > SMALL_LAYER_BYTES || ahead + layers[i].size > SMALL_LAYERS_BUDGET) continue;
-    ahead += layers[i].size;
-    opening[i] = readAhead(layers[i].open());
-    opening[i]!.catch(() => undefined); // awaited in its turn
-  }
+  const downloads = opts.downloads ?? new LayerDownloads(layers);
   let current = 0;
   try {
     for (const [i, layer] of layers.entries()) {
@@ -141,9 +159,9 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
         if (progress) writer.onWritten = (bytes) => progress.written(bytes);
         let raw: AsyncIterable<Buffer>;
         try {
-          const opened = await open(i)!;
+          const opened = await downloads.get(i)!;
           if (opened.endpoint) ctx.endpoint = opened.endpoint;
-          raw = counted(opened, (n) => opts.onBytes?.(i, n), () => open(i + 1), opts.signal);
+          raw = counted(opened, (n) => opts.onBytes?.(i, n), () => downloads.get(i + 1), opts.signal);
         } catch (err) {
           throw InputError.wrap(err, ctx);
         }
@@ -167,7 +185,7 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
       layerStats.push({ ...stats, digest: layer.digest, blob: blob.chunks.length > 0 ? blob.id : null });
     }
   } finally {
-    opening.slice(current + 1).forEach((o) => o && discardLayer(o));
+    downloads.discardFrom(current + 1);
   }
 
   for (const location of dict.locations()) location.device = deviceOfLayer.get(location.device)!;

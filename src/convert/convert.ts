@@ -8,11 +8,12 @@ import { readAll, type ImageSource, type ImageTarget, type StreamedBlob } from '
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import { ZSTD_LEVEL } from '../blob/compressed-blob-writer';
 import { convertAddon } from '../native/convert-addon';
-import { convertLayers, discardLayer, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
+import { convertLayers, LayerDownloads, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 import { Annotation, LazyMediaType } from './lazy-image';
-import { ConvertedLayerMemo, defaultMemoPath } from './layer-memo';
 
 export { Annotation, LazyMediaType };
+import { ConvertedLayerMemo, defaultMemoPath } from './layer-memo';
+
 
 export type ConvertProgress =
   | { kind: 'resolved'; digest: string; layers: Descriptor[] }
@@ -76,14 +77,14 @@ export function lazyManifest(config: Descriptor, sourceDigest: string, c: Conver
 
 export async function convertImage(source: ImageSource, target: ImageTarget, opts: ConvertOptions): Promise<ConvertResult> {
   const work = fs.mkdtempSync(path.join(opts.workDir ?? os.tmpdir(), 'erofs-ondemand-convert-'));
-  let firstLayer: Promise<AsyncIterable<Buffer>> | undefined;
+  let downloads: LayerDownloads | undefined;
   try {
     const resolved = await source.resolve(opts.platform);
     const { manifest } = resolved;
     opts.onProgress?.({ kind: 'resolved', digest: resolved.digest, layers: manifest.layers });
-    // The first layer's request goes out now, beside the config's and the memo's checks.
-    firstLayer = manifest.layers.length > 0 ? source.openBlob(manifest.layers[0]) : undefined;
-    firstLayer?.catch(() => undefined); // awaited when the layer converts
+    // The first layer's request (and the small layers') go out now, beside the config's and the memo's checks.
+    const layers = manifest.layers.map((desc) => ({ ...desc, open: () => source.openBlob(desc) }));
+    downloads = new LayerDownloads(layers);
     const configPath = path.join(work, 'config.json');
     fs.writeFileSync(configPath, await readAll(await source.openBlob(manifest.config)));
 
@@ -109,11 +110,11 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, memoKeys) : new Set<number>();
     const streams = new Map<number, StreamedBlob>();
     const abandoned: Array<Promise<void>> = [];
-    const opened = firstLayer;
     const converted = await convertLayers(
-      manifest.layers.map((desc, i) => ({ ...desc, open: () => (i === 0 && opened ? opened : source.openBlob(desc)) })),
+      layers,
       work,
       {
+        downloads,
         chunkBits: opts.chunkBits,
         image: source.ref,
         signal: opts.signal,
@@ -174,7 +175,7 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
       skippedBlobs: 1 + lazy.layers.length - uploaded,
     };
   } finally {
-    if (firstLayer) discardLayer(firstLayer); // read to its end by now, unless the conversion stopped early
+    downloads?.discardFrom(0); // read to their ends by now, unless the conversion stopped early
     fs.rmSync(work, { recursive: true, force: true });
   }
 }
