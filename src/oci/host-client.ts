@@ -4,12 +4,12 @@
 // verify) is passed over for the next endpoint with a warning. Whatever endpoint serves, content is
 // checked against its digest, so a lying mirror causes a fallback or an error, never wrong data.
 import fs from 'node:fs';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import { InputError, Interrupted, type ErrorContext } from '../errors';
 import { log } from '../log';
 import type { Capability, Endpoint, HostEndpoints } from './hosts';
-import { resolveThroughIndexes, type ResolvedImage } from './image-io';
+import { resolveThroughIndexes, streamOver, type ResolvedImage } from './image-io';
 import { ALL_MANIFEST_MEDIA_TYPES, isUnreachable, RegistryClient, type ManifestResponse, type RegistryClientOptions } from './registry';
 import { isDigest, type Descriptor, type Platform } from './types';
 
@@ -208,10 +208,7 @@ export class HostClient {
         throw err;
       }
     }
-    const body = Readable.from(watched(), { objectMode: false });
-    // Ending this stream early (a layer opened ahead and not read) must end the response under it.
-    body.once('close', () => stream.destroy());
-    return { body, slot, more, failed: () => failed };
+    return { body: streamOver(watched(), stream), slot, more, failed: () => failed };
   }
 
   private distrust(digest: string, slot: Slot, err: unknown): void {

@@ -3,7 +3,7 @@
 // authentication, retries and digest checks. Every error names the registry, the repository and the
 // digest or reference involved.
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Dispatcher } from 'undici';
@@ -12,7 +12,7 @@ import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
 import { loadDockerCredentials, printableUrl, pullScope, pushScope, RegistryAuth, type Credentials } from './auth';
 import { digestHex, sha256Digest, verifyDigest } from './digest';
-import { resolveThroughIndexes, type ResolvedImage } from './image-io';
+import { resolveThroughIndexes, streamOver, type ResolvedImage } from './image-io';
 import { isValidRepository, isValidTag } from './reference';
 import {
   INDEX_MEDIA_TYPES,
@@ -391,11 +391,7 @@ export class RegistryClient {
         throw wrapNetworkError(err);
       }
     }
-    const out = Readable.from(checked(), { objectMode: false });
-    // Ending this stream before reading it to the end (a layer opened ahead and not read) must end
-    // the response too, or its connection stays taken and closing the client waits for it.
-    out.once('close', () => body.destroy());
-    return out;
+    return streamOver(checked(), body);
   }
 
   /** Bytes `start..endInclusive` of a blob. The registry must honour Range (206); the bytes are not verifiable against the digest. */
