@@ -86,8 +86,11 @@ function pathOf(p: Planned | null): Buffer[] {
   return names.reverse();
 }
 
-function fail(where: Planned | readonly Buffer[], message: string): never {
-  throw new InputError(message, { path: displayPath(Array.isArray(where) ? where : pathOf(where as Planned)) });
+/** Fails naming the path of `p`, or of the entry `name` in directory `p`. */
+function fail(p: Planned, message: string, name?: Buffer): never {
+  const path = pathOf(p);
+  if (name) path.push(name);
+  throw new InputError(message, { path: displayPath(path) });
 }
 
 /** Mode type bits and directory-entry type of each kind of inode. */
@@ -108,12 +111,11 @@ function typeOf(inode: Inode, p: Planned): { ifmt: number; dirent: DirentType } 
 }
 
 function validateName(parent: Planned, name: Buffer): void {
-  const where = () => [...pathOf(parent), name];
   if (name.length === 0) fail(parent, 'empty file name in directory');
-  if (name.length > MAX_NAME_LEN) fail(where(), `file name of ${name.length} bytes exceeds ${MAX_NAME_LEN}`);
-  if (name.includes(0x2f)) fail(where(), "file name contains '/'");
-  if (name.includes(0)) fail(where(), 'file name contains a NUL byte');
-  if (name.equals(DOT) || name.equals(DOTDOT)) fail(where(), `file name ${JSON.stringify(name.toString())} is reserved`);
+  if (name.length > MAX_NAME_LEN) fail(parent, `file name of ${name.length} bytes exceeds ${MAX_NAME_LEN}`, name);
+  if (name.includes(0x2f)) fail(parent, "file name contains '/'", name);
+  if (name.includes(0)) fail(parent, 'file name contains a NUL byte', name);
+  if (name.equals(DOT) || name.equals(DOTDOT)) fail(parent, `file name ${JSON.stringify(name.toString())} is reserved`, name);
 }
 
 const isU32 = (n: number) => Number.isInteger(n) && n >= 0 && n <= MAX_U32;
@@ -148,7 +150,7 @@ function collect(root: Directory): Planned[] {
       validateName(dir, name);
       let plan = seen.get(child);
       if (plan) {
-        if (child.type === 'dir') fail([...pathOf(dir), name], `directory is also linked at ${displayPath(pathOf(plan))}`);
+        if (child.type === 'dir') fail(dir, `directory is also linked at ${displayPath(pathOf(plan))}`, name);
         plan.links++;
       } else {
         plan = make(child, name, dir);
