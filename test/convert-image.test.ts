@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LazyMediaType } from '../src/convert/convert';
+import { LazyMediaType } from '../src/convert/lazy-image';
 import { cleanup, tempDir } from './lib/image';
 import { layoutManifest, withLazyMount } from './lib/lazy-image';
 import { minbaseImage, UmociImage } from './lib/test-images';

@@ -5,7 +5,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Annotation, LazyMediaType } from '../src/convert/convert';
+import { Annotation, LazyMediaType } from '../src/convert/lazy-image';
 import { RegistryClient } from '../src/oci/registry';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { cleanup, tempDir } from './lib/image';

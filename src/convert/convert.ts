@@ -10,10 +10,7 @@ import { ZSTD_LEVEL } from '../blob/compressed-blob-writer';
 import { convertAddon } from '../native/convert-addon';
 import { convertLayers, LayerDownloads, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 import { Annotation, LazyMediaType } from './lazy-image';
-
-export { Annotation, LazyMediaType };
 import { ConvertedLayerMemo, defaultMemoPath } from './layer-memo';
-
 
 export type ConvertProgress =
   | { kind: 'resolved'; digest: string; layers: Descriptor[] }

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { materializeBlob } from '../../src/blob/materialize';
-import { LazyMediaType } from '../../src/convert/convert';
+import { LazyMediaType } from '../../src/convert/lazy-image';
 import { parseLayoutRef } from '../../src/oci/layout';
 import { mountFileBacked, unmount } from '../../src/mount/file-backed';
 import type { ImageManifest } from '../../src/oci/types';
