@@ -120,7 +120,11 @@ export class LayerDownloads {
       if (!opened) continue;
       (opened as { abort?: () => void }).abort?.();
       opened.then(
-        (s) => (s as { destroy?: () => void }).destroy?.() ?? s[Symbol.asyncIterator]().return?.(),
+        (s) => {
+          const destroy = (s as { destroy?: () => void }).destroy;
+          if (destroy) destroy.call(s);
+          else void s[Symbol.asyncIterator]().return?.();
+        },
         () => undefined,
       );
     }

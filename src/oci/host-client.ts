@@ -4,12 +4,12 @@
 // verify) is passed over for the next endpoint with a warning. Whatever endpoint serves, content is
 // checked against its digest, so a lying mirror causes a fallback or an error, never wrong data.
 import fs from 'node:fs';
-import type { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import { InputError, Interrupted, type ErrorContext } from '../errors';
 import { log } from '../log';
 import type { Capability, Endpoint, HostEndpoints } from './hosts';
-import { resolveThroughIndexes, streamOver, type ResolvedImage } from './image-io';
+import { streamOver, type ByteStream } from './byte-stream';
+import { resolveThroughIndexes, type ResolvedImage } from './image-io';
 import { ALL_MANIFEST_MEDIA_TYPES, isUnreachable, RegistryClient, type ManifestResponse, type RegistryClientOptions } from './registry';
 import { isDigest, type Descriptor, type Platform } from './types';
 
@@ -132,7 +132,7 @@ export class HostClient {
    * `endpoint` names the mirror serving it, for a consumer's messages (a layer that does not
    * decompress fails before the digest is known).
    */
-  async getBlob(repo: string, digest: string, expectedSize?: number): Promise<Readable & { endpoint?: string }> {
+  async getBlob(repo: string, digest: string, expectedSize?: number): Promise<ByteStream & { endpoint?: string }> {
     const { body, slot } = await this.openBlob(repo, digest, expectedSize);
     return slot.endpoint.mirror ? Object.assign(body, { endpoint: slot.name }) : body;
   }
@@ -142,7 +142,7 @@ export class HostClient {
    * breaks off), `consume` is called again, from the first byte, with the next endpoint's stream; so
    * it must start over (a temporary file rewritten, a buffer collected afresh).
    */
-  async readBlob<T>(repo: string, digest: string, expectedSize: number | undefined, consume: (body: Readable) => Promise<T>): Promise<T> {
+  async readBlob<T>(repo: string, digest: string, expectedSize: number | undefined, consume: (body: ByteStream) => Promise<T>): Promise<T> {
     for (;;) {
       const opened = await this.openBlob(repo, digest, expectedSize);
       try {
@@ -181,7 +181,7 @@ export class HostClient {
 
   // ---- endpoint selection ----
 
-  private async openBlob(repo: string, digest: string, expectedSize: number | undefined): Promise<{ body: Readable; slot: Slot; more: boolean; failed: () => boolean }> {
+  private async openBlob(repo: string, digest: string, expectedSize: number | undefined): Promise<{ body: ByteStream; slot: Slot; more: boolean; failed: () => boolean }> {
     let served: Slot | undefined;
     let more = false;
     const stream = await this.first(

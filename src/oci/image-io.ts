@@ -1,5 +1,4 @@
 // Where images are read from and written to: a registry, an OCI layout directory, a docker archive.
-import { Readable } from 'node:stream';
 import { InputError, type ErrorContext } from '../errors';
 import { choosePlatform, parseManifestOrIndex, type Descriptor, type ImageManifest, type Platform } from './types';
 
@@ -46,17 +45,6 @@ export interface StreamedBlob {
   finish(desc: Descriptor): Promise<boolean>;
   /** Nothing will be stored: ends any upload session. */
   abandon(): Promise<void>;
-}
-
-/**
- * `bytes`, which are read from `under`, as a byte stream. Ending the stream before its end (a layer
- * opened ahead and not read) ends `under` too, or a response's connection stays taken and closing
- * the client waits for it.
- */
-export function streamOver(bytes: AsyncIterable<Buffer>, under: { destroy(): unknown }): Readable {
-  const out = Readable.from(bytes, { objectMode: false });
-  out.once('close', () => under.destroy());
-  return out;
 }
 
 export async function readAll(source: AsyncIterable<Buffer>): Promise<Buffer> {

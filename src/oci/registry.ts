@@ -12,7 +12,8 @@ import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
 import { loadDockerCredentials, printableUrl, pullScope, pushScope, RegistryAuth, type Credentials } from './auth';
 import { digestHex, sha256Digest, verifyDigest } from './digest';
-import { resolveThroughIndexes, streamOver, type ResolvedImage } from './image-io';
+import { bodyChunks, streamOver, type ByteStream } from './byte-stream';
+import { resolveThroughIndexes, type ResolvedImage } from './image-io';
 import { isValidRepository, isValidTag } from './reference';
 import {
   INDEX_MEDIA_TYPES,
@@ -369,7 +370,7 @@ export class RegistryClient {
    * The blob's bytes. The stream fails at its end (or as soon as it runs long) when they do not match
    * `digest` and `expectedSize`.
    */
-  async getBlob(repo: string, digest: string, expectedSize?: number): Promise<Readable> {
+  async getBlob(repo: string, digest: string, expectedSize?: number): Promise<ByteStream> {
     const ctx = this.digestContext(repo, digest);
     const res = await this.send({ op: 'get blob', method: 'GET', url: this.url(`${repo}/blobs/${digest}`), scopes: [pullScope(repo)], ctx, retry: true, followRedirects: true });
     if (res.status === 404) {
@@ -386,7 +387,7 @@ export class RegistryClient {
     const wrapNetworkError = (err: unknown) => (err instanceof InputError ? err : this.networkError(err, 'reading the blob', ctx));
     async function* checked(): AsyncGenerator<Buffer> {
       try {
-        yield* verifyDigest(body, digest, expectedSize, ctx);
+        yield* verifyDigest(bodyChunks(body), digest, expectedSize, ctx);
       } catch (err) {
         throw wrapNetworkError(err);
       }
