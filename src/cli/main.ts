@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // erofs-ondemand: the operators' command line. Each command is a thin layer over the library, loaded
 // when that command runs: the HTTP client, metrics and schema libraries cost a quarter second to load.
+import './tiering'; // first: it sets how V8 optimises the code loaded after it
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
