@@ -3,6 +3,7 @@
 // and @mongodb-js/zstd, the library the daemon decompresses chunks with.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -199,5 +200,32 @@ describe('CompressedBlobWriter', () => {
     const upper = await write('c.blob', files, one.dict, 2);
     assert.equal(upper.blob.chunks.length, 0);
     assert.deepEqual(upper.maps.map((m) => m[0]), one.maps.map((m) => m[0]));
+  });
+});
+
+describe('prepareHeap', () => {
+  const thp = (() => {
+    try {
+      return /\[(\w+)\]/.exec(fs.readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1] ?? 'never';
+    } catch {
+      return 'never';
+    }
+  })();
+
+  it('grows the heap onto huge pages, so the buffers a conversion streams through fault in 2 MiB at a time', { skip: thp === 'never' && 'transparent huge pages are off on this kernel' }, () => {
+    // In a process of its own: the heap is the process's.
+    const addon = require.resolve('../src/native/convert-addon');
+    const script = `
+      const fs = require('fs');
+      const heapHuge = () => fs.readFileSync('/proc/self/smaps', 'utf8').split(/\\n(?=[0-9a-f]+-)/).filter((m) => m.includes('[heap]'))
+        .reduce((kb, m) => kb + Number(/AnonHugePages:\\s+(\\d+)/.exec(m)[1]), 0);
+      const fill = () => { const held = []; for (let i = 0; i < 16; i++) held.push(Buffer.allocUnsafeSlow(1 << 20).fill(1)); return held; };
+      if (process.argv[1] === 'prepare') require(${JSON.stringify(addon)}).convertAddon().prepareHeap();
+      const held = fill();
+      process.stdout.write(String(heapHuge()));`;
+    const run = (mode: string) => Number(execFileSync(process.execPath, ['-e', script, mode], { encoding: 'utf8' }));
+    // Where THP is only on request (madvise, the usual default), the heap gets none unasked.
+    if (thp === 'madvise') assert.equal(run('plain'), 0);
+    assert.ok(run('prepare') >= 8 << 10, 'at least 8 MiB of the 16 MiB filled are in huge pages');
   });
 });

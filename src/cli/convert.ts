@@ -50,7 +50,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
   // batch job: one pool thread per core measured faster on 2 cores, and uses all cores of larger
   // machines. Read by libuv when the pool first starts, which is later than this.
   process.env.UV_THREADPOOL_SIZE ??= String(os.availableParallelism());
-  convertAddon().keepFreedMemory();
+  convertAddon().prepareHeap();
   const controller = new AbortController();
   const onSigint = () => controller.abort(new Interrupted('interrupted: no manifest was pushed to the target'));
   process.once('SIGINT', onSigint);

@@ -35,8 +35,8 @@ interface ConvertAddon {
    */
   compressChunks(level: number, chunks: Buffer[][], output: Buffer, known: DigestSet): Promise<CompressedChunks>;
   DigestSet: new () => DigestSet;
-  /** Freed memory stays in the process (glibc mallopt): for a batch job that streams through buffers. */
-  keepFreedMemory(): void;
+  /** For a batch job that streams through buffers: freed memory stays in the process, and the heap grows ahead onto huge pages. */
+  prepareHeap(): void;
   zstdVersion: string;
   GzipInflater: new () => GzipInflater;
 }
