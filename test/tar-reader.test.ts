@@ -1,7 +1,8 @@
-// TarReader over a stream of large buffers, as gunzip yields them.
+// TarReader over a stream of large buffers, as gunzip yields them, and the numeric header fields that
+// tar writers fill in different ways (GNU, old Unix tar, base-256 for large values).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { TarReader } from '../src/tar/reader';
+import { TarFormatError, TarReader } from '../src/tar/reader';
 import { makeTar } from './lib/tar-writer';
 
 async function* inOneBuffer(data: Buffer): AsyncIterable<Buffer> {
@@ -25,5 +26,43 @@ describe('TarReader', () => {
     assert.equal(await reader.next(), null);
     // The tree keeps these for the whole conversion: a subarray would keep the 4 MiB input alive.
     for (const b of [link.name, link.linkname, file.name, file.xattrs[0].value]) assert.ok(b.buffer.byteLength < 64 << 10);
+  });
+
+  /** One file entry whose uid and gid fields hold these raw bytes (checksum recomputed). */
+  async function withIds(uid: Buffer, gid: Buffer) {
+    const tar = makeTar([{ name: 'f', body: 'x' }]);
+    uid.copy(tar.fill(0, 108, 116), 108);
+    gid.copy(tar.fill(0, 116, 124), 116);
+    tar.fill(0x20, 148, 156);
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += tar[i];
+    tar.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    return (await new TarReader(inOneBuffer(tar)).next())!;
+  }
+
+  it('reads octal fields padded with zeros, spaces or NULs, and empty fields as 0', async () => {
+    const gnu = await withIds(Buffer.from('0001750\0'), Buffer.from('0000144\0'));
+    assert.deepEqual([gnu.uid, gnu.gid], [1000, 100]);
+    const old = await withIds(Buffer.from('  1750 \0'), Buffer.from('    144 '));
+    assert.deepEqual([old.uid, old.gid], [1000, 100]);
+    const empty = await withIds(Buffer.alloc(8), Buffer.from('       \0'));
+    assert.deepEqual([empty.uid, empty.gid], [0, 0]);
+  });
+
+  it('reads base-256 fields (GNU, for values too large for octal)', async () => {
+    const big = Buffer.alloc(8);
+    big[0] = 0x80;
+    big.writeUInt32BE(2_000_000_000, 4);
+    const e = await withIds(big, Buffer.from('0000007\0'));
+    assert.deepEqual([e.uid, e.gid], [2_000_000_000, 7]);
+  });
+
+  it('refuses a field that is not octal, quoting it', async () => {
+    await assert.rejects(withIds(Buffer.from('0012x4\0\0'), Buffer.from('0000007\0')), (err: Error) => {
+      assert.ok(err instanceof TarFormatError);
+      assert.match(err.message, /uid field is not octal: "0012x4"/);
+      return true;
+    });
+    await assert.rejects(withIds(Buffer.from('0000007\0'), Buffer.from('00 17\0\0\0')), /gid field is not octal: "00 17"/);
   });
 });

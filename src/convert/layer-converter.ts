@@ -62,7 +62,7 @@ export async function convertLayer(
   const drainable: AsyncIterable<Buffer> = { [Symbol.asyncIterator]: () => iterator };
   const reader = new TarReader(drainable);
   const zeros = Buffer.alloc(chunkSize);
-  let current = '';
+  let current: Buffer | null = null; // the entry being applied: named in errors
   const isZero = (parts: Buffer[]) => parts.every((p) => p.equals(zeros.subarray(0, p.length)));
   const content = async (size: number): Promise<Array<ChunkLocation | null>> => {
     const chunks: Array<ChunkLocation | null> = [];
@@ -87,7 +87,7 @@ export async function convertLayer(
     for (;;) {
       const entry = await reader.next();
       if (!entry) break;
-      current = displayPath(entry.name);
+      current = entry.name;
       stats.entries++;
       await tree.apply(entry, layer, (e) => content(e.size));
       release();
@@ -99,7 +99,7 @@ export async function convertLayer(
       if (r.done) break;
     }
   } catch (err) {
-    throw InputError.wrap(err, { ...ctx, ...(current && !(err instanceof InputError && err.context.path) ? { entry: current } : {}) });
+    throw InputError.wrap(err, { ...ctx, ...(current && !(err instanceof InputError && err.context.path) ? { entry: displayPath(current) } : {}) });
   }
   return stats;
 }

@@ -23,6 +23,12 @@ export interface TarEntry {
 export class TarFormatError extends Error {}
 
 const BLOCK = 512;
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+const NO_PAX: ReadonlyMap<string, Buffer> = new Map();
+const USTAR_MAGIC = Buffer.from('ustar\0', 'latin1');
+const ENTRY_TYPES: Readonly<Record<string, TarEntryType | undefined>> = {
+  '0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'chardev', '4': 'blockdev', '5': 'dir', '6': 'fifo',
+};
 
 function field(h: Buffer, off: number, len: number): Buffer {
   const raw = h.subarray(off, off + len);
@@ -32,17 +38,28 @@ function field(h: Buffer, off: number, len: number): Buffer {
 
 /** Octal ASCII, or base-256 (GNU) when the high bit of the first byte is set. */
 function numeric(h: Buffer, off: number, len: number, what: string): number {
-  const raw = h.subarray(off, off + len);
-  if (raw[0] & 0x80) {
-    let v = BigInt(raw[0] & 0x7f) - (raw[0] & 0x40 ? 0x80n : 0n);
-    for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(raw[i]);
+  if (h[off] & 0x80) {
+    let v = BigInt(h[off] & 0x7f) - (h[off] & 0x40 ? 0x80n : 0n);
+    for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(h[off + i]);
     if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) throw new TarFormatError(`${what} out of range`);
     return Number(v);
   }
-  const text = raw.toString('latin1').replace(/[\0 ]+$/, '').trim();
-  if (text === '') return 0;
-  if (!/^[0-7]+$/.test(text)) throw new TarFormatError(`${what} field is not octal: ${JSON.stringify(text)}`);
-  return parseInt(text, 8);
+  // Octal digits, optionally padded with spaces before and NULs or spaces after. Read byte by byte:
+  // six fields per header, thousands of headers per layer.
+  const end = off + len;
+  let i = off;
+  while (i < end && h[i] === 0x20) i++;
+  let v = 0;
+  let digits = 0;
+  for (; i < end && h[i] >= 0x30 && h[i] <= 0x37; i++, digits++) v = v * 8 + (h[i] - 0x30);
+  for (; i < end; i++) {
+    if (h[i] !== 0 && h[i] !== 0x20) {
+      const text = h.toString('latin1', off, end).replace(/[\0 ]+$/, '').trim();
+      throw new TarFormatError(`${what} field is not octal: ${JSON.stringify(text)}`);
+    }
+  }
+  if (digits > 17) throw new TarFormatError(`${what} out of range`);
+  return v;
 }
 
 function checksumOk(h: Buffer): boolean {
@@ -122,7 +139,7 @@ export class TarReader {
       // Names, link targets and PAX values are subarrays of the header and metadata bodies, and the tree
       // keeps them: copies, so that they do not pin the whole decompressed chunk they came from.
       const h = Buffer.from(block);
-      if (h.every((b) => b === 0)) {
+      if (h.equals(ZERO_BLOCK)) {
         this.done = true;
         return null;
       }
@@ -139,7 +156,8 @@ export class TarReader {
         else longLink = field(body, 0, body.length);
         continue;
       }
-      const entry = this.entryOf(h, typeflag, size, longName, longLink, new Map([...this.globalPax, ...(pax ?? [])]));
+      const records = this.globalPax.size === 0 ? pax ?? NO_PAX : new Map([...this.globalPax, ...(pax ?? [])]);
+      const entry = this.entryOf(h, typeflag, size, longName, longLink, records);
       this.remaining = entry.type === 'file' ? entry.size : size;
       this.padding = (entry.type === 'file' ? Math.ceil(entry.size / BLOCK) * BLOCK : padded) - this.remaining;
       return entry;
@@ -160,9 +178,8 @@ export class TarReader {
     return parts;
   }
 
-  private entryOf(h: Buffer, typeflag: string, size: number, longName: Buffer | null, longLink: Buffer | null, pax: Map<string, Buffer>): TarEntry {
-    const magic = h.subarray(257, 263).toString('latin1');
-    const ustar = magic === 'ustar\0';
+  private entryOf(h: Buffer, typeflag: string, size: number, longName: Buffer | null, longLink: Buffer | null, pax: ReadonlyMap<string, Buffer>): TarEntry {
+    const ustar = h.compare(USTAR_MAGIC, 0, USTAR_MAGIC.length, 257, 263) === 0;
     let name = longName ?? field(h, 0, 100);
     if (!longName && ustar) {
       const prefix = field(h, 345, 155);
@@ -191,10 +208,7 @@ export class TarReader {
       } else if (key.startsWith('GNU.sparse.')) throw new TarFormatError('sparse files (GNU.sparse PAX records) are not supported');
     }
     if (!Number.isSafeInteger(size) || size < 0) throw new TarFormatError(`entry size ${size} is invalid`);
-    const types: Record<string, TarEntryType | undefined> = {
-      '0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'chardev', '4': 'blockdev', '5': 'dir', '6': 'fifo',
-    };
-    let type = types[typeflag];
+    let type = ENTRY_TYPES[typeflag];
     if (typeflag === 'S') throw new TarFormatError('GNU sparse entries are not supported');
     if (!type) throw new TarFormatError(`unsupported entry type ${JSON.stringify(typeflag)}`);
     // Old tars mark directories only by a trailing slash on a regular-file entry.
