@@ -31,7 +31,7 @@ export class ByteReader {
    * is a truncated input.
    */
   async readExact(n: number, allowEnd = false): Promise<Buffer | null> {
-    await this.fill(n);
+    if (this.buffered < n) await this.fill(n);
     if (this.buffered < n) {
       if (allowEnd && this.buffered === 0) return null;
       throw truncated(this.buffered, n);
@@ -42,7 +42,8 @@ export class ByteReader {
 
   /** Exactly `n` bytes as the pieces they arrived in (subarrays, not copied); a short read is a truncated input. */
   async readParts(n: number): Promise<Buffer[]> {
-    await this.fill(n);
+    // Most reads are served from what is buffered (input comes in pieces of about 1 MiB): no call to wait on.
+    if (this.buffered < n) await this.fill(n);
     if (this.buffered < n) throw truncated(this.buffered, n);
     return this.take(n);
   }
@@ -65,10 +66,10 @@ export class ByteReader {
   async skip(n: number): Promise<void> {
     let left = n;
     while (left > 0) {
-      await this.fill(Math.min(left, 1 << 20));
+      if (this.buffered < left) await this.fill(Math.min(left, 1 << 20));
       if (this.buffered === 0) throw new Error(`input ends ${left} bytes before the expected end (truncated)`);
       const take = Math.min(left, this.buffered);
-      await this.readParts(take); // dropped, not copied
+      this.take(take); // dropped, not copied
       left -= take;
     }
   }
