@@ -7,6 +7,7 @@ import { ChunkDictionary } from '../blob/chunk-dict';
 import { CompressedBlobWriter, type CompressedBlob } from '../blob/compressed-blob-writer';
 import { writeBootstrap } from '../erofs/writer';
 import { InputError, type ErrorContext } from '../errors';
+import type { OpenedBlob } from '../oci/image-io';
 import { compressionOf, convertLayer, decompressLayer, type LayerStats } from './layer-converter';
 import { MergedTree } from './layer-merge';
 
@@ -18,7 +19,7 @@ export interface LayerInput {
    * The layer's raw bytes; the stream must fail at its end if they do not match `digest`. An
    * `endpoint` on it (a registry mirror serving them) is named in errors about the layer.
    */
-  open(): Promise<AsyncIterable<Buffer> & { endpoint?: string }>;
+  open(): Promise<OpenedBlob>;
 }
 
 export interface ConvertedBlob extends CompressedBlob {
@@ -53,8 +54,6 @@ export interface ConvertLayersOptions {
   signal?: AbortSignal;
 }
 
-type OpenedLayer = AsyncIterable<Buffer> & { endpoint?: string };
-
 // Small layers are read into memory as soon as the conversion starts, so that their requests are not
 // a round trip each between the layers (most images end in a few small layers: config files, a user,
 // an entrypoint script). Bounded per layer and in all, since nothing else limits how much is held.
@@ -62,8 +61,8 @@ const SMALL_LAYER_BYTES = 4 << 20;
 const SMALL_LAYERS_BUDGET = 32 << 20;
 
 /** A layer read to its end (so its digest is checked) while earlier layers convert. */
-function readAhead(opened: Promise<OpenedLayer>): Promise<OpenedLayer> {
-  let stream: OpenedLayer | undefined;
+function readAhead(opened: Promise<OpenedBlob>): Promise<OpenedBlob> {
+  let stream: OpenedBlob | undefined;
   let ended = false;
   const read = opened.then(async (s) => {
     stream = s;
@@ -78,7 +77,7 @@ function readAhead(opened: Promise<OpenedLayer>): Promise<OpenedLayer> {
     );
   });
   // LayerDownloads.discardFrom() ends the download when the conversion stops before this layer's turn.
-  return Object.assign(read, { abort: () => void (ended || (stream as { destroy?: () => void } | undefined)?.destroy?.()) });
+  return Object.assign(read, { abort: () => void (ended || stream?.destroy?.()) });
 }
 
 async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => void, onEnd: () => void, signal?: AbortSignal): AsyncIterable<Buffer> {
@@ -96,7 +95,7 @@ async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => v
  * body would time out behind a long layer. Each is awaited in its turn.
  */
 export class LayerDownloads {
-  private readonly opening: Array<Promise<OpenedLayer> | undefined> = [];
+  private readonly opening: Array<Promise<OpenedBlob> | undefined> = [];
 
   constructor(private readonly layers: readonly LayerInput[]) {
     this.get(0);
@@ -109,7 +108,7 @@ export class LayerDownloads {
   }
 
   /** Layer `i`'s stream, its download started now if it has not been. */
-  get(i: number): Promise<OpenedLayer> | undefined {
+  get(i: number): Promise<OpenedBlob> | undefined {
     if (i >= this.layers.length) return undefined;
     return this.opening[i] ?? this.start(i, this.layers[i].open());
   }
@@ -121,8 +120,7 @@ export class LayerDownloads {
       (opened as { abort?: () => void }).abort?.();
       opened.then(
         (s) => {
-          const destroy = (s as { destroy?: () => void }).destroy;
-          if (destroy) destroy.call(s);
+          if (s.destroy) s.destroy();
           else void s[Symbol.asyncIterator]().return?.();
         },
         () => undefined,
@@ -130,7 +128,7 @@ export class LayerDownloads {
     }
   }
 
-  private start(i: number, opened: Promise<OpenedLayer>): Promise<OpenedLayer> {
+  private start(i: number, opened: Promise<OpenedBlob>): Promise<OpenedBlob> {
     opened.catch(() => undefined); // awaited in its turn
     return (this.opening[i] = opened);
   }

@@ -9,15 +9,18 @@ export interface ResolvedImage {
   mediaType: string;
 }
 
+/**
+ * A blob's bytes as a source hands them out. `endpoint` names a registry mirror serving them;
+ * `destroy`, where there is one, ends a download that will not be read to its end.
+ */
+export type OpenedBlob = AsyncIterable<Buffer> & { endpoint?: string; destroy?(): void };
+
 export interface ImageSource {
   /** The reference as the user wrote it, for messages. */
   readonly ref: string;
   resolve(platform: Platform): Promise<ResolvedImage>;
-  /**
-   * The blob's bytes, failing at the end if they do not match the descriptor's digest and size;
-   * `endpoint` names a registry mirror that serves them.
-   */
-  openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer> & { endpoint?: string }>;
+  /** The blob's bytes, failing at the end if they do not match the descriptor's digest and size. */
+  openBlob(desc: Descriptor): Promise<OpenedBlob>;
   /** Records, where the source lives, an artifact pointing at `subject` (registries: the referrers API). */
   addReferrer?(subject: Descriptor, artifactType: string, annotations: Record<string, string>): Promise<string>;
 }
