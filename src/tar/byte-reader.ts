@@ -66,7 +66,8 @@ export class ByteReader {
   async skip(n: number): Promise<void> {
     let left = n;
     while (left > 0) {
-      if (this.buffered < left) await this.fill(Math.min(left, 1 << 20));
+      const want = Math.min(left, 1 << 20);
+      if (this.buffered < want) await this.fill(want);
       if (this.buffered === 0) throw new Error(`input ends ${left} bytes before the expected end (truncated)`);
       const take = Math.min(left, this.buffered);
       this.take(take); // dropped, not copied
