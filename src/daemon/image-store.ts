@@ -1,8 +1,8 @@
 // The node's image cache: lazy manifests resolved (directly or through the source image's referrer),
 // bootstraps downloaded and verified, one sparse cache file per blob shared by every image using it.
-import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { loadBlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
 import { Annotation, LazyMediaType } from '../convert/lazy-image';
 import { InputError } from '../errors';
@@ -60,15 +60,13 @@ function expectedTable(desc: Descriptor): ExpectedTable | undefined {
   return { offset: Number(offset), digest };
 }
 
+/**
+ * Through pipeline(), which owns the file stream's errors: destroying it by hand when the body fails
+ * (a mirror's bytes that do not match) left a write in flight, whose ERR_STREAM_DESTROYED was then an
+ * unhandled 'error' event that ended the daemon.
+ */
 async function writeFile(file: string, body: AsyncIterable<Buffer>): Promise<void> {
-  const out = fs.createWriteStream(file);
-  try {
-    for await (const b of body) if (!out.write(b)) await once(out, 'drain');
-    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
-  } catch (err) {
-    out.destroy();
-    throw err;
-  }
+  await pipeline(body, fs.createWriteStream(file));
 }
 
 /** A blob's cache file is "used" when an image using it is mounted: its mtime orders eviction. */
