@@ -1,20 +1,9 @@
 import { buildFromDirectory } from '../builder/build-dir';
-import { MAX_CHUNK_BITS, MIN_CHUNK_BITS } from '../erofs/format';
-import { InputError } from '../errors';
-import { bytes, parseSize, table } from './format';
+import { bytes, chunkBitsOf, table } from './format';
 
 export interface BuildCommandOptions {
   chunkSize: string;
   json?: boolean;
-}
-
-export function chunkBitsOf(text: string): number {
-  const size = parseSize(text);
-  const bits = Math.log2(size);
-  if (!Number.isInteger(bits) || bits < MIN_CHUNK_BITS || bits > MAX_CHUNK_BITS) {
-    throw new InputError(`chunk size ${text} must be a power of two from 4 KiB to 64 MiB`);
-  }
-  return bits;
 }
 
 export function buildCommand(source: string, outDir: string, opts: BuildCommandOptions): void {

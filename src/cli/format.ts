@@ -1,4 +1,6 @@
-// Human-readable numbers for CLI output.
+// Human-readable numbers for CLI output, and the sizes users type.
+import { MAX_CHUNK_BITS, MIN_CHUNK_BITS } from '../erofs/format';
+import { InputError } from '../errors';
 
 export function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -22,4 +24,13 @@ export function parseSize(text: string): number {
   if (!m) throw new Error(`cannot parse size ${JSON.stringify(text)}`);
   const scale = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
   return Number(m[1]) * scale;
+}
+
+export function chunkBitsOf(text: string): number {
+  const size = parseSize(text);
+  const bits = Math.log2(size);
+  if (!Number.isInteger(bits) || bits < MIN_CHUNK_BITS || bits > MAX_CHUNK_BITS) {
+    throw new InputError(`chunk size ${text} must be a power of two from 4 KiB to 64 MiB`);
+  }
+  return bits;
 }

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sha256Digest } from '../oci/digest';
-import { readAll, type ImageSource, type ImageTarget, type StreamedBlob } from '../oci/image-io';
+import { readAll, type ImageSource, type ImageTarget, type ResolvedImage, type StreamedBlob } from '../oci/image-io';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import { ZSTD_LEVEL } from '../blob/compressed-blob-writer';
 import { convertAddon } from '../native/convert-addon';
@@ -20,6 +20,8 @@ export type ConvertProgress =
 export interface ConvertOptions {
   chunkBits: number;
   platform: Platform;
+  /** The source already being resolved for `platform` by the caller, so that it overlaps other start-up work. */
+  resolved?: Promise<ResolvedImage>;
   workDir?: string;
   /** Where to remember which blob each layer chain gave (default: under ~/.cache); null: nowhere. */
   memoFile?: string | null;
@@ -76,7 +78,7 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
   const work = fs.mkdtempSync(path.join(opts.workDir ?? os.tmpdir(), 'erofs-ondemand-convert-'));
   let downloads: LayerDownloads | undefined;
   try {
-    const resolved = await source.resolve(opts.platform);
+    const resolved = await (opts.resolved ?? source.resolve(opts.platform));
     const { manifest } = resolved;
     opts.onProgress?.({ kind: 'resolved', digest: resolved.digest, layers: manifest.layers });
     // The first layer's request (and the small layers') go out now, beside the config's and the memo's checks.
