@@ -185,8 +185,21 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Ends the process once stdout and stderr have taken everything written to them. After a conversion
+ * this skips V8 tearing its heap down page by page (a munmap per 256 KiB page, about 15 ms on these
+ * VMs), work the kernel does at once at exit anyway.
+ */
+function exitWhenFlushed(code: number): void {
+  process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
+}
+
+// Commands that may leave work running when their action returns (the daemon) end on their own.
+const EXIT_WHEN_DONE = new Set(['convert', 'build']);
+
 if (require.main === module) {
   main(process.argv).then((code) => {
     process.exitCode = code;
+    if (EXIT_WHEN_DONE.has(process.argv[2])) exitWhenFlushed(code);
   });
 }
