@@ -51,7 +51,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
   }
 
   async function stopDaemon(): Promise<void> {
-    if (!daemon || daemon.exitCode !== null) return;
+    if (!daemon || daemon.exitCode !== null || daemon.signalCode !== null) return; // gone already (a test may kill -9 it)
     const exited = new Promise((r) => daemon.once('exit', r));
     daemon.kill('SIGTERM');
     await exited;
@@ -211,6 +211,36 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     const again = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
     assert.equal(again.fetch.bytesFetched, 0, 'nothing present was fetched again');
     await cli('umount', '--socket', socket, mnt);
+  });
+
+  maybe('a mount whose daemon dies before answering fails at once, saying so', async () => {
+    await stopDaemon();
+    const cache = path.join(work, 'cache-dies');
+    await startDaemon(cache);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    let asked!: () => void;
+    const manifestAsked = new Promise<void>((resolve) => (asked = resolve));
+    // The registry never answers: the daemon is inside the mount request when it is killed.
+    proxy.add({ method: 'GET', path: /\/v2\/lazy\/minbase\/manifests\//, fault: { kind: 'respond', respond: () => asked() } });
+    try {
+      const mounting = cli('mount', '--socket', socket, `${proxy.host}/lazy/minbase:1`, mnt);
+      await manifestAsked;
+      const exited = new Promise((r) => daemon.once('exit', r));
+      daemon.kill('SIGKILL');
+      await exited;
+      await assert.rejects(mounting, (err: { code: number; stderr: string }) => {
+        assert.equal(err.code, 1);
+        assert.match(err.stderr, /daemon at .*control\.sock closed the connection before answering/);
+        return true;
+      });
+    } finally {
+      proxy.reset();
+      fs.rmSync(socket, { force: true });
+    }
+    // A daemon started on the same cache takes over from the dead one (FUSE: detaches its stale mount).
+    await startDaemon(cache);
+    await stopDaemon();
+    if (transport === 'fuse') assert.deepEqual(fuseMountsUnder(cache), [], 'no FUSE mount left');
   });
 
   maybe('runs a shell on an overlay with a writable upper, and prefetch fills the rest in the background', async () => {

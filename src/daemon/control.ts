@@ -58,24 +58,31 @@ export function callControl(socketPath: string, req: ControlRequest, timeoutMs =
   return new Promise((resolve, reject) => {
     const conn = net.createConnection(socketPath);
     let buf = '';
-    const timer = setTimeout(() => {
+    let settled = false;
+    const settle = (fn: () => void): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
       conn.destroy();
-      reject(new Error(`no answer from the daemon at ${socketPath} within ${timeoutMs / 1000} s`));
-    }, timeoutMs);
+      fn();
+    };
+    const timer = setTimeout(() => settle(() => reject(new Error(`no answer from the daemon at ${socketPath} within ${timeoutMs / 1000} s`))), timeoutMs);
     conn.on('connect', () => conn.write(`${JSON.stringify(req)}\n`));
     conn.on('data', (d) => {
       buf += d.toString('utf8');
       const nl = buf.indexOf('\n');
       if (nl === -1) return;
-      clearTimeout(timer);
-      conn.end();
-      const res = JSON.parse(buf.slice(0, nl)) as ControlResponse;
-      if (res.ok) resolve(res.result);
-      else reject(new Error(res.error));
+      let res: ControlResponse;
+      try {
+        res = JSON.parse(buf.slice(0, nl)) as ControlResponse;
+      } catch {
+        settle(() => reject(new Error(`the daemon at ${socketPath} answered with something that is not JSON: ${JSON.stringify(buf.slice(0, Math.min(nl, 200)))}`)));
+        return;
+      }
+      settle(() => (res.ok ? resolve(res.result) : reject(new Error(res.error))));
     });
-    conn.on('error', (err) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot reach the daemon at ${socketPath}: ${err.message}`));
-    });
+    conn.on('error', (err) => settle(() => reject(new Error(`cannot reach the daemon at ${socketPath}: ${err.message}`))));
+    // A daemon that exits (or is killed) while it works on the request closes the connection unanswered.
+    conn.on('close', () => settle(() => reject(new Error(`the daemon at ${socketPath} closed the connection before answering (did it stop? see its log)`))));
   });
 }
