@@ -6,6 +6,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { LazyMediaType } from '../src/convert/lazy-image';
+import { DockerArchiveSource } from '../src/oci/docker-archive';
+import type { ImageSource } from '../src/oci/image-io';
+import { OciLayoutSource } from '../src/oci/layout';
+import { hostPlatform } from '../src/oci/types';
+import { until } from './lib/assertions';
 import { cleanup, tempDir } from './lib/image';
 import { layoutManifest, withLazyMount } from './lib/lazy-image';
 import { minbaseImage, UmociImage } from './lib/test-images';
@@ -85,6 +90,32 @@ describe('convert from OCI layouts and docker archives', () => {
     convert(`docker-archive:${archive}`, target);
     const { manifest, blob } = layoutManifest(target);
     assert.deepEqual(await withLazyMount(manifest, blob, work, (mnt) => compareTrees(reference, mnt)), []);
+  });
+
+  it('closes the file of a layer opened but not read (a conversion that stopped early)', async () => {
+    const archive = path.join(work, 'unread.tar');
+    execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);
+    const openFiles = () => fs.readdirSync('/proc/self/fd').map((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return ''; // closed meanwhile
+      }
+    });
+    const sources: Array<[ImageSource, (digest: string) => string]> = [
+      [new OciLayoutSource(`oci:${image.ref}`), (digest) => path.join(image.layout, 'blobs', 'sha256', digest.slice('sha256:'.length))],
+      [new DockerArchiveSource(`docker-archive:${archive}`), () => archive],
+    ];
+    for (const [source, fileOf] of sources) {
+      const { manifest } = await source.resolve(hostPlatform());
+      const layer = manifest.layers[0];
+      const file = fs.realpathSync(fileOf(layer.digest));
+      const opened = await source.openBlob(layer);
+      await until(() => openFiles().includes(file), `${source.ref}: the layer's file is opened`, 5000);
+      assert.ok(opened.destroy, `${source.ref}: an opened layer can be ended unread`);
+      opened.destroy();
+      await until(() => !openFiles().includes(file), `${source.ref}: the layer's file is closed`, 5000);
+    }
   });
 });
 

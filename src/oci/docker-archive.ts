@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import { InputError } from '../errors';
 import { TarReader } from '../tar/reader';
 import { sha256Digest, verifyDigest } from './digest';
-import type { ImageSource, ResolvedImage } from './image-io';
+import type { ImageSource, OpenedBlob, ResolvedImage } from './image-io';
 import { MediaType, type Descriptor, type ImageManifest } from './types';
 
 interface Member {
@@ -41,14 +41,17 @@ export class DockerArchiveSource implements ImageSource {
   private async index(): Promise<Map<string, Member>> {
     if (this.members) return this.members;
     const members = new Map<string, Member>();
-    let reader: TarReader;
+    // The reader stops at the end-of-archive blocks, short of the file's end: the stream is ended here.
+    const stream = fs.createReadStream(this.file, { highWaterMark: 1 << 20 });
     try {
-      reader = new TarReader(fs.createReadStream(this.file, { highWaterMark: 1 << 20 }));
+      const reader = new TarReader(stream);
       for (let e = await reader.next(); e; e = await reader.next()) {
         if (e.type === 'file') members.set(e.name.toString('utf8').replace(/^\.\//, ''), { offset: reader.bodyOffset, size: e.size });
       }
     } catch (err) {
       throw InputError.wrap(err, { image: this.ref });
+    } finally {
+      stream.destroy();
     }
     this.members = members;
     return members;
@@ -111,10 +114,12 @@ export class DockerArchiveSource implements ImageSource {
     return { manifest, raw, digest: sha256Digest(raw), mediaType: MediaType.ociManifest };
   }
 
-  async openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer>> {
+  async openBlob(desc: Descriptor): Promise<OpenedBlob> {
     const m = this.byDigest.get(desc.digest);
     if (!m) throw new InputError(`blob ${desc.digest} is not in the archive`, { image: this.ref });
-    const stream = m.size === 0 ? [] : fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 });
-    return verifyDigest(stream as AsyncIterable<Buffer>, desc.digest, desc.size, { image: this.ref });
+    if (m.size === 0) return verifyDigest((async function* () {})(), desc.digest, desc.size, { image: this.ref });
+    const stream = fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 });
+    // destroy() closes the archive's descriptor for a blob that will not be read (a conversion that stopped early).
+    return Object.assign(verifyDigest(stream, desc.digest, desc.size, { image: this.ref }), { destroy: () => void stream.destroy() });
   }
 }

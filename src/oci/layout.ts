@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InputError } from '../errors';
 import { digestHex, sha256Digest, verifyDigest } from './digest';
-import { readAll, resolveThroughIndexes, type ImageSource, type ImageTarget, type ResolvedImage } from './image-io';
+import { readAll, resolveThroughIndexes, type ImageSource, type ImageTarget, type OpenedBlob, type ResolvedImage } from './image-io';
 import { MediaType, parseManifestOrIndex, type Descriptor, type ImageIndex, type Platform } from './types';
 
 const REF_NAME = 'org.opencontainers.image.ref.name';
@@ -52,10 +52,12 @@ export class OciLayoutSource implements ImageSource {
     }, platform);
   }
 
-  async openBlob(desc: Descriptor): Promise<AsyncIterable<Buffer>> {
+  async openBlob(desc: Descriptor): Promise<OpenedBlob> {
     const file = blobPath(this.dir, desc.digest);
     if (!fs.existsSync(file)) throw new InputError(`blob ${desc.digest} is missing from the layout`, { image: this.ref });
-    return verifyDigest(fs.createReadStream(file, { highWaterMark: 1 << 20 }), desc.digest, desc.size, { image: this.ref });
+    const stream = fs.createReadStream(file, { highWaterMark: 1 << 20 });
+    // destroy() closes the file of a blob that will not be read (a conversion that stopped early).
+    return Object.assign(verifyDigest(stream, desc.digest, desc.size, { image: this.ref }), { destroy: () => void stream.destroy() });
   }
 }
 
