@@ -62,7 +62,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
     const chunkBits = chunkBitsOf(opts.chunkSize);
     const platform = opts.platform ? parsePlatform(opts.platform) : hostPlatform();
     const src = await openSource(source, registries);
-    // The converter (tar reader, EROFS and blob writers: 20-25 ms to load) loads while the source's
+    // The converter (tar reader, EROFS and blob writers: 10-20 ms to load) loads while the source's
     // manifest is on its way.
     const resolved = src.resolve(platform);
     resolved.catch(() => undefined); // awaited by convertImage
