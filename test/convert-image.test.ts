@@ -92,6 +92,18 @@ describe('convert from OCI layouts and docker archives', () => {
     assert.deepEqual(await withLazyMount(manifest, blob, work, (mnt) => compareTrees(reference, mnt)), []);
   });
 
+  it('indexes a docker archive by its headers: resolving reads it once (to hash its members), not twice', async () => {
+    const archive = path.join(work, 'indexed.tar');
+    execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);
+    const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
+    const before = bytesRead();
+    const { manifest } = await new DockerArchiveSource(`docker-archive:${archive}`).resolve();
+    const read = bytesRead() - before;
+    const size = fs.statSync(archive).size;
+    assert.equal(manifest.layers.length, layoutManifest(`oci:${image.ref}`).manifest.layers.length);
+    assert.ok(read < 1.2 * size, `resolving read ${read} bytes of a ${size}-byte archive`);
+  });
+
   it('closes the file of a layer opened but not read (a conversion that stopped early)', async () => {
     const archive = path.join(work, 'unread.tar');
     execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);

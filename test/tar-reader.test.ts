@@ -1,9 +1,10 @@
 // TarReader over a stream of large buffers, as gunzip yields them, and the numeric header fields that
-// tar writers fill in different ways (GNU, old Unix tar, base-256 for large values).
+// tar writers fill in different ways (GNU, old Unix tar, base-256 for large values); and over a source
+// that skips bodies by position, as a docker archive is indexed.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { TarFormatError, TarReader } from '../src/tar/reader';
-import { makeTar } from './lib/tar-writer';
+import { makeTar, type TestTarEntry } from './lib/tar-writer';
 
 async function* inOneBuffer(data: Buffer): AsyncIterable<Buffer> {
   const big = Buffer.alloc(4 << 20);
@@ -64,5 +65,57 @@ describe('TarReader', () => {
       return true;
     });
     await assert.rejects(withIds(Buffer.from('0000007\0'), Buffer.from('00 17\0\0\0')), /gid field is not octal: "00 17"/);
+  });
+});
+
+/** The archive by position in reads of 4 KiB, as a file would be read: skip() moves on without reading. */
+function byPosition(data: Buffer): { source: AsyncIterable<Buffer> & { skip(n: number): void }; yielded: () => number } {
+  let position = 0;
+  let yielded = 0;
+  return {
+    yielded: () => yielded,
+    source: {
+      skip: (n: number) => void (position += n),
+      async *[Symbol.asyncIterator]() {
+        while (position < data.length) {
+          const piece = data.subarray(position, Math.min(position + 4096, data.length));
+          position += piece.length;
+          yielded += piece.length;
+          yield piece;
+        }
+        if (position > data.length) throw new Error(`input ends ${position - data.length} bytes early (truncated)`);
+      },
+    },
+  };
+}
+
+describe('TarReader over a source that can skip', () => {
+  const big = Buffer.alloc(3 << 20, 7);
+  const entries: TestTarEntry[] = [
+    { name: 'small', body: 'x'.repeat(100) },
+    { name: 'big', body: big },
+    { name: 'long/'.repeat(30) + 'name', body: 'y', pax: { path: 'long/'.repeat(30) + 'name' } },
+    { name: 'after', body: big.subarray(0, 5000), pax: { 'SCHILY.xattr.user.k': 'v' } },
+  ];
+
+  async function walk(source: AsyncIterable<Buffer>) {
+    const reader = new TarReader(source);
+    const seen: Array<[string, number, number]> = [];
+    for (let e = await reader.next(); e; e = await reader.next()) seen.push([e.name.toString(), e.size, reader.bodyOffset]);
+    return seen;
+  }
+
+  it('reads headers, not the bodies it skips, and finds the same entries at the same offsets', async () => {
+    const tar = makeTar(entries);
+    const { source, yielded } = byPosition(tar);
+    const skipped = await walk(source);
+    assert.deepEqual(skipped, await walk(inOneBuffer(tar)));
+    assert.deepEqual(skipped.map(([name]) => name), entries.map((e) => e.name));
+    assert.ok(yielded() < 64 << 10, `read ${yielded()} of ${tar.length} bytes`);
+  });
+
+  it('fails when a skipped body runs past the end of the input', async () => {
+    const tar = makeTar(entries).subarray(0, 2 << 20); // cut inside the big body
+    await assert.rejects(walk(byPosition(tar).source), /truncated/);
   });
 });

@@ -3,6 +3,8 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InputError } from '../errors';
+import { readAt } from '../read-at';
+import type { SkippableSource } from '../tar/byte-reader';
 import { TarReader } from '../tar/reader';
 import { sha256Digest, verifyDigest } from './digest';
 import type { ImageSource, OpenedBlob, ResolvedImage } from './image-io';
@@ -25,6 +27,28 @@ function sniffLayerType(head: Buffer): string {
   return MediaType.ociLayerTar;
 }
 
+/** A file's bytes in reads of `READ_BYTES`, by position, so that skip() reads nothing. */
+function fileByPosition(fd: number, size: number, file: string): SkippableSource {
+  let position = 0;
+  return {
+    skip(n: number): void {
+      position += n;
+    },
+    async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
+      while (position < size) {
+        const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, size - position));
+        await readAt(fd, buf, 0, buf.length, position, file);
+        position += buf.length;
+        yield buf;
+      }
+      if (position > size) throw new Error(`${file} ends ${position - size} bytes before the end of a member (truncated)`);
+    },
+  };
+}
+
+// Headers are 512 bytes and most members of an archive are large layers: a read takes a few headers.
+const READ_BYTES = 64 << 10;
+
 export class DockerArchiveSource implements ImageSource {
   private readonly file: string;
   private readonly name: string | undefined;
@@ -41,17 +65,18 @@ export class DockerArchiveSource implements ImageSource {
   private async index(): Promise<Map<string, Member>> {
     if (this.members) return this.members;
     const members = new Map<string, Member>();
-    // The reader stops at the end-of-archive blocks, short of the file's end: the stream is ended here.
-    const stream = fs.createReadStream(this.file, { highWaterMark: 1 << 20 });
+    let fd: number | undefined;
     try {
-      const reader = new TarReader(stream);
+      fd = fs.openSync(this.file, 'r');
+      // Headers only: the members' bodies (the layers, most of the archive) are skipped by position.
+      const reader = new TarReader(fileByPosition(fd, fs.fstatSync(fd).size, this.file));
       for (let e = await reader.next(); e; e = await reader.next()) {
         if (e.type === 'file') members.set(e.name.toString('utf8').replace(/^\.\//, ''), { offset: reader.bodyOffset, size: e.size });
       }
     } catch (err) {
       throw InputError.wrap(err, { image: this.ref });
     } finally {
-      stream.destroy();
+      if (fd !== undefined) fs.closeSync(fd);
     }
     this.members = members;
     return members;

@@ -1,15 +1,23 @@
 // Exact-length reads over an async stream of buffers.
 
+/**
+ * A stream that can drop bytes without producing them (a file read by position): `skip(n)` leaves out
+ * the next `n` bytes after those it has handed out, and the stream fails once it resumes past its end.
+ */
+export type SkippableSource = AsyncIterable<Buffer> & { skip?(n: number): void };
+
 export class ByteReader {
   private readonly it: AsyncIterator<Buffer>;
+  private readonly skipSource?: (n: number) => void;
   private pending: Buffer[] = [];
   private buffered = 0;
   private ended = false;
   /** Bytes handed out so far: the stream offset of the next byte read. */
   position = 0;
 
-  constructor(source: AsyncIterable<Buffer>) {
+  constructor(source: SkippableSource) {
     this.it = source[Symbol.asyncIterator]();
+    if (source.skip) this.skipSource = source.skip.bind(source);
   }
 
   private async fill(n: number): Promise<void> {
@@ -65,6 +73,16 @@ export class ByteReader {
 
   async skip(n: number): Promise<void> {
     let left = n;
+    if (this.skipSource) {
+      const dropped = Math.min(left, this.buffered);
+      this.take(dropped);
+      left -= dropped;
+      if (left > 0) {
+        this.skipSource(left);
+        this.position += left;
+      }
+      return;
+    }
     while (left > 0) {
       const want = Math.min(left, 1 << 20);
       if (this.buffered < want) await this.fill(want);

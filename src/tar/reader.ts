@@ -1,7 +1,7 @@
 // A streaming tar reader (ustar, GNU long names, PAX) that keeps names, link targets and xattr values
 // as raw bytes: general-purpose tar libraries decode PAX values as UTF-8, which corrupts binary xattrs
 // such as security.capability and non-UTF-8 file names.
-import { ByteReader } from './byte-reader';
+import { ByteReader, type SkippableSource } from './byte-reader';
 
 export type TarEntryType = 'file' | 'hardlink' | 'symlink' | 'chardev' | 'blockdev' | 'dir' | 'fifo';
 
@@ -120,7 +120,8 @@ export class TarReader {
   private globalPax = new Map<string, Buffer>();
   private done = false;
 
-  constructor(source: AsyncIterable<Buffer>) {
+  /** Bodies not read are skipped: by position where the source can (see SkippableSource), else read through. */
+  constructor(source: SkippableSource) {
     this.in = new ByteReader(source);
   }
 
