@@ -17,3 +17,26 @@ export async function readAt(fd: number, buf: Buffer, bufOffset: number, length:
     done += n;
   }
 }
+
+/**
+ * The first `size` bytes of `fd`, by position, in reads of `readBytes`: the file may have been renamed
+ * since it was opened. `skip(n)` leaves out the next `n` bytes without reading them (a tar index skips
+ * the members' bodies); resuming past the end fails as truncated.
+ */
+export function readByPosition(fd: number, size: number, what: string, readBytes: number): AsyncIterable<Buffer> & { skip(n: number): void } {
+  let position = 0;
+  return {
+    skip(n: number): void {
+      position += n;
+    },
+    async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
+      while (position < size) {
+        const buf = Buffer.allocUnsafe(Math.min(readBytes, size - position));
+        await readAt(fd, buf, 0, buf.length, position, what);
+        position += buf.length;
+        yield buf;
+      }
+      if (position > size) throw new Error(`${what} ends ${position - size} bytes before the end of a skipped range (truncated)`);
+    },
+  };
+}

@@ -3,8 +3,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InputError } from '../errors';
-import { readAt } from '../read-at';
-import type { SkippableSource } from '../tar/byte-reader';
+import { readByPosition } from '../read-at';
 import { TarReader } from '../tar/reader';
 import { sha256Digest, verifyDigest } from './digest';
 import type { ImageSource, OpenedBlob, ResolvedImage } from './image-io';
@@ -27,27 +26,8 @@ function sniffLayerType(head: Buffer): string {
   return MediaType.ociLayerTar;
 }
 
-/** A file's bytes in reads of `READ_BYTES`, by position, so that skip() reads nothing. */
-function fileByPosition(fd: number, size: number, file: string): SkippableSource {
-  let position = 0;
-  return {
-    skip(n: number): void {
-      position += n;
-    },
-    async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
-      while (position < size) {
-        const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, size - position));
-        await readAt(fd, buf, 0, buf.length, position, file);
-        position += buf.length;
-        yield buf;
-      }
-      if (position > size) throw new Error(`${file} ends ${position - size} bytes before the end of a member (truncated)`);
-    },
-  };
-}
-
 // Headers are 512 bytes and most members of an archive are large layers: a read takes a few headers.
-const READ_BYTES = 64 << 10;
+const INDEX_READ_BYTES = 64 << 10;
 
 export class DockerArchiveSource implements ImageSource {
   private readonly file: string;
@@ -69,7 +49,7 @@ export class DockerArchiveSource implements ImageSource {
     try {
       fd = fs.openSync(this.file, 'r');
       // Headers only: the members' bodies (the layers, most of the archive) are skipped by position.
-      const reader = new TarReader(fileByPosition(fd, fs.fstatSync(fd).size, this.file));
+      const reader = new TarReader(readByPosition(fd, fs.fstatSync(fd).size, this.file, INDEX_READ_BYTES));
       for (let e = await reader.next(); e; e = await reader.next()) {
         if (e.type === 'file') members.set(e.name.toString('utf8').replace(/^\.\//, ''), { offset: reader.bodyOffset, size: e.size });
       }

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { log } from '../log';
-import { readAt } from '../read-at';
+import { readByPosition } from '../read-at';
 import { pushScope } from './auth';
 import type { BlobUpload, PushResult, RegistryClient } from './registry';
 import type { Descriptor } from './types';
@@ -73,7 +73,7 @@ export class StreamedBlobPush {
         log.warn('streamed blob upload ended short; uploading the finished blob', { repository: this.repo, digest: desc.digest, received: this.upload.offset, size: desc.size });
       }
       await this.stop();
-      return await this.client.pushBlob(this.repo, desc.digest, desc.size, () => Readable.from(readFd(this.fd, desc.size)), { mountFrom: this.mountFrom });
+      return await this.client.pushBlob(this.repo, desc.digest, desc.size, () => Readable.from(readByPosition(this.fd, desc.size, 'blob file', 1 << 20)), { mountFrom: this.mountFrom });
     } catch (err) {
       await this.stop().catch(() => undefined);
       throw err;
@@ -136,15 +136,5 @@ export class StreamedBlobPush {
         this.wake = resolve;
       });
     }
-  }
-}
-
-/** The file's first `size` bytes, by position: the file may have been renamed since it was opened. */
-async function* readFd(fd: number, size: number): AsyncGenerator<Buffer> {
-  for (let offset = 0; offset < size; ) {
-    const buf = Buffer.allocUnsafe(Math.min(1 << 20, size - offset));
-    await readAt(fd, buf, 0, buf.length, offset, 'blob file');
-    offset += buf.length;
-    yield buf;
   }
 }
