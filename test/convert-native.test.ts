@@ -212,20 +212,36 @@ describe('prepareHeap', () => {
     }
   })();
 
-  it('grows the heap onto huge pages, so the buffers a conversion streams through fault in 2 MiB at a time', { skip: thp === 'never' && 'transparent huge pages are off on this kernel' }, () => {
+  // Whether the kernel then finds free 2 MiB pages depends on the machine's memory at that moment
+  // (CI saw none), so what is asserted is what the addon controls: how far the heap is grown and
+  // which part of it is advised. The huge pages actually granted are reported, not asserted.
+  it('grows the heap ahead and advises it for huge pages, so the buffers a conversion streams through can fault in 2 MiB at a time', { skip: thp === 'never' && 'transparent huge pages are off on this kernel' }, (t) => {
     // In a process of its own: the heap is the process's.
     const addon = require.resolve('../src/native/convert-addon');
     const script = `
       const fs = require('fs');
-      const heapHuge = () => fs.readFileSync('/proc/self/smaps', 'utf8').split(/\\n(?=[0-9a-f]+-)/).filter((m) => m.includes('[heap]'))
-        .reduce((kb, m) => kb + Number(/AnonHugePages:\\s+(\\d+)/.exec(m)[1]), 0);
-      const fill = () => { const held = []; for (let i = 0; i < 16; i++) held.push(Buffer.allocUnsafeSlow(1 << 20).fill(1)); return held; };
+      const heap = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\\n(?=[0-9a-f]+-)/).filter((m) => m.includes('[heap]'));
+      const kb = (m, field) => Number(new RegExp(field + ':\\\\s+(\\\\d+)').exec(m)[1]);
+      const before = heap.reduce((sum, m) => sum + kb(m, 'Size'), 0);
       if (process.argv[1] === 'prepare') require(${JSON.stringify(addon)}).convertAddon().prepareHeap();
-      const held = fill();
-      process.stdout.write(String(heapHuge()));`;
-    const run = (mode: string) => Number(execFileSync(process.execPath, ['-e', script, mode], { encoding: 'utf8' }));
-    // Where THP is only on request (madvise, the usual default), the heap gets none unasked.
-    if (thp === 'madvise') assert.equal(run('plain'), 0);
-    assert.ok(run('prepare') >= 8 << 10, 'at least 8 MiB of the 16 MiB filled are in huge pages');
+      const held = []; for (let i = 0; i < 16; i++) held.push(Buffer.allocUnsafeSlow(1 << 20).fill(1));
+      const after = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\\n(?=[0-9a-f]+-)/).filter((m) => m.includes('[heap]'));
+      process.stdout.write(JSON.stringify({
+        grownKb: after.reduce((sum, m) => sum + kb(m, 'Size'), 0) - before,
+        advisedKb: after.filter((m) => / hg( |$)/m.test(/VmFlags:(.*)/.exec(m)[1])).reduce((sum, m) => sum + kb(m, 'Size'), 0),
+        hugeKb: after.reduce((sum, m) => sum + kb(m, 'AnonHugePages'), 0),
+      }));`;
+    type Heap = { grownKb: number; advisedKb: number; hugeKb: number };
+    const run = (mode: string): Heap => JSON.parse(execFileSync(process.execPath, ['-e', script, mode], { encoding: 'utf8' }));
+    const plain = run('plain');
+    // Unasked, none of the heap is advised; where THP is only on request (madvise, the usual
+    // default) it then gets no huge pages either.
+    assert.equal(plain.advisedKb, 0);
+    if (thp === 'madvise') assert.equal(plain.hugeKb, 0);
+    const prepared = run('prepare');
+    assert.ok(prepared.grownKb >= 48 << 10, `the heap grows by the 48 MiB ahead (grew ${prepared.grownKb} KiB)`);
+    // 48 MiB less at most one partial huge page at each end.
+    assert.ok(prepared.advisedKb >= 44 << 10, `at least 44 MiB of the heap are advised for huge pages (${prepared.advisedKb} KiB)`);
+    t.diagnostic(`huge pages granted to the 16 MiB filled: ${prepared.hugeKb} KiB`);
   });
 });
