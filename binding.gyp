@@ -8,7 +8,8 @@
         "native/errors.cc",
         "native/fanotify.cc",
         "native/fs_calls.cc",
-        "native/fuse.cc"
+        "native/fuse.cc",
+        "native/reader_thread.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

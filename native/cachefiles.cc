@@ -35,6 +35,7 @@
 // and then READ_COMPLETE; completing without filling makes the reader get EIO.
 #include "cachefiles.h"
 #include "errors.h"
+#include "reader_thread.h"
 
 #include <atomic>
 #include <cerrno>
@@ -48,9 +49,7 @@
 #include <memory>
 #include <poll.h>
 #include <string>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -256,7 +255,7 @@ class Device : public Napi::ObjectWrap<Device> {
     std::string path = info.Length() > 0 && !info[0].IsUndefined() ? PathArg(info[0], "path") : "/dev/cachefiles";
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) ThrowErrno(env, errno, "open", path);
-    Take(env, fd);
+    Take(fd);
     return env.Undefined();
   }
 
@@ -267,20 +266,11 @@ class Device : public Napi::ObjectWrap<Device> {
     if (fd_ >= 0) throw Napi::Error::New(env, "cachefiles device already open");
     int fd = info[0].As<Napi::Number>().Int32Value();
     if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) ThrowErrno(env, errno, "fcntl(inherited cachefiles fd)");
-    Take(env, fd);
+    Take(fd);
     return env.Undefined();
   }
 
-  void Take(Napi::Env env, int fd) {
-    int stop = eventfd(0, EFD_CLOEXEC);
-    if (stop < 0) {
-      int err = errno;
-      ::close(fd);
-      ThrowErrno(env, err, "eventfd");
-    }
-    fd_ = fd;
-    stop_ = stop;
-  }
+  void Take(int fd) { fd_ = fd; }
 
   void RequireOpen(Napi::Env env) {
     if (fd_ < 0) throw Napi::Error::New(env, "cachefiles device is not open");
@@ -345,13 +335,10 @@ class Device : public Napi::ObjectWrap<Device> {
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     RequireOpen(env);
-    if (running_) throw Napi::Error::New(env, "cachefiles reader already started");
     if (!info[0].IsFunction()) throw Napi::TypeError::New(env, "onMessage must be a function");
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "cachefiles", 0, 1);
-    Ref();  // no garbage collection (and no destructor joining from the GC) while the thread runs
-    running_ = true;
     closing_ = false;
-    reader_ = std::thread([this] { ReadLoop(); });
+    reader_.Start(env, info[0].As<Napi::Function>(), "cachefiles", [this] { ReadLoop(); });
+    Ref();  // no garbage collection (and no destructor joining from the GC) while the thread runs
     return env.Undefined();
   }
 
@@ -431,7 +418,7 @@ class Device : public Napi::ObjectWrap<Device> {
   // close(): stops and joins the reader thread, then closes /dev/cachefiles. Closing the device
   // marks the cache dead: pending and future requests of its mounts fail with EIO.
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    bool wasRunning = running_;
+    bool wasRunning = reader_.running();
     Shutdown();
     if (wasRunning) Unref();
     return info.Env().Undefined();
@@ -440,21 +427,16 @@ class Device : public Napi::ObjectWrap<Device> {
   Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
   void Shutdown() {
-    if (running_) {
+    if (reader_.running()) {
       closing_ = true;
-      uint64_t one = 1;
-      if (::write(stop_, &one, sizeof one) < 0) { /* the reader also stops on a poll error */ }
-      reader_.join();
-      running_ = false;
-      tsfn_.Release();
+      reader_.Stop();
     }
     if (fd_ >= 0) ::close(fd_);
-    if (stop_ >= 0) ::close(stop_);
-    fd_ = stop_ = -1;
+    fd_ = -1;
   }
 
   void Deliver(Message* m) {
-    napi_status st = tsfn_.BlockingCall(m, [this](Napi::Env env, Napi::Function cb, Message* msg) {
+    napi_status st = reader_.tsfn().BlockingCall(m, [this](Napi::Env env, Napi::Function cb, Message* msg) {
       if (closing_) {
         // close() came first: nobody will answer; do not leak the OPEN's fd.
         if (msg->fd >= 0) ::close(msg->fd);
@@ -474,9 +456,10 @@ class Device : public Napi::ObjectWrap<Device> {
   void ReadLoop() {
     alignas(8) unsigned char buf[kMsgMaxSize];
     for (;;) {
-      struct pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_, POLLIN, 0}};
-      if (poll(fds, 2, -1) < 0) {
-        if (errno == EINTR) continue;
+      short revents;
+      ReaderThread::Woken woken = reader_.Wait(fd_, &revents);
+      if (woken == ReaderThread::kStop) return;
+      if (woken == ReaderThread::kFailed) {
         auto* m = new Message();
         m->kind = Message::kError;
         m->err = errno;
@@ -484,8 +467,7 @@ class Device : public Napi::ObjectWrap<Device> {
         Deliver(m);
         return;
       }
-      if (fds[1].revents) return;
-      if (fds[0].revents & (POLLERR | POLLNVAL)) {
+      if (revents & (POLLERR | POLLNVAL)) {
         auto* m = new Message();
         m->kind = Message::kError;
         m->err = EIO;
@@ -493,7 +475,7 @@ class Device : public Napi::ObjectWrap<Device> {
         Deliver(m);
         return;
       }
-      if (!(fds[0].revents & POLLIN)) continue;
+      if (!(revents & POLLIN)) continue;
       ssize_t n = ::read(fd_, buf, sizeof buf);
       if (n == 0) continue;  // nothing queued after all (0, not EAGAIN, in on-demand mode)
       if (n < 0) {
@@ -510,11 +492,8 @@ class Device : public Napi::ObjectWrap<Device> {
   }
 
   int fd_ = -1;
-  int stop_ = -1;
-  bool running_ = false;
   std::atomic<bool> closing_{false};
-  std::thread reader_;
-  Napi::ThreadSafeFunction tsfn_;
+  ReaderThread reader_;
 };
 
 // parseCachefilesMessage(buffer): the object start() would deliver for these bytes, for tests of the

@@ -2,16 +2,13 @@
 // their byte range to JS; JS fills the range through the event's own fd and answers allow or deny.
 #include "fanotify.h"
 #include "errors.h"
+#include "reader_thread.h"
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
 #include <linux/fanotify.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/fanotify.h>
-#include <thread>
 #include <unistd.h>
 
 #ifndef FAN_PRE_ACCESS
@@ -52,8 +49,6 @@ class Group : public Napi::ObjectWrap<Group> {
   explicit Group(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Group>(info) {
     fd_ = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC, O_RDWR | O_LARGEFILE);
     if (fd_ < 0) ThrowErrno(info.Env(), errno, "fanotify_init(FAN_CLASS_PRE_CONTENT)");
-    stop_ = eventfd(0, EFD_CLOEXEC);
-    if (stop_ < 0) ThrowErrno(info.Env(), errno, "eventfd");
   }
 
   ~Group() override { Shutdown(); }
@@ -72,10 +67,7 @@ class Group : public Napi::ObjectWrap<Group> {
 
   // start(callback): callback({fd, pid, offset, count}) for each event, on the JS thread.
   Napi::Value Start(const Napi::CallbackInfo& info) {
-    if (running_) throw Napi::Error::New(info.Env(), "fanotify group already started");
-    tsfn_ = Napi::ThreadSafeFunction::New(info.Env(), info[0].As<Napi::Function>(), "fanotify", 0, 1);
-    running_ = true;
-    reader_ = std::thread([this] { ReadLoop(); });
+    reader_.Start(info.Env(), info[0].As<Napi::Function>(), "fanotify", [this] { ReadLoop(); });
     return info.Env().Undefined();
   }
 
@@ -99,27 +91,16 @@ class Group : public Napi::ObjectWrap<Group> {
   }
 
   void Shutdown() {
-    if (running_) {
-      uint64_t one = 1;
-      if (write(stop_, &one, sizeof one) < 0) { /* the reader also stops when fd_ closes */ }
-      reader_.join();
-      running_ = false;
-      tsfn_.Release();
-    }
+    reader_.Stop();
     if (fd_ >= 0) close(fd_);
-    if (stop_ >= 0) close(stop_);
-    fd_ = stop_ = -1;
+    fd_ = -1;
   }
 
   void ReadLoop() {
     alignas(struct fanotify_event_metadata) char buf[8192];
     for (;;) {
-      struct pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_, POLLIN, 0}};
-      if (poll(fds, 2, -1) < 0) {
-        if (errno == EINTR) continue;
-        return;
-      }
-      if (fds[1].revents) return;
+      short revents;
+      if (reader_.Wait(fd_, &revents) != ReaderThread::kEvents) return;
       ssize_t len = read(fd_, buf, sizeof buf);
       if (len <= 0) {
         if (len < 0 && (errno == EINTR || errno == EAGAIN)) continue;
@@ -140,7 +121,7 @@ class Group : public Napi::ObjectWrap<Group> {
           }
           off += hdr->len;
         }
-        napi_status st = tsfn_.BlockingCall(ev, [](Napi::Env env, Napi::Function cb, Event* e) {
+        napi_status st = reader_.tsfn().BlockingCall(ev, [](Napi::Env env, Napi::Function cb, Event* e) {
           Napi::Object o = Napi::Object::New(env);
           o.Set("fd", e->fd);
           o.Set("pid", e->pid);
@@ -163,10 +144,7 @@ class Group : public Napi::ObjectWrap<Group> {
   }
 
   int fd_ = -1;
-  int stop_ = -1;
-  bool running_ = false;
-  std::thread reader_;
-  Napi::ThreadSafeFunction tsfn_;
+  ReaderThread reader_;
 };
 
 }  // namespace

@@ -3,15 +3,13 @@
 // requests, building replies) lives in TypeScript (src/transport/fuse-protocol.ts).
 #include "fuse.h"
 #include "errors.h"
+#include "reader_thread.h"
 
 #include <cerrno>
 #include <cstdint>
 #include <fcntl.h>
-#include <poll.h>
 #include <string>
-#include <sys/eventfd.h>
 #include <sys/mount.h>
-#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -30,16 +28,9 @@ class Session : public Napi::ObjectWrap<Session> {
   }
 
   explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
-    // Non-blocking, so that the reader can also wait on the stop eventfd.
+    // Non-blocking: a wake-up that another reader took leaves read() with EAGAIN, not blocked.
     fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) ThrowErrno(info.Env(), errno, "open", "/dev/fuse");
-    stop_ = eventfd(0, EFD_CLOEXEC);
-    if (stop_ < 0) {
-      int saved = errno;
-      close(fd_);
-      fd_ = -1;
-      ThrowErrno(info.Env(), saved, "eventfd");
-    }
   }
 
   ~Session() override { Shutdown(); }
@@ -68,11 +59,8 @@ class Session : public Napi::ObjectWrap<Session> {
   // start(callback): callback(Buffer) for each request, on the JS thread; callback(null) once the
   // connection ends (unmounted or aborted).
   Napi::Value Start(const Napi::CallbackInfo& info) {
-    if (running_) throw Napi::Error::New(info.Env(), "FUSE session already started");
     if (fd_ < 0) throw Napi::Error::New(info.Env(), "FUSE session is closed");
-    tsfn_ = Napi::ThreadSafeFunction::New(info.Env(), info[0].As<Napi::Function>(), "fuse", 0, 1);
-    running_ = true;
-    reader_ = std::thread([this] { ReadLoop(); });
+    reader_.Start(info.Env(), info[0].As<Napi::Function>(), "fuse", [this] { ReadLoop(); });
     return info.Env().Undefined();
   }
 
@@ -94,13 +82,7 @@ class Session : public Napi::ObjectWrap<Session> {
   }
 
   void Shutdown() {
-    if (running_) {
-      uint64_t one = 1;
-      if (write(stop_, &one, sizeof one) < 0) { /* the reader also stops when the connection ends */ }
-      reader_.join();
-      running_ = false;
-      tsfn_.Release();
-    }
+    reader_.Stop();
     // Detached, not unmounted: EROFS mounts on top may still hold its files open. Closing the fd
     // then aborts the connection, so anything still reading through it gets an error, never hangs.
     if (!target_.empty()) {
@@ -108,19 +90,16 @@ class Session : public Napi::ObjectWrap<Session> {
       target_.clear();
     }
     if (fd_ >= 0) close(fd_);
-    if (stop_ >= 0) close(stop_);
-    fd_ = stop_ = -1;
+    fd_ = -1;
   }
 
   void ReadLoop() {
     std::vector<uint8_t> buf(kReadBuffer);
     for (;;) {
-      struct pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_, POLLIN, 0}};
-      if (poll(fds, 2, -1) < 0) {
-        if (errno == EINTR) continue;
-        break;
-      }
-      if (fds[1].revents) return;  // close(): JS knows already
+      short revents;
+      ReaderThread::Woken woken = reader_.Wait(fd_, &revents);
+      if (woken == ReaderThread::kStop) return;  // close(): JS knows already
+      if (woken == ReaderThread::kFailed) break;
       ssize_t len = read(fd_, buf.data(), buf.size());
       if (len < 0) {
         // ENOENT: the request was interrupted before we read it; EAGAIN: another wake-up took it.
@@ -129,7 +108,7 @@ class Session : public Napi::ObjectWrap<Session> {
       }
       if (len == 0) break;
       auto* copy = new std::vector<uint8_t>(buf.begin(), buf.begin() + len);
-      napi_status st = tsfn_.BlockingCall(copy, [](Napi::Env env, Napi::Function cb, std::vector<uint8_t>* req) {
+      napi_status st = reader_.tsfn().BlockingCall(copy, [](Napi::Env env, Napi::Function cb, std::vector<uint8_t>* req) {
         Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::Copy(env, req->data(), req->size());
         delete req;
         cb.Call({b});
@@ -139,15 +118,12 @@ class Session : public Napi::ObjectWrap<Session> {
         return;  // JS is going away; closing the fd aborts whatever is pending
       }
     }
-    tsfn_.BlockingCall([](Napi::Env env, Napi::Function cb) { cb.Call({env.Null()}); });
+    reader_.tsfn().BlockingCall([](Napi::Env env, Napi::Function cb) { cb.Call({env.Null()}); });
   }
 
   int fd_ = -1;
-  int stop_ = -1;
-  bool running_ = false;
   std::string target_;
-  std::thread reader_;
-  Napi::ThreadSafeFunction tsfn_;
+  ReaderThread reader_;
 };
 
 }  // namespace
