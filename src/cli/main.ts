@@ -7,7 +7,6 @@ import path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { DEFAULT_CACHE_DIR, DEFAULT_CONFIG } from '../defaults';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
-import { readSuperblock } from '../erofs/reader';
 import { Interrupted } from '../errors';
 import type { DaemonFlags } from './daemon';
 import { bytes, parseSize } from './format';
@@ -20,6 +19,7 @@ async function mountLocal(outDir: string, target: string): Promise<void> {
   // path of every command (the daemon's mount helper among them).
   const { BLOB_DIR, BOOTSTRAP_FILE } = await import('../builder/build-dir');
   const { mountFileBacked } = await import('../mount/file-backed');
+  const { readSuperblock } = await import('../erofs/reader');
   const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
   const sb = readSuperblock(fs.readFileSync(bootstrap), bootstrap);
   const blobs = sb.devices.map((d) => path.resolve(outDir, BLOB_DIR, d.tag));
@@ -27,9 +27,15 @@ async function mountLocal(outDir: string, target: string): Promise<void> {
   mountFileBacked({ bootstrap: path.resolve(bootstrap), blobs, target });
 }
 
+/** The version in package.json: dist/src/cli/ sits two levels below the package's root. */
+function packageVersion(): string {
+  return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 export function program(): Command {
   const cli = new Command('erofs-ondemand')
     .description('Lazy-loading container images on EROFS')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .exitOverride()
     .showHelpAfterError();
   cli
