@@ -104,6 +104,59 @@ describe('convert from OCI layouts and docker archives', () => {
     assert.ok(read < 1.2 * size, `resolving read ${read} bytes of a ${size}-byte archive`);
   });
 
+  /** A `docker save` archive as Docker 25 and later write it: an OCI layout plus manifest.json, members named by digest. */
+  function modernArchive(name: string, alter?: (blobFile: (digest: string) => string, layers: string[]) => void): string {
+    const dir = path.join(work, `${name}-layout`);
+    execFileSync('cp', ['-a', image.layout, dir]);
+    const { manifest, blob } = layoutManifest(`oci:${dir}:latest`);
+    const member = (digest: string) => `blobs/sha256/${digest.slice('sha256:'.length)}`;
+    fs.writeFileSync(
+      path.join(dir, 'manifest.json'),
+      JSON.stringify([{ Config: member(manifest.config.digest), RepoTags: ['example/minbase:1'], Layers: manifest.layers.map((l) => member(l.digest)) }]),
+    );
+    alter?.(blob, manifest.layers.map((l) => l.digest));
+    const archive = path.join(work, `${name}.tar`);
+    execFileSync('tar', ['-cf', archive, '-C', dir, 'oci-layout', 'index.json', 'manifest.json', 'blobs']);
+    return archive;
+  }
+
+  it('reads docker save archives of Docker 25 and later by the digests their members are named by, without hashing them first', async () => {
+    const archive = modernArchive('modern');
+    const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
+    const before = bytesRead();
+    const { manifest } = await new DockerArchiveSource(`docker-archive:${archive}`).resolve();
+    const read = bytesRead() - before;
+    const size = fs.statSync(archive).size;
+    const source = layoutManifest(`oci:${image.ref}`).manifest;
+    assert.deepEqual(manifest.layers.map((l) => [l.digest, l.size, l.mediaType]), source.layers.map((l) => [l.digest, l.size, l.mediaType]));
+    assert.equal(manifest.config.digest, source.config.digest);
+    assert.ok(read < size / 20, `resolving read ${read} bytes of a ${size}-byte archive`);
+    // Converted, its layers give the same blobs as the same image read from its OCI layout.
+    convert(`docker-archive:${archive}`, `oci:${work}/from-modern:v1`);
+    convert(`oci:${image.ref}`, `oci:${work}/from-layout:v1`);
+    const blobs = (ref: string) => layoutManifest(ref).manifest.layers.slice(1).map((l) => l.digest);
+    assert.deepEqual(blobs(`oci:${work}/from-modern:v1`), blobs(`oci:${work}/from-layout:v1`));
+  });
+
+  it('fails on a docker archive member whose bytes do not match the digest it is named by, naming the layer, and pushes no manifest', () => {
+    let altered = '';
+    const archive = modernArchive('lying', (blob, layers) => {
+      altered = layers[1];
+      const file = blob(altered);
+      const data = fs.readFileSync(file);
+      data[data.length >> 1] ^= 0x55;
+      fs.chmodSync(file, 0o644);
+      fs.writeFileSync(file, data);
+    });
+    const target = path.join(work, 'from-lying');
+    const r = spawnSync(process.execPath, [CLI, 'convert', `docker-archive:${archive}`, `oci:${target}:v1`], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, new RegExp(`layer "${altered}"`));
+    assert.match(r.stderr, /digest mismatch|invalid|incorrect|truncated/);
+    const index = path.join(target, 'index.json');
+    assert.equal(fs.existsSync(index) ? JSON.parse(fs.readFileSync(index, 'utf8')).manifests.length : 0, 0);
+  });
+
   it('closes the file of a layer opened but not read (a conversion that stopped early)', async () => {
     const archive = path.join(work, 'unread.tar');
     execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);

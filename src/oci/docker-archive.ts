@@ -1,5 +1,7 @@
 // `docker save` archives (`docker-archive:PATH[:NAME:TAG]`): a tar holding manifest.json, the image
-// config and one tar per layer. There are no digests inside, so they are computed on opening.
+// config and one tar per layer. Before Docker 25 the members are named by IDs, not digests, so those
+// are hashed on opening; Docker 25 and later write an OCI layout into the archive, whose members
+// under blobs/sha256/ are named by their digests, checked as they are read like any source's blobs.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InputError } from '../errors';
@@ -25,6 +27,9 @@ function sniffLayerType(head: Buffer): string {
   if (head.readUInt32LE(0) === 0xfd2fb528) return MediaType.ociLayerZstd;
   return MediaType.ociLayerTar;
 }
+
+/** A member named by its digest (the OCI layout inside archives of Docker 25 and later). */
+const DIGEST_NAMED = /^blobs\/sha256\/([0-9a-f]{64})$/;
 
 // Headers are 512 bytes and most members of an archive are large layers: a read takes a few headers.
 const INDEX_READ_BYTES = 64 << 10;
@@ -79,6 +84,18 @@ export class DockerArchiveSource implements ImageSource {
     }
   }
 
+  /** The first 8 bytes (zeros past the end), enough to tell gzip and zstd from tar. */
+  private head(m: Member): Buffer {
+    const head = Buffer.alloc(8);
+    const fd = fs.openSync(this.file, 'r');
+    try {
+      fs.readSync(fd, head, 0, Math.min(8, m.size), m.offset);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return head;
+  }
+
   private async hashMember(m: Member): Promise<{ digest: string; head: Buffer }> {
     const hash = createHash('sha256');
     let head = Buffer.alloc(0);
@@ -104,7 +121,9 @@ export class DockerArchiveSource implements ImageSource {
 
     const describe = async (name: string, mediaType?: string): Promise<Descriptor> => {
       const m = await this.member(name);
-      const { digest, head } = await this.hashMember(m);
+      const named = DIGEST_NAMED.exec(name);
+      // A wrong name fails the conversion when the member is read (openBlob verifies every blob).
+      const { digest, head } = named ? { digest: `sha256:${named[1]}`, head: this.head(m) } : await this.hashMember(m);
       this.byDigest.set(digest, m);
       return { mediaType: mediaType ?? sniffLayerType(head), digest, size: m.size };
     };
