@@ -83,6 +83,31 @@ describe('convert from OCI layouts and docker archives', () => {
     assert.ok((json.uploadedBlobs as number) <= 3, `uploaded ${json.uploadedBlobs}`);
   });
 
+  it('takes a zstd level: a higher one gives other, smaller blobs that read back as the same tree', async () => {
+    const blobs = (ref: string) => layoutManifest(ref).manifest.layers.slice(1);
+    const fast = `oci:${work}/level-default:v1`;
+    const small = `oci:${work}/level-6:v1`;
+    convert(`oci:${image.ref}`, fast);
+    convert(`oci:${image.ref}`, small, '--compression-level', '6');
+    const size = (ref: string) => blobs(ref).reduce((n, l) => n + l.size, 0);
+    assert.ok(size(small) < size(fast) * 0.95, `level 6: ${size(small)} bytes of blobs, level 1: ${size(fast)}`);
+    assert.notEqual(blobs(small)[0].digest, blobs(fast)[0].digest);
+    const { manifest, blob } = layoutManifest(small);
+    assert.deepEqual(await withLazyMount(manifest, blob, work, (mnt) => compareTrees(reference, mnt)), []);
+    // The level is part of what a blob depends on: the same level gives the same digests again.
+    assert.equal(convert(`oci:${image.ref}`, small, '--compression-level', '6').json.uploadedBlobs, 0);
+  });
+
+  it('refuses a zstd level it does not take, naming it, before writing anything', () => {
+    for (const level of ['0', '20', 'fast', '1.5']) {
+      const target = path.join(work, `bad-level-${level}`);
+      const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${image.ref}`, `oci:${target}:v1`, '--compression-level', level], { encoding: 'utf8' });
+      assert.equal(r.status, 1, level);
+      assert.match(r.stderr, new RegExp(`compression level "${level.replace('.', '\\.')}" must be a whole number from 1 \\(fastest\\) to 19`));
+      assert.equal(fs.existsSync(target), false, `${level}: no target was written`);
+    }
+  });
+
   it('reads docker save archives', async () => {
     const archive = path.join(work, 'image.tar');
     execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);

@@ -8,10 +8,11 @@ import type { ConvertProgress, ConvertResult } from '../convert/convert';
 import { closeRegistryClients, openSource, openTarget } from '../oci/open-image';
 import { convertAddon } from '../native/convert-addon';
 import { hostPlatform, parsePlatform } from '../oci/types';
-import { bytes, chunkBitsOf } from './format';
+import { bytes, chunkBitsOf, zstdLevelOf } from './format';
 
 export interface ConvertCommandOptions extends RegistryFlags {
   chunkSize: string;
+  compressionLevel?: string;
   platform?: string;
   json?: boolean;
   quiet?: boolean;
@@ -60,6 +61,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
   try {
     const registries = registriesFromFlags(opts);
     const chunkBits = chunkBitsOf(opts.chunkSize);
+    const zstdLevel = opts.compressionLevel === undefined ? undefined : zstdLevelOf(opts.compressionLevel);
     const platform = opts.platform ? parsePlatform(opts.platform) : hostPlatform();
     const src = await openSource(source, registries);
     // The converter (tar reader, EROFS and blob writers: 10-20 ms to load) loads while the source's
@@ -70,6 +72,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
     const { convertImage } = await import('../convert/convert');
     const result = await convertImage(src, await openTarget(target, registries, src), {
       chunkBits,
+      zstdLevel,
       platform,
       resolved,
       signal: controller.signal,

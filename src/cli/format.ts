@@ -1,5 +1,6 @@
 // Human-readable numbers for CLI output, and the sizes users type.
 import { MAX_CHUNK_BITS, MIN_CHUNK_BITS } from '../erofs/format';
+import { MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../blob/zstd-level';
 import { InputError } from '../errors';
 
 export function bytes(n: number): string {
@@ -24,6 +25,15 @@ export function parseSize(text: string): number {
   if (!m) throw new Error(`cannot parse size ${JSON.stringify(text)}`);
   const scale = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
   return Number(m[1]) * scale;
+}
+
+/** `--compression-level`: a whole number from MIN_ZSTD_LEVEL to MAX_ZSTD_LEVEL. */
+export function zstdLevelOf(text: string): number {
+  const level = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!(level >= MIN_ZSTD_LEVEL && level <= MAX_ZSTD_LEVEL)) {
+    throw new InputError(`compression level ${JSON.stringify(text)} must be a whole number from ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest)`);
+  }
+  return level;
 }
 
 export function chunkBitsOf(text: string): number {

@@ -52,6 +52,7 @@ export function program(): Command {
     .argument('<source>', 'registry reference, oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]')
     .argument('<target>', 'registry reference or oci:PATH[:TAG]')
     .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
+    .option('--compression-level <n>', 'zstd level of the chunks, 1 (fastest) to 19 (smallest blobs)', '1')
     .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')

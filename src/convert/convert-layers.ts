@@ -40,6 +40,8 @@ export interface ConvertedLayers {
 
 export interface ConvertLayersOptions {
   chunkBits: number;
+  /** zstd level of the chunks (default DEFAULT_ZSTD_LEVEL). */
+  zstdLevel?: number;
   /** Names the image in errors. */
   image: string;
   onBytes?: (layer: number, bytes: number) => void;
@@ -156,7 +158,7 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
       let blob: CompressedBlob;
       let stats: LayerStats;
       try {
-        const writer = new CompressedBlobWriter(fd, i + 1, dict, chunkSize);
+        const writer = new CompressedBlobWriter(fd, i + 1, dict, chunkSize, opts.zstdLevel);
         const progress = opts.blobProgress?.(i, blobPath);
         if (progress) writer.onWritten = (bytes) => progress.written(bytes);
         let raw: AsyncIterable<Buffer>;

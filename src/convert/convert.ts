@@ -6,7 +6,7 @@ import path from 'node:path';
 import { sha256Digest } from '../oci/digest';
 import { readAll, type ImageSource, type ImageTarget, type ResolvedImage, type StreamedBlob } from '../oci/image-io';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
-import { ZSTD_LEVEL } from '../blob/compressed-blob-writer';
+import { DEFAULT_ZSTD_LEVEL } from '../blob/zstd-level';
 import { convertAddon } from '../native/convert-addon';
 import { convertLayers, LayerDownloads, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 import { Annotation, LazyMediaType } from './lazy-image';
@@ -19,6 +19,8 @@ export type ConvertProgress =
 
 export interface ConvertOptions {
   chunkBits: number;
+  /** zstd level of the chunks (default DEFAULT_ZSTD_LEVEL): part of what a blob's digest depends on. */
+  zstdLevel?: number;
   platform: Platform;
   /** The source already being resolved for `platform` by the caller, so that it overlaps other start-up work. */
   resolved?: Promise<ResolvedImage>;
@@ -104,7 +106,8 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const layerDigests = manifest.layers.map((l) => l.digest);
     const memo = opts.memoFile === null ? null : new ConvertedLayerMemo(opts.memoFile ?? defaultMemoPath());
     // The compressor's version and level are part of what a converted blob depends on.
-    const compressor = `zstd/${convertAddon().zstdVersion}/level-${ZSTD_LEVEL}`;
+    const zstdLevel = opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
+    const compressor = `zstd/${convertAddon().zstdVersion}/level-${zstdLevel}`;
     const memoKeys = layerDigests.map((_, i) => ConvertedLayerMemo.key(layerDigests, i, opts.chunkBits, compressor));
     const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, memoKeys) : new Set<number>();
     const streams = new Map<number, StreamedBlob>();
@@ -115,6 +118,7 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
       {
         downloads,
         chunkBits: opts.chunkBits,
+        zstdLevel,
         image: source.ref,
         signal: opts.signal,
         onBytes: (layer, bytes) => opts.onProgress?.({ kind: 'layer-bytes', layer, bytes }),
