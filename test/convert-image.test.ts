@@ -145,16 +145,18 @@ describe('convert from OCI layouts and docker archives', () => {
     return archive;
   }
 
-  it('reads docker save archives of Docker 25 and later by the digests their members are named by, without hashing them first', async () => {
+  it("reads docker save archives of Docker 25 and later by the digests their members are named by, without hashing them first, and keeps the image's own manifest", async () => {
     const archive = modernArchive('modern');
     const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
     const before = bytesRead();
-    const { manifest } = await new DockerArchiveSource(`docker-archive:${archive}`).resolve();
+    const { manifest, digest } = await new DockerArchiveSource(`docker-archive:${archive}`).resolve();
     const read = bytesRead() - before;
     const size = fs.statSync(archive).size;
     const source = layoutManifest(`oci:${image.ref}`).manifest;
     assert.deepEqual(manifest.layers.map((l) => [l.digest, l.size, l.mediaType]), source.layers.map((l) => [l.digest, l.size, l.mediaType]));
     assert.equal(manifest.config.digest, source.config.digest);
+    // The digest a registry would show for this image: the layout's own manifest, not one made from manifest.json.
+    assert.equal(digest, JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8')).manifests[0].digest);
     assert.ok(read < size / 20, `resolving read ${read} bytes of a ${size}-byte archive`);
     // Converted, its layers give the same blobs as the same image read from its OCI layout.
     convert(`docker-archive:${archive}`, `oci:${work}/from-modern:v1`);

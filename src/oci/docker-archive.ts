@@ -1,7 +1,8 @@
 // `docker save` archives (`docker-archive:PATH[:NAME:TAG]`): a tar holding manifest.json, the image
 // config and one tar per layer. Before Docker 25 the members are named by IDs, not digests, so those
-// are hashed on opening; Docker 25 and later write an OCI layout into the archive, whose members
-// under blobs/sha256/ are named by their digests, checked as they are read like any source's blobs.
+// are hashed on opening and the manifest is made from manifest.json. Docker 25 and later write an OCI
+// layout into the archive: its members under blobs/sha256/ are named by their digests (checked as
+// they are read, like any source's blobs), and its index.json leads to the image's own manifest.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InputError } from '../errors';
@@ -9,7 +10,7 @@ import { readByPosition } from '../read-at';
 import { TarReader } from '../tar/reader';
 import { sha256Digest, verifyDigest } from './digest';
 import type { ImageSource, OpenedBlob, ResolvedImage } from './image-io';
-import { MediaType, type Descriptor, type ImageManifest } from './types';
+import { MAX_MANIFEST_BYTES, MediaType, parseManifestOrIndex, type Descriptor, type ImageManifest } from './types';
 
 interface Member {
   offset: number;
@@ -108,6 +109,45 @@ export class DockerArchiveSource implements ImageSource {
     return { digest: `sha256:${hash.digest('hex')}`, head: Buffer.concat([head, Buffer.alloc(8)]) };
   }
 
+  /** The document a digest-named member holds, read whole and checked against its name (it is small and read now). */
+  private async readDocument(desc: Descriptor): Promise<Buffer | null> {
+    const m = (await this.index()).get(`blobs/sha256/${desc.digest.slice('sha256:'.length)}`);
+    if (!m) return null;
+    const ctx = { image: this.ref, digest: desc.digest };
+    if (m.size > MAX_MANIFEST_BYTES) throw new InputError(`manifest of ${m.size} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte bound`, ctx);
+    const raw = await this.readMember(m);
+    if (sha256Digest(raw) !== desc.digest) throw new InputError(`digest mismatch: the member holds ${sha256Digest(raw)}`, ctx);
+    return raw;
+  }
+
+  /**
+   * The image's own manifest when the archive holds an OCI layout (Docker 25+): the one index.json
+   * leads to (through at most one nested index) whose config and layers are those manifest.json
+   * names. Its digest is the image's digest in a registry, which a made-up manifest's is not.
+   */
+  private async layoutManifest(config: string, layers: string[]): Promise<ResolvedImage | null> {
+    const indexMember = (await this.index()).get('index.json');
+    if (!indexMember || indexMember.size > MAX_MANIFEST_BYTES) return null;
+    const ctx = { image: this.ref, path: 'index.json' };
+    const top = parseManifestOrIndex(await this.readMember(indexMember), MediaType.ociIndex, ctx);
+    if (top.kind !== 'index') return null;
+    const visit = async (descs: Descriptor[], depth: number): Promise<ResolvedImage | null> => {
+      for (const desc of descs) {
+        const raw = await this.readDocument(desc);
+        if (!raw) continue;
+        const doc = parseManifestOrIndex(raw, desc.mediaType, { image: this.ref, digest: desc.digest });
+        if (doc.kind === 'index') {
+          const found = depth > 0 ? await visit(doc.index.manifests, depth - 1) : null;
+          if (found) return found;
+        } else if (doc.manifest.config.digest === config && doc.manifest.layers.map((l) => l.digest).join() === layers.join()) {
+          return { manifest: doc.manifest, raw, digest: desc.digest, mediaType: doc.mediaType };
+        }
+      }
+      return null;
+    };
+    return visit(top.index.manifests, 1);
+  }
+
   async resolve(): Promise<ResolvedImage> {
     let entries: ArchiveManifestEntry[];
     try {
@@ -134,6 +174,10 @@ export class DockerArchiveSource implements ImageSource {
       layers: [],
     };
     for (const layer of entry.Layers) manifest.layers.push(await describe(layer));
+    if ([entry.Config, ...entry.Layers].every((name) => DIGEST_NAMED.test(name))) {
+      const own = await this.layoutManifest(manifest.config.digest, manifest.layers.map((l) => l.digest));
+      if (own) return own;
+    }
     const raw = Buffer.from(JSON.stringify(manifest));
     return { manifest, raw, digest: sha256Digest(raw), mediaType: MediaType.ociManifest };
   }
