@@ -7,9 +7,9 @@ import { BLOCK_SIZE } from '../erofs/format';
 import { compressBound, convertAddon, type CompressedChunks, type DigestSet } from '../native/convert-addon';
 import { PENDING_CHUNK, type ChunkLocation } from '../tree/node';
 import { tableDigest } from './blob-index';
-import { DEFAULT_ZSTD_LEVEL } from './zstd-level';
 import type { ChunkDictionary } from './chunk-dict';
 import { encodeTable, encodeTrailer, type ChunkEntry } from './chunk-table';
+import { DEFAULT_ZSTD_LEVEL } from './zstd-level';
 
 export interface CompressedBlob {
   /** sha256 hex of the whole blob file: its registry digest and its device tag. */

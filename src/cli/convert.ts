@@ -12,7 +12,7 @@ import { bytes, chunkBitsOf, zstdLevelOf } from './format';
 
 export interface ConvertCommandOptions extends RegistryFlags {
   chunkSize: string;
-  compressionLevel?: string;
+  compressionLevel: string;
   platform?: string;
   json?: boolean;
   quiet?: boolean;
@@ -61,7 +61,7 @@ export async function convertCommand(source: string, target: string, opts: Conve
   try {
     const registries = registriesFromFlags(opts);
     const chunkBits = chunkBitsOf(opts.chunkSize);
-    const zstdLevel = opts.compressionLevel === undefined ? undefined : zstdLevelOf(opts.compressionLevel);
+    const zstdLevel = zstdLevelOf(opts.compressionLevel);
     const platform = opts.platform ? parsePlatform(opts.platform) : hostPlatform();
     const src = await openSource(source, registries);
     // The converter (tar reader, EROFS and blob writers: 10-20 ms to load) loads while the source's

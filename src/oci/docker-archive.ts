@@ -6,11 +6,11 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InputError } from '../errors';
-import { readByPosition } from '../read-at';
+import { readAt, readByPosition } from '../read-at';
 import { TarReader } from '../tar/reader';
 import { sha256Digest, verifyDigest } from './digest';
 import type { ImageSource, OpenedBlob, ResolvedImage } from './image-io';
-import { MAX_MANIFEST_BYTES, MediaType, parseManifestOrIndex, type Descriptor, type ImageManifest } from './types';
+import { manifestTooLarge, MAX_MANIFEST_BYTES, MediaType, parseManifestOrIndex, type Descriptor, type ImageManifest } from './types';
 
 interface Member {
   offset: number;
@@ -23,7 +23,9 @@ interface ArchiveManifestEntry {
   Layers: string[];
 }
 
-function sniffLayerType(head: Buffer): string {
+/** From a member's first bytes (up to 8; a shorter member is taken as padded with zeros). */
+function sniffLayerType(first: Buffer): string {
+  const head = Buffer.concat([first, Buffer.alloc(8)]);
   if (head[0] === 0x1f && head[1] === 0x8b) return MediaType.ociLayerGzip;
   if (head.readUInt32LE(0) === 0xfd2fb528) return MediaType.ociLayerZstd;
   return MediaType.ociLayerTar;
@@ -74,27 +76,16 @@ export class DockerArchiveSource implements ImageSource {
     return m;
   }
 
-  private async readMember(m: Member): Promise<Buffer> {
+  /** The member's first `length` bytes (all of them by default). */
+  private async readMember(m: Member, length = m.size): Promise<Buffer> {
     const fd = fs.openSync(this.file, 'r');
     try {
-      const buf = Buffer.alloc(m.size);
-      fs.readSync(fd, buf, 0, m.size, m.offset);
+      const buf = Buffer.alloc(length);
+      await readAt(fd, buf, 0, length, m.offset, this.file);
       return buf;
     } finally {
       fs.closeSync(fd);
     }
-  }
-
-  /** The first 8 bytes (zeros past the end), enough to tell gzip and zstd from tar. */
-  private head(m: Member): Buffer {
-    const head = Buffer.alloc(8);
-    const fd = fs.openSync(this.file, 'r');
-    try {
-      fs.readSync(fd, head, 0, Math.min(8, m.size), m.offset);
-    } finally {
-      fs.closeSync(fd);
-    }
-    return head;
   }
 
   private async hashMember(m: Member): Promise<{ digest: string; head: Buffer }> {
@@ -106,7 +97,7 @@ export class DockerArchiveSource implements ImageSource {
         hash.update(b as Buffer);
       }
     }
-    return { digest: `sha256:${hash.digest('hex')}`, head: Buffer.concat([head, Buffer.alloc(8)]) };
+    return { digest: `sha256:${hash.digest('hex')}`, head };
   }
 
   /** The document a digest-named member holds, read whole and checked against its name (it is small and read now). */
@@ -114,9 +105,10 @@ export class DockerArchiveSource implements ImageSource {
     const m = (await this.index()).get(`blobs/sha256/${desc.digest.slice('sha256:'.length)}`);
     if (!m) return null;
     const ctx = { image: this.ref, digest: desc.digest };
-    if (m.size > MAX_MANIFEST_BYTES) throw new InputError(`manifest of ${m.size} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte bound`, ctx);
+    if (m.size > MAX_MANIFEST_BYTES) throw manifestTooLarge(m.size, ctx);
     const raw = await this.readMember(m);
-    if (sha256Digest(raw) !== desc.digest) throw new InputError(`digest mismatch: the member holds ${sha256Digest(raw)}`, ctx);
+    const digest = sha256Digest(raw);
+    if (digest !== desc.digest) throw new InputError(`digest mismatch: the member holds ${digest}`, ctx);
     return raw;
   }
 
@@ -163,7 +155,7 @@ export class DockerArchiveSource implements ImageSource {
       const m = await this.member(name);
       const named = DIGEST_NAMED.exec(name);
       // A wrong name fails the conversion when the member is read (openBlob verifies every blob).
-      const { digest, head } = named ? { digest: `sha256:${named[1]}`, head: this.head(m) } : await this.hashMember(m);
+      const { digest, head } = named ? { digest: `sha256:${named[1]}`, head: await this.readMember(m, Math.min(8, m.size)) } : await this.hashMember(m);
       this.byDigest.set(digest, m);
       return { mediaType: mediaType ?? sniffLayerType(head), digest, size: m.size };
     };

@@ -20,6 +20,7 @@ import {
   isDigest,
   MANIFEST_MEDIA_TYPES,
   MAX_MANIFEST_BYTES,
+  manifestTooLarge,
   MediaType,
   parseManifestOrIndex,
   type Descriptor,
@@ -272,7 +273,7 @@ export class RegistryClient {
    */
   async putManifest(repo: string, reference: string, raw: Buffer, mediaType: string): Promise<string> {
     const ctx = this.refContext(repo, reference);
-    if (raw.length > MAX_MANIFEST_BYTES) throw new InputError(`manifest of ${raw.length} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte bound`, ctx);
+    if (raw.length > MAX_MANIFEST_BYTES) throw manifestTooLarge(raw.length, ctx);
     const digest = sha256Digest(raw);
     if (isDigest(reference) && reference !== digest) throw new InputError(`manifest content hashes to ${digest}, not to the reference`, ctx);
     const res = await this.send({
@@ -662,7 +663,7 @@ export class RegistryClient {
     const length = header(res, 'content-length');
     if (length !== undefined && Number(length) > MAX_MANIFEST_BYTES) {
       res.body.destroy();
-      throw new InputError(`manifest of ${length} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte bound`, ctx);
+      throw manifestTooLarge(length, ctx);
     }
     return this.readLimited(res, MAX_MANIFEST_BYTES, ctx, 'manifest');
   }

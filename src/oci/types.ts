@@ -55,6 +55,11 @@ export const INDEX_MEDIA_TYPES = [MediaType.ociIndex, MediaType.dockerManifestLi
 /** Manifests and indexes larger than this are refused before parsing. */
 export const MAX_MANIFEST_BYTES = 4 << 20;
 
+/** The error for a manifest or index over MAX_MANIFEST_BYTES, wherever its size is first known. */
+export function manifestTooLarge(bytes: number | string, ctx: ErrorContext): InputError {
+  return new InputError(`manifest of ${bytes} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte bound`, ctx);
+}
+
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 
 export function isDigest(s: unknown): s is string {
@@ -74,7 +79,7 @@ export type ParsedManifest = { kind: 'manifest'; manifest: ImageManifest; mediaT
 
 /** Parses a manifest or an index, with the media type from the response or the document itself. */
 export function parseManifestOrIndex(raw: Buffer, mediaType: string | undefined, ctx: ErrorContext): ParsedManifest {
-  if (raw.length > MAX_MANIFEST_BYTES) throw new InputError(`manifest of ${raw.length} bytes exceeds the ${MAX_MANIFEST_BYTES}-byte bound`, ctx);
+  if (raw.length > MAX_MANIFEST_BYTES) throw manifestTooLarge(raw.length, ctx);
   let doc: Record<string, unknown>;
   try {
     doc = JSON.parse(raw.toString('utf8'));
