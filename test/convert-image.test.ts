@@ -20,6 +20,15 @@ const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const made: string[] = [];
 after(() => cleanup(...made));
 
+/** Bytes this process has read so far (`rchar` of /proc/self/io). */
+const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
+
+/** How many tagged manifests an OCI layout's index.json lists (0 when there is none). */
+function taggedManifests(layout: string): number {
+  const file = path.join(layout, 'index.json');
+  return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).manifests.length : 0;
+}
+
 function convert(source: string, target: string, ...args: string[]): { digest: string; json: Record<string, unknown> } {
   const r = spawnSync(process.execPath, [CLI, 'convert', source, target, '--json', ...args], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
@@ -120,7 +129,6 @@ describe('convert from OCI layouts and docker archives', () => {
   it('indexes a docker archive by its headers: resolving reads it once (to hash its members), not twice', async () => {
     const archive = path.join(work, 'indexed.tar');
     execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);
-    const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
     const before = bytesRead();
     const { manifest } = await new DockerArchiveSource(`docker-archive:${archive}`).resolve();
     const read = bytesRead() - before;
@@ -147,7 +155,6 @@ describe('convert from OCI layouts and docker archives', () => {
 
   it("reads docker save archives of Docker 25 and later by the digests their members are named by, without hashing them first, and keeps the image's own manifest", async () => {
     const archive = modernArchive('modern');
-    const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
     const before = bytesRead();
     const { manifest, digest } = await new DockerArchiveSource(`docker-archive:${archive}`).resolve();
     const read = bytesRead() - before;
@@ -180,8 +187,7 @@ describe('convert from OCI layouts and docker archives', () => {
     assert.equal(r.status, 1);
     assert.match(r.stderr, new RegExp(`layer "${altered}"`));
     assert.match(r.stderr, /digest mismatch|invalid|incorrect|truncated/);
-    const index = path.join(target, 'index.json');
-    assert.equal(fs.existsSync(index) ? JSON.parse(fs.readFileSync(index, 'utf8')).manifests.length : 0, 0);
+    assert.equal(taggedManifests(target), 0);
   });
 
   it('closes the file of a layer opened but not read (a conversion that stopped early)', async () => {
@@ -220,11 +226,6 @@ describe('convert: interruption and bad input leave no manifest behind', () => {
     work = tempDir('convert-bad');
     made.push(work);
   });
-
-  function taggedManifests(layout: string): number {
-    const file = path.join(layout, 'index.json');
-    return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).manifests.length : 0;
-  }
 
   it('Ctrl-C during conversion exits 130 and pushes no manifest', async () => {
     const target = path.join(work, 'interrupted');
