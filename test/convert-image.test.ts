@@ -10,7 +10,7 @@ import { DockerArchiveSource } from '../src/oci/docker-archive';
 import type { ImageSource } from '../src/oci/image-io';
 import { OciLayoutSource } from '../src/oci/layout';
 import { hostPlatform } from '../src/oci/types';
-import { until } from './lib/assertions';
+import { bytesRead, until } from './lib/assertions';
 import { cleanup, tempDir } from './lib/image';
 import { layoutManifest, withLazyMount } from './lib/lazy-image';
 import { minbaseImage, UmociImage } from './lib/test-images';
@@ -19,9 +19,6 @@ import { compareTrees } from './lib/tree-compare';
 const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const made: string[] = [];
 after(() => cleanup(...made));
-
-/** Bytes this process has read so far (`rchar` of /proc/self/io). */
-const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
 
 /** How many tagged manifests an OCI layout's index.json lists (0 when there is none). */
 function taggedManifests(layout: string): number {

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { readByPosition } from '../src/read-at';
+import { bytesRead } from './lib/assertions';
 import { TarFormatError, TarReader } from '../src/tar/reader';
 import { makeTar, type TestTarEntry } from './lib/tar-writer';
 
@@ -83,9 +84,6 @@ function byPosition(data: Buffer): AsyncIterable<Buffer> & { skip(n: number): vo
   });
   return readByPosition(fd, data.length, file, 4096);
 }
-
-/** Bytes this process has read so far (`rchar` of /proc/self/io). */
-const bytesRead = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
 
 describe('TarReader over a source that can skip', () => {
   const big = Buffer.alloc(3 << 20, 7);

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { InputError } from '../../src/errors';
 
 /** Asserts that `fn` rejects with an InputError whose message matches every pattern. */
@@ -18,4 +19,9 @@ export async function rejectsWith(fn: () => Promise<unknown>, ...patterns: RegEx
 export async function until(cond: () => boolean, what: string, timeoutMs: number): Promise<void> {
   for (const deadline = Date.now() + timeoutMs; !cond() && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 10));
   assert.ok(cond(), `timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+/** Bytes this process has read so far (`rchar` of /proc/self/io): how much a piece of code read. */
+export function bytesRead(): number {
+  return Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
 }
