@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
+import { until } from './lib/assertions';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { cleanup, tempDir } from './lib/image';
 import { RegistryClient } from '../src/oci/registry';
@@ -413,7 +414,15 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
     // Holds a file open (the mount is busy) across the daemon's shutdown, then reads it.
     const reader = run('sh', ['-c', `exec 3< ${mnt}/opt/app/bash-copy; sleep 3; sha256sum <&3`]);
-    await new Promise((r) => setTimeout(r, 500));
+    const fd3 = `/proc/${reader.child.pid}/fd/3`;
+    const holdsFile = () => {
+      try {
+        return fs.readlinkSync(fd3).startsWith(mnt);
+      } catch {
+        return false;
+      }
+    };
+    await until(holdsFile, 'the reader to hold the file open', 10_000);
     await stopDaemon();
     assert.equal(daemon.exitCode, 0);
     assert.equal(fs.existsSync(socket), false, 'socket removed');
