@@ -150,6 +150,9 @@ describe('convert from OCI layouts and docker archives', () => {
     return archive;
   }
 
+  /** The digest of the test image's own manifest, as its layout's index.json gives it. */
+  const imageManifestDigest = (): string => JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8')).manifests[0].digest;
+
   it("reads docker save archives of Docker 25 and later by the digests their members are named by, without hashing them first, and keeps the image's own manifest", async () => {
     const archive = modernArchive('modern');
     const before = bytesRead();
@@ -160,7 +163,7 @@ describe('convert from OCI layouts and docker archives', () => {
     assert.deepEqual(manifest.layers.map((l) => [l.digest, l.size, l.mediaType]), source.layers.map((l) => [l.digest, l.size, l.mediaType]));
     assert.equal(manifest.config.digest, source.config.digest);
     // The digest a registry would show for this image: the layout's own manifest, not one made from manifest.json.
-    assert.equal(digest, JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8')).manifests[0].digest);
+    assert.equal(digest, imageManifestDigest());
     assert.ok(read < size / 20, `resolving read ${read} bytes of a ${size}-byte archive`);
     // Converted, its layers give the same blobs as the same image read from its OCI layout.
     convert(`docker-archive:${archive}`, `oci:${work}/from-modern:v1`);
@@ -185,6 +188,23 @@ describe('convert from OCI layouts and docker archives', () => {
     assert.match(r.stderr, new RegExp(`layer "${altered}"`));
     assert.match(r.stderr, /digest mismatch|invalid|incorrect|truncated/);
     assert.equal(taggedManifests(target), 0);
+  });
+
+  it('fails on a Docker 25 archive whose image manifest does not match the digest index.json gives it, naming that digest', async () => {
+    const manifestDigest = imageManifestDigest();
+    const archive = modernArchive('lying-manifest', (blob) => {
+      const file = blob(manifestDigest);
+      // Still valid JSON of the same length: only the digest tells.
+      const text = fs.readFileSync(file, 'utf8').replace('"schemaVersion":2', '"schemaVersion":3');
+      assert.notEqual(text, fs.readFileSync(file, 'utf8'), 'the manifest was altered');
+      fs.chmodSync(file, 0o644);
+      fs.writeFileSync(file, text);
+    });
+    await assert.rejects(new DockerArchiveSource(`docker-archive:${archive}`).resolve(), (err: Error) => {
+      assert.match(err.message, /digest mismatch/);
+      assert.ok(err.message.includes(manifestDigest), err.message);
+      return true;
+    });
   });
 
   it('closes the file of a layer opened but not read (a conversion that stopped early)', async () => {

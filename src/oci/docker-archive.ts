@@ -9,7 +9,7 @@ import { InputError } from '../errors';
 import { readAt, readByPosition } from '../read-at';
 import { TarReader } from '../tar/reader';
 import { sha256Digest, verifyDigest } from './digest';
-import type { ImageSource, OpenedBlob, ResolvedImage } from './image-io';
+import { readAll, type ImageSource, type OpenedBlob, type ResolvedImage } from './image-io';
 import { manifestTooLarge, MAX_MANIFEST_BYTES, MediaType, parseManifestOrIndex, type Descriptor, type ImageManifest } from './types';
 
 interface Member {
@@ -100,16 +100,13 @@ export class DockerArchiveSource implements ImageSource {
     return { digest: `sha256:${hash.digest('hex')}`, head };
   }
 
-  /** The document a digest-named member holds, read whole and checked against its name (it is small and read now). */
+  /** The document a digest-named member holds, read whole and checked against its descriptor (it is small and read now). */
   private async readDocument(desc: Descriptor): Promise<Buffer | null> {
     const m = (await this.index()).get(`blobs/sha256/${desc.digest.slice('sha256:'.length)}`);
     if (!m) return null;
     const ctx = { image: this.ref, digest: desc.digest };
     if (m.size > MAX_MANIFEST_BYTES) throw manifestTooLarge(m.size, ctx);
-    const raw = await this.readMember(m);
-    const digest = sha256Digest(raw);
-    if (digest !== desc.digest) throw new InputError(`digest mismatch: the member holds ${digest}`, ctx);
-    return raw;
+    return readAll(this.openMember(m, desc));
   }
 
   /**
@@ -177,6 +174,11 @@ export class DockerArchiveSource implements ImageSource {
   async openBlob(desc: Descriptor): Promise<OpenedBlob> {
     const m = this.byDigest.get(desc.digest);
     if (!m) throw new InputError(`blob ${desc.digest} is not in the archive`, { image: this.ref });
+    return this.openMember(m, desc);
+  }
+
+  /** The member's bytes, checked against `desc` (digest and size) as they are read. */
+  private openMember(m: Member, desc: Descriptor): OpenedBlob {
     if (m.size === 0) return verifyDigest((async function* () {})(), desc.digest, desc.size, { image: this.ref });
     const stream = fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 });
     // destroy() closes the archive's descriptor for a blob that will not be read (a conversion that stopped early).
