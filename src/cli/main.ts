@@ -5,7 +5,7 @@ import './tiering'; // first: it sets how V8 optimises the code loaded after it
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import { DEFAULT_ZSTD_LEVEL } from '../blob/zstd-level';
+import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../blob/zstd-level';
 import { DEFAULT_CACHE_DIR, DEFAULT_CONFIG } from '../defaults';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
 import { Interrupted } from '../errors';
@@ -53,7 +53,7 @@ export function program(): Command {
     .argument('<source>', 'registry reference, oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]')
     .argument('<target>', 'registry reference or oci:PATH[:TAG]')
     .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
-    .option('--compression-level <n>', 'zstd level of the chunks, 1 (fastest) to 19 (smallest blobs)', String(DEFAULT_ZSTD_LEVEL))
+    .option('--compression-level <n>', `zstd level of the chunks, ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest blobs)`, String(DEFAULT_ZSTD_LEVEL))
     .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
