@@ -98,8 +98,8 @@ async function main(): Promise<void> {
     }
     const doctor = JSON.parse(execFileSync(process.execPath, [CLI, 'doctor', '--json', '--cache-dir', path.join(work, 'probe')], { encoding: 'utf8' }));
     const methods: Method[] = [{ name: 'local (mount-local)' }];
-    if (doctor.fanotifyPreContent.ok) methods.push({ name: 'fanotify', flags: ['--transport', 'fanotify'] });
-    if (doctor.fuse.ok) {
+    if (doctor.transports.fanotify.ok) methods.push({ name: 'fanotify', flags: ['--transport', 'fanotify'] });
+    if (doctor.transports.fuse.ok) {
       methods.push({ name: 'FUSE file-backed', flags: ['--transport', 'fuse', '--fuse-backing', 'file'] });
       methods.push({ name: 'FUSE loop', flags: ['--transport', 'fuse', '--fuse-backing', 'loop'] });
     }

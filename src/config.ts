@@ -23,7 +23,8 @@ export interface Config {
   /** FUSE transport: how EROFS reaches the FUSE files ('auto': file-backed on 6.12+, loop devices before). */
   fuseBacking: FuseBacking;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
-  fetch: { concurrency: number };
+  /** concurrency: Range GETs at once; readTimeoutSeconds: a read not served by then gets EIO (0: no deadline). */
+  fetch: { concurrency: number; readTimeoutSeconds: number };
   /** Mirrors, CAs, TLS and plain HTTP per registry host (src/oci/hosts.ts). */
   registries: RegistriesConfig;
   /** Prometheus metrics on host:port; empty: off. */
@@ -38,7 +39,7 @@ export const DEFAULTS: Config = {
   transport: 'auto',
   fuseBacking: 'auto',
   logLevel: 'info',
-  fetch: { concurrency: 8 },
+  fetch: { concurrency: 8, readTimeoutSeconds: 120 },
   registries: { plainHttp: [], insecure: [], hosts: {} },
   metrics: { address: '127.0.0.1:9543' },
 };
@@ -64,7 +65,10 @@ const schema: JSONSchemaType<FileConfig> = {
       type: 'object',
       nullable: true,
       additionalProperties: false,
-      properties: { concurrency: { type: 'integer', minimum: 1, maximum: 256, nullable: true } },
+      properties: {
+        concurrency: { type: 'integer', minimum: 1, maximum: 256, nullable: true },
+        readTimeoutSeconds: { type: 'number', minimum: 0, nullable: true },
+      },
     },
     registries: { ...registriesSchema, nullable: true },
     metrics: {

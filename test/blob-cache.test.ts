@@ -17,6 +17,8 @@ import { cleanup, tempDir } from './lib/image';
 import { gzipLayer, tarDirectory } from './lib/layers';
 import { startRegistry, type RegistryServer } from './lib/registry-server';
 
+const CACHE = { kind: 'cache' } as const;
+
 describe('blob cache over registry Range GETs', () => {
   let registry: RegistryServer;
   let proxy: FaultProxy;
@@ -60,7 +62,7 @@ describe('blob cache over registry Range GETs', () => {
       assert.equal(cache.presentChunks, 0);
       const c = index.chunks[2];
       proxy.reset();
-      const fetched = await cache.ensure(c.uncompressedOffset + 10, c.uncompressedOffset + 20);
+      const fetched = await cache.serve(c.uncompressedOffset + 10, c.uncompressedOffset + 20, CACHE);
       assert.equal(fetched, 1);
       assert.equal(proxy.requests.length, 1, 'one Range GET');
       const got = Buffer.alloc(c.uncompressedSize);
@@ -69,7 +71,7 @@ describe('blob cache over registry Range GETs', () => {
       assert.ok(got.equals(raw.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize)));
       assert.equal(native.seekData(fd, 0), c.uncompressedOffset, 'nothing before it was written');
       fs.closeSync(fd);
-      assert.equal(await cache.ensure(c.uncompressedOffset, c.uncompressedOffset + 1), 0, 'a hit fetches nothing');
+      assert.equal(await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, CACHE), 0, 'a hit fetches nothing');
     } finally {
       cache.close();
     }
@@ -78,13 +80,13 @@ describe('blob cache over registry Range GETs', () => {
   it('after a restart, present chunks are found on disk and not fetched again', async () => {
     const file = path.join(work, 'cache-b');
     const first = BlobCache.open(file, remote(), index, new ChunkFetcher());
-    await first.ensure(0, index.trailer.uncompressedSize);
+    await first.serve(0, index.trailer.uncompressedSize, CACHE);
     first.close();
     const again = BlobCache.open(file, remote(), index, new ChunkFetcher());
     try {
       assert.equal(again.presentChunks, index.chunks.length);
       proxy.reset();
-      assert.equal(await again.ensure(0, index.trailer.uncompressedSize), 0);
+      assert.equal(await again.serve(0, index.trailer.uncompressedSize, CACHE), 0);
       assert.equal(proxy.requests.length, 0);
       assert.ok(fs.readFileSync(file).equals(raw));
     } finally {
@@ -99,7 +101,7 @@ describe('blob cache over registry Range GETs', () => {
     try {
       proxy.add({ method: 'GET', path: /\/blobs\//, times: 10, fault: { kind: 'corrupt' } });
       const c = index.chunks[1];
-      await assert.rejects(cache.ensure(c.uncompressedOffset, c.uncompressedOffset + 1), /does not match|zstd/);
+      await assert.rejects(cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, CACHE), /does not match|zstd/);
       proxy.reset();
       assert.equal(fetcher.stats.verifyFailures, 1);
       const fd = fs.openSync(file, 'r');
@@ -116,7 +118,7 @@ describe('blob cache over registry Range GETs', () => {
     const cache = BlobCache.open(file, remote(), index, new ChunkFetcher({ memoryCacheBytes: 1 }));
     try {
       assert.ok(index.chunks.length >= 3, 'the fixture has several chunks');
-      for (const c of index.chunks) await cache.ensure(c.uncompressedOffset, c.uncompressedOffset + 1);
+      for (const c of index.chunks) await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, CACHE);
       const before = cache.allocatedBytes;
       const [oldest, second] = index.chunks;
       const freed = await cache.evictOldest(1); // one chunk is enough for one byte
@@ -128,9 +130,10 @@ describe('blob cache over registry Range GETs', () => {
       fs.closeSync(fd);
       // A read pins its chunks: an eviction meanwhile takes others, and the bytes are right.
       proxy.reset();
-      const reading = cache.read(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize);
+      const data = Buffer.alloc(oldest.uncompressedSize);
+      const reading = cache.serve(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize, { kind: 'buffer', buf: data, offset: 0 });
       const evicting = cache.evictOldest(second.uncompressedSize);
-      const [{ data, fetched }] = await Promise.all([reading, evicting]);
+      const [fetched] = await Promise.all([reading, evicting]);
       assert.equal(fetched, 1);
       assert.equal(proxy.requests.length, 1);
       assert.ok(data.equals(raw.subarray(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize)));

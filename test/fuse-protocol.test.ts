@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { it } from 'node:test';
 import fc from 'fast-check';
-import { BlobFs, type ServedFile } from '../src/transport/fuse';
+import type { RangeSource } from '../src/storage/range-source';
+import { BlobFs } from '../src/transport/fuse';
 import * as P from '../src/transport/fuse-protocol';
 
 function collect() {
@@ -19,16 +20,16 @@ function header(r: Buffer) {
 
 const flush = () => new Promise((r) => setTimeout(r, 10));
 
-function memoryFile(data: Buffer, opts: { fail?: boolean; gate?: Promise<void> } = {}): ServedFile {
+function memoryFile(data: Buffer, opts: { fail?: boolean; gate?: Promise<void> } = {}): RangeSource {
   return {
     size: data.length,
     what: 'memory',
-    ensure: async () => {
+    serve: async (start, end, sink) => {
       await opts.gate;
       if (opts.fail) throw new Error('chunk does not match its digest');
+      if (sink.kind === 'buffer') data.copy(sink.buf, sink.offset, start, end);
       return 1;
     },
-    read: async (buf, off, len, pos) => void data.copy(buf, off, pos, pos + len),
   };
 }
 

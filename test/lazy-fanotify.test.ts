@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { ImageStore } from '../src/daemon/image-store';
 import { closeRegistryClients } from '../src/oci/open-image';
+import { BlobStore } from '../src/storage/blob-store';
 import { ChunkFetcher } from '../src/storage/chunk-fetcher';
 import { FanotifyTransport } from '../src/transport/fanotify';
 import { cleanup, tempDir } from './lib/image';
@@ -40,7 +41,7 @@ describe('lazy mount through fanotify', () => {
 
   it('runs a program fetching a small share of the image, then reads every file correctly', async () => {
     const fetcher = new ChunkFetcher();
-    const store = new ImageStore(path.join(work, 'cache'), fetcher);
+    const store = new ImageStore(path.join(work, 'cache'), new BlobStore(path.join(path.join(work, 'cache'), 'blobs'), fetcher));
     const image = await store.prepare(`${registry.host}/library/minbase:1`); // the source ref: found via its referrer
     const transport = new FanotifyTransport();
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));

@@ -12,8 +12,9 @@ import type http from 'node:http';
 import { ImageStore } from '../src/daemon/image-store';
 import { mounts } from '../src/mount/mountinfo';
 import { closeRegistryClients } from '../src/oci/open-image';
+import { BlobStore } from '../src/storage/blob-store';
 import { ChunkFetcher } from '../src/storage/chunk-fetcher';
-import { FuseTransport, FUSE_FSTYPE } from '../src/transport/fuse';
+import { FuseTransport, FUSE_FSTYPE, fuseTransport } from '../src/transport/fuse';
 import { startFaultProxy, type FaultProxy } from './lib/fault-proxy';
 import { cleanup, tempDir } from './lib/image';
 import { startRegistry, type RegistryServer } from './lib/registry-server';
@@ -59,12 +60,12 @@ describe('lazy mount through FUSE', () => {
     it(`${backing}: runs a program fetching a small share of the image, reads every file correctly, and leaves nothing mounted`, async () => {
       const fetcher = new ChunkFetcher();
       const cache = path.join(work, `cache-${backing}`);
-      const store = new ImageStore(cache, fetcher);
+      const store = new ImageStore(cache, new BlobStore(path.join(cache, 'blobs'), fetcher));
       const image = await store.prepare(`${registry.host}/library/minbase:1`);
       let misses = 0;
       const transport = new FuseTransport({ dir: path.join(cache, 'fuse'), backing, onMiss: () => misses++ });
       assert.equal(transport.backing, backing);
-      assert.equal(transport.zerosWithoutDaemon, false);
+      assert.equal(fuseTransport.zerosWithoutDaemon, false);
       const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
       const blobFiles = image.blobs.map((b) => transport.blobFile(b));
       try {
@@ -102,7 +103,7 @@ describe('lazy mount through FUSE', () => {
   }
 
   it('gives EIO for data the registry altered, caches nothing wrong, then reads correctly', async () => {
-    const store = new ImageStore(path.join(work, 'cache-corrupt'), new ChunkFetcher());
+    const store = new ImageStore(path.join(work, 'cache-corrupt'), new BlobStore(path.join(path.join(work, 'cache-corrupt'), 'blobs'), new ChunkFetcher()));
     const image = await store.prepare(`${proxy.host}/lazy/minbase:1`);
     const transport = new FuseTransport({ dir: path.join(work, 'cache-corrupt', 'fuse') });
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
@@ -120,7 +121,7 @@ describe('lazy mount through FUSE', () => {
   });
 
   it('a read of cached data completes while another read waits for a stalled fetch', async () => {
-    const store = new ImageStore(path.join(work, 'cache-parallel'), new ChunkFetcher());
+    const store = new ImageStore(path.join(work, 'cache-parallel'), new BlobStore(path.join(path.join(work, 'cache-parallel'), 'blobs'), new ChunkFetcher()));
     const image = await store.prepare(`${proxy.host}/lazy/minbase:1`);
     const transport = new FuseTransport({ dir: path.join(work, 'cache-parallel', 'fuse') });
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
@@ -154,7 +155,7 @@ describe('lazy mount through FUSE', () => {
 
   it('serves a cache on tmpfs (the bootstrap through FUSE too: tmpfs cannot back an EROFS mount), to two mounts of one image', async () => {
     const cache = path.join(shm, 'cache');
-    const store = new ImageStore(cache, new ChunkFetcher());
+    const store = new ImageStore(cache, new BlobStore(path.join(cache, 'blobs'), new ChunkFetcher()));
     const image = await store.prepare(`${registry.host}/lazy/minbase:1`);
     const transport = new FuseTransport({ dir: path.join(cache, 'fuse'), backing: 'file' });
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));

@@ -13,6 +13,7 @@ export interface DaemonFlags {
   socket?: string;
   prefetch?: string;
   concurrency?: string;
+  readTimeout?: string;
   plainHttp?: string[];
   insecure?: string[];
   registriesConfig?: string;
@@ -30,6 +31,7 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.socket) c.socket = flags.socket;
   if (flags.prefetch !== undefined) c.prefetch = Number(flags.prefetch);
   if (flags.concurrency !== undefined) c.fetch.concurrency = Number(flags.concurrency);
+  if (flags.readTimeout !== undefined) c.fetch.readTimeoutSeconds = Number(flags.readTimeout);
   if (flags.registriesConfig) c.registries = loadRegistriesFile(flags.registriesConfig);
   if (flags.plainHttp) c.registries.plainHttp = flags.plainHttp;
   if (flags.insecure) c.registries.insecure = flags.insecure;
@@ -48,6 +50,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     socket: config.socket,
     prefetch: config.prefetch,
     concurrency: config.fetch.concurrency,
+    readTimeoutMs: config.fetch.readTimeoutSeconds * 1000,
     registries: config.registries,
     metricsAddress: config.metrics.address || undefined,
     cacheMaxBytes: config.cacheMaxBytes,

@@ -77,6 +77,7 @@ export function program(): Command {
     .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET})`)
     .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
     .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
+    .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)')
     .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
     .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
     .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)')

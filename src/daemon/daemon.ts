@@ -6,17 +6,18 @@ import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
 import { unmount } from '../mount/file-backed';
+import { mounts as mountTable } from '../mount/mountinfo';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import type { BlobCache } from '../storage/blob-cache';
+import { BlobStore } from '../storage/blob-store';
 import { CacheBudget } from '../storage/cache-budget';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
-import { CachefilesTransport, FDNAME as CACHEFILES_FDNAME } from '../transport/cachefiles';
-import { FanotifyTransport } from '../transport/fanotify';
-import type { CacheMissTransport, MountState, TransportName } from '../transport/transport';
-import { forgetListenEnv, inheritedFd } from './fd-store';
-import { FuseTransport } from '../transport/fuse';
+import { fetchMissing, Prefetcher } from '../storage/prefetcher';
+import type { CacheMissTransport, MountState, TransportModule, TransportName } from '../transport/transport';
+import { transportModule } from '../transport/transports';
 import type { FuseBacking } from '../transport/fuse-backing';
 import { serveControl, type ControlRequest } from './control';
+import { forgetListenEnv, inheritedFd } from './fd-store';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
 import { DaemonMetrics } from './metrics';
@@ -27,6 +28,8 @@ export interface DaemonOptions {
   /** Background prefetch workers per mounted image (0: none). */
   prefetch: number;
   concurrency: number;
+  /** A read not served within this many milliseconds gets EIO; 0: no deadline. */
+  readTimeoutMs?: number;
   registries?: OpenOptions;
   /** host:port for Prometheus metrics; none when undefined. */
   metricsAddress?: string;
@@ -38,25 +41,13 @@ export interface DaemonOptions {
   fuseBacking?: FuseBacking;
 }
 
-function createTransport(name: TransportName, opts: DaemonOptions, onMiss: () => void, cachefilesFd?: number): CacheMissTransport {
-  switch (name) {
-    case 'cachefiles':
-      return new CachefilesTransport(opts.cacheDir, onMiss, cachefilesFd);
-    case 'fanotify':
-      return new FanotifyTransport(onMiss);
-    case 'fuse':
-      // Inside the cache directory (root-only, 0700): one FUSE mount per daemon, found again at the
-      // same place after a crash, and its files reachable by no one else.
-      return new FuseTransport({ dir: path.join(opts.cacheDir, 'fuse'), backing: opts.fuseBacking, onMiss });
-    default:
-      throw new Error(`transport ${name} is not implemented`);
-  }
-}
-
 export class Daemon {
   private readonly fetcher: ChunkFetcher;
+  private readonly blobs: BlobStore;
   private readonly store: ImageStore;
   private readonly budget: CacheBudget;
+  private readonly prefetcher: Prefetcher;
+  private readonly transportModule: TransportModule;
   private readonly transport: CacheMissTransport;
   private readonly mounts = new Map<string, PreparedImage>();
   /** What the transport needs to resume each mount after a restart. */
@@ -68,34 +59,50 @@ export class Daemon {
   private stopping = false;
 
   constructor(private readonly opts: DaemonOptions) {
-    // A still-bound /dev/cachefiles from the daemon before us (systemd's fd store): the kernel has
-    // cachefiles on-demand, and its mounts are resumed rather than remounted.
-    const requested = opts.transport ?? 'auto';
-    const inherited = requested === 'auto' || requested === 'cachefiles' ? inheritedFd(CACHEFILES_FDNAME) : undefined;
+    // Kernel-facing fds a daemon before us left in systemd's fd store: read once, then hidden from children.
+    const inherited = new Map<string, number>();
+    for (const name of (process.env.LISTEN_FDNAMES ?? '').split(':').filter(Boolean)) {
+      const fd = inheritedFd(name);
+      if (fd !== undefined) inherited.set(name, fd);
+    }
     forgetListenEnv();
+    const requested = opts.transport ?? 'auto';
     // Probed for real: fanotify on a filesystem that refuses marks would serve holes as zeros.
-    const features = probeKernel(opts.cacheDir, inherited !== undefined ? 'cachefiles' : requested, inherited !== undefined);
+    const features = probeKernel(opts.cacheDir, requested, (name) => inherited.get(name));
     if (!features.chosen) throw new Error(`${features.refusal} for ${opts.cacheDir} (see \`erofs-ondemand doctor\`)`);
     this.metrics = new DaemonMetrics(
       () => this.fetcher,
-      () => this.store.cacheBytes(),
+      () => this.blobs.cacheBytes(),
       () => this.budget.evictedBytes,
     );
     this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
     this.budget = new CacheBudget(opts.cacheMaxBytes ?? 0, 0, {
-      evictUnused: (target) => this.evictUnusedBlobs(target).freedBytes,
-      mounted: () => [...new Set([...this.mounts.values()].flatMap((m) => m.blobs))],
+      evictUnused: (target) => this.blobs.evictUnused(this.mountedBlobs(), target).freedBytes,
+      mounted: () => this.mountedBlobs(),
     });
-    this.store = new ImageStore(opts.cacheDir, this.fetcher, opts.registries, this.budget);
-    this.budget.resync(this.evictUnusedBlobs(Infinity).cacheBytes); // measures, evicts nothing
-    this.transport = createTransport(features.chosen, opts, () => this.metrics.misses.inc(), inherited);
+    this.blobs = new BlobStore(path.join(opts.cacheDir, 'blobs'), this.fetcher, this.budget);
+    this.store = new ImageStore(opts.cacheDir, this.blobs, opts.registries);
+    this.budget.resync(this.blobs.evictUnused([], Infinity).cacheBytes); // measures, evicts nothing
+    this.prefetcher = new Prefetcher(opts.prefetch, this.budget);
+    this.transportModule = transportModule(features.chosen);
+    this.transport = this.transportModule.create({
+      cacheDir: opts.cacheDir,
+      fuseBacking: opts.fuseBacking ?? 'auto',
+      misses: { deadlineMs: opts.readTimeoutMs ?? 0, onMiss: () => this.metrics.misses.inc() },
+      inheritedFd: (name) => inherited.get(name),
+    });
     log.info('cache-miss transport chosen', {
       transport: features.chosen,
       requested,
       kernel: features.kernel,
       ...(features.passedOver ? { unavailable: features.passedOver } : {}),
-      ...(this.transport instanceof FuseTransport ? { fuseBacking: this.transport.backing, fuseDir: this.transport.dir } : {}),
+      ...this.transport.settings(),
     });
+  }
+
+  /** Blobs of mounted images, each once. */
+  private mountedBlobs(): BlobCache[] {
+    return [...new Set([...this.mounts.values()].flatMap((m) => m.blobs))];
   }
 
   private get stateFile(): string {
@@ -117,7 +124,7 @@ export class Daemon {
     const state = fs.existsSync(this.stateFile)
       ? (JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Array<{ ref: string; target: string; state?: MountState }>)
       : [];
-    const mounted = new Set(fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]));
+    const mounted = new Set(mountTable().map((m) => m.target));
     const remount: typeof state = [];
     for (const entry of state) {
       try {
@@ -189,31 +196,8 @@ export class Daemon {
     if (state) this.mountStates.set(target, state);
     this.saveState();
     log.info('mounted', { image: ref, digest: image.digest, target, blobs: image.blobs.length });
-    for (const blob of image.blobs) this.prefetch(blob);
+    for (const blob of image.blobs) this.prefetcher.start(blob);
     return { digest: image.digest };
-  }
-
-  private prefetch(blob: BlobCache): void {
-    if (this.opts.prefetch <= 0) return;
-    const ranges = blob.missingRanges();
-    let next = 0;
-    const worker = async () => {
-      while (!this.stopping && next < ranges.length) {
-        const [start, end] = ranges[next++];
-        if (this.budget.limit > 0 && this.budget.usedBytes + (end - start) > this.budget.limit * 0.9) {
-          // Beyond this, prefetch would only evict what readers fetched: they know better what they need.
-          log.info('prefetch stopped at the cache bound', { blob: blob.remote.what, bound: this.budget.limit });
-          next = ranges.length;
-          break;
-        }
-        try {
-          await blob.ensure(start, end, 'prefetch');
-        } catch (err) {
-          log.warn('prefetch failed', { blob: blob.remote.what, offset: start, error: (err as Error).message });
-        }
-      }
-    };
-    for (let i = 0; i < this.opts.prefetch; i++) void worker();
   }
 
   async umount(target: string): Promise<void> {
@@ -241,29 +225,6 @@ export class Daemon {
     return { chunks: img.blobs.reduce((n, b) => n + b.presentChunks, 0), bad };
   }
 
-  /** Removes blob cache files no mounted image uses, least recently used first, until the cache takes at most `target`. */
-  private evictUnusedBlobs(target: number): { removed: string[]; freedBytes: number; cacheBytes: number } {
-    const dir = this.store.blobsDir();
-    const inUse = new Set([...this.mounts.values()].flatMap((m) => m.blobs.map((b) => path.basename(b.path))));
-    const files = fs.readdirSync(dir).map((name) => {
-      const st = fs.statSync(path.join(dir, name));
-      return { name, bytes: st.blocks * 512, mtime: st.mtimeMs };
-    });
-    let total = files.reduce((n, f) => n + f.bytes, 0);
-    const removed: string[] = [];
-    let freed = 0;
-    for (const f of files.filter((x) => !inUse.has(x.name)).sort((x, y) => x.mtime - y.mtime)) {
-      if (total <= target) break;
-      this.store.forget(`sha256:${f.name}`);
-      fs.rmSync(path.join(dir, f.name), { force: true });
-      total -= f.bytes;
-      freed += f.bytes;
-      removed.push(`sha256:${f.name}`);
-    }
-    if (removed.length > 0) log.info('cache evicted unused blobs', { removed, freedBytes: freed, cacheBytes: total });
-    return { removed, freedBytes: freed, cacheBytes: total };
-  }
-
   /**
    * Shrinks the cache to at most `maxBytes` (default: the configured bound; 0 with no bound evicts
    * every unused blob): blobs no mounted image uses go first, least recently used first; then, for a
@@ -271,7 +232,7 @@ export class Daemon {
    */
   async gc(maxBytes = this.opts.cacheMaxBytes ?? 0): Promise<{ removed: string[]; freedBytes: number; evictedChunkBytes: number; cacheBytes: number }> {
     return this.budget.exclusive(async () => {
-      const r = this.evictUnusedBlobs(maxBytes);
+      const r = this.blobs.evictUnused(this.mountedBlobs(), maxBytes);
       this.budget.release(r.freedBytes);
       const evictedChunkBytes = maxBytes > 0 && this.budget.usedBytes > maxBytes ? await this.budget.evictChunks(maxBytes) : 0;
       if (evictedChunkBytes > 0) log.info('cache evicted chunks of mounted images', { freedBytes: evictedChunkBytes, cacheBytes: this.budget.usedBytes });
@@ -281,11 +242,8 @@ export class Daemon {
 
   /** Fetches every chunk of an image not cached yet; resolves when all are. */
   async prefetchAll(target: string): Promise<{ fetched: number }> {
-    const img = this.image(target);
     let fetched = 0;
-    for (const b of img.blobs) {
-      for (const [start, end] of b.missingRanges()) fetched += await b.ensure(start, end, 'prefetch');
-    }
+    for (const b of this.image(target).blobs) fetched += await fetchMissing(b, { priority: 'prefetch' });
     return { fetched };
   }
 
@@ -294,10 +252,10 @@ export class Daemon {
       pid: process.pid,
       transport: this.transport.name,
       transportRequests: this.transport.requests,
-      ...(this.transport instanceof FuseTransport ? { fuseBacking: this.transport.backing } : {}),
+      ...this.transport.settings(),
       fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
       inFlight: this.fetcher.inFlight,
-      cacheBytes: this.store.cacheBytes(),
+      cacheBytes: this.blobs.cacheBytes(),
       cacheBoundBytes: this.budget.limit,
       evictedBytes: this.budget.evictedBytes,
       metricsPort: this.metricsPort,
@@ -324,20 +282,19 @@ export class Daemon {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.prefetcher.stop();
     for (const [target, image] of this.mounts) {
       try {
         await this.transport.unmount(target);
       } catch (err) {
-        if (!this.transport.zerosWithoutDaemon) {
+        if (!this.transportModule.zerosWithoutDaemon) {
           log.warn('mount busy at shutdown: detached; its readers get EIO for data not cached', { target, error: (err as Error).message });
           await this.transport.unmount(target, { lazy: true }).catch((e: Error) => log.error('detach failed', { target, error: e.message }));
           continue;
         }
         log.warn('mount busy at shutdown: filling it before detaching', { target, error: (err as Error).message });
         for (const blob of image.blobs) {
-          for (const [start, end] of blob.missingRanges()) {
-            await blob.ensure(start, end, 'demand').catch((e: Error) => log.error('fill at shutdown failed', { blob: blob.remote.what, error: e.message }));
-          }
+          await fetchMissing(blob, { priority: 'demand', onError: (e) => log.error('fill at shutdown failed', { blob: blob.what, error: e.message }) });
         }
         await this.transport.unmount(target, { lazy: true });
       }

@@ -12,8 +12,8 @@ import { registryClient, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
 import { hostPlatform, type Descriptor, type ImageManifest } from '../oci/types';
-import { BlobCache, type SpaceReserver } from '../storage/blob-cache';
-import type { ChunkFetcher } from '../storage/chunk-fetcher';
+import type { BlobCache } from '../storage/blob-cache';
+import type { BlobStore } from '../storage/blob-store';
 
 export interface PreparedImage {
   ref: string;
@@ -69,43 +69,14 @@ async function writeFile(file: string, body: AsyncIterable<Buffer>): Promise<voi
   await pipeline(body, fs.createWriteStream(file));
 }
 
-/** A blob's cache file is "used" when an image using it is mounted: its mtime orders eviction. */
-function touch(file: string): void {
-  const now = new Date();
-  fs.utimesSync(file, now, now);
-}
-
 export class ImageStore {
-  private readonly blobs = new Map<string, BlobCache>();
-
   constructor(
     readonly cacheDir: string,
-    private readonly fetcher: ChunkFetcher,
+    /** The blob cache files, shared by every image. */
+    readonly blobs: BlobStore,
     private readonly registries: OpenOptions = {},
-    /** Enforces the cache bound before chunks are written; none: unbounded. */
-    private readonly space: SpaceReserver | null = null,
   ) {
     fs.mkdirSync(path.join(cacheDir, 'bootstraps'), { recursive: true, mode: 0o700 });
-    fs.mkdirSync(path.join(cacheDir, 'blobs'), { recursive: true, mode: 0o700 });
-  }
-
-  allBlobs(): BlobCache[] {
-    return [...this.blobs.values()];
-  }
-
-  /** Bytes the blob cache files take on disk. */
-  cacheBytes(): number {
-    return this.allBlobs().reduce((n, b) => n + b.allocatedBytes, 0);
-  }
-
-  blobsDir(): string {
-    return path.join(this.cacheDir, 'blobs');
-  }
-
-  /** Closes a blob's cache file and forgets it (before the file is evicted). */
-  forget(digest: string): void {
-    this.blobs.get(digest)?.close();
-    this.blobs.delete(digest);
   }
 
   async prepare(ref: string): Promise<PreparedImage> {
@@ -130,10 +101,7 @@ export class ImageStore {
 
   private async blob(ref: string, client: HostClient, repo: string, desc: Descriptor): Promise<BlobCache> {
     const known = this.blobs.get(desc.digest);
-    if (known) {
-      touch(known.path);
-      return known;
-    }
+    if (known) return known;
     const what = `image ${ref}, blob ${desc.digest}`;
     // Chunks are checked against the chunk table, so any endpoint may serve them. The table is checked
     // against the manifest's digest of it; a manifest without one (older images) has its table read
@@ -144,10 +112,6 @@ export class ImageStore {
     const index = await loadBlobIndex(readTable, desc.size, what, table);
     const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
     if (expected !== index.trailer.uncompressedSize) throw new InputError(`uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`, { image: ref, layer: desc.digest });
-    const cache = BlobCache.open(path.join(this.cacheDir, 'blobs', digestHex(desc.digest)), { digest: desc.digest, what, read }, index, this.fetcher);
-    cache.space = this.space;
-    this.blobs.set(desc.digest, cache);
-    touch(cache.path);
-    return cache;
+    return this.blobs.add({ digest: desc.digest, what, read }, index);
   }
 }

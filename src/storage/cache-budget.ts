@@ -13,6 +13,8 @@ export interface BudgetSources {
 
 /** Evicting a little more than needed keeps every write from evicting a chunk of its own. */
 const HEADROOM = 0.05;
+/** Prefetch fills the cache up to this share of its bound, leaving the rest to demand reads. */
+const PREFETCH_SHARE = 0.9;
 
 export class CacheBudget implements SpaceReserver {
   private queue: Promise<void> = Promise.resolve();
@@ -27,6 +29,11 @@ export class CacheBudget implements SpaceReserver {
 
   get usedBytes(): number {
     return this.used;
+  }
+
+  /** Whether `bytes` more would take the cache into the last tenth below its bound (never without one). */
+  nearBound(bytes: number): boolean {
+    return this.limit > 0 && this.used + bytes > this.limit * PREFETCH_SHARE;
   }
 
   /** The cache's measured size, when nothing is being written (at start). */

@@ -13,17 +13,15 @@ import { BLOCK_SIZE } from '../erofs/format';
 import { log } from '../log';
 import { native, type CachefilesDevice, type CachefilesMessage } from '../native';
 import { digestHex } from '../oci/digest';
-import type { BlobCache } from '../storage/blob-cache';
-import type { CacheMissTransport, MountableImage, MountState } from './transport';
-import { readAt } from '../read-at';
+import { LocalFileSource, type RangeSource } from '../storage/range-source';
+import { MissRequests, type MissOptions } from './miss-requests';
+import type { CacheMissTransport, MountableImage, MountState, Probe, TransportModule } from './transport';
 
 const run = promisify(execFile);
 const { ENOENT, EIO } = os.constants.errno;
 
 /** Images sharing blobs share their cache files: one domain for everything this daemon mounts. */
 export const DOMAIN_ID = 'erofs-ondemand';
-/** A READ still unanswered after this long is completed unfilled (EIO) rather than hanging its reader. */
-const READ_TIMEOUT_MS = Number(process.env.EROFS_ONDEMAND_READ_TIMEOUT_MS ?? 120_000);
 /** The device fd's name in systemd's fd store (LISTEN_FDNAMES when it is handed back). */
 export const FDNAME = 'cachefiles';
 /** The kernel's culling limits, written out so that they are the daemon's choice, not an accident. */
@@ -31,18 +29,15 @@ const CULLING = ['brun 10%', 'bcull 7%', 'bstop 3%', 'frun 10%', 'fcull 7%', 'fs
 /** Longest cookie key accepted: fsids we hand out are shorter, device tags are 64 hex digits. */
 const MAX_KEY = 256;
 
-/** What a cookie key names: the bootstrap of a mount (by fsid) or a data blob (by device tag). */
-type Source = { kind: 'bootstrap'; path: string; size: number } | { kind: 'blob'; blob: BlobCache; size: number };
-
 interface CacheObject {
   key: string;
-  source: Source;
+  source: RangeSource;
   /** Anonymous fds the kernel handed over for this object (one per OPEN); written through the newest. */
   fds: number[];
 }
 
 /** `bind ondemand` on a throwaway cache directory: the one definitive test of kernel support. */
-export function probeCachefiles(cacheDir: string): { ok: boolean; detail: string } {
+export function probeCachefiles(cacheDir: string): Probe {
   if (!fs.existsSync('/dev/cachefiles')) return { ok: false, detail: 'no /dev/cachefiles (CONFIG_CACHEFILES off)' };
   const dir = path.join(cacheDir, `.probe-cachefiles-${process.pid}`);
   const dev = new native.CachefilesDevice();
@@ -65,14 +60,14 @@ export function probeCachefiles(cacheDir: string): { ok: boolean; detail: string
 
 export class CachefilesTransport implements CacheMissTransport {
   readonly name = 'cachefiles' as const;
-  readonly zerosWithoutDaemon = false;
-  requests = 0;
   private readonly dev: CachefilesDevice;
-  private readonly byKey = new Map<string, Source>();
+  /** What each cookie key names: a mount's bootstrap (by fsid) or a data blob (by device tag). */
+  private readonly byKey = new Map<string, RangeSource>();
   private readonly objects = new Map<number, CacheObject>();
   /** Per mount target: the fsid it was mounted with. */
   private readonly fsids = new Map<string, string>();
-  private readonly pending = new Map<number, { fd: number; timer: NodeJS.Timeout }>();
+  /** Pending READs by message id. */
+  private readonly misses: MissRequests<number>;
   private closed = false;
 
   /** Set when the device came from an earlier daemon: `restore` is sent once its mounts are resumed. */
@@ -83,11 +78,8 @@ export class CachefilesTransport implements CacheMissTransport {
    * (kept for us by systemd's fd store). A fresh binding is handed to the fd store, when there is one,
    * so that the next daemon can resume without breaking mounts.
    */
-  constructor(
-    cacheDir: string,
-    private readonly onMiss: () => void = () => undefined,
-    inheritedFd?: number,
-  ) {
+  constructor(cacheDir: string, opts: MissOptions = {}, inheritedFd?: number) {
+    this.misses = new MissRequests('cachefiles', opts);
     const dir = path.join(cacheDir, 'fscache');
     this.dev = new native.CachefilesDevice();
     this.inherited = inheritedFd !== undefined;
@@ -108,7 +100,15 @@ export class CachefilesTransport implements CacheMissTransport {
       this.dev.close();
       throw new Error(`cachefiles on-demand mode on ${dir}: ${(err as Error).message}`, { cause: err });
     }
-    if (native.sdNotify(`FDSTORE=1\nFDNAME=${FDNAME}`, [this.dev.fd])) log.info('cachefiles device handed to the service manager\'s fd store');
+    if (native.sdNotify(`FDSTORE=1\nFDNAME=${FDNAME}`, [this.dev.fd])) log.info("cachefiles device handed to the service manager's fd store");
+  }
+
+  get requests(): number {
+    return this.misses.requests;
+  }
+
+  settings(): Record<string, unknown> {
+    return { inherited: this.inherited };
   }
 
   begin(): void {
@@ -125,10 +125,15 @@ export class CachefilesTransport implements CacheMissTransport {
   }
 
   private register(image: MountableImage, fsid: string): void {
-    this.byKey.set(fsid, { kind: 'bootstrap', path: image.bootstrapPath, size: fs.statSync(image.bootstrapPath).size });
-    for (const blob of image.blobs) this.byKey.set(digestHex(blob.remote.digest), { kind: 'blob', blob, size: blob.index.trailer.uncompressedSize });
+    this.byKey.set(fsid, new LocalFileSource(image.bootstrapPath));
+    for (const blob of image.blobs) this.byKey.set(digestHex(blob.remote.digest), blob);
   }
 
+  private forgetFsid(fsid: string): void {
+    const source = this.byKey.get(fsid);
+    if (source instanceof LocalFileSource) source.close();
+    this.byKey.delete(fsid);
+  }
   async mount(image: MountableImage, target: string): Promise<MountState> {
     // One fsid per bootstrap, so a remount finds its cached bootstrap; a second mount of the same
     // image at once needs another (the kernel refuses a duplicate fsid within a domain).
@@ -142,7 +147,7 @@ export class CachefilesTransport implements CacheMissTransport {
     try {
       await run('mount', ['-t', 'erofs', '-o', `ro,fsid=${fsid},domain_id=${DOMAIN_ID}`, 'none', target]);
     } catch (err) {
-      this.byKey.delete(fsid);
+      this.forgetFsid(fsid);
       throw new Error(`mount -t erofs -o fsid=${fsid},domain_id=${DOMAIN_ID} none ${target}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`, { cause: err });
     }
     this.fsids.set(target, fsid);
@@ -153,7 +158,7 @@ export class CachefilesTransport implements CacheMissTransport {
     native.umount(target, opts.lazy ? 2 : 0);
     const fsid = this.fsids.get(target);
     this.fsids.delete(target);
-    if (fsid) this.byKey.delete(fsid);
+    if (fsid) this.forgetFsid(fsid);
   }
 
   private onMessage(m: CachefilesMessage): void {
@@ -205,70 +210,45 @@ export class CachefilesTransport implements CacheMissTransport {
     this.objects.delete(objectId);
   }
 
-  private async onRead(m: Extract<CachefilesMessage, { opcode: 'read' }>): Promise<void> {
-    this.requests++;
+  private onRead(m: Extract<CachefilesMessage, { opcode: 'read' }>): void {
     const obj = this.objects.get(m.objectId);
     if (!obj || obj.fds.length === 0) {
-      log.error('cachefiles READ for an unknown object', { objectId: m.objectId });
-      return; // no fd to complete it through; the kernel fails the read when the object goes
+      // No fd to complete it through; the kernel fails the read when the object goes.
+      return this.misses.refuse(() => undefined, 'READ for an unknown object', { objectId: m.objectId });
     }
     const fd = obj.fds[obj.fds.length - 1];
-    const timer = setTimeout(() => {
-      log.error('cache miss not served in time: the reader gets EIO', { key: obj.key, offset: m.offset, length: m.length, timeoutMs: READ_TIMEOUT_MS });
-      this.complete(m.msgId);
-    }, READ_TIMEOUT_MS);
-    this.pending.set(m.msgId, { fd, timer });
-    try {
-      const start = Math.floor(m.offset / BLOCK_SIZE) * BLOCK_SIZE;
-      const end = Math.min(obj.source.size, m.offset + m.length);
-      if (start < end) await this.fill(obj.source, fd, start, end);
-    } catch (err) {
-      log.error('cache miss not served: the reader gets EIO', { key: obj.key, offset: m.offset, length: m.length, error: (err as Error).message });
-    }
-    this.complete(m.msgId);
-  }
-
-  /** Writes verified bytes of [start, end) of the object into its cache file. */
-  private async fill(source: Source, fd: number, start: number, end: number): Promise<void> {
-    let data: Buffer;
-    if (source.kind === 'blob') {
-      const got = await source.blob.read(start, end);
-      if (got.fetched > 0) this.onMiss();
-      data = got.data;
-    } else {
-      data = Buffer.alloc(end - start);
-      const handle = await fs.promises.open(source.path, 'r');
-      try {
-        await readAt(handle.fd, data, 0, data.length, start, source.path);
-      } finally {
-        await handle.close();
-      }
-    }
-    if (this.closed) return;
-    // Writes into the anonymous fd are direct I/O: whole 4 KiB blocks (the addon pads the object's last one).
-    const padded = end === source.size || data.length % BLOCK_SIZE === 0 ? data : Buffer.concat([data, Buffer.alloc(BLOCK_SIZE - (data.length % BLOCK_SIZE))]);
-    this.dev.writeAligned(fd, start, padded, source.size);
-  }
-
-  private complete(msgId: number): void {
-    const p = this.pending.get(msgId);
-    if (!p) return;
-    clearTimeout(p.timer);
-    this.pending.delete(msgId);
-    try {
-      this.dev.readComplete(p.fd, msgId);
-    } catch (err) {
-      log.warn('cachefiles READ_COMPLETE failed', { msgId, error: (err as Error).message });
-    }
+    const { source } = obj;
+    // Whole blocks: writes into the anonymous fd are direct I/O (the addon pads the object's last one).
+    const start = Math.floor(m.offset / BLOCK_SIZE) * BLOCK_SIZE;
+    const end = Math.min(source.size, Math.ceil((m.offset + m.length) / BLOCK_SIZE) * BLOCK_SIZE);
+    const buf = Buffer.alloc(Math.max(0, end - start));
+    const answer = (errno: number) => {
+      // An object closed meanwhile took its fds with it: their numbers may name other files by now.
+      if (this.objects.get(m.objectId) !== obj || !obj.fds.includes(fd)) return;
+      if (errno === 0 && buf.length > 0) this.dev.writeAligned(fd, start, buf, source.size);
+      this.dev.readComplete(fd, m.msgId);
+    };
+    void this.misses.serve(m.msgId, { source, start, end, sink: { kind: 'buffer', buf, offset: 0 }, answer });
   }
 
   /** Stopping on purpose (mounts are gone): the fd store's copy is dropped too, so the cache is unbound. */
   async close(): Promise<void> {
     // Complete what is pending (unfilled: EIO) so no reader waits on a daemon that is leaving.
-    for (const msgId of [...this.pending.keys()]) this.complete(msgId);
     this.closed = true;
+    this.misses.failAll();
     for (const id of [...this.objects.keys()]) this.onClose(id);
+    for (const fsid of [...this.fsids.values()]) this.forgetFsid(fsid);
     native.sdNotify(`FDSTOREREMOVE=1\nFDNAME=${FDNAME}`); // stopped on purpose: nothing to resume
     this.dev.close();
   }
 }
+
+export const cachefilesTransport: TransportModule = {
+  name: 'cachefiles',
+  feature: 'cachefiles on-demand',
+  zerosWithoutDaemon: false,
+  describe: () => 'READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; without the daemon, reads of data not cached fail with EIO (a daemon restarted by systemd resumes them)',
+  probe: ({ cacheDir, inheritedFd }) =>
+    inheritedFd(FDNAME) !== undefined ? { ok: true, detail: 'bound /dev/cachefiles inherited from the previous daemon' } : probeCachefiles(cacheDir),
+  create: (ctx) => new CachefilesTransport(ctx.cacheDir, ctx.misses, ctx.inheritedFd(FDNAME)),
+};

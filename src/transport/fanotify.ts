@@ -2,26 +2,33 @@
 // reader is about to read from a blob's cache file; missing chunks are fetched, verified and written
 // through the event's fd, then the read is allowed. Any failure denies it with EIO.
 import fs from 'node:fs';
-import { log } from '../log';
-import { native, type FanotifyGroup, type PreAccessEvent } from '../native';
+import path from 'node:path';
 import { mountFileBacked, unmount } from '../mount/file-backed';
+import { native, type FanotifyGroup, type PreAccessEvent } from '../native';
 import type { BlobCache } from '../storage/blob-cache';
-import type { CacheMissTransport, MountableImage } from './transport';
-
-const EIO = 5;
+import { MissRequests, type MissOptions } from './miss-requests';
+import type { CacheMissTransport, MountableImage, Probe, TransportModule } from './transport';
 
 export class FanotifyTransport implements CacheMissTransport {
   readonly name = 'fanotify' as const;
-  readonly zerosWithoutDaemon = true;
-  requests = 0;
   private readonly group: FanotifyGroup;
   /** Cache files by inode: the event names its file only by an fd. */
   private readonly byInode = new Map<number, BlobCache>();
-  private readonly pending = new Set<number>();
-  private closed = false;
-  constructor(private readonly onMiss: () => void = () => undefined) {
+  /** Pending events by their fd. */
+  private readonly misses: MissRequests<number>;
+
+  constructor(opts: MissOptions = {}) {
+    this.misses = new MissRequests('fanotify', opts);
     this.group = new native.FanotifyGroup();
-    this.group.start((e) => void this.onEvent(e));
+    this.group.start((e) => this.onEvent(e));
+  }
+
+  get requests(): number {
+    return this.misses.requests;
+  }
+
+  settings(): Record<string, unknown> {
+    return {};
   }
 
   async mount(image: MountableImage, target: string): Promise<void> {
@@ -42,41 +49,57 @@ export class FanotifyTransport implements CacheMissTransport {
     }
   }
 
-  private async onEvent(e: PreAccessEvent): Promise<void> {
-    this.pending.add(e.fd);
+  private onEvent(e: PreAccessEvent): void {
+    const answer = (errno: number) => this.group.respond(e.fd, errno);
     // The daemon's own writes (prefetch) raise events too; what it writes is already verified.
-    if (e.pid === process.pid) return this.answer(e.fd, 0);
-    this.requests++;
-    let errno = 0;
+    if (e.pid === process.pid) return answer(0);
     let blob: BlobCache | undefined;
     try {
       blob = this.byInode.get(fs.fstatSync(e.fd).ino);
-      if (!blob) throw new Error('event on a file this daemon does not serve');
-      if (e.offset < 0) throw new Error('event without a range');
-      const fetched = await blob.ensure(e.offset, e.offset + e.count, 'demand', (offset, data) => {
-        fs.writeSync(e.fd, data, 0, data.length, offset);
-      });
-      if (fetched > 0) this.onMiss();
     } catch (err) {
-      errno = EIO;
-      log.error('cache miss not served', { blob: blob?.remote.what, offset: e.offset, count: e.count, pid: e.pid, error: (err as Error).message });
+      return this.misses.refuse(answer, `event fd: ${(err as Error).message}`, { offset: e.offset, count: e.count, pid: e.pid });
     }
-    this.answer(e.fd, errno);
-  }
-
-  private answer(fd: number, errno: number): void {
-    if (!this.pending.delete(fd) || this.closed) return;
-    try {
-      this.group.respond(fd, errno);
-    } catch (err) {
-      log.warn('fanotify response failed', { error: (err as Error).message });
+    if (!blob || e.offset < 0) {
+      return this.misses.refuse(answer, blob ? 'event without a range' : 'event on a file this daemon does not serve', { offset: e.offset, count: e.count, pid: e.pid });
     }
+    // Synchronous writes, after checking the event still waits: once answered, its fd is closed and the
+    // number may already name another file.
+    const write = (offset: number, data: Buffer) => {
+      if (!this.misses.isPending(e.fd)) throw new Error('event answered before its data was written');
+      fs.writeSync(e.fd, data, 0, data.length, offset);
+    };
+    void this.misses.serve(e.fd, { source: blob, start: e.offset, end: Math.min(blob.size, e.offset + e.count), sink: { kind: 'write', write }, answer, pid: e.pid });
   }
 
   async close(): Promise<void> {
     // A reader blocked on an unanswered event would hang: deny what is left before closing.
-    for (const fd of [...this.pending]) this.answer(fd, EIO);
-    this.closed = true;
+    this.misses.failAll();
     this.group.close();
   }
 }
+
+/** A FAN_CLASS_PRE_CONTENT group marking a file in the cache directory: the filesystem must take the mark. */
+function probe({ cacheDir }: { cacheDir: string }): Probe {
+  const file = path.join(cacheDir, `.probe-fanotify-${process.pid}`);
+  let group: FanotifyGroup | undefined;
+  try {
+    fs.writeFileSync(file, '');
+    group = new native.FanotifyGroup();
+    group.mark(file);
+    return { ok: true, detail: 'FAN_CLASS_PRE_CONTENT group with a FAN_PRE_ACCESS mark on the cache filesystem' };
+  } catch (err) {
+    return { ok: false, detail: (err as Error).message };
+  } finally {
+    group?.close();
+    fs.rmSync(file, { force: true });
+  }
+}
+
+export const fanotifyTransport: TransportModule = {
+  name: 'fanotify',
+  feature: 'fanotify pre-content',
+  zerosWithoutDaemon: true,
+  describe: () => 'pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+); without the daemon, unfilled ranges read as zeros',
+  probe,
+  create: (ctx) => new FanotifyTransport(ctx.misses),
+};

@@ -12,11 +12,11 @@ import { mountErofsAsync, deviceOptions } from '../mount/file-backed';
 import { mounts } from '../mount/mountinfo';
 import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native, type FuseSession } from '../native';
 import type { BlobCache } from '../storage/blob-cache';
+import { LocalFileSource, type RangeSource } from '../storage/range-source';
 import * as P from './fuse-protocol';
-import type { CacheMissTransport, MountableImage } from './transport';
-
 import { kernelHasFileBackedErofs, type FuseBacking } from './fuse-backing';
-import { readAt } from '../read-at';
+import { MissRequests, type MissOptions } from './miss-requests';
+import type { CacheMissTransport, MountableImage, Probe, TransportModule } from './transport';
 
 export const FUSE_FSTYPE = 'fuse.erofs-ondemand';
 /** Names and attributes never change while a blob is attached: the kernel may cache them long. */
@@ -28,56 +28,18 @@ const MAX_POOLED_BUFFERS = 64;
 const NO_REPLY_OPCODES = new Set<number>([P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT]);
 const W_OK = 2;
 
-
-/** What a FUSE file serves: a blob's cache (fetching what is missing) or a local file as it is. */
-export interface ServedFile {
-  readonly size: number;
-  /** For logs: which image and blob. */
-  readonly what: string;
-  /** Makes [start, end) present; resolves to the number of chunks fetched. */
-  ensure(start: number, end: number): Promise<number>;
-  read(buf: Buffer, bufOffset: number, length: number, position: number): Promise<void>;
-}
-
-export function servedBlob(blob: BlobCache): ServedFile {
-  return {
-    size: blob.index.trailer.uncompressedSize,
-    what: blob.remote.what,
-    ensure: (start, end) => blob.ensure(start, end, 'demand'),
-    // readInto pins the chunks and makes sure again: an eviction since `ensure` is fetched back, never read as zeros.
-    read: async (buf, bufOffset, length, position) => void (await blob.readInto(buf, bufOffset, length, position)),
-  };
-}
-
-/** A local file served as it is (a bootstrap whose filesystem cannot back an EROFS mount, e.g. tmpfs). */
-export function servedLocalFile(file: string): ServedFile & { close(): void } {
-  const fd = fs.openSync(file, 'r');
-  let closed = false;
-  return {
-    size: fs.fstatSync(fd).size,
-    what: file,
-    ensure: async () => 0,
-    read: (buf, bufOffset, length, position) => readAt(fd, buf, bufOffset, length, position, file, () => !closed),
-    close: () => {
-      closed = true;
-      fs.closeSync(fd);
-    },
-  };
-}
-
 interface Node {
   ino: number;
   name: Buffer;
-  file: ServedFile;
+  file: RangeSource;
   size: number;
   /** Mounts using this blob; 0: not listed, not found by lookup, not opened. */
   refs: number;
 }
 
-export interface BlobFsOptions {
+export interface BlobFsOptions extends MissOptions {
   /** FOPEN_DIRECT_IO on blob files (the default): no second copy of the data in the FUSE file's page cache. */
   directIo?: boolean;
-  onMiss?: () => void;
 }
 
 /**
@@ -90,15 +52,12 @@ export class BlobFs {
   private nextIno = P.ROOT_ID + 1;
   private readonly dirHandles = new Map<bigint, P.DirEntry[]>();
   private nextDirHandle = 1n;
-  /** Requests read and not answered yet, by unique id. */
-  private readonly pending = new Set<bigint>();
+  /** READs taken and not answered yet, by unique id. */
+  private readonly misses: MissRequests<bigint>;
   private closed = false;
   private malformed = 0;
-  /** READ requests received. */
-  reads = 0;
   private readonly started = Math.floor(Date.now() / 1000);
   readonly directIo: boolean;
-  private readonly onMiss: () => void;
   /** What INIT settled: protocol minor and max request size. */
   negotiated: { minor: number; maxPages: number; flags: number } | null = null;
 
@@ -107,15 +66,20 @@ export class BlobFs {
     opts: BlobFsOptions = {},
   ) {
     this.directIo = opts.directIo ?? true;
-    this.onMiss = opts.onMiss ?? (() => undefined);
+    this.misses = new MissRequests('fuse', opts);
+  }
+
+  /** READ requests received. */
+  get reads(): number {
+    return this.misses.requests;
   }
 
   get pendingCount(): number {
-    return this.pending.size;
+    return this.misses.size;
   }
 
   /** Lists `file` as `name` (or counts one more user of it); its inode number stays for the session. */
-  attach(name: string, file: ServedFile): void {
+  attach(name: string, file: RangeSource): void {
     let node = this.byName.get(name);
     if (!node) {
       node = { ino: this.nextIno++, name: Buffer.from(name), file, size: file.size, refs: 0 };
@@ -143,41 +107,29 @@ export class BlobFs {
       // Loud for the first few only: a broken peer must not flood the log.
       log.log(this.malformed++ < 10 ? 'warn' : 'debug', 'malformed FUSE request', { error: (err as Error).message, opcode: header?.opcode });
       // Answerable when its header was readable, unless it is of a kind that takes no answer.
-      if (header && !NO_REPLY_OPCODES.has(header.opcode)) this.answer(header.unique, P.reply(header.unique, P.Errno.EINVAL), true);
+      if (header && !NO_REPLY_OPCODES.has(header.opcode)) this.reply(P.reply(header.unique, P.Errno.EINVAL));
       return;
     }
     const { header, req } = parsed;
     if (P.expectsNoReply(req)) return; // FORGET/BATCH_FORGET: nodes live for the session; INTERRUPT: reads finish anyway
-    this.pending.add(header.unique);
+    if (req.op === 'read') return this.read(header, req);
+    let out: Buffer;
     try {
-      const r = this.dispatch(header, req);
-      if (r instanceof Promise) {
-        r.then(
-          (out) => out && this.answer(header.unique, out),
-          (err: Error) => {
-            log.error('FUSE request failed', { opcode: header.opcode, error: err.message });
-            this.answer(header.unique, P.reply(header.unique, P.Errno.EIO));
-          },
-        );
-      } else {
-        this.answer(header.unique, r);
-      }
+      out = this.dispatch(header, req);
     } catch (err) {
       log.error('FUSE request failed', { opcode: header.opcode, error: (err as Error).message });
-      this.answer(header.unique, P.reply(header.unique, P.Errno.EIO));
+      out = P.reply(header.unique, P.Errno.EIO);
     }
+    this.reply(out);
   }
 
-  private answer(unique: bigint, out: Buffer, untracked = false): void {
-    if (!untracked && !this.pending.delete(unique)) return; // answered at close
-    if (this.closed) return;
-    this.send(out);
+  private reply(out: Buffer): void {
+    if (!this.closed) this.send(out);
   }
 
-  /** Answers every pending request with EIO; later completions are dropped. */
+  /** Answers every pending READ with EIO; later completions are dropped. */
   close(): void {
-    for (const unique of this.pending) this.send(P.reply(unique, P.Errno.EIO));
-    this.pending.clear();
+    this.misses.failAll();
     this.closed = true;
   }
 
@@ -194,7 +146,7 @@ export class BlobFs {
     return n && n.refs > 0 ? n : undefined;
   }
 
-  private dispatch(h: P.RequestHeader, req: P.Request): Buffer | Promise<Buffer | null> {
+  private dispatch(h: P.RequestHeader, req: Exclude<P.Request, { op: 'read' }>): Buffer {
     const u = h.unique;
     const err = (errno: number) => P.reply(u, errno);
     switch (req.op) {
@@ -218,8 +170,6 @@ export class BlobFs {
         // NOFLUSH: a close sends no FLUSH (nothing to flush; losetup's close would wait on it).
         return P.reply(u, 0, P.openOut(0n, (this.directIo ? P.OpenFlag.DIRECT_IO : P.OpenFlag.KEEP_CACHE) | P.OpenFlag.NOFLUSH));
       }
-      case 'read':
-        return this.read(h, req);
       case 'release':
       case 'flush':
       case 'destroy':
@@ -291,51 +241,41 @@ export class BlobFs {
   /** READ data goes out from pooled buffers: a fresh 1 MiB buffer per request costs page faults and GC. */
   private readonly buffers: Buffer[] = [];
 
-  private sendData(unique: bigint, out: Buffer): void {
-    if (this.pending.delete(unique) && !this.closed) this.send(out);
-  }
-
-  /** Resolves to the reply, or to null when the data reply was sent already. */
-  private async read(h: P.RequestHeader, req: Extract<P.Request, { op: 'read' }>): Promise<Buffer | null> {
-    if (h.nodeid === P.ROOT_ID) return P.reply(h.unique, P.Errno.EISDIR);
-    this.reads++;
+  private read(h: P.RequestHeader, req: Extract<P.Request, { op: 'read' }>): void {
+    const u = h.unique;
+    const answer = (errno: number) => this.reply(P.reply(u, errno));
+    if (h.nodeid === P.ROOT_ID) return answer(P.Errno.EISDIR);
     const node = this.attached(h.nodeid);
-    if (!node) return P.reply(h.unique, P.Errno.EIO);
+    if (!node) return this.misses.refuse(answer, 'READ of a blob file no mount uses', { nodeid: h.nodeid.toString(), pid: h.pid });
     // The kernel sends at most max_pages (256) pages; anything larger is not from it.
-    if (req.size > REPLY_BUFFER_SIZE - P.OUT_HEADER_SIZE) return P.reply(h.unique, P.Errno.EINVAL);
+    if (req.size > REPLY_BUFFER_SIZE - P.OUT_HEADER_SIZE) return answer(P.Errno.EINVAL);
     const start = Math.min(req.offset, node.size);
     const end = Math.min(node.size, start + req.size);
-    const file = node.file;
-    try {
-      if (end > start) {
-        const fetched = await file.ensure(start, end);
-        if (fetched > 0) this.onMiss();
-      }
-      const pooled = this.buffers.pop() ?? Buffer.allocUnsafeSlow(REPLY_BUFFER_SIZE);
-      const out = P.dataReply(h.unique, end - start, pooled);
-      try {
-        await file.read(out.buf, P.OUT_HEADER_SIZE, end - start, start);
-        this.sendData(h.unique, out.finish(end - start));
-      } finally {
-        // The reply is written synchronously: the buffer is free again.
-        if (this.buffers.length < MAX_POOLED_BUFFERS) this.buffers.push(pooled);
-      }
-      return null;
-    } catch (err) {
-      log.error('cache miss not served', { blob: file.what, offset: req.offset, count: req.size, pid: h.pid, error: (err as Error).message });
-      return P.reply(h.unique, P.Errno.EIO);
-    }
+    const pooled = this.buffers.pop() ?? Buffer.allocUnsafeSlow(REPLY_BUFFER_SIZE);
+    const out = P.dataReply(u, end - start, pooled);
+    const served = this.misses.serve(u, {
+      source: node.file,
+      start,
+      end,
+      sink: { kind: 'buffer', buf: out.buf, offset: P.OUT_HEADER_SIZE },
+      // The reply is written synchronously: the buffer is free again once it is sent.
+      answer: (errno) => this.reply(errno === 0 ? out.finish(end - start) : P.reply(u, errno)),
+      pid: h.pid,
+    });
+    // Back to the pool only once serving is over: a request answered at its deadline may still be filling it.
+    void served.then(() => {
+      if (this.buffers.length < MAX_POOLED_BUFFERS) this.buffers.push(pooled);
+    });
   }
 }
 
-export interface FuseTransportOptions {
+export interface FuseTransportOptions extends MissOptions {
   /** Mount point of the FUSE filesystem; the daemon uses <cacheDir>/fuse. */
   dir: string;
   backing?: FuseBacking;
   directIo?: boolean;
   /** EROFS read-ahead in KiB set on each mount (0: leave the kernel's default). */
   readAheadKb?: number;
-  onMiss?: () => void;
 }
 
 /** The FUSE files one mount uses: blob names, and local files served for it alone. */
@@ -357,7 +297,6 @@ export function detachStale(dir: string): number {
 
 export class FuseTransport implements CacheMissTransport {
   readonly name = 'fuse' as const;
-  readonly zerosWithoutDaemon = false;
   readonly dir: string;
   get requests(): number {
     return this.fs.reads;
@@ -369,7 +308,7 @@ export class FuseTransport implements CacheMissTransport {
   private readonly mounted = new Map<string, MountedImage>();
   private closed = false;
   private mounting: Promise<void> = Promise.resolve();
-  private readonly localFiles = new Map<string, { file: ReturnType<typeof servedLocalFile>; refs: number }>();
+  private readonly localFiles = new Map<string, { file: LocalFileSource; refs: number }>();
   /** bdi directory of each mount whose read-ahead was raised (for tests and benchmarks). */
   readonly bdis = new Map<string, string>();
 
@@ -383,7 +322,7 @@ export class FuseTransport implements CacheMissTransport {
     if (stale > 0) log.warn('detached a FUSE mount left by a daemon that is gone', { dir: this.dir });
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.session = new native.FuseSession();
-    this.fs = new BlobFs((reply) => this.send(reply), { directIo: opts.directIo, onMiss: opts.onMiss });
+    this.fs = new BlobFs((reply) => this.send(reply), { directIo: opts.directIo, onMiss: opts.onMiss, deadlineMs: opts.deadlineMs });
     try {
       this.session.mount(this.dir, FUSE_FSTYPE, MS_RDONLY | MS_NOSUID | MS_NODEV);
     } catch (err) {
@@ -397,6 +336,10 @@ export class FuseTransport implements CacheMissTransport {
       if (req) this.fs.handle(req);
       else if (!this.closed) log.error('FUSE connection ended while the daemon runs (unmounted or aborted)', { dir: this.dir });
     });
+  }
+
+  settings(): Record<string, unknown> {
+    return { fuseBacking: this.backing, fuseDir: this.dir };
   }
 
   private send(reply: Buffer): void {
@@ -418,7 +361,7 @@ export class FuseTransport implements CacheMissTransport {
     this.mounting = new Promise<void>((r) => (done = r));
     await previous;
     const names = image.blobs.map((b) => path.basename(b.path));
-    image.blobs.forEach((b, i) => this.fs.attach(names[i], servedBlob(b)));
+    image.blobs.forEach((b, i) => this.fs.attach(names[i], b));
     const used: MountedImage = { names, local: [] };
     try {
       const bdisBefore = erofsBdiNames();
@@ -456,7 +399,7 @@ export class FuseTransport implements CacheMissTransport {
     // One open file per bootstrap, however many mounts of the image use it.
     let local = this.localFiles.get(name);
     if (!local) {
-      local = { file: servedLocalFile(bootstrap), refs: 0 };
+      local = { file: new LocalFileSource(bootstrap), refs: 0 };
       this.localFiles.set(name, local);
     }
     local.refs++;
@@ -505,7 +448,7 @@ export class FuseTransport implements CacheMissTransport {
 
   /**
    * EROFS reads ahead 128 KiB by default: each miss is then a 128 KiB FUSE READ. A larger window
-   * gives requests up to 1 MiB (the FUSE ceiling), which pays whenever a read waits (FACTS.md).
+   * gives requests up to 1 MiB (the FUSE ceiling), which pays whenever a read waits on the network.
    */
   private raiseReadAhead(target: string, bdi: string | null): void {
     if (this.readAheadKb <= 0) return;
@@ -567,3 +510,36 @@ export function newErofsBdi(before: Set<string>): string | null {
   const appeared = [...erofsBdiNames()].filter((n) => !before.has(n));
   return appeared.length === 1 ? `/sys/class/bdi/${appeared[0]}` : null;
 }
+
+/**
+ * FUSE: /dev/fuse opens read-write and the kernel knows the filesystem type. The cache filesystem does
+ * not matter: the FUSE files are served from the cache files, whatever holds them (tmpfs included; a
+ * bootstrap there is served through FUSE too).
+ */
+function probe(): Probe {
+  let filesystems = '';
+  try {
+    filesystems = fs.readFileSync('/proc/filesystems', 'utf8');
+  } catch {
+    // treated as "fuse not listed"
+  }
+  if (!/\tfuse\n/.test(filesystems)) return { ok: false, detail: 'fuse is not in /proc/filesystems' };
+  try {
+    fs.closeSync(fs.openSync('/dev/fuse', 'r+'));
+    const backing = kernelHasFileBackedErofs() ? 'EROFS file-backed on its files (6.12+)' : 'EROFS through loop devices (kernel before 6.12)';
+    return { ok: true, detail: `/dev/fuse opens read-write; fuse in /proc/filesystems; ${backing}` };
+  } catch (err) {
+    return { ok: false, detail: (err as Error).message };
+  }
+}
+
+export const fuseTransport: TransportModule = {
+  name: 'fuse',
+  feature: 'FUSE',
+  zerosWithoutDaemon: false,
+  describe: () => 'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; without it, reads fail with EIO',
+  probe,
+  // Inside the cache directory (root-only, 0700): one FUSE mount per daemon, found again at the same
+  // place after a crash, and its files reachable by no one else.
+  create: (ctx) => new FuseTransport({ dir: path.join(ctx.cacheDir, 'fuse'), backing: ctx.fuseBacking, ...ctx.misses }),
+};

@@ -1,10 +1,13 @@
 // The cache-miss transport: how a read of a missing blob range reaches the daemon, and so also how an
-// image is mounted. Implementations: fanotify pre-content (fanotify.ts), FUSE (fuse.ts), cachefiles
-// on-demand (cachefiles.ts). All serve the same image format from the same fetcher and blob caches.
+// image is mounted. Each transport is one module exporting a `TransportModule` (name, probe, create,
+// describe); `transports.ts` lists them, best first. A transport only adapts its kernel protocol:
+// every miss is served by `MissRequests.serve` -> `RangeSource.serve` (src/storage).
 import type { BlobCache } from '../storage/blob-cache';
+import type { FuseBacking } from './fuse-backing';
+import type { MissOptions } from './miss-requests';
 
 export type TransportName = 'cachefiles' | 'fanotify' | 'fuse';
-/** Best first: the order in which 'auto' tries them. */
+/** Best first: the order in which 'auto' tries them (and the order of `transports.ts`). */
 export const TRANSPORT_NAMES: readonly TransportName[] = ['cachefiles', 'fanotify', 'fuse'];
 
 /** What a transport needs to mount one image: its verified bootstrap and the caches of its blobs. */
@@ -18,15 +21,17 @@ export interface MountableImage {
 
 export type MountState = Record<string, string>;
 
+export interface Probe {
+  ok: boolean;
+  detail: string;
+}
+
 export interface CacheMissTransport {
   readonly name: TransportName;
-  /**
-   * When the daemon is gone, do unfilled ranges read as zeros (fanotify) instead of failing with EIO?
-   * Such a transport's busy mounts are filled completely before the daemon leaves them.
-   */
-  readonly zerosWithoutDaemon: boolean;
   /** Cache-miss requests the kernel sent so far (fanotify events, cachefiles READs, FUSE READs). */
   readonly requests: number;
+  /** Settings worth logging and showing in `status` (e.g. the FUSE backing); may be empty. */
+  settings(): Record<string, unknown>;
   /**
    * Mounts the image read-only on `target`, its misses served by this transport. Resolves to what
    * `resume` needs to take the mount over after a restart (saved with the daemon's state).
@@ -43,4 +48,29 @@ export interface CacheMissTransport {
   unmount(target: string, opts?: { lazy?: boolean }): Promise<void>;
   /** Answers every pending miss (EIO) and stops. */
   close(): Promise<void>;
+}
+
+/** What the daemon hands a transport it creates. */
+export interface TransportContext {
+  cacheDir: string;
+  fuseBacking: FuseBacking;
+  misses: MissOptions;
+  /** A kernel-facing fd a previous daemon left in the service manager's fd store, by name. */
+  inheritedFd(name: string): number | undefined;
+}
+
+export interface TransportModule {
+  readonly name: TransportName;
+  /** The kernel feature, as `doctor` names it. */
+  readonly feature: string;
+  /**
+   * When the daemon is gone, unfilled ranges read as zeros (fanotify) instead of failing with EIO: such
+   * a transport's busy mounts are filled completely before the daemon leaves them.
+   */
+  readonly zerosWithoutDaemon: boolean;
+  /** One line for `doctor`: how misses reach the daemon and what readers see when it is gone. */
+  describe(): string;
+  /** Whether this kernel and cache directory can run it, tried for real (never guessed from versions). */
+  probe(ctx: Pick<TransportContext, 'cacheDir' | 'inheritedFd'>): Probe;
+  create(ctx: TransportContext): CacheMissTransport;
 }
