@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // erofs-ondemand: the operators' command line. Each command is a thin layer over the library, loaded
-// when that command runs: the HTTP client, metrics and schema libraries cost a quarter second to load.
+// when that command runs: the HTTP client, metrics and schema libraries would dominate the start-up
+// of the short ones.
 import './tiering'; // first: it sets how V8 optimises the code loaded after it
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,7 +17,7 @@ import { FUSE_BACKINGS } from '../transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
 async function mountLocal(outDir: string, target: string): Promise<void> {
-  // The builder's modules (the EROFS and blob writers) and the addon cost 25 ms to load: not on the
+  // The builder's modules (the EROFS and blob writers) and the addon are loaded here, not on the
   // path of every command (the daemon's mount helper among them).
   const { BLOB_DIR, BOOTSTRAP_FILE } = await import('../builder/build-dir');
   const { mountFileBacked } = await import('../mount/file-backed');
@@ -203,8 +204,8 @@ export async function main(argv: string[]): Promise<number> {
 
 /**
  * Ends the process once stdout and stderr have taken everything written to them. After a conversion
- * this skips V8 tearing its heap down page by page (a munmap per 256 KiB page, about 15 ms on these
- * VMs), work the kernel does at once at exit anyway.
+ * this skips V8 tearing its heap down page by page (a munmap per 256 KiB page), work the kernel does
+ * at once at exit anyway.
  */
 function exitWhenFlushed(code: number): void {
   process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
