@@ -34,6 +34,11 @@ function packageVersion(): string {
   return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 }
 
+/** An `<image>` argument of fsck and prefetch: a mount point (an absolute path, normalised) or an image reference. */
+function mountedImage(image: string): string {
+  return image.startsWith('/') ? path.resolve(image) : image;
+}
+
 /** Collects a repeatable option's values: `--plain-http a --plain-http b` gives ['a', 'b']. */
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -143,7 +148,7 @@ export function program(): Command {
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .option('--json', 'print the result as JSON')
     .action(async (image: string, opts: { socket: string; json?: boolean }) => {
-      const r = (await callControl(opts.socket, { op: 'fsck', target: image.startsWith('/') ? path.resolve(image) : image })) as {
+      const r = (await callControl(opts.socket, { op: 'fsck', target: mountedImage(image) })) as {
         chunks: number;
         bad: Array<{ blob: string; offset: number }>;
       };
@@ -160,7 +165,7 @@ export function program(): Command {
     .argument('<image>', 'mount point or image reference')
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .action(async (image: string, opts: { socket: string }) => {
-      const r = (await callControl(opts.socket, { op: 'prefetch', target: image.startsWith('/') ? path.resolve(image) : image })) as { fetched: number };
+      const r = (await callControl(opts.socket, { op: 'prefetch', target: mountedImage(image) })) as { fetched: number };
       process.stdout.write(`${r.fetched} chunks fetched\n`);
     });
   withRegistryOptions(cli
