@@ -1,6 +1,46 @@
 // Helpers shared by the benchmark and demo scripts.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+
+/** The command line as built: dist/scripts/ and dist/src/ are siblings. */
+const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
+
+/** Runs an `erofs-ondemand` command to its end; its stdout. */
+export function cli(...args: string[]): string {
+  return execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+}
+
+/**
+ * Starts `erofs-ondemand daemon` on `socket` without waiting for it (see daemonReady): metrics off,
+ * its stderr passed through at level warn unless EROFS_ONDEMAND_LOG_LEVEL says otherwise.
+ */
+export function spawnDaemon(cacheDir: string, socket: string, flags: readonly string[] = []): ChildProcess {
+  return spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', '', ...flags], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: process.env.EROFS_ONDEMAND_LOG_LEVEL ?? 'warn' },
+  });
+}
+
+/** Waits until a daemon's control socket is there; a daemon that never makes it is an error. */
+export async function daemonReady(socket: string, flags: readonly string[] = []): Promise<void> {
+  for (let i = 0; i < 400 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!fs.existsSync(socket)) throw new Error(`daemon ${flags.join(' ')} did not start`);
+}
+
+export async function startDaemon(cacheDir: string, socket: string, flags: readonly string[] = []): Promise<ChildProcess> {
+  const d = spawnDaemon(cacheDir, socket, flags);
+  await daemonReady(socket, flags);
+  return d;
+}
+
+/** SIGTERM, and waits until the daemon has exited (at once if it has already). */
+export async function stopDaemon(d: ChildProcess): Promise<void> {
+  if (d.exitCode !== null || d.signalCode !== null) return;
+  const exited = new Promise((r) => d.once('exit', r));
+  d.kill('SIGTERM');
+  await exited;
+}
 
 /** Cold-cache runs: write back dirty pages, then drop the page cache, dentries and inodes. */
 export function dropCaches(): void {

@@ -80,7 +80,7 @@ const schema: JSONSchemaType<FileConfig> = {
   },
 };
 
-// Loading ajv and compiling the schemas takes ~0.1 s: only commands that read a configuration file pay it.
+// Loading ajv and compiling the schemas is a large part of a short command's start-up: only commands that read a configuration file pay it.
 let validators: { config: ValidateFunction<FileConfig>; registries: ValidateFunction<RegistriesConfig> } | undefined;
 function validatorsOf(): NonNullable<typeof validators> {
   if (!validators) {

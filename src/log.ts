@@ -1,7 +1,7 @@
 // The one logger: structured JSON lines on stderr (the journal picks them up under systemd).
-// winston costs 55-75 ms to load, a quarter of a short command's start-up (the mount helper, status,
-// a conversion that logs nothing), so it is loaded by the first record at an enabled level, or by
-// the first transport added.
+// winston is a large part of a short command's start-up (the mount helper, status, a conversion that
+// logs nothing), so it is loaded by the first record at an enabled level, or by the first transport
+// added.
 import type winston from 'winston';
 import type TransportStream from 'winston-transport';
 

@@ -1,7 +1,9 @@
-// The command line itself: version, and how it answers a command it does not know.
+// The command line itself: version, how it answers a command it does not know, and how it reads
+// arguments after an option.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -23,5 +25,13 @@ describe('erofs-ondemand', () => {
     assert.equal(r.status, 2);
     assert.match(r.stderr, /unknown command 'frobnicate'/);
     assert.match(r.stderr, /Usage: erofs-ondemand/);
+  });
+
+  it('takes the arguments after --plain-http HOST as arguments, not as more hosts', () => {
+    const missing = path.join(os.tmpdir(), `erofs-ondemand-no-such-layout-${process.pid}`);
+    const r = run('convert', '--plain-http', '127.0.0.1:5000', `oci:${missing}`, `oci:${missing}-out`);
+    assert.equal(r.status, 1, r.stderr);
+    assert.doesNotMatch(r.stderr, /Usage:/);
+    assert.match(r.stderr, new RegExp(`not an OCI image layout: .*${missing}/index\\.json`));
   });
 });

@@ -113,7 +113,7 @@ export class CompressedBlobWriter {
     if (batch.chunks.length > 0) {
       const bound = compressBound(batch.bytes, batch.chunks.length);
       const reusable = this.spare.findIndex((b) => b.length >= bound);
-      // Sized for any batch of chunks up to 1 MiB; larger chunks get buffers of their own size.
+      // Sized for any batch of chunks up to BATCH_BYTES each; larger chunks get buffers of their own size.
       const output = reusable >= 0 ? this.spare.splice(reusable, 1)[0] : Buffer.allocUnsafeSlow(Math.max(bound, compressBound(2 * BATCH_BYTES, BATCH_CHUNKS)));
       const done = convertAddon().compressChunks(this.level, batch.chunks, output, this.known);
       done.catch(() => undefined); // surfaced when awaited in order; not an unhandled rejection meanwhile

@@ -19,7 +19,7 @@ export interface ConvertCommandOptions extends RegistryFlags {
 }
 
 async function progressBars(): Promise<{ onProgress: (e: ConvertProgress) => void; stop: () => void }> {
-  // Loaded only for a terminal: cli-progress pulls in readline, 25 ms of start-up.
+  // Loaded only for a terminal: cli-progress pulls in readline, start-up that --json and -q skip.
   const { MultiBar, Presets } = await import('cli-progress');
   const multi = new MultiBar(
     { format: ' {name} [{bar}] {percentage}% {done}/{total}', hideCursor: true, clearOnComplete: false, stream: process.stderr },
@@ -47,8 +47,8 @@ async function progressBars(): Promise<{ onProgress: (e: ConvertProgress) => voi
 
 export async function convertCommand(source: string, target: string, opts: ConvertCommandOptions): Promise<ConvertResult> {
   // libuv's pool (4 threads by default) runs gunzip and every chunk's zstd. Converting is a CPU-bound
-  // batch job: one pool thread per core measured faster on 2 cores, and uses all cores of larger
-  // machines. Read by libuv when the pool first starts, which is later than this.
+  // batch job: one pool thread per core keeps every core busy without threads contending for them,
+  // on small machines and large. Read by libuv when the pool first starts, which is later than this.
   process.env.UV_THREADPOOL_SIZE ??= String(os.availableParallelism());
   convertAddon().prepareHeap();
   const controller = new AbortController();
@@ -64,8 +64,8 @@ export async function convertCommand(source: string, target: string, opts: Conve
     const zstdLevel = zstdLevelOf(opts.compressionLevel);
     const platform = opts.platform ? parsePlatform(opts.platform) : hostPlatform();
     const src = await openSource(source, registries);
-    // The converter (tar reader, EROFS and blob writers: 10-20 ms to load) loads while the source's
-    // manifest is on its way.
+    // The converter (tar reader, EROFS and blob writers) loads while the source's manifest is on its
+    // way, not before the request goes out.
     const resolved = src.resolve(platform);
     resolved.catch(() => undefined); // awaited by convertImage
     await new Promise((resolve) => setImmediate(resolve)); // the request goes out first

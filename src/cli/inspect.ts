@@ -2,6 +2,7 @@
 // deduplication statistics. A registry reference is resolved like `mount` does (referrers included).
 import fs from 'node:fs';
 import { registriesFromFlags, type RegistryFlags } from '../config';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from '../erofs/format';
 import { BootstrapReader } from '../erofs/reader';
 import { readAll } from '../oci/image-io';
 import { findLazyImage } from '../daemon/image-store';
@@ -26,7 +27,15 @@ async function loadBootstrap(ref: string, opts: OpenOptions): Promise<Buffer> {
   return client.readBlob(repo, boot.digest, boot.size, readAll);
 }
 
-const TYPES: Record<number, string> = { 0o100000: 'file', 0o040000: 'dir', 0o120000: 'symlink', 0o020000: 'chardev', 0o060000: 'blockdev', 0o010000: 'fifo', 0o140000: 'socket' };
+const TYPES: Record<number, string> = {
+  [S_IFREG]: 'file',
+  [S_IFDIR]: 'dir',
+  [S_IFLNK]: 'symlink',
+  [S_IFCHR]: 'chardev',
+  [S_IFBLK]: 'blockdev',
+  [S_IFIFO]: 'fifo',
+  [S_IFSOCK]: 'socket',
+};
 
 export function inspectBootstrap(image: Buffer, source: string, withTree: boolean): InspectReport {
   const r = new BootstrapReader(image, source);
@@ -40,7 +49,7 @@ export function inspectBootstrap(image: Buffer, source: string, withTree: boolea
   const tree: InspectReport['tree'] = [];
   for (const { path, inode } of r.walk()) {
     entries++;
-    const type = TYPES[inode.mode & 0o170000] ?? 'unknown';
+    const type = TYPES[inode.mode & S_IFMT] ?? 'unknown';
     if (withTree) tree.push({ path: path.toString('utf8'), mode: (inode.mode & 0o7777).toString(8).padStart(4, '0'), size: inode.size });
     if (seen.has(inode.nid)) continue;
     seen.add(inode.nid);

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // erofs-ondemand: the operators' command line. Each command is a thin layer over the library, loaded
-// when that command runs: the HTTP client, metrics and schema libraries cost a quarter second to load.
+// when that command runs: the HTTP client, metrics and schema libraries would dominate the start-up
+// of the short ones.
 import './tiering'; // first: it sets how V8 optimises the code loaded after it
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,7 +17,7 @@ import { FUSE_BACKINGS } from '../transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
 async function mountLocal(outDir: string, target: string): Promise<void> {
-  // The builder's modules (the EROFS and blob writers) and the addon cost 25 ms to load: not on the
+  // The builder's modules (the EROFS and blob writers) and the addon are loaded here, not on the
   // path of every command (the daemon's mount helper among them).
   const { BLOB_DIR, BOOTSTRAP_FILE } = await import('../builder/build-dir');
   const { mountFileBacked } = await import('../mount/file-backed');
@@ -33,6 +34,28 @@ function packageVersion(): string {
   return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 }
 
+/** An `<image>` argument of fsck and prefetch: a mount point (an absolute path, normalised) or an image reference. */
+function mountedImage(image: string): string {
+  return image.startsWith('/') ? path.resolve(image) : image;
+}
+
+/** Collects a repeatable option's values: `--plain-http a --plain-http b` gives ['a', 'b']. */
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+/**
+ * The registry options of `convert`, `daemon` and `inspect`. One host per flag, repeated for more
+ * (as skopeo and docker take them): a variadic `<host...>` would swallow the arguments after it. No
+ * default, so the daemon tells "not given" (its configuration file's lists stand) from given.
+ */
+function withRegistryOptions(cmd: Command): Command {
+  return cmd
+    .option('--plain-http <host>', 'a registry host spoken to over plain HTTP (repeat for more)', collect)
+    .option('--insecure <host>', 'a registry host whose TLS certificate is not verified (repeat for more)', collect)
+    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)');
+}
+
 export function program(): Command {
   const cli = new Command('erofs-ondemand')
     .description('Lazy-loading container images on EROFS')
@@ -47,17 +70,14 @@ export function program(): Command {
     .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
     .option('--json', 'print the summary as JSON')
     .action(async (dir: string, out: string, opts: { chunkSize: string; json?: boolean }) => (await import('./build')).buildCommand(dir, out, opts));
-  cli
+  withRegistryOptions(cli
     .command('convert')
     .description('convert an OCI image into the lazy format and push it')
     .argument('<source>', 'registry reference, oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]')
     .argument('<target>', 'registry reference or oci:PATH[:TAG]')
     .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
     .option('--compression-level <n>', `zstd level of the chunks, ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest blobs)`, String(DEFAULT_ZSTD_LEVEL))
-    .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)')
-    .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
-    .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
-    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)')
+    .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)'))
     .option('--json', 'print the result as one JSON line')
     .option('-q, --quiet', 'print nothing on success')
     .action(async (source: string, target: string, opts) => {
@@ -69,7 +89,7 @@ export function program(): Command {
     .argument('<out-dir>', 'a directory written by `build`')
     .argument('<target>', 'mount point')
     .action(async (out: string, target: string) => mountLocal(out, target));
-  cli
+  withRegistryOptions(cli
     .command('daemon')
     .description('serve lazy mounts: owns the cache directory and answers cache misses')
     .option('--config <file>', 'configuration file (JSON)', DEFAULT_CONFIG)
@@ -77,10 +97,7 @@ export function program(): Command {
     .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET})`)
     .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
     .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
-    .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)')
-    .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
-    .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
-    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)')
+    .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)'))
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
     .addOption(new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices(['auto', ...TRANSPORT_NAMES]))
@@ -132,7 +149,7 @@ export function program(): Command {
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .option('--json', 'print the result as JSON')
     .action(async (image: string, opts: { socket: string; json?: boolean }) => {
-      const r = (await callControl(opts.socket, { op: 'fsck', target: image.startsWith('/') ? path.resolve(image) : image })) as {
+      const r = (await callControl(opts.socket, { op: 'fsck', target: mountedImage(image) })) as {
         chunks: number;
         bad: Array<{ blob: string; offset: number }>;
       };
@@ -149,18 +166,15 @@ export function program(): Command {
     .argument('<image>', 'mount point or image reference')
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .action(async (image: string, opts: { socket: string }) => {
-      const r = (await callControl(opts.socket, { op: 'prefetch', target: image.startsWith('/') ? path.resolve(image) : image })) as { fetched: number };
+      const r = (await callControl(opts.socket, { op: 'prefetch', target: mountedImage(image) })) as { fetched: number };
       process.stdout.write(`${r.fetched} chunks fetched\n`);
     });
-  cli
+  withRegistryOptions(cli
     .command('inspect')
     .description('tree, files, chunk and dedup statistics of a lazy image or a bootstrap file')
     .argument('<image>', 'registry reference (the lazy image or one a lazy image refers to) or a bootstrap file')
     .option('--tree', 'list every path with its mode and size')
-    .option('--json', 'print the report as JSON')
-    .option('--plain-http <host...>', 'registry hosts spoken to over plain HTTP')
-    .option('--insecure <host...>', 'registry hosts whose TLS certificates are not verified')
-    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)')
+    .option('--json', 'print the report as JSON'))
     .action(async (image: string, opts) => (await import('./inspect')).inspectCommand(image, opts));
   cli
     .command('gc')
@@ -196,8 +210,8 @@ export async function main(argv: string[]): Promise<number> {
 
 /**
  * Ends the process once stdout and stderr have taken everything written to them. After a conversion
- * this skips V8 tearing its heap down page by page (a munmap per 256 KiB page, about 15 ms on these
- * VMs), work the kernel does at once at exit anyway.
+ * this skips V8 tearing its heap down page by page (a munmap per 256 KiB page), work the kernel does
+ * at once at exit anyway.
  */
 function exitWhenFlushed(code: number): void {
   process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));

@@ -1,6 +1,6 @@
 // Layer gunzip on the thread pool (ISA-L, native/convert/gzip_inflate.cc), one inflate ahead of the
 // tar reader so that the two overlap. Its output pieces are reused once the reader says it is done
-// with them: fresh memory costs a page fault per 4 KiB, slow on these VMs, and slows the inflate too.
+// with them: fresh memory costs a page fault per page, which slows the inflate.
 import { convertAddon } from '../native/convert-addon';
 
 /** Decompressed layer bytes whose pieces may be reused once `release(upTo)` says so. */
@@ -9,7 +9,8 @@ export interface ReleasingStream extends AsyncIterable<Buffer> {
   release(upTo: number): void;
 }
 
-// Inflate calls take about this much input: network reads are a few KiB to 64 KiB each.
+// Inflate calls take at least this much input (or the rest of the layer), gathered from network
+// reads that are far smaller: fewer, larger trips to the thread pool.
 const INPUT_BYTES = 512 << 10;
 const PIECE_BYTES = 1 << 20;
 

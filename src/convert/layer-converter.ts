@@ -29,7 +29,7 @@ async function* unzstd(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
   // @mongodb-js/zstd 1.x has no streaming API: zstd layers are decompressed whole.
   const parts: Buffer[] = [];
   for await (const b of source) parts.push(b);
-  // Loaded here, not at start-up: most layers are gzip, and the binding costs 12 ms to load.
+  // Loaded here, not at start-up: most layers are gzip, and only a zstd layer needs the binding.
   const { decompress } = await import('@mongodb-js/zstd');
   yield await decompress(Buffer.concat(parts));
 }

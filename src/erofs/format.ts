@@ -70,4 +70,3 @@ export const MAX_NAME_LEN = 255;
 /** Chunk sizes accepted by the builder: 4 KiB to 64 MiB. */
 export const MIN_CHUNK_BITS = 12;
 export const MAX_CHUNK_BITS = 26;
-export const DEFAULT_CHUNK_BITS = 20;

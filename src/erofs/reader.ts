@@ -1,5 +1,24 @@
 // Reads back what other parts need from a bootstrap: the superblock and the device table.
-import { DEVICE_SLOT_SIZE, DEVICE_TAG_SIZE, EROFS_MAGIC, SUPERBLOCK_OFFSET } from './format';
+import {
+  BLOCK_SIZE,
+  BLOCK_SIZE_BITS,
+  CHUNK_FORMAT_BLKBITS_MASK,
+  CHUNK_INDEX_SIZE,
+  COMPACT_INODE_SIZE,
+  DataLayout,
+  DEVICE_SLOT_SIZE,
+  DEVICE_TAG_SIZE,
+  DIRENT_SIZE,
+  EROFS_MAGIC,
+  EXTENDED_INODE_SIZE,
+  INODE_SLOT_SIZE,
+  NULL_ADDR,
+  S_IFDIR,
+  S_IFMT,
+  SUPERBLOCK_OFFSET,
+  SUPERBLOCK_SIZE,
+  XATTR_HEADER_SIZE,
+} from './format';
 
 export interface SuperblockInfo {
   rootNid: number;
@@ -10,7 +29,7 @@ export interface SuperblockInfo {
 }
 
 export function readSuperblock(image: Buffer, what = 'bootstrap'): SuperblockInfo {
-  if (image.length < SUPERBLOCK_OFFSET + 128) throw new Error(`${what}: too short for an EROFS superblock`);
+  if (image.length < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new Error(`${what}: too short for an EROFS superblock`);
   const sb = image.subarray(SUPERBLOCK_OFFSET);
   if (sb.readUInt32LE(0) !== EROFS_MAGIC) throw new Error(`${what}: not an EROFS image (bad magic)`);
   const count = sb.readUInt16LE(86);
@@ -67,36 +86,37 @@ export class BootstrapReader {
     private readonly what = 'bootstrap',
   ) {
     this.sb = readSuperblock(image, what);
-    this.metaBase = image.readUInt32LE(SUPERBLOCK_OFFSET + 40) * 4096;
+    this.metaBase = image.readUInt32LE(SUPERBLOCK_OFFSET + 40) * BLOCK_SIZE;
   }
 
   inode(nid: number): InodeInfo {
-    const at = this.metaBase + nid * 32;
-    if (at + 32 > this.image.length) throw new Error(`${this.what}: inode ${nid} lies beyond the image`);
+    const at = this.metaBase + nid * INODE_SLOT_SIZE;
+    if (at + COMPACT_INODE_SIZE > this.image.length) throw new Error(`${this.what}: inode ${nid} lies beyond the image`);
     const format = this.image.readUInt16LE(at);
     const extended = (format & 1) === 1;
     const icount = this.image.readUInt16LE(at + 2);
-    const xattrSize = icount === 0 ? 0 : 12 + 4 * (icount - 1);
+    const xattrSize = icount === 0 ? 0 : XATTR_HEADER_SIZE + 4 * (icount - 1);
     const i = this.image;
     return extended
       ? {
           nid, mode: i.readUInt16LE(at + 4), size: Number(i.readBigUInt64LE(at + 8)), iU: i.readUInt32LE(at + 16),
           uid: i.readUInt32LE(at + 24), gid: i.readUInt32LE(at + 28), nlink: i.readUInt32LE(at + 44),
-          layout: (format >> 1) & 7, bodyStart: at + 64, xattrSize,
+          layout: (format >> 1) & 7, bodyStart: at + EXTENDED_INODE_SIZE, xattrSize,
         }
       : {
           nid, mode: i.readUInt16LE(at + 4), size: i.readUInt32LE(at + 8), iU: i.readUInt32LE(at + 16),
           uid: i.readUInt16LE(at + 24), gid: i.readUInt16LE(at + 26), nlink: i.readUInt16LE(at + 6),
-          layout: (format >> 1) & 7, bodyStart: at + 32, xattrSize,
+          layout: (format >> 1) & 7, bodyStart: at + COMPACT_INODE_SIZE, xattrSize,
         };
   }
 
   /** The bytes of a directory or symlink (FLAT_PLAIN or FLAT_INLINE). */
   data(ino: InodeInfo): Buffer {
-    const full = ino.layout === 2 ? Math.floor(ino.size / 4096) * 4096 : ino.size;
+    const inline = ino.layout === DataLayout.FlatInline;
+    const full = inline ? Math.floor(ino.size / BLOCK_SIZE) * BLOCK_SIZE : ino.size;
     const parts: Buffer[] = [];
-    if (full > 0) parts.push(this.image.subarray(ino.iU * 4096, ino.iU * 4096 + full));
-    if (ino.layout === 2) {
+    if (full > 0) parts.push(this.image.subarray(ino.iU * BLOCK_SIZE, ino.iU * BLOCK_SIZE + full));
+    if (inline) {
       const tailAt = ino.bodyStart + ino.xattrSize;
       parts.push(this.image.subarray(tailAt, tailAt + (ino.size - full)));
     }
@@ -106,13 +126,13 @@ export class BootstrapReader {
   readDir(ino: InodeInfo): DirEntryInfo[] {
     const data = this.data(ino);
     const out: DirEntryInfo[] = [];
-    for (let block = 0; block < data.length; block += 4096) {
-      const end = Math.min(block + 4096, data.length);
-      const count = data.readUInt16LE(block + 8) / 12;
+    for (let block = 0; block < data.length; block += BLOCK_SIZE) {
+      const end = Math.min(block + BLOCK_SIZE, data.length);
+      const count = data.readUInt16LE(block + 8) / DIRENT_SIZE;
       for (let k = 0; k < count; k++) {
-        const at = block + k * 12;
+        const at = block + k * DIRENT_SIZE;
         const nameoff = data.readUInt16LE(at + 8);
-        let nameEnd = k + 1 < count ? data.readUInt16LE(at + 20) : end - block;
+        let nameEnd = k + 1 < count ? data.readUInt16LE(at + DIRENT_SIZE + 8) : end - block;
         const name = data.subarray(block + nameoff, block + nameEnd);
         const nul = name.indexOf(0);
         if (nul !== -1) nameEnd = nameoff + nul;
@@ -124,14 +144,14 @@ export class BootstrapReader {
 
   /** Chunk map of a chunk-based regular file: device (1-based) and block, or null for a hole. */
   chunks(ino: InodeInfo): Array<{ device: number; blkaddr: number } | null> {
-    if (ino.layout !== 4) return [];
-    const chunkBits = (ino.iU & 0x1f) + 12;
+    if (ino.layout !== DataLayout.ChunkBased) return [];
+    const chunkBits = (ino.iU & CHUNK_FORMAT_BLKBITS_MASK) + BLOCK_SIZE_BITS;
     const count = Math.ceil(ino.size / 2 ** chunkBits);
-    let at = Math.ceil((ino.bodyStart + ino.xattrSize) / 8) * 8;
+    let at = Math.ceil((ino.bodyStart + ino.xattrSize) / CHUNK_INDEX_SIZE) * CHUNK_INDEX_SIZE;
     const out: Array<{ device: number; blkaddr: number } | null> = [];
-    for (let k = 0; k < count; k++, at += 8) {
+    for (let k = 0; k < count; k++, at += CHUNK_INDEX_SIZE) {
       const blkaddr = this.image.readUInt32LE(at + 4);
-      out.push(blkaddr === 0xffffffff ? null : { device: this.image.readUInt16LE(at + 2), blkaddr });
+      out.push(blkaddr === NULL_ADDR ? null : { device: this.image.readUInt16LE(at + 2), blkaddr });
     }
     return out;
   }
@@ -143,7 +163,7 @@ export class BootstrapReader {
       const { path, nid } = stack.pop()!;
       const inode = this.inode(nid);
       yield { path, inode };
-      if ((inode.mode & 0o170000) !== 0o040000) continue;
+      if ((inode.mode & S_IFMT) !== S_IFDIR) continue;
       const children = this.readDir(inode).filter((e) => !(e.name.equals(DOT) || e.name.equals(DOTDOT)));
       for (let k = children.length - 1; k >= 0; k--) {
         const prefix = path.length === 1 ? path : Buffer.concat([path, Buffer.from('/')]);

@@ -28,17 +28,3 @@ export async function detachLoop(dev: string): Promise<void> {
 export function loopDirectIo(dev: string): boolean {
   return fs.readFileSync(path.join('/sys/block', path.basename(dev), 'loop', 'dio'), 'utf8').trim() === '1';
 }
-
-/** Loop devices whose backing file is under `dir`. */
-export function loopsBackedUnder(dir: string): Array<{ dev: string; backingFile: string }> {
-  const out: Array<{ dev: string; backingFile: string }> = [];
-  for (const name of fs.readdirSync('/sys/block').filter((n) => n.startsWith('loop'))) {
-    try {
-      const backingFile = fs.readFileSync(path.join('/sys/block', name, 'loop', 'backing_file'), 'utf8').trim();
-      if (backingFile.startsWith(`${dir}/`)) out.push({ dev: `/dev/${name}`, backingFile });
-    } catch {
-      // not configured
-    }
-  }
-  return out;
-}

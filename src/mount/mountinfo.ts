@@ -25,7 +25,3 @@ export function mounts(): MountEntry[] {
   }
   return out;
 }
-
-export function isMountPoint(target: string): boolean {
-  return mounts().some((m) => m.target === target);
-}

@@ -50,7 +50,7 @@ export class ByteReader {
 
   /** Exactly `n` bytes as the pieces they arrived in (subarrays, not copied); a short read is a truncated input. */
   async readParts(n: number): Promise<Buffer[]> {
-    // Most reads are served from what is buffered (input comes in pieces of about 1 MiB): no call to wait on.
+    // Most reads are served from what is buffered (input pieces are far larger than a tar header): no call to wait on.
     if (this.buffered < n) await this.fill(n);
     if (this.buffered < n) throw truncated(this.buffered, n);
     return this.take(n);

@@ -60,8 +60,6 @@ export interface Special {
 }
 
 export type Inode = RegularFile | Directory | Symlink | Device | Special;
-export type InodeType = Inode['type'];
-
 export function nameKey(name: Buffer): string {
   return name.toString('latin1');
 }

@@ -40,7 +40,10 @@ export function debootstrapRootfs(): string {
   });
 }
 
-/** minbase plus python3: the shape of an ML base image (about 250 MB unpacked, per FACTS.md). */
+/**
+ * minbase plus python3: the shape of an ML base image, a distribution base with an interpreter and its
+ * standard library (thousands of small files) on top. Its size is in the README's bench notes.
+ */
 export function debootstrapPythonRootfs(): string {
   return cached(`rootfs-python3-${SUITE}`, (dir) => {
     run('debootstrap', ['--variant=minbase', '--include=python3', SUITE, dir, MIRROR]);
