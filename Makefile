@@ -15,8 +15,11 @@ deps:
 build: deps
 	npx tsc -p tsconfig.json
 
+# Two tiers: test/unit runs unprivileged with no registry, mounts or system tools (`npm test`);
+# test/system needs root, a registry, the kernel's mounts and erofs-utils/umoci/skopeo/debootstrap.
 test: build
-	$(NODE) --test dist/test/*.test.js
+	$(NODE) --test dist/test/unit/*.test.js
+	$(NODE) --test dist/test/system/*.test.js
 	@if [ -n "$$SKIP_KERNEL_TESTS" ]; then echo "kernel tests skipped (SKIP_KERNEL_TESTS)"; else $(MAKE) --no-print-directory kernel-test; fi
 
 demo: build

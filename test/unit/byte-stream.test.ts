@@ -1,0 +1,121 @@
+// Response bodies as byte streams: chunks come through as the stream emitted them, a reader that falls
+// behind pauses the stream, and ending a stream early ends what is under it. Over real streams: a
+// PassThrough, and an HTTP response from a loopback server.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { PassThrough, Readable } from 'node:stream';
+import { describe, it } from 'node:test';
+import { bodyChunks, streamOver } from '../../src/oci/byte-stream';
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+async function take(it: AsyncIterator<Buffer>, n: number): Promise<Buffer[]> {
+  const got: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = await it.next();
+    assert.equal(r.done, false);
+    got.push(r.value);
+  }
+  return got;
+}
+
+describe('bodyChunks', () => {
+  it('hands out each chunk as emitted, not joined with the ones buffered after it', async () => {
+    const source = new PassThrough();
+    const chunks = [Buffer.from('alpha'), Buffer.from('beta'), Buffer.from('gamma')];
+    for (const c of chunks) source.write(c);
+    source.end();
+    await tick();
+    const got: Buffer[] = [];
+    for await (const b of bodyChunks(source)) got.push(b);
+    assert.deepEqual(got, chunks);
+  });
+
+  it('pauses the stream while the reader is a mebibyte behind, and resumes it as the reader catches up', async () => {
+    const source = new PassThrough({ highWaterMark: 1 });
+    const it = bodyChunks(source)[Symbol.asyncIterator]();
+    const first = it.next();
+    const piece = Buffer.alloc(256 << 10, 7);
+    for (let i = 0; i < 6; i++) source.write(piece);
+    await first;
+    await tick();
+    assert.equal(source.isPaused(), true);
+    await take(it, 3);
+    assert.equal(source.isPaused(), false);
+    source.end();
+    let rest = 0;
+    for (let r = await it.next(); !r.done; r = await it.next()) rest += r.value.length;
+    assert.equal(rest, 2 * piece.length);
+  });
+
+  it('fails with the stream error, and fails when the stream closes before its end', async () => {
+    const broken = new PassThrough();
+    broken.write('x');
+    setImmediate(() => broken.destroy(new Error('connection reset')));
+    await assert.rejects(async () => {
+      for await (const _ of bodyChunks(broken));
+    }, /connection reset/);
+
+    const cut = new PassThrough();
+    setImmediate(() => cut.destroy());
+    await assert.rejects(async () => {
+      for await (const _ of bodyChunks(cut));
+    }, /ended early/);
+  });
+
+  it('destroys the stream when the reader stops early, and can be read only once', async () => {
+    const source = new PassThrough();
+    source.write('one');
+    source.write('two');
+    const stream = bodyChunks(source);
+    for await (const _ of stream) break;
+    assert.equal(source.destroyed, true);
+    assert.throws(() => stream[Symbol.asyncIterator](), /read only once/);
+  });
+});
+
+describe('streamOver', () => {
+  it('ends the response under it when the reader stops early or destroys it unread', async () => {
+    const server = http.createServer((_req, res) => {
+      res.write(Buffer.alloc(64 << 10));
+      // Never ends: only the client side can end this response.
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+    const get = () => new Promise<http.IncomingMessage>((resolve, reject) => http.get(url, resolve).on('error', reject));
+    try {
+      const read = await get();
+      const early = streamOver(bodyChunks(read), read);
+      for await (const b of early) {
+        assert.ok(b.length > 0);
+        break;
+      }
+      assert.equal(read.destroyed, true);
+
+      const unread = await get();
+      streamOver(bodyChunks(unread), unread).destroy();
+      assert.equal(unread.destroyed, true);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it('passes the bytes and the end through, and a failure of the source', async () => {
+    const bytes = [Buffer.from('a'), Buffer.from('bc')];
+    const under = Readable.from([]);
+    const got: Buffer[] = [];
+    for await (const b of streamOver(Readable.from(bytes), under)) got.push(b);
+    assert.deepEqual(Buffer.concat(got), Buffer.from('abc'));
+    await assert.rejects(async () => {
+      for await (const _ of streamOver(
+        (async function* () {
+          yield Buffer.from('x');
+          throw new Error('digest mismatch');
+        })(),
+        under,
+      ));
+    }, /digest mismatch/);
+  });
+});

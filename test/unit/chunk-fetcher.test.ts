@@ -1,0 +1,119 @@
+// The shared fetcher against a real converted blob read through a counting range reader.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { loadBlobIndex, type BlobIndex } from '../../src/blob/blob-index';
+import { convertLayers } from '../../src/convert/convert-layers';
+import { ChunkFetcher, type RemoteBlob } from '../../src/storage/chunk-fetcher';
+import { planRanges } from '../../src/storage/range-plan';
+import { cleanup, tempDir } from '../lib/image';
+import { memoryLayer, TAR } from '../lib/layers';
+import { makeTar } from '../lib/tar-writer';
+
+const CHUNK = 64 << 10;
+const work = tempDir('fetcher');
+after(() => cleanup(work));
+
+let blobFile: string;
+let index: BlobIndex;
+let content: Buffer;
+
+before(async () => {
+  content = randomBytes(40 * CHUNK + 123);
+  const c = await convertLayers([memoryLayer(makeTar([{ name: 'data', body: content }]), TAR)], work, { chunkBits: 16, image: 'fetcher-test' });
+  blobFile = c.blobs[0].path;
+  const fd = fs.openSync(blobFile, 'r');
+  index = await loadBlobIndex(async (o, l) => readAt(fd, o, l), fs.statSync(blobFile).size, blobFile);
+});
+
+function readAt(fd: number, offset: number, length: number): Buffer {
+  const b = Buffer.alloc(length);
+  fs.readSync(fd, b, 0, length, offset);
+  return b;
+}
+
+function remote(opts: { corrupt?: boolean; delayMs?: number } = {}): RemoteBlob & { calls: Array<[number, number]> } {
+  const fd = fs.openSync(blobFile, 'r');
+  const calls: Array<[number, number]> = [];
+  return {
+    digest: `sha256:${path.basename(blobFile, '.blob')}`,
+    what: 'test blob',
+    calls,
+    read: async (offset, length) => {
+      calls.push([offset, length]);
+      if (opts.delayMs) await new Promise((r) => setTimeout(r, opts.delayMs));
+      const data = readAt(fd, offset, length);
+      if (opts.corrupt) data[data.length >> 1] ^= 1;
+      return data;
+    },
+  };
+}
+
+describe('chunk fetcher', () => {
+  it('returns verified chunk contents', async () => {
+    const f = new ChunkFetcher();
+    const wanted = [index.chunks[0], index.chunks[7], index.chunks[40]];
+    const got = await f.getChunks(remote(), wanted);
+    got.forEach((b, i) => {
+      const off = wanted[i].uncompressedOffset;
+      assert.ok(b.equals(content.subarray(off, off + wanted[i].uncompressedSize)));
+      assert.equal(createHash('sha256').update(b).digest('hex'), wanted[i].digest.toString('hex'));
+    });
+  });
+
+  it('merges adjacent chunks into one request, bounded in size', async () => {
+    const r = remote();
+    await new ChunkFetcher({ maxRequestBytes: 10 * CHUNK, maxGap: 0 }).getChunks(r, index.chunks.slice(0, 25));
+    // Random data barely compresses: ~9 chunks fit under the bound, so 25 chunks take 3 requests.
+    assert.equal(r.calls.length, 3);
+    for (const [, len] of r.calls) assert.ok(len <= 10 * CHUNK);
+    assert.equal(planRanges([index.chunks[0], index.chunks[2]], 1 << 30, 0).length, 2, 'a gap splits the range');
+  });
+
+  it('fetches a chunk once when many readers want it at the same time', async () => {
+    const r = remote({ delayMs: 20 });
+    const f = new ChunkFetcher();
+    const all = await Promise.all(Array.from({ length: 10 }, () => f.getChunks(r, [index.chunks[3], index.chunks[4]])));
+    assert.equal(r.calls.length, 1);
+    assert.ok(all.every((x) => x[0].equals(all[0][0])));
+    assert.equal(f.inFlight, 0);
+  });
+
+  it('serves a recently fetched chunk from memory', async () => {
+    const r = remote();
+    const f = new ChunkFetcher();
+    await f.getChunks(r, [index.chunks[6]]);
+    const [again] = await f.getChunks(r, [index.chunks[6]]);
+    assert.equal(r.calls.length, 1);
+    assert.equal(f.stats.memoryHits, 1);
+    assert.equal(again.length, CHUNK);
+    const small = new ChunkFetcher({ memoryCacheBytes: CHUNK });
+    await small.getChunks(r, [index.chunks[7]]);
+    await small.getChunks(r, [index.chunks[8]]);
+    await small.getChunks(r, [index.chunks[7]]);
+    assert.equal(r.calls.length, 4, 'a bounded cache evicts the least recently used chunk');
+  });
+
+  it('rejects corrupt bytes and counts the verification failure', async () => {
+    const f = new ChunkFetcher();
+    await assert.rejects(f.getChunks(remote({ corrupt: true }), [index.chunks[5]]), /test blob: chunk at \d+: (sha256 .* does not match|zstd)/);
+    assert.equal(f.stats.verifyFailures, 1);
+    // The failure is not remembered: a later good read succeeds.
+    const [ok] = await f.getChunks(remote(), [index.chunks[5]]);
+    assert.equal(ok.length, CHUNK);
+  });
+
+  it('serves on-demand requests before queued prefetch', async () => {
+    const order: string[] = [];
+    const f = new ChunkFetcher({ concurrency: 1, maxRequestBytes: CHUNK + 1024 });
+    const base = remote({ delayMs: 5 });
+    const tagged = (tag: string): RemoteBlob => ({ ...base, read: async (o, l) => (order.push(tag), base.read(o, l)) });
+    const prefetch = f.getChunks(tagged('prefetch'), index.chunks.slice(10, 14), 'prefetch');
+    const demand = f.getChunks(tagged('demand'), [index.chunks[30]], 'demand');
+    await Promise.all([prefetch, demand]);
+    assert.equal(order[0], 'prefetch', 'the first prefetch request was already running');
+    assert.equal(order[1], 'demand', 'the demand request jumps the prefetch queue');
+  });
+});
