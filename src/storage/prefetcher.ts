@@ -30,7 +30,8 @@ export async function fetchMissing(blob: BlobCache, opts: FetchMissingOptions): 
         return;
       }
       try {
-        fetched += await blob.serve(start, end, { kind: 'cache' }, opts.priority);
+        const n = await blob.serve(start, end, { kind: 'cache' }, opts.priority);
+        fetched += n; // not `fetched += await`: that would add to the value read before the await
       } catch (err) {
         if (!opts.onError) throw err;
         opts.onError(err as Error, start);

@@ -1,0 +1,222 @@
+// BlobCache.serve, the one path of a cache miss, over an in-memory blob: the right bytes or an
+// error, one fetch per chunk, pinned chunks never evicted, nothing unverified written.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
+import { native } from '../../src/native';
+import { BlobCache } from '../../src/storage/blob-cache';
+import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
+import { fetchMissing } from '../../src/storage/prefetcher';
+import { makeFakeBlob, type FakeBlob, type FakeRangeReader } from '../lib/fake-blob';
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'eo-blob-cache-'));
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+let n = 0;
+function open(blob: FakeBlob, reader: FakeRangeReader = blob.reader(), fetcher = new ChunkFetcher({ memoryCacheBytes: 1 })): { cache: BlobCache; reader: FakeRangeReader; file: string } {
+  const file = path.join(work, `cache-${n++}`);
+  return { cache: BlobCache.open(file, blob.remote(reader.read), blob.index, fetcher), reader, file };
+}
+
+/** The uncompressed bytes of [start, end) as the blob holds them. */
+function expected(blob: FakeBlob, start: number, end: number): Buffer {
+  return blob.content.subarray(start, end);
+}
+
+async function serveBuffer(cache: BlobCache, start: number, end: number): Promise<{ data: Buffer; fetched: number }> {
+  const data = Buffer.alloc(end - start);
+  const fetched = await cache.serve(start, end, { kind: 'buffer', buf: data, offset: 0 });
+  return { data, fetched };
+}
+
+describe('BlobCache.serve', () => {
+  it('delivers verified bytes into a buffer, fetching only the chunks the range needs, and hits afterwards', async () => {
+    const blob = await makeFakeBlob();
+    const { cache, reader, file } = open(blob);
+    try {
+      const c = blob.chunks[3];
+      const start = c.uncompressedOffset + 100;
+      const got = await serveBuffer(cache, start, start + 5000);
+      assert.equal(got.fetched, 1);
+      assert.ok(got.data.equals(expected(blob, start, start + 5000)));
+      assert.equal(reader.requests.length, 1);
+      assert.equal(cache.presentChunks, 1);
+      const fd = fs.openSync(file, 'r');
+      assert.equal(native.seekData(fd, 0), c.uncompressedOffset, 'nothing before the chunk was written');
+      fs.closeSync(fd);
+      const again = await serveBuffer(cache, start, start + 10);
+      assert.equal(again.fetched, 0, 'a hit fetches nothing');
+      assert.equal(reader.requests.length, 1);
+      assert.equal(cache.hits, 1);
+      assert.equal(cache.misses, 1);
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('a range across chunks is fetched in one merged request and read back whole', async () => {
+    const blob = await makeFakeBlob();
+    const { cache, reader } = open(blob);
+    try {
+      const [a, , c] = blob.chunks.slice(2, 5);
+      const got = await serveBuffer(cache, a.uncompressedOffset + 7, c.uncompressedOffset + 9);
+      assert.equal(got.fetched, 3);
+      assert.equal(reader.requests.length, 1);
+      assert.ok(got.data.equals(expected(blob, a.uncompressedOffset + 7, c.uncompressedOffset + 9)));
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('concurrent readers of one chunk cause one fetch and one write', async () => {
+    const blob = await makeFakeBlob();
+    const writes: number[] = [];
+    const { cache, reader } = open(blob);
+    try {
+      const c = blob.chunks[1];
+      const release = reader.hold();
+      const sink = { kind: 'write' as const, write: (offset: number, data: Buffer) => void writes.push(offset, data.length) };
+      const all = Promise.all([serveBuffer(cache, c.uncompressedOffset, c.uncompressedOffset + 10), cache.serve(c.uncompressedOffset + 20, c.uncompressedOffset + 30, sink), serveBuffer(cache, c.uncompressedOffset + 4096, c.uncompressedOffset + 8192)]);
+      await reader.started(1);
+      release();
+      const [first, , third] = await all;
+      assert.equal(reader.requests.length, 1, 'one Range GET for three readers');
+      assert.ok(first.data.equals(expected(blob, c.uncompressedOffset, c.uncompressedOffset + 10)));
+      assert.ok(third.data.equals(expected(blob, c.uncompressedOffset + 4096, c.uncompressedOffset + 8192)));
+      assert.ok(writes.length <= 2, 'the chunk was written once, through whichever sink came first');
+      assert.equal(cache.presentChunks, 1);
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('a write sink receives each missing chunk, verified, and the chunk counts as present', async () => {
+    const blob = await makeFakeBlob();
+    const { cache } = open(blob);
+    const fd = fs.openSync(cache.path, 'r+');
+    try {
+      const got: Array<[number, Buffer]> = [];
+      const c = blob.chunks[5];
+      await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, {
+        kind: 'write',
+        write: (offset, data) => {
+          got.push([offset, data]);
+          fs.writeSync(fd, data, 0, data.length, offset);
+        },
+      });
+      assert.equal(got.length, 1);
+      assert.equal(got[0][0], c.uncompressedOffset);
+      assert.ok(got[0][1].equals(blob.chunkData(c)));
+      assert.equal(cache.presentChunks, 1);
+      assert.equal((await serveBuffer(cache, c.uncompressedOffset, c.uncompressedOffset + 1)).fetched, 0);
+    } finally {
+      fs.closeSync(fd);
+      cache.close();
+    }
+  });
+
+  for (const fault of [{ kind: 'corrupt' as const }, { kind: 'shifted' as const }, { kind: 'error' as const }]) {
+    it(`rejects and writes nothing when the source answers with a fault (${fault.kind})`, async () => {
+      const blob = await makeFakeBlob();
+      const reader = blob.reader().inject(fault, 10);
+      const { cache, file } = open(blob, reader);
+      try {
+        const c = blob.chunks[2];
+        const buf = Buffer.alloc(100);
+        await assert.rejects(cache.serve(c.uncompressedOffset, c.uncompressedOffset + 100, { kind: 'buffer', buf, offset: 0 }), /does not match|zstd|injected|size/);
+        assert.ok(buf.equals(Buffer.alloc(100)), 'no byte delivered');
+        assert.equal(cache.presentChunks, 0);
+        const fd = fs.openSync(file, 'r');
+        assert.equal(native.seekData(fd, 0), -1, 'the cache file is still all hole');
+        fs.closeSync(fd);
+      } finally {
+        cache.close();
+      }
+    });
+  }
+
+  it('after a restart, present chunks are found on disk and not fetched again', async () => {
+    const blob = await makeFakeBlob();
+    const first = open(blob);
+    await first.cache.serve(0, blob.index.trailer.uncompressedSize, { kind: 'cache' });
+    first.cache.close();
+    const reader = blob.reader();
+    const again = BlobCache.open(first.file, blob.remote(reader.read), blob.index, new ChunkFetcher());
+    try {
+      assert.equal(again.presentChunks, blob.chunks.length);
+      const got = await serveBuffer(again, 0, blob.content.length);
+      assert.equal(got.fetched, 0);
+      assert.equal(reader.requests.length, 0);
+      assert.ok(got.data.equals(blob.content));
+    } finally {
+      again.close();
+    }
+  });
+
+  it('eviction punches out the oldest unpinned chunks; a chunk being served is never punched', async () => {
+    const blob = await makeFakeBlob();
+    const { cache, reader } = open(blob);
+    try {
+      for (const c of blob.chunks) await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, { kind: 'cache' });
+      const [oldest, second] = blob.chunks;
+      const freed = await cache.evictOldest(1);
+      assert.equal(freed, blob.chunkSize, 'one chunk is enough for one byte');
+      assert.equal(cache.presentChunks, blob.chunks.length - 1);
+      assert.equal(cache.evictedChunks, 1);
+      // The evicted chunk comes back by fetching; the second oldest is pinned by its reader meanwhile.
+      const before = reader.requests.length;
+      const release = reader.hold();
+      const reading = serveBuffer(cache, oldest.uncompressedOffset, second.uncompressedOffset + second.uncompressedSize);
+      await reader.started(before + 1);
+      const freedMeanwhile = await cache.evictOldest(blob.chunkSize);
+      release();
+      const got = await reading;
+      assert.equal(got.fetched, 1);
+      assert.ok(got.data.equals(expected(blob, oldest.uncompressedOffset, second.uncompressedOffset + second.uncompressedSize)));
+      assert.equal(freedMeanwhile, blob.chunkSize, 'another chunk was evicted instead');
+      assert.equal(cache.presentChunks, blob.chunks.length - 1);
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('missing ranges group neighbouring missing chunks; fetchMissing fills them all', async () => {
+    const blob = await makeFakeBlob();
+    const { cache } = open(blob);
+    try {
+      const c = blob.chunks[4];
+      await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, { kind: 'cache' });
+      const ranges = cache.missingRanges();
+      assert.deepEqual(ranges, [
+        [0, c.uncompressedOffset],
+        [c.uncompressedOffset + blob.chunkSize, blob.content.length],
+      ]);
+      const fetched = await fetchMissing(cache, { priority: 'prefetch', workers: 2 });
+      assert.equal(fetched, blob.chunks.length - 1);
+      assert.deepEqual(cache.missingRanges(), []);
+      assert.deepEqual(await cache.verify(), []);
+      assert.ok(fs.readFileSync(cache.path).subarray(0, blob.content.length).equals(blob.content));
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('fetchMissing reports a failed range and goes on with the next when told to', async () => {
+    const blob = await makeFakeBlob();
+    const reader = blob.reader().inject({ kind: 'error' }, 1);
+    const { cache } = open(blob, reader);
+    try {
+      const failed: number[] = [];
+      await fetchMissing(cache, { priority: 'prefetch', onError: (_e, offset) => failed.push(offset) });
+      assert.deepEqual(failed, [0]);
+      assert.equal(cache.presentChunks, 0);
+      reader.inject({ kind: 'error' }, 1);
+      await assert.rejects(fetchMissing(cache, { priority: 'prefetch' }), /injected/);
+      assert.equal(await fetchMissing(cache, { priority: 'prefetch' }), blob.chunks.length);
+    } finally {
+      cache.close();
+    }
+  });
+});
