@@ -15,11 +15,13 @@ import { RegistryClient, type RegistryClientOptions } from './registry';
 import { isUnreachable, type Priority } from './retry';
 import { isDigest, type Descriptor, type Platform } from './types';
 
+export const UNREACHABLE_PAUSE_MS = 15_000;
+
 /** Client settings shared by every endpoint of the host (TLS and addresses come from the endpoints; credentials are the upstream's). */
 export interface HostClientOptions extends Omit<RegistryClientOptions, 'plainHttp' | 'insecure' | 'ca' | 'api' | 'namespace' | 'fallback'> {
   /**
    * A mirror that could not be reached (refused, reset, timed out) is not asked again for this long
-   * while other endpoints remain (default 15 s): a dead mirror must not cost every request a timeout.
+   * while other endpoints remain (default: UNREACHABLE_PAUSE_MS): a dead mirror must not cost every request a timeout.
    */
   unreachablePauseMs?: number;
 }
@@ -81,7 +83,7 @@ export class HostClient {
     { unreachablePauseMs, ...opts }: HostClientOptions = {},
   ) {
     const upstreamPulled = endpoints.pull.includes(endpoints.upstream);
-    this.pauseMs = unreachablePauseMs ?? 15_000;
+    this.pauseMs = unreachablePauseMs ?? UNREACHABLE_PAUSE_MS;
     const slot = (e: Endpoint): Slot => {
       const client = new RegistryClient(host, {
         ...opts,

@@ -62,15 +62,7 @@ export async function getManifest(http: HttpClient, repo: string, reference: str
 /** The manifest's digest, media type and size, or null when the registry does not have it. */
 export async function headManifest(http: HttpClient, repo: string, reference: string, accept: readonly string[]): Promise<ManifestHead | null> {
   const ctx = refContext(http.where(), repo, reference);
-  const res = await http.send({
-    op: 'head manifest',
-    method: 'HEAD',
-    url: http.url(`${repo}/manifests/${reference}`),
-    headers: { accept: accept.join(', ') },
-    scopes: [pullScope(repo)],
-    ctx,
-    retry: true,
-  });
+  const res = await askManifest(http, 'HEAD', repo, reference, accept, ctx);
   await res.body.dump();
   if (res.status === 404) return null;
   if (res.status !== 200) throw await http.unexpected(res, 'head manifest', ctx);
@@ -174,15 +166,7 @@ export async function addReferrerFallback(http: HttpClient, repo: string, subjec
 /** The manifest, checked against the digest it was asked by and the one the registry names; null on 404. */
 async function fetchManifest(http: HttpClient, repo: string, reference: string, accept: readonly string[]): Promise<ManifestResponse | null> {
   const ctx = refContext(http.where(), repo, reference);
-  const res = await http.send({
-    op: 'get manifest',
-    method: 'GET',
-    url: http.url(`${repo}/manifests/${reference}`),
-    headers: { accept: accept.join(', ') },
-    scopes: [pullScope(repo)],
-    ctx,
-    retry: true,
-  });
+  const res = await askManifest(http, 'GET', repo, reference, accept, ctx);
   if (res.status === 404) {
     await res.body.dump();
     return null;
@@ -201,6 +185,11 @@ async function fetchManifest(http: HttpClient, repo: string, reference: string, 
     mediaType = parseManifestOrIndex(raw, undefined, ctx).mediaType;
   }
   return { raw, mediaType, digest };
+}
+
+function askManifest(http: HttpClient, method: 'GET' | 'HEAD', repo: string, reference: string, accept: readonly string[], ctx: ErrorContext): Promise<Response> {
+  const op = method === 'GET' ? 'get manifest' : 'head manifest';
+  return http.send({ op, method, url: http.url(`${repo}/manifests/${reference}`), headers: { accept: accept.join(', ') }, scopes: [pullScope(repo)], ctx, retry: true });
 }
 
 async function readManifestBody(http: HttpClient, res: Response, ctx: ErrorContext): Promise<Buffer> {

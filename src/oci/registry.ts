@@ -14,6 +14,9 @@ import { ALL_MANIFEST_MEDIA_TYPES, type ManifestHead, type ManifestResponse } fr
 import { DEFAULT_RETRY_POLICY, once, type Priority, type RetryPolicy } from './retry';
 import type { Descriptor, Platform } from './types';
 
+/** How long a registry may leave a request without an answer, or a body without bytes. */
+export const DEFAULT_TIMEOUT_MS = 60_000;
+
 export interface RegistryClientOptions {
   /** Speak http:// instead of https://. */
   plainHttp?: boolean;
@@ -31,18 +34,18 @@ export interface RegistryClientOptions {
   namespace?: string;
   /** Credentials for this endpoint; undefined: look them up in the docker config; null: anonymous. */
   credentials?: Credentials | null;
-  /** Attempts of a demand request when the registry is busy or the connection fails (default 4); prefetches get fewer. */
+  /** Attempts of a demand request when the registry is busy or the connection fails (default: DEFAULT_RETRY_POLICY); prefetches get fewer. */
   retries?: number;
   /**
    * Another endpoint follows this one (a mirror before the upstream): every request gets one
    * attempt, its transient failure left to the caller's fallback: falling back beats waiting.
    */
   fallback?: boolean;
-  /** Bound on waiting for response headers and between body bytes (default 60 s). */
+  /** Bound on waiting for response headers and between body bytes (default: DEFAULT_TIMEOUT_MS). */
   timeoutMs?: number;
-  /** First backoff delay; later ones double, with jitter (default 500 ms). */
+  /** First backoff delay; later ones double, with jitter (default: DEFAULT_RETRY_POLICY). */
   retryBaseMs?: number;
-  /** Cap on any one wait between attempts, including a registry's Retry-After (default 30 s). */
+  /** Cap on any one wait between attempts, including a registry's Retry-After (default: DEFAULT_RETRY_POLICY). */
   maxRetryDelayMs?: number;
   /** Blobs larger than this are uploaded in PATCH chunks of this size (default 16 MiB). */
   chunkSize?: number;
@@ -75,7 +78,7 @@ export class RegistryClient {
       credentials: opts.credentials,
       insecure: opts.insecure,
       ca: opts.ca,
-      timeoutMs: opts.timeoutMs ?? 60_000,
+      timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       connections: opts.connections ?? 8,
       policy: opts.fallback ? once(policy) : policy,
     });
