@@ -218,6 +218,17 @@ describe('retry policy as requests meet it', () => {
     assert.equal(reg.requests, 3, 'the upstream retried');
   });
 
+  it('carries the priority of a range read through the host client to each endpoint', async () => {
+    reg.otherwise = { status: 503 };
+    const host = new HostClient(reg.host, hostEndpoints(reg.host, {}), { retryBaseMs: 1, timeoutMs: 5_000, credentials: null });
+    clients.push(host);
+    await assert.rejects(host.getBlobRange('app', DIGEST, 0, 4, { priority: 'prefetch' }), /\(after 2 attempts\)/);
+    assert.equal(reg.requests, 2);
+    reg.requests = 0;
+    await assert.rejects(host.getBlobRange('app', DIGEST, 0, 4), /\(after 4 attempts\)/);
+    assert.equal(reg.requests, 4);
+  });
+
   it('gives the last endpoint, a mirror too, the full policy', async () => {
     mirror.script = [{ status: 503 }];
     const host = new HostClient(reg.host, hostEndpoints(reg.host, { hosts: { [reg.host]: { mirrors: [{ url: mirror.url }], fallbackToUpstream: false } } }), {
