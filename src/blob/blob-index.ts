@@ -1,13 +1,15 @@
 // Loads a data blob's chunk table through any byte-range reader (a local file, HTTP Range GETs).
 import { createHash } from 'node:crypto';
+import type { Priority } from '../oci/retry';
 import { decodeTable, decodeTrailer, ENTRY_SIZE, TRAILER_SIZE, type BlobTrailer, type ChunkEntry } from './chunk-table';
 
 /**
  * Reads `length` bytes at `offset`. A reader with more than one source (a registry's mirrors) calls
  * `verify` with each source's bytes and moves on to the next source when it returns an error; it
- * returns the last bytes it got, checked or not, so callers check what they are given.
+ * returns the last bytes it got, checked or not, so callers check what they are given. `priority`
+ * (default 'demand') says how hard a transient failure is retried: a prefetch gives up sooner.
  */
-export type RangeReader = (offset: number, length: number, verify?: (data: Buffer) => Promise<Error | null>) => Promise<Buffer>;
+export type RangeReader = (offset: number, length: number, verify?: (data: Buffer) => Promise<Error | null>, priority?: Priority) => Promise<Buffer>;
 
 export interface BlobIndex {
   trailer: BlobTrailer;

@@ -106,7 +106,7 @@ export class ImageStore {
     // Chunks are checked against the chunk table, so any endpoint may serve them. The table is checked
     // against the manifest's digest of it; a manifest without one (older images) has its table read
     // from the upstream only, never from a mirror nothing could catch lying.
-    const read: RangeReader = (offset, length, verify) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify });
+    const read: RangeReader = (offset, length, verify, priority) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority });
     const table = expectedTable(desc);
     const readTable: RangeReader = table ? read : (offset, length, verify) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, mirrors: false });
     const index = await loadBlobIndex(readTable, desc.size, what, table);

@@ -162,8 +162,14 @@ export function printableUrl(url: string | URL): string {
   }
 }
 
+/** A token endpoint's answer; `body` is null when it ran past the bound on a token's size. */
+export interface TokenResponse {
+  status: number;
+  body: Buffer | null;
+}
+
 /** Fetches a token endpoint URL: the registry client's transport, with its TLS settings and retries. */
-export type TokenFetch = (url: URL, headers: Record<string, string>) => Promise<{ status: number; body: Buffer }>;
+export type TokenFetch = (url: URL, headers: Record<string, string>) => Promise<TokenResponse>;
 
 interface CachedToken {
   token: string;
@@ -177,7 +183,8 @@ interface BearerParams {
 
 /** The token spec's default lifetime when `expires_in` is absent. */
 const DEFAULT_TOKEN_SECONDS = 60;
-const MAX_TOKEN_BYTES = 1 << 20;
+/** Bound on a token endpoint's answer that is read. */
+export const MAX_TOKEN_BYTES = 1 << 20;
 
 /**
  * How one registry host wants requests authenticated, learned from its first 401, and the tokens it
@@ -287,7 +294,7 @@ export class RegistryAuth {
       );
     }
     if (res.status !== 200) throw new InputError(`the token server answered ${res.status}`, where);
-    if (res.body.length > MAX_TOKEN_BYTES) throw new InputError('the token server answered with more than 1 MiB', where);
+    if (res.body === null) throw new InputError(`the token server answered with more than ${MAX_TOKEN_BYTES} bytes`, where);
     let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       doc = JSON.parse(res.body.toString('utf8'));

@@ -120,3 +120,18 @@ export function streamOver(bytes: AsyncIterable<Buffer>, under: { destroy(): unk
     },
   };
 }
+
+/**
+ * The bytes of `source`, or null as soon as they run past `limit`: the rest is not read, and leaving
+ * the loop early ends a response body under it. The one body collector of the registry layer.
+ */
+export async function readAtMost(source: AsyncIterable<Buffer>, limit: number): Promise<Buffer | null> {
+  const parts: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of source) {
+    total += chunk.length;
+    if (total > limit) return null;
+    parts.push(chunk);
+  }
+  return Buffer.concat(parts, total);
+}

@@ -9,15 +9,19 @@ import { InputError, Interrupted, type ErrorContext } from '../errors';
 import { log } from '../log';
 import type { Capability, Endpoint, HostEndpoints } from './hosts';
 import { streamOver, type ByteStream } from './byte-stream';
-import { resolveThroughIndexes, type ResolvedImage } from './image-io';
-import { ALL_MANIFEST_MEDIA_TYPES, isUnreachable, RegistryClient, type ManifestResponse, type RegistryClientOptions } from './registry';
+import type { ResolvedImage } from './image-io';
+import { ALL_MANIFEST_MEDIA_TYPES, resolveManifest, type ManifestResponse } from './manifests';
+import { RegistryClient, type RegistryClientOptions } from './registry';
+import { isUnreachable, type Priority } from './retry';
 import { isDigest, type Descriptor, type Platform } from './types';
 
+export const UNREACHABLE_PAUSE_MS = 15_000;
+
 /** Client settings shared by every endpoint of the host (TLS and addresses come from the endpoints; credentials are the upstream's). */
-export interface HostClientOptions extends Omit<RegistryClientOptions, 'plainHttp' | 'insecure' | 'ca' | 'api' | 'namespace'> {
+export interface HostClientOptions extends Omit<RegistryClientOptions, 'plainHttp' | 'insecure' | 'ca' | 'api' | 'namespace' | 'fallback'> {
   /**
    * A mirror that could not be reached (refused, reset, timed out) is not asked again for this long
-   * while other endpoints remain (default 15 s): a dead mirror must not cost every request a timeout.
+   * while other endpoints remain (default: UNREACHABLE_PAUSE_MS): a dead mirror must not cost every request a timeout.
    */
   unreachablePauseMs?: number;
 }
@@ -30,6 +34,8 @@ export interface RangeOptions {
   verify?: RangeCheck;
   /** Bytes nothing can verify come from the upstream only (default: mirrors too). */
   mirrors?: boolean;
+  /** How hard each endpoint is retried (default 'demand'); a mirror another endpoint follows gets one attempt either way. */
+  priority?: Priority;
 }
 
 interface Slot {
@@ -77,7 +83,7 @@ export class HostClient {
     { unreachablePauseMs, ...opts }: HostClientOptions = {},
   ) {
     const upstreamPulled = endpoints.pull.includes(endpoints.upstream);
-    this.pauseMs = unreachablePauseMs ?? 15_000;
+    this.pauseMs = unreachablePauseMs ?? UNREACHABLE_PAUSE_MS;
     const slot = (e: Endpoint): Slot => {
       const client = new RegistryClient(host, {
         ...opts,
@@ -88,8 +94,7 @@ export class HostClient {
         namespace: e.namespace,
         // Credentials given are the upstream's: a mirror looks up its own (null: anonymous everywhere).
         credentials: e.mirror && opts.credentials ? undefined : opts.credentials,
-        // A mirror gets one attempt when the upstream follows: falling back beats waiting on it.
-        retries: e.mirror && upstreamPulled ? 1 : opts.retries,
+        fallback: e.mirror && upstreamPulled,
       });
       return { endpoint: e, client, name: e.mirror ? `${e.api} (mirror)` : e.api };
     };
@@ -111,10 +116,7 @@ export class HostClient {
 
   /** Follows an index down to the manifest for `platform`; the index's entries are fetched by digest. */
   resolveManifest(repo: string, reference: string, platform: Platform): Promise<ResolvedImage> {
-    return resolveThroughIndexes(async (next) => {
-      const ref = next?.digest ?? reference;
-      return { ...(await this.getManifest(repo, ref)), ctx: this.refContext(repo, ref) };
-    }, platform);
+    return resolveManifest(this, repo, reference, platform);
   }
 
   /** Referrers list what refers to a digest, which may change: they need "resolve". A mirror listing none is passed over. */
@@ -167,7 +169,7 @@ export class HostClient {
       'pull',
       { op: 'get blob range', ctx, quiet: true },
       async (c, slot, more) => {
-        const data = await c.getBlobRange(repo, digest, start, endInclusive);
+        const data = await c.getBlobRange(repo, digest, start, endInclusive, { priority: opts.priority });
         const bad = opts.verify ? await opts.verify(data) : null;
         if (bad && slot.endpoint.mirror) {
           this.distrust(digest, slot, bad);

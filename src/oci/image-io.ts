@@ -1,5 +1,6 @@
 // Where images are read from and written to: a registry, an OCI layout directory, a docker archive.
 import { InputError, type ErrorContext } from '../errors';
+import { readAtMost } from './byte-stream';
 import { choosePlatform, parseManifestOrIndex, type Descriptor, type ImageManifest, type Platform } from './types';
 
 export interface ResolvedImage {
@@ -51,9 +52,7 @@ export interface StreamedBlob {
 }
 
 export async function readAll(source: AsyncIterable<Buffer>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const b of source) parts.push(b);
-  return Buffer.concat(parts);
+  return (await readAtMost(source, Infinity))!;
 }
 
 export interface FetchedManifest {

@@ -6,7 +6,8 @@ import { Readable } from 'node:stream';
 import { log } from '../log';
 import { readByPosition } from '../read-at';
 import { pushScope } from './auth';
-import type { BlobUpload, PushResult, RegistryClient } from './registry';
+import type { BlobUpload, PushResult } from './blob-upload';
+import type { RegistryClient } from './registry';
 import type { Descriptor } from './types';
 
 /**

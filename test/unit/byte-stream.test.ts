@@ -6,7 +6,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { PassThrough, Readable } from 'node:stream';
 import { describe, it } from 'node:test';
-import { bodyChunks, streamOver } from '../../src/oci/byte-stream';
+import { bodyChunks, readAtMost, streamOver } from '../../src/oci/byte-stream';
 
 const tick = () => new Promise((r) => setImmediate(r));
 
@@ -117,5 +117,25 @@ describe('streamOver', () => {
         under,
       ));
     }, /digest mismatch/);
+  });
+});
+
+describe('readAtMost', () => {
+  it('collects a body up to its bound, and stops reading, ending the source, as soon as it runs past', async () => {
+    assert.deepEqual(await readAtMost(Readable.from([Buffer.from('abc'), Buffer.from('def')]), 6), Buffer.from('abcdef'));
+    assert.deepEqual(await readAtMost(Readable.from([]), 0), Buffer.alloc(0));
+    let pulled = 0;
+    const source = Readable.from(
+      (function* () {
+        for (;;) {
+          pulled++;
+          yield Buffer.alloc(1000);
+        }
+      })(),
+    );
+    assert.equal(await readAtMost(source, 2500), null);
+    assert.ok(pulled <= 4, `read ${pulled} chunks of an endless source`);
+    await tick();
+    assert.equal(source.destroyed, true);
   });
 });
