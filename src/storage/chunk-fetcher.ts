@@ -81,12 +81,12 @@ export class ChunkFetcher {
       result.push(p);
     }
     for (const range of planRanges(missing, this.maxRequestBytes, this.maxGap)) {
-      void this.limiter.run(priority, () => this.fetchRange(blob, range.start, range.end, range.chunks));
+      void this.limiter.run(priority, () => this.fetchRange(blob, range.start, range.end, range.chunks, priority));
     }
     return Promise.all(result);
   }
 
-  private async fetchRange(blob: RemoteBlob, start: number, end: number, chunks: ChunkEntry[]): Promise<void> {
+  private async fetchRange(blob: RemoteBlob, start: number, end: number, chunks: ChunkEntry[], priority: Priority): Promise<void> {
     const settle = (c: ChunkEntry, value: Buffer | Error) => {
       const key = `${blob.digest}@${c.uncompressedOffset}`;
       const waiter = this.pending.get(key);
@@ -114,7 +114,7 @@ export class ChunkFetcher {
     const t0 = process.hrtime.bigint();
     try {
       this.stats.requests++;
-      data = await blob.read(start, end - start, verify);
+      data = await blob.read(start, end - start, verify, priority);
       this.stats.bytesFetched += data.length;
       this.opts.observeLatency?.(Number(process.hrtime.bigint() - t0) / 1e9, data.length);
     } catch (err) {

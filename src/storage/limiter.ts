@@ -1,6 +1,8 @@
 // Bounded concurrency with two priorities: on-demand reads go before background prefetch.
 
-export type Priority = 'demand' | 'prefetch';
+import type { Priority } from '../oci/retry';
+
+export type { Priority };
 
 export class Limiter {
   private running = 0;
