@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { native, type CachefilesMessage } from '../src/native';
+import { execCli } from '../test/lib/harness';
 import { compareTreesInChild } from '../test/lib/tree-compare';
 
 const run = promisify(execFile);
@@ -66,8 +67,7 @@ async function main(): Promise<number> {
   makeSource(src);
 
   let t = Date.now();
-  const cli = path.join(__dirname, '..', 'src', 'cli', 'main.js');
-  const built = JSON.parse((await run(process.execPath, [cli, 'build', src, out, '--json'])).stdout) as {
+  const built = JSON.parse((await execCli('build', src, out, '--json')).stdout) as {
     blob: { id: string; path: string; bytes: number } | null;
   };
   if (!built.blob) throw new Error('the build wrote no blob');

@@ -6,25 +6,22 @@
 //
 // Needs a kernel with CONFIG_CACHEFILES_ONDEMAND and an ext4 file system at /cache (run-vm's disk).
 import assert from 'node:assert/strict';
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxy } from '../test/lib/fault-proxy';
+import { adoptDaemon, CLI, execCli, startDaemon as launchDaemon, type Daemon } from '../test/lib/harness';
 import { MiB } from '../test/lib/fixtures';
 import { startRegistry, type RegistryServer } from '../test/lib/registry-server';
 import { UmociImage } from '../test/lib/test-images';
 import { compareTreesInChild } from '../test/lib/tree-compare';
 
 const run = promisify(execFile);
-const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const CACHE_ROOT = process.env.CACHEFILES_TEST_CACHE ?? '/cache';
-
-function cli(...args: string[]) {
-  return run(process.execPath, [CLI, ...args], { maxBuffer: 1 << 24 });
-}
+const cli = execCli;
 
 /** Files of the kernel's cache (cachefiles keeps one per object) whose names carry `key`. */
 function cacheFilesNamed(root: string, key: string): string[] {
@@ -44,29 +41,18 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
   let registry: RegistryServer;
   let proxy: FaultProxy;
   let work: string;
-  let daemon: ChildProcess;
-  let daemonLog = '';
+  let daemon: Daemon | undefined;
   let socket: string;
   const refs: Record<'a' | 'b', string> = { a: '', b: '' };
   const trees: Record<'a' | 'b', string> = { a: '', b: '' };
   let baseBlob = '';
 
   async function startDaemon(cacheDir: string, env: Record<string, string> = {}): Promise<void> {
-    daemonLog = '';
-    daemon = spawn(process.execPath, [CLI, 'daemon', '--transport', 'cachefiles', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', ''], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, ...env },
-    });
-    daemon.stderr!.on('data', (b) => (daemonLog += b));
-    for (let i = 0; i < 1200 && !fs.existsSync(socket) && daemon.exitCode === null; i++) await new Promise((r) => setTimeout(r, 100));
-    assert.ok(fs.existsSync(socket), `daemon did not start:\n${daemonLog}`);
+    daemon = await launchDaemon({ cacheDir, socket, flags: ['--transport', 'cachefiles', '--metrics-address', ''], env, startTimeoutMs: 120_000 });
   }
 
   async function stopDaemon(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-    if (!daemon || daemon.exitCode !== null) return;
-    const exited = new Promise((r) => daemon.once('exit', r));
-    daemon.kill(signal);
-    await exited;
+    await daemon?.stop(signal);
     fs.rmSync(socket, { force: true });
   }
 
@@ -114,7 +100,7 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
 
   it('is chosen, mounts by the original reference and reads every file correctly', async () => {
     await startDaemon(path.join(work, 'cache'));
-    assert.match(daemonLog, /"transport":"cachefiles"/);
+    assert.match(daemon!.log, /"transport":"cachefiles"/);
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     await cli('mount', '--socket', socket, refs.a, mnt);
     assert.match(fs.readFileSync('/proc/self/mountinfo', 'utf8'), new RegExp(`${mnt} .* erofs .*fsid=`));
@@ -164,7 +150,7 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
       proxy.add({ method: 'GET', path: /\/v2\/lazy\/a\/blobs\//, times: 1000, fault: { kind: 'corrupt' } });
       await assert.rejects(run('sha256sum', [path.join(mnt, 'random-3m')]), (err: { stderr: string }) => /Input\/output error/.test(err.stderr));
       proxy.reset();
-      assert.match(daemonLog, /cache miss not served/);
+      assert.match(daemon!.log, /cache miss not served/);
       const { stdout } = await run('sha256sum', [path.join(mnt, 'random-3m'), path.join(trees.a, 'random-3m')]);
       const [x, y] = stdout.trim().split('\n').map((l) => l.split(' ')[0]);
       assert.equal(x, y, 'read correctly once the registry is honest');
@@ -181,7 +167,7 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
     try {
       proxy.add({ method: 'GET', path: /\/v2\/lazy\/b\/blobs\//, times: 1000, fault: { kind: 'respond', respond: () => undefined } });
       await assert.rejects(run('cat', [path.join(mnt, 'only-b')], { encoding: 'buffer', maxBuffer: 1 << 24 }), (err: { stderr: Buffer }) => /Input\/output error/.test(err.stderr.toString()));
-      assert.match(daemonLog, /not served in time/);
+      assert.match(daemon!.log, /not served in time/);
       proxy.reset();
     } finally {
       await cli('umount', '--socket', socket, mnt);
@@ -191,21 +177,21 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
   it('refuses an object no mount names (the kernel fails that mount) and keeps serving', async () => {
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     await assert.rejects(run('mount', ['-t', 'erofs', '-o', 'fsid=nobody-knows-me,domain_id=erofs-ondemand', 'none', mnt]));
-    assert.match(daemonLog, /OPEN of an object no mount of this daemon names: refused/);
+    assert.match(daemon!.log, /OPEN of an object no mount of this daemon names: refused/);
     assert.equal((await status()).transport, 'cachefiles', 'the daemon still answers');
   });
 
   it('a daemon killed with SIGKILL comes back with the device from the fd store: the mount never breaks', async () => {
     await stopDaemon();
-    daemonLog = '';
     // fdstore.py plays systemd (FileDescriptorStoreMax=, Restart=on-failure).
-    daemon = spawn('python3', [path.join(__dirname, '..', '..', 'kernel-tests', 'fdstore.py'), path.join(work, 'notify.sock'), process.execPath, CLI, 'daemon', '--transport', 'cachefiles', '--cache-dir', path.join(work, 'cache-restore'), '--socket', socket, '--metrics-address', ''], {
+    const supervisor = spawn('python3', [path.join(__dirname, '..', '..', 'kernel-tests', 'fdstore.py'), path.join(work, 'notify.sock'), process.execPath, CLI, 'daemon', '--transport', 'cachefiles', '--cache-dir', path.join(work, 'cache-restore'), '--socket', socket, '--metrics-address', ''], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
-    daemon.stderr!.on('data', (b) => (daemonLog += b));
+    const supervised = adoptDaemon(supervisor, socket);
+    daemon = supervised;
     const waitFor = async (what: RegExp) => {
-      for (let i = 0; i < 1200 && !what.test(daemonLog); i++) await new Promise((r) => setTimeout(r, 100));
-      assert.match(daemonLog, what);
+      for (let i = 0; i < 1200 && !what.test(supervised.log); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.match(supervised.log, what);
     };
     await waitFor(/fdstore: stored cachefiles/);
     for (let i = 0; i < 600 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 100));
@@ -229,6 +215,6 @@ describe('cachefiles on-demand transport (VM)', { skip: !fs.existsSync('/dev/cac
     assert.ok(s.transportRequests > 0, 'the new daemon served the reads');
     await cli('umount', '--socket', socket, mnt);
     await stopDaemon();
-    assert.match(daemonLog, /fdstore: removed cachefiles/, 'a clean stop unbinds the cache');
+    assert.match(daemon!.log, /fdstore: removed cachefiles/, 'a clean stop unbinds the cache');
   });
 });

@@ -5,32 +5,18 @@
 //   lazy+pf      the same with 2 background prefetch workers
 //   local        the image already unpacked on disk (the floor)
 // Medians of BENCH_RUNS runs (default 3). Prints a table.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { execCliSync, startDaemon } from '../test/lib/harness';
 import { startRegistry } from '../test/lib/registry-server';
 import { pythonImage } from '../test/lib/test-images';
 import { dropCaches, median, numberTable, timed } from './lib';
 
-const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const WORKLOAD = ['/usr/bin/python3', '-c', 'import json, email.parser, http.client; print(json.dumps({"answer": 42}))'];
 
-async function startDaemon(cacheDir: string, socket: string, prefetch: number): Promise<ChildProcess> {
-  const d = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, '--prefetch', String(prefetch)], { stdio: 'ignore' });
-  for (let i = 0; i < 200 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
-  return d;
-}
-
-async function stop(d: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => d.once('exit', r));
-  d.kill('SIGTERM');
-  await exited;
-}
-
-function cli(...args: string[]): string {
-  return execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
-}
+const cli = (...args: string[]): string => execCliSync(args);
 
 async function main(): Promise<void> {
   const work = fs.mkdtempSync('/var/tmp/erofs-ondemand-coldstart-');
@@ -69,7 +55,7 @@ async function main(): Promise<void> {
       for (const [name, prefetch] of [['lazy', 0], ['lazy+prefetch', 2]] as const) {
         const cache = path.join(work, `cache-${name}-${i}`);
         const socket = path.join(work, `sock-${name}-${i}`);
-        const daemon = await startDaemon(cache, socket, prefetch);
+        const daemon = await startDaemon({ cacheDir: cache, socket, flags: ['--prefetch', String(prefetch)], stderr: 'ignore' });
         const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
         try {
           dropCaches();
@@ -83,7 +69,7 @@ async function main(): Promise<void> {
           results[name].bytes.push(status.fetch.bytesFetched);
           cli('umount', '--socket', socket, mnt);
         } finally {
-          await stop(daemon);
+          await daemon.stop();
           fs.rmSync(cache, { recursive: true, force: true });
         }
       }

@@ -2,13 +2,12 @@
 // into a second local registry by `erofs-ondemand convert`, against `skopeo copy` of the same image
 // between the same two registries. Medians of several runs; each run gets a fresh destination
 // registry, so no blob can be mounted or skipped. Prints a table.
-import { execFileSync, spawnSync } from 'node:child_process';
-import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { runCli } from '../test/lib/harness';
 import { startRegistry, type RegistryServer } from '../test/lib/registry-server';
 import { minbaseImage, pythonImage, type UmociImage } from '../test/lib/test-images';
 import { childrenCpuSeconds, median, numberTable, processCpuSeconds, timed } from './lib';
 
-const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
@@ -42,7 +41,7 @@ async function main(): Promise<void> {
         const childrenBefore = childrenCpuSeconds();
         ours.push(
           timed(() => {
-            const r = spawnSync(process.execPath, [CLI, 'convert', '--json', `${src!.host}/src/${repo}:1`, `${dst!.host}/lazy${i}/${repo}:1`], { encoding: 'utf8' });
+            const r = runCli(['convert', '--json', `${src!.host}/src/${repo}:1`, `${dst!.host}/lazy${i}/${repo}:1`]);
             if (r.status !== 0) throw new Error(`convert failed: ${r.stderr}`);
             out = r.stdout;
           })[1],

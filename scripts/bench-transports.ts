@@ -7,17 +7,17 @@
 //   warm        blob cache full (prefetched), page cache dropped
 // Each lazy method is a real daemon (`--transport`, `--fuse-backing`); readers are other processes.
 // Medians of BENCH_RUNS runs (default 3). Prints one table.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { materializeBlob } from '../src/blob/materialize';
 import { mountFileBacked, unmount } from '../src/mount/file-backed';
+import { execCliSync, startDaemon } from '../test/lib/harness';
 import { startRegistry } from '../test/lib/registry-server';
 import { layoutManifest } from '../test/lib/lazy-image';
 import { bigFileImage } from '../test/lib/test-images';
 import { dropCaches, median, numberTable, timed } from './lib';
 
-const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const RANDOM_READS = Number(process.env.BENCH_RANDOM_READS ?? 1000);
 const FILE = 'big';
@@ -28,26 +28,7 @@ interface Method {
   flags?: string[];
 }
 
-function cli(...args: string[]): string {
-  return execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
-}
-
-async function startDaemon(cacheDir: string, socket: string, flags: string[]): Promise<ChildProcess> {
-  const d = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', '', ...flags], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: process.env.EROFS_ONDEMAND_LOG_LEVEL ?? 'warn' },
-  });
-  for (let i = 0; i < 400 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!fs.existsSync(socket)) throw new Error(`daemon ${flags.join(' ')} did not start`);
-  return d;
-}
-
-async function stopDaemon(d: ChildProcess): Promise<void> {
-  if (d.exitCode !== null) return;
-  const exited = new Promise((r) => d.once('exit', r));
-  d.kill('SIGTERM');
-  await exited;
-}
+const cli = (...args: string[]): string => execCliSync(args);
 
 /** MB/s of reading the whole file sequentially. */
 function sequential(file: string): number {
@@ -96,7 +77,7 @@ async function main(): Promise<void> {
       await materializeBlob(blob(b.digest), out);
       devices.push(out);
     }
-    const doctor = JSON.parse(execFileSync(process.execPath, [CLI, 'doctor', '--json', '--cache-dir', path.join(work, 'probe')], { encoding: 'utf8' }));
+    const doctor = JSON.parse(cli('doctor', '--json', '--cache-dir', path.join(work, 'probe')));
     const methods: Method[] = [{ name: 'local (mount-local)' }];
     if (doctor.fanotifyPreContent.ok) methods.push({ name: 'fanotify', flags: ['--transport', 'fanotify'] });
     if (doctor.fuse.ok) {
@@ -132,7 +113,14 @@ async function main(): Promise<void> {
           for (const pattern of ['seq', 'rand'] as const) {
             const cache = path.join(work, `cache-${run}-${pattern}`);
             const socket = path.join(work, `sock-${run}-${pattern}`);
-            const daemon = await startDaemon(cache, socket, m.flags);
+            const daemon = await startDaemon({
+              cacheDir: cache,
+              socket,
+              flags: ['--metrics-address', '', ...m.flags],
+              env: { EROFS_ONDEMAND_LOG_LEVEL: process.env.EROFS_ONDEMAND_LOG_LEVEL ?? 'warn' },
+              stderr: 'inherit',
+              startTimeoutMs: 20_000,
+            });
             try {
               cli('mount', '--socket', socket, `${registry.host}/lazy/big:1`, mnt);
               const read = pattern === 'seq' ? sequential : random;
@@ -147,7 +135,7 @@ async function main(): Promise<void> {
               }
               cli('umount', '--socket', socket, mnt);
             } finally {
-              await stopDaemon(daemon);
+              await daemon.stop();
               fs.rmSync(cache, { recursive: true, force: true });
             }
           }

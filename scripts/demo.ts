@@ -2,27 +2,28 @@
 // (debootstrap minbase + python3, via umoci), pushed to a local registry (Debian's docker-registry on
 // 127.0.0.1), converted to the lazy format, and started twice from a cold page cache: the traditional
 // way (pull + unpack, then run) and lazily (erofs-ondemand daemon + mount, then run).
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { execCliSync, startDaemon, type Daemon } from '../test/lib/harness';
 import { startRegistry } from '../test/lib/registry-server';
 import { pythonImage } from '../test/lib/test-images';
 import { dropCaches, numberTable, timed } from './lib';
 
-const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const PROGRAM = ['/usr/bin/python3', '-c', 'import platform, json; print(json.dumps({"hello": "from a lazily loaded image", "python": platform.python_version()}))'];
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
-const cli = (...args: string[]) => execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+const cli = (...args: string[]) => execCliSync(args);
 
 async function main(): Promise<void> {
   const work = fs.mkdtempSync('/var/tmp/erofs-ondemand-demo-');
   const registry = await startRegistry();
   const socket = path.join(work, 'control.sock');
-  const daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', path.join(work, 'cache'), '--socket', socket], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: 'warn' } });
   const mnt = path.join(work, 'mnt');
   fs.mkdirSync(mnt);
+  let daemon: Daemon | undefined;
   try {
+    daemon = await startDaemon({ cacheDir: path.join(work, 'cache'), socket, env: { EROFS_ONDEMAND_LOG_LEVEL: 'warn' }, stderr: 'inherit' });
     say('== 1. a sample image from Debian packages (debootstrap minbase + python3; cached after the first run)');
     const image = pythonImage();
     const src = `${registry.host}/demo/python:1`;
@@ -45,7 +46,6 @@ async function main(): Promise<void> {
     say(`   ${full.trim()}`);
 
     say('== 4. lazy start: erofs-ondemand mount (by the original reference), then run (page cache dropped)');
-    for (let i = 0; i < 200 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
     dropCaches();
     const [lazy, lazySeconds] = timed(() => {
       cli('mount', '--socket', socket, src, mnt);
@@ -65,9 +65,7 @@ async function main(): Promise<void> {
     say(numberTable(rows));
     cli('umount', '--socket', socket, mnt);
   } finally {
-    const exited = new Promise((r) => daemon.once('exit', r));
-    daemon.kill('SIGTERM');
-    await exited;
+    await daemon?.stop();
     await registry.stop();
     fs.rmSync(work, { recursive: true, force: true });
   }
