@@ -66,7 +66,13 @@ async function main(): Promise<void> {
   try {
     process.stderr.write('== preparing: image (200 MiB random file), registry, conversion, local blobs\n');
     const img = bigFileImage();
-    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${registry.host}/src/big:1`]);
+    execFileSync('skopeo', [
+      'copy',
+      '-q',
+      '--dest-tls-verify=false',
+      `oci:${img.ref}`,
+      `docker://${registry.host}/src/big:1`,
+    ]);
     cli('convert', '-q', `${registry.host}/src/big:1`, `${registry.host}/lazy/big:1`);
     cli('convert', '-q', `oci:${img.ref}`, `oci:${work}/lazy-layout:1`);
     const { manifest, blob } = layoutManifest(`${work}/lazy-layout:1`);
@@ -141,15 +147,23 @@ async function main(): Promise<void> {
           }
         }
         fs.rmdirSync(mnt);
-        process.stderr.write(`   run ${run + 1} ${m.name}: ${MEASURES.map((k) => `${k} ${r[k][run].toFixed(0)}`).join(', ')}\n`);
+        process.stderr.write(
+          `   run ${run + 1} ${m.name}: ${MEASURES.map((k) => `${k} ${r[k][run].toFixed(0)}`).join(', ')}\n`,
+        );
       }
     }
     const header = ['method', 'seq cold MB/s', 'seq warm MB/s', '4K random cold reads/s', '4K random warm reads/s'];
     const rows = [...results].map(([name, r]) => [name, ...MEASURES.map((k) => median(r[k]).toFixed(0))]);
-    process.stdout.write(`\nread throughput of a 200 MiB file of random bytes (1 MiB chunks), registry on 127.0.0.1, medians of ${RUNS} runs\n`);
-    process.stdout.write(`cold: page cache dropped, blob cache empty; warm: blob cache full, page cache dropped; random: ${RANDOM_READS} reads of 4 KiB\n`);
+    process.stdout.write(
+      `\nread throughput of a 200 MiB file of random bytes (1 MiB chunks), registry on 127.0.0.1, medians of ${RUNS} runs\n`,
+    );
+    process.stdout.write(
+      `cold: page cache dropped, blob cache empty; warm: blob cache full, page cache dropped; random: ${RANDOM_READS} reads of 4 KiB\n`,
+    );
     process.stdout.write(`${numberTable([header, ...rows])}\n`);
-    process.stdout.write('local: the materialised blobs mounted file-backed (no daemon): its cold and warm runs are the same thing.\n');
+    process.stdout.write(
+      'local: the materialised blobs mounted file-backed (no daemon): its cold and warm runs are the same thing.\n',
+    );
   } finally {
     await registry.stop();
     fs.rmSync(work, { recursive: true, force: true });

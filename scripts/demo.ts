@@ -10,7 +10,11 @@ import { startRegistry } from '../test/lib/registry-server';
 import { pythonImage } from '../test/lib/test-images';
 import { dropCaches, numberTable, timed } from './lib';
 
-const PROGRAM = ['/usr/bin/python3', '-c', 'import platform, json; print(json.dumps({"hello": "from a lazily loaded image", "python": platform.python_version()}))'];
+const PROGRAM = [
+  '/usr/bin/python3',
+  '-c',
+  'import platform, json; print(json.dumps({"hello": "from a lazily loaded image", "python": platform.python_version()}))',
+];
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
 const cli = (...args: string[]) => execCliSync(args);
@@ -23,18 +27,29 @@ async function main(): Promise<void> {
   fs.mkdirSync(mnt);
   let daemon: Daemon | undefined;
   try {
-    daemon = await startDaemon({ cacheDir: path.join(work, 'cache'), socket, env: { EROFS_ONDEMAND_LOG_LEVEL: 'warn' }, stderr: 'inherit' });
+    daemon = await startDaemon({
+      cacheDir: path.join(work, 'cache'),
+      socket,
+      env: { EROFS_ONDEMAND_LOG_LEVEL: 'warn' },
+      stderr: 'inherit',
+    });
     say('== 1. a sample image from Debian packages (debootstrap minbase + python3; cached after the first run)');
     const image = pythonImage();
     const src = `${registry.host}/demo/python:1`;
     execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${src}`]);
-    const layers = JSON.parse(execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${src}`], { encoding: 'utf8' })).layers as Array<{ size: number }>;
+    const layers = JSON.parse(
+      execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${src}`], { encoding: 'utf8' }),
+    ).layers as Array<{ size: number }>;
     const imageBytes = layers.reduce((n, l) => n + l.size, 0);
-    say(`   pushed to the local registry as ${src}: ${layers.length} layers, ${(imageBytes / 1e6).toFixed(1)} MB compressed`);
+    say(
+      `   pushed to the local registry as ${src}: ${layers.length} layers, ${(imageBytes / 1e6).toFixed(1)} MB compressed`,
+    );
 
     say('== 2. convert it to the lazy format (bootstrap + chunked blobs), pushed next to it');
     const converted = JSON.parse(cli('convert', '--json', src, `${registry.host}/demo/python-lazy:1`));
-    say(`   ${converted.target.ref}@${converted.target.digest.slice(0, 19)}…: bootstrap ${(converted.bootstrapBytes / 1e6).toFixed(2)} MB, ${converted.blobs.length} blobs, ${converted.seconds.toFixed(1)} s`);
+    say(
+      `   ${converted.target.ref}@${converted.target.digest.slice(0, 19)}…: bootstrap ${(converted.bootstrapBytes / 1e6).toFixed(2)} MB, ${converted.blobs.length} blobs, ${converted.seconds.toFixed(1)} s`,
+    );
 
     say('== 3. traditional start: pull + unpack, then run (page cache dropped)');
     dropCaches();
@@ -53,7 +68,9 @@ async function main(): Promise<void> {
     });
     say(`   ${lazy.trim()}`);
     const status = JSON.parse(cli('status', '--json', '--socket', socket));
-    say(`   transport: ${status.transport}; chunks cached: ${status.mounts[0].blobs.map((b: { cached: number; chunks: number }) => `${b.cached}/${b.chunks}`).join(', ')}`);
+    say(
+      `   transport: ${status.transport}; chunks cached: ${status.mounts[0].blobs.map((b: { cached: number; chunks: number }) => `${b.cached}/${b.chunks}`).join(', ')}`,
+    );
     if (lazy !== full) throw new Error('the lazy run printed something else than the full one');
 
     say('');

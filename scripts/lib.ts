@@ -45,5 +45,7 @@ export function timed<T>(fn: () => T): [T, number] {
 /** A table with the first column left-aligned and the others right-aligned (numbers). */
 export function numberTable(rows: ReadonlyArray<readonly string[]>): string {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  return rows.map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
+  return rows
+    .map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  '))
+    .join('\n');
 }

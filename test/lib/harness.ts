@@ -4,6 +4,7 @@ import { execFile, execFileSync, spawn, spawnSync, type ChildProcess, type Spawn
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import type { LayerStats } from '../../src/convert/layer-converter';
 
 /** The built CLI, run with this Node. */
 export const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
@@ -27,13 +28,20 @@ function childEnv(env: NodeJS.ProcessEnv | undefined): NodeJS.ProcessEnv {
 
 /** Runs the CLI to its end, blocking this process: only for tests with no server in this process. */
 export function runCli(args: readonly string[], opts: CliOptions = {}): SpawnSyncReturns<string> {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: childEnv(opts.env), timeout: opts.timeout });
+  return spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    env: childEnv(opts.env),
+    timeout: opts.timeout,
+  });
 }
 
 /** Runs the CLI without blocking (a fault proxy or fake registry in this process keeps serving); never rejects. */
 export function runCliAsync(args: readonly string[], opts: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv(opts.env) });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: childEnv(opts.env),
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b) => (stdout += b));
@@ -52,7 +60,11 @@ export function execCli(...args: string[]): Promise<{ stdout: string; stderr: st
 
 /** Runs the CLI to its end and returns its stdout; throws when it exits non-zero. */
 export function execCliSync(args: readonly string[], opts: CliOptions = {}): string {
-  return execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: childEnv(opts.env), maxBuffer: 1 << 26 });
+  return execFileSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    env: childEnv(opts.env),
+    maxBuffer: 1 << 26,
+  });
 }
 
 export interface DaemonOptions {
@@ -113,13 +125,18 @@ export function adoptDaemon(child: ChildProcess, socket: string): Daemon {
 /** Starts `erofs-ondemand daemon` and waits until its control socket exists; throws with its log if it does not come up. */
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const stderr = opts.stderr ?? 'capture';
-  const child = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', opts.cacheDir, '--socket', opts.socket, ...(opts.flags ?? [])], {
-    stdio: ['ignore', 'ignore', stderr === 'capture' ? 'pipe' : stderr],
-    env: childEnv(opts.env),
-  });
+  const child = spawn(
+    process.execPath,
+    [CLI, 'daemon', '--cache-dir', opts.cacheDir, '--socket', opts.socket, ...(opts.flags ?? [])],
+    {
+      stdio: ['ignore', 'ignore', stderr === 'capture' ? 'pipe' : stderr],
+      env: childEnv(opts.env),
+    },
+  );
   const daemon = adoptDaemon(child, opts.socket);
   const deadline = Date.now() + (opts.startTimeoutMs ?? 10_000);
-  while (!fs.existsSync(opts.socket) && daemon.running && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while (!fs.existsSync(opts.socket) && daemon.running && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 50));
   if (!fs.existsSync(opts.socket)) {
     await daemon.stop('SIGKILL');
     throw new Error(`daemon ${opts.flags?.join(' ') ?? ''} did not start:\n${daemon.log}`);
@@ -130,4 +147,21 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
 /** Stops a daemon if there is one (a test's `after` may run before it was started). */
 export async function stopDaemon(daemon: Daemon | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   await daemon?.stop(signal);
+}
+
+/** The line `convert --json` prints (src/cli/convert.ts). */
+export interface ConvertJson {
+  source: { ref: string; digest: string };
+  target: { ref: string; digest: string };
+  seconds: number;
+  bootstrapBytes: number;
+  blobs: Array<{ digest: string; bytes: number; uncompressedBytes: number; chunks: number; sourceLayer: string }>;
+  layers: LayerStats[];
+  sourceLayerBytes: number;
+  blobBytes: number;
+  fileBytes: number;
+  tarBytes: number;
+  referrer: string | null;
+  uploadedBlobs: number;
+  skippedBlobs: number;
 }

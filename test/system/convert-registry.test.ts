@@ -13,7 +13,7 @@ import { layoutManifest, withLazyMount } from '../lib/lazy-image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { minbaseImage, UmociImage } from '../lib/test-images';
 import { compareTrees } from '../lib/tree-compare';
-import { runCli, runCliAsync } from '../lib/harness';
+import { runCli, runCliAsync, type ConvertJson } from '../lib/harness';
 
 const made: string[] = [];
 
@@ -26,7 +26,7 @@ function cliAsync(args: string[], env: NodeJS.ProcessEnv = {}) {
   return runCliAsync(args, { env: { EROFS_ONDEMAND_LOG_LEVEL: 'error', ...env } });
 }
 
-function convert(source: string, target: string, env: NodeJS.ProcessEnv = {}): Record<string, any> {
+function convert(source: string, target: string, env: NodeJS.ProcessEnv = {}): ConvertJson {
   const r = cli(['convert', source, target, '--json'], env);
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout);

@@ -50,7 +50,10 @@ class FakeMountedBlob {
   }
 }
 
-function sources(unusedBytes: number, mounted: FakeMountedBlob[]): BudgetSources & { targets: number[]; unused: number } {
+function sources(
+  unusedBytes: number,
+  mounted: FakeMountedBlob[],
+): BudgetSources & { targets: number[]; unused: number } {
   const s = {
     unused: unusedBytes,
     targets: [] as number[],

@@ -13,7 +13,8 @@ describe('chunk fetcher with failing sources', () => {
     blob = await makeFakeBlob({ chunkSize: CHUNK, size: 12 * CHUNK + 100 });
   });
 
-  const expect = (got: Buffer[], wanted: number[]) => wanted.forEach((n, i) => assert.ok(got[i].equals(blob.chunkData(blob.chunks[n])), `chunk ${n}`));
+  const expect = (got: Buffer[], wanted: number[]) =>
+    wanted.forEach((n, i) => assert.ok(got[i].equals(blob.chunkData(blob.chunks[n])), `chunk ${n}`));
 
   it('fetches each chunk once for concurrent readers of overlapping chunk sets', async () => {
     const r = blob.reader();
@@ -24,10 +25,19 @@ describe('chunk fetcher with failing sources', () => {
       [2, 3, 4, 5],
       [5, 6, 0],
     ];
-    const reads = sets.map((set) => f.getChunks(blob.remote(r.read), set.map((n) => blob.chunks[n])));
+    const reads = sets.map((set) =>
+      f.getChunks(
+        blob.remote(r.read),
+        set.map((n) => blob.chunks[n]),
+      ),
+    );
     release();
     (await Promise.all(reads)).forEach((got, i) => expect(got, sets[i]));
-    const fetched = r.requests.flatMap(({ offset, length }) => blob.chunks.filter((c) => c.compressedOffset >= offset && c.compressedOffset + c.compressedSize <= offset + length));
+    const fetched = r.requests.flatMap(({ offset, length }) =>
+      blob.chunks.filter(
+        (c) => c.compressedOffset >= offset && c.compressedOffset + c.compressedSize <= offset + length,
+      ),
+    );
     assert.deepEqual(
       fetched.map((c) => blob.chunks.indexOf(c)).sort((a, b) => a - b),
       [0, 1, 2, 3, 4, 5, 6],
@@ -42,8 +52,15 @@ describe('chunk fetcher with failing sources', () => {
     const wanted = [blob.chunks[1], blob.chunks[2]];
     const first = blob.chunks[1].compressedOffset;
     const last = blob.chunks[2].compressedOffset + blob.chunks[2].compressedSize - 1;
-    const failing = [f.getChunks(blob.remote(r.read, 'image x, blob y'), wanted), f.getChunks(blob.remote(r.read, 'image x, blob y'), [wanted[1]])];
-    for (const p of failing) await assert.rejects(p, new RegExp(`^Error: image x, blob y: fetching bytes ${first}-${last}: connection reset$`));
+    const failing = [
+      f.getChunks(blob.remote(r.read, 'image x, blob y'), wanted),
+      f.getChunks(blob.remote(r.read, 'image x, blob y'), [wanted[1]]),
+    ];
+    for (const p of failing)
+      await assert.rejects(
+        p,
+        new RegExp(`^Error: image x, blob y: fetching bytes ${first}-${last}: connection reset$`),
+      );
     assert.equal(r.requests.length, 1);
     assert.equal(f.stats.failedRequests, 1);
     assert.equal(f.inFlight, 0);
@@ -55,7 +72,10 @@ describe('chunk fetcher with failing sources', () => {
     it(`gives an error, never the bytes, when the source answers with ${fault.kind === 'corrupt' ? 'a flipped byte' : `bytes shifted by ${fault.by}`}`, async () => {
       const r = blob.reader().inject(fault);
       const f = new ChunkFetcher();
-      await assert.rejects(f.getChunks(blob.remote(r.read), [blob.chunks[4]]), /chunk at \d+: (sha256 .* does not match|zstd|.* bytes after decompression)/);
+      await assert.rejects(
+        f.getChunks(blob.remote(r.read), [blob.chunks[4]]),
+        /chunk at \d+: (sha256 .* does not match|zstd|.* bytes after decompression)/,
+      );
       assert.equal(f.stats.verifyFailures, 1);
       assert.equal(f.stats.chunksFetched, 0);
       expect(await f.getChunks(blob.remote(r.read), [blob.chunks[4]]), [4]);
@@ -68,7 +88,13 @@ describe('chunk fetcher with failing sources', () => {
     const honest = blob.reader();
     const f = new ChunkFetcher();
     const wanted = [7, 8, 9];
-    expect(await f.getChunks(blob.remote(mirrored(liar.read, shifter.read, honest.read)), wanted.map((n) => blob.chunks[n])), wanted);
+    expect(
+      await f.getChunks(
+        blob.remote(mirrored(liar.read, shifter.read, honest.read)),
+        wanted.map((n) => blob.chunks[n]),
+      ),
+      wanted,
+    );
     assert.equal(liar.requests.length, 1);
     assert.equal(shifter.requests.length, 1);
     assert.equal(honest.requests.length, 1);
@@ -78,7 +104,10 @@ describe('chunk fetcher with failing sources', () => {
 
   it('when every source lies, the error names the chunk and nothing is kept', async () => {
     const f = new ChunkFetcher();
-    const read = mirrored(blob.reader().inject({ kind: 'corrupt' }, Infinity).read, blob.reader().inject({ kind: 'shifted' }, Infinity).read);
+    const read = mirrored(
+      blob.reader().inject({ kind: 'corrupt' }, Infinity).read,
+      blob.reader().inject({ kind: 'shifted' }, Infinity).read,
+    );
     await assert.rejects(f.getChunks(blob.remote(read), [blob.chunks[10]]), /chunk at \d+/);
     const honest = blob.reader();
     expect(await f.getChunks(blob.remote(honest.read), [blob.chunks[10]]), [10]);

@@ -30,7 +30,8 @@ async function fakeRegistry(blob: FakeBlob, behaviour: Behaviour): Promise<FakeR
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname === '/v2/') return void res.writeHead(200).end('{}');
-    if (req.method !== 'GET' || url.pathname !== `/v2/${REPO}/blobs/${blob.digest}`) return void res.writeHead(404).end();
+    if (req.method !== 'GET' || url.pathname !== `/v2/${REPO}/blobs/${blob.digest}`)
+      return void res.writeHead(404).end();
     const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
     if (!m) return void res.writeHead(400).end();
     ranges.push(`${m[1]}-${m[2]}`);
@@ -38,7 +39,11 @@ async function fakeRegistry(blob: FakeBlob, behaviour: Behaviour): Promise<FakeR
     const [start, end] = [Number(m[1]), Number(m[2])];
     const data = Buffer.from(blob.bytes.subarray(start, end + 1));
     if (behaviour === 'corrupt') data[data.length >> 1] ^= 0xff;
-    res.writeHead(206, { 'content-type': 'application/octet-stream', 'content-length': data.length, 'content-range': `bytes ${start}-${end}/${blob.bytes.length}` });
+    res.writeHead(206, {
+      'content-type': 'application/octet-stream',
+      'content-length': data.length,
+      'content-range': `bytes ${start}-${end}/${blob.bytes.length}`,
+    });
     res.end(data);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -62,7 +67,11 @@ describe('HostClient range reads through mirrors', () => {
 
   before(async () => {
     blob = await makeFakeBlob({ chunkSize: 16 << 10, size: 6 * (16 << 10) });
-    [upstream, failing, liar] = await Promise.all([fakeRegistry(blob, 'honest'), fakeRegistry(blob, 'error500'), fakeRegistry(blob, 'corrupt')]);
+    [upstream, failing, liar] = await Promise.all([
+      fakeRegistry(blob, 'honest'),
+      fakeRegistry(blob, 'error500'),
+      fakeRegistry(blob, 'corrupt'),
+    ]);
     unreachable = `http://127.0.0.1:${await freePort()}`;
     logs = captureLogs();
   });
@@ -73,7 +82,11 @@ describe('HostClient range reads through mirrors', () => {
   });
 
   const client = (config: HostConfig) => {
-    const c = new HostClient(upstream.host, hostEndpoints(upstream.host, { hosts: { [upstream.host]: config } }), { retryBaseMs: 1, timeoutMs: 5_000, credentials: null });
+    const c = new HostClient(upstream.host, hostEndpoints(upstream.host, { hosts: { [upstream.host]: config } }), {
+      retryBaseMs: 1,
+      timeoutMs: 5_000,
+      credentials: null,
+    });
     clients.push(c);
     return c;
   };
@@ -103,7 +116,10 @@ describe('HostClient range reads through mirrors', () => {
     const data = await c.getBlobRange(REPO, blob.digest, 0, blob.bytes.length - 1);
     assert.ok(data.equals(blob.bytes));
     assert.equal(counts()[0] - before[0], 1);
-    assert.ok(logs.records.some((r) => r.level === 'warn' && JSON.stringify(r).includes(unreachable)), 'the unreachable mirror was tried, and said so');
+    assert.ok(
+      logs.records.some((r) => r.level === 'warn' && JSON.stringify(r).includes(unreachable)),
+      'the unreachable mirror was tried, and said so',
+    );
   });
 
   it('passes over a mirror whose chunks fail verification, takes them verified from the upstream, and does not ask it again for that blob', async () => {
@@ -133,7 +149,10 @@ describe('HostClient range reads through mirrors', () => {
   it('without the upstream to fall back to, a lying mirror gives an error, never its bytes', async () => {
     const before = counts();
     const c = client({ mirrors: [{ url: liar.url }], fallbackToUpstream: false });
-    await assert.rejects(new ChunkFetcher().getChunks(remote(c), [blob.chunks[2]]), /chunk at \d+: (sha256 .* does not match|zstd)/);
+    await assert.rejects(
+      new ChunkFetcher().getChunks(remote(c), [blob.chunks[2]]),
+      /chunk at \d+: (sha256 .* does not match|zstd)/,
+    );
     assert.equal(counts()[0] - before[0], 0, 'the upstream was not asked');
   });
 });

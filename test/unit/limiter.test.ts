@@ -37,7 +37,10 @@ describe('Limiter', () => {
       ),
     );
     assert.equal(peak, 3);
-    assert.deepEqual(results, Array.from({ length: 20 }, (_, i) => i));
+    assert.deepEqual(
+      results,
+      Array.from({ length: 20 }, (_, i) => i),
+    );
   });
 
   it('starts queued demand tasks before queued prefetch, in arrival order within each', async () => {

@@ -10,14 +10,24 @@ function layout(sizes: number[], gaps: number[] = []): ChunkEntry[] {
   let at = 0;
   return sizes.map((size, i) => {
     at += gaps[i] ?? 0;
-    const c: ChunkEntry = { uncompressedOffset: i * 4096, uncompressedSize: 4096, compressedOffset: at, compressedSize: size, digest: Buffer.alloc(32, i) };
+    const c: ChunkEntry = {
+      uncompressedOffset: i * 4096,
+      uncompressedSize: 4096,
+      compressedOffset: at,
+      compressedSize: size,
+      digest: Buffer.alloc(32, i),
+    };
     at += size;
     return c;
   });
 }
 
 const spans = (chunks: readonly ChunkEntry[], maxBytes: number, maxGap = 0) =>
-  planRanges(chunks, maxBytes, maxGap).map((r) => ({ start: r.start, end: r.end, chunks: r.chunks.map((c) => chunks.indexOf(c)) }));
+  planRanges(chunks, maxBytes, maxGap).map((r) => ({
+    start: r.start,
+    end: r.end,
+    chunks: r.chunks.map((c) => chunks.indexOf(c)),
+  }));
 
 describe('planRanges', () => {
   it('merges adjacent chunks into one range', () => {
