@@ -144,11 +144,6 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   return daemon;
 }
 
-/** Stops a daemon if there is one (a test's `after` may run before it was started). */
-export async function stopDaemon(daemon: Daemon | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  await daemon?.stop(signal);
-}
-
 /** The line `convert --json` prints (src/cli/convert.ts). */
 export interface ConvertJson {
   source: { ref: string; digest: string };
