@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 NODE ?= node
 
-.PHONY: all deps build test demo bench-build kernel kernel-test clean
+.PHONY: all deps build lint test demo bench-build kernel kernel-test clean
 
 all: build
 
@@ -15,9 +15,13 @@ deps:
 build: deps
 	npx tsc -p tsconfig.json
 
+# typescript-eslint's recommended rules, and the layout prettier gives (npm run format fixes it).
+lint: deps
+	npm run --silent lint
+
 # Two tiers: test/unit runs unprivileged with no registry, mounts or system tools (`npm test`);
 # test/system needs root, a registry, the kernel's mounts and erofs-utils/umoci/skopeo/debootstrap.
-test: build
+test: build lint
 	$(NODE) --test dist/test/unit/*.test.js
 	$(NODE) --test dist/test/system/*.test.js
 	@if [ -n "$$SKIP_KERNEL_TESTS" ]; then echo "kernel tests skipped (SKIP_KERNEL_TESTS)"; else $(MAKE) --no-print-directory kernel-test; fi

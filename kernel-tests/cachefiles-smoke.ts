@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { native, type CachefilesMessage } from '../src/native';
+import { execCli } from '../test/lib/harness';
 import { compareTreesInChild } from '../test/lib/tree-compare';
 
 const run = promisify(execFile);
@@ -66,13 +67,14 @@ async function main(): Promise<number> {
   makeSource(src);
 
   let t = Date.now();
-  const cli = path.join(__dirname, '..', 'src', 'cli', 'main.js');
-  const built = JSON.parse((await run(process.execPath, [cli, 'build', src, out, '--json'])).stdout) as {
+  const built = JSON.parse((await execCli('build', src, out, '--json')).stdout) as {
     blob: { id: string; path: string; bytes: number } | null;
   };
   if (!built.blob) throw new Error('the build wrote no blob');
   const bootstrap = path.join(out, 'bootstrap.erofs');
-  log(`built in ${Date.now() - t} ms: bootstrap ${fs.statSync(bootstrap).size} B, blob ${built.blob.id} ${built.blob.bytes} B`);
+  log(
+    `built in ${Date.now() - t} ms: bootstrap ${fs.statSync(bootstrap).size} B, blob ${built.blob.id} ${built.blob.bytes} B`,
+  );
 
   // Cookie key -> local file. The bootstrap's cookie is the fsid; a blob's is its device tag (sha256).
   const fsid = `smoke-${process.pid}`;
@@ -117,7 +119,9 @@ async function main(): Promise<number> {
         obj.fds.push(m.fd);
         objects.set(m.objectId, obj);
         dev.copen(m.msgId, size);
-        log(`OPEN  object ${m.objectId} volume ${JSON.stringify(volume)} cookie ${key.slice(0, 16)} fd ${m.fd} -> copen ${size}`);
+        log(
+          `OPEN  object ${m.objectId} volume ${JSON.stringify(volume)} cookie ${key.slice(0, 16)} fd ${m.fd} -> copen ${size}`,
+        );
         return;
       }
       case 'read': {
@@ -142,7 +146,8 @@ async function main(): Promise<number> {
           problems.push(`READ ${obj.key.slice(0, 16)} [${m.offset}, +${m.length}): ${(err as Error).message}`);
         }
         dev.readComplete(fd, m.msgId); // even after a failure: the reader then gets EIO, not a hang
-        if (counts.read <= 5 || process.env.SMOKE_VERBOSE) log(`READ  object ${m.objectId} [${m.offset}, +${m.length})`);
+        if (counts.read <= 5 || process.env.SMOKE_VERBOSE)
+          log(`READ  object ${m.objectId} [${m.offset}, +${m.length})`);
         return;
       }
       case 'close': {
@@ -170,7 +175,9 @@ async function main(): Promise<number> {
   dev.start(onMessage);
 
   const watchdog = setTimeout(() => {
-    log(`TIMEOUT after ${TIMEOUT_MS} ms; counts ${JSON.stringify(counts)}; closing the device (pending reads fail with EIO)`);
+    log(
+      `TIMEOUT after ${TIMEOUT_MS} ms; counts ${JSON.stringify(counts)}; closing the device (pending reads fail with EIO)`,
+    );
     dev.close();
     process.exit(1);
   }, TIMEOUT_MS);
@@ -214,11 +221,14 @@ async function main(): Promise<number> {
   expect(cold.counts.read > 0, 'cold: no READ at all');
   expect(warm.counts.read === 0, `warm: expected no READ (cached), got ${warm.counts.read}`);
   expect(domain.counts.read > 0, 'domain: no READ in a new volume');
-  const total = phases.reduce((a, p) => ({ open: a.open + p.counts.open, read: a.read + p.counts.read, close: a.close + p.counts.close }), {
-    open: 0,
-    read: 0,
-    close: 0,
-  });
+  const total = phases.reduce(
+    (a, p) => ({ open: a.open + p.counts.open, read: a.read + p.counts.read, close: a.close + p.counts.close }),
+    {
+      open: 0,
+      read: 0,
+      close: 0,
+    },
+  );
   log(`total: OPEN ${total.open}, READ ${total.read}, CLOSE ${total.close}`);
   for (const p of problems) log(`FAIL: ${p}`);
   log(problems.length === 0 ? 'PASS' : `FAIL (${problems.length} problems)`);

@@ -31,7 +31,8 @@ const MB = 1e6;
 
 function num(name: string, text: string | undefined): number {
   const v = Number(text);
-  if (text === undefined || text === '' || !Number.isFinite(v)) throw new Error(`--${name}: expected a number, got ${JSON.stringify(text)}`);
+  if (text === undefined || text === '' || !Number.isFinite(v))
+    throw new Error(`--${name}: expected a number, got ${JSON.stringify(text)}`);
   return v;
 }
 
@@ -49,7 +50,8 @@ function layout(rows: ReadonlyArray<readonly string[]>, rest: 'right' | 'left' =
 
 function toolRow(r: Row): string[] {
   if (!r.ok) return [r.tool, 'failed', '-', '-', '-', '-', '-'];
-  const perSec = (n: number | null, f: (v: number) => string): string => (n === null || r.seconds <= 0 ? 'n/a' : f(n / r.seconds));
+  const perSec = (n: number | null, f: (v: number) => string): string =>
+    n === null || r.seconds <= 0 ? 'n/a' : f(n / r.seconds);
   const mb = (n: number | null): string => (n === null ? 'n/a' : (n / MB).toFixed(2));
   const pct =
     r.bootstrapBytes === null || r.contentBytes === null || r.contentBytes === 0
@@ -87,7 +89,10 @@ function main(argv: string[]): void {
   let ours: BuildJson | null = null;
   if (a['ours-json']) {
     const text = fs.readFileSync(a['ours-json'], 'utf8').trim();
-    const last = text.split('\n').filter((l) => l.startsWith('{')).pop();
+    const last = text
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .pop();
     if (last) ours = JSON.parse(last) as BuildJson;
   }
   const paths = optNum('paths', a.paths);
@@ -103,7 +108,15 @@ function main(argv: string[]): void {
           bootstrapBytes: ours.bootstrap.bytes,
           blobBytes: ours.blob ? ours.blob.bytes : 0,
         }
-      : { tool: 'erofs-ondemand', ok: false, seconds: 0, inodes: null, contentBytes: null, bootstrapBytes: null, blobBytes: null },
+      : {
+          tool: 'erofs-ondemand',
+          ok: false,
+          seconds: 0,
+          inodes: null,
+          contentBytes: null,
+          bootstrapBytes: null,
+          blobBytes: null,
+        },
     a['ref-ok'] === '1'
       ? {
           tool: a['ref-name'] ?? 'mkfs.erofs',
@@ -115,15 +128,20 @@ function main(argv: string[]): void {
           bootstrapBytes: num('ref-bootstrap', a['ref-bootstrap']),
           blobBytes: num('ref-blob', a['ref-blob']),
         }
-      : { tool: a['ref-name'] ?? 'mkfs.erofs', ok: false, seconds: 0, inodes: null, contentBytes: null, bootstrapBytes: null, blobBytes: null },
+      : {
+          tool: a['ref-name'] ?? 'mkfs.erofs',
+          ok: false,
+          seconds: 0,
+          inodes: null,
+          contentBytes: null,
+          bootstrapBytes: null,
+          blobBytes: null,
+        },
   ];
 
   const out: string[] = [];
   out.push(
-    layout([
-      ['tool', 'seconds', 'files/s', 'MB/s', 'bootstrap MB', 'bootstrap %', 'blob MB'],
-      ...rows.map(toolRow),
-    ]),
+    layout([['tool', 'seconds', 'files/s', 'MB/s', 'bootstrap MB', 'bootstrap %', 'blob MB'], ...rows.map(toolRow)]),
   );
   out.push('');
   out.push('(seconds = wall time incl. process start-up; files/s = inodes / s; MB/s = content bytes chunked / s;');
@@ -144,7 +162,8 @@ function main(argv: string[]): void {
       ['source', a.source ?? '?'],
       ['inodes', `${ours.inodes} (${typeList})`],
     ];
-    if (paths !== null) tree.push(['paths (find -xdev)', `${paths}${paths !== ours.inodes ? ' (hard links count once as inodes)' : ''}`]);
+    if (paths !== null)
+      tree.push(['paths (find -xdev)', `${paths}${paths !== ours.inodes ? ' (hard links count once as inodes)' : ''}`]);
     tree.push(
       ['content bytes', `${ours.contentBytes} (${(ours.contentBytes / MB).toFixed(2)} MB)`],
       ['stored bytes', `${ours.storedBytes} (${(ours.storedBytes / MB).toFixed(2)} MB)`],
@@ -161,7 +180,9 @@ function main(argv: string[]): void {
         .join('\n'),
     );
   } else {
-    out.push(`tree: no summary (erofs-ondemand build failed)${paths !== null ? `; ${paths} paths (find -xdev) under ${a.source ?? '?'}` : ''}`);
+    out.push(
+      `tree: no summary (erofs-ondemand build failed)${paths !== null ? `; ${paths} paths (find -xdev) under ${a.source ?? '?'}` : ''}`,
+    );
   }
   process.stdout.write(`${out.join('\n')}\n`);
 }

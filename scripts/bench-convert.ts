@@ -2,13 +2,13 @@
 // into a second local registry by `erofs-ondemand convert`, against `skopeo copy` of the same image
 // between the same two registries. Medians of several runs; each run gets a fresh destination
 // registry, so no blob can be mounted or skipped. Prints a table.
-import { execFileSync, spawnSync } from 'node:child_process';
-import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import { runCli, type ConvertJson } from '../test/lib/harness';
 import { startRegistry, type RegistryServer } from '../test/lib/registry-server';
 import { minbaseImage, pythonImage, type UmociImage } from '../test/lib/test-images';
 import { childrenCpuSeconds, median, numberTable, processCpuSeconds, timed } from './lib';
 
-const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
@@ -27,22 +27,39 @@ async function main(): Promise<void> {
       process.stderr.write(`== ${name}: building/pushing the source image\n`);
       const img = make();
       const repo = name.split(' ')[0].replace(/[^a-z0-9]/g, '');
-      execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${src.host}/src/${repo}:1`]);
+      execFileSync('skopeo', [
+        'copy',
+        '-q',
+        '--dest-tls-verify=false',
+        `oci:${img.ref}`,
+        `docker://${src.host}/src/${repo}:1`,
+      ]);
       const ours: number[] = [];
       const theirs: number[] = [];
       const ourCpu: number[] = [];
       const registryCpu: number[] = [];
-      let last: Record<string, any> = {};
+      let last: ConvertJson | undefined;
       for (let i = 0; i < RUNS; i++) {
         await dst?.stop();
         dst = await startRegistry();
-        theirs.push(timed(() => execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src!.host}/src/${repo}:1`, `docker://${dst!.host}/copy${i}/${repo}:1`]))[1]);
+        theirs.push(
+          timed(() =>
+            execFileSync('skopeo', [
+              'copy',
+              '-q',
+              '--src-tls-verify=false',
+              '--dest-tls-verify=false',
+              `docker://${src!.host}/src/${repo}:1`,
+              `docker://${dst!.host}/copy${i}/${repo}:1`,
+            ]),
+          )[1],
+        );
         let out = '';
         const registriesBefore = processCpuSeconds(src.pid) + processCpuSeconds(dst.pid);
         const childrenBefore = childrenCpuSeconds();
         ours.push(
           timed(() => {
-            const r = spawnSync(process.execPath, [CLI, 'convert', '--json', `${src!.host}/src/${repo}:1`, `${dst!.host}/lazy${i}/${repo}:1`], { encoding: 'utf8' });
+            const r = runCli(['convert', '--json', `${src!.host}/src/${repo}:1`, `${dst!.host}/lazy${i}/${repo}:1`]);
             if (r.status !== 0) throw new Error(`convert failed: ${r.stderr}`);
             out = r.stdout;
           })[1],
@@ -54,8 +71,8 @@ async function main(): Promise<void> {
           `   run ${i + 1}: convert ${ours[i].toFixed(2)} s (${ourCpu[i].toFixed(2)} CPU-s; registries ${registryCpu[i].toFixed(2)} CPU-s), skopeo copy ${theirs[i].toFixed(2)} s\n`,
         );
       }
-      const blobBytes = last.blobBytes as number;
-      const tarBytes = last.tarBytes as number;
+      if (!last) throw new Error(`BENCH_RUNS=${RUNS}: no run to report`);
+      const { blobBytes, tarBytes } = last;
       rows.push([
         name,
         mb(last.sourceLayerBytes),
@@ -73,11 +90,28 @@ async function main(): Promise<void> {
     await src?.stop();
     await dst?.stop();
   }
-  const header = ['image', 'layers MB (gz)', 'tar MB', 'convert s', 'MB/s (tar)', 'convert CPU-s', 'registries CPU-s', 'bootstrap MB (% of tar)', 'blobs MB (% of layers)', 'skopeo copy s'];
-  process.stdout.write(`\nconvert: registry 127.0.0.1 -> registry 127.0.0.1, medians of ${RUNS} runs, ${require('node:os').cpus().length} cores\n`);
+  const header = [
+    'image',
+    'layers MB (gz)',
+    'tar MB',
+    'convert s',
+    'MB/s (tar)',
+    'convert CPU-s',
+    'registries CPU-s',
+    'bootstrap MB (% of tar)',
+    'blobs MB (% of layers)',
+    'skopeo copy s',
+  ];
+  process.stdout.write(
+    `\nconvert: registry 127.0.0.1 -> registry 127.0.0.1, medians of ${RUNS} runs, ${os.cpus().length} cores\n`,
+  );
   process.stdout.write(`${numberTable([header, ...rows])}\n`);
-  process.stdout.write('MB = 1e6 bytes; tar MB = uncompressed layer tars read; blobs = zstd chunks + chunk tables pushed\n');
-  process.stdout.write('CPU-s = user + system seconds of the convert process, and of both docker-registry processes during it (same cores)\n');
+  process.stdout.write(
+    'MB = 1e6 bytes; tar MB = uncompressed layer tars read; blobs = zstd chunks + chunk tables pushed\n',
+  );
+  process.stdout.write(
+    'CPU-s = user + system seconds of the convert process, and of both docker-registry processes during it (same cores)\n',
+  );
 }
 
 main().catch((err) => {

@@ -12,10 +12,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { materializeBlob } from '../src/blob/materialize';
 import { mountFileBacked, unmount } from '../src/mount/file-backed';
+import { startDaemon } from '../test/lib/harness';
 import { startRegistry } from '../test/lib/registry-server';
 import { layoutManifest } from '../test/lib/lazy-image';
 import { bigFileImage } from '../test/lib/test-images';
-import { cli, dropCaches, median, numberTable, startDaemon, stopDaemon, timed } from './lib';
+import { cli, dropCaches, median, numberTable, timed } from './lib';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const RANDOM_READS = Number(process.env.BENCH_RANDOM_READS ?? 1000);
@@ -63,7 +64,13 @@ async function main(): Promise<void> {
   try {
     process.stderr.write('== preparing: image (200 MiB random file), registry, conversion, local blobs\n');
     const img = bigFileImage();
-    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${registry.host}/src/big:1`]);
+    execFileSync('skopeo', [
+      'copy',
+      '-q',
+      '--dest-tls-verify=false',
+      `oci:${img.ref}`,
+      `docker://${registry.host}/src/big:1`,
+    ]);
     cli('convert', '-q', `${registry.host}/src/big:1`, `${registry.host}/lazy/big:1`);
     cli('convert', '-q', `oci:${img.ref}`, `oci:${work}/lazy-layout:1`);
     const { manifest, blob } = layoutManifest(`${work}/lazy-layout:1`);
@@ -110,7 +117,14 @@ async function main(): Promise<void> {
           for (const pattern of ['seq', 'rand'] as const) {
             const cache = path.join(work, `cache-${run}-${pattern}`);
             const socket = path.join(work, `sock-${run}-${pattern}`);
-            const daemon = await startDaemon(cache, socket, m.flags);
+            const daemon = await startDaemon({
+              cacheDir: cache,
+              socket,
+              flags: ['--metrics-address', '', ...m.flags],
+              env: { EROFS_ONDEMAND_LOG_LEVEL: process.env.EROFS_ONDEMAND_LOG_LEVEL ?? 'warn' },
+              stderr: 'inherit',
+              startTimeoutMs: 20_000,
+            });
             try {
               cli('mount', '--socket', socket, `${registry.host}/lazy/big:1`, mnt);
               const read = pattern === 'seq' ? sequential : random;
@@ -125,21 +139,29 @@ async function main(): Promise<void> {
               }
               cli('umount', '--socket', socket, mnt);
             } finally {
-              await stopDaemon(daemon);
+              await daemon.stop();
               fs.rmSync(cache, { recursive: true, force: true });
             }
           }
         }
         fs.rmdirSync(mnt);
-        process.stderr.write(`   run ${run + 1} ${m.name}: ${MEASURES.map((k) => `${k} ${r[k][run].toFixed(0)}`).join(', ')}\n`);
+        process.stderr.write(
+          `   run ${run + 1} ${m.name}: ${MEASURES.map((k) => `${k} ${r[k][run].toFixed(0)}`).join(', ')}\n`,
+        );
       }
     }
     const header = ['method', 'seq cold MB/s', 'seq warm MB/s', '4K random cold reads/s', '4K random warm reads/s'];
     const rows = [...results].map(([name, r]) => [name, ...MEASURES.map((k) => median(r[k]).toFixed(0))]);
-    process.stdout.write(`\nread throughput of a 200 MiB file of random bytes (1 MiB chunks), registry on 127.0.0.1, medians of ${RUNS} runs\n`);
-    process.stdout.write(`cold: page cache dropped, blob cache empty; warm: blob cache full, page cache dropped; random: ${RANDOM_READS} reads of 4 KiB\n`);
+    process.stdout.write(
+      `\nread throughput of a 200 MiB file of random bytes (1 MiB chunks), registry on 127.0.0.1, medians of ${RUNS} runs\n`,
+    );
+    process.stdout.write(
+      `cold: page cache dropped, blob cache empty; warm: blob cache full, page cache dropped; random: ${RANDOM_READS} reads of 4 KiB\n`,
+    );
     process.stdout.write(`${numberTable([header, ...rows])}\n`);
-    process.stdout.write('local: the materialised blobs mounted file-backed (no daemon): its cold and warm runs are the same thing.\n');
+    process.stdout.write(
+      'local: the materialised blobs mounted file-backed (no daemon): its cold and warm runs are the same thing.\n',
+    );
   } finally {
     await registry.stop();
     fs.rmSync(work, { recursive: true, force: true });

@@ -1,45 +1,11 @@
 // Helpers shared by the benchmark and demo scripts.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
-
-/** The command line as built: dist/scripts/ and dist/src/ are siblings. */
-const CLI = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
+import { execCliSync } from '../test/lib/harness';
 
 /** Runs an `erofs-ondemand` command to its end; its stdout. */
 export function cli(...args: string[]): string {
-  return execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
-}
-
-/**
- * Starts `erofs-ondemand daemon` on `socket` without waiting for it (see daemonReady): metrics off,
- * its stderr passed through at level warn unless EROFS_ONDEMAND_LOG_LEVEL says otherwise.
- */
-export function spawnDaemon(cacheDir: string, socket: string, flags: readonly string[] = []): ChildProcess {
-  return spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', '', ...flags], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: process.env.EROFS_ONDEMAND_LOG_LEVEL ?? 'warn' },
-  });
-}
-
-/** Waits until a daemon's control socket is there; a daemon that never makes it is an error. */
-export async function daemonReady(socket: string, flags: readonly string[] = []): Promise<void> {
-  for (let i = 0; i < 400 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!fs.existsSync(socket)) throw new Error(`daemon ${flags.join(' ')} did not start`);
-}
-
-export async function startDaemon(cacheDir: string, socket: string, flags: readonly string[] = []): Promise<ChildProcess> {
-  const d = spawnDaemon(cacheDir, socket, flags);
-  await daemonReady(socket, flags);
-  return d;
-}
-
-/** SIGTERM, and waits until the daemon has exited (at once if it has already). */
-export async function stopDaemon(d: ChildProcess): Promise<void> {
-  if (d.exitCode !== null || d.signalCode !== null) return;
-  const exited = new Promise((r) => d.once('exit', r));
-  d.kill('SIGTERM');
-  await exited;
+  return execCliSync(args);
 }
 
 /** Cold-cache runs: write back dirty pages, then drop the page cache, dentries and inodes. */
@@ -85,5 +51,7 @@ export function timed<T>(fn: () => T): [T, number] {
 /** A table with the first column left-aligned and the others right-aligned (numbers). */
 export function numberTable(rows: ReadonlyArray<readonly string[]>): string {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  return rows.map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')).join('\n');
+  return rows
+    .map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  '))
+    .join('\n');
 }

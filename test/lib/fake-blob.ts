@@ -110,7 +110,8 @@ export class FakeRangeReader {
       if (this.gate) await this.gate;
       const fault = this.nextFault();
       if (fault?.kind === 'delay') await new Promise((resolve) => setTimeout(resolve, fault.ms));
-      if (fault?.kind === 'error') throw fault.error ?? new Error(`fake blob: injected failure of bytes ${offset}-${offset + length - 1}`);
+      if (fault?.kind === 'error')
+        throw fault.error ?? new Error(`fake blob: injected failure of bytes ${offset}-${offset + length - 1}`);
       if (offset < 0 || length < 0 || offset + length > this.blob.length) {
         throw new Error(`fake blob: range ${offset}+${length} is outside the blob of ${this.blob.length} bytes`);
       }
@@ -187,14 +188,22 @@ export async function makeFakeBlob(opts: FakeBlobOptions = {}): Promise<FakeBlob
     byDigest.set(createHash('sha256').update(piece).digest('hex'), piece);
   }
   const digest = `sha256:${blob.id}`;
-  const remote = (read: RangeReader = new FakeRangeReader(bytes).read, what = `fake blob ${digest.slice(7, 19)}`): RemoteBlob => ({ digest, what, read });
+  const remote = (
+    read: RangeReader = new FakeRangeReader(bytes).read,
+    what = `fake blob ${digest.slice(7, 19)}`,
+  ): RemoteBlob => ({ digest, what, read });
   return {
     digest,
     bytes,
     content,
     chunkSize,
     index: {
-      trailer: { chunkSize, tableOffset: blob.tableOffset, chunkCount: blob.chunks.length, uncompressedSize: blob.uncompressedSize },
+      trailer: {
+        chunkSize,
+        tableOffset: blob.tableOffset,
+        chunkCount: blob.chunks.length,
+        uncompressedSize: blob.uncompressedSize,
+      },
       chunks: blob.chunks,
     },
     chunks: blob.chunks,

@@ -1,7 +1,6 @@
 // The bootstrap writer proven against erofs-utils (fsck.erofs, dump.erofs) and the running kernel
 // (file-backed EROFS mounts), tree by tree.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,6 +16,7 @@ import {
   makeWideDir,
 } from '../lib/fixtures';
 import { build, cleanup, dump, fsck, fsckExtract, tempDir, withMount } from '../lib/image';
+import { runCli } from '../lib/harness';
 
 const made: string[] = [];
 after(() => cleanup(...made));
@@ -139,8 +139,7 @@ describe('determinism', () => {
 });
 
 describe('the command line: build, mount-local, umount --local', () => {
-  const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
-  const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+    const cli = (...args: string[]) => runCli(args);
 
   it('mounts what build wrote and unmounts it, as an operator runs them', () => {
     const src = source('cli');

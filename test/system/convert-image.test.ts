@@ -1,6 +1,6 @@
 // `erofs-ondemand convert` on real images made by debootstrap + umoci, checked against `umoci unpack`.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,8 +15,8 @@ import { cleanup, tempDir } from '../lib/image';
 import { layoutManifest, withLazyMount } from '../lib/lazy-image';
 import { minbaseImage, UmociImage } from '../lib/test-images';
 import { compareTrees } from '../lib/tree-compare';
+import { CLI, runCli } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const made: string[] = [];
 after(() => cleanup(...made));
 
@@ -27,7 +27,7 @@ function taggedManifests(layout: string): number {
 }
 
 function convert(source: string, target: string, ...args: string[]): { digest: string; json: Record<string, unknown> } {
-  const r = spawnSync(process.execPath, [CLI, 'convert', source, target, '--json', ...args], { encoding: 'utf8' });
+  const r = runCli(['convert', source, target, '--json', ...args]);
   assert.equal(r.status, 0, r.stderr);
   const json = JSON.parse(r.stdout);
   return { digest: json.target.digest, json };
@@ -107,7 +107,7 @@ describe('convert from OCI layouts and docker archives', () => {
   it('refuses a zstd level it does not take, naming it, before writing anything', () => {
     for (const level of ['0', '20', 'fast', '1.5']) {
       const target = path.join(work, `bad-level-${level}`);
-      const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${image.ref}`, `oci:${target}:v1`, '--compression-level', level], { encoding: 'utf8' });
+      const r = runCli(['convert', `oci:${image.ref}`, `oci:${target}:v1`, '--compression-level', level]);
       assert.equal(r.status, 1, level);
       assert.match(r.stderr, new RegExp(`compression level "${level.replace('.', '\\.')}" must be a whole number from 1 \\(fastest\\) to 19`));
       assert.equal(fs.existsSync(target), false, `${level}: no target was written`);
@@ -183,7 +183,7 @@ describe('convert from OCI layouts and docker archives', () => {
       fs.writeFileSync(file, data);
     });
     const target = path.join(work, 'from-lying');
-    const r = spawnSync(process.execPath, [CLI, 'convert', `docker-archive:${archive}`, `oci:${target}:v1`], { encoding: 'utf8' });
+    const r = runCli(['convert', `docker-archive:${archive}`, `oci:${target}:v1`]);
     assert.equal(r.status, 1);
     assert.match(r.stderr, new RegExp(`layer "${altered}"`));
     assert.match(r.stderr, /digest mismatch|invalid|incorrect|truncated/);
@@ -270,7 +270,7 @@ describe('convert: interruption and bad input leave no manifest behind', () => {
     fs.chmodSync(file, 0o644);
     fs.writeFileSync(file, data);
     const target = path.join(work, 'not-pushed');
-    const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${copy}:latest`, `oci:${target}:v1`], { encoding: 'utf8' });
+    const r = runCli(['convert', `oci:${copy}:latest`, `oci:${target}:v1`]);
     assert.equal(r.status, 1);
     assert.match(r.stderr, new RegExp(`image "oci:${copy}:latest", layer "${layer.digest}"`));
     assert.match(r.stderr, /digest mismatch|invalid|incorrect|truncated/);
@@ -289,7 +289,7 @@ describe('convert: interruption and bad input leave no manifest behind', () => {
     fs.writeFileSync(blob(digest), raw);
     index.manifests[0] = { ...index.manifests[0], digest, size: raw.length };
     fs.writeFileSync(path.join(copy, 'index.json'), JSON.stringify(index));
-    const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${copy}:latest`, `oci:${path.join(work, 'x')}:v1`], { encoding: 'utf8' });
+    const r = runCli(['convert', `oci:${copy}:latest`, `oci:${path.join(work, 'x')}:v1`]);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /unsupported layer media type "application\/x-unknown-layer"/);
   });

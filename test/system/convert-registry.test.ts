@@ -1,7 +1,7 @@
 // convert from and to a real registry (Debian's docker-registry on 127.0.0.1), checked by mounting
 // what a node would pull and comparing it with `umoci unpack` of the source.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -13,27 +13,20 @@ import { layoutManifest, withLazyMount } from '../lib/lazy-image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { minbaseImage, UmociImage } from '../lib/test-images';
 import { compareTrees } from '../lib/tree-compare';
+import { runCli, runCliAsync, type ConvertJson } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const made: string[] = [];
 
 function cli(args: string[], env: NodeJS.ProcessEnv = {}) {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+  return runCli(args, { env });
 }
 
 /** For tests whose fault proxy lives in this process: a sync spawn would block the proxy. */
-function cliAsync(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: 'error', ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b) => (stdout += b));
-    child.stderr.on('data', (b) => (stderr += b));
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
+function cliAsync(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return runCliAsync(args, { env: { EROFS_ONDEMAND_LOG_LEVEL: 'error', ...env } });
 }
 
-function convert(source: string, target: string, env: NodeJS.ProcessEnv = {}): Record<string, any> {
+function convert(source: string, target: string, env: NodeJS.ProcessEnv = {}): ConvertJson {
   const r = cli(['convert', source, target, '--json'], env);
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout);

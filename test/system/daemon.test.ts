@@ -2,12 +2,13 @@
 // over its control socket, images from a real registry, misses answered through fanotify, and the
 // same suite through FUSE (file-backed EROFS; the loop-device mode runs the lifecycle tests).
 import assert from 'node:assert/strict';
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { until } from '../lib/assertions';
+import { execCli, execCliSync, startDaemon as launchDaemon, type Daemon } from '../lib/harness';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { cleanup, tempDir } from '../lib/image';
 import { RegistryClient } from '../../src/oci/registry';
@@ -17,11 +18,7 @@ import { compareTreesInChild } from '../lib/tree-compare';
 import { minbaseImage, UmociImage } from '../lib/test-images';
 
 const run = promisify(execFile);
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
-
-function cli(...args: string[]) {
-  return run(process.execPath, [CLI, ...args], { maxBuffer: 1 << 24 });
-}
+const cli = execCli;
 
 type Transport = 'fanotify' | 'fuse';
 
@@ -38,25 +35,17 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
   let registry: RegistryServer;
   let proxy: FaultProxy;
   let work: string;
-  let daemon: ChildProcess;
+  let daemon: Daemon | undefined;
   let socket: string;
-  let daemonLog = '';
   let reference: string;
 
-  async function startDaemon(cacheDir: string, ...extra: string[]): Promise<void> {
-    daemon = spawn(process.execPath, [CLI, 'daemon', '--cache-dir', cacheDir, '--socket', socket, '--metrics-address', '127.0.0.1:0', '--transport', transport, ...extraFlags, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
-    daemon.stderr!.on('data', (b) => (daemonLog += b));
-    for (let i = 0; i < 200 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
-    assert.ok(fs.existsSync(socket), `daemon did not start:\n${daemonLog}`);
+  async function startDaemon(cacheDir: string, ...extra: string[]): Promise<Daemon> {
+    daemon = await launchDaemon({ cacheDir, socket, flags: ['--metrics-address', '127.0.0.1:0', '--transport', transport, ...extraFlags, ...extra] });
     assert.equal(fs.statSync(socket).mode & 0o777, 0o600, 'the control socket is root-only');
+    return daemon;
   }
 
-  async function stopDaemon(): Promise<void> {
-    if (!daemon || daemon.exitCode !== null || daemon.signalCode !== null) return; // gone already (a test may kill -9 it)
-    const exited = new Promise((r) => daemon.once('exit', r));
-    daemon.kill('SIGTERM');
-    await exited;
-  }
+  const stopDaemon = () => daemon?.stop();
 
   before(async () => {
     const image = minbaseImage();
@@ -66,7 +55,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     registry = await startRegistry();
     proxy = await startFaultProxy(registry.host);
     execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${registry.host}/library/minbase:1`]);
-    execFileSync(process.execPath, [CLI, 'convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
+    execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
   });
   after(async () => {
     await stopDaemon();
@@ -106,12 +95,12 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     await cli('mount', '--socket', socket, `${proxy.host}/lazy/minbase:1`, mnt);
     try {
       proxy.add({ method: 'GET', path: /\/v2\/lazy\/minbase\/blobs\//, times: 1000, fault: { kind: 'corrupt' } });
-      daemonLog = '';
+      daemon!.log = '';
       await assert.rejects(run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy')]), (err: { stderr: string }) => /Input\/output error/.test(err.stderr));
       proxy.reset();
-      assert.match(daemonLog, /cache miss not served/);
-      assert.match(daemonLog, /blob sha256:[0-9a-f]{64}/);
-      assert.match(daemonLog, /does not match|zstd/);
+      assert.match(daemon!.log, /cache miss not served/);
+      assert.match(daemon!.log, /blob sha256:[0-9a-f]{64}/);
+      assert.match(daemon!.log, /does not match|zstd/);
       // Once the registry is honest again the same read succeeds: nothing wrong was cached.
       const { stdout } = await run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy'), path.join(mnt, 'usr', 'bin', 'bash')]);
       const sums = stdout.trim().split('\n').map((l) => l.split(' ')[0]);
@@ -138,8 +127,8 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
       const ranges = proxy.requests.filter((r) => r.status === 206);
       assert.ok(ranges.length > 3, `${ranges.length} Range GETs through the mirror`);
       assert.ok(proxy.requests.every((r) => r.path.endsWith(`?ns=${encodeURIComponent(dead)}`)), 'every request names the upstream it is for');
-      assert.match(daemonLog, /"message":"registry endpoint serves ranges of this blob"/);
-      assert.doesNotMatch(daemonLog, /trying the next/);
+      assert.match(daemon!.log, /"message":"registry endpoint serves ranges of this blob"/);
+      assert.doesNotMatch(daemon!.log, /trying the next/);
     } finally {
       await cli('umount', '--socket', socket, mnt);
     }
@@ -156,12 +145,12 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     await direct.close();
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     proxy.reset();
-    daemonLog = '';
+    daemon!.log = '';
     // The bootstrap from the mirror is altered: it is read again from the upstream.
     proxy.add({ method: 'GET', path: new RegExp(`/blobs/${lazy.layers[0].digest}`), times: 10, fault: { kind: 'corrupt' } });
     await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
     try {
-      assert.match(daemonLog, /blob from a mirror failed; reading it again from the next endpoint/);
+      assert.match(daemon!.log, /blob from a mirror failed; reading it again from the next endpoint/);
       // From now on every chunk range the mirror sends is altered.
       proxy.add({ method: 'GET', path: /\/v2\/lazy\/minbase\/blobs\//, times: 100_000, fault: { kind: 'corrupt' } });
       const { stdout } = await run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy'), path.join(reference, 'opt', 'app', 'bash-copy')]);
@@ -170,8 +159,8 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
       assert.equal((await run('chroot', [mnt, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
       const status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
       assert.ok(status.fetch.verifyFailures >= 1, 'the mirror\'s chunks were caught');
-      assert.match(daemonLog, /"message":"mirror passed over for this blob: its bytes failed"/);
-      assert.match(daemonLog, /chunk at \d+/);
+      assert.match(daemon!.log, /"message":"mirror passed over for this blob: its bytes failed"/);
+      assert.match(daemon!.log, /chunk at \d+/);
       const { stdout: fsck } = await cli('fsck', '--socket', socket, mnt);
       assert.match(fsck, /^\d+ cached chunks checked, 0 bad/);
     } finally {
@@ -190,10 +179,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     const before = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
     const cachedBefore = before.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
 
-    const killed = new Promise((r) => daemon.once('exit', r));
-    daemon.kill('SIGKILL');
-    await killed;
-    fs.rmSync(socket, { force: true });
+    await daemon!.stop('SIGKILL');
     if (transport === 'fuse') {
       // The dead daemon's FUSE mount is still there (its connection gone): reads of data not in the
       // page cache fail, they never see zeros.
@@ -203,7 +189,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     await startDaemon(cache);
     if (transport === 'fuse') assert.equal(fuseMountsUnder(cache).length, 1, 'the stale FUSE mount was detached, one live one made');
     const after = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
-    assert.equal(after.mounts.length, 1, `restored: ${daemonLog}`);
+    assert.equal(after.mounts.length, 1, `restored: ${daemon!.log}`);
     assert.equal(after.mounts[0].target, mnt);
     const cachedAfter = after.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
     assert.equal(cachedAfter, cachedBefore, 'chunks on disk are found again');
@@ -226,9 +212,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     try {
       const mounting = cli('mount', '--socket', socket, `${proxy.host}/lazy/minbase:1`, mnt);
       await manifestAsked;
-      const exited = new Promise((r) => daemon.once('exit', r));
-      daemon.kill('SIGKILL');
-      await exited;
+      await daemon!.stop('SIGKILL');
       await assert.rejects(mounting, (err: { code: number; stderr: string }) => {
         assert.equal(err.code, 1);
         assert.match(err.stderr, /daemon at .*control\.sock closed the connection before answering/);
@@ -321,7 +305,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     execFileSync('skopeo', ['copy', '-q', `oci:${minbaseImage().ref}`, `oci:${second.ref}`]);
     second.layer((r) => fs.writeFileSync(path.join(r, 'second.txt'), 'only in the second image\n'));
     execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${second.ref}`, `docker://${registry.host}/library/second:1`]);
-    execFileSync(process.execPath, [CLI, 'convert', '-q', `${registry.host}/library/second:1`, `${registry.host}/lazy/second:1`]);
+    execCliSync(['convert', '-q', `${registry.host}/library/second:1`, `${registry.host}/lazy/second:1`]);
     const a = fs.mkdtempSync(path.join(work, 'mnt-'));
     const b = fs.mkdtempSync(path.join(work, 'mnt-'));
     await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, a);
@@ -389,7 +373,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
       clearInterval(sampler);
     }
     peak = Math.max(peak, onDisk());
-    assert.ok(peak <= bound, `the cache reached ${peak} bytes, above its bound of ${bound}; ${daemonLog.split("\n").filter((l) => /bound/.test(l)).slice(0, 3).join(" | ")}`);
+    assert.ok(peak <= bound, `the cache reached ${peak} bytes, above its bound of ${bound}; ${daemon!.log.split("\n").filter((l) => /bound/.test(l)).slice(0, 3).join(" | ")}`);
     const status = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
     assert.ok(status.evictedBytes > 40 << 20, `reading the whole image evicted only ${status.evictedBytes} bytes`);
     assert.equal(status.cacheBoundBytes, bound);
@@ -424,7 +408,7 @@ describe(`daemon with ${transport} ${extraFlags.join(' ')}`.trim(), () => {
     };
     await until(holdsFile, 'the reader to hold the file open', 10_000);
     await stopDaemon();
-    assert.equal(daemon.exitCode, 0);
+    assert.equal(daemon!.process.exitCode, 0);
     assert.equal(fs.existsSync(socket), false, 'socket removed');
     const expected = execFileSync('sha256sum', [path.join(reference, 'opt', 'app', 'bash-copy')], { encoding: 'utf8' }).split(' ')[0];
     if (transport === 'fanotify') {

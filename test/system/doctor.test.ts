@@ -1,18 +1,17 @@
 // `doctor` probes the kernel for real; the daemon refuses a cache where misses cannot be served.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, it } from 'node:test';
 import { cleanup, tempDir } from '../lib/image';
+import { runCli } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const disk = tempDir('doctor');
 const shm = fs.mkdtempSync('/dev/shm/eo-doctor-');
 after(() => cleanup(disk, shm));
 
 function doctor(cacheDir: string) {
-  const r = spawnSync(process.execPath, [CLI, 'doctor', '--json', '--cache-dir', cacheDir], { encoding: 'utf8' });
+  const r = runCli(['doctor', '--json', '--cache-dir', cacheDir]);
   return { status: r.status, report: JSON.parse(r.stdout) };
 }
 
@@ -36,34 +35,34 @@ it('chooses FUSE for a cache on tmpfs, where fanotify marks answer EOPNOTSUPP', 
   assert.equal(report.transports.fuse.ok, true);
   assert.equal(report.cacheFs.type, 'tmpfs');
   assert.equal(report.chosen, 'fuse');
-  const text = spawnSync(process.execPath, [CLI, 'doctor', '--cache-dir', shm], { encoding: 'utf8' }).stdout;
+  const text = runCli(['doctor', '--cache-dir', shm]).stdout;
   assert.match(text, /FUSE +yes/);
   assert.match(text, /transport chosen +yes +fuse/);
 });
 
 it('the daemon will not run fanotify on such a cache, and says why', () => {
-  const r = spawnSync(process.execPath, [CLI, 'daemon', '--cache-dir', shm, '--socket', path.join(disk, 'sock'), '--transport', 'fanotify', '--metrics-address', ''], { encoding: 'utf8', timeout: 20_000 });
+  const r = runCli(['daemon', '--cache-dir', shm, '--socket', path.join(disk, 'sock'), '--transport', 'fanotify', '--metrics-address', ''], { timeout: 20_000 });
   assert.equal(r.status, 1);
   assert.match(r.stderr, /transport fanotify was requested but cannot work here .*EOPNOTSUPP.*tmpfs/);
 });
 
 it('FUSE can be insisted on where fanotify would be chosen', () => {
-  const d = spawnSync(process.execPath, [CLI, 'doctor', '--cache-dir', disk, '--transport', 'fuse', '--json'], { encoding: 'utf8' });
+  const d = runCli(['doctor', '--cache-dir', disk, '--transport', 'fuse', '--json']);
   assert.equal(d.status, 0);
   assert.equal(JSON.parse(d.stdout).chosen, 'fuse');
 });
 
 it('a transport the kernel lacks, when forced, stops the daemon with the reason', () => {
-  const r = spawnSync(process.execPath, [CLI, 'daemon', '--cache-dir', disk, '--socket', path.join(disk, 'sock'), '--transport', 'cachefiles', '--metrics-address', ''], { encoding: 'utf8', timeout: 20_000 });
+  const r = runCli(['daemon', '--cache-dir', disk, '--socket', path.join(disk, 'sock'), '--transport', 'cachefiles', '--metrics-address', ''], { timeout: 20_000 });
   assert.equal(r.status, 1);
   assert.match(r.stderr, /transport cachefiles was requested but cannot work here \(cachefiles: .*\/dev\/cachefiles/);
-  const d = spawnSync(process.execPath, [CLI, 'doctor', '--cache-dir', disk, '--transport', 'cachefiles', '--json'], { encoding: 'utf8' });
+  const d = runCli(['doctor', '--cache-dir', disk, '--transport', 'cachefiles', '--json']);
   assert.equal(d.status, 1);
   assert.equal(JSON.parse(d.stdout).chosen, null);
 });
 
 it('an unknown transport name is a usage error', () => {
-  const r = spawnSync(process.execPath, [CLI, 'daemon', '--transport', 'nfs'], { encoding: 'utf8' });
+  const r = runCli(['daemon', '--transport', 'nfs']);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /nfs.*Allowed choices are auto, cachefiles, fanotify, fuse/);
 });

@@ -1,12 +1,11 @@
 // `inspect` reads back what `build` wrote: the same tree and the same chunk statistics.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { after, it } from 'node:test';
 import { makeKitchenSink, makeWideDir } from '../lib/fixtures';
 import { build, cleanup, tempDir } from '../lib/image';
+import { runCli } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const made: string[] = [];
 after(() => cleanup(...made));
 
@@ -17,7 +16,7 @@ it('reports the counts and chunk statistics the builder produced', () => {
   makeWideDir(src, 500);
   const r = build(src);
   made.push(r.outDir);
-  const out = spawnSync(process.execPath, [CLI, 'inspect', '--json', '--tree', r.bootstrapPath], { encoding: 'utf8' });
+  const out = runCli(['inspect', '--json', '--tree', r.bootstrapPath]);
   assert.equal(out.status, 0, out.stderr);
   const report = JSON.parse(out.stdout);
   assert.equal(report.inodes.file, r.counts.file);
@@ -32,9 +31,9 @@ it('reports the counts and chunk statistics the builder produced', () => {
   const paths = report.tree.map((t: { path: string }) => t.path);
   assert.ok(paths.includes('/dir/sub/hardlink-to-odd') && paths.includes('/odd-size'), 'hard links appear under each name');
   assert.ok(paths.includes('/wide/entry-0-'));
-  const human = spawnSync(process.execPath, [CLI, 'inspect', r.bootstrapPath], { encoding: 'utf8' });
+  const human = runCli(['inspect', r.bootstrapPath]);
   assert.match(human.stdout, /dedup ratio/);
-  const bad = spawnSync(process.execPath, [CLI, 'inspect', path.join(src, 'small.txt')], { encoding: 'utf8' });
+  const bad = runCli(['inspect', path.join(src, 'small.txt')]);
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /not an EROFS image|too short/);
 });

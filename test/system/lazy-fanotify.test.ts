@@ -16,9 +16,9 @@ import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { minbaseImage } from '../lib/test-images';
 import { compareTreesInChild } from '../lib/tree-compare';
+import { execCliSync } from '../lib/harness';
 
 const run = promisify(execFile);
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 
 describe('lazy mount through fanotify', () => {
   let registry: RegistryServer;
@@ -31,7 +31,7 @@ describe('lazy mount through fanotify', () => {
     reference = image.unpack(path.join(work, 'reference'));
     registry = await startRegistry();
     execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${registry.host}/library/minbase:1`]);
-    execFileSync(process.execPath, [CLI, 'convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
+    execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
   });
   after(async () => {
     await closeRegistryClients();

@@ -20,9 +20,9 @@ import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { minbaseImage } from '../lib/test-images';
 import { compareTreesInChild } from '../lib/tree-compare';
+import { execCliSync } from '../lib/harness';
 
 const run = promisify(execFile);
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 
 async function dropCaches(): Promise<void> {
   await run('sh', ['-c', 'sync && echo 3 > /proc/sys/vm/drop_caches']);
@@ -47,7 +47,7 @@ describe('lazy mount through FUSE', () => {
     registry = await startRegistry();
     proxy = await startFaultProxy(registry.host);
     execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${registry.host}/library/minbase:1`]);
-    execFileSync(process.execPath, [CLI, 'convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
+    execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
   });
   after(async () => {
     await closeRegistryClients();

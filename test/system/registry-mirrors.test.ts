@@ -3,7 +3,6 @@
 // records requests and injects faults. Whatever a mirror does, what comes back is the right bytes or
 // an error naming the endpoint.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
@@ -23,24 +22,15 @@ import { cleanup, tempDir } from '../lib/image';
 import { captureLogs, type LogCapture } from '../lib/log-capture';
 import { freePort, startRegistry, type RegistryServer } from '../lib/registry-server';
 import { copyImage, pushSmallImage, smallImage } from '../lib/small-image';
+import { runCliAsync } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 
 function quoted(s: string): RegExp {
   return new RegExp(JSON.stringify(s).replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
 }
 
 /** The CLI in a child process, spawned asynchronously: the fault proxies live in this process. */
-function cliAsync(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: 'info' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b) => (stdout += b));
-    child.stderr.on('data', (b) => (stderr += b));
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const cliAsync = (args: string[]) => runCliAsync(args, { env: { EROFS_ONDEMAND_LOG_LEVEL: 'info' } });
 
 describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
   const img = smallImage();

@@ -2,7 +2,6 @@
 // signed by a CA made here with openssl. Without the CA a pull fails saying so; with `ca` (upstream
 // or mirror) or `insecure` it works.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -17,8 +16,8 @@ import { captureLogs } from '../lib/log-capture';
 import { freePort, startRegistry, type RegistryServer } from '../lib/registry-server';
 import { pushSmallImage, smallImage } from '../lib/small-image';
 import { makeTestCerts, type TestCerts } from '../lib/tls-certs';
+import { runCli } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const NOT_TRUSTED = /the TLS certificate of https:\/\/127\.0\.0\.1:\d+ does not verify: .*certificate.* \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)\); trust its CA with "ca" in the registries configuration, or skip verification with "insecure"/;
 
 function quoted(s: string): RegExp {
@@ -43,7 +42,7 @@ describe('registries behind a private CA', { timeout: 180_000 }, () => {
     assert.equal((await c.resolveManifest('app', 'v1', hostPlatform())).digest, img.digest);
     assert.deepEqual(await readAll(await c.getBlob('app', layer.digest, layer.size)), img.layer);
   };
-  const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, EROFS_ONDEMAND_LOG_LEVEL: 'error' } });
+  const cli = (...args: string[]) => runCli(args, { env: { EROFS_ONDEMAND_LOG_LEVEL: 'error' } });
   const writeConfig = (config: RegistriesConfig) => {
     const file = path.join(work, `registries-${Math.random().toString(36).slice(2)}.json`);
     fs.writeFileSync(file, JSON.stringify(config));

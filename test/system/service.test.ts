@@ -6,10 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { until } from '../lib/assertions';
+import { CLI, runCli } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const work = tempDir('service');
 after(() => cleanup(work));
 
@@ -49,7 +49,7 @@ describe('systemd service', () => {
   it('refuses a configuration with an unknown key or a wrong type, naming the file and key', () => {
     const file = path.join(work, 'bad.json');
     fs.writeFileSync(file, JSON.stringify({ cacheDir: work, prefetch: 'lots', cachedir: '/typo' }));
-    const r = spawnSync(process.execPath, [CLI, 'daemon', '--config', file], { encoding: 'utf8' });
+    const r = runCli(['daemon', '--config', file]);
     assert.equal(r.status, 1);
     assert.match(r.stderr, new RegExp(`path "${file}": invalid configuration: .*unknown key "cachedir".*/prefetch: must be integer`));
   });

@@ -1,6 +1,5 @@
 // Bad input: a clear error naming the path, a non-zero exit, and no partial output.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -9,8 +8,8 @@ import { InputError } from '../../src/errors';
 import { native } from '../../src/native';
 import { nameKey, type Directory, type Inode, type Metadata } from '../../src/tree/node';
 import { cleanup, tempDir } from '../lib/image';
+import { runCli } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const made: string[] = [];
 after(() => cleanup(...made));
 
@@ -64,7 +63,7 @@ describe('the writer refuses trees it cannot represent, naming the path', () => 
 
 describe('the build command on bad input', () => {
   function run(...args: string[]) {
-    return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+    return runCli(args);
   }
 
   it('fails with exit 1, names the source, and leaves no output for a missing directory', () => {

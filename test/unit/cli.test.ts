@@ -1,14 +1,13 @@
 // The command line itself: version, how it answers a command it does not know, and how it reads
 // arguments after an option.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { runCli } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
-const run = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+const run = (...args: string[]) => runCli(args);
 
 describe('erofs-ondemand', () => {
   it('prints the version of its package with --version and -V', () => {

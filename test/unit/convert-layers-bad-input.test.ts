@@ -28,9 +28,21 @@ describe('convert layers: bad input names image, layer and entry', () => {
     });
   }
 
-  it('path traversal', () => rejects([memoryLayer(makeTar([{ name: 'a/../../etc/passwd', body: 'x' }]), TAR)], /path "a\/..\/..\/etc\/passwd": path escapes the root/));
-  it('absolute names', () => rejects([memoryLayer(makeTar([{ name: '/etc/passwd', body: 'x' }]), TAR)], /path "\/etc\/passwd": absolute path in archive/));
-  it('hard link to a missing target', () => rejects([memoryLayer(makeTar([{ name: 'link', type: '1', linkname: 'nowhere' }]), TAR)], /path "\/link": hard link to missing target "\/nowhere"/));
+  it('path traversal', () =>
+    rejects(
+      [memoryLayer(makeTar([{ name: 'a/../../etc/passwd', body: 'x' }]), TAR)],
+      /path "a\/..\/..\/etc\/passwd": path escapes the root/,
+    ));
+  it('absolute names', () =>
+    rejects(
+      [memoryLayer(makeTar([{ name: '/etc/passwd', body: 'x' }]), TAR)],
+      /path "\/etc\/passwd": absolute path in archive/,
+    ));
+  it('hard link to a missing target', () =>
+    rejects(
+      [memoryLayer(makeTar([{ name: 'link', type: '1', linkname: 'nowhere' }]), TAR)],
+      /path "\/link": hard link to missing target "\/nowhere"/,
+    ));
   it('a truncated tar', () => {
     const tar = makeTar([{ name: 'f', body: Buffer.alloc(5000, 1) }], { end: false });
     return rejects([memoryLayer(tar.subarray(0, 2000), TAR)], /entry "f": input ends after .* \(truncated\)/);
@@ -40,9 +52,29 @@ describe('convert layers: bad input names image, layer and entry', () => {
     tar[10] ^= 0xff;
     return rejects([memoryLayer(tar, TAR)], /header checksum mismatch/);
   });
-  it('corrupt gzip', () => rejects([memoryLayer(Buffer.from('this is not gzip at all'), 'application/vnd.oci.image.layer.v1.tar+gzip')], /incorrect header check/));
-  it('a digest mismatch', () => rejects([memoryLayer(makeTar([{ name: 'f', body: 'x' }]), TAR, `sha256:${'0'.repeat(64)}`)], /digest mismatch/));
-  it('an unknown media type', () => rejects([memoryLayer(Buffer.alloc(0), 'application/x-something')], /unsupported layer media type "application\/x-something"/));
+  it('corrupt gzip', () =>
+    rejects(
+      [memoryLayer(Buffer.from('this is not gzip at all'), 'application/vnd.oci.image.layer.v1.tar+gzip')],
+      /incorrect header check/,
+    ));
+  it('a digest mismatch', () =>
+    rejects([memoryLayer(makeTar([{ name: 'f', body: 'x' }]), TAR, `sha256:${'0'.repeat(64)}`)], /digest mismatch/));
+  it('an unknown media type', () =>
+    rejects(
+      [memoryLayer(Buffer.alloc(0), 'application/x-something')],
+      /unsupported layer media type "application\/x-something"/,
+    ));
   it('a parent that is not a directory', () =>
-    rejects([memoryLayer(makeTar([{ name: 'f', body: 'x' }, { name: 'f/g', body: 'y' }]), TAR)], /path "\/f": a parent of this entry is not a directory/));
+    rejects(
+      [
+        memoryLayer(
+          makeTar([
+            { name: 'f', body: 'x' },
+            { name: 'f/g', body: 'y' },
+          ]),
+          TAR,
+        ),
+      ],
+      /path "\/f": a parent of this entry is not a directory/,
+    ));
 });

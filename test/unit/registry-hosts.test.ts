@@ -1,7 +1,6 @@
 // Registry host configuration: which endpoints a host's requests go to, in what order, with what
 // TLS; and configuration files whose mistakes are reported naming the key.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -10,8 +9,8 @@ import { InputError } from '../../src/errors';
 import { hostEndpoints, type RegistriesConfig } from '../../src/oci/hosts';
 import { cleanup, tempDir } from '../lib/image';
 import { makeTestCerts } from '../lib/tls-certs';
+import { runCli } from '../lib/harness';
 
-const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const work = tempDir('registry-hosts');
 after(() => cleanup(work));
 const certs = makeTestCerts(path.join(work, 'certs'));
@@ -182,7 +181,7 @@ describe('registries configuration files', () => {
       ['convert', '--registries-config', bad, 'r.example.com/app:1', `oci:${work}/out:1`],
       ['inspect', '--registries-config', bad, 'r.example.com/app:1'],
     ]) {
-      const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+      const r = runCli(args);
       assert.equal(r.status, 1, r.stderr);
       assert.match(r.stderr, new RegExp(`path "${bad}": invalid registries configuration: /hosts/r.example.com/mirrors/0: unknown key "overridepath"`));
     }

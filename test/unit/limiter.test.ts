@@ -1,0 +1,79 @@
+// The fetcher's concurrency bound: never more tasks at once than the limit, and on-demand reads
+// (a process is blocked on them) before background prefetch.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Limiter, type Priority } from '../../src/storage/limiter';
+
+/** A task that runs until released, recording when it started. */
+function gatedTask(started: string[], name: string) {
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  return {
+    release,
+    task: async () => {
+      started.push(name);
+      await gate;
+      return name;
+    },
+  };
+}
+
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+describe('Limiter', () => {
+  it('runs at most `limit` tasks at once, and each queued task when a slot frees', async () => {
+    const limiter = new Limiter(3);
+    let running = 0;
+    let peak = 0;
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        limiter.run(i % 2 ? 'demand' : 'prefetch', async () => {
+          running++;
+          peak = Math.max(peak, running);
+          await new Promise((resolve) => setTimeout(resolve, 1 + (i % 3)));
+          running--;
+          return i;
+        }),
+      ),
+    );
+    assert.equal(peak, 3);
+    assert.deepEqual(
+      results,
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+  });
+
+  it('starts queued demand tasks before queued prefetch, in arrival order within each', async () => {
+    const limiter = new Limiter(1);
+    const started: string[] = [];
+    const first = gatedTask(started, 'running');
+    const queued: Array<[Priority, string]> = [
+      ['prefetch', 'p1'],
+      ['demand', 'd1'],
+      ['prefetch', 'p2'],
+      ['demand', 'd2'],
+    ];
+    const all = [limiter.run('prefetch', first.task)];
+    const gates = queued.map(([priority, name]) => {
+      const g = gatedTask(started, name);
+      all.push(limiter.run(priority, g.task));
+      return g;
+    });
+    await tick();
+    assert.deepEqual(started, ['running'], 'the limit holds the others back');
+    first.release();
+    for (const g of gates) g.release();
+    await Promise.all(all);
+    assert.deepEqual(started, ['running', 'd1', 'd2', 'p1', 'p2']);
+  });
+
+  it('frees the slot of a task that fails, and passes its error on', async () => {
+    const limiter = new Limiter(1);
+    const failing = limiter.run('demand', async () => {
+      throw new Error('range read failed');
+    });
+    const next = limiter.run('prefetch', async () => 'ran');
+    await assert.rejects(failing, /range read failed/);
+    assert.equal(await next, 'ran');
+  });
+});
