@@ -50,12 +50,11 @@ describe(
     const trees: Record<'a' | 'b', string> = { a: '', b: '' };
     let baseBlob = '';
 
-    async function startDaemon(cacheDir: string, env: Record<string, string> = {}): Promise<void> {
+    async function startDaemon(cacheDir: string, ...extra: string[]): Promise<void> {
       daemon = await launchDaemon({
         cacheDir,
         socket,
-        flags: ['--transport', 'cachefiles', '--metrics-address', ''],
-        env,
+        flags: ['--transport', 'cachefiles', '--metrics-address', '', ...extra],
         startTimeoutMs: 120_000,
       });
     }
@@ -196,7 +195,7 @@ describe(
 
     it('a fetch that never answers fails its read with EIO after the timeout, not a hang', async () => {
       await stopDaemon();
-      await startDaemon(path.join(work, 'cache-stall'), { EROFS_ONDEMAND_READ_TIMEOUT_MS: '20000' });
+      await startDaemon(path.join(work, 'cache-stall'), '--read-timeout', '20');
       const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
       await cli('mount', '--socket', socket, `${proxy.host}/lazy/b:1`, mnt);
       try {

@@ -84,7 +84,7 @@ const schema: JSONSchemaType<FileConfig> = {
 let validators: { config: ValidateFunction<FileConfig>; registries: ValidateFunction<RegistriesConfig> } | undefined;
 function validatorsOf(): NonNullable<typeof validators> {
   if (!validators) {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when a file is read
     const Ajv = (require('ajv') as typeof import('ajv')).default;
     const ajv = new Ajv({ allErrors: true });
     validators = { config: ajv.compile(schema), registries: ajv.compile(registriesSchema) };

@@ -13,3 +13,10 @@ function packageRoot(): string {
 export function addonPath(name: string): string {
   return path.join(packageRoot(), 'build', 'Release', `${name}.node`);
 }
+
+/** Loads a built addon (process.dlopen: a .node file is no module for the TypeScript import syntax). */
+export function loadAddon<T>(name: string): T {
+  const module = { exports: {} as T };
+  process.dlopen(module, addonPath(name));
+  return module.exports;
+}

@@ -1,6 +1,6 @@
 // Typed face of the convert addon (native/convert/): batch chunk compression and gunzip on the
 // thread pool. A separate addon so that the daemon's nodes need neither ISA-L nor this code.
-import { addonPath } from './addon-path';
+import { addonPath, loadAddon } from './addon-path';
 
 /** Streaming gunzip, zlib-like: the caller feeds input and hands in each output buffer (so it can reuse them). */
 export interface GzipInflater {
@@ -47,7 +47,7 @@ export function convertAddon(): ConvertAddon {
   if (!loaded) {
     const file = addonPath('erofs_ondemand_convert');
     try {
-      loaded = require(file) as ConvertAddon;
+      loaded = loadAddon<ConvertAddon>('erofs_ondemand_convert');
     } catch (err) {
       throw new Error(`cannot load ${file} (it links libzstd1 and libisal2: apt-get install libzstd1 libisal2): ${(err as Error).message}`);
     }

@@ -1,5 +1,5 @@
 // Typed face of the N-API addon (native/): the syscalls Node.js does not offer.
-import { addonPath } from './addon-path';
+import { loadAddon } from './addon-path';
 
 export type PathLike = string | Buffer;
 
@@ -125,7 +125,7 @@ interface NativeAddon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
 }
 
-export const native: NativeAddon = require(addonPath('erofs_ondemand_native')) as NativeAddon;
+export const native: NativeAddon = loadAddon<NativeAddon>('erofs_ondemand_native');
 
 export const MS_RDONLY = 1;
 export const MS_NOSUID = 2;
