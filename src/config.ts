@@ -96,8 +96,10 @@ function validatorsOf(): NonNullable<typeof validators> {
 function schemaProblems(errors: ErrorObject[] | null | undefined): string[] {
   return (errors ?? []).map((e) => {
     const where = e.instancePath || '/';
-    if (e.keyword === 'additionalProperties') return `${where}: unknown key ${JSON.stringify(e.params.additionalProperty)}`;
-    if (e.keyword === 'enum') return `${where}: must be one of ${(e.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    if (e.keyword === 'additionalProperties')
+      return `${where}: unknown key ${JSON.stringify(e.params.additionalProperty)}`;
+    if (e.keyword === 'enum')
+      return `${where}: must be one of ${(e.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
     if (e.keyword === 'required') return `${where}: missing key ${JSON.stringify(e.params.missingProperty)}`;
     return `${where}: ${e.message}`;
   });
@@ -123,7 +125,8 @@ export function loadConfig(file: string, required: boolean): Config {
   const doc = readJson(file, required);
   if (doc === undefined) return structuredClone(DEFAULTS);
   const validate = validatorsOf().config;
-  if (!validate(doc)) throw new InputError(`invalid configuration: ${schemaProblems(validate.errors).join('; ')}`, { path: file });
+  if (!validate(doc))
+    throw new InputError(`invalid configuration: ${schemaProblems(validate.errors).join('; ')}`, { path: file });
   const c = doc as FileConfig;
   const semantic = checkRegistries(c.registries ?? {}).map((p) => `/registries${p}`);
   if (semantic.length) throw new InputError(`invalid configuration: ${semantic.join('; ')}`, { path: file });
@@ -143,7 +146,10 @@ export function loadConfig(file: string, required: boolean): Config {
 export function loadRegistriesFile(file: string): RegistriesConfig {
   const doc = readJson(file, true);
   const validateRegistries = validatorsOf().registries;
-  if (!validateRegistries(doc)) throw new InputError(`invalid registries configuration: ${schemaProblems(validateRegistries.errors).join('; ')}`, { path: file });
+  if (!validateRegistries(doc))
+    throw new InputError(`invalid registries configuration: ${schemaProblems(validateRegistries.errors).join('; ')}`, {
+      path: file,
+    });
   const problems = checkRegistries(doc);
   if (problems.length) throw new InputError(`invalid registries configuration: ${problems.join('; ')}`, { path: file });
   return doc;

@@ -7,11 +7,21 @@ import fs from 'node:fs';
  * throws when the file ends first. `isOpen` is asked before every read: once its owner has closed
  * the fd, the number may already belong to another file.
  */
-export async function readAt(fd: number, buf: Buffer, bufOffset: number, length: number, position: number, what: string, isOpen: () => boolean = () => true): Promise<void> {
-  for (let done = 0; done < length; ) {
+export async function readAt(
+  fd: number,
+  buf: Buffer,
+  bufOffset: number,
+  length: number,
+  position: number,
+  what: string,
+  isOpen: () => boolean = () => true,
+): Promise<void> {
+  for (let done = 0; done < length;) {
     if (!isOpen()) throw new Error(`${what} is closed`);
     const n = await new Promise<number>((resolve, reject) =>
-      fs.read(fd, buf, bufOffset + done, length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
+      fs.read(fd, buf, bufOffset + done, length - done, position + done, (err, bytes) =>
+        err ? reject(err) : resolve(bytes),
+      ),
     );
     if (n === 0) throw new Error(`${what} ends at ${position + done}, before ${position + length}`);
     done += n;
@@ -23,7 +33,12 @@ export async function readAt(fd: number, buf: Buffer, bufOffset: number, length:
  * since it was opened. `skip(n)` leaves out the next `n` bytes without reading them (a tar index skips
  * the members' bodies); resuming past the end fails as truncated.
  */
-export function readByPosition(fd: number, size: number, what: string, readBytes: number): AsyncIterable<Buffer> & { skip(n: number): void } {
+export function readByPosition(
+  fd: number,
+  size: number,
+  what: string,
+  readBytes: number,
+): AsyncIterable<Buffer> & { skip(n: number): void } {
   let position = 0;
   return {
     skip(n: number): void {
@@ -36,7 +51,8 @@ export function readByPosition(fd: number, size: number, what: string, readBytes
         position += buf.length;
         yield buf;
       }
-      if (position > size) throw new Error(`${what} ends ${position - size} bytes before the end of a skipped range (truncated)`);
+      if (position > size)
+        throw new Error(`${what} ends ${position - size} bytes before the end of a skipped range (truncated)`);
     },
   };
 }

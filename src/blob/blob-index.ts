@@ -9,7 +9,12 @@ import { decodeTable, decodeTrailer, ENTRY_SIZE, TRAILER_SIZE, type BlobTrailer,
  * returns the last bytes it got, checked or not, so callers check what they are given. `priority`
  * (default 'demand') says how hard a transient failure is retried: a prefetch gives up sooner.
  */
-export type RangeReader = (offset: number, length: number, verify?: (data: Buffer) => Promise<Error | null>, priority?: Priority) => Promise<Buffer>;
+export type RangeReader = (
+  offset: number,
+  length: number,
+  verify?: (data: Buffer) => Promise<Error | null>,
+  priority?: Priority,
+) => Promise<Buffer>;
 
 export interface BlobIndex {
   trailer: BlobTrailer;
@@ -30,18 +35,34 @@ export function tableDigest(tableAndTrailer: Buffer): string {
  * The chunk table and trailer. With `expected` (from the image manifest, itself verified) they are
  * read in one request and checked against its digest; without it they are taken as read.
  */
-export async function loadBlobIndex(read: RangeReader, blobSize: number, what: string, expected?: ExpectedTable): Promise<BlobIndex> {
+export async function loadBlobIndex(
+  read: RangeReader,
+  blobSize: number,
+  what: string,
+  expected?: ExpectedTable,
+): Promise<BlobIndex> {
   if (blobSize < TRAILER_SIZE) throw new Error(`${what}: blob of ${blobSize} bytes is too small to hold a chunk table`);
   if (expected) return loadVerified(read, blobSize, what, expected);
   const trailer = decodeTrailer(await read(blobSize - TRAILER_SIZE, TRAILER_SIZE), what);
   const tableSize = trailer.chunkCount * ENTRY_SIZE;
-  if (trailer.tableOffset + tableSize + TRAILER_SIZE !== blobSize) throw new Error(`${what}: chunk table does not end where the trailer starts`);
+  if (trailer.tableOffset + tableSize + TRAILER_SIZE !== blobSize)
+    throw new Error(`${what}: chunk table does not end where the trailer starts`);
   return checked(trailer, decodeTable(await read(trailer.tableOffset, tableSize), what), what);
 }
 
-async function loadVerified(read: RangeReader, blobSize: number, what: string, expected: ExpectedTable): Promise<BlobIndex> {
+async function loadVerified(
+  read: RangeReader,
+  blobSize: number,
+  what: string,
+  expected: ExpectedTable,
+): Promise<BlobIndex> {
   const { offset, digest } = expected;
-  if (!Number.isSafeInteger(offset) || offset < 0 || offset + TRAILER_SIZE > blobSize || (blobSize - offset - TRAILER_SIZE) % ENTRY_SIZE !== 0) {
+  if (
+    !Number.isSafeInteger(offset) ||
+    offset < 0 ||
+    offset + TRAILER_SIZE > blobSize ||
+    (blobSize - offset - TRAILER_SIZE) % ENTRY_SIZE !== 0
+  ) {
     throw new Error(`${what}: chunk table offset ${offset} does not fit a blob of ${blobSize} bytes`);
   }
   const mismatch = (data: Buffer): Error | null => {
@@ -52,14 +73,18 @@ async function loadVerified(read: RangeReader, blobSize: number, what: string, e
   const bad = mismatch(data);
   if (bad) throw bad;
   const trailer = decodeTrailer(data.subarray(data.length - TRAILER_SIZE), what);
-  if (trailer.tableOffset !== offset) throw new Error(`${what}: the trailer puts the chunk table at ${trailer.tableOffset}, the manifest at ${offset}`);
-  if (trailer.chunkCount * ENTRY_SIZE !== data.length - TRAILER_SIZE) throw new Error(`${what}: chunk table does not end where the trailer starts`);
+  if (trailer.tableOffset !== offset)
+    throw new Error(`${what}: the trailer puts the chunk table at ${trailer.tableOffset}, the manifest at ${offset}`);
+  if (trailer.chunkCount * ENTRY_SIZE !== data.length - TRAILER_SIZE)
+    throw new Error(`${what}: chunk table does not end where the trailer starts`);
   return checked(trailer, decodeTable(data.subarray(0, data.length - TRAILER_SIZE), what), what);
 }
 
 function checked(trailer: BlobTrailer, chunks: ChunkEntry[], what: string): BlobIndex {
   const last = chunks[chunks.length - 1];
-  if (last && last.compressedOffset + last.compressedSize > trailer.tableOffset) throw new Error(`${what}: chunk data overlaps the chunk table`);
-  if (last && last.uncompressedOffset + last.uncompressedSize > trailer.uncompressedSize) throw new Error(`${what}: chunk beyond the uncompressed size`);
+  if (last && last.compressedOffset + last.compressedSize > trailer.tableOffset)
+    throw new Error(`${what}: chunk data overlaps the chunk table`);
+  if (last && last.uncompressedOffset + last.uncompressedSize > trailer.uncompressedSize)
+    throw new Error(`${what}: chunk beyond the uncompressed size`);
   return { trailer, chunks };
 }

@@ -7,7 +7,9 @@ export class ChunkVerificationError extends Error {}
 
 export async function decodeChunk(entry: ChunkEntry, compressed: Buffer, what: string): Promise<Buffer> {
   if (compressed.length !== entry.compressedSize) {
-    throw new ChunkVerificationError(`${what}: chunk at ${entry.uncompressedOffset}: got ${compressed.length} compressed bytes, expected ${entry.compressedSize}`);
+    throw new ChunkVerificationError(
+      `${what}: chunk at ${entry.uncompressedOffset}: got ${compressed.length} compressed bytes, expected ${entry.compressedSize}`,
+    );
   }
   let data: Buffer;
   try {
@@ -16,11 +18,15 @@ export async function decodeChunk(entry: ChunkEntry, compressed: Buffer, what: s
     throw new ChunkVerificationError(`${what}: chunk at ${entry.uncompressedOffset}: zstd: ${(err as Error).message}`);
   }
   if (data.length !== entry.uncompressedSize) {
-    throw new ChunkVerificationError(`${what}: chunk at ${entry.uncompressedOffset}: ${data.length} bytes after decompression, expected ${entry.uncompressedSize}`);
+    throw new ChunkVerificationError(
+      `${what}: chunk at ${entry.uncompressedOffset}: ${data.length} bytes after decompression, expected ${entry.uncompressedSize}`,
+    );
   }
   const digest = createHash('sha256').update(data).digest();
   if (!digest.equals(entry.digest)) {
-    throw new ChunkVerificationError(`${what}: chunk at ${entry.uncompressedOffset}: sha256 ${digest.toString('hex')} does not match ${entry.digest.toString('hex')}`);
+    throw new ChunkVerificationError(
+      `${what}: chunk at ${entry.uncompressedOffset}: sha256 ${digest.toString('hex')} does not match ${entry.digest.toString('hex')}`,
+    );
   }
   return data;
 }

@@ -38,7 +38,8 @@ export function encodeTable(entries: readonly ChunkEntry[]): Buffer {
 }
 
 export function decodeTable(data: Buffer, what: string): ChunkEntry[] {
-  if (data.length % ENTRY_SIZE !== 0) throw new Error(`${what}: chunk table of ${data.length} bytes is not a multiple of ${ENTRY_SIZE}`);
+  if (data.length % ENTRY_SIZE !== 0)
+    throw new Error(`${what}: chunk table of ${data.length} bytes is not a multiple of ${ENTRY_SIZE}`);
   const out: ChunkEntry[] = [];
   for (let at = 0; at < data.length; at += ENTRY_SIZE) {
     const e: ChunkEntry = {
@@ -50,8 +51,10 @@ export function decodeTable(data: Buffer, what: string): ChunkEntry[] {
     };
     const prev = out[out.length - 1];
     if (e.uncompressedOffset % 4096 !== 0) throw new Error(`${what}: chunk ${out.length} is not 4 KiB aligned`);
-    if (prev && e.uncompressedOffset < prev.uncompressedOffset + prev.uncompressedSize) throw new Error(`${what}: chunk ${out.length} overlaps the one before`);
-    if (prev && e.compressedOffset < prev.compressedOffset + prev.compressedSize) throw new Error(`${what}: compressed chunk ${out.length} overlaps the one before`);
+    if (prev && e.uncompressedOffset < prev.uncompressedOffset + prev.uncompressedSize)
+      throw new Error(`${what}: chunk ${out.length} overlaps the one before`);
+    if (prev && e.compressedOffset < prev.compressedOffset + prev.compressedSize)
+      throw new Error(`${what}: compressed chunk ${out.length} overlaps the one before`);
     out.push(e);
   }
   return out;
@@ -69,7 +72,8 @@ export function encodeTrailer(t: BlobTrailer): Buffer {
 }
 
 export function decodeTrailer(data: Buffer, what: string): BlobTrailer {
-  if (data.length !== TRAILER_SIZE || !data.subarray(0, 8).equals(MAGIC)) throw new Error(`${what}: no chunk table trailer (not an erofs-ondemand blob)`);
+  if (data.length !== TRAILER_SIZE || !data.subarray(0, 8).equals(MAGIC))
+    throw new Error(`${what}: no chunk table trailer (not an erofs-ondemand blob)`);
   const version = data.readUInt32LE(8);
   if (version !== VERSION) throw new Error(`${what}: chunk table version ${version} is not supported`);
   return {

@@ -85,7 +85,10 @@ export class FileChunker {
     let got = 0;
     while (got < len) {
       const n = fs.readSync(fd, this.buf, got, len - got, offset + got);
-      if (n === 0) throw new InputError(`file shrank below ${offset + got + (len - got)} bytes while being read`, { path: displayPath(source) });
+      if (n === 0)
+        throw new InputError(`file shrank below ${offset + got + (len - got)} bytes while being read`, {
+          path: displayPath(source),
+        });
       got += n;
     }
   }

@@ -114,7 +114,10 @@ export class CompressedBlobWriter {
       const bound = compressBound(batch.bytes, batch.chunks.length);
       const reusable = this.spare.findIndex((b) => b.length >= bound);
       // Sized for any batch of chunks up to BATCH_BYTES each; larger chunks get buffers of their own size.
-      const output = reusable >= 0 ? this.spare.splice(reusable, 1)[0] : Buffer.allocUnsafeSlow(Math.max(bound, compressBound(2 * BATCH_BYTES, BATCH_CHUNKS)));
+      const output =
+        reusable >= 0
+          ? this.spare.splice(reusable, 1)[0]
+          : Buffer.allocUnsafeSlow(Math.max(bound, compressBound(2 * BATCH_BYTES, BATCH_CHUNKS)));
       const done = convertAddon().compressChunks(this.level, batch.chunks, output, this.known);
       done.catch(() => undefined); // surfaced when awaited in order; not an unhandled rejection meanwhile
       this.inFlight.push({ batch, output, done });
@@ -142,7 +145,8 @@ export class CompressedBlobWriter {
         continue;
       }
       // Size 0 (no frame) only for digests the dictionary has: the pool skips those.
-      if (size === 0) throw new Error(`chunk ${digest.toString('hex')} was skipped as stored but is not in the dictionary`);
+      if (size === 0)
+        throw new Error(`chunk ${digest.toString('hex')} was skipped as stored but is not in the dictionary`);
       const length = batch.lengths[i];
       const location: ChunkLocation = { device: this.device, blkaddr: this.uncompressedOffset / BLOCK_SIZE };
       this.entries.push({
@@ -189,7 +193,12 @@ export class CompressedBlobWriter {
     const tableOffset = this.compressedOffset;
     const tail = Buffer.concat([
       encodeTable(this.entries),
-      encodeTrailer({ chunkSize: this.chunkSize, tableOffset, chunkCount: this.entries.length, uncompressedSize: this.uncompressedOffset }),
+      encodeTrailer({
+        chunkSize: this.chunkSize,
+        tableOffset,
+        chunkCount: this.entries.length,
+        uncompressedSize: this.uncompressedOffset,
+      }),
     ]);
     this.write([tail]);
     return {

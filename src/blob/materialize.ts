@@ -4,7 +4,10 @@ import fs from 'node:fs';
 import { loadBlobIndex } from './blob-index';
 import { decodeChunk } from './chunk-codec';
 
-export async function materializeBlob(compressedPath: string, outPath: string): Promise<{ uncompressedSize: number; chunks: number }> {
+export async function materializeBlob(
+  compressedPath: string,
+  outPath: string,
+): Promise<{ uncompressedSize: number; chunks: number }> {
   const fd = fs.openSync(compressedPath, 'r');
   const out = fs.openSync(outPath, 'w');
   try {

@@ -28,7 +28,15 @@ export interface BuildResult {
 }
 
 function countTypes(root: Inode): Record<Inode['type'], number> {
-  const counts: Record<Inode['type'], number> = { file: 0, dir: 0, symlink: 0, chardev: 0, blockdev: 0, fifo: 0, socket: 0 };
+  const counts: Record<Inode['type'], number> = {
+    file: 0,
+    dir: 0,
+    symlink: 0,
+    chardev: 0,
+    blockdev: 0,
+    fifo: 0,
+    socket: 0,
+  };
   const seen = new Set<Inode>();
   const stack: Inode[] = [root];
   while (stack.length > 0) {

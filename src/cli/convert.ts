@@ -22,7 +22,12 @@ async function progressBars(): Promise<{ onProgress: (e: ConvertProgress) => voi
   // Loaded only for a terminal: cli-progress pulls in readline, start-up that --json and -q skip.
   const { MultiBar, Presets } = await import('cli-progress');
   const multi = new MultiBar(
-    { format: ' {name} [{bar}] {percentage}% {done}/{total}', hideCursor: true, clearOnComplete: false, stream: process.stderr },
+    {
+      format: ' {name} [{bar}] {percentage}% {done}/{total}',
+      hideCursor: true,
+      clearOnComplete: false,
+      stream: process.stderr,
+    },
     Presets.shades_classic,
   );
   const bars: SingleBar[] = [];
@@ -34,7 +39,13 @@ async function progressBars(): Promise<{ onProgress: (e: ConvertProgress) => voi
         e.layers.forEach((l, i) => {
           totals[i] = l.size;
           done[i] = 0;
-          bars.push(multi.create(l.size, 0, { name: `layer ${i + 1} ${l.digest.slice(7, 19)}`, done: bytes(0), total: bytes(l.size) }));
+          bars.push(
+            multi.create(l.size, 0, {
+              name: `layer ${i + 1} ${l.digest.slice(7, 19)}`,
+              done: bytes(0),
+              total: bytes(l.size),
+            }),
+          );
         });
       } else if (e.kind === 'layer-bytes') {
         done[e.layer] += e.bytes;
@@ -45,7 +56,11 @@ async function progressBars(): Promise<{ onProgress: (e: ConvertProgress) => voi
   };
 }
 
-export async function convertCommand(source: string, target: string, opts: ConvertCommandOptions): Promise<ConvertResult> {
+export async function convertCommand(
+  source: string,
+  target: string,
+  opts: ConvertCommandOptions,
+): Promise<ConvertResult> {
   // libuv's pool (4 threads by default) runs gunzip and every chunk's zstd. Converting is a CPU-bound
   // batch job: one pool thread per core keeps every core busy without threads contending for them,
   // on small machines and large. Read by libuv when the pool first starts, which is later than this.
@@ -91,7 +106,13 @@ export async function convertCommand(source: string, target: string, opts: Conve
           target: result.target,
           seconds,
           bootstrapBytes: c.bootstrapSize,
-          blobs: c.blobs.map((b) => ({ digest: `sha256:${b.id}`, bytes: b.size, uncompressedBytes: b.uncompressedSize, chunks: b.chunks.length, sourceLayer: b.sourceLayer })),
+          blobs: c.blobs.map((b) => ({
+            digest: `sha256:${b.id}`,
+            bytes: b.size,
+            uncompressedBytes: b.uncompressedSize,
+            chunks: b.chunks.length,
+            sourceLayer: b.sourceLayer,
+          })),
           layers: c.layers,
           sourceLayerBytes: result.sourceLayerBytes,
           blobBytes,

@@ -63,9 +63,14 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     try {
       const next = effectiveConfig(flags, cmd);
       log.level = next.logLevel;
-      const restartOnly: string[] = (['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking'] as const).filter((k) => next[k] !== config[k]);
+      const restartOnly: string[] = (['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking'] as const).filter(
+        (k) => next[k] !== config[k],
+      );
       if (JSON.stringify(next.registries) !== JSON.stringify(config.registries)) restartOnly.push('registries');
-      log.info('configuration reloaded', { logLevel: next.logLevel, ...(restartOnly.length ? { needsRestart: restartOnly } : {}) });
+      log.info('configuration reloaded', {
+        logLevel: next.logLevel,
+        ...(restartOnly.length ? { needsRestart: restartOnly } : {}),
+      });
     } catch (err) {
       log.error('configuration not reloaded', { error: (err as Error).message });
     }

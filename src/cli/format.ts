@@ -16,7 +16,9 @@ export function bytes(n: number): string {
 
 export function table(rows: ReadonlyArray<readonly string[]>): string {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  return rows.map((r) => r.map((cell, c) => (c === rows[0].length - 1 ? cell : cell.padEnd(widths[c]))).join('  ')).join('\n');
+  return rows
+    .map((r) => r.map((cell, c) => (c === rows[0].length - 1 ? cell : cell.padEnd(widths[c]))).join('  '))
+    .join('\n');
 }
 
 /** Parses 4096, 64K, 1M, 1MiB into bytes. */
@@ -31,7 +33,9 @@ export function parseSize(text: string): number {
 export function zstdLevelOf(text: string): number {
   const level = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
   if (!(level >= MIN_ZSTD_LEVEL && level <= MAX_ZSTD_LEVEL)) {
-    throw new InputError(`compression level ${JSON.stringify(text)} must be a whole number from ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest)`);
+    throw new InputError(
+      `compression level ${JSON.stringify(text)} must be a whole number from ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest)`,
+    );
   }
   return level;
 }

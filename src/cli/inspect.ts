@@ -50,7 +50,12 @@ export function inspectBootstrap(image: Buffer, source: string, withTree: boolea
   for (const { path, inode } of r.walk()) {
     entries++;
     const type = TYPES[inode.mode & S_IFMT] ?? 'unknown';
-    if (withTree) tree.push({ path: path.toString('utf8'), mode: (inode.mode & 0o7777).toString(8).padStart(4, '0'), size: inode.size });
+    if (withTree)
+      tree.push({
+        path: path.toString('utf8'),
+        mode: (inode.mode & 0o7777).toString(8).padStart(4, '0'),
+        size: inode.size,
+      });
     if (seen.has(inode.nid)) continue;
     seen.add(inode.nid);
     inodes[type] = (inodes[type] ?? 0) + 1;
@@ -76,21 +81,33 @@ export function inspectBootstrap(image: Buffer, source: string, withTree: boolea
   };
 }
 
-export async function inspectCommand(ref: string, opts: RegistryFlags & { json?: boolean; tree?: boolean }): Promise<void> {
+export async function inspectCommand(
+  ref: string,
+  opts: RegistryFlags & { json?: boolean; tree?: boolean },
+): Promise<void> {
   try {
     const report = inspectBootstrap(await loadBootstrap(ref, registriesFromFlags(opts)), ref, Boolean(opts.tree));
     if (opts.json) {
       process.stdout.write(`${JSON.stringify(report)}\n`);
       return;
     }
-    if (report.tree) for (const t of report.tree) process.stdout.write(`${t.mode} ${String(t.size).padStart(12)} ${t.path}\n`);
+    if (report.tree)
+      for (const t of report.tree) process.stdout.write(`${t.mode} ${String(t.size).padStart(12)} ${t.path}\n`);
     const rows = [
       ['', 'value'],
       ['bootstrap', `${bytes(report.bootstrapBytes)} (${report.devices.length} blobs)`],
       ['entries', String(report.entries)],
-      ['inodes', Object.entries(report.inodes).map(([k, v]) => `${v} ${k}`).join(', ')],
+      [
+        'inodes',
+        Object.entries(report.inodes)
+          .map(([k, v]) => `${v} ${k}`)
+          .join(', '),
+      ],
       ['file data', bytes(report.fileBytes)],
-      ['chunks', `${report.chunks.referenced} referenced, ${report.chunks.unique} distinct, ${report.chunks.holes} holes`],
+      [
+        'chunks',
+        `${report.chunks.referenced} referenced, ${report.chunks.unique} distinct, ${report.chunks.holes} holes`,
+      ],
       ['dedup ratio', `${report.chunks.dedupRatio.toFixed(3)}x`],
     ];
     process.stdout.write(`${table(rows)}\n`);

@@ -31,7 +31,9 @@ async function mountLocal(outDir: string, target: string): Promise<void> {
 
 /** The version in package.json: dist/src/cli/ sits two levels below the package's root. */
 function packageVersion(): string {
-  return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+  return (
+    JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }
+  ).version;
 }
 
 /** An `<image>` argument of fsck and prefetch: a mount point (an absolute path, normalised) or an image reference. */
@@ -53,7 +55,10 @@ function withRegistryOptions(cmd: Command): Command {
   return cmd
     .option('--plain-http <host>', 'a registry host spoken to over plain HTTP (repeat for more)', collect)
     .option('--insecure <host>', 'a registry host whose TLS certificate is not verified (repeat for more)', collect)
-    .option('--registries-config <file>', 'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)');
+    .option(
+      '--registries-config <file>',
+      'registry hosts: mirrors, CA files, TLS (JSON, the daemon configuration\'s "registries" object)',
+    );
 }
 
 export function program(): Command {
@@ -69,15 +74,23 @@ export function program(): Command {
     .argument('<out-dir>', 'output directory (bootstrap.erofs, blobs/<id>)')
     .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
     .option('--json', 'print the summary as JSON')
-    .action(async (dir: string, out: string, opts: { chunkSize: string; json?: boolean }) => (await import('./build')).buildCommand(dir, out, opts));
-  withRegistryOptions(cli
-    .command('convert')
-    .description('convert an OCI image into the lazy format and push it')
-    .argument('<source>', 'registry reference, oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]')
-    .argument('<target>', 'registry reference or oci:PATH[:TAG]')
-    .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
-    .option('--compression-level <n>', `zstd level of the chunks, ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest blobs)`, String(DEFAULT_ZSTD_LEVEL))
-    .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)'))
+    .action(async (dir: string, out: string, opts: { chunkSize: string; json?: boolean }) =>
+      (await import('./build')).buildCommand(dir, out, opts),
+    );
+  withRegistryOptions(
+    cli
+      .command('convert')
+      .description('convert an OCI image into the lazy format and push it')
+      .argument('<source>', 'registry reference, oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]')
+      .argument('<target>', 'registry reference or oci:PATH[:TAG]')
+      .option('--chunk-size <size>', 'chunk size, a power of two from 4K to 64M', '1M')
+      .option(
+        '--compression-level <n>',
+        `zstd level of the chunks, ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest blobs)`,
+        String(DEFAULT_ZSTD_LEVEL),
+      )
+      .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)'),
+  )
     .option('--json', 'print the result as one JSON line')
     .option('-q, --quiet', 'print nothing on success')
     .action(async (source: string, target: string, opts) => {
@@ -89,25 +102,41 @@ export function program(): Command {
     .argument('<out-dir>', 'a directory written by `build`')
     .argument('<target>', 'mount point')
     .action(async (out: string, target: string) => mountLocal(out, target));
-  withRegistryOptions(cli
-    .command('daemon')
-    .description('serve lazy mounts: owns the cache directory and answers cache misses')
-    .option('--config <file>', 'configuration file (JSON)', DEFAULT_CONFIG)
-    .option('--cache-dir <dir>', 'cache directory, on ext4/xfs/btrfs (default /var/lib/erofs-ondemand)')
-    .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET})`)
-    .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
-    .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
-    .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)'))
+  withRegistryOptions(
+    cli
+      .command('daemon')
+      .description('serve lazy mounts: owns the cache directory and answers cache misses')
+      .option('--config <file>', 'configuration file (JSON)', DEFAULT_CONFIG)
+      .option('--cache-dir <dir>', 'cache directory, on ext4/xfs/btrfs (default /var/lib/erofs-ondemand)')
+      .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET})`)
+      .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
+      .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
+      .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)'),
+  )
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
-    .addOption(new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices(['auto', ...TRANSPORT_NAMES]))
-    .addOption(new Option('--fuse-backing <mode>', 'FUSE transport: EROFS over the FUSE files directly (file, Linux 6.12+) or through loop devices (default auto: by kernel version)').choices([...FUSE_BACKINGS]))
+    .addOption(
+      new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices([
+        'auto',
+        ...TRANSPORT_NAMES,
+      ]),
+    )
+    .addOption(
+      new Option(
+        '--fuse-backing <mode>',
+        'FUSE transport: EROFS over the FUSE files directly (file, Linux 6.12+) or through loop devices (default auto: by kernel version)',
+      ).choices([...FUSE_BACKINGS]),
+    )
     .action(async (opts: DaemonFlags, cmd: Command) => (await import('./daemon')).daemonCommand(opts, cmd));
   cli
     .command('doctor')
     .description('kernel features, the transport the daemon would choose, permissions, cache filesystem')
     .option('--cache-dir <dir>', 'cache directory to check', DEFAULT_CACHE_DIR)
-    .addOption(new Option('--transport <name>', 'check one transport instead of choosing the best').choices(['auto', ...TRANSPORT_NAMES]).default('auto'))
+    .addOption(
+      new Option('--transport <name>', 'check one transport instead of choosing the best')
+        .choices(['auto', ...TRANSPORT_NAMES])
+        .default('auto'),
+    )
     .option('--json', 'print the findings as JSON')
     .action(async (opts: { cacheDir: string; transport: TransportName | 'auto'; json?: boolean }) => {
       process.exitCode = (await import('./doctor')).doctorCommand(opts);
@@ -119,7 +148,9 @@ export function program(): Command {
     .argument('<target>', 'mount point')
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .action(async (ref: string, target: string, opts: { socket: string }) => {
-      const r = (await callControl(opts.socket, { op: 'mount', ref, target: path.resolve(target) })) as { digest: string };
+      const r = (await callControl(opts.socket, { op: 'mount', ref, target: path.resolve(target) })) as {
+        digest: string;
+      };
       process.stdout.write(`${ref} (${r.digest}) mounted at ${target}\n`);
     });
   cli
@@ -166,29 +197,42 @@ export function program(): Command {
     .argument('<image>', 'mount point or image reference')
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .action(async (image: string, opts: { socket: string }) => {
-      const r = (await callControl(opts.socket, { op: 'prefetch', target: mountedImage(image) })) as { fetched: number };
+      const r = (await callControl(opts.socket, { op: 'prefetch', target: mountedImage(image) })) as {
+        fetched: number;
+      };
       process.stdout.write(`${r.fetched} chunks fetched\n`);
     });
-  withRegistryOptions(cli
-    .command('inspect')
-    .description('tree, files, chunk and dedup statistics of a lazy image or a bootstrap file')
-    .argument('<image>', 'registry reference (the lazy image or one a lazy image refers to) or a bootstrap file')
-    .option('--tree', 'list every path with its mode and size')
-    .option('--json', 'print the report as JSON'))
-    .action(async (image: string, opts) => (await import('./inspect')).inspectCommand(image, opts));
+  withRegistryOptions(
+    cli
+      .command('inspect')
+      .description('tree, files, chunk and dedup statistics of a lazy image or a bootstrap file')
+      .argument('<image>', 'registry reference (the lazy image or one a lazy image refers to) or a bootstrap file')
+      .option('--tree', 'list every path with its mode and size')
+      .option('--json', 'print the report as JSON'),
+  ).action(async (image: string, opts) => (await import('./inspect')).inspectCommand(image, opts));
   cli
     .command('gc')
     .description('evict cached blobs no mounted image uses, least recently used first')
-    .option('--max-size <size>', 'shrink the cache to at most this (default: the daemon\'s bound, else evict all unused)')
+    .option(
+      '--max-size <size>',
+      "shrink the cache to at most this (default: the daemon's bound, else evict all unused)",
+    )
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .option('--json', 'print the result as JSON')
     .action(async (opts: { socket: string; maxSize?: string; json?: boolean }) => {
-      const r = (await callControl(opts.socket, { op: 'gc', ...(opts.maxSize ? { maxBytes: parseSize(opts.maxSize) } : {}) })) as {
+      const r = (await callControl(opts.socket, {
+        op: 'gc',
+        ...(opts.maxSize ? { maxBytes: parseSize(opts.maxSize) } : {}),
+      })) as {
         removed: string[];
         freedBytes: number;
         cacheBytes: number;
       };
-      process.stdout.write(opts.json ? `${JSON.stringify(r)}\n` : `${r.removed.length} blobs evicted, ${bytes(r.freedBytes)} freed, cache now ${bytes(r.cacheBytes)}\n`);
+      process.stdout.write(
+        opts.json
+          ? `${JSON.stringify(r)}\n`
+          : `${r.removed.length} blobs evicted, ${bytes(r.freedBytes)} freed, cache now ${bytes(r.cacheBytes)}\n`,
+      );
     });
   return cli;
 }

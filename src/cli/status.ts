@@ -3,17 +3,30 @@ import { bytes, table } from './format';
 
 export interface DaemonStatus {
   transport: string;
-  fetch: { requests: number; bytesFetched: number; verifyFailures: number; latency: { p50: number; p90: number; p99: number } | null };
+  fetch: {
+    requests: number;
+    bytesFetched: number;
+    verifyFailures: number;
+    latency: { p50: number; p90: number; p99: number } | null;
+  };
   inFlight: number;
   cacheBytes: number;
   cacheBoundBytes: number;
   evictedBytes: number;
-  mounts: Array<{ target: string; image: string; cachedBytes: number; hitRatio: number | null; blobs: Array<{ chunks: number; cached: number }> }>;
+  mounts: Array<{
+    target: string;
+    image: string;
+    cachedBytes: number;
+    hitRatio: number | null;
+    blobs: Array<{ chunks: number; cached: number }>;
+  }>;
 }
 
 export function formatStatus(s: DaemonStatus): string {
   const ms = (x: number) => `${(x * 1000).toFixed(1)} ms`;
-  const lat = s.fetch.latency ? `p50 ${ms(s.fetch.latency.p50)}, p90 ${ms(s.fetch.latency.p90)}, p99 ${ms(s.fetch.latency.p99)}` : 'no fetches yet';
+  const lat = s.fetch.latency
+    ? `p50 ${ms(s.fetch.latency.p50)}, p90 ${ms(s.fetch.latency.p90)}, p99 ${ms(s.fetch.latency.p99)}`
+    : 'no fetches yet';
   const head = [
     `transport ${s.transport}; cache ${bytes(s.cacheBytes)} on disk${s.cacheBoundBytes ? ` (bound ${bytes(s.cacheBoundBytes)}, ${bytes(s.evictedBytes)} evicted)` : ''}; in-flight chunks ${s.inFlight}`,
     `fetched ${bytes(s.fetch.bytesFetched)} in ${s.fetch.requests} requests (${s.fetch.verifyFailures} verification failures); latency ${lat}`,

@@ -82,7 +82,12 @@ function readAhead(opened: Promise<OpenedBlob>): Promise<OpenedBlob> {
   return Object.assign(read, { abort: () => void (ended || stream?.destroy?.()) });
 }
 
-async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => void, onEnd: () => void, signal?: AbortSignal): AsyncIterable<Buffer> {
+async function* counted(
+  source: AsyncIterable<Buffer>,
+  onBytes: (n: number) => void,
+  onEnd: () => void,
+  signal?: AbortSignal,
+): AsyncIterable<Buffer> {
   for await (const b of source) {
     signal?.throwIfAborted();
     onBytes(b.length);
@@ -136,7 +141,11 @@ export class LayerDownloads {
   }
 }
 
-export async function convertLayers(layers: readonly LayerInput[], workDir: string, opts: ConvertLayersOptions): Promise<ConvertedLayers> {
+export async function convertLayers(
+  layers: readonly LayerInput[],
+  workDir: string,
+  opts: ConvertLayersOptions,
+): Promise<ConvertedLayers> {
   const chunkSize = 2 ** opts.chunkBits;
   const tree = new MergedTree();
   const dict = new ChunkDictionary();
@@ -165,7 +174,12 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
         try {
           const opened = await downloads.get(i)!;
           if (opened.endpoint) ctx.endpoint = opened.endpoint;
-          raw = counted(opened, (n) => opts.onBytes?.(i, n), () => downloads.get(i + 1), opts.signal);
+          raw = counted(
+            opened,
+            (n) => opts.onBytes?.(i, n),
+            () => downloads.get(i + 1),
+            opts.signal,
+          );
         } catch (err) {
           throw InputError.wrap(err, ctx);
         }
@@ -195,7 +209,10 @@ export async function convertLayers(layers: readonly LayerInput[], workDir: stri
   for (const location of dict.locations()) location.device = deviceOfLayer.get(location.device)!;
   const { image, inodeCount } = (() => {
     try {
-      return writeBootstrap(tree.root, { chunkBits: opts.chunkBits, devices: blobs.map((b) => ({ id: b.id, size: b.uncompressedSize })) });
+      return writeBootstrap(tree.root, {
+        chunkBits: opts.chunkBits,
+        devices: blobs.map((b) => ({ id: b.id, size: b.uncompressedSize })),
+      });
     } catch (err) {
       throw InputError.wrap(err, { image: opts.image });
     }

@@ -76,7 +76,11 @@ export function lazyManifest(config: Descriptor, sourceDigest: string, c: Conver
   };
 }
 
-export async function convertImage(source: ImageSource, target: ImageTarget, opts: ConvertOptions): Promise<ConvertResult> {
+export async function convertImage(
+  source: ImageSource,
+  target: ImageTarget,
+  opts: ConvertOptions,
+): Promise<ConvertResult> {
   const work = fs.mkdtempSync(path.join(opts.workDir ?? os.tmpdir(), 'erofs-ondemand-convert-'));
   let downloads: LayerDownloads | undefined;
   try {
@@ -112,36 +116,32 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, memoKeys) : new Set<number>();
     const streams = new Map<number, StreamedBlob>();
     const abandoned: Array<Promise<void>> = [];
-    const converted = await convertLayers(
-      layers,
-      work,
-      {
-        downloads,
-        chunkBits: opts.chunkBits,
-        zstdLevel,
-        image: source.ref,
-        signal: opts.signal,
-        onBytes: (layer, bytes) => opts.onProgress?.({ kind: 'layer-bytes', layer, bytes }),
-        blobProgress: (layer, file) => {
-          if (expectedInTarget.has(layer)) return undefined;
-          const stream = target.streamBlob?.(file);
-          if (stream) streams.set(layer, stream);
-          return stream;
-        },
-        onBlob: (b, layer) => {
-          const desc = blobDescriptor(b);
-          const stream = streams.get(layer);
-          streams.delete(layer);
-          if (stream) track(desc, stream.finish(desc));
-          else push(desc, b.path);
-        },
-        onNoBlob: (layer) => {
-          const stream = streams.get(layer);
-          streams.delete(layer);
-          if (stream) abandoned.push(stream.abandon());
-        },
+    const converted = await convertLayers(layers, work, {
+      downloads,
+      chunkBits: opts.chunkBits,
+      zstdLevel,
+      image: source.ref,
+      signal: opts.signal,
+      onBytes: (layer, bytes) => opts.onProgress?.({ kind: 'layer-bytes', layer, bytes }),
+      blobProgress: (layer, file) => {
+        if (expectedInTarget.has(layer)) return undefined;
+        const stream = target.streamBlob?.(file);
+        if (stream) streams.set(layer, stream);
+        return stream;
       },
-    ).catch(async (err) => {
+      onBlob: (b, layer) => {
+        const desc = blobDescriptor(b);
+        const stream = streams.get(layer);
+        streams.delete(layer);
+        if (stream) track(desc, stream.finish(desc));
+        else push(desc, b.path);
+      },
+      onNoBlob: (layer) => {
+        const stream = streams.get(layer);
+        streams.delete(layer);
+        if (stream) abandoned.push(stream.abandon());
+      },
+    }).catch(async (err) => {
       await Promise.allSettled([...pushes, ...abandoned, ...[...streams.values()].map((s) => s.abandon())]);
       throw err;
     });
@@ -157,7 +157,8 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
     opts.signal?.throwIfAborted();
     const raw = Buffer.from(JSON.stringify(lazy));
     const digest = await target.putManifest(raw, MediaType.ociManifest);
-    if (digest !== sha256Digest(raw)) throw new Error(`target ${target.ref} stored the manifest as ${digest}, expected ${sha256Digest(raw)}`);
+    if (digest !== sha256Digest(raw))
+      throw new Error(`target ${target.ref} stored the manifest as ${digest}, expected ${sha256Digest(raw)}`);
     // Nodes find the lazy image from the original reference through this referrer.
     let referrer: string | null = null;
     if (source.addReferrer) {
@@ -184,7 +185,11 @@ export async function convertImage(source: ImageSource, target: ImageTarget, opt
 }
 
 /** Layers whose blob the memo knows and the target holds (or which give no blob): not worth streaming. */
-async function expectedBlobs(target: ImageTarget, memo: ConvertedLayerMemo | null, keys: string[]): Promise<Set<number>> {
+async function expectedBlobs(
+  target: ImageTarget,
+  memo: ConvertedLayerMemo | null,
+  keys: string[],
+): Promise<Set<number>> {
   const expected = new Set<number>();
   if (!memo) return expected;
   await Promise.all(

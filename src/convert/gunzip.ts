@@ -28,7 +28,7 @@ export function gunzip(source: AsyncIterable<Buffer>): ReleasingStream {
       let last = false;
       const feed = async (): Promise<void> => {
         const parts: Buffer[] = [];
-        for (let bytes = 0; bytes < INPUT_BYTES; ) {
+        for (let bytes = 0; bytes < INPUT_BYTES;) {
           const r = await input.next();
           if (r.done) {
             last = true;

@@ -66,7 +66,7 @@ export async function convertLayer(
   const isZero = (parts: Buffer[]) => parts.every((p) => p.equals(zeros.subarray(0, p.length)));
   const content = async (size: number): Promise<Array<ChunkLocation | null>> => {
     const chunks: Array<ChunkLocation | null> = [];
-    for (let left = size; left > 0; ) {
+    for (let left = size; left > 0;) {
       const at = reader.bodyOffset;
       const parts = await reader.readBody(Math.min(chunkSize, left));
       for (const p of parts) left -= p.length;
@@ -99,7 +99,10 @@ export async function convertLayer(
       if (r.done) break;
     }
   } catch (err) {
-    throw InputError.wrap(err, { ...ctx, ...(current && !(err instanceof InputError && err.context.path) ? { entry: displayPath(current) } : {}) });
+    throw InputError.wrap(err, {
+      ...ctx,
+      ...(current && !(err instanceof InputError && err.context.path) ? { entry: displayPath(current) } : {}),
+    });
   }
   return stats;
 }

@@ -22,7 +22,10 @@ export class ConvertedLayerMemo {
   constructor(private readonly file: string) {
     this.entries = new Map();
     try {
-      const doc = JSON.parse(fs.readFileSync(file, 'utf8')) as { version?: number; blobs?: Record<string, string | null> };
+      const doc = JSON.parse(fs.readFileSync(file, 'utf8')) as {
+        version?: number;
+        blobs?: Record<string, string | null>;
+      };
       if (doc.version === VERSION && doc.blobs && typeof doc.blobs === 'object') {
         for (const [k, v] of Object.entries(doc.blobs)) if (v === null || typeof v === 'string') this.entries.set(k, v);
       }
@@ -36,7 +39,9 @@ export class ConvertedLayerMemo {
    * (chunks stored lower are not stored again), on the chunk size and on the compressor.
    */
   static key(layers: readonly string[], index: number, chunkBits: number, compressor: string): string {
-    return createHash('sha256').update(JSON.stringify([VERSION, compressor, chunkBits, layers.slice(0, index + 1)])).digest('hex');
+    return createHash('sha256')
+      .update(JSON.stringify([VERSION, compressor, chunkBits, layers.slice(0, index + 1)]))
+      .digest('hex');
   }
 
   /** The blob digest this chain gave, null when it gave no blob, undefined when unknown. */

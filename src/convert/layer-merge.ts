@@ -63,7 +63,10 @@ export class MergedTree {
       case 'hardlink': {
         const targetParts = splitPath(entry.linkname);
         const target = this.lookup(targetParts);
-        if (!target) throw new InputError(`hard link to missing target ${JSON.stringify(displayPath(targetParts))}`, { path: displayPath(parts) });
+        if (!target)
+          throw new InputError(`hard link to missing target ${JSON.stringify(displayPath(targetParts))}`, {
+            path: displayPath(parts),
+          });
         if (target.type === 'dir') throw new InputError('hard link to a directory', { path: displayPath(parts) });
         node = target;
         break;
@@ -124,7 +127,8 @@ export class MergedTree {
         dir = next;
         return;
       }
-      if (next) throw new InputError('a parent of this entry is not a directory', { path: displayPath(parts.slice(0, i + 1)) });
+      if (next)
+        throw new InputError('a parent of this entry is not a directory', { path: displayPath(parts.slice(0, i + 1)) });
       const created: Directory = { type: 'dir', meta: defaultDirMeta(), entries: new Map() };
       dir.entries.set(key, created);
       this.originOf(dir).set(key, layer);
@@ -139,7 +143,14 @@ function defaultDirMeta(): Metadata {
 }
 
 function metaOf(e: TarEntry): Metadata {
-  return { perm: e.mode & 0o7777, uid: e.uid, gid: e.gid, mtimeSec: e.mtimeSec, mtimeNsec: e.mtimeNsec, xattrs: e.xattrs };
+  return {
+    perm: e.mode & 0o7777,
+    uid: e.uid,
+    gid: e.gid,
+    mtimeSec: e.mtimeSec,
+    mtimeNsec: e.mtimeNsec,
+    xattrs: e.xattrs,
+  };
 }
 
 /** Splits an archive path into components; `.` and empty components vanish, `..` and absolute paths are refused. */
@@ -152,7 +163,8 @@ export function splitPath(name: Buffer): Buffer[] {
       const part = name.subarray(start, i);
       start = i + 1;
       if (part.length === 0 || (part.length === 1 && part[0] === 0x2e)) continue;
-      if (part.length === 2 && part[0] === 0x2e && part[1] === 0x2e) throw new InputError("path escapes the root with '..'", { path: displayPath(name) });
+      if (part.length === 2 && part[0] === 0x2e && part[1] === 0x2e)
+        throw new InputError("path escapes the root with '..'", { path: displayPath(name) });
       parts.push(part);
     }
   }

@@ -66,7 +66,10 @@ export function callControl(socketPath: string, req: ControlRequest, timeoutMs =
       conn.destroy();
       fn();
     };
-    const timer = setTimeout(() => settle(() => reject(new Error(`no answer from the daemon at ${socketPath} within ${timeoutMs / 1000} s`))), timeoutMs);
+    const timer = setTimeout(
+      () => settle(() => reject(new Error(`no answer from the daemon at ${socketPath} within ${timeoutMs / 1000} s`))),
+      timeoutMs,
+    );
     conn.on('connect', () => conn.write(`${JSON.stringify(req)}\n`));
     conn.on('data', (d) => {
       buf += d.toString('utf8');
@@ -76,13 +79,27 @@ export function callControl(socketPath: string, req: ControlRequest, timeoutMs =
       try {
         res = JSON.parse(buf.slice(0, nl)) as ControlResponse;
       } catch {
-        settle(() => reject(new Error(`the daemon at ${socketPath} answered with something that is not JSON: ${JSON.stringify(buf.slice(0, Math.min(nl, 200)))}`)));
+        settle(() =>
+          reject(
+            new Error(
+              `the daemon at ${socketPath} answered with something that is not JSON: ${JSON.stringify(buf.slice(0, Math.min(nl, 200)))}`,
+            ),
+          ),
+        );
         return;
       }
       settle(() => (res.ok ? resolve(res.result) : reject(new Error(res.error))));
     });
-    conn.on('error', (err) => settle(() => reject(new Error(`cannot reach the daemon at ${socketPath}: ${err.message}`))));
+    conn.on('error', (err) =>
+      settle(() => reject(new Error(`cannot reach the daemon at ${socketPath}: ${err.message}`))),
+    );
     // A daemon that exits (or is killed) while it works on the request closes the connection unanswered.
-    conn.on('close', () => settle(() => reject(new Error(`the daemon at ${socketPath} closed the connection before answering (did it stop? see its log)`))));
+    conn.on('close', () =>
+      settle(() =>
+        reject(
+          new Error(`the daemon at ${socketPath} closed the connection before answering (did it stop? see its log)`),
+        ),
+      ),
+    );
   });
 }

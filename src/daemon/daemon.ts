@@ -110,7 +110,11 @@ export class Daemon {
   }
 
   private saveState(): void {
-    const state = [...this.mounts].map(([target, img]) => ({ ref: img.ref, target, state: this.mountStates.get(target) }));
+    const state = [...this.mounts].map(([target, img]) => ({
+      ref: img.ref,
+      target,
+      state: this.mountStates.get(target),
+    }));
     fs.writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
     fs.renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
@@ -122,7 +126,11 @@ export class Daemon {
    */
   private async restore(): Promise<void> {
     const state = fs.existsSync(this.stateFile)
-      ? (JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Array<{ ref: string; target: string; state?: MountState }>)
+      ? (JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Array<{
+          ref: string;
+          target: string;
+          state?: MountState;
+        }>)
       : [];
     const mounted = new Set(mountTable().map((m) => m.target));
     const remount: typeof state = [];
@@ -133,13 +141,21 @@ export class Daemon {
           if (this.transport.resume(image, entry.target, entry.state)) {
             this.mounts.set(entry.target, image);
             this.mountStates.set(entry.target, entry.state);
-            log.info('resumed a mount after restart', { image: entry.ref, target: entry.target, transport: this.transport.name });
+            log.info('resumed a mount after restart', {
+              image: entry.ref,
+              target: entry.target,
+              transport: this.transport.name,
+            });
             continue;
           }
         }
         remount.push(entry);
       } catch (err) {
-        log.error('could not resume a mount', { image: entry.ref, target: entry.target, error: (err as Error).message });
+        log.error('could not resume a mount', {
+          image: entry.ref,
+          target: entry.target,
+          error: (err as Error).message,
+        });
         remount.push(entry);
       }
     }
@@ -164,7 +180,11 @@ export class Daemon {
       this.metricsPort = port;
     }
     this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
-    log.info('daemon ready', { socket: this.opts.socket, cacheDir: this.opts.cacheDir, transport: this.transport.name });
+    log.info('daemon ready', {
+      socket: this.opts.socket,
+      cacheDir: this.opts.cacheDir,
+      transport: this.transport.name,
+    });
   }
 
   private async handle(req: ControlRequest): Promise<unknown> {
@@ -217,7 +237,9 @@ export class Daemon {
   }
 
   /** Checks every cached chunk of an image against its digest. */
-  async fsck(target: string): Promise<{ chunks: number; bad: Array<{ blob: string; offset: number; expected: string; got: string }> }> {
+  async fsck(
+    target: string,
+  ): Promise<{ chunks: number; bad: Array<{ blob: string; offset: number; expected: string; got: string }> }> {
     const img = this.image(target);
     const bad: Array<{ blob: string; offset: number; expected: string; got: string }> = [];
     for (const b of img.blobs) for (const x of await b.verify()) bad.push({ blob: b.remote.digest, ...x });
@@ -230,13 +252,25 @@ export class Daemon {
    * every unused blob): blobs no mounted image uses go first, least recently used first; then, for a
    * non-zero bound, the oldest chunks of mounted blobs (read again, they are fetched again).
    */
-  async gc(maxBytes = this.opts.cacheMaxBytes ?? 0): Promise<{ removed: string[]; freedBytes: number; evictedChunkBytes: number; cacheBytes: number }> {
+  async gc(
+    maxBytes = this.opts.cacheMaxBytes ?? 0,
+  ): Promise<{ removed: string[]; freedBytes: number; evictedChunkBytes: number; cacheBytes: number }> {
     return this.budget.exclusive(async () => {
       const r = this.blobs.evictUnused(this.mountedBlobs(), maxBytes);
       this.budget.release(r.freedBytes);
-      const evictedChunkBytes = maxBytes > 0 && this.budget.usedBytes > maxBytes ? await this.budget.evictChunks(maxBytes) : 0;
-      if (evictedChunkBytes > 0) log.info('cache evicted chunks of mounted images', { freedBytes: evictedChunkBytes, cacheBytes: this.budget.usedBytes });
-      return { removed: r.removed, freedBytes: r.freedBytes + evictedChunkBytes, evictedChunkBytes, cacheBytes: this.budget.usedBytes };
+      const evictedChunkBytes =
+        maxBytes > 0 && this.budget.usedBytes > maxBytes ? await this.budget.evictChunks(maxBytes) : 0;
+      if (evictedChunkBytes > 0)
+        log.info('cache evicted chunks of mounted images', {
+          freedBytes: evictedChunkBytes,
+          cacheBytes: this.budget.usedBytes,
+        });
+      return {
+        removed: r.removed,
+        freedBytes: r.freedBytes + evictedChunkBytes,
+        evictedChunkBytes,
+        cacheBytes: this.budget.usedBytes,
+      };
     });
   }
 
@@ -288,13 +322,21 @@ export class Daemon {
         await this.transport.unmount(target);
       } catch (err) {
         if (!this.transportModule.zerosWithoutDaemon) {
-          log.warn('mount busy at shutdown: detached; its readers get EIO for data not cached', { target, error: (err as Error).message });
-          await this.transport.unmount(target, { lazy: true }).catch((e: Error) => log.error('detach failed', { target, error: e.message }));
+          log.warn('mount busy at shutdown: detached; its readers get EIO for data not cached', {
+            target,
+            error: (err as Error).message,
+          });
+          await this.transport
+            .unmount(target, { lazy: true })
+            .catch((e: Error) => log.error('detach failed', { target, error: e.message }));
           continue;
         }
         log.warn('mount busy at shutdown: filling it before detaching', { target, error: (err as Error).message });
         for (const blob of image.blobs) {
-          await fetchMissing(blob, { priority: 'demand', onError: (e) => log.error('fill at shutdown failed', { blob: blob.what, error: e.message }) });
+          await fetchMissing(blob, {
+            priority: 'demand',
+            onError: (e) => log.error('fill at shutdown failed', { blob: blob.what, error: e.message }),
+          });
         }
         await this.transport.unmount(target, { lazy: true });
       }

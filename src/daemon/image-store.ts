@@ -42,12 +42,14 @@ export async function findLazyImage(ref: string, registries: OpenOptions = {}): 
   }
   const referrers = await client.referrers(parsed.repository, resolved.digest, LazyMediaType.referrer);
   const target = referrers.map((r) => r.annotations?.[Annotation.image]).find(Boolean);
-  if (!target) throw new InputError('image is not in the lazy format and no converted image refers to it', { image: ref });
+  if (!target)
+    throw new InputError('image is not in the lazy format and no converted image refers to it', { image: ref });
   log.info('found the lazy image through a referrer', { image: ref, lazy: target });
   const lazy = parseReference(target);
   const lazyClient = registryClient(lazy.registry, registries);
   const got = await lazyClient.resolveManifest(lazy.repository, manifestReference(lazy), hostPlatform());
-  if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap) throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
+  if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
+    throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
   return { client: lazyClient, repo: lazy.repository, manifest: got.manifest, digest: got.digest };
 }
 
@@ -56,7 +58,8 @@ function expectedTable(desc: Descriptor): ExpectedTable | undefined {
   const offset = desc.annotations?.[Annotation.tableOffset];
   const digest = desc.annotations?.[Annotation.tableDigest];
   if (offset === undefined || digest === undefined) return undefined;
-  if (!/^\d+$/.test(offset) || !/^sha256:[0-9a-f]{64}$/.test(digest)) throw new InputError('invalid chunk table annotations', { layer: desc.digest });
+  if (!/^\d+$/.test(offset) || !/^sha256:[0-9a-f]{64}$/.test(digest))
+    throw new InputError('invalid chunk table annotations', { layer: desc.digest });
   return { offset: Number(offset), digest };
 }
 
@@ -106,12 +109,20 @@ export class ImageStore {
     // Chunks are checked against the chunk table, so any endpoint may serve them. The table is checked
     // against the manifest's digest of it; a manifest without one (older images) has its table read
     // from the upstream only, never from a mirror nothing could catch lying.
-    const read: RangeReader = (offset, length, verify, priority) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority });
+    const read: RangeReader = (offset, length, verify, priority) =>
+      client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority });
     const table = expectedTable(desc);
-    const readTable: RangeReader = table ? read : (offset, length, verify) => client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, mirrors: false });
+    const readTable: RangeReader = table
+      ? read
+      : (offset, length, verify) =>
+          client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, mirrors: false });
     const index = await loadBlobIndex(readTable, desc.size, what, table);
     const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
-    if (expected !== index.trailer.uncompressedSize) throw new InputError(`uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`, { image: ref, layer: desc.digest });
+    if (expected !== index.trailer.uncompressedSize)
+      throw new InputError(
+        `uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`,
+        { image: ref, layer: desc.digest },
+      );
     return this.blobs.add({ digest: desc.digest, what, read }, index);
   }
 }

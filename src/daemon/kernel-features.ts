@@ -23,7 +23,15 @@ export interface KernelFeatures {
   passedOver?: Partial<Record<TransportName, string>>;
 }
 
-const FS_TYPES: Record<number, string> = { 0xef53: 'ext4', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x01021994: 'tmpfs', 0x65735546: 'fuse', 0xe0f5e1e2: 'erofs', 0x794c7630: 'overlayfs' };
+const FS_TYPES: Record<number, string> = {
+  0xef53: 'ext4',
+  0x58465342: 'xfs',
+  0x9123683e: 'btrfs',
+  0x01021994: 'tmpfs',
+  0x65735546: 'fuse',
+  0xe0f5e1e2: 'erofs',
+  0x794c7630: 'overlayfs',
+};
 /** Filesystems that take fanotify pre-content marks (and so can hold a fanotify cache). */
 const MARKABLE_FS = ['ext4', 'xfs', 'btrfs'];
 
@@ -40,29 +48,42 @@ function filesystems(): string {
  * the kernel-facing fds a previous daemon left in the fd store: a transport holding one probes as
  * working (probing it afresh would only find its device busy).
  */
-export function probeKernel(cacheDir: string, requested: TransportName | 'auto' = 'auto', inheritedFd: TransportContext['inheritedFd'] = () => undefined): KernelFeatures {
+export function probeKernel(
+  cacheDir: string,
+  requested: TransportName | 'auto' = 'auto',
+  inheritedFd: TransportContext['inheritedFd'] = () => undefined,
+): KernelFeatures {
   fs.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   const known = filesystems();
   const has = (name: string) => new RegExp(`\\t${name}\\n`).test(known);
   const statfsType = Number(fs.statfsSync(cacheDir).type);
   const cacheType = FS_TYPES[statfsType] ?? `0x${statfsType.toString(16)}`;
   const markable = MARKABLE_FS.includes(cacheType);
-  const transports = Object.fromEntries(TRANSPORTS.map((t) => [t.name, t.probe({ cacheDir, inheritedFd })])) as Record<TransportName, Probe>;
+  const transports = Object.fromEntries(TRANSPORTS.map((t) => [t.name, t.probe({ cacheDir, inheritedFd })])) as Record<
+    TransportName,
+    Probe
+  >;
   const features: KernelFeatures = {
     kernel: os.release(),
     root: process.getuid?.() === 0,
     erofs: { ok: has('erofs'), detail: has('erofs') ? 'in /proc/filesystems' : 'erofs is not in /proc/filesystems' },
-    overlay: { ok: has('overlay'), detail: has('overlay') ? 'in /proc/filesystems' : 'overlay is not in /proc/filesystems' },
+    overlay: {
+      ok: has('overlay'),
+      detail: has('overlay') ? 'in /proc/filesystems' : 'overlay is not in /proc/filesystems',
+    },
     transports,
     cacheFs: {
       ok: markable,
       type: cacheType,
-      detail: markable ? `${cacheDir} is on ${cacheType}` : `${cacheDir} is on ${cacheType} (fanotify needs ${MARKABLE_FS.join(', ')}; FUSE serves from any)`,
+      detail: markable
+        ? `${cacheDir} is on ${cacheType}`
+        : `${cacheDir} is on ${cacheType} (fanotify needs ${MARKABLE_FS.join(', ')}; FUSE serves from any)`,
     },
     chosen: null,
   };
   const works = (name: TransportName) => transports[name].ok && features.erofs.ok;
-  const why = (name: TransportName) => `${name}: ${!transports[name].ok ? transports[name].detail : features.erofs.detail}`;
+  const why = (name: TransportName) =>
+    `${name}: ${!transports[name].ok ? transports[name].detail : features.erofs.detail}`;
   const candidates: readonly TransportName[] = requested === 'auto' ? TRANSPORT_NAMES : [requested];
   features.chosen = candidates.find(works) ?? null;
   if (features.chosen && requested === 'auto') {

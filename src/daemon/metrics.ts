@@ -6,7 +6,11 @@ import type { ChunkFetcher } from '../storage/chunk-fetcher';
 
 export class DaemonMetrics {
   readonly registry = new Registry();
-  readonly misses = new Counter({ name: 'erofs_ondemand_cache_misses_total', help: 'Reads that needed chunks fetched', registers: [this.registry] });
+  readonly misses = new Counter({
+    name: 'erofs_ondemand_cache_misses_total',
+    help: 'Reads that needed chunks fetched',
+    registers: [this.registry],
+  });
   readonly latency = new Histogram({
     name: 'erofs_ondemand_fetch_seconds',
     help: 'Duration of one Range GET',
@@ -18,14 +22,37 @@ export class DaemonMetrics {
 
   constructor(fetcher: () => ChunkFetcher, cacheBytes: () => number, evictedBytes: () => number) {
     const stat = (name: string, help: string, read: () => number) =>
-      new Gauge({ name, help, registers: [this.registry], collect() { this.set(read()); } });
-    stat('erofs_ondemand_fetched_bytes_total', 'Compressed bytes fetched from registries', () => fetcher().stats.bytesFetched);
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.set(read());
+        },
+      });
+    stat(
+      'erofs_ondemand_fetched_bytes_total',
+      'Compressed bytes fetched from registries',
+      () => fetcher().stats.bytesFetched,
+    );
     stat('erofs_ondemand_fetch_requests_total', 'Range GETs sent', () => fetcher().stats.requests);
-    stat('erofs_ondemand_verify_failures_total', 'Chunks whose bytes did not match their digest', () => fetcher().stats.verifyFailures);
-    stat('erofs_ondemand_memory_hits_total', 'Chunks served from the in-memory cache', () => fetcher().stats.memoryHits);
+    stat(
+      'erofs_ondemand_verify_failures_total',
+      'Chunks whose bytes did not match their digest',
+      () => fetcher().stats.verifyFailures,
+    );
+    stat(
+      'erofs_ondemand_memory_hits_total',
+      'Chunks served from the in-memory cache',
+      () => fetcher().stats.memoryHits,
+    );
     stat('erofs_ondemand_inflight_chunks', 'Chunks being fetched now', () => fetcher().inFlight);
     stat('erofs_ondemand_cache_bytes', 'Bytes allocated by blob cache files', cacheBytes);
-    stat('erofs_ondemand_evicted_bytes_total', 'Bytes of cached chunks evicted to keep the cache within its bound', evictedBytes);
+    stat(
+      'erofs_ondemand_evicted_bytes_total',
+      'Bytes of cached chunks evicted to keep the cache within its bound',
+      evictedBytes,
+    );
   }
 
   observe(seconds: number): void {
@@ -55,7 +82,9 @@ export class DaemonMetrics {
     });
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(Number(m[2]), m[1].replace(/^\[|\]$/g, ''), () => resolve({ server, port: (server.address() as { port: number }).port }));
+      server.listen(Number(m[2]), m[1].replace(/^\[|\]$/g, ''), () =>
+        resolve({ server, port: (server.address() as { port: number }).port }),
+      );
     });
   }
 }

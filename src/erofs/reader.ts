@@ -91,7 +91,8 @@ export class BootstrapReader {
 
   inode(nid: number): InodeInfo {
     const at = this.metaBase + nid * INODE_SLOT_SIZE;
-    if (at + COMPACT_INODE_SIZE > this.image.length) throw new Error(`${this.what}: inode ${nid} lies beyond the image`);
+    if (at + COMPACT_INODE_SIZE > this.image.length)
+      throw new Error(`${this.what}: inode ${nid} lies beyond the image`);
     const format = this.image.readUInt16LE(at);
     const extended = (format & 1) === 1;
     const icount = this.image.readUInt16LE(at + 2);
@@ -99,14 +100,28 @@ export class BootstrapReader {
     const i = this.image;
     return extended
       ? {
-          nid, mode: i.readUInt16LE(at + 4), size: Number(i.readBigUInt64LE(at + 8)), iU: i.readUInt32LE(at + 16),
-          uid: i.readUInt32LE(at + 24), gid: i.readUInt32LE(at + 28), nlink: i.readUInt32LE(at + 44),
-          layout: (format >> 1) & 7, bodyStart: at + EXTENDED_INODE_SIZE, xattrSize,
+          nid,
+          mode: i.readUInt16LE(at + 4),
+          size: Number(i.readBigUInt64LE(at + 8)),
+          iU: i.readUInt32LE(at + 16),
+          uid: i.readUInt32LE(at + 24),
+          gid: i.readUInt32LE(at + 28),
+          nlink: i.readUInt32LE(at + 44),
+          layout: (format >> 1) & 7,
+          bodyStart: at + EXTENDED_INODE_SIZE,
+          xattrSize,
         }
       : {
-          nid, mode: i.readUInt16LE(at + 4), size: i.readUInt32LE(at + 8), iU: i.readUInt32LE(at + 16),
-          uid: i.readUInt16LE(at + 24), gid: i.readUInt16LE(at + 26), nlink: i.readUInt16LE(at + 6),
-          layout: (format >> 1) & 7, bodyStart: at + COMPACT_INODE_SIZE, xattrSize,
+          nid,
+          mode: i.readUInt16LE(at + 4),
+          size: i.readUInt32LE(at + 8),
+          iU: i.readUInt32LE(at + 16),
+          uid: i.readUInt16LE(at + 24),
+          gid: i.readUInt16LE(at + 26),
+          nlink: i.readUInt16LE(at + 6),
+          layout: (format >> 1) & 7,
+          bodyStart: at + COMPACT_INODE_SIZE,
+          xattrSize,
         };
   }
 
@@ -136,7 +151,11 @@ export class BootstrapReader {
         const name = data.subarray(block + nameoff, block + nameEnd);
         const nul = name.indexOf(0);
         if (nul !== -1) nameEnd = nameoff + nul;
-        out.push({ name: data.subarray(block + nameoff, block + nameEnd), nid: Number(data.readBigUInt64LE(at)), type: data[at + 10] });
+        out.push({
+          name: data.subarray(block + nameoff, block + nameEnd),
+          nid: Number(data.readBigUInt64LE(at)),
+          type: data[at + 10],
+        });
       }
     }
     return out;

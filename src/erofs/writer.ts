@@ -115,27 +115,45 @@ function validateName(parent: Planned, name: Buffer): void {
   if (name.length > MAX_NAME_LEN) fail(parent, `file name of ${name.length} bytes exceeds ${MAX_NAME_LEN}`, name);
   if (name.includes(0x2f)) fail(parent, "file name contains '/'", name);
   if (name.includes(0)) fail(parent, 'file name contains a NUL byte', name);
-  if (name.equals(DOT) || name.equals(DOTDOT)) fail(parent, `file name ${JSON.stringify(name.toString())} is reserved`, name);
+  if (name.equals(DOT) || name.equals(DOTDOT))
+    fail(parent, `file name ${JSON.stringify(name.toString())} is reserved`, name);
 }
 
 const isU32 = (n: number) => Number.isInteger(n) && n >= 0 && n <= MAX_U32;
 
 function validateMeta(p: Planned, meta: Metadata): void {
-  if (!Number.isInteger(meta.perm) || meta.perm < 0 || meta.perm > 0o7777) fail(p, `mode ${meta.perm} is not a permission mask`);
+  if (!Number.isInteger(meta.perm) || meta.perm < 0 || meta.perm > 0o7777)
+    fail(p, `mode ${meta.perm} is not a permission mask`);
   if (!isU32(meta.uid)) fail(p, `uid ${meta.uid} does not fit in 32 bits`);
   if (!isU32(meta.gid)) fail(p, `gid ${meta.gid} does not fit in 32 bits`);
-  if (!Number.isInteger(meta.mtimeNsec) || meta.mtimeNsec < 0 || meta.mtimeNsec >= 1e9) fail(p, `mtime nanoseconds ${meta.mtimeNsec} out of range`);
+  if (!Number.isInteger(meta.mtimeNsec) || meta.mtimeNsec < 0 || meta.mtimeNsec >= 1e9)
+    fail(p, `mtime nanoseconds ${meta.mtimeNsec} out of range`);
   if (meta.mtimeSec < MIN_I64 || meta.mtimeSec > MAX_I64) fail(p, `mtime ${meta.mtimeSec} does not fit in 64 bits`);
 }
 
 /** Visits every inode once, directories breadth-first with entries in bytewise order. */
 function collect(root: Directory): Planned[] {
   const make = (inode: Inode, name: Buffer | null, parent: Planned | null): Planned => ({
-    inode, name, parent, links: 1, nlink: 0, mode: 0, extended: false, xattrs: NO_XATTRS, xattrSize: 0,
+    inode,
+    name,
+    parent,
+    links: 1,
+    nlink: 0,
+    mode: 0,
+    extended: false,
+    xattrs: NO_XATTRS,
+    xattrSize: 0,
     // rawBlkaddr starts as a value beyond small integers, as NULL_ADDR is: changing a field's
     // representation later would migrate every object of this shape.
-    layout: DataLayout.FlatPlain, data: null, dataLen: 0, fullBlocks: 0, tailLen: 0, rawBlkaddr: NULL_ADDR,
-    nid: 0, ino: 0, children: inode.type === 'dir' ? [] : NO_CHILDREN,
+    layout: DataLayout.FlatPlain,
+    data: null,
+    dataLen: 0,
+    fullBlocks: 0,
+    tailLen: 0,
+    rawBlkaddr: NULL_ADDR,
+    nid: 0,
+    ino: 0,
+    children: inode.type === 'dir' ? [] : NO_CHILDREN,
   });
   const rootPlan = make(root, null, null);
   const order: Planned[] = [rootPlan];
@@ -183,7 +201,8 @@ function commonMtime(order: readonly Planned[]): { sec: bigint; nsec: number } {
 
 function rdevField(p: Planned, major: number, minor: number): number {
   if (!Number.isInteger(major) || major < 0 || major > 0xfff) fail(p, `device major ${major} does not fit in 12 bits`);
-  if (!Number.isInteger(minor) || minor < 0 || minor > 0xfffff) fail(p, `device minor ${minor} does not fit in 20 bits`);
+  if (!Number.isInteger(minor) || minor < 0 || minor > 0xfffff)
+    fail(p, `device minor ${minor} does not fit in 20 bits`);
   return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
@@ -207,12 +226,15 @@ function plan(p: Planned, opts: BootstrapOptions, buildTime: { sec: bigint; nsec
     const chunkSize = 2 ** opts.chunkBits;
     if (!Number.isSafeInteger(size) || size < 0) fail(p, `file size ${size} is not representable`);
     const expected = Math.ceil(size / chunkSize);
-    if (inode.chunks.length !== expected) fail(p, `file of ${size} bytes has ${inode.chunks.length} chunks, expected ${expected}`);
+    if (inode.chunks.length !== expected)
+      fail(p, `file of ${size} bytes has ${inode.chunks.length} chunks, expected ${expected}`);
     for (let i = 0; i < inode.chunks.length; i++) {
       const c = inode.chunks[i];
       if (c === null) continue;
-      if (!Number.isInteger(c.device) || c.device < 1 || c.device > opts.devices.length) fail(p, `chunk ${i} names device ${c.device}, image has ${opts.devices.length}`);
-      if (!Number.isInteger(c.blkaddr) || c.blkaddr < 0 || c.blkaddr >= NULL_ADDR) fail(p, `chunk ${i} block address ${c.blkaddr} does not fit in 32 bits`);
+      if (!Number.isInteger(c.device) || c.device < 1 || c.device > opts.devices.length)
+        fail(p, `chunk ${i} names device ${c.device}, image has ${opts.devices.length}`);
+      if (!Number.isInteger(c.blkaddr) || c.blkaddr < 0 || c.blkaddr >= NULL_ADDR)
+        fail(p, `chunk ${i} block address ${c.blkaddr} does not fit in 32 bits`);
     }
     p.layout = size === 0 ? DataLayout.FlatPlain : DataLayout.ChunkBased;
   } else if (inode.type === 'dir') {
@@ -221,7 +243,8 @@ function plan(p: Planned, opts: BootstrapOptions, buildTime: { sec: bigint; nsec
     p.dataLen = dirDataSize(nameLengths);
   } else if (inode.type === 'symlink') {
     if (inode.target.length === 0) fail(p, 'symlink has an empty target');
-    if (inode.target.length > MAX_SYMLINK_LEN) fail(p, `symlink target of ${inode.target.length} bytes exceeds ${MAX_SYMLINK_LEN}`);
+    if (inode.target.length > MAX_SYMLINK_LEN)
+      fail(p, `symlink target of ${inode.target.length} bytes exceeds ${MAX_SYMLINK_LEN}`);
     if (inode.target.includes(0)) fail(p, 'symlink target contains a NUL byte');
     p.data = inode.target;
     p.dataLen = inode.target.length;
@@ -278,7 +301,8 @@ export function writeBootstrap(root: Directory, opts: BootstrapOptions): Bootstr
   if (opts.devices.length > 0xffff) throw new InputError(`${opts.devices.length} blobs exceed the device table`);
   for (const d of opts.devices) {
     if (!/^[0-9a-f]{64}$/.test(d.id)) throw new InputError(`blob id ${JSON.stringify(d.id)} is not 64 hex characters`);
-    if (d.size % BLOCK_SIZE !== 0 || d.size / BLOCK_SIZE > MAX_U32) throw new InputError(`blob ${d.id}: size ${d.size} is not a 4 KiB multiple below 16 TiB`);
+    if (d.size % BLOCK_SIZE !== 0 || d.size / BLOCK_SIZE > MAX_U32)
+      throw new InputError(`blob ${d.id}: size ${d.size} is not a 4 KiB multiple below 16 TiB`);
   }
 
   const order = collect(root);

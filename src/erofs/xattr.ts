@@ -20,16 +20,21 @@ export function encodeXattrName(name: Buffer): { index: number; suffix: Buffer }
       return { index: p.index, suffix: name.subarray(p.prefix.length) };
     }
   }
-  throw new XattrError(`xattr ${JSON.stringify(text)}: namespace not supported (user., trusted., security., POSIX ACLs)`);
+  throw new XattrError(
+    `xattr ${JSON.stringify(text)}: namespace not supported (user., trusted., security., POSIX ACLs)`,
+  );
 }
 
 /** Validated, sorted entries: sorted so the same set always encodes to the same bytes. */
 export function prepareXattrs(xattrs: readonly Xattr[]): EncodedXattr[] {
   const out = xattrs.map((x) => {
     const { index, suffix } = encodeXattrName(x.name);
-    if (suffix.length > 255) throw new XattrError(`xattr ${JSON.stringify(x.name.toString('latin1'))}: name longer than 255 bytes`);
+    if (suffix.length > 255)
+      throw new XattrError(`xattr ${JSON.stringify(x.name.toString('latin1'))}: name longer than 255 bytes`);
     if (x.value.length > 0xffff) {
-      throw new XattrError(`xattr ${JSON.stringify(x.name.toString('latin1'))}: value of ${x.value.length} bytes exceeds 65535`);
+      throw new XattrError(
+        `xattr ${JSON.stringify(x.name.toString('latin1'))}: value of ${x.value.length} bytes exceeds 65535`,
+      );
     }
     return { index, suffix, value: x.value };
   });

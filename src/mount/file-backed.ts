@@ -12,7 +12,8 @@ export interface FileBackedMount {
 /** The `device=` options naming each blob (a file, or a block device when the bootstrap is one). */
 export function deviceOptions(blobs: readonly string[]): string {
   for (const blob of blobs) {
-    if (blob.includes(',')) throw new Error(`blob path ${JSON.stringify(blob)} contains a comma, which mount options cannot carry`);
+    if (blob.includes(','))
+      throw new Error(`blob path ${JSON.stringify(blob)} contains a comma, which mount options cannot carry`);
   }
   return blobs.map((b) => `device=${b}`).join(',');
 }
@@ -22,7 +23,9 @@ export function mountFileBacked(m: FileBackedMount): void {
   try {
     native.mount(m.bootstrap, m.target, 'erofs', MS_RDONLY, options);
   } catch (err) {
-    throw new Error(`mount ${m.bootstrap} on ${m.target} (${options || 'no devices'}): ${(err as Error).message}`, { cause: err });
+    throw new Error(`mount ${m.bootstrap} on ${m.target} (${options || 'no devices'}): ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 
@@ -35,7 +38,9 @@ export async function mountErofsAsync(m: FileBackedMount): Promise<void> {
   try {
     await native.mountAsync(m.bootstrap, m.target, 'erofs', MS_RDONLY, options);
   } catch (err) {
-    throw new Error(`mount ${m.bootstrap} on ${m.target} (${options || 'no devices'}): ${(err as Error).message}`, { cause: err });
+    throw new Error(`mount ${m.bootstrap} on ${m.target} (${options || 'no devices'}): ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 

@@ -49,7 +49,9 @@ export function convertAddon(): ConvertAddon {
     try {
       loaded = loadAddon<ConvertAddon>('erofs_ondemand_convert');
     } catch (err) {
-      throw new Error(`cannot load ${file} (it links libzstd1 and libisal2: apt-get install libzstd1 libisal2): ${(err as Error).message}`);
+      throw new Error(
+        `cannot load ${file} (it links libzstd1 and libisal2: apt-get install libzstd1 libisal2): ${(err as Error).message}`,
+      );
     }
   }
   return loaded;

@@ -6,7 +6,8 @@ import { isDigest } from './types';
 
 /** `where` (registry, endpoint) and the repository; `what` names the request when the name is invalid. */
 export function repoContext(where: ErrorContext, repo: string, what: string): ErrorContext {
-  if (!isValidRepository(repo)) throw new InputError('invalid repository name', { ...where, repository: repo, reference: what });
+  if (!isValidRepository(repo))
+    throw new InputError('invalid repository name', { ...where, repository: repo, reference: what });
   return { ...where, repository: repo };
 }
 

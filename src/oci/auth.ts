@@ -47,7 +47,10 @@ interface DockerConfigAuth {
  * The credentials docker's config.json holds for `host` (`auths[key].auth` as base64 `user:pass`, or
  * `username`/`password`), or undefined. Credential helpers (`credsStore`, `credHelpers`) are not run.
  */
-export function loadDockerCredentials(host: string, opts: { env?: NodeJS.ProcessEnv; file?: string } = {}): Credentials | undefined {
+export function loadDockerCredentials(
+  host: string,
+  opts: { env?: NodeJS.ProcessEnv; file?: string } = {},
+): Credentials | undefined {
   const file = opts.file ?? dockerConfigPath(opts.env);
   let text: string;
   try {
@@ -71,12 +74,17 @@ export function loadDockerCredentials(host: string, opts: { env?: NodeJS.Process
     if (typeof entry?.auth === 'string' && entry.auth) {
       const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
       const colon = decoded.indexOf(':');
-      if (colon <= 0) throw new InputError(`docker config entry for ${host} has an "auth" that is not base64 of user:password`, { path: file });
+      if (colon <= 0)
+        throw new InputError(`docker config entry for ${host} has an "auth" that is not base64 of user:password`, {
+          path: file,
+        });
       return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
     }
-    if (typeof entry?.username === 'string' && typeof entry.password === 'string') return { username: entry.username, password: entry.password };
+    if (typeof entry?.username === 'string' && typeof entry.password === 'string')
+      return { username: entry.username, password: entry.password };
   }
-  if (config?.credHelpers?.[host] || config?.credsStore) log.debug('docker config names a credential helper; helpers are not supported', { registry: host, path: file });
+  if (config?.credHelpers?.[host] || config?.credsStore)
+    log.debug('docker config names a credential helper; helpers are not supported', { registry: host, path: file });
   return undefined;
 }
 
@@ -252,12 +260,19 @@ export class RegistryAuth {
       return;
     }
     if (basic) {
-      if (!this.credentials) throw new InputError('the registry requires authentication (Basic) and there are no credentials for it in the docker config', ctx);
+      if (!this.credentials)
+        throw new InputError(
+          'the registry requires authentication (Basic) and there are no credentials for it in the docker config',
+          ctx,
+        );
       this.scheme = 'basic';
       return;
     }
     const schemes = challenges.map((c) => c.scheme).join(', ');
-    throw new InputError(`the registry answered 401 with ${value ? `an unsupported challenge (${schemes || 'unparsable'})` : 'no WWW-Authenticate challenge'}`, ctx);
+    throw new InputError(
+      `the registry answered 401 with ${value ? `an unsupported challenge (${schemes || 'unparsable'})` : 'no WWW-Authenticate challenge'}`,
+      ctx,
+    );
   }
 
   private token(key: string, scopes: string[], ctx: ErrorContext): Promise<CachedToken> {
@@ -285,23 +300,35 @@ export class RegistryAuth {
     const headers: Record<string, string> = { accept: 'application/json' };
     if (this.credentials) headers.authorization = basicAuthorization(this.credentials);
     const where = { ...ctx, realm: printableUrl(url) };
-    log.debug('requesting a registry token', { ...where, scopes: scopes.join(' '), withCredentials: this.hasCredentials });
+    log.debug('requesting a registry token', {
+      ...where,
+      scopes: scopes.join(' '),
+      withCredentials: this.hasCredentials,
+    });
     const res = await this.fetchToken(url, headers);
     if (res.status === 401 || res.status === 403) {
       throw new InputError(
-        this.credentials ? `the token server refused the credentials (${res.status})` : `the token server refused an anonymous token (${res.status}); log in first`,
+        this.credentials
+          ? `the token server refused the credentials (${res.status})`
+          : `the token server refused an anonymous token (${res.status}); log in first`,
         where,
       );
     }
     if (res.status !== 200) throw new InputError(`the token server answered ${res.status}`, where);
-    if (res.body === null) throw new InputError(`the token server answered with more than ${MAX_TOKEN_BYTES} bytes`, where);
+    if (res.body === null)
+      throw new InputError(`the token server answered with more than ${MAX_TOKEN_BYTES} bytes`, where);
     let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       doc = JSON.parse(res.body.toString('utf8'));
     } catch {
       throw new InputError('the token server answered with something that is not JSON', where);
     }
-    const token = typeof doc.token === 'string' && doc.token ? doc.token : typeof doc.access_token === 'string' ? doc.access_token : '';
+    const token =
+      typeof doc.token === 'string' && doc.token
+        ? doc.token
+        : typeof doc.access_token === 'string'
+          ? doc.access_token
+          : '';
     if (!token) throw new InputError('the token server answered without a token', where);
     this.secrets.add(token);
     const seconds = typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : DEFAULT_TOKEN_SECONDS;

@@ -33,7 +33,15 @@ export interface PushBlobOptions {
  * in PATCH chunks. An upload that fails transiently starts again from the first byte in a new
  * session, under the client's retry policy: the old session's state is unknown.
  */
-export async function pushBlob(http: HttpClient, chunkSize: number, repo: string, digest: string, size: number, open: () => Readable, opts: PushBlobOptions = {}): Promise<PushResult> {
+export async function pushBlob(
+  http: HttpClient,
+  chunkSize: number,
+  repo: string,
+  digest: string,
+  size: number,
+  open: () => Readable,
+  opts: PushBlobOptions = {},
+): Promise<PushResult> {
   const ctx = digestContext(http.where(), repo, digest);
   if (!Number.isSafeInteger(size) || size < 0) throw new InputError(`invalid blob size ${size}`, ctx);
   return withRetries(http.policy, { op: 'push blob', ctx }, async () => {
@@ -42,16 +50,34 @@ export async function pushBlob(http: HttpClient, chunkSize: number, repo: string
   });
 }
 
-async function uploadOnce(http: HttpClient, chunkSize: number, repo: string, digest: string, size: number, open: () => Readable, opts: PushBlobOptions, ctx: ErrorContext): Promise<PushResult> {
+async function uploadOnce(
+  http: HttpClient,
+  chunkSize: number,
+  repo: string,
+  digest: string,
+  size: number,
+  open: () => Readable,
+  opts: PushBlobOptions,
+  ctx: ErrorContext,
+): Promise<PushResult> {
   const scopes = [pushScope(repo)];
   const start = http.url(`${repo}/blobs/uploads/`);
   if (opts.mountFrom && opts.mountFrom !== repo) {
-    if (!isValidRepository(opts.mountFrom)) throw new InputError(`invalid repository to mount from ${JSON.stringify(opts.mountFrom)}`, ctx);
+    if (!isValidRepository(opts.mountFrom))
+      throw new InputError(`invalid repository to mount from ${JSON.stringify(opts.mountFrom)}`, ctx);
     start.searchParams.set('mount', digest);
     start.searchParams.set('from', opts.mountFrom);
     scopes.push(pullScope(opts.mountFrom));
   }
-  const res = await http.send({ op: 'start blob upload', method: 'POST', url: start, headers: { 'content-length': '0' }, scopes, ctx, retry: true });
+  const res = await http.send({
+    op: 'start blob upload',
+    method: 'POST',
+    url: start,
+    headers: { 'content-length': '0' },
+    scopes,
+    ctx,
+    retry: true,
+  });
   await res.body.dump();
   if (res.status === 201 && opts.mountFrom) {
     log.debug('blob mounted', { ...ctx, from: opts.mountFrom });
@@ -80,13 +106,16 @@ async function uploadOnce(http: HttpClient, chunkSize: number, repo: string, dig
   const upload: BlobUpload = { repo, location, offset: 0, ctx };
   const hash = createHash('sha256');
   for await (const chunk of chunksOf(open(), chunkSize)) {
-    if (upload.offset + chunk.length > size) throw new InputError(`the blob's source gives more than ${size} bytes`, ctx);
+    if (upload.offset + chunk.length > size)
+      throw new InputError(`the blob's source gives more than ${size} bytes`, ctx);
     hash.update(chunk);
     await patchUpload(http, upload, chunk);
   }
-  if (upload.offset !== size) throw new InputError(`the blob's source gave ${upload.offset} bytes, expected ${size}`, ctx);
+  if (upload.offset !== size)
+    throw new InputError(`the blob's source gave ${upload.offset} bytes, expected ${size}`, ctx);
   const got = `sha256:${hash.digest('hex')}`;
-  if (got !== digest) throw new InputError(`digest mismatch: expected ${digest}, got ${got} (upload not committed)`, ctx);
+  if (got !== digest)
+    throw new InputError(`digest mismatch: expected ${digest}, got ${got} (upload not committed)`, ctx);
   await commitUpload(http, upload, digest);
   return 'uploaded';
 }
@@ -98,7 +127,15 @@ async function uploadOnce(http: HttpClient, chunkSize: number, repo: string, dig
  */
 export async function startUpload(http: HttpClient, repo: string): Promise<BlobUpload> {
   const ctx = repoContext(http.where(), repo, 'upload');
-  const res = await http.send({ op: 'start blob upload', method: 'POST', url: http.url(`${repo}/blobs/uploads/`), headers: { 'content-length': '0' }, scopes: [pushScope(repo)], ctx, retry: true });
+  const res = await http.send({
+    op: 'start blob upload',
+    method: 'POST',
+    url: http.url(`${repo}/blobs/uploads/`),
+    headers: { 'content-length': '0' },
+    scopes: [pushScope(repo)],
+    ctx,
+    retry: true,
+  });
   if (res.status !== 202) throw await http.unexpected(res, 'start blob upload', ctx);
   await res.body.dump();
   return { repo, location: http.location(res, ctx), offset: 0, ctx };
@@ -106,7 +143,13 @@ export async function startUpload(http: HttpClient, repo: string): Promise<BlobU
 
 export async function patchUpload(http: HttpClient, upload: BlobUpload, chunk: Buffer): Promise<void> {
   const range = `${upload.offset}-${upload.offset + chunk.length - 1}`;
-  await patch(http, upload, 'upload blob chunk', { 'content-length': String(chunk.length), 'content-range': range }, () => chunk);
+  await patch(
+    http,
+    upload,
+    'upload blob chunk',
+    { 'content-length': String(chunk.length), 'content-range': range },
+    () => chunk,
+  );
   upload.offset += chunk.length;
 }
 
@@ -124,13 +167,25 @@ export async function streamUpload(http: HttpClient, upload: BlobUpload, body: A
     return body;
   });
   const range = /^(?:bytes=)?0-(\d+)$/.exec(header(res, 'range') ?? '');
-  if (!range) throw new InputError(`registry answered the streamed upload with Range ${JSON.stringify(header(res, 'range') ?? null)}`, { ...upload.ctx, offset: upload.offset });
+  if (!range)
+    throw new InputError(
+      `registry answered the streamed upload with Range ${JSON.stringify(header(res, 'range') ?? null)}`,
+      { ...upload.ctx, offset: upload.offset },
+    );
   upload.offset = Number(range[1]) + 1;
 }
 
 export async function commitUpload(http: HttpClient, upload: BlobUpload, digest: string): Promise<void> {
   const ctx = { ...upload.ctx, digest };
-  const put = await http.send({ op: 'commit blob upload', method: 'PUT', url: withDigest(upload.location, digest), headers: { 'content-length': '0' }, scopes: [pushScope(upload.repo)], ctx, retry: false });
+  const put = await http.send({
+    op: 'commit blob upload',
+    method: 'PUT',
+    url: withDigest(upload.location, digest),
+    headers: { 'content-length': '0' },
+    scopes: [pushScope(upload.repo)],
+    ctx,
+    retry: false,
+  });
   if (put.status !== 201) throw await http.unexpected(put, 'commit blob upload', ctx);
   await put.body.dump();
   checkCommitted(put, digest, ctx);
@@ -138,13 +193,26 @@ export async function commitUpload(http: HttpClient, upload: BlobUpload, digest:
 
 /** Ends a session without storing anything (the registry would drop it in time anyway). */
 export async function cancelUpload(http: HttpClient, upload: BlobUpload): Promise<void> {
-  const res = await http.send({ op: 'cancel blob upload', method: 'DELETE', url: upload.location, scopes: [pushScope(upload.repo)], ctx: upload.ctx, retry: false });
+  const res = await http.send({
+    op: 'cancel blob upload',
+    method: 'DELETE',
+    url: upload.location,
+    scopes: [pushScope(upload.repo)],
+    ctx: upload.ctx,
+    retry: false,
+  });
   await res.body.dump();
   if (![200, 202, 204, 404].includes(res.status)) throw await http.unexpected(res, 'cancel blob upload', upload.ctx);
 }
 
 /** One PATCH of an upload session (not retried: the session's offset moves with it); follows its Location. */
-async function patch(http: HttpClient, upload: BlobUpload, op: string, headers: Record<string, string>, body: NonNullable<Call['body']>): Promise<Response> {
+async function patch(
+  http: HttpClient,
+  upload: BlobUpload,
+  op: string,
+  headers: Record<string, string>,
+  body: NonNullable<Call['body']>,
+): Promise<Response> {
   const ctx = { ...upload.ctx, offset: upload.offset };
   const res = await http.send({
     op,

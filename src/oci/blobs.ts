@@ -9,14 +9,28 @@ import { header, type HttpClient } from './http-client';
 import type { Priority } from './retry';
 
 /** The blob's size, or null when the repository does not have it. */
-export async function headBlob(http: HttpClient, repo: string, digest: string, scopes = [pullScope(repo)]): Promise<number | null> {
+export async function headBlob(
+  http: HttpClient,
+  repo: string,
+  digest: string,
+  scopes = [pullScope(repo)],
+): Promise<number | null> {
   const ctx = digestContext(http.where(), repo, digest);
-  const res = await http.send({ op: 'head blob', method: 'HEAD', url: http.url(`${repo}/blobs/${digest}`), scopes, ctx, retry: true, followRedirects: true });
+  const res = await http.send({
+    op: 'head blob',
+    method: 'HEAD',
+    url: http.url(`${repo}/blobs/${digest}`),
+    scopes,
+    ctx,
+    retry: true,
+    followRedirects: true,
+  });
   await res.body.dump();
   if (res.status === 404) return null;
   if (res.status !== 200) throw await http.unexpected(res, 'head blob', ctx);
   const length = header(res, 'content-length');
-  if (length === undefined || !/^\d+$/.test(length)) throw new InputError('registry answered HEAD without a Content-Length', ctx);
+  if (length === undefined || !/^\d+$/.test(length))
+    throw new InputError('registry answered HEAD without a Content-Length', ctx);
   return Number(length);
 }
 
@@ -24,9 +38,22 @@ export async function headBlob(http: HttpClient, repo: string, digest: string, s
  * The blob's bytes. The stream fails at its end (or as soon as it runs long) when they do not match
  * `digest` and `expectedSize`.
  */
-export async function getBlob(http: HttpClient, repo: string, digest: string, expectedSize?: number): Promise<ByteStream> {
+export async function getBlob(
+  http: HttpClient,
+  repo: string,
+  digest: string,
+  expectedSize?: number,
+): Promise<ByteStream> {
   const ctx = digestContext(http.where(), repo, digest);
-  const res = await http.send({ op: 'get blob', method: 'GET', url: http.url(`${repo}/blobs/${digest}`), scopes: [pullScope(repo)], ctx, retry: true, followRedirects: true });
+  const res = await http.send({
+    op: 'get blob',
+    method: 'GET',
+    url: http.url(`${repo}/blobs/${digest}`),
+    scopes: [pullScope(repo)],
+    ctx,
+    retry: true,
+    followRedirects: true,
+  });
   if (res.status === 404) {
     await res.body.dump();
     throw new InputError('blob unknown (404)', ctx);
@@ -52,7 +79,14 @@ export async function getBlob(http: HttpClient, repo: string, digest: string, ex
  * Bytes `start..endInclusive` of a blob. The registry must honour Range (206); the bytes are not
  * verifiable against the digest. `priority` says how hard a transient failure is retried.
  */
-export async function getBlobRange(http: HttpClient, repo: string, digest: string, start: number, endInclusive: number, priority: Priority = 'demand'): Promise<Buffer> {
+export async function getBlobRange(
+  http: HttpClient,
+  repo: string,
+  digest: string,
+  start: number,
+  endInclusive: number,
+  priority: Priority = 'demand',
+): Promise<Buffer> {
   const ctx = { ...digestContext(http.where(), repo, digest), range: `${start}-${endInclusive}` };
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(endInclusive) || start < 0 || endInclusive < start) {
     throw new InputError('invalid byte range', ctx);
@@ -72,7 +106,10 @@ export async function getBlobRange(http: HttpClient, repo: string, digest: strin
     // Reading on would pull the whole blob to use a slice of it.
     res.body.destroy();
     const length = header(res, 'content-length');
-    throw new InputError(`registry ignored the Range request (answered 200 with the whole blob${length ? ` of ${length} bytes` : ''}); ranged reads need a registry or storage that supports Range`, ctx);
+    throw new InputError(
+      `registry ignored the Range request (answered 200 with the whole blob${length ? ` of ${length} bytes` : ''}); ranged reads need a registry or storage that supports Range`,
+      ctx,
+    );
   }
   if (res.status === 404) {
     await res.body.dump();
@@ -88,7 +125,10 @@ export async function getBlobRange(http: HttpClient, repo: string, digest: strin
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange.trim());
   if (!m || Number(m[1]) !== start || Number(m[2]) !== endInclusive) {
     res.body.destroy();
-    throw new InputError(`registry answered 206 with Content-Range ${JSON.stringify(contentRange)}, not bytes ${start}-${endInclusive}`, ctx);
+    throw new InputError(
+      `registry answered 206 with Content-Range ${JSON.stringify(contentRange)}, not bytes ${start}-${endInclusive}`,
+      ctx,
+    );
   }
   const want = endInclusive - start + 1;
   const data = await http.readBody(res, want, 'range', ctx);

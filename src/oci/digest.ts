@@ -15,17 +15,24 @@ export function digestHex(digest: string): string {
  * Passes bytes through and fails at the end, or as soon as the size is exceeded, when they do not
  * match `digest` (and `size`, when known).
  */
-export async function* verifyDigest(source: AsyncIterable<Buffer>, digest: string, size: number | undefined, ctx: ErrorContext): AsyncGenerator<Buffer> {
+export async function* verifyDigest(
+  source: AsyncIterable<Buffer>,
+  digest: string,
+  size: number | undefined,
+  ctx: ErrorContext,
+): AsyncGenerator<Buffer> {
   const hash = createHash('sha256');
   let seen = 0;
   for await (const chunk of source) {
     const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk);
     seen += b.length;
-    if (size !== undefined && seen > size) throw new InputError(`blob ${digest} is larger than its descriptor's ${size} bytes`, ctx);
+    if (size !== undefined && seen > size)
+      throw new InputError(`blob ${digest} is larger than its descriptor's ${size} bytes`, ctx);
     hash.update(b);
     yield b;
   }
-  if (size !== undefined && seen !== size) throw new InputError(`blob ${digest} has ${seen} bytes, its descriptor says ${size} (truncated?)`, ctx);
+  if (size !== undefined && seen !== size)
+    throw new InputError(`blob ${digest} has ${seen} bytes, its descriptor says ${size} (truncated?)`, ctx);
   const got = `sha256:${hash.digest('hex')}`;
   if (got !== digest) throw new InputError(`digest mismatch: expected ${digest}, got ${got}`, ctx);
 }

@@ -10,7 +10,14 @@ import { readAt, readByPosition } from '../read-at';
 import { TarReader } from '../tar/reader';
 import { sha256Digest, verifyDigest } from './digest';
 import { readAll, type ImageSource, type OpenedBlob, type ResolvedImage } from './image-io';
-import { manifestTooLarge, MAX_MANIFEST_BYTES, MediaType, parseManifestOrIndex, type Descriptor, type ImageManifest } from './types';
+import {
+  manifestTooLarge,
+  MAX_MANIFEST_BYTES,
+  MediaType,
+  parseManifestOrIndex,
+  type Descriptor,
+  type ImageManifest,
+} from './types';
 
 interface Member {
   offset: number;
@@ -59,7 +66,8 @@ export class DockerArchiveSource implements ImageSource {
       // Headers only: the members' bodies (the layers, most of the archive) are skipped by position.
       const reader = new TarReader(readByPosition(fd, fs.fstatSync(fd).size, this.file, INDEX_READ_BYTES));
       for (let e = await reader.next(); e; e = await reader.next()) {
-        if (e.type === 'file') members.set(e.name.toString('utf8').replace(/^\.\//, ''), { offset: reader.bodyOffset, size: e.size });
+        if (e.type === 'file')
+          members.set(e.name.toString('utf8').replace(/^\.\//, ''), { offset: reader.bodyOffset, size: e.size });
       }
     } catch (err) {
       throw InputError.wrap(err, { image: this.ref });
@@ -92,7 +100,11 @@ export class DockerArchiveSource implements ImageSource {
     const hash = createHash('sha256');
     let head = Buffer.alloc(0);
     if (m.size > 0) {
-      for await (const b of fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 })) {
+      for await (const b of fs.createReadStream(this.file, {
+        start: m.offset,
+        end: m.offset + m.size - 1,
+        highWaterMark: 1 << 20,
+      })) {
         if (head.length < 8) head = Buffer.concat([head, b as Buffer]).subarray(0, 8);
         hash.update(b as Buffer);
       }
@@ -128,7 +140,10 @@ export class DockerArchiveSource implements ImageSource {
         if (doc.kind === 'index') {
           const found = depth > 0 ? await visit(doc.index.manifests, depth - 1) : null;
           if (found) return found;
-        } else if (doc.manifest.config.digest === config && doc.manifest.layers.map((l) => l.digest).join() === layers.join()) {
+        } else if (
+          doc.manifest.config.digest === config &&
+          doc.manifest.layers.map((l) => l.digest).join() === layers.join()
+        ) {
           return { manifest: doc.manifest, raw, digest: desc.digest, mediaType: doc.mediaType };
         }
       }
@@ -144,15 +159,26 @@ export class DockerArchiveSource implements ImageSource {
     } catch (err) {
       throw InputError.wrap(err, { image: this.ref, path: 'manifest.json' });
     }
-    if (!Array.isArray(entries) || entries.length === 0) throw new InputError('manifest.json lists no image', { image: this.ref });
-    const entry = this.name ? entries.find((e) => e.RepoTags?.includes(this.name!)) : entries.length === 1 ? entries[0] : undefined;
-    if (!entry) throw new InputError(this.name ? `no image tagged ${this.name}` : `${entries.length} images in the archive: name one with :NAME:TAG`, { image: this.ref });
+    if (!Array.isArray(entries) || entries.length === 0)
+      throw new InputError('manifest.json lists no image', { image: this.ref });
+    const entry = this.name
+      ? entries.find((e) => e.RepoTags?.includes(this.name!))
+      : entries.length === 1
+        ? entries[0]
+        : undefined;
+    if (!entry)
+      throw new InputError(
+        this.name ? `no image tagged ${this.name}` : `${entries.length} images in the archive: name one with :NAME:TAG`,
+        { image: this.ref },
+      );
 
     const describe = async (name: string, mediaType?: string): Promise<Descriptor> => {
       const m = await this.member(name);
       const named = DIGEST_NAMED.exec(name);
       // A wrong name fails the conversion when the member is read (openBlob verifies every blob).
-      const { digest, head } = named ? { digest: `sha256:${named[1]}`, head: await this.readMember(m, Math.min(8, m.size)) } : await this.hashMember(m);
+      const { digest, head } = named
+        ? { digest: `sha256:${named[1]}`, head: await this.readMember(m, Math.min(8, m.size)) }
+        : await this.hashMember(m);
       this.byDigest.set(digest, m);
       return { mediaType: mediaType ?? sniffLayerType(head), digest, size: m.size };
     };
@@ -164,7 +190,10 @@ export class DockerArchiveSource implements ImageSource {
     };
     for (const layer of entry.Layers) manifest.layers.push(await describe(layer));
     if ([entry.Config, ...entry.Layers].every((name) => DIGEST_NAMED.test(name))) {
-      const own = await this.layoutManifest(manifest.config.digest, manifest.layers.map((l) => l.digest));
+      const own = await this.layoutManifest(
+        manifest.config.digest,
+        manifest.layers.map((l) => l.digest),
+      );
       if (own) return own;
     }
     const raw = Buffer.from(JSON.stringify(manifest));
@@ -180,8 +209,14 @@ export class DockerArchiveSource implements ImageSource {
   /** The member's bytes, checked against `desc` (digest and size) as they are read. */
   private openMember(m: Member, desc: Descriptor): OpenedBlob {
     if (m.size === 0) return verifyDigest((async function* () {})(), desc.digest, desc.size, { image: this.ref });
-    const stream = fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 });
+    const stream = fs.createReadStream(this.file, {
+      start: m.offset,
+      end: m.offset + m.size - 1,
+      highWaterMark: 1 << 20,
+    });
     // destroy() closes the archive's descriptor for a blob that will not be read (a conversion that stopped early).
-    return Object.assign(verifyDigest(stream, desc.digest, desc.size, { image: this.ref }), { destroy: () => void stream.destroy() });
+    return Object.assign(verifyDigest(stream, desc.digest, desc.size, { image: this.ref }), {
+      destroy: () => void stream.destroy(),
+    });
   }
 }

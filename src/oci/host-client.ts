@@ -18,7 +18,10 @@ import { isDigest, type Descriptor, type Platform } from './types';
 export const UNREACHABLE_PAUSE_MS = 15_000;
 
 /** Client settings shared by every endpoint of the host (TLS and addresses come from the endpoints; credentials are the upstream's). */
-export interface HostClientOptions extends Omit<RegistryClientOptions, 'plainHttp' | 'insecure' | 'ca' | 'api' | 'namespace' | 'fallback'> {
+export interface HostClientOptions extends Omit<
+  RegistryClientOptions,
+  'plainHttp' | 'insecure' | 'ca' | 'api' | 'namespace' | 'fallback'
+> {
   /**
    * A mirror that could not be reached (refused, reset, timed out) is not asked again for this long
    * while other endpoints remain (default: UNREACHABLE_PAUSE_MS): a dead mirror must not cost every request a timeout.
@@ -110,8 +113,14 @@ export class HostClient {
 
   // ---- manifests: by tag needs "resolve", by digest "pull" ----
 
-  getManifest(repo: string, reference: string, accept: readonly string[] = ALL_MANIFEST_MEDIA_TYPES): Promise<ManifestResponse> {
-    return this.first(capabilityFor(reference), { op: 'get manifest', ctx: this.refContext(repo, reference) }, (c) => c.getManifest(repo, reference, accept));
+  getManifest(
+    repo: string,
+    reference: string,
+    accept: readonly string[] = ALL_MANIFEST_MEDIA_TYPES,
+  ): Promise<ManifestResponse> {
+    return this.first(capabilityFor(reference), { op: 'get manifest', ctx: this.refContext(repo, reference) }, (c) =>
+      c.getManifest(repo, reference, accept),
+    );
   }
 
   /** Follows an index down to the manifest for `platform`; the index's entries are fetched by digest. */
@@ -121,9 +130,14 @@ export class HostClient {
 
   /** Referrers list what refers to a digest, which may change: they need "resolve". A mirror listing none is passed over. */
   referrers(repo: string, digest: string, artifactType?: string): Promise<Descriptor[]> {
-    return this.first('resolve', { op: 'list referrers', ctx: this.digestContext(repo, digest) }, (c) => c.referrers(repo, digest, artifactType), {
-      missing: (r) => r.length === 0,
-    });
+    return this.first(
+      'resolve',
+      { op: 'list referrers', ctx: this.digestContext(repo, digest) },
+      (c) => c.referrers(repo, digest, artifactType),
+      {
+        missing: (r) => r.length === 0,
+      },
+    );
   }
 
   // ---- blobs: "pull" ----
@@ -144,7 +158,12 @@ export class HostClient {
    * breaks off), `consume` is called again, from the first byte, with the next endpoint's stream; so
    * it must start over (a temporary file rewritten, a buffer collected afresh).
    */
-  async readBlob<T>(repo: string, digest: string, expectedSize: number | undefined, consume: (body: ByteStream) => Promise<T>): Promise<T> {
+  async readBlob<T>(
+    repo: string,
+    digest: string,
+    expectedSize: number | undefined,
+    consume: (body: ByteStream) => Promise<T>,
+  ): Promise<T> {
     for (;;) {
       const opened = await this.openBlob(repo, digest, expectedSize);
       try {
@@ -152,7 +171,11 @@ export class HostClient {
       } catch (err) {
         // The last endpoint's failure is the answer; a mirror's with endpoints after it is not.
         if (!opened.failed() || !opened.slot.endpoint.mirror || !opened.more || err instanceof Interrupted) throw err;
-        log.warn('blob from a mirror failed; reading it again from the next endpoint', { ...this.digestContext(repo, digest), endpoint: opened.slot.name, error: detailOf(err) });
+        log.warn('blob from a mirror failed; reading it again from the next endpoint', {
+          ...this.digestContext(repo, digest),
+          endpoint: opened.slot.name,
+          error: detailOf(err),
+        });
       }
     }
   }
@@ -163,7 +186,13 @@ export class HostClient {
    * bytes it rejects is passed over for the next endpoint. The last endpoint's bytes are returned
    * whatever the check said: the caller has its verdict.
    */
-  async getBlobRange(repo: string, digest: string, start: number, endInclusive: number, opts: RangeOptions = {}): Promise<Buffer> {
+  async getBlobRange(
+    repo: string,
+    digest: string,
+    start: number,
+    endInclusive: number,
+    opts: RangeOptions = {},
+  ): Promise<Buffer> {
     const ctx = { ...this.digestContext(repo, digest), range: `${start}-${endInclusive}` };
     return this.first(
       'pull',
@@ -173,7 +202,8 @@ export class HostClient {
         const bad = opts.verify ? await opts.verify(data) : null;
         if (bad && slot.endpoint.mirror) {
           this.distrust(digest, slot, bad);
-          if (more) throw new InputError(`bytes failed verification: ${detailOf(bad)}`, { ...ctx, endpoint: slot.name });
+          if (more)
+            throw new InputError(`bytes failed verification: ${detailOf(bad)}`, { ...ctx, endpoint: slot.name });
         }
         return data;
       },
@@ -183,7 +213,11 @@ export class HostClient {
 
   // ---- endpoint selection ----
 
-  private async openBlob(repo: string, digest: string, expectedSize: number | undefined): Promise<{ body: ByteStream; slot: Slot; more: boolean; failed: () => boolean }> {
+  private async openBlob(
+    repo: string,
+    digest: string,
+    expectedSize: number | undefined,
+  ): Promise<{ body: ByteStream; slot: Slot; more: boolean; failed: () => boolean }> {
     let served: Slot | undefined;
     let more = false;
     const stream = await this.first(
@@ -221,7 +255,12 @@ export class HostClient {
     }
     if (bad.has(slot)) return;
     bad.set(slot, detailOf(err));
-    log.warn('mirror passed over for this blob: its bytes failed', { registry: this.host, digest, endpoint: slot.name, error: detailOf(err) });
+    log.warn('mirror passed over for this blob: its bytes failed', {
+      registry: this.host,
+      digest,
+      endpoint: slot.name,
+      error: detailOf(err),
+    });
   }
 
   /**
@@ -243,18 +282,34 @@ export class HostClient {
       try {
         result = await run(slot.client, slot, more);
       } catch (err) {
-        if (!more || err instanceof Interrupted) throw passed.length && err instanceof InputError ? withPassed(err, passed) : err;
+        if (!more || err instanceof Interrupted)
+          throw passed.length && err instanceof InputError ? withPassed(err, passed) : err;
         passed.push(`${slot.name}: ${detailOf(err)}`);
-        log.warn('registry endpoint failed; trying the next', { ...req.ctx, op: req.op, endpoint: slot.name, next: slots[i + 1].name, error: detailOf(err) });
+        log.warn('registry endpoint failed; trying the next', {
+          ...req.ctx,
+          op: req.op,
+          endpoint: slot.name,
+          next: slots[i + 1].name,
+          error: detailOf(err),
+        });
         if (slot.endpoint.mirror && isUnreachable(err) && this.pauseMs > 0) {
           this.pausedUntil.set(slot, Date.now() + this.pauseMs);
-          log.warn('mirror unreachable; not asking it again for a while', { registry: this.host, endpoint: slot.name, pauseMs: this.pauseMs });
+          log.warn('mirror unreachable; not asking it again for a while', {
+            registry: this.host,
+            endpoint: slot.name,
+            pauseMs: this.pauseMs,
+          });
         }
         continue;
       }
       if (more && slot.endpoint.mirror && opts.missing?.(result)) {
         passed.push(`${slot.name}: not found`);
-        log.warn('mirror does not have it; trying the next endpoint', { ...req.ctx, op: req.op, endpoint: slot.name, next: slots[i + 1].name });
+        log.warn('mirror does not have it; trying the next endpoint', {
+          ...req.ctx,
+          op: req.op,
+          endpoint: slot.name,
+          next: slots[i + 1].name,
+        });
         continue;
       }
       this.served(req, slot, opts.digest);
@@ -277,8 +332,15 @@ export class HostClient {
       const why = [...bad!].map(([s, e]) => `${s.name}: ${e}`).join('; ');
       throw new InputError(`${req.op}: every endpoint that may serve it failed for this blob: ${why}`, req.ctx);
     }
-    const what = !mirrors ? 'bytes that cannot be verified need the upstream' : need === 'resolve' ? 'resolving a tag needs the "resolve" capability' : 'pulling needs the "pull" capability';
-    throw new InputError(`${req.op}: no endpoint to ask: ${what}, and the upstream is not pulled from (fallbackToUpstream is false)`, req.ctx);
+    const what = !mirrors
+      ? 'bytes that cannot be verified need the upstream'
+      : need === 'resolve'
+        ? 'resolving a tag needs the "resolve" capability'
+        : 'pulling needs the "pull" capability';
+    throw new InputError(
+      `${req.op}: no endpoint to ask: ${what}, and the upstream is not pulled from (fallbackToUpstream is false)`,
+      req.ctx,
+    );
   }
 
   private served(req: Request, slot: Slot, digest: string | undefined): void {

@@ -79,7 +79,13 @@ const hostSchema: JSONSchemaType<HostConfig> = {
         required: ['url'],
         properties: {
           url: { type: 'string', minLength: 1 },
-          capabilities: { type: 'array', nullable: true, minItems: 1, uniqueItems: true, items: { type: 'string', enum: [...CAPABILITIES] } },
+          capabilities: {
+            type: 'array',
+            nullable: true,
+            minItems: 1,
+            uniqueItems: true,
+            items: { type: 'string', enum: [...CAPABILITIES] },
+          },
           ca: { type: 'string', minLength: 1, nullable: true },
           insecure: { type: 'boolean', nullable: true },
           overridePath: { type: 'boolean', nullable: true },
@@ -131,13 +137,16 @@ export function checkRegistries(config: RegistriesConfig): string[] {
   const seen = new Map<string, string>();
   for (const [key, entry] of Object.entries(config.hosts ?? {})) {
     const at = `/hosts/${pointerEscape(key)}`;
-    if (key !== DEFAULT_HOST && !isValidRegistryHost(key)) problems.push(`${at}: ${JSON.stringify(key)} is not a registry host[:port] (nor "*")`);
+    if (key !== DEFAULT_HOST && !isValidRegistryHost(key))
+      problems.push(`${at}: ${JSON.stringify(key)} is not a registry host[:port] (nor "*")`);
     const canonical = key === DEFAULT_HOST ? key : canonicalHost(key);
     if (seen.has(canonical)) problems.push(`${at}: the same registry as ${JSON.stringify(seen.get(canonical))}`);
     seen.set(canonical, key);
     if (entry.ca !== undefined) problems.push(...checkCaFile(entry.ca, `${at}/ca`));
-    if (entry.plainHttp === true && (entry.ca !== undefined || entry.insecure !== undefined)) problems.push(`${at}/plainHttp: plain HTTP has no TLS for "ca" or "insecure" to apply to`);
-    if (entry.fallbackToUpstream === false && !(entry.mirrors ?? []).length) problems.push(`${at}/fallbackToUpstream: false leaves no endpoint to pull from (no mirrors)`);
+    if (entry.plainHttp === true && (entry.ca !== undefined || entry.insecure !== undefined))
+      problems.push(`${at}/plainHttp: plain HTTP has no TLS for "ca" or "insecure" to apply to`);
+    if (entry.fallbackToUpstream === false && !(entry.mirrors ?? []).length)
+      problems.push(`${at}/fallbackToUpstream: false leaves no endpoint to pull from (no mirrors)`);
     (entry.mirrors ?? []).forEach((m, i) => {
       const mAt = `${at}/mirrors/${i}`;
       const why = mirrorUrlProblem(m.url);
@@ -161,7 +170,7 @@ function mirrorUrlProblem(text: string): string | undefined {
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return 'is not an http:// or https:// URL';
   // Credentials belong in the docker config, where they are looked up by the mirror's host.
-  if (u.username || u.password) return 'holds credentials; put them in the docker config under the mirror\'s host';
+  if (u.username || u.password) return "holds credentials; put them in the docker config under the mirror's host";
   if (u.search || u.hash) return 'has a query or fragment';
   return undefined;
 }
@@ -171,9 +180,13 @@ function checkCaFile(file: string, at: string): string[] {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    return [`${at}: cannot read ${JSON.stringify(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`];
+    return [
+      `${at}: cannot read ${JSON.stringify(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    ];
   }
-  return text.includes('-----BEGIN CERTIFICATE-----') ? [] : [`${at}: ${JSON.stringify(file)} holds no PEM certificate`];
+  return text.includes('-----BEGIN CERTIFICATE-----')
+    ? []
+    : [`${at}: ${JSON.stringify(file)} holds no PEM certificate`];
 }
 
 /** The entry for `host`: its own (Docker Hub's aliases are one host), else the "*" entry, else none. */

@@ -8,9 +8,26 @@ import v8 from 'node:v8';
 import type { Agent, Dispatcher } from 'undici';
 import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
-import { loadDockerCredentials, MAX_TOKEN_BYTES, printableUrl, RegistryAuth, type Credentials, type TokenResponse } from './auth';
+import {
+  loadDockerCredentials,
+  MAX_TOKEN_BYTES,
+  printableUrl,
+  RegistryAuth,
+  type Credentials,
+  type TokenResponse,
+} from './auth';
 import { readAtMost } from './byte-stream';
-import { forPriority, isTransientCode, isTransientStatus, once, parseRetryAfter, TransientError, withRetries, type Priority, type RetryPolicy } from './retry';
+import {
+  forPriority,
+  isTransientCode,
+  isTransientStatus,
+  once,
+  parseRetryAfter,
+  TransientError,
+  withRetries,
+  type Priority,
+  type RetryPolicy,
+} from './retry';
 
 // undici parses HTTP/1.1 with llhttp compiled to WebAssembly. Left to itself V8 recompiles the
 // parser's hot state machine with its optimizing compiler, which costs far more CPU than it saves:
@@ -132,10 +149,15 @@ export class HttpClient {
       keepAliveTimeout: 30_000,
       headersTimeout: opts.timeoutMs,
       bodyTimeout: opts.timeoutMs,
-      connect: { rejectUnauthorized: !opts.insecure, timeout: opts.timeoutMs, ...(opts.ca ? { ca: [...tls.rootCertificates, opts.ca] } : {}) },
+      connect: {
+        rejectUnauthorized: !opts.insecure,
+        timeout: opts.timeoutMs,
+        ...(opts.ca ? { ca: [...tls.rootCertificates, opts.ca] } : {}),
+      },
     });
     // A mirror's credentials are its own, never the upstream's.
-    const credentials = opts.credentials === null ? undefined : (opts.credentials ?? loadDockerCredentials(opts.api.host));
+    const credentials =
+      opts.credentials === null ? undefined : (opts.credentials ?? loadDockerCredentials(opts.api.host));
     this.auth = new RegistryAuth(opts.api.host, credentials, (url, headers) => this.fetchToken(url, headers));
   }
 
@@ -206,7 +228,9 @@ export class HttpClient {
       return new InputError(text, ctx, { cause: err });
     }
     const text = `${op}: ${message}${code ? ` (${code})` : ''}`;
-    return isTransientCode(code) ? new TransientError(text, ctx, { cause: err }) : new InputError(text, ctx, { cause: err });
+    return isTransientCode(code)
+      ? new TransientError(text, ctx, { cause: err })
+      : new InputError(text, ctx, { cause: err });
   }
 
   private async sendOnce(call: Call): Promise<Response> {
@@ -219,11 +243,17 @@ export class HttpClient {
     if (res.status === 401 || res.status === 403) {
       const detail = await this.errorDetail(res);
       const who = this.auth.hasCredentials ? 'with credentials' : 'anonymously';
-      throw new InputError(`${call.op}: ${res.status === 401 ? 'unauthorized (401)' : 'denied (403)'} ${who}${detail}`, call.ctx);
+      throw new InputError(
+        `${call.op}: ${res.status === 401 ? 'unauthorized (401)' : 'denied (403)'} ${who}${detail}`,
+        call.ctx,
+      );
     }
     if (isTransientStatus(res.status)) {
       const retryAfterMs = parseRetryAfter(header(res, 'retry-after'));
-      throw new TransientError(`${call.op}: registry answered ${res.status}${await this.errorDetail(res)}`, call.ctx, { status: res.status, retryAfterMs });
+      throw new TransientError(`${call.op}: registry answered ${res.status}${await this.errorDetail(res)}`, call.ctx, {
+        status: res.status,
+        retryAfterMs,
+      });
     }
     return res;
   }
@@ -250,10 +280,23 @@ export class HttpClient {
   }
 
   /** One request and its answer's headers; a connection that fails is an error naming `op`. */
-  private async request(url: URL, method: Method, headers: Record<string, string>, body: Buffer | Readable | null, op: string, ctx: ErrorContext): Promise<Response> {
+  private async request(
+    url: URL,
+    method: Method,
+    headers: Record<string, string>,
+    body: Buffer | Readable | null,
+    op: string,
+    ctx: ErrorContext,
+  ): Promise<Response> {
     let data: Dispatcher.ResponseData;
     try {
-      data = await this.agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, method, headers, body });
+      data = await this.agent.request({
+        origin: url.origin,
+        path: `${url.pathname}${url.search}`,
+        method,
+        headers,
+        body,
+      });
     } catch (err) {
       throw this.networkError(err, op, ctx);
     }
@@ -270,7 +313,10 @@ export class HttpClient {
       const res = await this.request(url, 'GET', { 'user-agent': USER_AGENT, ...headers }, null, job.op, job.ctx);
       if (isTransientStatus(res.status) && !last) {
         await res.body.dump();
-        throw new TransientError(`${job.op}: token server answered ${res.status}`, job.ctx, { status: res.status, retryAfterMs: parseRetryAfter(header(res, 'retry-after')) });
+        throw new TransientError(`${job.op}: token server answered ${res.status}`, job.ctx, {
+          status: res.status,
+          retryAfterMs: parseRetryAfter(header(res, 'retry-after')),
+        });
       }
       return { status: res.status, body: await this.readBody(res, MAX_TOKEN_BYTES, 'token', job.ctx) };
     });

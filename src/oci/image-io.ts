@@ -67,14 +67,18 @@ export interface FetchedManifest {
  * Fetches a manifest and, while it is an image index, the entry for `platform`: `fetch` gets no
  * descriptor for the first document, then the index entry to follow.
  */
-export async function resolveThroughIndexes(fetch: (next?: Descriptor) => Promise<FetchedManifest>, platform: Platform): Promise<ResolvedImage> {
+export async function resolveThroughIndexes(
+  fetch: (next?: Descriptor) => Promise<FetchedManifest>,
+  platform: Platform,
+): Promise<ResolvedImage> {
   let next: Descriptor | undefined;
   let ctx: ErrorContext = {};
   for (let depth = 0; depth < 4; depth++) {
     const got = await fetch(next);
     ctx = got.ctx;
     const parsed = parseManifestOrIndex(got.raw, got.mediaType, ctx);
-    if (parsed.kind === 'manifest') return { manifest: parsed.manifest, raw: got.raw, digest: got.digest, mediaType: parsed.mediaType };
+    if (parsed.kind === 'manifest')
+      return { manifest: parsed.manifest, raw: got.raw, digest: got.digest, mediaType: parsed.mediaType };
     next = choosePlatform(parsed.index, platform, ctx);
   }
   throw new InputError('image indexes nest too deeply', ctx);

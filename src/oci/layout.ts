@@ -3,7 +3,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InputError } from '../errors';
 import { digestHex, sha256Digest, verifyDigest } from './digest';
-import { readAll, resolveThroughIndexes, type ImageSource, type ImageTarget, type OpenedBlob, type ResolvedImage } from './image-io';
+import {
+  readAll,
+  resolveThroughIndexes,
+  type ImageSource,
+  type ImageTarget,
+  type OpenedBlob,
+  type ResolvedImage,
+} from './image-io';
 import { MediaType, parseManifestOrIndex, type Descriptor, type ImageIndex, type Platform } from './types';
 
 const REF_NAME = 'org.opencontainers.image.ref.name';
@@ -13,7 +20,9 @@ export function parseLayoutRef(ref: string): { dir: string; tag: string | undefi
   // PATH may contain ':' only before the last '/': anything after a ':' in the last component is the tag.
   const slash = rest.lastIndexOf('/');
   const colon = rest.indexOf(':', slash + 1);
-  return colon === -1 ? { dir: rest, tag: undefined } : { dir: rest.slice(0, colon), tag: rest.slice(colon + 1) || undefined };
+  return colon === -1
+    ? { dir: rest, tag: undefined }
+    : { dir: rest.slice(0, colon), tag: rest.slice(colon + 1) || undefined };
 }
 
 function blobPath(dir: string, digest: string): string {
@@ -43,21 +52,33 @@ export class OciLayoutSource implements ImageSource {
 
   async resolve(platform: Platform): Promise<ResolvedImage> {
     const index = readIndex(this.dir, this.ref);
-    const candidates = this.tag ? index.manifests.filter((m) => m.annotations?.[REF_NAME] === this.tag) : index.manifests;
-    if (candidates.length === 0) throw new InputError(`no manifest tagged ${JSON.stringify(this.tag)}`, { image: this.ref });
-    if (candidates.length > 1) throw new InputError(`${candidates.length} manifests in the layout: name one with :TAG`, { image: this.ref });
+    const candidates = this.tag
+      ? index.manifests.filter((m) => m.annotations?.[REF_NAME] === this.tag)
+      : index.manifests;
+    if (candidates.length === 0)
+      throw new InputError(`no manifest tagged ${JSON.stringify(this.tag)}`, { image: this.ref });
+    if (candidates.length > 1)
+      throw new InputError(`${candidates.length} manifests in the layout: name one with :TAG`, { image: this.ref });
     return resolveThroughIndexes(async (next) => {
       const desc = next ?? candidates[0];
-      return { raw: await readAll(await this.openBlob(desc)), mediaType: desc.mediaType, digest: desc.digest, ctx: { image: this.ref, digest: desc.digest } };
+      return {
+        raw: await readAll(await this.openBlob(desc)),
+        mediaType: desc.mediaType,
+        digest: desc.digest,
+        ctx: { image: this.ref, digest: desc.digest },
+      };
     }, platform);
   }
 
   async openBlob(desc: Descriptor): Promise<OpenedBlob> {
     const file = blobPath(this.dir, desc.digest);
-    if (!fs.existsSync(file)) throw new InputError(`blob ${desc.digest} is missing from the layout`, { image: this.ref });
+    if (!fs.existsSync(file))
+      throw new InputError(`blob ${desc.digest} is missing from the layout`, { image: this.ref });
     const stream = fs.createReadStream(file, { highWaterMark: 1 << 20 });
     // destroy() closes the file of a blob that will not be read (a conversion that stopped early).
-    return Object.assign(verifyDigest(stream, desc.digest, desc.size, { image: this.ref }), { destroy: () => void stream.destroy() });
+    return Object.assign(verifyDigest(stream, desc.digest, desc.size, { image: this.ref }), {
+      destroy: () => void stream.destroy(),
+    });
   }
 }
 
@@ -72,7 +93,8 @@ export class OciLayoutTarget implements ImageTarget {
     fs.mkdirSync(path.join(this.dir, 'blobs', 'sha256'), { recursive: true });
     const marker = path.join(this.dir, 'oci-layout');
     if (!fs.existsSync(marker)) fs.writeFileSync(marker, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-    if (!fs.existsSync(path.join(this.dir, 'index.json'))) this.writeIndex({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });
+    if (!fs.existsSync(path.join(this.dir, 'index.json')))
+      this.writeIndex({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });
   }
 
   async putBlob(desc: Descriptor, file: string): Promise<boolean> {

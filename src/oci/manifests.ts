@@ -46,21 +46,39 @@ export interface ManifestGetter {
 }
 
 /** Follows an index down to the manifest for `platform`, as `ImageSource.resolve` does; the index's entries are fetched by digest. */
-export function resolveManifest(client: ManifestGetter, repo: string, reference: string, platform: Platform): Promise<ResolvedImage> {
+export function resolveManifest(
+  client: ManifestGetter,
+  repo: string,
+  reference: string,
+  platform: Platform,
+): Promise<ResolvedImage> {
   return resolveThroughIndexes(async (next) => {
     const ref = next?.digest ?? reference;
-    return { ...(await client.getManifest(repo, ref)), ctx: { registry: client.host, repository: repo, reference: ref } };
+    return {
+      ...(await client.getManifest(repo, ref)),
+      ctx: { registry: client.host, repository: repo, reference: ref },
+    };
   }, platform);
 }
 
-export async function getManifest(http: HttpClient, repo: string, reference: string, accept: readonly string[]): Promise<ManifestResponse> {
+export async function getManifest(
+  http: HttpClient,
+  repo: string,
+  reference: string,
+  accept: readonly string[],
+): Promise<ManifestResponse> {
   const got = await fetchManifest(http, repo, reference, accept);
   if (!got) throw new InputError('manifest unknown (404)', refContext(http.where(), repo, reference));
   return got;
 }
 
 /** The manifest's digest, media type and size, or null when the registry does not have it. */
-export async function headManifest(http: HttpClient, repo: string, reference: string, accept: readonly string[]): Promise<ManifestHead | null> {
+export async function headManifest(
+  http: HttpClient,
+  repo: string,
+  reference: string,
+  accept: readonly string[],
+): Promise<ManifestHead | null> {
   const ctx = refContext(http.where(), repo, reference);
   const res = await askManifest(http, 'HEAD', repo, reference, accept, ctx);
   await res.body.dump();
@@ -72,9 +90,15 @@ export async function headManifest(http: HttpClient, repo: string, reference: st
     const full = await getManifest(http, repo, reference, accept);
     return { mediaType: full.mediaType, digest: full.digest, size: full.raw.length };
   }
-  if (!isDigest(digest)) throw new InputError(`registry answered with an unsupported digest ${JSON.stringify(digest)}`, ctx);
-  if (isDigest(reference) && digest !== reference) throw new InputError(`registry answered HEAD with digest ${digest}`, ctx);
-  return { mediaType: mediaTypeOf(header(res, 'content-type')), digest, size: Number(header(res, 'content-length') ?? -1) };
+  if (!isDigest(digest))
+    throw new InputError(`registry answered with an unsupported digest ${JSON.stringify(digest)}`, ctx);
+  if (isDigest(reference) && digest !== reference)
+    throw new InputError(`registry answered HEAD with digest ${digest}`, ctx);
+  return {
+    mediaType: mediaTypeOf(header(res, 'content-type')),
+    digest,
+    size: Number(header(res, 'content-length') ?? -1),
+  };
 }
 
 /**
@@ -82,11 +106,18 @@ export async function headManifest(http: HttpClient, repo: string, reference: st
  * pushed to a registry without the referrers API (no `OCI-Subject` in the answer) is also added to
  * the subject's referrers tag-schema index.
  */
-export async function putManifest(http: HttpClient, repo: string, reference: string, raw: Buffer, mediaType: string): Promise<string> {
+export async function putManifest(
+  http: HttpClient,
+  repo: string,
+  reference: string,
+  raw: Buffer,
+  mediaType: string,
+): Promise<string> {
   const ctx = refContext(http.where(), repo, reference);
   if (raw.length > MAX_MANIFEST_BYTES) throw manifestTooLarge(raw.length, ctx);
   const digest = sha256Digest(raw);
-  if (isDigest(reference) && reference !== digest) throw new InputError(`manifest content hashes to ${digest}, not to the reference`, ctx);
+  if (isDigest(reference) && reference !== digest)
+    throw new InputError(`manifest content hashes to ${digest}, not to the reference`, ctx);
   const res = await http.send({
     op: 'put manifest',
     method: 'PUT',
@@ -100,9 +131,11 @@ export async function putManifest(http: HttpClient, repo: string, reference: str
   if (res.status !== 201 && res.status !== 200) throw await http.unexpected(res, 'put manifest', ctx);
   await res.body.dump();
   const said = header(res, 'docker-content-digest');
-  if (said && said !== digest) throw new InputError(`registry stored the manifest as ${said}, its content hashes to ${digest}`, ctx);
+  if (said && said !== digest)
+    throw new InputError(`registry stored the manifest as ${said}, its content hashes to ${digest}`, ctx);
 
-  let doc: { subject?: Descriptor; artifactType?: string; config?: Descriptor; annotations?: Record<string, string> } = {};
+  let doc: { subject?: Descriptor; artifactType?: string; config?: Descriptor; annotations?: Record<string, string> } =
+    {};
   try {
     doc = JSON.parse(raw.toString('utf8'));
   } catch {
@@ -120,7 +153,14 @@ export async function putManifest(http: HttpClient, repo: string, reference: str
 
 export async function deleteManifest(http: HttpClient, repo: string, digest: string): Promise<void> {
   const ctx = digestContext(http.where(), repo, digest);
-  const res = await http.send({ op: 'delete manifest', method: 'DELETE', url: http.url(`${repo}/manifests/${digest}`), scopes: [`repository:${repo}:delete`], ctx, retry: true });
+  const res = await http.send({
+    op: 'delete manifest',
+    method: 'DELETE',
+    url: http.url(`${repo}/manifests/${digest}`),
+    scopes: [`repository:${repo}:delete`],
+    ctx,
+    retry: true,
+  });
   if (res.status !== 202 && res.status !== 200) throw await http.unexpected(res, 'delete manifest', ctx);
   await res.body.dump();
 }
@@ -129,11 +169,24 @@ export async function deleteManifest(http: HttpClient, repo: string, digest: str
  * Descriptors of the manifests whose `subject` is `digest`: from the referrers API, or on registries
  * without it (404) from the `sha256-<hex>` tag-schema index.
  */
-export async function referrers(http: HttpClient, repo: string, digest: string, artifactType?: string): Promise<Descriptor[]> {
+export async function referrers(
+  http: HttpClient,
+  repo: string,
+  digest: string,
+  artifactType?: string,
+): Promise<Descriptor[]> {
   const ctx = digestContext(http.where(), repo, digest);
   const url = http.url(`${repo}/referrers/${digest}`);
   if (artifactType) url.searchParams.set('artifactType', artifactType);
-  const res = await http.send({ op: 'list referrers', method: 'GET', url, headers: { accept: MediaType.ociIndex }, scopes: [pullScope(repo)], ctx, retry: true });
+  const res = await http.send({
+    op: 'list referrers',
+    method: 'GET',
+    url,
+    headers: { accept: MediaType.ociIndex },
+    scopes: [pullScope(repo)],
+    ctx,
+    retry: true,
+  });
   let index: ImageIndex;
   if (res.status === 200) {
     const raw = await readManifestBody(http, res, ctx);
@@ -152,11 +205,18 @@ export async function referrers(http: HttpClient, repo: string, digest: string, 
 }
 
 /** Adds `descriptor` to the tag-schema referrers index of `subjectDigest`, creating the index if need be. */
-export async function addReferrerFallback(http: HttpClient, repo: string, subjectDigest: string, descriptor: Descriptor): Promise<void> {
+export async function addReferrerFallback(
+  http: HttpClient,
+  repo: string,
+  subjectDigest: string,
+  descriptor: Descriptor,
+): Promise<void> {
   const tag = referrersTag(subjectDigest);
   const ctx = refContext(http.where(), repo, tag);
   const got = await fetchManifest(http, repo, tag, [MediaType.ociIndex]);
-  const index: ImageIndex = got ? parseIndex(got.raw, got.mediaType, ctx) : { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
+  const index: ImageIndex = got
+    ? parseIndex(got.raw, got.mediaType, ctx)
+    : { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] };
   if (index.manifests.some((m) => m.digest === descriptor.digest)) return;
   index.manifests.push(descriptor);
   log.debug('adding a referrer to the tag-schema index', { ...ctx, digest: descriptor.digest });
@@ -164,7 +224,12 @@ export async function addReferrerFallback(http: HttpClient, repo: string, subjec
 }
 
 /** The manifest, checked against the digest it was asked by and the one the registry names; null on 404. */
-async function fetchManifest(http: HttpClient, repo: string, reference: string, accept: readonly string[]): Promise<ManifestResponse | null> {
+async function fetchManifest(
+  http: HttpClient,
+  repo: string,
+  reference: string,
+  accept: readonly string[],
+): Promise<ManifestResponse | null> {
   const ctx = refContext(http.where(), repo, reference);
   const res = await askManifest(http, 'GET', repo, reference, accept, ctx);
   if (res.status === 404) {
@@ -174,10 +239,14 @@ async function fetchManifest(http: HttpClient, repo: string, reference: string, 
   if (res.status !== 200) throw await http.unexpected(res, 'get manifest', ctx);
   const raw = await readManifestBody(http, res, ctx);
   const digest = sha256Digest(raw);
-  if (isDigest(reference) && digest !== reference) throw new InputError(`digest mismatch: expected ${reference}, got ${digest}`, ctx);
+  if (isDigest(reference) && digest !== reference)
+    throw new InputError(`digest mismatch: expected ${reference}, got ${digest}`, ctx);
   const said = header(res, 'docker-content-digest');
   if (said && said.startsWith('sha256:') && said !== digest) {
-    throw new InputError(`digest mismatch: registry says ${said} (Docker-Content-Digest), content hashes to ${digest}`, ctx);
+    throw new InputError(
+      `digest mismatch: registry says ${said} (Docker-Content-Digest), content hashes to ${digest}`,
+      ctx,
+    );
   }
   let mediaType = mediaTypeOf(header(res, 'content-type'));
   if (!ALL_MANIFEST_MEDIA_TYPES.includes(mediaType)) {
@@ -187,9 +256,24 @@ async function fetchManifest(http: HttpClient, repo: string, reference: string, 
   return { raw, mediaType, digest };
 }
 
-function askManifest(http: HttpClient, method: 'GET' | 'HEAD', repo: string, reference: string, accept: readonly string[], ctx: ErrorContext): Promise<Response> {
+function askManifest(
+  http: HttpClient,
+  method: 'GET' | 'HEAD',
+  repo: string,
+  reference: string,
+  accept: readonly string[],
+  ctx: ErrorContext,
+): Promise<Response> {
   const op = method === 'GET' ? 'get manifest' : 'head manifest';
-  return http.send({ op, method, url: http.url(`${repo}/manifests/${reference}`), headers: { accept: accept.join(', ') }, scopes: [pullScope(repo)], ctx, retry: true });
+  return http.send({
+    op,
+    method,
+    url: http.url(`${repo}/manifests/${reference}`),
+    headers: { accept: accept.join(', ') },
+    scopes: [pullScope(repo)],
+    ctx,
+    retry: true,
+  });
 }
 
 async function readManifestBody(http: HttpClient, res: Response, ctx: ErrorContext): Promise<Buffer> {

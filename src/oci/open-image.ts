@@ -47,6 +47,11 @@ export async function openTarget(ref: string, opts: OpenOptions = {}, source?: I
   if (ref.startsWith('oci:')) return new OciLayoutTarget(ref);
   if (ref.startsWith('docker-archive:')) throw new InputError('docker-archive: can only be a source', { image: ref });
   const parsed = parseReference(ref);
-  const mountFrom = source instanceof RegistrySource && source.parsed.registry === parsed.registry && source.parsed.repository !== parsed.repository ? source.parsed.repository : undefined;
+  const mountFrom =
+    source instanceof RegistrySource &&
+    source.parsed.registry === parsed.registry &&
+    source.parsed.repository !== parsed.repository
+      ? source.parsed.repository
+      : undefined;
   return new RegistryTarget(ref, parsed, registryClient(parsed.registry, opts).upstream, mountFrom);
 }

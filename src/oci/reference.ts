@@ -52,8 +52,10 @@ export function parseReference(text: string): ImageReference {
     name = text.slice(0, at);
     digest = text.slice(at + 1);
     if (!DIGEST_GRAMMAR_RE.test(digest)) throw fail(`${JSON.stringify(digest)} is not a digest`);
-    if (!digest.startsWith('sha256:')) throw fail(`digest algorithm ${JSON.stringify(digest.split(':')[0])} is not supported (only sha256)`);
-    if (!SHA256_RE.test(digest)) throw fail(`${JSON.stringify(digest)} is not a sha256 digest (64 lowercase hex digits)`);
+    if (!digest.startsWith('sha256:'))
+      throw fail(`digest algorithm ${JSON.stringify(digest.split(':')[0])} is not supported (only sha256)`);
+    if (!SHA256_RE.test(digest))
+      throw fail(`${JSON.stringify(digest)} is not a sha256 digest (64 lowercase hex digits)`);
   }
 
   let tag: string | undefined;
@@ -79,10 +81,13 @@ export function parseReference(text: string): ImageReference {
 
   if (!repository) throw fail('the repository name is empty');
   if (!isValidRepository(repository)) {
-    const why = /[A-Z]/.test(repository) ? 'must be lowercase' : 'must be lowercase alphanumeric path components separated by "/", joined within a component by ".", "_", "__" or "-"';
+    const why = /[A-Z]/.test(repository)
+      ? 'must be lowercase'
+      : 'must be lowercase alphanumeric path components separated by "/", joined within a component by ".", "_", "__" or "-"';
     throw fail(`repository ${JSON.stringify(repository)} ${why}`);
   }
-  if (registry.length + 1 + repository.length > MAX_NAME_LENGTH) throw fail(`the name is longer than ${MAX_NAME_LENGTH} characters`);
+  if (registry.length + 1 + repository.length > MAX_NAME_LENGTH)
+    throw fail(`the name is longer than ${MAX_NAME_LENGTH} characters`);
 
   if (tag === undefined && digest === undefined) tag = 'latest';
   const ref: ImageReference = { registry, repository };

@@ -54,9 +54,15 @@ export class RegistryTarget implements ImageTarget {
   }
 
   async putBlob(desc: Descriptor, file: string): Promise<boolean> {
-    const result = await this.client.pushBlob(this.parsed.repository, desc.digest, desc.size, () => fs.createReadStream(file, { highWaterMark: 1 << 20 }), {
-      mountFrom: this.mountFrom,
-    });
+    const result = await this.client.pushBlob(
+      this.parsed.repository,
+      desc.digest,
+      desc.size,
+      () => fs.createReadStream(file, { highWaterMark: 1 << 20 }),
+      {
+        mountFrom: this.mountFrom,
+      },
+    );
     return result === 'uploaded';
   }
 
@@ -80,10 +86,18 @@ export class RegistryTarget implements ImageTarget {
 }
 
 export const EMPTY_JSON = Buffer.from('{}');
-export const EMPTY_DESCRIPTOR: Descriptor = { mediaType: MediaType.ociEmpty, digest: sha256Digest(EMPTY_JSON), size: EMPTY_JSON.length };
+export const EMPTY_DESCRIPTOR: Descriptor = {
+  mediaType: MediaType.ociEmpty,
+  digest: sha256Digest(EMPTY_JSON),
+  size: EMPTY_JSON.length,
+};
 
 /** The referrer artifact, pushed into the source repository, naming the lazy image. */
-export function referrerManifest(subject: Descriptor, artifactType: string, annotations: Record<string, string>): ImageManifest {
+export function referrerManifest(
+  subject: Descriptor,
+  artifactType: string,
+  annotations: Record<string, string>,
+): ImageManifest {
   return {
     schemaVersion: 2,
     mediaType: MediaType.ociManifest,

@@ -4,7 +4,17 @@
 // and the digest or reference involved.
 import type { Readable } from 'node:stream';
 import { printableUrl, pullScope, type Credentials } from './auth';
-import { cancelUpload, commitUpload, patchUpload, pushBlob, startUpload, streamUpload, type BlobUpload, type PushBlobOptions, type PushResult } from './blob-upload';
+import {
+  cancelUpload,
+  commitUpload,
+  patchUpload,
+  pushBlob,
+  startUpload,
+  streamUpload,
+  type BlobUpload,
+  type PushBlobOptions,
+  type PushResult,
+} from './blob-upload';
 import { getBlob, getBlobRange, headBlob } from './blobs';
 import type { ByteStream } from './byte-stream';
 import { HttpClient } from './http-client';
@@ -91,11 +101,19 @@ export class RegistryClient {
 
   // ---- manifests and referrers (./manifests) ----
 
-  getManifest(repo: string, reference: string, accept: readonly string[] = ALL_MANIFEST_MEDIA_TYPES): Promise<ManifestResponse> {
+  getManifest(
+    repo: string,
+    reference: string,
+    accept: readonly string[] = ALL_MANIFEST_MEDIA_TYPES,
+  ): Promise<ManifestResponse> {
     return manifests.getManifest(this.http, repo, reference, accept);
   }
 
-  headManifest(repo: string, reference: string, accept: readonly string[] = ALL_MANIFEST_MEDIA_TYPES): Promise<ManifestHead | null> {
+  headManifest(
+    repo: string,
+    reference: string,
+    accept: readonly string[] = ALL_MANIFEST_MEDIA_TYPES,
+  ): Promise<ManifestHead | null> {
     return manifests.headManifest(this.http, repo, reference, accept);
   }
 
@@ -129,13 +147,25 @@ export class RegistryClient {
     return getBlob(this.http, repo, digest, expectedSize);
   }
 
-  getBlobRange(repo: string, digest: string, start: number, endInclusive: number, opts: { priority?: Priority } = {}): Promise<Buffer> {
+  getBlobRange(
+    repo: string,
+    digest: string,
+    start: number,
+    endInclusive: number,
+    opts: { priority?: Priority } = {},
+  ): Promise<Buffer> {
     return getBlobRange(this.http, repo, digest, start, endInclusive, opts.priority);
   }
 
   // ---- blobs pushed (./blob-upload) ----
 
-  pushBlob(repo: string, digest: string, size: number, open: () => Readable, opts: PushBlobOptions = {}): Promise<PushResult> {
+  pushBlob(
+    repo: string,
+    digest: string,
+    size: number,
+    open: () => Readable,
+    opts: PushBlobOptions = {},
+  ): Promise<PushResult> {
     return pushBlob(this.http, this.chunkSize, repo, digest, size, open, opts);
   }
 

@@ -79,7 +79,11 @@ export class TransientError extends InputError {
   /** How long the registry asked to be left alone (Retry-After), in milliseconds. */
   readonly retryAfterMs: number | undefined;
 
-  constructor(message: string, context: ErrorContext, options: { cause?: unknown; status?: number; retryAfterMs?: number } = {}) {
+  constructor(
+    message: string,
+    context: ErrorContext,
+    options: { cause?: unknown; status?: number; retryAfterMs?: number } = {},
+  ) {
     super(message, context, { cause: options.cause });
     this.status = options.status;
     this.retryAfterMs = options.retryAfterMs;
@@ -114,16 +118,28 @@ export interface RetriedJob {
  * InputError saying how many were made, so that an enclosing `withRetries` does not multiply them;
  * with a single attempt it is thrown as it is, transient, for the caller to decide.
  */
-export async function withRetries<T>(policy: RetryPolicy, job: RetriedJob, attempt: (n: number, last: boolean) => Promise<T>): Promise<T> {
+export async function withRetries<T>(
+  policy: RetryPolicy,
+  job: RetriedJob,
+  attempt: (n: number, last: boolean) => Promise<T>,
+): Promise<T> {
   const attempts = Math.max(1, policy.attempts);
   for (let n = 1; ; n++) {
     try {
       return await attempt(n, n >= attempts);
     } catch (err) {
       if (!(err instanceof TransientError)) throw err;
-      if (n >= attempts) throw n > 1 ? new InputError(`${err.detail} (after ${n} attempts)`, job.ctx, { cause: err }) : err;
+      if (n >= attempts)
+        throw n > 1 ? new InputError(`${err.detail} (after ${n} attempts)`, job.ctx, { cause: err }) : err;
       const delayMs = retryDelay(policy, n, err.retryAfterMs);
-      log.warn('registry request failed; retrying', { ...job.ctx, op: job.op, attempt: n, delayMs, status: err.status, error: err.detail });
+      log.warn('registry request failed; retrying', {
+        ...job.ctx,
+        op: job.op,
+        attempt: n,
+        delayMs,
+        status: err.status,
+        error: err.detail,
+      });
       await sleep(delayMs);
     }
   }

@@ -69,12 +69,27 @@ export class StreamedBlobPush {
         return 'uploaded';
       }
       if (this.failure !== null) {
-        log.warn('streamed blob upload failed; uploading the finished blob', { repository: this.repo, digest: desc.digest, error: (this.failure as Error).message });
+        log.warn('streamed blob upload failed; uploading the finished blob', {
+          repository: this.repo,
+          digest: desc.digest,
+          error: (this.failure as Error).message,
+        });
       } else if (this.upload) {
-        log.warn('streamed blob upload ended short; uploading the finished blob', { repository: this.repo, digest: desc.digest, received: this.upload.offset, size: desc.size });
+        log.warn('streamed blob upload ended short; uploading the finished blob', {
+          repository: this.repo,
+          digest: desc.digest,
+          received: this.upload.offset,
+          size: desc.size,
+        });
       }
       await this.stop();
-      return await this.client.pushBlob(this.repo, desc.digest, desc.size, () => Readable.from(readByPosition(this.fd, desc.size, 'blob file', 1 << 20)), { mountFrom: this.mountFrom });
+      return await this.client.pushBlob(
+        this.repo,
+        desc.digest,
+        desc.size,
+        () => Readable.from(readByPosition(this.fd, desc.size, 'blob file', 1 << 20)),
+        { mountFrom: this.mountFrom },
+      );
     } catch (err) {
       await this.stop().catch(() => undefined);
       throw err;
@@ -115,12 +130,17 @@ export class StreamedBlobPush {
     await this.sending;
     const upload = this.upload;
     this.upload = null;
-    if (upload) await this.client.cancelUpload(upload).catch((err) => log.debug('cancelling a blob upload failed', { repository: this.repo, error: (err as Error).message }));
+    if (upload)
+      await this.client
+        .cancelUpload(upload)
+        .catch((err) =>
+          log.debug('cancelling a blob upload failed', { repository: this.repo, error: (err as Error).message }),
+        );
   }
 
   private async *body(): AsyncGenerator<Buffer> {
     let sent = 0;
-    for (let turn = 0; ; ) {
+    for (let turn = 0; ;) {
       if (this.cancelled) return;
       const ready = this.end - sent;
       if (ready > 0 && (ready >= this.readSize || this.finished)) {

@@ -71,11 +71,14 @@ function checkDescriptor(d: unknown, where: string, ctx: ErrorContext): Descript
   if (!o || typeof o !== 'object') throw new InputError(`${where} is not a descriptor`, ctx);
   if (typeof o.mediaType !== 'string') throw new InputError(`${where} has no mediaType`, ctx);
   if (!isDigest(o.digest)) throw new InputError(`${where} has an invalid digest ${JSON.stringify(o.digest)}`, ctx);
-  if (!Number.isSafeInteger(o.size) || (o.size as number) < 0) throw new InputError(`${where} has an invalid size`, ctx);
+  if (!Number.isSafeInteger(o.size) || (o.size as number) < 0)
+    throw new InputError(`${where} has an invalid size`, ctx);
   return o as Descriptor;
 }
 
-export type ParsedManifest = { kind: 'manifest'; manifest: ImageManifest; mediaType: string } | { kind: 'index'; index: ImageIndex; mediaType: string };
+export type ParsedManifest =
+  | { kind: 'manifest'; manifest: ImageManifest; mediaType: string }
+  | { kind: 'index'; index: ImageIndex; mediaType: string };
 
 /** Parses a manifest or an index, with the media type from the response or the document itself. */
 export function parseManifestOrIndex(raw: Buffer, mediaType: string | undefined, ctx: ErrorContext): ParsedManifest {
@@ -86,7 +89,8 @@ export function parseManifestOrIndex(raw: Buffer, mediaType: string | undefined,
   } catch (err) {
     throw new InputError(`manifest is not JSON: ${(err as Error).message}`, ctx);
   }
-  if (!doc || typeof doc !== 'object' || doc.schemaVersion !== 2) throw new InputError('manifest schemaVersion is not 2', ctx);
+  if (!doc || typeof doc !== 'object' || doc.schemaVersion !== 2)
+    throw new InputError('manifest schemaVersion is not 2', ctx);
   const type = (typeof doc.mediaType === 'string' && doc.mediaType) || mediaType?.split(';')[0].trim() || '';
   const isIndex = INDEX_MEDIA_TYPES.includes(type as never) || (!type && Array.isArray(doc.manifests));
   if (isIndex) {
@@ -94,7 +98,8 @@ export function parseManifestOrIndex(raw: Buffer, mediaType: string | undefined,
     doc.manifests.forEach((m, i) => checkDescriptor(m, `manifests[${i}]`, ctx));
     return { kind: 'index', index: doc as unknown as ImageIndex, mediaType: type || MediaType.ociIndex };
   }
-  if (type && !MANIFEST_MEDIA_TYPES.includes(type as never)) throw new InputError(`unknown manifest media type ${JSON.stringify(type)}`, ctx);
+  if (type && !MANIFEST_MEDIA_TYPES.includes(type as never))
+    throw new InputError(`unknown manifest media type ${JSON.stringify(type)}`, ctx);
   checkDescriptor(doc.config, 'config', ctx);
   if (!Array.isArray(doc.layers)) throw new InputError('manifest has no layers list', ctx);
   doc.layers.forEach((l, i) => checkDescriptor(l, `layers[${i}]`, ctx));
@@ -103,7 +108,15 @@ export function parseManifestOrIndex(raw: Buffer, mediaType: string | undefined,
 }
 
 export function hostPlatform(): Platform {
-  const arch: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
+  const arch: Record<string, string> = {
+    x64: 'amd64',
+    arm64: 'arm64',
+    arm: 'arm',
+    ia32: '386',
+    ppc64: 'ppc64le',
+    s390x: 's390x',
+    riscv64: 'riscv64',
+  };
   const p: Platform = { os: 'linux', architecture: arch[process.arch] ?? process.arch };
   if (p.architecture === 'arm64') p.variant = 'v8';
   return p;

@@ -45,7 +45,9 @@ export class BlobCache implements RangeSource {
   ) {
     this.state = new ChunkState(index.chunks.length);
     index.chunks.forEach((c, i) => {
-      const found = native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset && native.seekHole(fd, c.uncompressedOffset) >= alignedEnd(c);
+      const found =
+        native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&
+        native.seekHole(fd, c.uncompressedOffset) >= alignedEnd(c);
       if (found) this.state.markPresent(i); // found at start: older than anything written from now on
     });
   }
@@ -100,7 +102,8 @@ export class BlobCache implements RangeSource {
       if (missing.length === 0) this.hits++;
       else if (priority === 'demand') this.misses++;
       const fetched = await this.fill(missing, priority, sink.kind === 'write' ? sink.write : this.writeOwn);
-      if (sink.kind === 'buffer') await readAt(this.fd, sink.buf, sink.offset, end - start, start, `cache file ${this.path}`, () => !this.closed);
+      if (sink.kind === 'buffer')
+        await readAt(this.fd, sink.buf, sink.offset, end - start, start, `cache file ${this.path}`, () => !this.closed);
       return fetched;
     } finally {
       this.state.unpin(pinned);
@@ -127,7 +130,10 @@ export class BlobCache implements RangeSource {
         await write(c.uncompressedOffset, data[k]);
         this.state.markPresent(i);
       })();
-      this.writing.set(i, writing.catch(() => undefined));
+      this.writing.set(
+        i,
+        writing.catch(() => undefined),
+      );
       try {
         await writing;
       } finally {
@@ -142,7 +148,9 @@ export class BlobCache implements RangeSource {
    * of its own, which the event loop must stay free to answer.
    */
   private readonly writeOwn: ChunkWriter = async (offset, data) => {
-    await new Promise<void>((resolve, reject) => fs.write(this.fd, data, 0, data.length, offset, (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      fs.write(this.fd, data, 0, data.length, offset, (err) => (err ? reject(err) : resolve())),
+    );
   };
 
   /**
@@ -157,7 +165,8 @@ export class BlobCache implements RangeSource {
       const buf = Buffer.alloc(c.uncompressedSize);
       await readAt(this.fd, buf, 0, buf.length, c.uncompressedOffset, `cache file ${this.path}`, () => !this.closed);
       const got = createHash('sha256').update(buf).digest();
-      if (!got.equals(c.digest)) bad.push({ offset: c.uncompressedOffset, expected: c.digest.toString('hex'), got: got.toString('hex') });
+      if (!got.equals(c.digest))
+        bad.push({ offset: c.uncompressedOffset, expected: c.digest.toString('hex'), got: got.toString('hex') });
     }
     return bad;
   }

@@ -95,7 +95,11 @@ export class CacheBudget implements SpaceReserver {
     if (this.used + bytes > this.limit && !this.warned) {
       // Only chunks under active reads are left: serving them correctly comes before the bound.
       this.warned = true;
-      log.warn('cache bound exceeded: every cached chunk is being read right now', { bound: this.limit, used: this.used, blob: forBlob.remote.what });
+      log.warn('cache bound exceeded: every cached chunk is being read right now', {
+        bound: this.limit,
+        used: this.used,
+        blob: forBlob.remote.what,
+      });
     }
     this.used += bytes;
   }

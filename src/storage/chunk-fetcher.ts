@@ -39,7 +39,14 @@ export interface FetcherOptions {
 }
 
 export class ChunkFetcher {
-  readonly stats: FetchStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, verifyFailures: 0, failedRequests: 0, memoryHits: 0 };
+  readonly stats: FetchStats = {
+    requests: 0,
+    bytesFetched: 0,
+    chunksFetched: 0,
+    verifyFailures: 0,
+    failedRequests: 0,
+    memoryHits: 0,
+  };
   /** Verified chunks recently fetched: a chunk evicted from the page cache is served without the network. */
   private readonly recent: LRUCache<string, Buffer>;
   private readonly inflight = new Map<string, Promise<Buffer>>();
@@ -52,7 +59,10 @@ export class ChunkFetcher {
     this.limiter = new Limiter(opts.concurrency ?? 8);
     this.maxRequestBytes = opts.maxRequestBytes ?? 4 << 20;
     this.maxGap = opts.maxGap ?? 64 << 10;
-    this.recent = new LRUCache<string, Buffer>({ maxSize: opts.memoryCacheBytes ?? 64 << 20, sizeCalculation: (b) => Math.max(1, b.length) });
+    this.recent = new LRUCache<string, Buffer>({
+      maxSize: opts.memoryCacheBytes ?? 64 << 20,
+      sizeCalculation: (b) => Math.max(1, b.length),
+    });
   }
 
   get inFlight(): number {
@@ -86,7 +96,13 @@ export class ChunkFetcher {
     return Promise.all(result);
   }
 
-  private async fetchRange(blob: RemoteBlob, start: number, end: number, chunks: ChunkEntry[], priority: Priority): Promise<void> {
+  private async fetchRange(
+    blob: RemoteBlob,
+    start: number,
+    end: number,
+    chunks: ChunkEntry[],
+    priority: Priority,
+  ): Promise<void> {
     const settle = (c: ChunkEntry, value: Buffer | Error) => {
       const key = `${blob.digest}@${c.uncompressedOffset}`;
       const waiter = this.pending.get(key);
@@ -101,7 +117,15 @@ export class ChunkFetcher {
     let checkedBytes: Buffer | undefined;
     let decoded: Array<Buffer | Error> = [];
     const decodeAll = async (bytes: Buffer): Promise<Array<Buffer | Error>> => {
-      const out = await Promise.all(chunks.map((c) => decodeChunk(c, bytes.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize), blob.what).catch((e: Error) => e)));
+      const out = await Promise.all(
+        chunks.map((c) =>
+          decodeChunk(
+            c,
+            bytes.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize),
+            blob.what,
+          ).catch((e: Error) => e),
+        ),
+      );
       this.stats.verifyFailures += out.filter((d) => d instanceof Error).length;
       return out;
     };
@@ -119,7 +143,9 @@ export class ChunkFetcher {
       this.opts.observeLatency?.(Number(process.hrtime.bigint() - t0) / 1e9, data.length);
     } catch (err) {
       this.stats.failedRequests++;
-      const e = new Error(`${blob.what}: fetching bytes ${start}-${end - 1}: ${(err as Error).message}`, { cause: err });
+      const e = new Error(`${blob.what}: fetching bytes ${start}-${end - 1}: ${(err as Error).message}`, {
+        cause: err,
+      });
       for (const c of chunks) settle(c, e);
       return;
     }

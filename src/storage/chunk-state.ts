@@ -54,7 +54,8 @@ export class ChunkState {
   /** Write time of the oldest chunk that could be evicted now, or Infinity. */
   oldestEvictable(): number {
     let oldest = Infinity;
-    for (let i = 0; i < this.count; i++) if (this.present[i] && this.pins[i] === 0 && this.writtenAt[i] < oldest) oldest = this.writtenAt[i];
+    for (let i = 0; i < this.count; i++)
+      if (this.present[i] && this.pins[i] === 0 && this.writtenAt[i] < oldest) oldest = this.writtenAt[i];
     return oldest;
   }
 

@@ -58,7 +58,12 @@ export class Prefetcher {
       priority: 'prefetch',
       workers: this.workers,
       // Beyond the bound's last tenth, prefetch would only evict what readers fetched: they know better what they need.
-      stopReason: (bytes) => (this.stopped ? 'the daemon is stopping' : this.budget.nearBound(bytes) ? `at the cache bound (${this.budget.limit} bytes)` : null),
+      stopReason: (bytes) =>
+        this.stopped
+          ? 'the daemon is stopping'
+          : this.budget.nearBound(bytes)
+            ? `at the cache bound (${this.budget.limit} bytes)`
+            : null,
       onError: (err, offset) => log.warn('prefetch failed', { blob: blob.what, offset, error: err.message }),
     });
   }

@@ -18,7 +18,12 @@ export function planRanges(chunks: readonly ChunkEntry[], maxBytes: number, maxG
   for (const c of sorted) {
     const end = c.compressedOffset + c.compressedSize;
     const last = ranges[ranges.length - 1];
-    if (last && c.compressedOffset >= last.end && c.compressedOffset - last.end <= maxGap && end - last.start <= maxBytes) {
+    if (
+      last &&
+      c.compressedOffset >= last.end &&
+      c.compressedOffset - last.end <= maxGap &&
+      end - last.start <= maxBytes
+    ) {
       last.end = end;
       last.chunks.push(c);
     } else if (last && c.compressedOffset < last.end) {

@@ -44,7 +44,8 @@ export class LocalFileSource implements RangeSource {
   }
 
   async serve(start: number, end: number, sink: RangeSink): Promise<number> {
-    if (sink.kind === 'buffer') await readAt(this.fd, sink.buf, sink.offset, end - start, start, this.what, () => !this.closed);
+    if (sink.kind === 'buffer')
+      await readAt(this.fd, sink.buf, sink.offset, end - start, start, this.what, () => !this.closed);
     return 0;
   }
 

@@ -58,7 +58,7 @@ export class ByteReader {
 
   private take(n: number): Buffer[] {
     const parts: Buffer[] = [];
-    for (let got = 0; got < n; ) {
+    for (let got = 0; got < n;) {
       const head = this.pending[0];
       const take = Math.min(head.length, n - got);
       parts.push(take === head.length ? head : head.subarray(0, take));

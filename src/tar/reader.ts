@@ -27,7 +27,14 @@ const ZERO_BLOCK = Buffer.alloc(BLOCK);
 const NO_PAX: ReadonlyMap<string, Buffer> = new Map();
 const USTAR_MAGIC = Buffer.from('ustar\0', 'latin1');
 const ENTRY_TYPES: Readonly<Record<string, TarEntryType | undefined>> = {
-  '0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'chardev', '4': 'blockdev', '5': 'dir', '6': 'fifo',
+  '0': 'file',
+  '7': 'file',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'chardev',
+  '4': 'blockdev',
+  '5': 'dir',
+  '6': 'fifo',
 };
 
 function field(h: Buffer, off: number, len: number): Buffer {
@@ -41,7 +48,8 @@ function numeric(h: Buffer, off: number, len: number, what: string): number {
   if (h[off] & 0x80) {
     let v = BigInt(h[off] & 0x7f) - (h[off] & 0x40 ? 0x80n : 0n);
     for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(h[off + i]);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) throw new TarFormatError(`${what} out of range`);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER))
+      throw new TarFormatError(`${what} out of range`);
     return Number(v);
   }
   // Octal digits, optionally padded with spaces before and NULs or spaces after. Read byte by byte:
@@ -54,7 +62,10 @@ function numeric(h: Buffer, off: number, len: number, what: string): number {
   for (; i < end && h[i] >= 0x30 && h[i] <= 0x37; i++, digits++) v = v * 8 + (h[i] - 0x30);
   for (; i < end; i++) {
     if (h[i] !== 0 && h[i] !== 0x20) {
-      const text = h.toString('latin1', off, end).replace(/[\0 ]+$/, '').trim();
+      const text = h
+        .toString('latin1', off, end)
+        .replace(/[\0 ]+$/, '')
+        .trim();
       throw new TarFormatError(`${what} field is not octal: ${JSON.stringify(text)}`);
     }
   }
@@ -102,7 +113,8 @@ function parsePax(data: Buffer): Pax {
     const space = data.indexOf(0x20, pos);
     if (space === -1) throw new TarFormatError('PAX record without a length');
     const len = Number(data.subarray(pos, space).toString('latin1'));
-    if (!Number.isInteger(len) || len <= space - pos + 1 || pos + len > data.length) throw new TarFormatError('PAX record length is wrong');
+    if (!Number.isInteger(len) || len <= space - pos + 1 || pos + len > data.length)
+      throw new TarFormatError('PAX record length is wrong');
     const record = data.subarray(space + 1, pos + len);
     if (record[record.length - 1] !== 0x0a) throw new TarFormatError('PAX record does not end in a newline');
     const eq = record.indexOf(0x3d);
@@ -157,7 +169,7 @@ export class TarReader {
         else longLink = field(body, 0, body.length);
         continue;
       }
-      const records = this.globalPax.size === 0 ? pax ?? NO_PAX : new Map([...this.globalPax, ...(pax ?? [])]);
+      const records = this.globalPax.size === 0 ? (pax ?? NO_PAX) : new Map([...this.globalPax, ...(pax ?? [])]);
       const entry = this.entryOf(h, typeflag, size, longName, longLink, records);
       this.remaining = entry.type === 'file' ? entry.size : size;
       this.padding = (entry.type === 'file' ? Math.ceil(entry.size / BLOCK) * BLOCK : padded) - this.remaining;
@@ -179,7 +191,14 @@ export class TarReader {
     return parts;
   }
 
-  private entryOf(h: Buffer, typeflag: string, size: number, longName: Buffer | null, longLink: Buffer | null, pax: ReadonlyMap<string, Buffer>): TarEntry {
+  private entryOf(
+    h: Buffer,
+    typeflag: string,
+    size: number,
+    longName: Buffer | null,
+    longLink: Buffer | null,
+    pax: ReadonlyMap<string, Buffer>,
+  ): TarEntry {
     const ustar = h.compare(USTAR_MAGIC, 0, USTAR_MAGIC.length, 257, 263) === 0;
     let name = longName ?? field(h, 0, 100);
     if (!longName && ustar) {
@@ -203,10 +222,15 @@ export class TarReader {
       else if (key === 'mtime') mtime = parseTime(text(), 'PAX mtime');
       else if (key === 'SCHILY.devmajor') devmajor = Number(text());
       else if (key === 'SCHILY.devminor') devminor = Number(text());
-      else if (key.startsWith('SCHILY.xattr.')) xattrs.push({ name: Buffer.from(key.slice('SCHILY.xattr.'.length), 'utf8'), value });
+      else if (key.startsWith('SCHILY.xattr.'))
+        xattrs.push({ name: Buffer.from(key.slice('SCHILY.xattr.'.length), 'utf8'), value });
       else if (key.startsWith('LIBARCHIVE.xattr.')) {
-        xattrs.push({ name: Buffer.from(decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), 'utf8'), value: Buffer.from(text(), 'base64') });
-      } else if (key.startsWith('GNU.sparse.')) throw new TarFormatError('sparse files (GNU.sparse PAX records) are not supported');
+        xattrs.push({
+          name: Buffer.from(decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), 'utf8'),
+          value: Buffer.from(text(), 'base64'),
+        });
+      } else if (key.startsWith('GNU.sparse.'))
+        throw new TarFormatError('sparse files (GNU.sparse PAX records) are not supported');
     }
     if (!Number.isSafeInteger(size) || size < 0) throw new TarFormatError(`entry size ${size} is invalid`);
     let type = ENTRY_TYPES[typeflag];

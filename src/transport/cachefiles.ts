@@ -50,7 +50,12 @@ export function probeCachefiles(cacheDir: string): Probe {
     return { ok: true, detail: '`bind ondemand` accepted on /dev/cachefiles' };
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const why = e.code === 'EINVAL' ? ' (kernel without CONFIG_CACHEFILES_ONDEMAND)' : e.code === 'EBUSY' ? ' (another cachefiles daemon holds the device)' : '';
+    const why =
+      e.code === 'EINVAL'
+        ? ' (kernel without CONFIG_CACHEFILES_ONDEMAND)'
+        : e.code === 'EBUSY'
+          ? ' (another cachefiles daemon holds the device)'
+          : '';
     return { ok: false, detail: `${e.message}${why}` };
   } finally {
     dev.close();
@@ -100,7 +105,8 @@ export class CachefilesTransport implements CacheMissTransport {
       this.dev.close();
       throw new Error(`cachefiles on-demand mode on ${dir}: ${(err as Error).message}`, { cause: err });
     }
-    if (native.sdNotify(`FDSTORE=1\nFDNAME=${FDNAME}`, [this.dev.fd])) log.info("cachefiles device handed to the service manager's fd store");
+    if (native.sdNotify(`FDSTORE=1\nFDNAME=${FDNAME}`, [this.dev.fd]))
+      log.info("cachefiles device handed to the service manager's fd store");
   }
 
   get requests(): number {
@@ -148,7 +154,10 @@ export class CachefilesTransport implements CacheMissTransport {
       await run('mount', ['-t', 'erofs', '-o', `ro,fsid=${fsid},domain_id=${DOMAIN_ID}`, 'none', target]);
     } catch (err) {
       this.forgetFsid(fsid);
-      throw new Error(`mount -t erofs -o fsid=${fsid},domain_id=${DOMAIN_ID} none ${target}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`, { cause: err });
+      throw new Error(
+        `mount -t erofs -o fsid=${fsid},domain_id=${DOMAIN_ID} none ${target}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`,
+        { cause: err },
+      );
     }
     this.fsids.set(target, fsid);
     return { fsid };
@@ -172,7 +181,11 @@ export class CachefilesTransport implements CacheMissTransport {
         case 'close':
           return this.onClose(m.objectId);
         case 'invalid':
-          log.error('malformed message from /dev/cachefiles refused', { reason: m.reason, msgId: m.msgId, bytes: m.raw.length });
+          log.error('malformed message from /dev/cachefiles refused', {
+            reason: m.reason,
+            msgId: m.msgId,
+            bytes: m.raw.length,
+          });
           if (m.fd !== undefined) {
             if (m.msgId !== undefined) this.dev.copen(m.msgId, -EIO);
             this.dev.closeFd(m.fd);
@@ -191,7 +204,10 @@ export class CachefilesTransport implements CacheMissTransport {
     const key = m.cookieKey.toString('latin1');
     const source = key.length <= MAX_KEY ? this.byKey.get(key) : undefined;
     if (!source) {
-      log.warn('cachefiles OPEN of an object no mount of this daemon names: refused', { volume: m.volumeKey.toString('latin1').slice(0, MAX_KEY), key: key.slice(0, MAX_KEY) });
+      log.warn('cachefiles OPEN of an object no mount of this daemon names: refused', {
+        volume: m.volumeKey.toString('latin1').slice(0, MAX_KEY),
+        key: key.slice(0, MAX_KEY),
+      });
       this.dev.copen(m.msgId, -ENOENT);
       this.dev.closeFd(m.fd);
       return;
@@ -247,8 +263,11 @@ export const cachefilesTransport: TransportModule = {
   name: 'cachefiles',
   feature: 'cachefiles on-demand',
   zerosWithoutDaemon: false,
-  describe: () => 'READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; without the daemon, reads of data not cached fail with EIO (a daemon restarted by systemd resumes them)',
+  describe: () =>
+    'READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; without the daemon, reads of data not cached fail with EIO (a daemon restarted by systemd resumes them)',
   probe: ({ cacheDir, inheritedFd }) =>
-    inheritedFd(FDNAME) !== undefined ? { ok: true, detail: 'bound /dev/cachefiles inherited from the previous daemon' } : probeCachefiles(cacheDir),
+    inheritedFd(FDNAME) !== undefined
+      ? { ok: true, detail: 'bound /dev/cachefiles inherited from the previous daemon' }
+      : probeCachefiles(cacheDir),
   create: (ctx) => new CachefilesTransport(ctx.cacheDir, ctx.misses, ctx.inheritedFd(FDNAME)),
 };

@@ -57,10 +57,18 @@ export class FanotifyTransport implements CacheMissTransport {
     try {
       blob = this.byInode.get(fs.fstatSync(e.fd).ino);
     } catch (err) {
-      return this.misses.refuse(answer, `event fd: ${(err as Error).message}`, { offset: e.offset, count: e.count, pid: e.pid });
+      return this.misses.refuse(answer, `event fd: ${(err as Error).message}`, {
+        offset: e.offset,
+        count: e.count,
+        pid: e.pid,
+      });
     }
     if (!blob || e.offset < 0) {
-      return this.misses.refuse(answer, blob ? 'event without a range' : 'event on a file this daemon does not serve', { offset: e.offset, count: e.count, pid: e.pid });
+      return this.misses.refuse(answer, blob ? 'event without a range' : 'event on a file this daemon does not serve', {
+        offset: e.offset,
+        count: e.count,
+        pid: e.pid,
+      });
     }
     // Synchronous writes, after checking the event still waits: once answered, its fd is closed and the
     // number may already name another file.
@@ -68,7 +76,14 @@ export class FanotifyTransport implements CacheMissTransport {
       if (!this.misses.isPending(e.fd)) throw new Error('event answered before its data was written');
       fs.writeSync(e.fd, data, 0, data.length, offset);
     };
-    void this.misses.serve(e.fd, { source: blob, start: e.offset, end: Math.min(blob.size, e.offset + e.count), sink: { kind: 'write', write }, answer, pid: e.pid });
+    void this.misses.serve(e.fd, {
+      source: blob,
+      start: e.offset,
+      end: Math.min(blob.size, e.offset + e.count),
+      sink: { kind: 'write', write },
+      answer,
+      pid: e.pid,
+    });
   }
 
   async close(): Promise<void> {
@@ -99,7 +114,8 @@ export const fanotifyTransport: TransportModule = {
   name: 'fanotify',
   feature: 'fanotify pre-content',
   zerosWithoutDaemon: true,
-  describe: () => 'pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+); without the daemon, unfilled ranges read as zeros',
+  describe: () =>
+    'pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+); without the daemon, unfilled ranges read as zeros',
   probe,
   create: (ctx) => new FanotifyTransport(ctx.misses),
 };

@@ -56,7 +56,20 @@ export const OpenFlag = {
   NOFLUSH: 1 << 5,
 } as const;
 
-export const Errno = { ENOENT: 2, EIO: 5, EBADF: 9, EACCES: 13, ENOTDIR: 20, EISDIR: 21, EINVAL: 22, EROFS: 30, ERANGE: 34, ENOSYS: 38, ENODATA: 61, EPROTO: 71 } as const;
+export const Errno = {
+  ENOENT: 2,
+  EIO: 5,
+  EBADF: 9,
+  EACCES: 13,
+  ENOTDIR: 20,
+  EISDIR: 21,
+  EINVAL: 22,
+  EROFS: 30,
+  ERANGE: 34,
+  ENOSYS: 38,
+  ENODATA: 61,
+  EPROTO: 71,
+} as const;
 
 export const IN_HEADER_SIZE = 40;
 export const OUT_HEADER_SIZE = 16;
@@ -124,7 +137,8 @@ export function parseHeader(buf: Buffer): RequestHeader {
     gid: buf.readUInt32LE(28),
     pid: buf.readUInt32LE(32),
   };
-  if (header.len !== buf.length) throw new ProtocolError(`header says ${header.len} bytes, request has ${buf.length}`, header);
+  if (header.len !== buf.length)
+    throw new ProtocolError(`header says ${header.len} bytes, request has ${buf.length}`, header);
   return header;
 }
 
@@ -151,7 +165,13 @@ export function parseRequest(buf: Buffer): { header: RequestHeader; req: Request
   switch (header.opcode) {
     case Op.INIT:
       need(16, 'INIT');
-      req = { op: 'init', major: body.readUInt32LE(0), minor: body.readUInt32LE(4), maxReadahead: body.readUInt32LE(8), flags: body.readUInt32LE(12) };
+      req = {
+        op: 'init',
+        major: body.readUInt32LE(0),
+        minor: body.readUInt32LE(4),
+        maxReadahead: body.readUInt32LE(8),
+        flags: body.readUInt32LE(12),
+      };
       break;
     case Op.LOOKUP:
       req = { op: 'lookup', name: cString(body, header) };
@@ -165,7 +185,8 @@ export function parseRequest(buf: Buffer): { header: RequestHeader; req: Request
       const count = body.readUInt32LE(0);
       need(8 + count * 16, 'BATCH_FORGET');
       const items = [];
-      for (let i = 0; i < count; i++) items.push({ nodeid: u64(body, 8 + i * 16), nlookup: body.readBigUInt64LE(16 + i * 16) });
+      for (let i = 0; i < count; i++)
+        items.push({ nodeid: u64(body, 8 + i * 16), nlookup: body.readBigUInt64LE(16 + i * 16) });
       req = { op: 'batchForget', items };
       break;
     }
@@ -180,7 +201,12 @@ export function parseRequest(buf: Buffer): { header: RequestHeader; req: Request
     case Op.READ:
     case Op.READDIR:
       need(24, 'READ');
-      req = { op: header.opcode === Op.READ ? 'read' : 'readdir', fh: body.readBigUInt64LE(0), offset: u64(body, 8), size: body.readUInt32LE(16) };
+      req = {
+        op: header.opcode === Op.READ ? 'read' : 'readdir',
+        fh: body.readBigUInt64LE(0),
+        offset: u64(body, 8),
+        size: body.readUInt32LE(16),
+      };
       break;
     case Op.RELEASE:
     case Op.RELEASEDIR:
@@ -239,8 +265,13 @@ export function reply(unique: bigint, errno: number, body?: Buffer): Buffer {
  * `finish(bytes)`. Saves a copy of up to 1 MiB per READ; `reuse` (when large enough) saves the
  * allocation too.
  */
-export function dataReply(unique: bigint, capacity: number, reuse?: Buffer): { buf: Buffer; finish(bytes: number): Buffer } {
-  const buf = reuse && reuse.length >= OUT_HEADER_SIZE + capacity ? reuse : Buffer.allocUnsafe(OUT_HEADER_SIZE + capacity);
+export function dataReply(
+  unique: bigint,
+  capacity: number,
+  reuse?: Buffer,
+): { buf: Buffer; finish(bytes: number): Buffer } {
+  const buf =
+    reuse && reuse.length >= OUT_HEADER_SIZE + capacity ? reuse : Buffer.allocUnsafe(OUT_HEADER_SIZE + capacity);
   return {
     buf,
     finish(bytes: number): Buffer {
@@ -369,7 +400,10 @@ export function dirents(entries: readonly DirEntry[], offset: number, size: numb
 }
 
 /** A request, for tests and tools: fuse_in_header followed by `body`. */
-export function encodeRequest(h: { opcode: number; unique: bigint; nodeid?: number; uid?: number; gid?: number; pid?: number }, body: Buffer = Buffer.alloc(0)): Buffer {
+export function encodeRequest(
+  h: { opcode: number; unique: bigint; nodeid?: number; uid?: number; gid?: number; pid?: number },
+  body: Buffer = Buffer.alloc(0),
+): Buffer {
   const out = Buffer.alloc(IN_HEADER_SIZE + body.length);
   out.writeUInt32LE(out.length, 0);
   out.writeUInt32LE(h.opcode, 4);

@@ -105,7 +105,10 @@ export class BlobFs {
     } catch (err) {
       const header = err instanceof P.ProtocolError ? err.header : undefined;
       // Loud for the first few only: a broken peer must not flood the log.
-      log.log(this.malformed++ < 10 ? 'warn' : 'debug', 'malformed FUSE request', { error: (err as Error).message, opcode: header?.opcode });
+      log.log(this.malformed++ < 10 ? 'warn' : 'debug', 'malformed FUSE request', {
+        error: (err as Error).message,
+        opcode: header?.opcode,
+      });
       // Answerable when its header was readable, unless it is of a kind that takes no answer.
       if (header && !NO_REPLY_OPCODES.has(header.opcode)) this.reply(P.reply(header.unique, P.Errno.EINVAL));
       return;
@@ -168,7 +171,11 @@ export class BlobFs {
         if (!this.attached(h.nodeid)) return err(P.Errno.ENOENT);
         if ((req.flags & O_ACCMODE) !== 0) return err(P.Errno.EROFS);
         // NOFLUSH: a close sends no FLUSH (nothing to flush; losetup's close would wait on it).
-        return P.reply(u, 0, P.openOut(0n, (this.directIo ? P.OpenFlag.DIRECT_IO : P.OpenFlag.KEEP_CACHE) | P.OpenFlag.NOFLUSH));
+        return P.reply(
+          u,
+          0,
+          P.openOut(0n, (this.directIo ? P.OpenFlag.DIRECT_IO : P.OpenFlag.KEEP_CACHE) | P.OpenFlag.NOFLUSH),
+        );
       }
       case 'release':
       case 'flush':
@@ -196,7 +203,16 @@ export class BlobFs {
         return P.reply(u, 0);
       case 'statfs': {
         const live = [...this.nodes.values()].filter((n) => n.refs > 0);
-        return P.reply(u, 0, P.statfsOut({ blocks: live.reduce((s, n) => s + Math.ceil(n.size / 4096), 0), files: live.length + 1, bsize: 4096, namelen: 255 }));
+        return P.reply(
+          u,
+          0,
+          P.statfsOut({
+            blocks: live.reduce((s, n) => s + Math.ceil(n.size / 4096), 0),
+            files: live.length + 1,
+            bsize: 4096,
+            namelen: 255,
+          }),
+        );
       }
       case 'getxattr':
         return err(P.Errno.ENODATA);
@@ -211,7 +227,10 @@ export class BlobFs {
 
   private init(u: bigint, req: Extract<P.Request, { op: 'init' }>): Buffer {
     if (req.major < P.KERNEL_MAJOR || (req.major === P.KERNEL_MAJOR && req.minor < P.MIN_KERNEL_MINOR)) {
-      log.error('FUSE protocol of this kernel is too old', { kernel: `${req.major}.${req.minor}`, needed: `${P.KERNEL_MAJOR}.${P.MIN_KERNEL_MINOR}` });
+      log.error('FUSE protocol of this kernel is too old', {
+        kernel: `${req.major}.${req.minor}`,
+        needed: `${P.KERNEL_MAJOR}.${P.MIN_KERNEL_MINOR}`,
+      });
       return P.reply(u, P.Errno.EPROTO);
     }
     const minor = req.major > P.KERNEL_MAJOR ? P.OUR_MINOR : Math.min(req.minor, P.OUR_MINOR);
@@ -221,7 +240,12 @@ export class BlobFs {
     const flags = req.flags & wanted;
     const maxPages = flags & P.InitFlag.MAX_PAGES ? 256 : 32;
     this.negotiated = { minor, maxPages, flags };
-    log.debug('FUSE session initialised', { kernel: `${req.major}.${req.minor}`, minor, flags, maxReadahead: req.maxReadahead });
+    log.debug('FUSE session initialised', {
+      kernel: `${req.major}.${req.minor}`,
+      minor,
+      flags,
+      maxReadahead: req.maxReadahead,
+    });
     return P.reply(
       u,
       0,
@@ -246,7 +270,11 @@ export class BlobFs {
     const answer = (errno: number) => this.reply(P.reply(u, errno));
     if (h.nodeid === P.ROOT_ID) return answer(P.Errno.EISDIR);
     const node = this.attached(h.nodeid);
-    if (!node) return this.misses.refuse(answer, 'READ of a blob file no mount uses', { nodeid: h.nodeid.toString(), pid: h.pid });
+    if (!node)
+      return this.misses.refuse(answer, 'READ of a blob file no mount uses', {
+        nodeid: h.nodeid.toString(),
+        pid: h.pid,
+      });
     // The kernel sends at most max_pages (256) pages; anything larger is not from it.
     if (req.size > REPLY_BUFFER_SIZE - P.OUT_HEADER_SIZE) return answer(P.Errno.EINVAL);
     const start = Math.min(req.offset, node.size);
@@ -322,7 +350,11 @@ export class FuseTransport implements CacheMissTransport {
     if (stale > 0) log.warn('detached a FUSE mount left by a daemon that is gone', { dir: this.dir });
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.session = new native.FuseSession();
-    this.fs = new BlobFs((reply) => this.send(reply), { directIo: opts.directIo, onMiss: opts.onMiss, deadlineMs: opts.deadlineMs });
+    this.fs = new BlobFs((reply) => this.send(reply), {
+      directIo: opts.directIo,
+      onMiss: opts.onMiss,
+      deadlineMs: opts.deadlineMs,
+    });
     try {
       this.session.mount(this.dir, FUSE_FSTYPE, MS_RDONLY | MS_NOSUID | MS_NODEV);
     } catch (err) {
@@ -334,7 +366,8 @@ export class FuseTransport implements CacheMissTransport {
     process.on('exit', this.detachAtExit);
     this.session.start((req) => {
       if (req) this.fs.handle(req);
-      else if (!this.closed) log.error('FUSE connection ended while the daemon runs (unmounted or aborted)', { dir: this.dir });
+      else if (!this.closed)
+        log.error('FUSE connection ended while the daemon runs (unmounted or aborted)', { dir: this.dir });
     });
   }
 
@@ -345,7 +378,8 @@ export class FuseTransport implements CacheMissTransport {
   private send(reply: Buffer): void {
     const errno = this.session.reply(reply);
     // ENOENT: the request was interrupted or aborted meanwhile; nobody waits for the answer.
-    if (errno !== 0 && errno !== 2) log.warn('FUSE reply not written', { errno, unique: reply.readBigUInt64LE(8).toString() });
+    if (errno !== 0 && errno !== 2)
+      log.warn('FUSE reply not written', { errno, unique: reply.readBigUInt64LE(8).toString() });
   }
 
   /** The FUSE file of a blob, as EROFS sees it: named by the blob digest's hex. */
@@ -433,16 +467,21 @@ export class FuseTransport implements CacheMissTransport {
       for (const f of files) devices.push(await attachLoop(f));
       const boot = await attachLoop(bootstrap);
       devices.push(boot);
-      for (const d of devices) if (!loopDirectIo(d)) log.warn('loop device without direct I/O: data is cached twice', { device: d });
+      for (const d of devices)
+        if (!loopDirectIo(d)) log.warn('loop device without direct I/O: data is cached twice', { device: d });
       const options = deviceOptions(devices.slice(0, -1));
       try {
         await native.mountAsync(boot, target, 'erofs', MS_RDONLY, options);
         return boot;
       } catch (err) {
-        throw new Error(`mount ${boot} (${bootstrap}) on ${target} (${options || 'no devices'}): ${(err as Error).message}`, { cause: err });
+        throw new Error(
+          `mount ${boot} (${bootstrap}) on ${target} (${options || 'no devices'}): ${(err as Error).message}`,
+          { cause: err },
+        );
       }
     } finally {
-      for (const d of devices) await detachLoop(d).catch((e: Error) => log.warn('loop device not detached', { device: d, error: e.message }));
+      for (const d of devices)
+        await detachLoop(d).catch((e: Error) => log.warn('loop device not detached', { device: d, error: e.message }));
     }
   }
 
@@ -453,7 +492,9 @@ export class FuseTransport implements CacheMissTransport {
   private raiseReadAhead(target: string, bdi: string | null): void {
     if (this.readAheadKb <= 0) return;
     if (!bdi) {
-      log.warn('EROFS read-ahead left at its default: its bdi is not known (another EROFS mounted at the same time?)', { target });
+      log.warn('EROFS read-ahead left at its default: its bdi is not known (another EROFS mounted at the same time?)', {
+        target,
+      });
       return;
     }
     try {
@@ -526,7 +567,9 @@ function probe(): Probe {
   if (!/\tfuse\n/.test(filesystems)) return { ok: false, detail: 'fuse is not in /proc/filesystems' };
   try {
     fs.closeSync(fs.openSync('/dev/fuse', 'r+'));
-    const backing = kernelHasFileBackedErofs() ? 'EROFS file-backed on its files (6.12+)' : 'EROFS through loop devices (kernel before 6.12)';
+    const backing = kernelHasFileBackedErofs()
+      ? 'EROFS file-backed on its files (6.12+)'
+      : 'EROFS through loop devices (kernel before 6.12)';
     return { ok: true, detail: `/dev/fuse opens read-write; fuse in /proc/filesystems; ${backing}` };
   } catch (err) {
     return { ok: false, detail: (err as Error).message };
@@ -537,7 +580,8 @@ export const fuseTransport: TransportModule = {
   name: 'fuse',
   feature: 'FUSE',
   zerosWithoutDaemon: false,
-  describe: () => 'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; without it, reads fail with EIO',
+  describe: () =>
+    'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; without it, reads fail with EIO',
   probe,
   // Inside the cache directory (root-only, 0700): one FUSE mount per daemon, found again at the same
   // place after a crash, and its files reachable by no one else.

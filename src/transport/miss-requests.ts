@@ -56,7 +56,14 @@ export class MissRequests<Id> {
       this.answer(id, 0);
     } catch (err) {
       if (this.isPending(id)) {
-        log.error('cache miss not served: the reader gets EIO', { transport: this.transport, source: req.source.what, offset: req.start, length: req.end - req.start, pid: req.pid, error: (err as Error).message });
+        log.error('cache miss not served: the reader gets EIO', {
+          transport: this.transport,
+          source: req.source.what,
+          offset: req.start,
+          length: req.end - req.start,
+          pid: req.pid,
+          error: (err as Error).message,
+        });
       }
       this.answer(id, EIO);
     }
@@ -90,7 +97,11 @@ export class MissRequests<Id> {
     const timer =
       deadline > 0
         ? setTimeout(() => {
-            log.error('cache miss not served in time: the reader gets EIO', { transport: this.transport, ...context, deadlineMs: deadline });
+            log.error('cache miss not served in time: the reader gets EIO', {
+              transport: this.transport,
+              ...context,
+              deadlineMs: deadline,
+            });
             this.answer(id, EIO);
           }, deadline)
         : undefined;
@@ -101,7 +112,11 @@ export class MissRequests<Id> {
     try {
       answer(errno);
     } catch (err) {
-      log.warn('answer to the kernel not delivered', { transport: this.transport, errno, error: (err as Error).message });
+      log.warn('answer to the kernel not delivered', {
+        transport: this.transport,
+        errno,
+        error: (err as Error).message,
+      });
     }
   }
 }

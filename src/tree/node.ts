@@ -76,6 +76,7 @@ export function displayPath(parts: readonly Buffer[] | Buffer): string {
   // eslint-disable-next-line no-control-regex
   if (Buffer.from(decoded, 'utf8').equals(raw) && !/[\x00-\x1f\x7f]/.test(decoded)) return decoded;
   let out = '';
-  for (const byte of raw) out += byte >= 0x20 && byte < 0x7f ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`;
+  for (const byte of raw)
+    out += byte >= 0x20 && byte < 0x7f ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`;
   return out;
 }

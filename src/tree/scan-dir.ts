@@ -72,7 +72,11 @@ export function scanDirectory(rootPath: string): ScannedTree {
     try {
       names = fs.readdirSync(path, { encoding: 'buffer' });
     } catch (err) {
-      throw new InputError(`cannot list directory: ${(err as Error).message}`, { path: displayPath(path) }, { cause: err });
+      throw new InputError(
+        `cannot list directory: ${(err as Error).message}`,
+        { path: displayPath(path) },
+        { cause: err },
+      );
     }
     names.sort(Buffer.compare);
     const subdirs: Array<{ dir: Directory; path: Buffer }> = [];

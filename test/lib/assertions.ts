@@ -17,7 +17,8 @@ export async function rejectsWith(fn: () => Promise<unknown>, ...patterns: RegEx
 
 /** Waits until `cond` holds, checking every 10 ms; fails naming `what` after `timeoutMs`. */
 export async function until(cond: () => boolean, what: string, timeoutMs: number): Promise<void> {
-  for (const deadline = Date.now() + timeoutMs; !cond() && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 10));
+  for (const deadline = Date.now() + timeoutMs; !cond() && Date.now() < deadline;)
+    await new Promise((r) => setTimeout(r, 10));
   assert.ok(cond(), `timed out after ${timeoutMs} ms waiting for ${what}`);
 }
 

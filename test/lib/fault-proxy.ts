@@ -57,7 +57,15 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   const server = http.createServer((req, res) => {
     const method = req.method ?? 'GET';
     const url = req.url ?? '/';
-    const record: ProxiedRequest = { method, path: url, status: 0, authorized: req.headers.authorization !== undefined, bytesIn: 0, bytesInBefore: bytesIn, startedAt: performance.now() };
+    const record: ProxiedRequest = {
+      method,
+      path: url,
+      status: 0,
+      authorized: req.headers.authorization !== undefined,
+      bytesIn: 0,
+      bytesInBefore: bytesIn,
+      startedAt: performance.now(),
+    };
     requests.push(record);
     res.on('finish', () => {
       record.bytesInAtFinish = bytesIn;
@@ -79,7 +87,11 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     if (fault?.kind === 'status') {
       record.status = fault.status;
       req.resume();
-      req.on('end', () => res.writeHead(fault.status, { 'content-type': 'application/json', ...fault.headers }).end(fault.body ?? '{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'));
+      req.on('end', () =>
+        res
+          .writeHead(fault.status, { 'content-type': 'application/json', ...fault.headers })
+          .end(fault.body ?? '{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'),
+      );
       return;
     }
     if (fault?.kind === 'respond') {
@@ -91,24 +103,27 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     const headers = { ...req.headers };
     if (fault?.kind === 'ignore-range') delete headers.range;
     // The Host header stays the proxy's: the registry builds its Location URLs from it.
-    const upstream = http.request({ host: targetHost, port: Number(targetPort), method, path: url, headers, agent }, (up) => {
-      record.status = up.statusCode ?? 0;
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      if (fault?.kind === 'corrupt') {
-        let flipped = false;
-        up.on('data', (b: Buffer) => {
-          if (!flipped && b.length > 0) {
-            b = Buffer.from(b);
-            b[0] ^= 0xff;
-            flipped = true;
-          }
-          res.write(b);
-        });
-        up.on('end', () => res.end());
-      } else {
-        up.pipe(res);
-      }
-    });
+    const upstream = http.request(
+      { host: targetHost, port: Number(targetPort), method, path: url, headers, agent },
+      (up) => {
+        record.status = up.statusCode ?? 0;
+        res.writeHead(up.statusCode ?? 502, up.headers);
+        if (fault?.kind === 'corrupt') {
+          let flipped = false;
+          up.on('data', (b: Buffer) => {
+            if (!flipped && b.length > 0) {
+              b = Buffer.from(b);
+              b[0] ^= 0xff;
+              flipped = true;
+            }
+            res.write(b);
+          });
+          up.on('end', () => res.end());
+        } else {
+          up.pipe(res);
+        }
+      },
+    );
     upstream.on('error', () => res.destroy());
     req.pipe(upstream);
   });

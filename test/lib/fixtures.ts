@@ -21,7 +21,10 @@ export function mkfifo(p: string): void {
 
 /** A unix socket file: the child exits without closing the server, so the file stays. */
 export function mksocket(p: string): void {
-  execFileSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(p)}, () => process.exit(0))`]);
+  execFileSync(process.execPath, [
+    '-e',
+    `require('net').createServer().listen(${JSON.stringify(p)}, () => process.exit(0))`,
+  ]);
 }
 
 export function setXattr(p: string | Buffer, name: string, value: string | Buffer): void {

@@ -10,13 +10,21 @@ export const TAR = 'application/vnd.oci.image.layer.v1.tar';
 
 /** A tar of `dir` as container image builders write it: PAX format, xattrs, numeric owners. */
 export function tarDirectory(dir: string): Buffer {
-  return execFileSync('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name', '-C', dir, '-cf', '-', '.'], {
-    maxBuffer: 1 << 30,
-  });
+  return execFileSync(
+    'tar',
+    ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name', '-C', dir, '-cf', '-', '.'],
+    {
+      maxBuffer: 1 << 30,
+    },
+  );
 }
 
 /** A layer over bytes in memory whose stream checks the digest at its end, like a registry download. */
-export function memoryLayer(data: Buffer, mediaType: string, digest = `sha256:${createHash('sha256').update(data).digest('hex')}`): LayerInput {
+export function memoryLayer(
+  data: Buffer,
+  mediaType: string,
+  digest = `sha256:${createHash('sha256').update(data).digest('hex')}`,
+): LayerInput {
   return {
     digest,
     mediaType,

@@ -12,7 +12,10 @@ export function layoutManifest(ref: string): { manifest: ImageManifest; blob: (d
   const { dir, tag } = parseLayoutRef(ref);
   const blob = (digest: string) => path.join(dir, 'blobs', 'sha256', digest.slice(7));
   const index = JSON.parse(fs.readFileSync(path.join(dir, 'index.json'), 'utf8'));
-  const entry = index.manifests.find((m: { annotations?: Record<string, string> }) => m.annotations?.['org.opencontainers.image.ref.name'] === (tag ?? 'latest'));
+  const entry = index.manifests.find(
+    (m: { annotations?: Record<string, string> }) =>
+      m.annotations?.['org.opencontainers.image.ref.name'] === (tag ?? 'latest'),
+  );
   return { manifest: JSON.parse(fs.readFileSync(blob(entry.digest), 'utf8')), blob };
 }
 
@@ -20,7 +23,12 @@ export function layoutManifest(ref: string): { manifest: ImageManifest; blob: (d
  * Materialises compressed blob files (each verified chunk at its offset), checks the result with
  * fsck.erofs, mounts it file-backed, runs `fn`, unmounts.
  */
-export async function withMaterializedMount<T>(bootstrap: string, compressedBlobs: readonly string[], work: string, fn: (mnt: string) => T): Promise<T> {
+export async function withMaterializedMount<T>(
+  bootstrap: string,
+  compressedBlobs: readonly string[],
+  work: string,
+  fn: (mnt: string) => T,
+): Promise<T> {
   const devices: string[] = [];
   for (const blob of compressedBlobs) {
     const out = path.join(work, `${path.basename(blob)}.raw`);
@@ -39,8 +47,18 @@ export async function withMaterializedMount<T>(bootstrap: string, compressedBlob
 }
 
 /** Mounts a lazy manifest whose blobs are local files (an OCI layout). */
-export async function withLazyMount<T>(manifest: ImageManifest, blobFile: (digest: string) => string, work: string, fn: (mnt: string) => T): Promise<T> {
+export async function withLazyMount<T>(
+  manifest: ImageManifest,
+  blobFile: (digest: string) => string,
+  work: string,
+  fn: (mnt: string) => T,
+): Promise<T> {
   const [boot, ...blobs] = manifest.layers;
   if (boot.mediaType !== LazyMediaType.bootstrap) throw new Error(`first layer is ${boot.mediaType}, not a bootstrap`);
-  return withMaterializedMount(blobFile(boot.digest), blobs.map((b) => blobFile(b.digest)), work, fn);
+  return withMaterializedMount(
+    blobFile(boot.digest),
+    blobs.map((b) => blobFile(b.digest)),
+    work,
+    fn,
+  );
 }

@@ -73,11 +73,21 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
     `  addr: ${host}`,
     `  relativeurls: ${opts.relativeUrls ? 'true' : 'false'}`,
   ];
-  if (opts.tls) lines.push('  tls:', `    certificate: ${yamlString(opts.tls.certificate)}`, `    key: ${yamlString(opts.tls.key)}`);
+  if (opts.tls)
+    lines.push(
+      '  tls:',
+      `    certificate: ${yamlString(opts.tls.certificate)}`,
+      `    key: ${yamlString(opts.tls.key)}`,
+    );
   if (opts.auth === 'htpasswd') {
     const file = path.join(dir, 'htpasswd');
     const users = opts.users ?? { user: 'pass' };
-    fs.writeFileSync(file, Object.entries(users).map(([u, p]) => execFileSync('htpasswd', ['-Bbn', u, p], { encoding: 'utf8' }).trim()).join('\n') + '\n');
+    fs.writeFileSync(
+      file,
+      Object.entries(users)
+        .map(([u, p]) => execFileSync('htpasswd', ['-Bbn', u, p], { encoding: 'utf8' }).trim())
+        .join('\n') + '\n',
+    );
     lines.push('auth:', '  htpasswd:', '    realm: test-realm', `    path: ${yamlString(file)}`);
   } else if (opts.auth) {
     const t = opts.auth.token;
@@ -116,7 +126,11 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
       throw new Error(`docker-registry exited with ${child.exitCode} before answering:\n${output}`);
     }
     try {
-      const status = opts.tls ? await httpsStatus(`https://${host}/v2/`) : await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) }).then(async (r) => (await r.arrayBuffer(), r.status));
+      const status = opts.tls
+        ? await httpsStatus(`https://${host}/v2/`)
+        : await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) }).then(
+            async (r) => (await r.arrayBuffer(), r.status),
+          );
       if (status === 200 || status === 401) break;
     } catch {
       // not listening yet

@@ -27,7 +27,12 @@ export function smallImage(): SmallImage {
   ]);
   const layer = gzipSync(tar);
   const config = Buffer.from(
-    JSON.stringify({ architecture: process.arch === 'arm64' ? 'arm64' : 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha256Digest(tar)] }, config: {} }),
+    JSON.stringify({
+      architecture: process.arch === 'arm64' ? 'arm64' : 'amd64',
+      os: 'linux',
+      rootfs: { type: 'layers', diff_ids: [sha256Digest(tar)] },
+      config: {},
+    }),
   );
   const m: ImageManifest = {
     schemaVersion: 2,

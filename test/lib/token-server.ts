@@ -56,16 +56,41 @@ function accessOf(scope: string): { type: string; name: string; actions: string[
   const first = scope.indexOf(':');
   const last = scope.lastIndexOf(':');
   if (first <= 0 || last <= first) return null;
-  return { type: scope.slice(0, first), name: scope.slice(first + 1, last), actions: scope.slice(last + 1).split(',').filter(Boolean) };
+  return {
+    type: scope.slice(0, first),
+    name: scope.slice(first + 1, last),
+    actions: scope
+      .slice(last + 1)
+      .split(',')
+      .filter(Boolean),
+  };
 }
 
 export async function startTokenServer(opts: TokenServerOptions): Promise<TokenServer> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'erofs-token-'));
   const keyFile = path.join(dir, 'key.pem');
   const certFile = path.join(dir, 'cert.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=erofs-ondemand test token issuer'], {
-    stdio: 'ignore',
-  });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=erofs-ondemand test token issuer',
+    ],
+    {
+      stdio: 'ignore',
+    },
+  );
   const key = createPrivateKey(fs.readFileSync(keyFile));
   const certDer = new X509Certificate(fs.readFileSync(certFile)).raw;
   const issuer = opts.issuer ?? 'erofs-ondemand-test-issuer';
@@ -87,7 +112,10 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
       }
       user = u;
     }
-    const scopes = url.searchParams.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
+    const scopes = url.searchParams
+      .getAll('scope')
+      .flatMap((s) => s.split(' '))
+      .filter(Boolean);
     requests.push({ user, service: url.searchParams.get('service'), scopes });
     if (url.pathname !== '/token') {
       res.writeHead(404).end();
@@ -109,7 +137,11 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
       jti: randomUUID(),
       access: opts.grantNothing ? [] : scopes.map(accessOf).filter(Boolean),
     });
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ [opts.field ?? 'token']: token, expires_in: expiresIn, issued_at: new Date().toISOString() }));
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(
+        JSON.stringify({ [opts.field ?? 'token']: token, expires_in: expiresIn, issued_at: new Date().toISOString() }),
+      );
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;

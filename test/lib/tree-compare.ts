@@ -26,7 +26,7 @@ function sameContent(a: Buffer, b: Buffer, size: number): boolean {
   try {
     const ba = Buffer.allocUnsafe(1 << 20);
     const bb = Buffer.allocUnsafe(1 << 20);
-    for (let off = 0; ; ) {
+    for (let off = 0; ;) {
       const na = fs.readSync(fa, ba, 0, ba.length, off);
       const nb = fs.readSync(fb, bb, 0, bb.length, off);
       if (na !== nb) return false;
@@ -86,7 +86,11 @@ export function compareTrees(expected: string, actual: string, opts: CompareOpti
       check('size', sa.size, sb.size);
       if (sa.size === sb.size && !sameContent(pa, pb, Number(sa.size))) diffs.push(`${show(rel)}: content differs`);
     } else if (sa.isSymbolicLink() && sb.isSymbolicLink()) {
-      check('target', fs.readlinkSync(pa, { encoding: 'buffer' }).toString('hex'), fs.readlinkSync(pb, { encoding: 'buffer' }).toString('hex'));
+      check(
+        'target',
+        fs.readlinkSync(pa, { encoding: 'buffer' }).toString('hex'),
+        fs.readlinkSync(pb, { encoding: 'buffer' }).toString('hex'),
+      );
     } else if (sa.isCharacterDevice() || sa.isBlockDevice()) {
       check('rdev', sa.rdev, sb.rdev);
     } else if (sa.isDirectory() && sb.isDirectory()) {
@@ -94,8 +98,10 @@ export function compareTrees(expected: string, actual: string, opts: CompareOpti
       const nb = fs.readdirSync(pb, { encoding: 'buffer' }).sort(Buffer.compare);
       const setB = new Set(nb.map((n) => n.toString('latin1')));
       const setA = new Set(na.map((n) => n.toString('latin1')));
-      for (const n of na) if (!setB.has(n.toString('latin1'))) diffs.push(`${show(Buffer.concat([rel, SLASH, n]))}: missing`);
-      for (const n of nb) if (!setA.has(n.toString('latin1'))) diffs.push(`${show(Buffer.concat([rel, SLASH, n]))}: unexpected`);
+      for (const n of na)
+        if (!setB.has(n.toString('latin1'))) diffs.push(`${show(Buffer.concat([rel, SLASH, n]))}: missing`);
+      for (const n of nb)
+        if (!setA.has(n.toString('latin1'))) diffs.push(`${show(Buffer.concat([rel, SLASH, n]))}: unexpected`);
       for (const n of na) if (setB.has(n.toString('latin1'))) walk(Buffer.concat([rel, SLASH, n]));
     }
   };
@@ -105,8 +111,14 @@ export function compareTrees(expected: string, actual: string, opts: CompareOpti
   for (const [rel, ka] of pathKeyA) {
     const kb = pathKeyB.get(rel);
     if (kb === undefined) continue;
-    const groupA = (linksA.get(ka) ?? []).map((b) => b.toString('latin1')).sort().join('\0');
-    const groupB = (linksB.get(kb) ?? []).map((b) => b.toString('latin1')).sort().join('\0');
+    const groupA = (linksA.get(ka) ?? [])
+      .map((b) => b.toString('latin1'))
+      .sort()
+      .join('\0');
+    const groupB = (linksB.get(kb) ?? [])
+      .map((b) => b.toString('latin1'))
+      .sort()
+      .join('\0');
     if (groupA !== groupB) diffs.push(`${JSON.stringify(rel)}: hard-link group differs`);
   }
   return diffs;
@@ -120,7 +132,9 @@ export async function compareTreesInChild(expected: string, actual: string): Pro
   const { execFile } = await import('node:child_process');
   const script = `console.log(JSON.stringify(require(${JSON.stringify(__filename)}).compareTrees(${JSON.stringify(expected)}, ${JSON.stringify(actual)})))`;
   const stdout = await new Promise<string>((resolve, reject) =>
-    execFile(process.execPath, ['-e', script], { maxBuffer: 1 << 24 }, (err, out) => (err ? reject(err) : resolve(out))),
+    execFile(process.execPath, ['-e', script], { maxBuffer: 1 << 24 }, (err, out) =>
+      err ? reject(err) : resolve(out),
+    ),
   );
   return JSON.parse(stdout);
 }

@@ -35,7 +35,10 @@ describe('blob cache over registry Range GETs', () => {
     fs.mkdirSync(src);
     makeKitchenSink(src);
     fs.rmSync(path.join(src, 'sock'));
-    converted = await convertLayers([gzipLayer(tarDirectory(src))], path.join(work), { chunkBits: 20, image: 'cache-test' });
+    converted = await convertLayers([gzipLayer(tarDirectory(src))], path.join(work), {
+      chunkBits: 20,
+      image: 'cache-test',
+    });
     const blob = converted.blobs[0];
     digest = `sha256:${blob.id}`;
     await materializeBlob(blob.path, path.join(work, 'raw'));
@@ -53,7 +56,11 @@ describe('blob cache over registry Range GETs', () => {
     cleanup(work);
   });
 
-  const remote = (): RemoteBlob => ({ digest, what: `blob ${digest}`, read: (o, l) => client.getBlobRange('lazy/cache', digest, o, o + l - 1) });
+  const remote = (): RemoteBlob => ({
+    digest,
+    what: `blob ${digest}`,
+    read: (o, l) => client.getBlobRange('lazy/cache', digest, o, o + l - 1),
+  });
 
   it('fills a range with verified bytes and only that range', async () => {
     const file = path.join(work, 'cache-a');
@@ -71,7 +78,11 @@ describe('blob cache over registry Range GETs', () => {
       assert.ok(got.equals(raw.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize)));
       assert.equal(native.seekData(fd, 0), c.uncompressedOffset, 'nothing before it was written');
       fs.closeSync(fd);
-      assert.equal(await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, CACHE), 0, 'a hit fetches nothing');
+      assert.equal(
+        await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, CACHE),
+        0,
+        'a hit fetches nothing',
+      );
     } finally {
       cache.close();
     }
@@ -126,17 +137,27 @@ describe('blob cache over registry Range GETs', () => {
       assert.equal(cache.presentChunks, index.chunks.length - 1);
       assert.ok(cache.allocatedBytes <= before - oldest.uncompressedSize + 4096);
       const fd = fs.openSync(file, 'r');
-      assert.notEqual(native.seekData(fd, oldest.uncompressedOffset), oldest.uncompressedOffset, 'a hole where the oldest chunk was');
+      assert.notEqual(
+        native.seekData(fd, oldest.uncompressedOffset),
+        oldest.uncompressedOffset,
+        'a hole where the oldest chunk was',
+      );
       fs.closeSync(fd);
       // A read pins its chunks: an eviction meanwhile takes others, and the bytes are right.
       proxy.reset();
       const data = Buffer.alloc(oldest.uncompressedSize);
-      const reading = cache.serve(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize, { kind: 'buffer', buf: data, offset: 0 });
+      const reading = cache.serve(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize, {
+        kind: 'buffer',
+        buf: data,
+        offset: 0,
+      });
       const evicting = cache.evictOldest(second.uncompressedSize);
       const [fetched] = await Promise.all([reading, evicting]);
       assert.equal(fetched, 1);
       assert.equal(proxy.requests.length, 1);
-      assert.ok(data.equals(raw.subarray(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize)));
+      assert.ok(
+        data.equals(raw.subarray(oldest.uncompressedOffset, oldest.uncompressedOffset + oldest.uncompressedSize)),
+      );
     } finally {
       cache.close();
     }

@@ -49,7 +49,10 @@ describe('bootstrap round trip through fsck.erofs and the kernel', () => {
     made.push(path.dirname(ex.dir));
     assert.equal(ex.status, 0, ex.output);
     for (const f of ['one-chunk', 'one-chunk-plus-one', 'odd-size', 'dup-a', 'dir/dup-b', 'dir/sub/dup-c']) {
-      assert.ok(fs.readFileSync(path.join(ex.dir, f)).equals(fs.readFileSync(path.join(src, f))), `${f} extracted by fsck.erofs`);
+      assert.ok(
+        fs.readFileSync(path.join(ex.dir, f)).equals(fs.readFileSync(path.join(src, f))),
+        `${f} extracted by fsck.erofs`,
+      );
     }
     const info = dump(r);
     assert.match(info, /chunked_file/);
@@ -63,7 +66,10 @@ describe('bootstrap round trip through fsck.erofs and the kernel', () => {
     const r = roundTrip(src);
     const c = r.chunking;
     // dup-a and dir/dup-b are identical (3 chunks each) and dup-c shares its first chunk with them.
-    assert.ok(c.dataChunks - c.storedChunks >= 4, `expected >= 4 deduplicated chunks, got ${c.dataChunks - c.storedChunks}`);
+    assert.ok(
+      c.dataChunks - c.storedChunks >= 4,
+      `expected >= 4 deduplicated chunks, got ${c.dataChunks - c.storedChunks}`,
+    );
     assert.equal(c.holeChunks, 2, 'the 2 MiB file of zeros becomes two hole chunks');
     assert.equal(r.blob!.chunks.length, c.storedChunks);
     for (const chunk of r.blob!.chunks) assert.equal(chunk.offset % 4096, 0, 'chunks are 4 KiB aligned in the blob');
@@ -139,7 +145,7 @@ describe('determinism', () => {
 });
 
 describe('the command line: build, mount-local, umount --local', () => {
-    const cli = (...args: string[]) => runCli(args);
+  const cli = (...args: string[]) => runCli(args);
 
   it('mounts what build wrote and unmounts it, as an operator runs them', () => {
     const src = source('cli');

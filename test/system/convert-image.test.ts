@@ -63,7 +63,10 @@ describe('convert from OCI layouts and docker archives', () => {
     const config = JSON.parse(fs.readFileSync(blob(manifest.config.digest), 'utf8'));
     assert.deepEqual(config.config.Entrypoint, ['/opt/app/run.sh']);
     assert.ok(config.config.Env.includes('LAZY=1'));
-    assert.ok((json.bootstrapBytes as number) < (json.fileBytes as number) / 50, 'the bootstrap is a small share of the image');
+    assert.ok(
+      (json.bootstrapBytes as number) < (json.fileBytes as number) / 50,
+      'the bootstrap is a small share of the image',
+    );
   });
 
   it('gives identical digests when converting twice, and stores nothing new the second time', () => {
@@ -82,9 +85,17 @@ describe('convert from OCI layouts and docker archives', () => {
     execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `oci:${second.ref}`]);
     second.layer((r) => fs.writeFileSync(path.join(r, 'extra'), 'only in the second image'));
     const { json } = convert(`oci:${second.ref}`, `${target}:second`);
-    const firstBlobs = layoutManifest(`${target}:first`).manifest.layers.slice(1).map((l) => l.digest);
-    const secondBlobs = layoutManifest(`${target}:second`).manifest.layers.slice(1).map((l) => l.digest);
-    assert.deepEqual(secondBlobs.slice(0, firstBlobs.length), firstBlobs, 'the shared layers convert to the same blobs');
+    const firstBlobs = layoutManifest(`${target}:first`)
+      .manifest.layers.slice(1)
+      .map((l) => l.digest);
+    const secondBlobs = layoutManifest(`${target}:second`)
+      .manifest.layers.slice(1)
+      .map((l) => l.digest);
+    assert.deepEqual(
+      secondBlobs.slice(0, firstBlobs.length),
+      firstBlobs,
+      'the shared layers convert to the same blobs',
+    );
     // Uploaded: the new layer's blob and the new bootstrap; the config changed too (umoci repack).
     assert.ok((json.uploadedBlobs as number) <= 3, `uploaded ${json.uploadedBlobs}`);
   });
@@ -109,7 +120,12 @@ describe('convert from OCI layouts and docker archives', () => {
       const target = path.join(work, `bad-level-${level}`);
       const r = runCli(['convert', `oci:${image.ref}`, `oci:${target}:v1`, '--compression-level', level]);
       assert.equal(r.status, 1, level);
-      assert.match(r.stderr, new RegExp(`compression level "${level.replace('.', '\\.')}" must be a whole number from 1 \\(fastest\\) to 19`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `compression level "${level.replace('.', '\\.')}" must be a whole number from 1 \\(fastest\\) to 19`,
+        ),
+      );
       assert.equal(fs.existsSync(target), false, `${level}: no target was written`);
     }
   });
@@ -135,23 +151,36 @@ describe('convert from OCI layouts and docker archives', () => {
   });
 
   /** A `docker save` archive as Docker 25 and later write it: an OCI layout plus manifest.json, members named by digest. */
-  function modernArchive(name: string, alter?: (blobFile: (digest: string) => string, layers: string[]) => void): string {
+  function modernArchive(
+    name: string,
+    alter?: (blobFile: (digest: string) => string, layers: string[]) => void,
+  ): string {
     const dir = path.join(work, `${name}-layout`);
     execFileSync('cp', ['-a', image.layout, dir]);
     const { manifest, blob } = layoutManifest(`oci:${dir}:latest`);
     const member = (digest: string) => `blobs/sha256/${digest.slice('sha256:'.length)}`;
     fs.writeFileSync(
       path.join(dir, 'manifest.json'),
-      JSON.stringify([{ Config: member(manifest.config.digest), RepoTags: ['example/minbase:1'], Layers: manifest.layers.map((l) => member(l.digest)) }]),
+      JSON.stringify([
+        {
+          Config: member(manifest.config.digest),
+          RepoTags: ['example/minbase:1'],
+          Layers: manifest.layers.map((l) => member(l.digest)),
+        },
+      ]),
     );
-    alter?.(blob, manifest.layers.map((l) => l.digest));
+    alter?.(
+      blob,
+      manifest.layers.map((l) => l.digest),
+    );
     const archive = path.join(work, `${name}.tar`);
     execFileSync('tar', ['-cf', archive, '-C', dir, 'oci-layout', 'index.json', 'manifest.json', 'blobs']);
     return archive;
   }
 
   /** The digest of the test image's own manifest, as its layout's index.json gives it. */
-  const imageManifestDigest = (): string => JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8')).manifests[0].digest;
+  const imageManifestDigest = (): string =>
+    JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8')).manifests[0].digest;
 
   it("reads docker save archives of Docker 25 and later by the digests their members are named by, without hashing them first, and keeps the image's own manifest", async () => {
     const archive = modernArchive('modern');
@@ -160,7 +189,10 @@ describe('convert from OCI layouts and docker archives', () => {
     const read = bytesRead() - before;
     const size = fs.statSync(archive).size;
     const source = layoutManifest(`oci:${image.ref}`).manifest;
-    assert.deepEqual(manifest.layers.map((l) => [l.digest, l.size, l.mediaType]), source.layers.map((l) => [l.digest, l.size, l.mediaType]));
+    assert.deepEqual(
+      manifest.layers.map((l) => [l.digest, l.size, l.mediaType]),
+      source.layers.map((l) => [l.digest, l.size, l.mediaType]),
+    );
     assert.equal(manifest.config.digest, source.config.digest);
     // The digest a registry would show for this image: the layout's own manifest, not one made from manifest.json.
     assert.equal(digest, imageManifestDigest());
@@ -168,7 +200,10 @@ describe('convert from OCI layouts and docker archives', () => {
     // Converted, its layers give the same blobs as the same image read from its OCI layout.
     convert(`docker-archive:${archive}`, `oci:${work}/from-modern:v1`);
     convert(`oci:${image.ref}`, `oci:${work}/from-layout:v1`);
-    const blobs = (ref: string) => layoutManifest(ref).manifest.layers.slice(1).map((l) => l.digest);
+    const blobs = (ref: string) =>
+      layoutManifest(ref)
+        .manifest.layers.slice(1)
+        .map((l) => l.digest);
     assert.deepEqual(blobs(`oci:${work}/from-modern:v1`), blobs(`oci:${work}/from-layout:v1`));
   });
 
@@ -210,15 +245,19 @@ describe('convert from OCI layouts and docker archives', () => {
   it('closes the file of a layer opened but not read (a conversion that stopped early)', async () => {
     const archive = path.join(work, 'unread.tar');
     execFileSync('skopeo', ['copy', '-q', `oci:${image.ref}`, `docker-archive:${archive}:example/minbase:1`]);
-    const openFiles = () => fs.readdirSync('/proc/self/fd').map((fd) => {
-      try {
-        return fs.readlinkSync(`/proc/self/fd/${fd}`);
-      } catch {
-        return ''; // closed meanwhile
-      }
-    });
+    const openFiles = () =>
+      fs.readdirSync('/proc/self/fd').map((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`);
+        } catch {
+          return ''; // closed meanwhile
+        }
+      });
     const sources: Array<[ImageSource, (digest: string) => string]> = [
-      [new OciLayoutSource(`oci:${image.ref}`), (digest) => path.join(image.layout, 'blobs', 'sha256', digest.slice('sha256:'.length))],
+      [
+        new OciLayoutSource(`oci:${image.ref}`),
+        (digest) => path.join(image.layout, 'blobs', 'sha256', digest.slice('sha256:'.length)),
+      ],
       [new DockerArchiveSource(`docker-archive:${archive}`), () => archive],
     ];
     for (const [source, fileOf] of sources) {
@@ -246,11 +285,14 @@ describe('convert: interruption and bad input leave no manifest behind', () => {
 
   it('Ctrl-C during conversion exits 130 and pushes no manifest', async () => {
     const target = path.join(work, 'interrupted');
-    const child = spawn(process.execPath, [CLI, 'convert', `oci:${image.ref}`, `oci:${target}:v1`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, 'convert', `oci:${image.ref}`, `oci:${target}:v1`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (b) => (stderr += b));
     // The target layout appears once the command has installed its signal handlers and begun.
-    for (let i = 0; i < 200 && !fs.existsSync(path.join(target, 'oci-layout')); i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 200 && !fs.existsSync(path.join(target, 'oci-layout')); i++)
+      await new Promise((r) => setTimeout(r, 50));
     await new Promise((r) => setTimeout(r, 300));
     child.kill('SIGINT');
     const code = await new Promise<number | null>((r) => child.on('exit', r));

@@ -30,10 +30,16 @@ async function convert(layers: LayerInput[], chunkBits = 20): Promise<ConvertedL
 
 function withConverted<T>(c: ConvertedLayers, fn: (mnt: string) => T): Promise<T> {
   const work = dir('mount');
-  return withMaterializedMount(c.bootstrapPath, c.blobs.map((b) => b.path), work, (mnt) => {
-    for (const b of c.blobs) assert.equal(fs.statSync(path.join(work, `${path.basename(b.path)}.raw`)).size, b.uncompressedSize);
-    return fn(mnt);
-  });
+  return withMaterializedMount(
+    c.bootstrapPath,
+    c.blobs.map((b) => b.path),
+    work,
+    (mnt) => {
+      for (const b of c.blobs)
+        assert.equal(fs.statSync(path.join(work, `${path.basename(b.path)}.raw`)).size, b.uncompressedSize);
+      return fn(mnt);
+    },
+  );
 }
 
 describe('convert layers', () => {
@@ -78,7 +84,8 @@ describe('convert layers', () => {
     fs.rmSync(path.join(expected, 'opaque'), { recursive: true });
     fs.rmSync(path.join(expected, 'replaced'));
     execFileSync('cp', ['-a', `${upper}/.`, expected]);
-    for (const wh of ['etc/.wh.gone', 'etc/.wh.conf.d', 'opaque/.wh..wh..opq', '.wh.never-existed']) fs.rmSync(path.join(expected, wh));
+    for (const wh of ['etc/.wh.gone', 'etc/.wh.conf.d', 'opaque/.wh..wh..opq', '.wh.never-existed'])
+      fs.rmSync(path.join(expected, wh));
     for (const d of ['etc', 'opaque', '']) {
       const st = fs.lstatSync(path.join(upper, d), { bigint: true });
       native.setTimes(path.join(expected, d), st.mtimeNs / 1_000_000_000n, Number(st.mtimeNs % 1_000_000_000n));
@@ -90,7 +97,7 @@ describe('convert layers', () => {
   it('stores a chunk once across layers and gives a layer of only known chunks no blob', async () => {
     const a = dir('a');
     const content = Buffer.alloc(3 * MiB);
-    for (let i = 0; i < content.length; i += 4) content.writeUInt32LE(i * 2654435761 >>> 0, i);
+    for (let i = 0; i < content.length; i += 4) content.writeUInt32LE((i * 2654435761) >>> 0, i);
     fs.writeFileSync(path.join(a, 'big'), content);
     const b = dir('b');
     fs.writeFileSync(path.join(b, 'copy-of-big'), content);
@@ -122,12 +129,17 @@ describe('convert layers', () => {
     fs.writeFileSync(path.join(deep, `${'c'.repeat(150)}.txt`), 'long path');
     fs.symlinkSync(`${'t'.repeat(150)}/target`, path.join(src, 'long-symlink'));
     fs.linkSync(path.join(deep, `${'c'.repeat(150)}.txt`), path.join(src, 'hard-to-long'));
-    const gnuTar = execFileSync('tar', ['--format=gnu', '--numeric-owner', '-C', src, '-cf', '-', '.'], { maxBuffer: 1 << 26 });
+    const gnuTar = execFileSync('tar', ['--format=gnu', '--numeric-owner', '-C', src, '-cf', '-', '.'], {
+      maxBuffer: 1 << 26,
+    });
     assert.ok(gnuTar.includes('././@LongLink'), 'GNU long-name records are in the archive');
     const c = await convert([memoryLayer(await zstdCompress(gnuTar), 'application/vnd.oci.image.layer.v1.tar+zstd')]);
     // GNU format keeps whole-second mtimes only: compare everything else.
     const diffs = await withConverted(c, (mnt) => compareTrees(src, mnt));
-    assert.deepEqual(diffs.filter((d) => !/mtimeNs/.test(d)), []);
+    assert.deepEqual(
+      diffs.filter((d) => !/mtimeNs/.test(d)),
+      [],
+    );
   });
 
   it('keeps binary PAX xattr values and non-UTF-8 PAX paths byte for byte', async () => {

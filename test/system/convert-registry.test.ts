@@ -101,7 +101,10 @@ describe('convert between registries', () => {
     skopeo(`oci:${second.ref}`, `docker://${registry.host}/library/app:2`);
     const out = convert(`${registry.host}/library/app:2`, `${registry.host}/lazy/app:2`);
     const base = out.blobs.slice(0, 3);
-    assert.ok(base.every((b: { sourceLayer: string }) => b.sourceLayer), 'base blobs came from the base layers');
+    assert.ok(
+      base.every((b: { sourceLayer: string }) => b.sourceLayer),
+      'base blobs came from the base layers',
+    );
     // Uploaded: the app layer's blob and the bootstrap. The base blobs existed already and the new
     // config is mounted from the source repository instead of uploaded.
     assert.equal(out.uploadedBlobs, 2, JSON.stringify(out));
@@ -137,12 +140,16 @@ describe('convert against registries that misbehave or refuse', () => {
   }
 
   it('uses Basic credentials from the docker config', () => {
-    const out = convert(`${authed.host}/library/minbase:1`, `${authed.host}/lazy/minbase:1`, { DOCKER_CONFIG: dockerConfig('builder', 's3cret-pass') });
+    const out = convert(`${authed.host}/library/minbase:1`, `${authed.host}/lazy/minbase:1`, {
+      DOCKER_CONFIG: dockerConfig('builder', 's3cret-pass'),
+    });
     assert.match(out.target.digest, /^sha256:/);
   });
 
   it('fails on wrong credentials without showing them, and pushes nothing', () => {
-    const r = cli(['convert', `${authed.host}/library/minbase:1`, `${authed.host}/lazy/denied:1`], { DOCKER_CONFIG: dockerConfig('builder', 'wrong-pass') });
+    const r = cli(['convert', `${authed.host}/library/minbase:1`, `${authed.host}/lazy/denied:1`], {
+      DOCKER_CONFIG: dockerConfig('builder', 'wrong-pass'),
+    });
     assert.equal(r.status, 1);
     assert.match(r.stderr, new RegExp(authed.host.replace(/\./g, '\\.')));
     assert.match(r.stderr, /library\/minbase/);
@@ -150,7 +157,12 @@ describe('convert against registries that misbehave or refuse', () => {
   });
 
   it('a registry answering 500 to a layer fails naming the image and layer; no manifest is pushed', async () => {
-    proxy.add({ method: 'GET', path: /\/v2\/library\/minbase\/blobs\//, times: 100, fault: { kind: 'status', status: 500 } });
+    proxy.add({
+      method: 'GET',
+      path: /\/v2\/library\/minbase\/blobs\//,
+      times: 100,
+      fault: { kind: 'status', status: 500 },
+    });
     const r = await cliAsync(['convert', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/broken:1`]);
     proxy.reset();
     assert.equal(r.status, 1);
@@ -164,25 +176,38 @@ describe('convert against registries that misbehave or refuse', () => {
     }
   });
 
-  it('streams a layer\'s blob to the target while the layer converts, and not again once it is there', async () => {
+  it("streams a layer's blob to the target while the layer converts, and not again once it is there", async () => {
     const cache = fs.mkdtempSync(path.join(work, 'xdg-'));
     proxy.reset();
-    const first = await cliAsync(['convert', '--json', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/streamed:1`], { XDG_CACHE_HOME: cache });
+    const first = await cliAsync(
+      ['convert', '--json', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/streamed:1`],
+      { XDG_CACHE_HOME: cache },
+    );
     assert.equal(first.status, 0, first.stderr);
     const out = JSON.parse(first.stdout);
     // Bytes that reached the registry before the first layer was downloaded in full were sent while
     // that layer was converting: its blob is uploaded as it is written.
     const firstLayer = proxy.requests.find((r) => r.method === 'GET' && r.path.includes(out.blobs[0].sourceLayer));
     assert.ok(firstLayer?.bytesInAtFinish !== undefined);
-    const upload = proxy.requests.filter((r) => r.method === 'PATCH' && r.path.startsWith('/v2/lazy/streamed/blobs/uploads/'));
+    const upload = proxy.requests.filter(
+      (r) => r.method === 'PATCH' && r.path.startsWith('/v2/lazy/streamed/blobs/uploads/'),
+    );
     assert.ok(upload.length >= 1);
-    assert.ok(firstLayer.bytesInAtFinish >= 4 << 20, `${firstLayer.bytesInAtFinish} bytes uploaded before the first layer was downloaded`);
+    assert.ok(
+      firstLayer.bytesInAtFinish >= 4 << 20,
+      `${firstLayer.bytesInAtFinish} bytes uploaded before the first layer was downloaded`,
+    );
     // The small layers after it were read ahead: requested before the first one was downloaded.
-    const small = layoutManifest(image.ref).manifest.layers.slice(1).filter((l) => l.size <= 4 << 20);
+    const small = layoutManifest(image.ref)
+      .manifest.layers.slice(1)
+      .filter((l) => l.size <= 4 << 20);
     assert.ok(small.length >= 1, 'the test image ends in small layers');
     for (const l of small) {
       const get = proxy.requests.find((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${l.digest}`));
-      assert.ok(get && get.startedAt < firstLayer.finishedAt!, `layer ${l.digest} was requested after the first layer was downloaded`);
+      assert.ok(
+        get && get.startedAt < firstLayer.finishedAt!,
+        `layer ${l.digest} was requested after the first layer was downloaded`,
+      );
     }
     const client = new RegistryClient(registry.host, { plainHttp: true });
     try {
@@ -192,15 +217,26 @@ describe('convert against registries that misbehave or refuse', () => {
     }
 
     proxy.reset();
-    const again = await cliAsync(['convert', '--json', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/streamed:1`], { XDG_CACHE_HOME: cache });
+    const again = await cliAsync(
+      ['convert', '--json', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/streamed:1`],
+      { XDG_CACHE_HOME: cache },
+    );
     assert.equal(again.status, 0, again.stderr);
     assert.equal(JSON.parse(again.stdout).target.digest, out.target.digest);
     // The memo under XDG_CACHE_HOME said which blobs the target holds: no upload session at all.
-    assert.deepEqual(proxy.requests.filter((r) => r.method === 'POST' || r.method === 'PATCH'), []);
+    assert.deepEqual(
+      proxy.requests.filter((r) => r.method === 'POST' || r.method === 'PATCH'),
+      [],
+    );
   });
 
   it('a registry that alters blob bytes is caught by the digest check; no manifest is pushed', async () => {
-    proxy.add({ method: 'GET', path: /\/v2\/library\/minbase\/blobs\/sha256:/, times: 100, fault: { kind: 'corrupt' } });
+    proxy.add({
+      method: 'GET',
+      path: /\/v2\/library\/minbase\/blobs\/sha256:/,
+      times: 100,
+      fault: { kind: 'corrupt' },
+    });
     const r = await cliAsync(['convert', `${proxy.host}/library/minbase:1`, `${proxy.host}/lazy/corrupt:1`]);
     const seen = proxy.requests.map((q) => `${q.method} ${q.path} ${q.status}`).join('\n');
     proxy.reset();

@@ -41,7 +41,20 @@ it('chooses FUSE for a cache on tmpfs, where fanotify marks answer EOPNOTSUPP', 
 });
 
 it('the daemon will not run fanotify on such a cache, and says why', () => {
-  const r = runCli(['daemon', '--cache-dir', shm, '--socket', path.join(disk, 'sock'), '--transport', 'fanotify', '--metrics-address', ''], { timeout: 20_000 });
+  const r = runCli(
+    [
+      'daemon',
+      '--cache-dir',
+      shm,
+      '--socket',
+      path.join(disk, 'sock'),
+      '--transport',
+      'fanotify',
+      '--metrics-address',
+      '',
+    ],
+    { timeout: 20_000 },
+  );
   assert.equal(r.status, 1);
   assert.match(r.stderr, /transport fanotify was requested but cannot work here .*EOPNOTSUPP.*tmpfs/);
 });
@@ -53,7 +66,20 @@ it('FUSE can be insisted on where fanotify would be chosen', () => {
 });
 
 it('a transport the kernel lacks, when forced, stops the daemon with the reason', () => {
-  const r = runCli(['daemon', '--cache-dir', disk, '--socket', path.join(disk, 'sock'), '--transport', 'cachefiles', '--metrics-address', ''], { timeout: 20_000 });
+  const r = runCli(
+    [
+      'daemon',
+      '--cache-dir',
+      disk,
+      '--socket',
+      path.join(disk, 'sock'),
+      '--transport',
+      'cachefiles',
+      '--metrics-address',
+      '',
+    ],
+    { timeout: 20_000 },
+  );
   assert.equal(r.status, 1);
   assert.match(r.stderr, /transport cachefiles was requested but cannot work here \(cachefiles: .*\/dev\/cachefiles/);
   const d = runCli(['doctor', '--cache-dir', disk, '--transport', 'cachefiles', '--json']);

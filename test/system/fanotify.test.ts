@@ -28,7 +28,10 @@ describe('fanotify pre-content transport primitives', () => {
   });
   after(() => cleanup(work, built.outDir));
 
-  async function withLazyMount(answer: (g: FanotifyGroup, e: { fd: number; offset: number; count: number }) => void, fn: (mnt: string) => Promise<void>) {
+  async function withLazyMount(
+    answer: (g: FanotifyGroup, e: { fd: number; offset: number; count: number }) => void,
+    fn: (mnt: string) => Promise<void>,
+  ) {
     const cache = fs.mkdtempSync(path.join(work, 'cache-'));
     const blob = path.join(cache, 'blob');
     fs.writeFileSync(blob, '');
@@ -72,7 +75,9 @@ describe('fanotify pre-content transport primitives', () => {
     await withLazyMount(
       (g, e) => g.respond(e.fd, 5),
       async (mnt) => {
-        await assert.rejects(run('cat', [path.join(mnt, 'one-chunk')]), (err: { stderr: string }) => /Input\/output error/.test(err.stderr));
+        await assert.rejects(run('cat', [path.join(mnt, 'one-chunk')]), (err: { stderr: string }) =>
+          /Input\/output error/.test(err.stderr),
+        );
         // Metadata needs no blob: listing still works.
         assert.ok(fs.readdirSync(mnt).includes('one-chunk'));
       },

@@ -29,7 +29,10 @@ it('reports the counts and chunk statistics the builder produced', () => {
   assert.equal(report.chunks.holes, r.chunking.holeChunks);
   assert.deepEqual(report.devices, [r.blob!.id]);
   const paths = report.tree.map((t: { path: string }) => t.path);
-  assert.ok(paths.includes('/dir/sub/hardlink-to-odd') && paths.includes('/odd-size'), 'hard links appear under each name');
+  assert.ok(
+    paths.includes('/dir/sub/hardlink-to-odd') && paths.includes('/odd-size'),
+    'hard links appear under each name',
+  );
   assert.ok(paths.includes('/wide/entry-0-'));
   const human = runCli(['inspect', r.bootstrapPath]);
   assert.match(human.stdout, /dedup ratio/);

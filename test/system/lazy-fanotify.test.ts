@@ -30,7 +30,13 @@ describe('lazy mount through fanotify', () => {
     work = tempDir('lazy');
     reference = image.unpack(path.join(work, 'reference'));
     registry = await startRegistry();
-    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${registry.host}/library/minbase:1`]);
+    execFileSync('skopeo', [
+      'copy',
+      '-q',
+      '--dest-tls-verify=false',
+      `oci:${image.ref}`,
+      `docker://${registry.host}/library/minbase:1`,
+    ]);
     execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
   });
   after(async () => {
@@ -41,7 +47,10 @@ describe('lazy mount through fanotify', () => {
 
   it('runs a program fetching a small share of the image, then reads every file correctly', async () => {
     const fetcher = new ChunkFetcher();
-    const store = new ImageStore(path.join(work, 'cache'), new BlobStore(path.join(path.join(work, 'cache'), 'blobs'), fetcher));
+    const store = new ImageStore(
+      path.join(work, 'cache'),
+      new BlobStore(path.join(path.join(work, 'cache'), 'blobs'), fetcher),
+    );
     const image = await store.prepare(`${registry.host}/library/minbase:1`); // the source ref: found via its referrer
     const transport = new FanotifyTransport();
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));

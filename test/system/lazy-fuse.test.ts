@@ -46,7 +46,13 @@ describe('lazy mount through FUSE', () => {
     reference = image.unpack(path.join(work, 'reference'));
     registry = await startRegistry();
     proxy = await startFaultProxy(registry.host);
-    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${registry.host}/library/minbase:1`]);
+    execFileSync('skopeo', [
+      'copy',
+      '-q',
+      '--dest-tls-verify=false',
+      `oci:${image.ref}`,
+      `docker://${registry.host}/library/minbase:1`,
+    ]);
     execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
   });
   after(async () => {
@@ -74,8 +80,18 @@ describe('lazy mount through FUSE', () => {
         assert.equal(m.fstype, 'erofs');
         if (backing === 'loop') {
           assert.match(m.source, /^\/dev\/loop\d+$/);
-          const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE,DIO,RO,AUTOCLEAR']);
-          for (const f of blobFiles) assert.match(stdout, new RegExp(`^/dev/loop\\d+ +${f} +1 +1 +1$`, 'm'), `a read-only direct-I/O autoclear loop device over ${f}`);
+          const { stdout } = await run('losetup', [
+            '--list',
+            '--noheadings',
+            '--output',
+            'NAME,BACK-FILE,DIO,RO,AUTOCLEAR',
+          ]);
+          for (const f of blobFiles)
+            assert.match(
+              stdout,
+              new RegExp(`^/dev/loop\\d+ +${f} +1 +1 +1$`, 'm'),
+              `a read-only direct-I/O autoclear loop device over ${f}`,
+            );
         } else {
           assert.equal(m.source, image.bootstrapPath, 'file-backed on the bootstrap file');
         }
@@ -103,17 +119,29 @@ describe('lazy mount through FUSE', () => {
   }
 
   it('gives EIO for data the registry altered, caches nothing wrong, then reads correctly', async () => {
-    const store = new ImageStore(path.join(work, 'cache-corrupt'), new BlobStore(path.join(path.join(work, 'cache-corrupt'), 'blobs'), new ChunkFetcher()));
+    const store = new ImageStore(
+      path.join(work, 'cache-corrupt'),
+      new BlobStore(path.join(path.join(work, 'cache-corrupt'), 'blobs'), new ChunkFetcher()),
+    );
     const image = await store.prepare(`${proxy.host}/lazy/minbase:1`);
     const transport = new FuseTransport({ dir: path.join(work, 'cache-corrupt', 'fuse') });
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     await transport.mount(image, mnt);
     try {
       proxy.add({ method: 'GET', path: /\/v2\/lazy\/minbase\/blobs\//, times: 1000, fault: { kind: 'corrupt' } });
-      await assert.rejects(run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy')]), (err: { stderr: string }) => /Input\/output error/.test(err.stderr));
+      await assert.rejects(run('sha256sum', [path.join(mnt, 'opt', 'app', 'bash-copy')]), (err: { stderr: string }) =>
+        /Input\/output error/.test(err.stderr),
+      );
       proxy.reset();
-      assert.equal(image.blobs.reduce((n, b) => n + b.presentChunks, 0), 0, 'nothing was cached');
-      assert.equal(await sha256(path.join(mnt, 'opt', 'app', 'bash-copy')), await sha256(path.join(reference, 'opt', 'app', 'bash-copy')));
+      assert.equal(
+        image.blobs.reduce((n, b) => n + b.presentChunks, 0),
+        0,
+        'nothing was cached',
+      );
+      assert.equal(
+        await sha256(path.join(mnt, 'opt', 'app', 'bash-copy')),
+        await sha256(path.join(reference, 'opt', 'app', 'bash-copy')),
+      );
     } finally {
       await transport.unmount(mnt);
       await transport.close();
@@ -121,7 +149,10 @@ describe('lazy mount through FUSE', () => {
   });
 
   it('a read of cached data completes while another read waits for a stalled fetch', async () => {
-    const store = new ImageStore(path.join(work, 'cache-parallel'), new BlobStore(path.join(path.join(work, 'cache-parallel'), 'blobs'), new ChunkFetcher()));
+    const store = new ImageStore(
+      path.join(work, 'cache-parallel'),
+      new BlobStore(path.join(path.join(work, 'cache-parallel'), 'blobs'), new ChunkFetcher()),
+    );
     const image = await store.prepare(`${proxy.host}/lazy/minbase:1`);
     const transport = new FuseTransport({ dir: path.join(work, 'cache-parallel', 'fuse') });
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
@@ -134,7 +165,12 @@ describe('lazy mount through FUSE', () => {
       assert.equal(await sha256(cached), expectedCached); // now in the blob cache
       await dropCaches(); // and out of the page cache: the next read is a FUSE READ again
       proxy.reset();
-      proxy.add({ method: 'GET', path: /\/v2\/lazy\/minbase\/blobs\//, times: 1, fault: { kind: 'respond', respond: (_req, res) => stalled.push(res) } });
+      proxy.add({
+        method: 'GET',
+        path: /\/v2\/lazy\/minbase\/blobs\//,
+        times: 1,
+        fault: { kind: 'respond', respond: (_req, res) => stalled.push(res) },
+      });
       const order: string[] = [];
       const slow = sha256(missing).then((sum) => (order.push('missing'), sum));
       for (let i = 0; i < 400 && stalled.length === 0; i++) await new Promise((r) => setTimeout(r, 25));
@@ -169,7 +205,10 @@ describe('lazy mount through FUSE', () => {
       // The later mount goes; the first, sharing its FUSE files, reads on (metadata not cached yet).
       await transport.unmount(second);
       await dropCaches();
-      assert.equal(await sha256(path.join(mnt, 'opt', 'app', 'bash-copy')), await sha256(path.join(reference, 'opt', 'app', 'bash-copy')));
+      assert.equal(
+        await sha256(path.join(mnt, 'opt', 'app', 'bash-copy')),
+        await sha256(path.join(reference, 'opt', 'app', 'bash-copy')),
+      );
       assert.equal((await run('ls', [path.join(mnt, 'usr', 'share')])).stdout.includes('zoneinfo'), true);
     } finally {
       if (mounts().some((e) => e.target === second)) await transport.unmount(second);

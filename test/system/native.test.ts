@@ -16,7 +16,10 @@ it('round-trips xattrs of every namespace, with binary names and values', () => 
   native.setXattr(p, 'user.a', Buffer.from([0, 1, 2, 255]));
   native.setXattr(p, 'trusted.b', Buffer.alloc(0));
   native.setXattr(p, 'security.capability', Buffer.from('0100000200040000000000000000000000000000', 'hex'));
-  const names = native.listXattrs(p).map((n) => n.toString()).sort();
+  const names = native
+    .listXattrs(p)
+    .map((n) => n.toString())
+    .sort();
   assert.deepEqual(names, ['security.capability', 'trusted.b', 'user.a']);
   assert.deepEqual([...native.getXattr(p, 'user.a')], [0, 1, 2, 255]);
   assert.equal(native.getXattr(p, 'trusted.b').length, 0);
@@ -49,7 +52,7 @@ it('makes device nodes and sets nanosecond times without following symlinks', ()
   native.mknod(dev, S_IFCHR | 0o600, 300, 70000);
   const st = fs.lstatSync(dev, { bigint: true });
   assert.ok(st.isCharacterDevice());
-  assert.equal(st.rdev, (((300n & 0xfffn) << 8n) | (70000n & 0xffn) | ((70000n & ~0xffn) << 12n)));
+  assert.equal(st.rdev, ((300n & 0xfffn) << 8n) | (70000n & 0xffn) | ((70000n & ~0xffn) << 12n));
   const link = path.join(dir, 'link');
   fs.symlinkSync('dev', link);
   native.setTimes(link, -86400n, 123456789);

@@ -13,7 +13,15 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import winston from 'winston';
 import { InputError } from '../../src/errors';
 import { log } from '../../src/log';
-import { basicAuthorization, loadDockerCredentials, mergeScopes, parseWwwAuthenticate, redact, RegistryAuth, type TokenFetch } from '../../src/oci/auth';
+import {
+  basicAuthorization,
+  loadDockerCredentials,
+  mergeScopes,
+  parseWwwAuthenticate,
+  redact,
+  RegistryAuth,
+  type TokenFetch,
+} from '../../src/oci/auth';
 import { sha256Digest } from '../../src/oci/digest';
 import { readAll } from '../../src/oci/image-io';
 import { RegistryClient, type RegistryClientOptions } from '../../src/oci/registry';
@@ -59,11 +67,30 @@ describe('WWW-Authenticate parsing', () => {
     ['Basic realm="Registry Realm"', [{ scheme: 'basic', params: { realm: 'Registry Realm' } }]],
     [
       'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull"',
-      [{ scheme: 'bearer', params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/ubuntu:pull' } }],
+      [
+        {
+          scheme: 'bearer',
+          params: {
+            realm: 'https://auth.docker.io/token',
+            service: 'registry.docker.io',
+            scope: 'repository:library/ubuntu:pull',
+          },
+        },
+      ],
     ],
     [
       'Bearer realm="http://127.0.0.1:1/token", service="svc", scope="repository:a:pull,push repository:b:pull", error="insufficient_scope"',
-      [{ scheme: 'bearer', params: { realm: 'http://127.0.0.1:1/token', service: 'svc', scope: 'repository:a:pull,push repository:b:pull', error: 'insufficient_scope' } }],
+      [
+        {
+          scheme: 'bearer',
+          params: {
+            realm: 'http://127.0.0.1:1/token',
+            service: 'svc',
+            scope: 'repository:a:pull,push repository:b:pull',
+            error: 'insufficient_scope',
+          },
+        },
+      ],
     ],
     [
       'Basic realm="one", Bearer realm="two",service="s"',
@@ -73,14 +100,21 @@ describe('WWW-Authenticate parsing', () => {
       ],
     ],
     ['BEARER Realm="a\\"b\\\\c"', [{ scheme: 'bearer', params: { realm: 'a"b\\c' } }]],
-    ['Bearer realm=https://x.example/token,service=svc', [{ scheme: 'bearer', params: { realm: 'https://x.example/token', service: 'svc' } }]],
+    [
+      'Bearer realm=https://x.example/token,service=svc',
+      [{ scheme: 'bearer', params: { realm: 'https://x.example/token', service: 'svc' } }],
+    ],
     ['Negotiate', [{ scheme: 'negotiate', params: {} }]],
     ['', []],
   ];
-  for (const [value, want] of cases) it(`parses ${JSON.stringify(value)}`, () => assert.deepEqual(parseWwwAuthenticate(value), want));
+  for (const [value, want] of cases)
+    it(`parses ${JSON.stringify(value)}`, () => assert.deepEqual(parseWwwAuthenticate(value), want));
 
   it('merges scopes per resource', () => {
-    assert.deepEqual(mergeScopes(['repository:a:pull', 'repository:a:push,pull', 'repository:b:pull', 'registry:catalog:*']), ['repository:a:pull,push', 'repository:b:pull', 'registry:catalog:*']);
+    assert.deepEqual(
+      mergeScopes(['repository:a:pull', 'repository:a:push,pull', 'repository:b:pull', 'registry:catalog:*']),
+      ['repository:a:pull,push', 'repository:b:pull', 'registry:catalog:*'],
+    );
   });
 
   it('parses Retry-After as seconds or an HTTP date', () => {
@@ -113,9 +147,18 @@ describe('docker config credentials', () => {
 
   it("matches Docker Hub's aliases, preferring the exact host", (t) => {
     const dir = writeDockerConfig(tempDir(t), { 'https://index.docker.io/v1/': { auth: b64('hub:one') } });
-    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), { username: 'hub', password: 'one' });
-    writeDockerConfig(dir, { 'https://index.docker.io/v1/': { auth: b64('hub:one') }, 'registry-1.docker.io': { auth: b64('hub:two') } });
-    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), { username: 'hub', password: 'two' });
+    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), {
+      username: 'hub',
+      password: 'one',
+    });
+    writeDockerConfig(dir, {
+      'https://index.docker.io/v1/': { auth: b64('hub:one') },
+      'registry-1.docker.io': { auth: b64('hub:two') },
+    });
+    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), {
+      username: 'hub',
+      password: 'two',
+    });
   });
 
   it('falls back to ~/.docker/config.json and to nothing', (t) => {
@@ -176,7 +219,10 @@ describe('token flow (RegistryAuth)', () => {
     now += 100_000;
     assert.equal(await auth.authorization(['repository:a/b:pull'], ctx), 'Bearer tok-1', 'still valid');
     now += 15_000;
-    const [x, y] = await Promise.all([auth.authorization(['repository:a/b:pull'], ctx), auth.authorization(['repository:a/b:pull'], ctx)]);
+    const [x, y] = await Promise.all([
+      auth.authorization(['repository:a/b:pull'], ctx),
+      auth.authorization(['repository:a/b:pull'], ctx),
+    ]);
     assert.equal(x, 'Bearer tok-2', 'renewed before it expires');
     assert.equal(y, 'Bearer tok-2');
     assert.equal(server.calls.length, 2, 'one renewal for concurrent requests');
@@ -204,15 +250,28 @@ describe('token flow (RegistryAuth)', () => {
       [{ status: 200, body: 'not json hunter2-pw' }, /not JSON/],
       [{ status: 200, body: { nothing: true } }, /without a token/],
     ] as const) {
-      const auth = new RegistryAuth('r.example', { username: 'u', password: 'hunter2-pw' }, fakeTokenServer(() => answer).fetch);
-      const err = await rejectsWith(() => auth.challenge(challenge, ['repository:a/b:pull'], ctx), why, /registry "r\.example"/, /repository "a\/b"/, /realm "https:\/\/auth\.example\/token"/);
+      const auth = new RegistryAuth(
+        'r.example',
+        { username: 'u', password: 'hunter2-pw' },
+        fakeTokenServer(() => answer).fetch,
+      );
+      const err = await rejectsWith(
+        () => auth.challenge(challenge, ['repository:a/b:pull'], ctx),
+        why,
+        /registry "r\.example"/,
+        /repository "a\/b"/,
+        /realm "https:\/\/auth\.example\/token"/,
+      );
       assertNoSecrets(err.message, secrets);
     }
   });
 
   it('refuses Basic challenges without credentials and unknown schemes', async () => {
     const auth = new RegistryAuth('r.example', undefined, fakeTokenServer(() => ({ status: 500, body: '' })).fetch);
-    await rejectsWith(() => auth.challenge('Basic realm="x"', [], ctx), /requires authentication \(Basic\) and there are no credentials/);
+    await rejectsWith(
+      () => auth.challenge('Basic realm="x"', [], ctx),
+      /requires authentication \(Basic\) and there are no credentials/,
+    );
     await rejectsWith(() => auth.challenge('Negotiate', [], ctx), /unsupported challenge \(negotiate\)/);
     await rejectsWith(() => auth.challenge(undefined, [], ctx), /no WWW-Authenticate challenge/);
   });
@@ -245,7 +304,8 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
   async function pushAndPull(c: RegistryClient, repo: string): Promise<void> {
     const layer = randomBytes(3000);
     const config = Buffer.from('{"architecture":"amd64","os":"linux"}');
-    for (const b of [layer, config]) assert.equal(await c.pushBlob(repo, sha256Digest(b), b.length, () => Readable.from([b])), 'uploaded');
+    for (const b of [layer, config])
+      assert.equal(await c.pushBlob(repo, sha256Digest(b), b.length, () => Readable.from([b])), 'uploaded');
     const manifest = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -274,7 +334,10 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       // Blob storage a registry redirects to: another origin, which must not see the registry's credentials.
       storage = http.createServer((req, res) => {
         storageAuthHeaders.push(req.headers.authorization);
-        const body = Buffer.from(decodeURIComponent(new URL(req.url ?? '/', 'http://x').searchParams.get('data') ?? ''), 'base64');
+        const body = Buffer.from(
+          decodeURIComponent(new URL(req.url ?? '/', 'http://x').searchParams.get('data') ?? ''),
+          'base64',
+        );
         res.writeHead(200, { 'content-length': String(body.length) }).end(body);
       });
       await new Promise<void>((resolve) => storage.listen(0, '127.0.0.1', resolve));
@@ -287,7 +350,9 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
     });
 
     it('pushes and pulls with credentials from $DOCKER_CONFIG/config.json', async (t) => {
-      process.env.DOCKER_CONFIG = writeDockerConfig(tempDir(t), { [`http://${proxy.host}`]: { auth: b64(`alice:${PASSWORD}`) } });
+      process.env.DOCKER_CONFIG = writeDockerConfig(tempDir(t), {
+        [`http://${proxy.host}`]: { auth: b64(`alice:${PASSWORD}`) },
+      });
       proxy.reset();
       await pushAndPull(client(proxy.host), 'basic/app');
       const first = proxy.requests[0];
@@ -300,7 +365,9 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
     });
 
     it('also takes username/password entries keyed by bare host', async (t) => {
-      process.env.DOCKER_CONFIG = writeDockerConfig(tempDir(t), { [proxy.host]: { username: 'alice', password: PASSWORD } });
+      process.env.DOCKER_CONFIG = writeDockerConfig(tempDir(t), {
+        [proxy.host]: { username: 'alice', password: PASSWORD },
+      });
       const c = client(proxy.host);
       assert.equal((await c.getManifest('basic/app', 'v1')).mediaType, MediaType.ociManifest);
     });
@@ -309,16 +376,30 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       const wrong = 'wrong-pw-91c2';
       process.env.DOCKER_CONFIG = writeDockerConfig(tempDir(t), { [proxy.host]: { auth: b64(`alice:${wrong}`) } });
       const c = client(proxy.host);
-      const err = await rejectsWith(() => c.getManifest('basic/app', 'v1'), /get manifest: unauthorized \(401\) with credentials/, new RegExp(`registry "${proxy.host}"`), /repository "basic\/app"/, /reference "v1"/);
+      const err = await rejectsWith(
+        () => c.getManifest('basic/app', 'v1'),
+        /get manifest: unauthorized \(401\) with credentials/,
+        new RegExp(`registry "${proxy.host}"`),
+        /repository "basic\/app"/,
+        /reference "v1"/,
+      );
       assertNoSecrets(err.message, [wrong, b64(`alice:${wrong}`), 'alice']);
       const d = sha256Digest(Buffer.from('x'));
-      const pushErr = await rejectsWith(() => c.pushBlob('basic/app', d, 1, () => Readable.from([Buffer.from('x')])), /head blob: unauthorized \(401\)/, /digest "sha256:/);
+      const pushErr = await rejectsWith(
+        () => c.pushBlob('basic/app', d, 1, () => Readable.from([Buffer.from('x')])),
+        /head blob: unauthorized \(401\)/,
+        /digest "sha256:/,
+      );
       assertNoSecrets(pushErr.message, [wrong, b64(`alice:${wrong}`)]);
     });
 
     it('says there are no credentials when the registry asks for them', async (t) => {
       process.env.DOCKER_CONFIG = tempDir(t);
-      await rejectsWith(() => client(proxy.host).getManifest('basic/app', 'v1'), /requires authentication \(Basic\) and there are no credentials/, /repository "basic\/app"/);
+      await rejectsWith(
+        () => client(proxy.host).getManifest('basic/app', 'v1'),
+        /requires authentication \(Basic\) and there are no credentials/,
+        /repository "basic\/app"/,
+      );
     });
 
     it('keeps credentials from storage it is redirected to', async () => {
@@ -330,7 +411,15 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       proxy.add({
         method: 'GET',
         path: /\/blobs\/sha256:/,
-        fault: { kind: 'respond', respond: (_req, res) => res.writeHead(307, { location: `http://127.0.0.1:${port}/blob?data=${encodeURIComponent(b.toString('base64'))}` }).end() },
+        fault: {
+          kind: 'respond',
+          respond: (_req, res) =>
+            res
+              .writeHead(307, {
+                location: `http://127.0.0.1:${port}/blob?data=${encodeURIComponent(b.toString('base64'))}`,
+              })
+              .end(),
+        },
       });
       storageAuthHeaders.length = 0;
       assert.deepEqual(await readAll(await c.getBlob('basic/redirect', d, b.length)), b);
@@ -351,7 +440,16 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
 
     before(async () => {
       tokens = await startTokenServer({ service: 'erofs-test-registry', users: { bob: PASSWORD } });
-      reg = await startRegistry({ auth: { token: { realm: tokens.realm, service: tokens.service, issuer: tokens.issuer, rootCertBundle: tokens.certFile } } });
+      reg = await startRegistry({
+        auth: {
+          token: {
+            realm: tokens.realm,
+            service: tokens.service,
+            issuer: tokens.issuer,
+            rootCertBundle: tokens.certFile,
+          },
+        },
+      });
     });
     after(async () => {
       await reg?.stop();
@@ -392,7 +490,10 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
 
     it('accepts tokens in access_token', async () => {
       tokens.settings.field = 'access_token';
-      assert.equal((await client(reg.host, { credentials: creds }).getManifest('bearer/app', 'v1')).mediaType, MediaType.ociManifest);
+      assert.equal(
+        (await client(reg.host, { credentials: creds }).getManifest('bearer/app', 'v1')).mediaType,
+        MediaType.ociManifest,
+      );
     });
 
     it('mounts across repositories with a token for both', async () => {
@@ -401,16 +502,31 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       const d = sha256Digest(b);
       assert.equal(await c.pushBlob('bearer/src', d, b.length, () => Readable.from([b])), 'uploaded');
       tokens.requests.length = 0;
-      assert.equal(await c.pushBlob('bearer/dst', d, b.length, () => Readable.from([b]), { mountFrom: 'bearer/src' }), 'mounted');
-      assert.ok(tokens.requests.some((r) => r.scopes.includes('repository:bearer/dst:pull,push') && r.scopes.includes('repository:bearer/src:pull')));
+      assert.equal(
+        await c.pushBlob('bearer/dst', d, b.length, () => Readable.from([b]), { mountFrom: 'bearer/src' }),
+        'mounted',
+      );
+      assert.ok(
+        tokens.requests.some(
+          (r) =>
+            r.scopes.includes('repository:bearer/dst:pull,push') && r.scopes.includes('repository:bearer/src:pull'),
+        ),
+      );
     });
 
     it('gets anonymous tokens when there are no credentials, and says so when they are refused', async () => {
       tokens.requests.length = 0;
-      assert.equal((await client(reg.host, { credentials: null }).getManifest('bearer/app', 'v1')).mediaType, MediaType.ociManifest);
+      assert.equal(
+        (await client(reg.host, { credentials: null }).getManifest('bearer/app', 'v1')).mediaType,
+        MediaType.ociManifest,
+      );
       assert.equal(tokens.requests[0].user, undefined);
       tokens.settings.requireLogin = true;
-      await rejectsWith(() => client(reg.host, { credentials: null }).getManifest('bearer/app', 'v1'), /token server refused an anonymous token \(401\); log in first/, /repository "bearer\/app"/);
+      await rejectsWith(
+        () => client(reg.host, { credentials: null }).getManifest('bearer/app', 'v1'),
+        /token server refused an anonymous token \(401\); log in first/,
+        /repository "bearer\/app"/,
+      );
     });
 
     it('fails a wrong password without the password in the message', async () => {
@@ -429,7 +545,13 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       tokens.settings.grantNothing = true;
       const d = sha256Digest(Buffer.from('q'));
       const c = client(reg.host, { credentials: creds });
-      await rejectsWith(() => c.headBlob('bearer/app', d), /head blob: unauthorized \(401\) with credentials/, new RegExp(`registry "${reg.host}"`), /repository "bearer\/app"/, /digest "sha256:/);
+      await rejectsWith(
+        () => c.headBlob('bearer/app', d),
+        /head blob: unauthorized \(401\) with credentials/,
+        new RegExp(`registry "${reg.host}"`),
+        /repository "bearer\/app"/,
+        /digest "sha256:/,
+      );
     });
 
     it('never logs the password or a token', () => {

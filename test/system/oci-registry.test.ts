@@ -8,7 +8,13 @@ import { sha256Digest } from '../../src/oci/digest';
 import { readAll } from '../../src/oci/image-io';
 import { referrersTag } from '../../src/oci/manifests';
 import { RegistryClient, type RegistryClientOptions } from '../../src/oci/registry';
-import { MAX_MANIFEST_BYTES, MediaType, type Descriptor, type ImageIndex, type ImageManifest } from '../../src/oci/types';
+import {
+  MAX_MANIFEST_BYTES,
+  MediaType,
+  type Descriptor,
+  type ImageIndex,
+  type ImageManifest,
+} from '../../src/oci/types';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { rejectsWith } from '../lib/assertions';
@@ -28,7 +34,10 @@ function blob(data: Buffer): Blob {
 
 function source(b: Blob): () => Readable {
   // Several buffers, so that the chunker has to re-cut them.
-  return () => Readable.from([b.data.subarray(0, 1000), b.data.subarray(1000, 70_000), b.data.subarray(70_000)].filter((x) => x.length));
+  return () =>
+    Readable.from(
+      [b.data.subarray(0, 1000), b.data.subarray(1000, 70_000), b.data.subarray(70_000)].filter((x) => x.length),
+    );
 }
 
 function quoted(s: string): RegExp {
@@ -41,7 +50,14 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
   const clients: RegistryClient[] = [];
 
   const client = (opts: RegistryClientOptions = {}) => {
-    const c = new RegistryClient(proxy.host, { plainHttp: true, credentials: null, retryBaseMs: 20, chunkSize: CHUNK, timeoutMs: 10_000, ...opts });
+    const c = new RegistryClient(proxy.host, {
+      plainHttp: true,
+      credentials: null,
+      retryBaseMs: 20,
+      chunkSize: CHUNK,
+      timeoutMs: 10_000,
+      ...opts,
+    });
     clients.push(c);
     return c;
   };
@@ -60,7 +76,11 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
 
   /** Pushes a small image (config + one layer + manifest under `tag`) and returns its pieces. */
   async function pushImage(c: RegistryClient, repo: string, tag: string, mediaType: string = MediaType.ociManifest) {
-    const config = blob(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, tag })));
+    const config = blob(
+      Buffer.from(
+        JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, tag }),
+      ),
+    );
     const layer = blob(randomBytes(5000));
     await c.pushBlob(repo, config.digest, config.size, source(config));
     await c.pushBlob(repo, layer.digest, layer.size, source(layer));
@@ -68,8 +88,18 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
     const manifest: ImageManifest = {
       schemaVersion: 2,
       mediaType,
-      config: { mediaType: docker ? MediaType.dockerConfig : MediaType.ociConfig, digest: config.digest, size: config.size },
-      layers: [{ mediaType: docker ? MediaType.dockerLayerGzip : MediaType.ociLayerGzip, digest: layer.digest, size: layer.size }],
+      config: {
+        mediaType: docker ? MediaType.dockerConfig : MediaType.ociConfig,
+        digest: config.digest,
+        size: config.size,
+      },
+      layers: [
+        {
+          mediaType: docker ? MediaType.dockerLayerGzip : MediaType.ociLayerGzip,
+          digest: layer.digest,
+          size: layer.size,
+        },
+      ],
     };
     const raw = Buffer.from(JSON.stringify(manifest));
     const digest = await c.putManifest(repo, tag, raw, mediaType);
@@ -121,8 +151,15 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const c = client();
       const b = blob(randomBytes(2 * CHUNK + 1));
       const other = randomBytes(b.size);
-      await rejectsWith(() => c.pushBlob('bad/source', b.digest, b.size, () => Readable.from([other])), /digest mismatch: expected sha256:[0-9a-f]{64}, got sha256:/, /upload not committed/);
-      await rejectsWith(() => c.pushBlob('bad/source', b.digest, b.size, () => Readable.from([b.data.subarray(0, CHUNK + 5)])), /gave 262149 bytes, expected 524289/);
+      await rejectsWith(
+        () => c.pushBlob('bad/source', b.digest, b.size, () => Readable.from([other])),
+        /digest mismatch: expected sha256:[0-9a-f]{64}, got sha256:/,
+        /upload not committed/,
+      );
+      await rejectsWith(
+        () => c.pushBlob('bad/source', b.digest, b.size, () => Readable.from([b.data.subarray(0, CHUNK + 5)])),
+        /gave 262149 bytes, expected 524289/,
+      );
       assert.equal(await c.headBlob('bad/source', b.digest), null);
     });
 
@@ -130,7 +167,13 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const c = client();
       const d = sha256Digest(Buffer.from('nope'));
       assert.equal(await c.headBlob('missing/blob', d), null);
-      await rejectsWith(() => c.getBlob('missing/blob', d), /blob unknown \(404\)/, quoted(proxy.host), quoted('missing/blob'), quoted(d));
+      await rejectsWith(
+        () => c.getBlob('missing/blob', d),
+        /blob unknown \(404\)/,
+        quoted(proxy.host),
+        quoted('missing/blob'),
+        quoted(d),
+      );
     });
 
     it('fails early when the registry offers another size than the descriptor says', async () => {
@@ -150,13 +193,28 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
         [12_345, 67_890],
         [99_999, 99_999],
       ]) {
-        assert.deepEqual(await c.getBlobRange('ranges/one', b.digest, start, end), b.data.subarray(start, end + 1), `bytes ${start}-${end}`);
+        assert.deepEqual(
+          await c.getBlobRange('ranges/one', b.digest, start, end),
+          b.data.subarray(start, end + 1),
+          `bytes ${start}-${end}`,
+        );
       }
       proxy.add({ method: 'GET', path: /\/blobs\//, fault: { kind: 'ignore-range' } });
-      await rejectsWith(() => c.getBlobRange('ranges/one', b.digest, 10, 20), /registry ignored the Range request \(answered 200 with the whole blob of 100000 bytes\)/, quoted(b.digest), quoted('ranges/one'));
-      await rejectsWith(() => c.getBlobRange('ranges/one', b.digest, 100_000, 100_010), /range not satisfiable \(416\)/);
+      await rejectsWith(
+        () => c.getBlobRange('ranges/one', b.digest, 10, 20),
+        /registry ignored the Range request \(answered 200 with the whole blob of 100000 bytes\)/,
+        quoted(b.digest),
+        quoted('ranges/one'),
+      );
+      await rejectsWith(
+        () => c.getBlobRange('ranges/one', b.digest, 100_000, 100_010),
+        /range not satisfiable \(416\)/,
+      );
       // Past the end the registry answers a shorter range than asked for: not what was asked.
-      await rejectsWith(() => c.getBlobRange('ranges/one', b.digest, 99_990, 100_010), /Content-Range "bytes 99990-99999\/100000", not bytes 99990-100010/);
+      await rejectsWith(
+        () => c.getBlobRange('ranges/one', b.digest, 99_990, 100_010),
+        /Content-Range "bytes 99990-99999\/100000", not bytes 99990-100010/,
+      );
       await rejectsWith(() => c.getBlobRange('ranges/one', b.digest, 20, 10), /invalid byte range/);
     });
 
@@ -166,7 +224,10 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       assert.equal(await c.pushBlob('mount/src', b.digest, b.size, source(b)), 'uploaded');
       proxy.reset();
       assert.equal(await c.pushBlob('mount/dst', b.digest, b.size, source(b), { mountFrom: 'mount/src' }), 'mounted');
-      const mountPosts = seen('POST', /^\/v2\/mount\/dst\/blobs\/uploads\/\?mount=sha256%3A[0-9a-f]{64}&from=mount%2Fsrc$/);
+      const mountPosts = seen(
+        'POST',
+        /^\/v2\/mount\/dst\/blobs\/uploads\/\?mount=sha256%3A[0-9a-f]{64}&from=mount%2Fsrc$/,
+      );
       assert.equal(mountPosts.length, 1);
       assert.equal(mountPosts[0].status, 201);
       assert.equal(seen('PATCH', /./).length + seen('PUT', /./).length, 0, 'nothing uploaded');
@@ -176,7 +237,10 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
     it('uploads when the repository to mount from lacks the blob (202 starts an upload)', async () => {
       const c = client();
       const b = blob(randomBytes(4000));
-      assert.equal(await c.pushBlob('mount/dst2', b.digest, b.size, source(b), { mountFrom: 'mount/empty' }), 'uploaded');
+      assert.equal(
+        await c.pushBlob('mount/dst2', b.digest, b.size, source(b), { mountFrom: 'mount/empty' }),
+        'uploaded',
+      );
       assert.equal(seen('POST', /mount=/).length, 1);
       assert.equal(seen('POST', /./).length, 1, 'the upload continues in the session the mount attempt opened');
       assert.equal(seen('PUT', /[?&]digest=/).length, 1);
@@ -211,9 +275,19 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
         assert.equal(got.digest, img.digest);
         assert.equal(got.mediaType, MediaType.ociManifest);
       }
-      assert.deepEqual(await c.headManifest('man/one', 'v1'), { mediaType: MediaType.ociManifest, digest: img.digest, size: img.raw.length });
+      assert.deepEqual(await c.headManifest('man/one', 'v1'), {
+        mediaType: MediaType.ociManifest,
+        digest: img.digest,
+        size: img.raw.length,
+      });
       assert.equal(await c.headManifest('man/one', 'nope'), null);
-      await rejectsWith(() => c.getManifest('man/one', 'nope'), /manifest unknown \(404\)/, quoted(proxy.host), quoted('man/one'), quoted('nope'));
+      await rejectsWith(
+        () => c.getManifest('man/one', 'nope'),
+        /manifest unknown \(404\)/,
+        quoted(proxy.host),
+        quoted('man/one'),
+        quoted('nope'),
+      );
     });
 
     it('handles Docker schema2 manifests', async () => {
@@ -236,28 +310,52 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
           { ...arm.desc, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
         ],
       };
-      const indexDigest = await c.putManifest('man/multi', 'latest', Buffer.from(JSON.stringify(index)), MediaType.ociIndex);
+      const indexDigest = await c.putManifest(
+        'man/multi',
+        'latest',
+        Buffer.from(JSON.stringify(index)),
+        MediaType.ociIndex,
+      );
       assert.equal((await c.getManifest('man/multi', 'latest')).mediaType, MediaType.ociIndex);
       const onArm = await c.resolveManifest('man/multi', 'latest', { os: 'linux', architecture: 'arm64' });
       assert.equal(onArm.digest, arm.digest);
       assert.deepEqual(onArm.manifest, arm.manifest);
       const onAmd = await c.resolveManifest('man/multi', indexDigest, { os: 'linux', architecture: 'amd64' });
       assert.equal(onAmd.digest, amd.digest);
-      await rejectsWith(() => c.resolveManifest('man/multi', 'latest', { os: 'linux', architecture: 's390x' }), /no manifest for platform linux\/s390x/, quoted('man/multi'));
+      await rejectsWith(
+        () => c.resolveManifest('man/multi', 'latest', { os: 'linux', architecture: 's390x' }),
+        /no manifest for platform linux\/s390x/,
+        quoted('man/multi'),
+      );
     });
 
     it('rejects manifests over the size bound without reading them whole', async () => {
       const c = client();
       const huge = Buffer.alloc(MAX_MANIFEST_BYTES + 1, 0x20);
-      await rejectsWith(() => c.putManifest('man/huge', 'v1', huge, MediaType.ociManifest), /exceeds the 4194304-byte bound/, quoted('man/huge'));
+      await rejectsWith(
+        () => c.putManifest('man/huge', 'v1', huge, MediaType.ociManifest),
+        /exceeds the 4194304-byte bound/,
+        quoted('man/huge'),
+      );
       assert.equal(proxy.requests.length, 0, 'refused before sending');
 
       proxy.add({
         method: 'GET',
         path: /\/manifests\/big$/,
-        fault: { kind: 'respond', respond: (_req, res) => res.writeHead(200, { 'content-type': MediaType.ociManifest, 'content-length': String(huge.length) }).end(huge) },
+        fault: {
+          kind: 'respond',
+          respond: (_req, res) =>
+            res
+              .writeHead(200, { 'content-type': MediaType.ociManifest, 'content-length': String(huge.length) })
+              .end(huge),
+        },
       });
-      await rejectsWith(() => c.getManifest('man/huge', 'big'), /manifest of 4194305 bytes exceeds the 4194304-byte bound/, quoted('man/huge'), quoted('big'));
+      await rejectsWith(
+        () => c.getManifest('man/huge', 'big'),
+        /manifest of 4194305 bytes exceeds the 4194304-byte bound/,
+        quoted('man/huge'),
+        quoted('big'),
+      );
       // Without a Content-Length the bound applies while reading.
       proxy.add({
         method: 'GET',
@@ -278,14 +376,26 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const c = client();
       const img = await pushImage(c, 'man/check', 'v1');
       proxy.add({ method: 'GET', path: /\/manifests\/sha256:/, fault: { kind: 'corrupt' } });
-      await rejectsWith(() => c.getManifest('man/check', img.digest), new RegExp(`digest mismatch: expected ${img.digest}, got sha256:`), quoted('man/check'));
+      await rejectsWith(
+        () => c.getManifest('man/check', img.digest),
+        new RegExp(`digest mismatch: expected ${img.digest}, got sha256:`),
+        quoted('man/check'),
+      );
       const lie = sha256Digest(Buffer.from('something else'));
       proxy.add({
         method: 'GET',
         path: /\/manifests\/v1$/,
-        fault: { kind: 'respond', respond: (_req, res) => res.writeHead(200, { 'content-type': MediaType.ociManifest, 'docker-content-digest': lie }).end(img.raw) },
+        fault: {
+          kind: 'respond',
+          respond: (_req, res) =>
+            res.writeHead(200, { 'content-type': MediaType.ociManifest, 'docker-content-digest': lie }).end(img.raw),
+        },
       });
-      await rejectsWith(() => c.getManifest('man/check', 'v1'), new RegExp(`registry says ${lie} \\(Docker-Content-Digest\\), content hashes to ${img.digest}`), quoted('v1'));
+      await rejectsWith(
+        () => c.getManifest('man/check', 'v1'),
+        new RegExp(`registry says ${lie} \\(Docker-Content-Digest\\), content hashes to ${img.digest}`),
+        quoted('v1'),
+      );
     });
   });
 
@@ -312,10 +422,19 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const sbomRaw = Buffer.from(JSON.stringify(sbom));
       proxy.reset();
       const sbomDigest = await c.putManifest(repo, sha256Digest(sbomRaw), sbomRaw, MediaType.ociManifest);
-      assert.equal(seen('PUT', new RegExp(`/manifests/${referrersTag(img.digest)}$`)).length, 1, 'the fallback index was written');
+      assert.equal(
+        seen('PUT', new RegExp(`/manifests/${referrersTag(img.digest)}$`)).length,
+        1,
+        'the fallback index was written',
+      );
 
       // An image manifest without artifactType is listed under its config's media type.
-      const sig = { ...sbom, artifactType: undefined, config: { mediaType: 'application/vnd.example.sig.config', digest: empty.digest, size: empty.size }, annotations: undefined };
+      const sig = {
+        ...sbom,
+        artifactType: undefined,
+        config: { mediaType: 'application/vnd.example.sig.config', digest: empty.digest, size: empty.size },
+        annotations: undefined,
+      };
       const sigRaw = Buffer.from(JSON.stringify(sig));
       const sigDigest = await c.putManifest(repo, 'sig', sigRaw, MediaType.ociManifest);
       // Pushing the same artifact again does not list it twice.
@@ -325,8 +444,19 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const all = await c.referrers(repo, img.digest);
       assert.equal(seen('GET', /\/referrers\/sha256:/)[0]?.status, 404, 'distribution 2.8 has no referrers API');
       assert.deepEqual(all, [
-        { mediaType: MediaType.ociManifest, digest: sbomDigest, size: sbomRaw.length, artifactType: 'application/vnd.example.sbom.v1', annotations: { 'org.example.kind': 'sbom' } },
-        { mediaType: MediaType.ociManifest, digest: sigDigest, size: sigRaw.length, artifactType: 'application/vnd.example.sig.config' },
+        {
+          mediaType: MediaType.ociManifest,
+          digest: sbomDigest,
+          size: sbomRaw.length,
+          artifactType: 'application/vnd.example.sbom.v1',
+          annotations: { 'org.example.kind': 'sbom' },
+        },
+        {
+          mediaType: MediaType.ociManifest,
+          digest: sigDigest,
+          size: sigRaw.length,
+          artifactType: 'application/vnd.example.sig.config',
+        },
       ]);
       assert.deepEqual(
         (await c.referrers(repo, img.digest, 'application/vnd.example.sig.config')).map((d) => d.digest),
@@ -343,7 +473,11 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const c = client();
       const img = await pushImage(c, 'retry/a', 'v1');
       proxy.reset();
-      proxy.add({ method: 'GET', path: /\/manifests\/v1$/, fault: { kind: 'status', status: 429, headers: { 'retry-after': '1' } } });
+      proxy.add({
+        method: 'GET',
+        path: /\/manifests\/v1$/,
+        fault: { kind: 'status', status: 429, headers: { 'retry-after': '1' } },
+      });
       const t0 = Date.now();
       assert.equal((await c.getManifest('retry/a', 'v1')).digest, img.digest);
       assert.ok(Date.now() - t0 >= 950, `waited ${Date.now() - t0} ms`);
@@ -357,7 +491,15 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const c = client({ maxRetryDelayMs: 300 });
       const b = blob(randomBytes(100));
       await c.pushBlob('retry/date', b.digest, b.size, source(b));
-      proxy.add({ method: 'HEAD', path: /\/blobs\//, fault: { kind: 'status', status: 503, headers: { 'retry-after': new Date(Date.now() + 3_600_000).toUTCString() } } });
+      proxy.add({
+        method: 'HEAD',
+        path: /\/blobs\//,
+        fault: {
+          kind: 'status',
+          status: 503,
+          headers: { 'retry-after': new Date(Date.now() + 3_600_000).toUTCString() },
+        },
+      });
       const t0 = Date.now();
       assert.equal(await c.headBlob('retry/date', b.digest), 100);
       const waited = Date.now() - t0;
@@ -381,14 +523,24 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const c = client({ retries: 3 });
       const d = sha256Digest(Buffer.from('x'));
       proxy.add({ method: 'GET', path: /\/blobs\//, times: 10, fault: { kind: 'status', status: 500 } });
-      await rejectsWith(() => c.getBlob('retry/c', d), /get blob: registry answered 500: UNAVAILABLE injected \(after 3 attempts\)/, quoted(proxy.host), quoted('retry/c'), quoted(d));
+      await rejectsWith(
+        () => c.getBlob('retry/c', d),
+        /get blob: registry answered 500: UNAVAILABLE injected \(after 3 attempts\)/,
+        quoted(proxy.host),
+        quoted('retry/c'),
+        quoted(d),
+      );
       assert.equal(seen('GET', /\/blobs\//).length, 3);
     });
 
     it('does not retry other client errors', async () => {
       const c = client();
       const d = sha256Digest(Buffer.from('y'));
-      proxy.add({ method: 'GET', path: /\/blobs\//, fault: { kind: 'status', status: 400, body: '{"errors":[{"code":"NAME_INVALID","message":"bad name"}]}' } });
+      proxy.add({
+        method: 'GET',
+        path: /\/blobs\//,
+        fault: { kind: 'status', status: 400, body: '{"errors":[{"code":"NAME_INVALID","message":"bad name"}]}' },
+      });
       await rejectsWith(() => c.getBlob('retry/d', d), /get blob: registry answered 400: NAME_INVALID bad name/);
       assert.equal(seen('GET', /\/blobs\//).length, 1);
     });
@@ -428,8 +580,18 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const c = client({ timeoutMs: 300, retries: 2 });
       const d = sha256Digest(Buffer.from('z'));
       const held: import('node:http').ServerResponse[] = [];
-      proxy.add({ method: 'HEAD', path: /\/blobs\//, times: 2, fault: { kind: 'respond', respond: (_req, res) => held.push(res) } });
-      await rejectsWith(() => c.headBlob('slow/a', d), /head blob: .*UND_ERR_HEADERS_TIMEOUT.*after 2 attempts/, quoted('slow/a'), quoted(d));
+      proxy.add({
+        method: 'HEAD',
+        path: /\/blobs\//,
+        times: 2,
+        fault: { kind: 'respond', respond: (_req, res) => held.push(res) },
+      });
+      await rejectsWith(
+        () => c.headBlob('slow/a', d),
+        /head blob: .*UND_ERR_HEADERS_TIMEOUT.*after 2 attempts/,
+        quoted('slow/a'),
+        quoted(d),
+      );
       for (const res of held) res.destroy();
     });
 
@@ -452,9 +614,23 @@ describe('registry client against distribution 2.8', { timeout: 180_000 }, () =>
       const b = blob(randomBytes(30_000));
       await c.pushBlob('redirect/a', b.digest, b.size, source(b));
       // The "storage" is the registry itself, reached directly, as a different origin.
-      proxy.add({ method: 'GET', path: /\/blobs\/sha256:/, fault: { kind: 'respond', respond: (req, res) => res.writeHead(307, { location: `${reg.url}${req.url}` }).end() } });
+      proxy.add({
+        method: 'GET',
+        path: /\/blobs\/sha256:/,
+        fault: {
+          kind: 'respond',
+          respond: (req, res) => res.writeHead(307, { location: `${reg.url}${req.url}` }).end(),
+        },
+      });
       assert.deepEqual(await readAll(await c.getBlob('redirect/a', b.digest, b.size)), b.data);
-      proxy.add({ method: 'GET', path: /\/blobs\/sha256:/, fault: { kind: 'respond', respond: (req, res) => res.writeHead(302, { location: `${reg.url}${req.url}` }).end() } });
+      proxy.add({
+        method: 'GET',
+        path: /\/blobs\/sha256:/,
+        fault: {
+          kind: 'respond',
+          respond: (req, res) => res.writeHead(302, { location: `${reg.url}${req.url}` }).end(),
+        },
+      });
       assert.deepEqual(await c.getBlobRange('redirect/a', b.digest, 5, 9), b.data.subarray(5, 10));
     });
   });

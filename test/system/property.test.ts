@@ -63,13 +63,26 @@ const { tree } = fc.letrec<{ tree: Spec; node: Spec }>((tie) => ({
     fc.record({
       kind: fc.constant('file' as const),
       meta: metaArb,
-      size: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 9 * KiB }), fc.integer({ min: 60 * KiB, max: 300 * KiB })),
+      size: fc.oneof(
+        fc.constant(0),
+        fc.integer({ min: 1, max: 9 * KiB }),
+        fc.integer({ min: 60 * KiB, max: 300 * KiB }),
+      ),
       pattern: fc.constantFrom('random' as const, 'zeros' as const, 'shared' as const),
       seed: fc.integer({ min: 0, max: 3 }),
     }),
     tie('tree'),
-    fc.record({ kind: fc.constant('symlink' as const), meta: metaArb, target: fc.uint8Array({ minLength: 1, maxLength: 600 }).map((b) => Uint8Array.from(b, (x) => x || 0x62)) }),
-    fc.record({ kind: fc.constantFrom('fifo' as const, 'chr' as const), meta: metaArb, major: fc.integer({ min: 0, max: 4095 }), minor: fc.integer({ min: 0, max: 0xfffff }) }),
+    fc.record({
+      kind: fc.constant('symlink' as const),
+      meta: metaArb,
+      target: fc.uint8Array({ minLength: 1, maxLength: 600 }).map((b) => Uint8Array.from(b, (x) => x || 0x62)),
+    }),
+    fc.record({
+      kind: fc.constantFrom('fifo' as const, 'chr' as const),
+      meta: metaArb,
+      major: fc.integer({ min: 0, max: 4095 }),
+      minor: fc.integer({ min: 0, max: 0xfffff }),
+    }),
     fc.record({ kind: fc.constant('hardlink' as const), meta: metaArb, to: fc.nat() }),
   ),
 }));
@@ -78,7 +91,9 @@ function content(size: number, pattern: string, seed: number): Buffer {
   if (pattern === 'zeros') return Buffer.alloc(size);
   const out = Buffer.alloc(size);
   // 'shared' content depends only on the seed, so files repeat each other's chunks.
-  let block = createHash('sha256').update(`${pattern}:${seed}:${pattern === 'random' ? Math.random() : ''}`).digest();
+  let block = createHash('sha256')
+    .update(`${pattern}:${seed}:${pattern === 'random' ? Math.random() : ''}`)
+    .digest();
   for (let off = 0; off < size; off += block.length) {
     block.copy(out, off);
     block = createHash('sha256').update(block).digest();
@@ -152,11 +167,18 @@ it('random trees pass fsck.erofs and mount back identical', () => {
         out = r.outDir;
         const checked = fsck(r);
         assert.equal(checked.status, 0, checked.output);
-        assert.deepEqual(withMount(r, (mnt) => compareTrees(src, mnt)), []);
+        assert.deepEqual(
+          withMount(r, (mnt) => compareTrees(src, mnt)),
+          [],
+        );
       } finally {
         cleanup(src, out);
       }
     }),
-    { numRuns: runs, seed: process.env.PROPERTY_SEED ? Number(process.env.PROPERTY_SEED) : undefined, endOnFailure: true },
+    {
+      numRuns: runs,
+      seed: process.env.PROPERTY_SEED ? Number(process.env.PROPERTY_SEED) : undefined,
+      endOnFailure: true,
+    },
   );
 });

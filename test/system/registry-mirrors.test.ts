@@ -24,7 +24,6 @@ import { freePort, startRegistry, type RegistryServer } from '../lib/registry-se
 import { copyImage, pushSmallImage, smallImage } from '../lib/small-image';
 import { runCliAsync } from '../lib/harness';
 
-
 function quoted(s: string): RegExp {
   return new RegExp(JSON.stringify(s).replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
 }
@@ -52,19 +51,32 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
   const clients: HostClient[] = [];
 
   const client = (host: string, config: RegistriesConfig) => {
-    const c = new HostClient(host, hostEndpoints(host, config), { retryBaseMs: 20, timeoutMs: 10_000, credentials: null });
+    const c = new HostClient(host, hostEndpoints(host, config), {
+      retryBaseMs: 20,
+      timeoutMs: 10_000,
+      credentials: null,
+    });
     clients.push(c);
     return c;
   };
   const mirrored = (host: string, ...mirrors: MirrorConfig[]) => client(host, { hosts: { [host]: { mirrors } } });
   const ns = (host: string) => `ns=${encodeURIComponent(host)}`;
   const warnings = () => logs.records.filter((r) => r.level === 'warn');
-  const servedBy = () => logs.records.filter((r) => /^registry endpoint serve/.test(String(r.message))).map((r) => r.endpoint);
+  const servedBy = () =>
+    logs.records.filter((r) => /^registry endpoint serve/.test(String(r.message))).map((r) => r.endpoint);
 
   before(async () => {
     work = tempDir('mirrors');
-    [upstreamRegistry, mirrorRegistry, emptyRegistry] = await Promise.all([startRegistry(), startRegistry(), startRegistry()]);
-    [up, full, bare] = await Promise.all([startFaultProxy(upstreamRegistry.host), startFaultProxy(mirrorRegistry.host), startFaultProxy(emptyRegistry.host)]);
+    [upstreamRegistry, mirrorRegistry, emptyRegistry] = await Promise.all([
+      startRegistry(),
+      startRegistry(),
+      startRegistry(),
+    ]);
+    [up, full, bare] = await Promise.all([
+      startFaultProxy(upstreamRegistry.host),
+      startFaultProxy(mirrorRegistry.host),
+      startFaultProxy(emptyRegistry.host),
+    ]);
     dead = `127.0.0.1:${await freePort()}`;
     const a = new RegistryClient(upstreamRegistry.host, { plainHttp: true, credentials: null });
     const c = new RegistryClient(mirrorRegistry.host, { plainHttp: true, credentials: null });
@@ -72,7 +84,10 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       await pushSmallImage(a, 'app', 'v1', img);
       // The lazy image, converted in the upstream at a small chunk size (many chunks), then copied to the mirror.
       const src = await openSource(`${upstreamRegistry.host}/app:v1`);
-      await convertImage(src, await openTarget(`${upstreamRegistry.host}/lazy/app:v1`, {}, src), { chunkBits: 16, platform: hostPlatform() });
+      await convertImage(src, await openTarget(`${upstreamRegistry.host}/lazy/app:v1`, {}, src), {
+        chunkBits: 16,
+        platform: hostPlatform(),
+      });
       await closeRegistryClients();
       await copyImage(a, c, 'app', 'v1');
       await copyImage(a, c, 'lazy/app', 'v1');
@@ -133,7 +148,10 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
     const resolved = await c.resolveManifest('app', 'v1', hostPlatform());
     assert.equal(resolved.digest, img.digest);
     assert.deepEqual(await readAll(await c.getBlob('app', layerDigest, img.layer.length)), img.layer);
-    assert.ok(full.requests.length === 2 && full.requests.every((r) => r.status === 200 && r.path.endsWith(`?${ns(dead)}`)), JSON.stringify(full.requests));
+    assert.ok(
+      full.requests.length === 2 && full.requests.every((r) => r.status === 200 && r.path.endsWith(`?${ns(dead)}`)),
+      JSON.stringify(full.requests),
+    );
     assert.deepEqual(warnings(), []);
     assert.deepEqual(servedBy(), [`${full.url}/v2 (mirror)`, `${full.url}/v2 (mirror)`]);
     // Without the mirror the same pull fails on the refused connection, naming the host.
@@ -179,19 +197,24 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
     assert.match(String(warnings()[0].error), /registry answered 500/);
   });
 
-  it('passes over a mirror that refuses authentication; a mirror gets its own credentials, never the upstream\'s, and they are not logged', async () => {
+  it("passes over a mirror that refuses authentication; a mirror gets its own credentials, never the upstream's, and they are not logged", async () => {
     const authed = await startRegistry({ auth: 'htpasswd', users: { mirroruser: 'mirror-s3cret' } });
     const proxy = await startFaultProxy(authed.host);
     const saved = process.env.DOCKER_CONFIG;
     try {
-      const seed = new RegistryClient(authed.host, { plainHttp: true, credentials: { username: 'mirroruser', password: 'mirror-s3cret' } });
+      const seed = new RegistryClient(authed.host, {
+        plainHttp: true,
+        credentials: { username: 'mirroruser', password: 'mirror-s3cret' },
+      });
       const a = new RegistryClient(upstreamRegistry.host, { plainHttp: true, credentials: null });
       await copyImage(a, seed, 'app', 'v1');
       await Promise.all([seed.close(), a.close()]);
 
       const dockerConfig = (auths: Record<string, string>) => {
         const dir = fs.mkdtempSync(path.join(work, 'docker-'));
-        const entries = Object.fromEntries(Object.entries(auths).map(([h, userPass]) => [h, { auth: Buffer.from(userPass).toString('base64') }]));
+        const entries = Object.fromEntries(
+          Object.entries(auths).map(([h, userPass]) => [h, { auth: Buffer.from(userPass).toString('base64') }]),
+        );
         fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ auths: entries }));
         return dir;
       };
@@ -205,7 +228,10 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       process.env.DOCKER_CONFIG = dockerConfig({ [up.host]: 'upuser:upstream-s3cret' });
       const c1 = withCredentials(up.host, { hosts: { [up.host]: { mirrors: [{ url: proxy.url }] } } });
       assert.deepEqual(await readAll(await c1.getBlob('app', layerDigest, img.layer.length)), img.layer);
-      assert.ok(proxy.requests.length > 0 && proxy.requests.every((r) => !r.authorized), 'nothing of the upstream\'s credentials reached the mirror');
+      assert.ok(
+        proxy.requests.length > 0 && proxy.requests.every((r) => !r.authorized),
+        "nothing of the upstream's credentials reached the mirror",
+      );
       assert.match(String(warnings()[0]?.error), /requires authentication \(Basic\) and there are no credentials/);
       assert.equal(up.requests.at(-1)?.status, 200);
 
@@ -227,7 +253,7 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
     }
   });
 
-  it('never returns a mirror\'s corrupted blob: the stream fails naming the mirror, the next read and a restartable read get the upstream\'s bytes', async () => {
+  it("never returns a mirror's corrupted blob: the stream fails naming the mirror, the next read and a restartable read get the upstream's bytes", async () => {
     full.add({ method: 'GET', path: /^\/v2\/app\/blobs\/sha256:/, times: 100, fault: { kind: 'corrupt' } });
     const c = mirrored(up.host, { url: full.url });
     const err = await rejectsWith(
@@ -237,7 +263,13 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       quoted(up.host),
     );
     assert.match(err.message, /endpoint/);
-    assert.ok(warnings().some((w) => w.message === 'mirror passed over for this blob: its bytes failed' && w.endpoint === `${full.url}/v2 (mirror)`));
+    assert.ok(
+      warnings().some(
+        (w) =>
+          w.message === 'mirror passed over for this blob: its bytes failed' &&
+          w.endpoint === `${full.url}/v2 (mirror)`,
+      ),
+    );
     // Asked again, the same client goes to the upstream for this blob.
     assert.deepEqual(await readAll(await c.getBlob('app', layerDigest, img.layer.length)), img.layer);
     assert.equal(up.requests.at(-1)?.status, 200);
@@ -248,16 +280,22 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
     full.add({ method: 'GET', path: /^\/v2\/app\/blobs\/sha256:/, times: 100, fault: { kind: 'corrupt' } });
     const fresh = mirrored(up.host, { url: full.url });
     assert.deepEqual(await fresh.readBlob('app', layerDigest, img.layer.length, readAll), img.layer);
-    assert.deepEqual(
-      [full.requests.length, up.requests.length],
-      [1, 1],
+    assert.deepEqual([full.requests.length, up.requests.length], [1, 1]);
+    assert.ok(
+      warnings().some((w) => w.message === 'blob from a mirror failed; reading it again from the next endpoint'),
     );
-    assert.ok(warnings().some((w) => w.message === 'blob from a mirror failed; reading it again from the next endpoint'));
 
     // With no endpoint after the mirror, the error is the mirror's, clearly.
     const only = client(dead, { hosts: { [dead]: { mirrors: [{ url: full.url }], fallbackToUpstream: false } } });
-    await rejectsWith(() => only.readBlob('app', layerDigest, img.layer.length, readAll), /digest mismatch/, quoted(`${full.url}/v2`));
-    await rejectsWith(() => only.readBlob('app', layerDigest, img.layer.length, readAll), /every endpoint that may serve it failed for this blob: .*\(mirror\): .*digest mismatch/);
+    await rejectsWith(
+      () => only.readBlob('app', layerDigest, img.layer.length, readAll),
+      /digest mismatch/,
+      quoted(`${full.url}/v2`),
+    );
+    await rejectsWith(
+      () => only.readBlob('app', layerDigest, img.layer.length, readAll),
+      /every endpoint that may serve it failed for this blob: .*\(mirror\): .*digest mismatch/,
+    );
   });
 
   it('passes over a mirror whose manifests do not match their digest', async () => {
@@ -272,17 +310,24 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
     );
     assert.equal(warnings().length, 2);
     assert.match(String(warnings()[0].error), new RegExp(`digest mismatch: expected ${img.digest}, got sha256:`));
-    assert.match(String(warnings()[1].error), /digest mismatch: registry says sha256:[0-9a-f]{64} \(Docker-Content-Digest\)/);
+    assert.match(
+      String(warnings()[1].error),
+      /digest mismatch: registry says sha256:[0-9a-f]{64} \(Docker-Content-Digest\)/,
+    );
   });
 
   it('leaves a mirror that could not be reached out for a while, then asks it again', async () => {
     full.add({ method: 'GET', path: /^\/v2\/app\//, fault: { kind: 'reset' } });
-    const c = new HostClient(up.host, hostEndpoints(up.host, { hosts: { [up.host]: { mirrors: [{ url: full.url }] } } }), {
-      retryBaseMs: 20,
-      timeoutMs: 10_000,
-      credentials: null,
-      unreachablePauseMs: 500,
-    });
+    const c = new HostClient(
+      up.host,
+      hostEndpoints(up.host, { hosts: { [up.host]: { mirrors: [{ url: full.url }] } } }),
+      {
+        retryBaseMs: 20,
+        timeoutMs: 10_000,
+        credentials: null,
+        unreachablePauseMs: 500,
+      },
+    );
     clients.push(c);
     assert.equal((await c.getManifest('app', 'v1')).digest, img.digest);
     assert.deepEqual((await c.getManifest('app', img.digest)).raw, img.manifest);
@@ -292,7 +337,13 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       'the second request did not wait on the mirror',
     );
     assert.equal(up.requests.length, 2);
-    assert.ok(warnings().some((w) => w.message === 'mirror unreachable; not asking it again for a while' && w.endpoint === `${full.url}/v2 (mirror)`));
+    assert.ok(
+      warnings().some(
+        (w) =>
+          w.message === 'mirror unreachable; not asking it again for a while' &&
+          w.endpoint === `${full.url}/v2 (mirror)`,
+      ),
+    );
     await new Promise((r) => setTimeout(r, 600));
     assert.equal((await c.getManifest('app', 'v1')).digest, img.digest);
     assert.deepEqual(
@@ -303,7 +354,12 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
   });
 
   it('builds mirror paths as configured: /v2 added below the url path, or the path as it is with overridePath', async () => {
-    const c = mirrored(up.host, { url: `${full.url}/custom/root`, overridePath: true }, { url: `${full.url}/custom/root` }, { url: `${full.url}/v2`, overridePath: true });
+    const c = mirrored(
+      up.host,
+      { url: `${full.url}/custom/root`, overridePath: true },
+      { url: `${full.url}/custom/root` },
+      { url: `${full.url}/v2`, overridePath: true },
+    );
     assert.equal((await c.getManifest('app', 'v1')).digest, img.digest);
     assert.deepEqual(
       full.requests.map((r) => [r.path, r.status]),
@@ -317,7 +373,10 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
   });
 
   describe('chunk Range GETs', () => {
-    const expected = () => ({ offset: Number(lazyBlob.annotations![Annotation.tableOffset]), digest: lazyBlob.annotations![Annotation.tableDigest] });
+    const expected = () => ({
+      offset: Number(lazyBlob.annotations![Annotation.tableOffset]),
+      digest: lazyBlob.annotations![Annotation.tableDigest],
+    });
     const reader =
       (c: HostClient, mirrors = true): RangeReader =>
       (offset, length, verify) =>
@@ -330,14 +389,24 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       const index = await loadBlobIndex(reader(c), lazyBlob.size, 'lazy blob', expected());
       assert.ok(index.chunks.length > 20, `${index.chunks.length} chunks`);
       const fetcher = new ChunkFetcher({ maxRequestBytes: 256 << 10, maxGap: 0 });
-      const got = await fetcher.getChunks({ digest: lazyBlob.digest, what: 'lazy blob', read: reader(c) }, index.chunks);
+      const got = await fetcher.getChunks(
+        { digest: lazyBlob.digest, what: 'lazy blob', read: reader(c) },
+        index.chunks,
+      );
       assert.deepEqual(payloadChunks(got), img.payload);
       assert.equal(fetcher.stats.verifyFailures, 0);
       assert.ok(full.requests.length >= 3, 'the table and several merged chunk ranges');
-      assert.ok(full.requests.every((r) => r.method === 'GET' && r.status === 206 && r.path === `/v2/lazy/app/blobs/${lazyBlob.digest}?${ns(dead)}`));
+      assert.ok(
+        full.requests.every(
+          (r) =>
+            r.method === 'GET' && r.status === 206 && r.path === `/v2/lazy/app/blobs/${lazyBlob.digest}?${ns(dead)}`,
+        ),
+      );
       // The first range of the blob from this mirror is logged at info, the others at debug.
       assert.deepEqual(
-        logs.records.filter((r) => r.message === 'registry endpoint serves ranges of this blob').map((r) => [r.endpoint, r.digest]),
+        logs.records
+          .filter((r) => r.message === 'registry endpoint serves ranges of this blob')
+          .map((r) => [r.endpoint, r.digest]),
         [[`${full.url}/v2 (mirror)`, lazyBlob.digest]],
       );
     });
@@ -349,12 +418,20 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       full.add({ method: 'GET', path: /^\/v2\/lazy\/app\/blobs\//, times: 1000, fault: { kind: 'corrupt' } });
       up.reset();
       const fetcher = new ChunkFetcher({ maxRequestBytes: 256 << 10, maxGap: 0, concurrency: 1 });
-      const got = await fetcher.getChunks({ digest: lazyBlob.digest, what: 'lazy blob', read: reader(c) }, index.chunks);
+      const got = await fetcher.getChunks(
+        { digest: lazyBlob.digest, what: 'lazy blob', read: reader(c) },
+        index.chunks,
+      );
       assert.deepEqual(payloadChunks(got), img.payload);
-      assert.ok(fetcher.stats.verifyFailures >= 1, 'the mirror\'s bad chunk was caught');
+      assert.ok(fetcher.stats.verifyFailures >= 1, "the mirror's bad chunk was caught");
       assert.equal(full.requests.length, 1, 'after the first bad range the mirror is not asked for this blob again');
       assert.ok(up.requests.length >= 3 && up.requests.every((r) => r.status === 206));
-      assert.ok(warnings().some((w) => w.message === 'mirror passed over for this blob: its bytes failed' && /chunk at \d+/.test(String(w.error))));
+      assert.ok(
+        warnings().some(
+          (w) =>
+            w.message === 'mirror passed over for this blob: its bytes failed' && /chunk at \d+/.test(String(w.error)),
+        ),
+      );
     });
 
     it('pass over a mirror whose chunk table does not match the manifest; with no other endpoint it is an error', async () => {
@@ -364,7 +441,10 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       assert.equal(index.trailer.tableOffset, expected().offset);
       assert.equal(up.requests.at(-1)?.status, 206);
       const only = client(dead, { hosts: { [dead]: { mirrors: [{ url: full.url }], fallbackToUpstream: false } } });
-      await assert.rejects(loadBlobIndex(reader(only), lazyBlob.size, 'lazy blob', expected()), /lazy blob: chunk table digest mismatch: expected sha256:[0-9a-f]{64}, got sha256:/);
+      await assert.rejects(
+        loadBlobIndex(reader(only), lazyBlob.size, 'lazy blob', expected()),
+        /lazy blob: chunk table digest mismatch: expected sha256:[0-9a-f]{64}, got sha256:/,
+      );
     });
 
     it('bytes nothing can verify (a table without a digest) come from the upstream only', async () => {
@@ -373,7 +453,10 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       assert.equal(index.chunks.length > 20, true);
       assert.deepEqual(full.requests, []);
       const only = client(dead, { hosts: { [dead]: { mirrors: [{ url: full.url }], fallbackToUpstream: false } } });
-      await rejectsWith(() => loadBlobIndex(reader(only, false), lazyBlob.size, 'lazy blob'), /bytes that cannot be verified need the upstream/);
+      await rejectsWith(
+        () => loadBlobIndex(reader(only, false), lazyBlob.size, 'lazy blob'),
+        /bytes that cannot be verified need the upstream/,
+      );
     });
   });
 
@@ -386,25 +469,64 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
 
     it('convert pulls the source through the mirror and pushes only to the upstream', async () => {
       const config = writeConfig({ hosts: { [up.host]: { mirrors: [{ url: full.url }, { url: bare.url }] } } });
-      const r = await cliAsync(['convert', '--json', '--chunk-size', '64K', '--registries-config', config, `${up.host}/app:v1`, `${up.host}/lazy/viamirror:v1`]);
+      const r = await cliAsync([
+        'convert',
+        '--json',
+        '--chunk-size',
+        '64K',
+        '--registries-config',
+        config,
+        `${up.host}/app:v1`,
+        `${up.host}/lazy/viamirror:v1`,
+      ]);
       assert.equal(r.status, 0, r.stderr);
       assert.match(JSON.parse(r.stdout).target.digest, /^sha256:/);
-      assert.ok(full.requests.some((x) => x.path.startsWith(`/v2/app/blobs/${layerDigest}`) && x.status === 200), 'the layer came from the mirror');
-      assert.ok(full.requests.every((x) => x.method === 'GET' || x.method === 'HEAD'), 'nothing pushed to a mirror');
+      assert.ok(
+        full.requests.some((x) => x.path.startsWith(`/v2/app/blobs/${layerDigest}`) && x.status === 200),
+        'the layer came from the mirror',
+      );
+      assert.ok(
+        full.requests.every((x) => x.method === 'GET' || x.method === 'HEAD'),
+        'nothing pushed to a mirror',
+      );
       assert.deepEqual(bare.requests, [], 'the second mirror was not needed');
-      assert.ok(!up.requests.some((x) => x.method === 'GET' && (x.path === '/v2/app/manifests/v1' || x.path.startsWith('/v2/app/blobs/'))), 'the upstream served no pull');
-      assert.ok(up.requests.some((x) => x.method === 'PUT' && x.path === '/v2/lazy/viamirror/manifests/v1' && x.status === 201), 'the lazy image went to the upstream');
+      assert.ok(
+        !up.requests.some(
+          (x) => x.method === 'GET' && (x.path === '/v2/app/manifests/v1' || x.path.startsWith('/v2/app/blobs/')),
+        ),
+        'the upstream served no pull',
+      );
+      assert.ok(
+        up.requests.some((x) => x.method === 'PUT' && x.path === '/v2/lazy/viamirror/manifests/v1' && x.status === 201),
+        'the lazy image went to the upstream',
+      );
       assert.match(r.stderr, /"message":"registry endpoint served"/);
       assert.match(r.stderr, new RegExp(`"endpoint":"${full.url}/v2 \\(mirror\\)"`));
     });
 
     it('convert fails clearly, naming the mirror, when the mirror alters a layer; nothing is pushed', async () => {
-      full.add({ method: 'GET', path: new RegExp(`^/v2/app/blobs/${layerDigest}`), times: 10, fault: { kind: 'corrupt' } });
+      full.add({
+        method: 'GET',
+        path: new RegExp(`^/v2/app/blobs/${layerDigest}`),
+        times: 10,
+        fault: { kind: 'corrupt' },
+      });
       const config = writeConfig({ hosts: { [up.host]: { mirrors: [{ url: full.url }] } } });
-      const r = await cliAsync(['convert', '--registries-config', config, `${up.host}/app:v1`, `${up.host}/lazy/altered:v1`]);
+      const r = await cliAsync([
+        'convert',
+        '--registries-config',
+        config,
+        `${up.host}/app:v1`,
+        `${up.host}/lazy/altered:v1`,
+      ]);
       assert.equal(r.status, 1, r.stderr);
       // The first byte is altered: gunzip fails before the digest check could; the error names the mirror all the same.
-      assert.match(r.stderr, new RegExp(`error: image "${up.host}/app:v1", layer "${layerDigest}", endpoint "${full.url}/v2 \\(mirror\\)": gunzip: not a gzip stream \\(incorrect header check\\)`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `error: image "${up.host}/app:v1", layer "${layerDigest}", endpoint "${full.url}/v2 \\(mirror\\)": gunzip: not a gzip stream \\(incorrect header check\\)`,
+        ),
+      );
       assert.ok(!up.requests.some((x) => x.path.startsWith('/v2/lazy/altered/manifests/')), 'no manifest pushed');
     });
 

@@ -18,7 +18,8 @@ import { pushSmallImage, smallImage } from '../lib/small-image';
 import { makeTestCerts, type TestCerts } from '../lib/tls-certs';
 import { runCli } from '../lib/harness';
 
-const NOT_TRUSTED = /the TLS certificate of https:\/\/127\.0\.0\.1:\d+ does not verify: .*certificate.* \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)\); trust its CA with "ca" in the registries configuration, or skip verification with "insecure"/;
+const NOT_TRUSTED =
+  /the TLS certificate of https:\/\/127\.0\.0\.1:\d+ does not verify: .*certificate.* \((UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_GET_ISSUER_CERT_LOCALLY)\); trust its CA with "ca" in the registries configuration, or skip verification with "insecure"/;
 
 function quoted(s: string): RegExp {
   return new RegExp(JSON.stringify(s).replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
@@ -34,7 +35,11 @@ describe('registries behind a private CA', { timeout: 180_000 }, () => {
   const clients: HostClient[] = [];
 
   const client = (host: string, config: RegistriesConfig) => {
-    const c = new HostClient(host, hostEndpoints(host, config), { retryBaseMs: 20, timeoutMs: 10_000, credentials: null });
+    const c = new HostClient(host, hostEndpoints(host, config), {
+      retryBaseMs: 20,
+      timeoutMs: 10_000,
+      credentials: null,
+    });
     clients.push(c);
     return c;
   };
@@ -52,7 +57,10 @@ describe('registries behind a private CA', { timeout: 180_000 }, () => {
   before(async () => {
     work = tempDir('tls');
     certs = makeTestCerts(path.join(work, 'certs'));
-    [secure, plain] = await Promise.all([startRegistry({ tls: { certificate: certs.certificate, key: certs.key } }), startRegistry()]);
+    [secure, plain] = await Promise.all([
+      startRegistry({ tls: { certificate: certs.certificate, key: certs.key } }),
+      startRegistry(),
+    ]);
     assert.match(secure.url, /^https:/);
     const seed = new RegistryClient(secure.host, { ca: fs.readFileSync(certs.ca, 'utf8'), credentials: null });
     const seedPlain = new RegistryClient(plain.host, { plainHttp: true, credentials: null });
@@ -97,13 +105,24 @@ describe('registries behind a private CA', { timeout: 180_000 }, () => {
       logs.stop();
     }
     const only = client(dead, { hosts: { [dead]: { mirrors: [{ url: secure.url }] } } });
-    await rejectsWith(() => only.getManifest('app', 'v1'), /ECONNREFUSED/, /endpoints tried before: https:\/\/127\.0\.0\.1:\d+\/v2 \(mirror\): get manifest: the TLS certificate/);
+    await rejectsWith(
+      () => only.getManifest('app', 'v1'),
+      /ECONNREFUSED/,
+      /endpoints tried before: https:\/\/127\.0\.0\.1:\d+\/v2 \(mirror\): get manifest: the TLS certificate/,
+    );
   });
 
   it('the CLI: convert and inspect trust the CA given in --registries-config; without it they exit 1 naming the certificate', () => {
     const trusted = writeConfig({ hosts: { [secure.host]: { ca: certs.ca } } });
     const untrusted = writeConfig({ hosts: { [secure.host]: { plainHttp: false } } });
-    const converted = cli('convert', '--json', '--registries-config', trusted, `${secure.host}/app:v1`, `${secure.host}/lazy/app:v1`);
+    const converted = cli(
+      'convert',
+      '--json',
+      '--registries-config',
+      trusted,
+      `${secure.host}/app:v1`,
+      `${secure.host}/lazy/app:v1`,
+    );
     assert.equal(converted.status, 0, converted.stderr);
     const inspected = cli('inspect', '--json', '--registries-config', trusted, `${secure.host}/app:v1`);
     assert.equal(inspected.status, 0, inspected.stderr);

@@ -15,14 +15,18 @@ after(() => cleanup(work));
 
 /** A NOTIFY_SOCKET listener (python3: Node has no unix datagram sockets) printing one line per message. */
 function notifyListener(socket: string): { proc: ChildProcess; messages: string[]; ready: Promise<void> } {
-  const proc = spawn('python3', ['-u', '-c', `
+  const proc = spawn('python3', [
+    '-u',
+    '-c',
+    `
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(${JSON.stringify(socket)})
 print("LISTENING", flush=True)
 while True:
     print(s.recv(4096).decode().replace("\\n", "|"), flush=True)
-`]);
+`,
+  ]);
   const messages: string[] = [];
   let resolveReady: () => void;
   const ready = new Promise<void>((r) => (resolveReady = r));
@@ -41,7 +45,9 @@ while True:
 
 describe('systemd service', () => {
   it('ships a unit file that systemd-analyze accepts', () => {
-    const r = spawnSync('systemd-analyze', ['verify', path.join(ROOT, 'systemd', 'erofs-ondemand.service')], { encoding: 'utf8' });
+    const r = spawnSync('systemd-analyze', ['verify', path.join(ROOT, 'systemd', 'erofs-ondemand.service')], {
+      encoding: 'utf8',
+    });
     assert.equal(r.status, 0, r.stderr);
     assert.match(fs.readFileSync(path.join(ROOT, 'systemd', 'erofs-ondemand.service'), 'utf8'), /^Type=notify$/m);
   });
@@ -51,7 +57,10 @@ describe('systemd service', () => {
     fs.writeFileSync(file, JSON.stringify({ cacheDir: work, prefetch: 'lots', cachedir: '/typo' }));
     const r = runCli(['daemon', '--config', file]);
     assert.equal(r.status, 1);
-    assert.match(r.stderr, new RegExp(`path "${file}": invalid configuration: .*unknown key "cachedir".*/prefetch: must be integer`));
+    assert.match(
+      r.stderr,
+      new RegExp(`path "${file}": invalid configuration: .*unknown key "cachedir".*/prefetch: must be integer`),
+    );
   });
 
   it('notifies READY and STOPPING, and reloads the log level on SIGHUP', async () => {
@@ -61,13 +70,23 @@ describe('systemd service', () => {
     const config = path.join(work, 'config.json');
     const control = path.join(work, 'control.sock');
     fs.writeFileSync(config, JSON.stringify({ cacheDir: path.join(work, 'cache'), socket: control, logLevel: 'info' }));
-    const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], { env: { ...process.env, NOTIFY_SOCKET: notifySocket }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const daemon = spawn(process.execPath, [CLI, 'daemon', '--config', config], {
+      env: { ...process.env, NOTIFY_SOCKET: notifySocket },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     daemon.stderr!.on('data', (d) => (stderr += d));
     try {
-      await until(() => listener.messages.some((m) => m.startsWith('READY=1')), `READY=1 sent (log: ${stderr})`, 10_000);
+      await until(
+        () => listener.messages.some((m) => m.startsWith('READY=1')),
+        `READY=1 sent (log: ${stderr})`,
+        10_000,
+      );
       assert.ok(fs.existsSync(control), 'the socket exists once READY is sent');
-      fs.writeFileSync(config, JSON.stringify({ cacheDir: path.join(work, 'cache'), socket: control, logLevel: 'debug', prefetch: 3 }));
+      fs.writeFileSync(
+        config,
+        JSON.stringify({ cacheDir: path.join(work, 'cache'), socket: control, logLevel: 'debug', prefetch: 3 }),
+      );
       daemon.kill('SIGHUP');
       await until(() => /configuration reloaded/.test(stderr), 'reload logged', 10_000);
       assert.match(stderr, /"logLevel":"debug"/);

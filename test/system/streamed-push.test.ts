@@ -19,7 +19,11 @@ import { startRegistry, type RegistryServer } from '../lib/registry-server';
 const PART = 64 << 10;
 
 function descriptorOf(data: Buffer): Descriptor {
-  return { mediaType: MediaType.ociLayerTar, digest: `sha256:${createHash('sha256').update(data).digest('hex')}`, size: data.length };
+  return {
+    mediaType: MediaType.ociLayerTar,
+    digest: `sha256:${createHash('sha256').update(data).digest('hex')}`,
+    size: data.length,
+  };
 }
 
 describe('streamed blob push', () => {
@@ -80,12 +84,21 @@ describe('streamed blob push', () => {
     await until(() => proxy.requests.some((r) => r.method === 'PATCH'), 'a PATCH', 5_000);
     assert.equal(await second.finish(desc), 'exists');
     assert.equal(proxy.requests.filter((r) => r.method === 'PUT').length, 0, 'nothing committed');
-    assert.equal(proxy.requests.filter((r) => r.method === 'DELETE' && r.status === 204).length, 1, 'the session was cancelled');
+    assert.equal(
+      proxy.requests.filter((r) => r.method === 'DELETE' && r.status === 204).length,
+      1,
+      'the session was cancelled',
+    );
   });
 
   it('uploads the finished file the ordinary way when the registry refuses streamed parts', async () => {
     proxy.reset();
-    proxy.add({ method: 'PATCH', path: /\/stream\/c\/blobs\/uploads\//, times: 1, fault: { kind: 'status', status: 500 } });
+    proxy.add({
+      method: 'PATCH',
+      path: /\/stream\/c\/blobs\/uploads\//,
+      times: 1,
+      fault: { kind: 'status', status: 500 },
+    });
     const logs = captureLogs();
     try {
       const data = randomBytes(4 * PART + 7);
@@ -97,7 +110,10 @@ describe('streamed blob push', () => {
       assert.equal(await push.finish(desc), 'uploaded');
       const stored = await readAll(await client.getBlob('stream/c', desc.digest, desc.size));
       assert.ok(stored.equals(data));
-      assert.ok(logs.records.some((r) => r.level === 'warn' && /streamed blob upload failed/.test(String(r.message))), logs.text());
+      assert.ok(
+        logs.records.some((r) => r.level === 'warn' && /streamed blob upload failed/.test(String(r.message))),
+        logs.text(),
+      );
     } finally {
       logs.stop();
     }

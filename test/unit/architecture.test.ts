@@ -40,7 +40,8 @@ function sources(dir: string): string[] {
 function importsOf(file: string): string[] {
   const text = fs.readFileSync(file, 'utf8');
   const out: string[] = [];
-  for (const m of text.matchAll(/(?:from\s+|import\s+|import\(|require\()\s*'(\.{1,2}\/[^']+)'/g)) out.push(path.resolve(path.dirname(file), m[1]));
+  for (const m of text.matchAll(/(?:from\s+|import\s+|import\(|require\()\s*'(\.{1,2}\/[^']+)'/g))
+    out.push(path.resolve(path.dirname(file), m[1]));
   return out;
 }
 

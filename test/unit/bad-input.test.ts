@@ -13,7 +13,15 @@ import { runCli } from '../lib/harness';
 const made: string[] = [];
 after(() => cleanup(...made));
 
-const meta = (over: Partial<Metadata> = {}): Metadata => ({ perm: 0o644, uid: 0, gid: 0, mtimeSec: 0n, mtimeNsec: 0, xattrs: [], ...over });
+const meta = (over: Partial<Metadata> = {}): Metadata => ({
+  perm: 0o644,
+  uid: 0,
+  gid: 0,
+  mtimeSec: 0n,
+  mtimeNsec: 0,
+  xattrs: [],
+  ...over,
+});
 
 function rootWith(name: Buffer | string, child: Inode): Directory {
   const root: Directory = { type: 'dir', meta: meta({ perm: 0o755 }), entries: new Map() };
@@ -23,11 +31,14 @@ function rootWith(name: Buffer | string, child: Inode): Directory {
 
 function expectInputError(root: Directory, pattern: RegExp, devices = 0): void {
   const devs = Array.from({ length: devices }, (_, i) => ({ id: String(i).repeat(64).slice(0, 64), size: 4096 }));
-  assert.throws(() => writeBootstrap(root, { chunkBits: 20, devices: devs }), (err: unknown) => {
-    assert.ok(err instanceof InputError, `expected InputError, got ${String(err)}`);
-    assert.match(err.message, pattern);
-    return true;
-  });
+  assert.throws(
+    () => writeBootstrap(root, { chunkBits: 20, devices: devs }),
+    (err: unknown) => {
+      assert.ok(err instanceof InputError, `expected InputError, got ${String(err)}`);
+      assert.match(err.message, pattern);
+      return true;
+    },
+  );
 }
 
 const file = (over: Partial<Metadata> = {}): Inode => ({ type: 'file', meta: meta(over), size: 0, chunks: [] });
@@ -35,24 +46,52 @@ const file = (over: Partial<Metadata> = {}): Inode => ({ type: 'file', meta: met
 describe('the writer refuses trees it cannot represent, naming the path', () => {
   it('empty name', () => expectInputError(rootWith('', file()), /path "\/": empty file name/));
   it('name with a slash', () => expectInputError(rootWith('a/b', file()), /path "\/a\/b": file name contains '\/'/));
-  it('name with NUL', () => expectInputError(rootWith(Buffer.from([0x61, 0, 0x62]), file()), /path "\/a\\\\x00b": file name contains a NUL byte/));
-  it('name over 255 bytes', () => expectInputError(rootWith('x'.repeat(256), file()), /file name of 256 bytes exceeds 255/));
+  it('name with NUL', () =>
+    expectInputError(
+      rootWith(Buffer.from([0x61, 0, 0x62]), file()),
+      /path "\/a\\\\x00b": file name contains a NUL byte/,
+    ));
+  it('name over 255 bytes', () =>
+    expectInputError(rootWith('x'.repeat(256), file()), /file name of 256 bytes exceeds 255/));
   it('dot names', () => expectInputError(rootWith('..', file()), /reserved/));
   it('unsupported file type', () =>
-    expectInputError(rootWith('door', { type: 'door', meta: meta() } as unknown as Inode), /path "\/door": unsupported file type door/));
-  it('uid beyond 32 bits', () => expectInputError(rootWith('f', file({ uid: 2 ** 32 })), /path "\/f": uid 4294967296 does not fit in 32 bits/));
+    expectInputError(
+      rootWith('door', { type: 'door', meta: meta() } as unknown as Inode),
+      /path "\/door": unsupported file type door/,
+    ));
+  it('uid beyond 32 bits', () =>
+    expectInputError(rootWith('f', file({ uid: 2 ** 32 })), /path "\/f": uid 4294967296 does not fit in 32 bits/));
   it('device major beyond 12 bits', () =>
-    expectInputError(rootWith('dev', { type: 'chardev', meta: meta(), major: 4096, minor: 0 }), /path "\/dev": device major 4096 does not fit in 12 bits/));
+    expectInputError(
+      rootWith('dev', { type: 'chardev', meta: meta(), major: 4096, minor: 0 }),
+      /path "\/dev": device major 4096 does not fit in 12 bits/,
+    ));
   it('xattr value over 65535 bytes', () =>
-    expectInputError(rootWith('f', file({ xattrs: [{ name: Buffer.from('user.big'), value: Buffer.alloc(65536) }] })), /path "\/f": xattr "user.big": value of 65536 bytes exceeds 65535/));
+    expectInputError(
+      rootWith('f', file({ xattrs: [{ name: Buffer.from('user.big'), value: Buffer.alloc(65536) }] })),
+      /path "\/f": xattr "user.big": value of 65536 bytes exceeds 65535/,
+    ));
   it('xattr in a namespace EROFS cannot name', () =>
-    expectInputError(rootWith('f', file({ xattrs: [{ name: Buffer.from('system.nfs4_acl'), value: Buffer.alloc(1) }] })), /path "\/f": xattr "system.nfs4_acl": namespace not supported/));
+    expectInputError(
+      rootWith('f', file({ xattrs: [{ name: Buffer.from('system.nfs4_acl'), value: Buffer.alloc(1) }] })),
+      /path "\/f": xattr "system.nfs4_acl": namespace not supported/,
+    ));
   it('symlink target over 4095 bytes', () =>
-    expectInputError(rootWith('l', { type: 'symlink', meta: meta(), target: Buffer.alloc(4096, 0x61) }), /path "\/l": symlink target of 4096 bytes exceeds 4095/));
+    expectInputError(
+      rootWith('l', { type: 'symlink', meta: meta(), target: Buffer.alloc(4096, 0x61) }),
+      /path "\/l": symlink target of 4096 bytes exceeds 4095/,
+    ));
   it('file size that does not match its chunk map', () =>
-    expectInputError(rootWith('f', { type: 'file', meta: meta(), size: 3 << 20, chunks: [null] }), /path "\/f": file of 3145728 bytes has 1 chunks, expected 3/));
+    expectInputError(
+      rootWith('f', { type: 'file', meta: meta(), size: 3 << 20, chunks: [null] }),
+      /path "\/f": file of 3145728 bytes has 1 chunks, expected 3/,
+    ));
   it('chunk on a device the image does not have', () =>
-    expectInputError(rootWith('f', { type: 'file', meta: meta(), size: 10, chunks: [{ device: 2, blkaddr: 0 }] }), /chunk 0 names device 2, image has 1/, 1));
+    expectInputError(
+      rootWith('f', { type: 'file', meta: meta(), size: 10, chunks: [{ device: 2, blkaddr: 0 }] }),
+      /chunk 0 names device 2, image has 1/,
+      1,
+    ));
   it('a directory linked twice', () => {
     const sub: Directory = { type: 'dir', meta: meta(), entries: new Map() };
     const root = rootWith('a', sub);

@@ -15,7 +15,11 @@ const work = fs.mkdtempSync(path.join(os.tmpdir(), 'eo-blob-cache-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
 let n = 0;
-function open(blob: FakeBlob, reader: FakeRangeReader = blob.reader(), fetcher = new ChunkFetcher({ memoryCacheBytes: 1 })): { cache: BlobCache; reader: FakeRangeReader; file: string } {
+function open(
+  blob: FakeBlob,
+  reader: FakeRangeReader = blob.reader(),
+  fetcher = new ChunkFetcher({ memoryCacheBytes: 1 }),
+): { cache: BlobCache; reader: FakeRangeReader; file: string } {
   const file = path.join(work, `cache-${n++}`);
   return { cache: BlobCache.open(file, blob.remote(reader.read), blob.index, fetcher), reader, file };
 }
@@ -77,8 +81,15 @@ describe('BlobCache.serve', () => {
     try {
       const c = blob.chunks[1];
       const release = reader.hold();
-      const sink = { kind: 'write' as const, write: (offset: number, data: Buffer) => void writes.push(offset, data.length) };
-      const all = Promise.all([serveBuffer(cache, c.uncompressedOffset, c.uncompressedOffset + 10), cache.serve(c.uncompressedOffset + 20, c.uncompressedOffset + 30, sink), serveBuffer(cache, c.uncompressedOffset + 4096, c.uncompressedOffset + 8192)]);
+      const sink = {
+        kind: 'write' as const,
+        write: (offset: number, data: Buffer) => void writes.push(offset, data.length),
+      };
+      const all = Promise.all([
+        serveBuffer(cache, c.uncompressedOffset, c.uncompressedOffset + 10),
+        cache.serve(c.uncompressedOffset + 20, c.uncompressedOffset + 30, sink),
+        serveBuffer(cache, c.uncompressedOffset + 4096, c.uncompressedOffset + 8192),
+      ]);
       await reader.started(1);
       release();
       const [first, , third] = await all;
@@ -125,7 +136,10 @@ describe('BlobCache.serve', () => {
       try {
         const c = blob.chunks[2];
         const buf = Buffer.alloc(100);
-        await assert.rejects(cache.serve(c.uncompressedOffset, c.uncompressedOffset + 100, { kind: 'buffer', buf, offset: 0 }), /does not match|zstd|injected|size/);
+        await assert.rejects(
+          cache.serve(c.uncompressedOffset, c.uncompressedOffset + 100, { kind: 'buffer', buf, offset: 0 }),
+          /does not match|zstd|injected|size/,
+        );
         assert.ok(buf.equals(Buffer.alloc(100)), 'no byte delivered');
         assert.equal(cache.presentChunks, 0);
         const fd = fs.openSync(file, 'r');
@@ -168,13 +182,19 @@ describe('BlobCache.serve', () => {
       // The evicted chunk comes back by fetching; the second oldest is pinned by its reader meanwhile.
       const before = reader.requests.length;
       const release = reader.hold();
-      const reading = serveBuffer(cache, oldest.uncompressedOffset, second.uncompressedOffset + second.uncompressedSize);
+      const reading = serveBuffer(
+        cache,
+        oldest.uncompressedOffset,
+        second.uncompressedOffset + second.uncompressedSize,
+      );
       await reader.started(before + 1);
       const freedMeanwhile = await cache.evictOldest(blob.chunkSize);
       release();
       const got = await reading;
       assert.equal(got.fetched, 1);
-      assert.ok(got.data.equals(expected(blob, oldest.uncompressedOffset, second.uncompressedOffset + second.uncompressedSize)));
+      assert.ok(
+        got.data.equals(expected(blob, oldest.uncompressedOffset, second.uncompressedOffset + second.uncompressedSize)),
+      );
       assert.equal(freedMeanwhile, blob.chunkSize, 'another chunk was evicted instead');
       assert.equal(cache.presentChunks, blob.chunks.length - 1);
     } finally {

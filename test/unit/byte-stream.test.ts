@@ -83,7 +83,8 @@ describe('streamOver', () => {
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
-    const get = () => new Promise<http.IncomingMessage>((resolve, reject) => http.get(url, resolve).on('error', reject));
+    const get = () =>
+      new Promise<http.IncomingMessage>((resolve, reject) => http.get(url, resolve).on('error', reject));
     try {
       const read = await get();
       const early = streamOver(bodyChunks(read), read);
@@ -122,7 +123,10 @@ describe('streamOver', () => {
 
 describe('readAtMost', () => {
   it('collects a body up to its bound, and stops reading, ending the source, as soon as it runs past', async () => {
-    assert.deepEqual(await readAtMost(Readable.from([Buffer.from('abc'), Buffer.from('def')]), 6), Buffer.from('abcdef'));
+    assert.deepEqual(
+      await readAtMost(Readable.from([Buffer.from('abc'), Buffer.from('def')]), 6),
+      Buffer.from('abcdef'),
+    );
     assert.deepEqual(await readAtMost(Readable.from([]), 0), Buffer.alloc(0));
     let pulled = 0;
     const source = Readable.from(

@@ -47,7 +47,13 @@ describe('parseCachefilesMessage', () => {
     const read = Buffer.concat([header(9, 2, 32, 3), Buffer.alloc(16)]);
     read.writeBigUInt64LE(1n << 40n, 16);
     read.writeBigUInt64LE(131072n, 24);
-    assert.deepEqual(native.parseCachefilesMessage(read), { opcode: 'read', msgId: 9, objectId: 3, offset: 2 ** 40, length: 131072 });
+    assert.deepEqual(native.parseCachefilesMessage(read), {
+      opcode: 'read',
+      msgId: 9,
+      objectId: 3,
+      offset: 2 ** 40,
+      length: 131072,
+    });
     assert.deepEqual(native.parseCachefilesMessage(header(10, 1, 16, 3)), { opcode: 'close', msgId: 10, objectId: 3 });
   });
 

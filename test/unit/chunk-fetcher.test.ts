@@ -22,7 +22,10 @@ let content: Buffer;
 
 before(async () => {
   content = randomBytes(40 * CHUNK + 123);
-  const c = await convertLayers([memoryLayer(makeTar([{ name: 'data', body: content }]), TAR)], work, { chunkBits: 16, image: 'fetcher-test' });
+  const c = await convertLayers([memoryLayer(makeTar([{ name: 'data', body: content }]), TAR)], work, {
+    chunkBits: 16,
+    image: 'fetcher-test',
+  });
   blobFile = c.blobs[0].path;
   const fd = fs.openSync(blobFile, 'r');
   index = await loadBlobIndex(async (o, l) => readAt(fd, o, l), fs.statSync(blobFile).size, blobFile);
@@ -98,7 +101,10 @@ describe('chunk fetcher', () => {
 
   it('rejects corrupt bytes and counts the verification failure', async () => {
     const f = new ChunkFetcher();
-    await assert.rejects(f.getChunks(remote({ corrupt: true }), [index.chunks[5]]), /test blob: chunk at \d+: (sha256 .* does not match|zstd)/);
+    await assert.rejects(
+      f.getChunks(remote({ corrupt: true }), [index.chunks[5]]),
+      /test blob: chunk at \d+: (sha256 .* does not match|zstd)/,
+    );
     assert.equal(f.stats.verifyFailures, 1);
     // The failure is not remembered: a later good read succeeds.
     const [ok] = await f.getChunks(remote(), [index.chunks[5]]);

@@ -29,14 +29,23 @@ describe('registry host options', () => {
 
   for (const command of [['convert', 'oci:a', 'oci:b'], ['inspect', 'bootstrap.erofs'], ['daemon']]) {
     it(`are repeatable on ${command[0]}, each value collected in order`, async () => {
-      const r = await parsed([command[0], '--plain-http', 'a:5000', '--insecure', 'c', '--plain-http', 'b:5000', ...command.slice(1)]);
+      const r = await parsed([
+        command[0],
+        '--plain-http',
+        'a:5000',
+        '--insecure',
+        'c',
+        '--plain-http',
+        'b:5000',
+        ...command.slice(1),
+      ]);
       assert.deepEqual(r.args, command.slice(1));
       assert.deepEqual(r.opts.plainHttp, ['a:5000', 'b:5000']);
       assert.deepEqual(r.opts.insecure, ['c']);
     });
   }
 
-  it('are absent when not given, so the daemon keeps its configuration file\'s lists', async () => {
+  it("are absent when not given, so the daemon keeps its configuration file's lists", async () => {
     const r = await parsed(['daemon']);
     assert.equal(r.opts.plainHttp, undefined);
     assert.equal(r.opts.insecure, undefined);

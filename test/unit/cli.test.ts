@@ -11,7 +11,9 @@ const run = (...args: string[]) => runCli(args);
 
 describe('erofs-ondemand', () => {
   it('prints the version of its package with --version and -V', () => {
-    const { version } = JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
+    const { version } = JSON.parse(
+      fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'package.json'), 'utf8'),
+    ) as { version: string };
     for (const flag of ['--version', '-V']) {
       const r = run(flag);
       assert.equal(r.status, 0, r.stderr);

@@ -50,10 +50,12 @@ describe('gunzip (ISA-L)', () => {
     const expected = Buffer.concat([random, text]);
     assert.ok((await readAll(gz)).data.equals(expected));
     const boundary = gzipSync(random).length; // the second member's 0x1f ends one piece, 0x8b starts the next
-    const split = gunzip((async function* () {
-      yield gz.subarray(0, boundary + 1);
-      yield gz.subarray(boundary + 1);
-    })());
+    const split = gunzip(
+      (async function* () {
+        yield gz.subarray(0, boundary + 1);
+        yield gz.subarray(boundary + 1);
+      })(),
+    );
     const out: Buffer[] = [];
     for await (const b of split) out.push(Buffer.from(b));
     assert.ok(Buffer.concat(out).equals(expected));
@@ -92,9 +94,33 @@ describe('gunzip (ISA-L)', () => {
     ['truncated', gzipSync(randomBytes(100_000)).subarray(0, 1000), /unexpected end of gzip data \(truncated\)/],
     ['empty', Buffer.alloc(0), /unexpected end of gzip data/],
     ['not gzip', Buffer.from('this is not gzip at all'), /incorrect header check/],
-    ['a wrong CRC-32', (() => { const g = gzipSync(text); g[g.length - 6] ^= 1; return g; })(), /incorrect data check/],
-    ['a wrong size', (() => { const g = gzipSync(text); g[g.length - 2] ^= 1; return g; })(), /incorrect data check/],
-    ['corrupt data', (() => { const g = gzipSync(random); g[5000] ^= 0xff; return g; })(), /gunzip: /],
+    [
+      'a wrong CRC-32',
+      (() => {
+        const g = gzipSync(text);
+        g[g.length - 6] ^= 1;
+        return g;
+      })(),
+      /incorrect data check/,
+    ],
+    [
+      'a wrong size',
+      (() => {
+        const g = gzipSync(text);
+        g[g.length - 2] ^= 1;
+        return g;
+      })(),
+      /incorrect data check/,
+    ],
+    [
+      'corrupt data',
+      (() => {
+        const g = gzipSync(random);
+        g[5000] ^= 0xff;
+        return g;
+      })(),
+      /gunzip: /,
+    ],
   ] as const) {
     it(`fails on ${name}`, () => assert.rejects(readAll(input), pattern));
   }
@@ -107,7 +133,12 @@ describe('compressChunks', () => {
 
   it('hashes each chunk and compresses it to a frame of its own that zstd decompresses', async () => {
     const output = Buffer.alloc(compressBound(bound, chunks.length));
-    const { sizes, digests } = await addon.compressChunks(1, chunks.map((c) => [c]), output, new addon.DigestSet());
+    const { sizes, digests } = await addon.compressChunks(
+      1,
+      chunks.map((c) => [c]),
+      output,
+      new addon.DigestSet(),
+    );
     let at = 0;
     for (const [i, c] of chunks.entries()) {
       assert.ok(digests.subarray(i * 32, i * 32 + 32).equals(createHash('sha256').update(c).digest()));
@@ -122,7 +153,12 @@ describe('compressChunks', () => {
     const whole = Buffer.alloc(compressBound(c.length, 1));
     const split = Buffer.alloc(compressBound(c.length, 1));
     const a = await addon.compressChunks(3, [[c]], whole, new addon.DigestSet());
-    const b = await addon.compressChunks(3, [[c.subarray(0, 1), c.subarray(1, 200_000), c.subarray(200_000)]], split, new addon.DigestSet());
+    const b = await addon.compressChunks(
+      3,
+      [[c.subarray(0, 1), c.subarray(1, 200_000), c.subarray(200_000)]],
+      split,
+      new addon.DigestSet(),
+    );
     assert.equal(a.sizes[0], b.sizes[0]);
     assert.ok(whole.subarray(0, a.sizes[0]).equals(split.subarray(0, b.sizes[0])));
     assert.ok(a.digests.equals(b.digests));
@@ -132,15 +168,26 @@ describe('compressChunks', () => {
     const known = new addon.DigestSet();
     known.add(createHash('sha256').update(chunks[1]).digest());
     assert.ok(known.has(createHash('sha256').update(chunks[1]).digest()));
-    const { sizes, digests } = await addon.compressChunks(1, chunks.map((c) => [c]), Buffer.alloc(compressBound(bound, chunks.length)), known);
+    const { sizes, digests } = await addon.compressChunks(
+      1,
+      chunks.map((c) => [c]),
+      Buffer.alloc(compressBound(bound, chunks.length)),
+      known,
+    );
     assert.equal(sizes[1], 0);
     assert.ok(sizes[0] > 0 && sizes[2] > 0);
     assert.ok(digests.subarray(32, 64).equals(createHash('sha256').update(chunks[1]).digest()));
   });
 
   it('refuses an output below the bound and a level zstd does not have', () => {
-    assert.throws(() => addon.compressChunks(1, [[randomBytes(1000)]], Buffer.alloc(100), new addon.DigestSet()), /below the bound/);
-    assert.throws(() => addon.compressChunks(99, [[Buffer.from('a')]], Buffer.alloc(1000), new addon.DigestSet()), /out of range/);
+    assert.throws(
+      () => addon.compressChunks(1, [[randomBytes(1000)]], Buffer.alloc(100), new addon.DigestSet()),
+      /below the bound/,
+    );
+    assert.throws(
+      () => addon.compressChunks(99, [[Buffer.from('a')]], Buffer.alloc(1000), new addon.DigestSet()),
+      /out of range/,
+    );
     assert.throws(() => addon.compressChunks(1, [[Buffer.from('a')]], Buffer.alloc(1000), {} as never), /DigestSet/);
   });
 });
@@ -175,9 +222,14 @@ describe('CompressedBlobWriter', () => {
     const a = randomBytes(200_000);
     const b = Buffer.from('b'.repeat(5000));
     // Enough small files to fill several batches, with repeats inside and across batches.
-    const files = Array.from({ length: 1500 }, (_, i) => [i % 3 === 0 ? a : i % 3 === 1 ? b : Buffer.from(`file ${i}`)]);
+    const files = Array.from({ length: 1500 }, (_, i) => [
+      i % 3 === 0 ? a : i % 3 === 1 ? b : Buffer.from(`file ${i}`),
+    ]);
     const { blob, maps, file, seenPending, unsettled } = await write('one.blob', files);
-    assert.ok(seenPending.some((p) => p), 'chunks are placed when their batch settles, not when added');
+    assert.ok(
+      seenPending.some((p) => p),
+      'chunks are placed when their batch settles, not when added',
+    );
     assert.equal(unsettled, Infinity);
     assert.equal(blob.chunks.length, 2 + 500);
     assert.equal(blob.chunks[0].uncompressedSize, a.length);
@@ -187,7 +239,11 @@ describe('CompressedBlobWriter', () => {
       const loc = map[0]!;
       assert.notEqual(loc, PENDING_CHUNK);
       const entry = blob.chunks.find((c) => c.uncompressedOffset === loc.blkaddr * 4096)!;
-      const bytes = await decodeChunk(entry, data.subarray(entry.compressedOffset, entry.compressedOffset + entry.compressedSize), 'test');
+      const bytes = await decodeChunk(
+        entry,
+        data.subarray(entry.compressedOffset, entry.compressedOffset + entry.compressedSize),
+        'test',
+      );
       assert.ok(bytes.equals(files[i][0]), `file ${i}`);
     }
   });
@@ -199,7 +255,10 @@ describe('CompressedBlobWriter', () => {
     assert.equal(one.blob.id, two.blob.id);
     const upper = await write('c.blob', files, one.dict, 2);
     assert.equal(upper.blob.chunks.length, 0);
-    assert.deepEqual(upper.maps.map((m) => m[0]), one.maps.map((m) => m[0]));
+    assert.deepEqual(
+      upper.maps.map((m) => m[0]),
+      one.maps.map((m) => m[0]),
+    );
   });
 });
 
@@ -215,10 +274,13 @@ describe('prepareHeap', () => {
   // Whether the kernel then finds free 2 MiB pages depends on the machine's memory at that moment
   // (CI saw none), so what is asserted is what the addon controls: how far the heap is grown and
   // which part of it is advised. The huge pages actually granted are reported, not asserted.
-  it('grows the heap ahead and advises it for huge pages, so the buffers a conversion streams through can fault in 2 MiB at a time', { skip: thp === 'never' && 'transparent huge pages are off on this kernel' }, (t) => {
-    // In a process of its own: the heap is the process's.
-    const addon = require.resolve('../../src/native/convert-addon');
-    const script = `
+  it(
+    'grows the heap ahead and advises it for huge pages, so the buffers a conversion streams through can fault in 2 MiB at a time',
+    { skip: thp === 'never' && 'transparent huge pages are off on this kernel' },
+    (t) => {
+      // In a process of its own: the heap is the process's.
+      const addon = require.resolve('../../src/native/convert-addon');
+      const script = `
       const fs = require('fs');
       const heap = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\\n(?=[0-9a-f]+-)/).filter((m) => m.includes('[heap]'));
       const kb = (m, field) => Number(new RegExp(field + ':\\\\s+(\\\\d+)').exec(m)[1]);
@@ -231,17 +293,22 @@ describe('prepareHeap', () => {
         advisedKb: after.filter((m) => / hg( |$)/m.test(/VmFlags:(.*)/.exec(m)[1])).reduce((sum, m) => sum + kb(m, 'Size'), 0),
         hugeKb: after.reduce((sum, m) => sum + kb(m, 'AnonHugePages'), 0),
       }));`;
-    type Heap = { grownKb: number; advisedKb: number; hugeKb: number };
-    const run = (mode: string): Heap => JSON.parse(execFileSync(process.execPath, ['-e', script, mode], { encoding: 'utf8' }));
-    const plain = run('plain');
-    // Unasked, none of the heap is advised; where THP is only on request (madvise, the usual
-    // default) it then gets no huge pages either.
-    assert.equal(plain.advisedKb, 0);
-    if (thp === 'madvise') assert.equal(plain.hugeKb, 0);
-    const prepared = run('prepare');
-    assert.ok(prepared.grownKb >= 48 << 10, `the heap grows by the 48 MiB ahead (grew ${prepared.grownKb} KiB)`);
-    // 48 MiB less at most one partial huge page at each end.
-    assert.ok(prepared.advisedKb >= 44 << 10, `at least 44 MiB of the heap are advised for huge pages (${prepared.advisedKb} KiB)`);
-    t.diagnostic(`huge pages granted to the 16 MiB filled: ${prepared.hugeKb} KiB`);
-  });
+      type Heap = { grownKb: number; advisedKb: number; hugeKb: number };
+      const run = (mode: string): Heap =>
+        JSON.parse(execFileSync(process.execPath, ['-e', script, mode], { encoding: 'utf8' }));
+      const plain = run('plain');
+      // Unasked, none of the heap is advised; where THP is only on request (madvise, the usual
+      // default) it then gets no huge pages either.
+      assert.equal(plain.advisedKb, 0);
+      if (thp === 'madvise') assert.equal(plain.hugeKb, 0);
+      const prepared = run('prepare');
+      assert.ok(prepared.grownKb >= 48 << 10, `the heap grows by the 48 MiB ahead (grew ${prepared.grownKb} KiB)`);
+      // 48 MiB less at most one partial huge page at each end.
+      assert.ok(
+        prepared.advisedKb >= 44 << 10,
+        `at least 44 MiB of the heap are advised for huge pages (${prepared.advisedKb} KiB)`,
+      );
+      t.diagnostic(`huge pages granted to the 16 MiB filled: ${prepared.hugeKb} KiB`);
+    },
+  );
 });

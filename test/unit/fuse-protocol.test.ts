@@ -50,7 +50,9 @@ function readBody(fh: bigint, offset: number, size: number): Buffer {
 it('negotiates 7.31 at most, with async reads, async direct I/O and 1 MiB requests, and refuses old kernels', () => {
   const { fs, replies } = collect();
   const all = 0xffffffff;
-  fs.handle(P.encodeRequest({ opcode: P.Op.INIT, unique: 1n }, Buffer.concat([u32s(7, 45, 131072, all), Buffer.alloc(48)])));
+  fs.handle(
+    P.encodeRequest({ opcode: P.Op.INIT, unique: 1n }, Buffer.concat([u32s(7, 45, 131072, all), Buffer.alloc(48)])),
+  );
   assert.equal(replies.length, 1);
   const r = replies[0];
   assert.deepEqual(header(r), { len: 16 + 64, error: 0, unique: 1n });
@@ -60,10 +62,17 @@ it('negotiates 7.31 at most, with async reads, async direct I/O and 1 MiB reques
   assert.equal(flags, P.InitFlag.ASYNC_READ | P.InitFlag.ASYNC_DIO | P.InitFlag.PARALLEL_DIROPS | P.InitFlag.MAX_PAGES);
   assert.equal(r.readUInt16LE(16 + 28), 256, 'max_pages');
   // Only flags the kernel offers are taken.
-  fs.handle(P.encodeRequest({ opcode: P.Op.INIT, unique: 2n }, Buffer.concat([u32s(7, 26, 131072, P.InitFlag.ASYNC_READ), Buffer.alloc(48)])));
+  fs.handle(
+    P.encodeRequest(
+      { opcode: P.Op.INIT, unique: 2n },
+      Buffer.concat([u32s(7, 26, 131072, P.InitFlag.ASYNC_READ), Buffer.alloc(48)]),
+    ),
+  );
   assert.equal(replies[1].readUInt32LE(20), 26);
   assert.equal(replies[1].readUInt32LE(28), P.InitFlag.ASYNC_READ);
-  fs.handle(P.encodeRequest({ opcode: P.Op.INIT, unique: 3n }, Buffer.concat([u32s(7, 22, 131072, 0), Buffer.alloc(48)])));
+  fs.handle(
+    P.encodeRequest({ opcode: P.Op.INIT, unique: 3n }, Buffer.concat([u32s(7, 22, 131072, 0), Buffer.alloc(48)])),
+  );
   assert.equal(header(replies[2]).error, -P.Errno.EPROTO);
 });
 
@@ -72,7 +81,9 @@ it('lists, looks up, opens and reads attached files; errors for the rest', async
   const data = randomBytes(10_000);
   fs.attach('a'.repeat(64), memoryFile(data));
   const last = () => replies[replies.length - 1];
-  fs.handle(P.encodeRequest({ opcode: P.Op.LOOKUP, unique: 10n, nodeid: P.ROOT_ID }, Buffer.from(`${'a'.repeat(64)}\0`)));
+  fs.handle(
+    P.encodeRequest({ opcode: P.Op.LOOKUP, unique: 10n, nodeid: P.ROOT_ID }, Buffer.from(`${'a'.repeat(64)}\0`)),
+  );
   assert.equal(header(last()).error, 0);
   const ino = Number(last().readBigUInt64LE(16));
   assert.equal(Number(last().readBigUInt64LE(16 + 40 + 8)), data.length, 'size');
@@ -94,15 +105,24 @@ it('lists, looks up, opens and reads attached files; errors for the rest', async
   const fh = last().readBigUInt64LE(16);
   fs.handle(P.encodeRequest({ opcode: P.Op.READDIR, unique: 17n, nodeid: P.ROOT_ID }, readBody(fh, 0, 4096)));
   const names: string[] = [];
-  for (let at = 16; at < last().length; ) {
+  for (let at = 16; at < last().length;) {
     const len = last().readUInt32LE(at + 16);
-    names.push(last().subarray(at + 24, at + 24 + len).toString());
+    names.push(
+      last()
+        .subarray(at + 24, at + 24 + len)
+        .toString(),
+    );
     at += (24 + len + 7) & ~7;
   }
   assert.deepEqual(names, ['.', '..', 'a'.repeat(64)]);
   fs.handle(P.encodeRequest({ opcode: P.Op.READDIR, unique: 18n, nodeid: P.ROOT_ID }, readBody(fh, 3, 4096)));
   assert.equal(header(last()).len, 16, 'end of directory');
-  fs.handle(P.encodeRequest({ opcode: P.Op.GETXATTR, unique: 19n, nodeid: ino }, Buffer.concat([u32s(100, 0), Buffer.from('user.x\0')])));
+  fs.handle(
+    P.encodeRequest(
+      { opcode: P.Op.GETXATTR, unique: 19n, nodeid: ino },
+      Buffer.concat([u32s(100, 0), Buffer.from('user.x\0')]),
+    ),
+  );
   assert.equal(header(last()).error, -P.Errno.ENODATA);
   fs.handle(P.encodeRequest({ opcode: P.Op.SETATTR, unique: 20n, nodeid: ino }, Buffer.alloc(88)));
   assert.equal(header(last()).error, -P.Errno.ENOSYS, 'unknown opcodes: ENOSYS');
@@ -114,7 +134,9 @@ it('lists, looks up, opens and reads attached files; errors for the rest', async
   assert.equal(replies.length, before, 'FORGET and INTERRUPT take no reply');
   // Detached: no longer found or opened, and a read through a cached entry fails with EIO.
   fs.detach('a'.repeat(64));
-  fs.handle(P.encodeRequest({ opcode: P.Op.LOOKUP, unique: 24n, nodeid: P.ROOT_ID }, Buffer.from(`${'a'.repeat(64)}\0`)));
+  fs.handle(
+    P.encodeRequest({ opcode: P.Op.LOOKUP, unique: 24n, nodeid: P.ROOT_ID }, Buffer.from(`${'a'.repeat(64)}\0`)),
+  );
   assert.equal(header(last()).error, -P.Errno.ENOENT);
   fs.handle(P.encodeRequest({ opcode: P.Op.READ, unique: 25n, nodeid: ino }, readBody(0n, 0, 4096)));
   await flush();
@@ -142,7 +164,13 @@ it('close answers every pending request with EIO, and later completions are drop
   await flush();
   assert.equal(fs.pendingCount, 2);
   fs.close();
-  assert.deepEqual(replies.slice(1).map((r) => [header(r).unique, header(r).error]), [[2n, -P.Errno.EIO], [3n, -P.Errno.EIO]]);
+  assert.deepEqual(
+    replies.slice(1).map((r) => [header(r).unique, header(r).error]),
+    [
+      [2n, -P.Errno.EIO],
+      [3n, -P.Errno.EIO],
+    ],
+  );
   open();
   await flush();
   assert.equal(replies.length, 3, 'nothing more after close');
@@ -178,12 +206,18 @@ it('malformed requests: truncated, inconsistent lengths, missing NULs, random by
   assert.throws(() => P.parseHeader(Buffer.alloc(10)), P.ProtocolError);
   // Random requests with valid framing: at most one answer each, to the right unique.
   fc.assert(
-    fc.property(fc.integer({ min: 0, max: 60 }), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), fc.integer({ min: 0, max: 5 }), fc.uint8Array({ maxLength: 200 }), (opcode, unique, nodeid, body) => {
-      const n = replies.length;
-      fs.handle(P.encodeRequest({ opcode, unique, nodeid }, Buffer.from(body)));
-      assert.ok(replies.length - n <= 1);
-      if (replies.length > n) assert.equal(header(replies[replies.length - 1]).unique, unique);
-    }),
+    fc.property(
+      fc.integer({ min: 0, max: 60 }),
+      fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+      fc.integer({ min: 0, max: 5 }),
+      fc.uint8Array({ maxLength: 200 }),
+      (opcode, unique, nodeid, body) => {
+        const n = replies.length;
+        fs.handle(P.encodeRequest({ opcode, unique, nodeid }, Buffer.from(body)));
+        assert.ok(replies.length - n <= 1);
+        if (replies.length > n) assert.equal(header(replies[replies.length - 1]).unique, unique);
+      },
+    ),
     { numRuns: 2000 },
   );
   // Pure garbage.

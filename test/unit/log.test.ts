@@ -19,7 +19,10 @@ function run(script: string, level?: string): { stderr: string; loaded: boolean 
 }
 
 function records(stderr: string): Array<Record<string, unknown>> {
-  return stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  return stderr
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l));
 }
 
 describe('logger', () => {
@@ -44,7 +47,10 @@ describe('logger', () => {
   });
 
   it('applies a level set before and after winston is loaded', () => {
-    const r = run("log.level = 'debug'; log.debug('one'); log.level = 'error'; log.warn('dropped'); log.error('two')", 'warn');
+    const r = run(
+      "log.level = 'debug'; log.debug('one'); log.level = 'error'; log.warn('dropped'); log.error('two')",
+      'warn',
+    );
     assert.deepEqual(
       records(r.stderr).map((x) => x.message),
       ['one', 'two'],

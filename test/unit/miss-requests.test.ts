@@ -9,7 +9,9 @@ import { MissRequests } from '../../src/transport/miss-requests';
 const { EIO } = os.constants.errno;
 
 /** A source whose serve waits for `gate` and then writes `fill` into buffer sinks (or fails). */
-function source(opts: { gate?: Promise<void>; fail?: boolean; fetched?: number; onWrite?: (sink: RangeSink) => void } = {}): RangeSource {
+function source(
+  opts: { gate?: Promise<void>; fail?: boolean; fetched?: number; onWrite?: (sink: RangeSink) => void } = {},
+): RangeSource {
   return {
     size: 1 << 20,
     what: 'test source',
@@ -33,8 +35,20 @@ it('answers 0 once served, and counts a miss only when chunks were fetched', asy
   const m = new MissRequests<number>('test', { onMiss: () => misses++ });
   const a = recorder();
   const buf = Buffer.alloc(10);
-  await m.serve(1, { source: source({ fetched: 2 }), start: 0, end: 10, sink: { kind: 'buffer', buf, offset: 0 }, answer: a.answer });
-  await m.serve(2, { source: source({ fetched: 0 }), start: 0, end: 10, sink: { kind: 'buffer', buf, offset: 0 }, answer: a.answer });
+  await m.serve(1, {
+    source: source({ fetched: 2 }),
+    start: 0,
+    end: 10,
+    sink: { kind: 'buffer', buf, offset: 0 },
+    answer: a.answer,
+  });
+  await m.serve(2, {
+    source: source({ fetched: 0 }),
+    start: 0,
+    end: 10,
+    sink: { kind: 'buffer', buf, offset: 0 },
+    answer: a.answer,
+  });
   assert.deepEqual(a.answers, [0, 0]);
   assert.equal(misses, 1);
   assert.equal(m.requests, 2);
@@ -55,7 +69,13 @@ it('answers EIO at the deadline, once, and the late completion neither answers n
   let open!: () => void;
   const gate = new Promise<void>((r) => (open = r));
   let stillPending: boolean | undefined;
-  const served = m.serve(9, { source: source({ gate, onWrite: () => (stillPending = m.isPending(9)) }), start: 0, end: 10, sink: { kind: 'cache' }, answer: a.answer });
+  const served = m.serve(9, {
+    source: source({ gate, onWrite: () => (stillPending = m.isPending(9)) }),
+    start: 0,
+    end: 10,
+    sink: { kind: 'cache' },
+    answer: a.answer,
+  });
   assert.equal(m.isPending(9), true);
   await new Promise((r) => setTimeout(r, 60));
   assert.deepEqual(a.answers, [EIO]);

@@ -17,7 +17,14 @@ const certs = makeTestCerts(path.join(work, 'certs'));
 
 function summary(host: string, config: RegistriesConfig) {
   const { upstream, pull } = hostEndpoints(host, config);
-  const show = (e: typeof upstream) => ({ api: e.api, mirror: e.mirror, capabilities: [...e.capabilities].sort(), ca: e.ca, insecure: e.insecure, ns: e.namespace });
+  const show = (e: typeof upstream) => ({
+    api: e.api,
+    mirror: e.mirror,
+    capabilities: [...e.capabilities].sort(),
+    ca: e.ca,
+    insecure: e.insecure,
+    ns: e.namespace,
+  });
   return { upstream: show(upstream), pull: pull.map(show) };
 }
 
@@ -43,11 +50,22 @@ describe('registry host endpoints', () => {
     const s = summary('registry.example.com:5000', {
       hosts: {
         'registry.example.com:5000': {
-          mirrors: [{ url: 'http://127.0.0.1:5001' }, { url: 'https://cache.example.com/prefix/', capabilities: ['pull'], ca: certs.ca }, { url: 'https://p2p.local:65001/v2' }],
+          mirrors: [
+            { url: 'http://127.0.0.1:5001' },
+            { url: 'https://cache.example.com/prefix/', capabilities: ['pull'], ca: certs.ca },
+            { url: 'https://p2p.local:65001/v2' },
+          ],
         },
       },
     });
-    assert.deepEqual(s.upstream, { api: 'https://registry.example.com:5000/v2', mirror: false, capabilities: ['pull', 'resolve'], ca: undefined, insecure: false, ns: undefined });
+    assert.deepEqual(s.upstream, {
+      api: 'https://registry.example.com:5000/v2',
+      mirror: false,
+      capabilities: ['pull', 'resolve'],
+      ca: undefined,
+      insecure: false,
+      ns: undefined,
+    });
     assert.deepEqual(
       s.pull.map((e) => [e.api, e.mirror, e.capabilities.join(','), e.ns]),
       [
@@ -61,7 +79,9 @@ describe('registry host endpoints', () => {
   });
 
   it('uses the url path as it is with overridePath', () => {
-    const s = summary('r.example.com', { hosts: { 'r.example.com': { mirrors: [{ url: 'https://m.example.com/api/r', overridePath: true }] } } });
+    const s = summary('r.example.com', {
+      hosts: { 'r.example.com': { mirrors: [{ url: 'https://m.example.com/api/r', overridePath: true }] } },
+    });
     assert.equal(s.pull[0].api, 'https://m.example.com/api/r');
   });
 
@@ -85,7 +105,9 @@ describe('registry host endpoints', () => {
   });
 
   it('leaves the upstream out of pulls with fallbackToUpstream false, but keeps it for pushes', () => {
-    const s = summary('r.example.com', { hosts: { 'r.example.com': { mirrors: [{ url: 'http://127.0.0.1:5001' }], fallbackToUpstream: false } } });
+    const s = summary('r.example.com', {
+      hosts: { 'r.example.com': { mirrors: [{ url: 'http://127.0.0.1:5001' }], fallbackToUpstream: false } },
+    });
     assert.deepEqual(
       s.pull.map((e) => e.api),
       ['http://127.0.0.1:5001/v2'],
@@ -104,7 +126,10 @@ describe('registry host endpoints', () => {
       insecure: false,
       ns: undefined,
     });
-    assert.equal(summary('127.0.0.1:5000', { hosts: { '127.0.0.1:5000': { plainHttp: false } } }).upstream.api, 'https://127.0.0.1:5000/v2');
+    assert.equal(
+      summary('127.0.0.1:5000', { hosts: { '127.0.0.1:5000': { plainHttp: false } } }).upstream.api,
+      'https://127.0.0.1:5000/v2',
+    );
     const legacy = summary('127.0.0.1:5000', { insecure: ['127.0.0.1:5000'] }).upstream;
     assert.equal(legacy.api, 'https://127.0.0.1:5000/v2');
     assert.equal(legacy.insecure, true);
@@ -123,7 +148,15 @@ describe('registries configuration files', () => {
           plainHttp: ['old.example.com'],
           hosts: {
             'registry.example.com:5000': {
-              mirrors: [{ url: 'http://127.0.0.1:5001', capabilities: ['pull', 'resolve'], ca: certs.ca, insecure: false, overridePath: false }],
+              mirrors: [
+                {
+                  url: 'http://127.0.0.1:5001',
+                  capabilities: ['pull', 'resolve'],
+                  ca: certs.ca,
+                  insecure: false,
+                  overridePath: false,
+                },
+              ],
               ca: certs.ca,
               insecure: false,
               plainHttp: false,
@@ -143,47 +176,107 @@ describe('registries configuration files', () => {
   it('names the key of each mistake', () => {
     const host = (entry: unknown) => ({ registries: { hosts: { 'registry.example.com:5000': entry } } });
     const at = '/registries/hosts/registry.example.com:5000';
-    assert.match(configError(host({ mirrors: [{ uri: 'http://x' }] })), new RegExp(`${at}/mirrors/0: unknown key "uri"`));
-    assert.match(configError(host({ mirrors: [{ uri: 'http://x' }] })), new RegExp(`${at}/mirrors/0: missing key "url"`));
-    assert.match(configError(host({ mirrors: [{ url: 'http://x', capabilities: ['pull', 'push'] }] })), new RegExp(`${at}/mirrors/0/capabilities/1: must be one of "pull", "resolve"`));
+    assert.match(
+      configError(host({ mirrors: [{ uri: 'http://x' }] })),
+      new RegExp(`${at}/mirrors/0: unknown key "uri"`),
+    );
+    assert.match(
+      configError(host({ mirrors: [{ uri: 'http://x' }] })),
+      new RegExp(`${at}/mirrors/0: missing key "url"`),
+    );
+    assert.match(
+      configError(host({ mirrors: [{ url: 'http://x', capabilities: ['pull', 'push'] }] })),
+      new RegExp(`${at}/mirrors/0/capabilities/1: must be one of "pull", "resolve"`),
+    );
     assert.match(configError(host({ mirror: [] })), new RegExp(`${at}: unknown key "mirror"`));
     assert.match(configError(host({ insecure: 'yes' })), new RegExp(`${at}/insecure: must be boolean`));
-    assert.match(configError(host({ mirrors: [{ url: 'ftp://x' }] })), new RegExp(`${at}/mirrors/0/url: "ftp://x" is not an http:// or https:// URL`));
-    assert.match(configError(host({ mirrors: [{ url: 'not a url' }] })), new RegExp(`${at}/mirrors/0/url: "not a url" is not a URL`));
+    assert.match(
+      configError(host({ mirrors: [{ url: 'ftp://x' }] })),
+      new RegExp(`${at}/mirrors/0/url: "ftp://x" is not an http:// or https:// URL`),
+    );
+    assert.match(
+      configError(host({ mirrors: [{ url: 'not a url' }] })),
+      new RegExp(`${at}/mirrors/0/url: "not a url" is not a URL`),
+    );
     const withCreds = configError(host({ mirrors: [{ url: 'http://user:s3cret@mirror:5000' }] }));
     assert.match(withCreds, new RegExp(`${at}/mirrors/0/url: .* holds credentials`));
-    assert.match(configError(host({ ca: '/nonexistent/ca.pem' })), new RegExp(`${at}/ca: cannot read "/nonexistent/ca.pem": ENOENT`));
-    assert.match(configError(host({ mirrors: [{ url: 'https://m', ca: certs.key }] })), new RegExp(`${at}/mirrors/0/ca: ".*server.key" holds no PEM certificate`));
-    assert.match(configError(host({ fallbackToUpstream: false })), new RegExp(`${at}/fallbackToUpstream: false leaves no endpoint to pull from`));
-    assert.match(configError(host({ plainHttp: true, ca: certs.ca })), new RegExp(`${at}/plainHttp: plain HTTP has no TLS`));
-    assert.match(configError({ registries: { hosts: { 'not a host': {} } } }), /\/registries\/hosts\/not a host: "not a host" is not a registry host\[:port\]/);
-    assert.match(configError({ registries: { hosts: { 'docker.io': {}, 'registry-1.docker.io': {} } } }), /\/registries\/hosts\/registry-1.docker.io: the same registry as "docker.io"/);
-    assert.match(configError({ registries: { plainHttp: ['http://x'] } }), /\/registries\/plainHttp\/0: "http:\/\/x" is not a registry host/);
+    assert.match(
+      configError(host({ ca: '/nonexistent/ca.pem' })),
+      new RegExp(`${at}/ca: cannot read "/nonexistent/ca.pem": ENOENT`),
+    );
+    assert.match(
+      configError(host({ mirrors: [{ url: 'https://m', ca: certs.key }] })),
+      new RegExp(`${at}/mirrors/0/ca: ".*server.key" holds no PEM certificate`),
+    );
+    assert.match(
+      configError(host({ fallbackToUpstream: false })),
+      new RegExp(`${at}/fallbackToUpstream: false leaves no endpoint to pull from`),
+    );
+    assert.match(
+      configError(host({ plainHttp: true, ca: certs.ca })),
+      new RegExp(`${at}/plainHttp: plain HTTP has no TLS`),
+    );
+    assert.match(
+      configError({ registries: { hosts: { 'not a host': {} } } }),
+      /\/registries\/hosts\/not a host: "not a host" is not a registry host\[:port\]/,
+    );
+    assert.match(
+      configError({ registries: { hosts: { 'docker.io': {}, 'registry-1.docker.io': {} } } }),
+      /\/registries\/hosts\/registry-1.docker.io: the same registry as "docker.io"/,
+    );
+    assert.match(
+      configError({ registries: { plainHttp: ['http://x'] } }),
+      /\/registries\/plainHttp\/0: "http:\/\/x" is not a registry host/,
+    );
     assert.match(configError({ registries: { mirrors: [] } }), /\/registries: unknown key "mirrors"/);
   });
 
-  it('reads --registries-config files with keys named from the file\'s top, and adds the host flags', () => {
-    const good = writeJson({ hosts: { 'r.example.com': { mirrors: [{ url: 'http://127.0.0.1:5001' }] } }, insecure: ['a.example.com'] });
-    assert.deepEqual(registriesFromFlags({ registriesConfig: good, insecure: ['b.example.com'], plainHttp: ['c.example.com'] }), {
+  it("reads --registries-config files with keys named from the file's top, and adds the host flags", () => {
+    const good = writeJson({
       hosts: { 'r.example.com': { mirrors: [{ url: 'http://127.0.0.1:5001' }] } },
-      insecure: ['a.example.com', 'b.example.com'],
-      plainHttp: ['c.example.com'],
+      insecure: ['a.example.com'],
     });
-    assert.throws(() => loadRegistriesFile(writeJson({ hosts: { 'r.example.com': { mirrors: [{ url: 'http://m', capabilities: ['resolve', 'write'] }] } } })), (err: Error) => {
-      assert.match(err.message, /invalid registries configuration: \/hosts\/r.example.com\/mirrors\/0\/capabilities\/1: must be one of "pull", "resolve"/);
-      return true;
-    });
+    assert.deepEqual(
+      registriesFromFlags({ registriesConfig: good, insecure: ['b.example.com'], plainHttp: ['c.example.com'] }),
+      {
+        hosts: { 'r.example.com': { mirrors: [{ url: 'http://127.0.0.1:5001' }] } },
+        insecure: ['a.example.com', 'b.example.com'],
+        plainHttp: ['c.example.com'],
+      },
+    );
+    assert.throws(
+      () =>
+        loadRegistriesFile(
+          writeJson({
+            hosts: { 'r.example.com': { mirrors: [{ url: 'http://m', capabilities: ['resolve', 'write'] }] } },
+          }),
+        ),
+      (err: Error) => {
+        assert.match(
+          err.message,
+          /invalid registries configuration: \/hosts\/r.example.com\/mirrors\/0\/capabilities\/1: must be one of "pull", "resolve"/,
+        );
+        return true;
+      },
+    );
   });
 
   it('the CLI reports a bad --registries-config naming the file and the key, before any request', () => {
-    const bad = writeJson({ hosts: { 'r.example.com': { mirrors: [{ url: 'http://127.0.0.1:5001', overridepath: true }] } } });
+    const bad = writeJson({
+      hosts: { 'r.example.com': { mirrors: [{ url: 'http://127.0.0.1:5001', overridepath: true }] } },
+    });
     for (const args of [
       ['convert', '--registries-config', bad, 'r.example.com/app:1', `oci:${work}/out:1`],
       ['inspect', '--registries-config', bad, 'r.example.com/app:1'],
     ]) {
       const r = runCli(args);
       assert.equal(r.status, 1, r.stderr);
-      assert.match(r.stderr, new RegExp(`path "${bad}": invalid registries configuration: /hosts/r.example.com/mirrors/0: unknown key "overridepath"`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `path "${bad}": invalid registries configuration: /hosts/r.example.com/mirrors/0: unknown key "overridepath"`,
+        ),
+      );
     }
   });
 });

@@ -10,7 +10,15 @@ import { sha256Digest } from '../../src/oci/digest';
 import { HostClient } from '../../src/oci/host-client';
 import { hostEndpoints } from '../../src/oci/hosts';
 import { RegistryClient } from '../../src/oci/registry';
-import { DEFAULT_RETRY_POLICY, forPriority, once, retryDelay, TransientError, withRetries, type RetryPolicy } from '../../src/oci/retry';
+import {
+  DEFAULT_RETRY_POLICY,
+  forPriority,
+  once,
+  retryDelay,
+  TransientError,
+  withRetries,
+  type RetryPolicy,
+} from '../../src/oci/retry';
 
 const BLOB = Buffer.from('0123456789abcdefghijklmnopqrstuvwxyz');
 const DIGEST = sha256Digest(BLOB);
@@ -35,11 +43,17 @@ async function fakeRegistry(): Promise<FakeRegistry> {
     fake.requests++;
     const answer = fake.script.shift() ?? fake.otherwise;
     if (answer === 'reset') return void req.socket.destroy();
-    if (answer !== 'range') return void res.writeHead(answer.status, { 'content-length': '0', ...answer.headers }).end();
+    if (answer !== 'range')
+      return void res.writeHead(answer.status, { 'content-length': '0', ...answer.headers }).end();
     const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range));
     if (!m) return void res.writeHead(200, { 'content-length': String(BLOB.length) }).end(BLOB);
     const [start, end] = [Number(m[1]), Number(m[2])];
-    res.writeHead(206, { 'content-range': `bytes ${start}-${end}/${BLOB.length}`, 'content-length': String(end - start + 1) }).end(BLOB.subarray(start, end + 1));
+    res
+      .writeHead(206, {
+        'content-range': `bytes ${start}-${end}/${BLOB.length}`,
+        'content-length': String(end - start + 1),
+      })
+      .end(BLOB.subarray(start, end + 1));
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
@@ -105,7 +119,9 @@ describe('retry policy', () => {
         lasts.push(last);
         throw new TransientError('test op: registry answered 503', job.ctx, { status: 503 });
       }),
-      (err: Error) => !(err instanceof TransientError) && /registry "r\.example": test op: registry answered 503 \(after 3 attempts\)$/.test(err.message),
+      (err: Error) =>
+        !(err instanceof TransientError) &&
+        /registry "r\.example": test op: registry answered 503 \(after 3 attempts\)$/.test(err.message),
     );
     assert.equal(calls, 3);
     assert.deepEqual(lasts, [false, false, true]);
@@ -155,17 +171,29 @@ describe('retry policy as requests meet it', () => {
   });
 
   const client = (opts: ConstructorParameters<typeof RegistryClient>[1] = {}) => {
-    const c = new RegistryClient(reg.host, { plainHttp: true, credentials: null, retryBaseMs: 1, timeoutMs: 5_000, ...opts });
+    const c = new RegistryClient(reg.host, {
+      plainHttp: true,
+      credentials: null,
+      retryBaseMs: 1,
+      timeoutMs: 5_000,
+      ...opts,
+    });
     clients.push(c);
     return c;
   };
 
   it('retries a demand read more than a prefetch', async () => {
     reg.otherwise = { status: 503 };
-    await assert.rejects(client().getBlobRange('app', DIGEST, 0, 9, { priority: 'demand' }), /get blob range: registry answered 503 \(after 4 attempts\)/);
+    await assert.rejects(
+      client().getBlobRange('app', DIGEST, 0, 9, { priority: 'demand' }),
+      /get blob range: registry answered 503 \(after 4 attempts\)/,
+    );
     assert.equal(reg.requests, 4);
     reg.requests = 0;
-    await assert.rejects(client().getBlobRange('app', DIGEST, 0, 9, { priority: 'prefetch' }), /get blob range: registry answered 503 \(after 2 attempts\)/);
+    await assert.rejects(
+      client().getBlobRange('app', DIGEST, 0, 9, { priority: 'prefetch' }),
+      /get blob range: registry answered 503 \(after 2 attempts\)/,
+    );
     assert.equal(reg.requests, 2);
   });
 
@@ -175,7 +203,10 @@ describe('retry policy as requests meet it', () => {
     assert.equal(reg.requests, 3);
     reg.requests = 0;
     reg.script = [{ status: 503 }, { status: 502 }];
-    await assert.rejects(client().getBlobRange('app', DIGEST, 3, 7, { priority: 'prefetch' }), /registry answered 502 \(after 2 attempts\)/);
+    await assert.rejects(
+      client().getBlobRange('app', DIGEST, 3, 7, { priority: 'prefetch' }),
+      /registry answered 502 \(after 2 attempts\)/,
+    );
     assert.equal(reg.requests, 2);
   });
 
@@ -190,7 +221,10 @@ describe('retry policy as requests meet it', () => {
 
   it('sends a request that failed for good once', async () => {
     reg.otherwise = { status: 400 };
-    await assert.rejects(client().getBlobRange('app', DIGEST, 0, 9), (err: Error) => /get blob range: registry answered 400$/.test(err.message) && !/attempts/.test(err.message));
+    await assert.rejects(
+      client().getBlobRange('app', DIGEST, 0, 9),
+      (err: Error) => /get blob range: registry answered 400$/.test(err.message) && !/attempts/.test(err.message),
+    );
     assert.equal(reg.requests, 1);
     reg.requests = 0;
     reg.otherwise = { status: 404 };
@@ -207,11 +241,15 @@ describe('retry policy as requests meet it', () => {
   it('gives a mirror the upstream follows one attempt, and the upstream its full policy', async () => {
     mirror.otherwise = { status: 503 };
     reg.script = [{ status: 503 }, { status: 503 }];
-    const host = new HostClient(reg.host, hostEndpoints(reg.host, { hosts: { [reg.host]: { mirrors: [{ url: mirror.url }] } } }), {
-      retryBaseMs: 1,
-      timeoutMs: 5_000,
-      credentials: null,
-    });
+    const host = new HostClient(
+      reg.host,
+      hostEndpoints(reg.host, { hosts: { [reg.host]: { mirrors: [{ url: mirror.url }] } } }),
+      {
+        retryBaseMs: 1,
+        timeoutMs: 5_000,
+        credentials: null,
+      },
+    );
     clients.push(host);
     assert.deepEqual(await host.getBlobRange('app', DIGEST, 10, 19), BLOB.subarray(10, 20));
     assert.equal(mirror.requests, 1, 'one attempt at the mirror');
@@ -220,7 +258,11 @@ describe('retry policy as requests meet it', () => {
 
   it('carries the priority of a range read through the host client to each endpoint', async () => {
     reg.otherwise = { status: 503 };
-    const host = new HostClient(reg.host, hostEndpoints(reg.host, {}), { retryBaseMs: 1, timeoutMs: 5_000, credentials: null });
+    const host = new HostClient(reg.host, hostEndpoints(reg.host, {}), {
+      retryBaseMs: 1,
+      timeoutMs: 5_000,
+      credentials: null,
+    });
     clients.push(host);
     await assert.rejects(host.getBlobRange('app', DIGEST, 0, 4, { priority: 'prefetch' }), /\(after 2 attempts\)/);
     assert.equal(reg.requests, 2);
@@ -231,11 +273,15 @@ describe('retry policy as requests meet it', () => {
 
   it('gives the last endpoint, a mirror too, the full policy', async () => {
     mirror.script = [{ status: 503 }];
-    const host = new HostClient(reg.host, hostEndpoints(reg.host, { hosts: { [reg.host]: { mirrors: [{ url: mirror.url }], fallbackToUpstream: false } } }), {
-      retryBaseMs: 1,
-      timeoutMs: 5_000,
-      credentials: null,
-    });
+    const host = new HostClient(
+      reg.host,
+      hostEndpoints(reg.host, { hosts: { [reg.host]: { mirrors: [{ url: mirror.url }], fallbackToUpstream: false } } }),
+      {
+        retryBaseMs: 1,
+        timeoutMs: 5_000,
+        credentials: null,
+      },
+    );
     clients.push(host);
     assert.deepEqual(await host.getBlobRange('app', DIGEST, 0, 4), BLOB.subarray(0, 5));
     assert.equal(mirror.requests, 2);

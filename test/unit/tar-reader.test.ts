@@ -31,7 +31,8 @@ describe('TarReader', () => {
     assert.equal(Buffer.concat(await reader.readBody(4)).toString(), 'data');
     assert.equal(await reader.next(), null);
     // The tree keeps these for the whole conversion: a subarray would keep the 4 MiB input alive.
-    for (const b of [link.name, link.linkname, file.name, file.xattrs[0].value]) assert.ok(b.buffer.byteLength < 64 << 10);
+    for (const b of [link.name, link.linkname, file.name, file.xattrs[0].value])
+      assert.ok(b.buffer.byteLength < 64 << 10);
   });
 
   /** One file entry whose uid and gid fields hold these raw bytes (checksum recomputed). */
@@ -69,7 +70,10 @@ describe('TarReader', () => {
       assert.match(err.message, /uid field is not octal: "0012x4"/);
       return true;
     });
-    await assert.rejects(withIds(Buffer.from('0000007\0'), Buffer.from('00 17\0\0\0')), /gid field is not octal: "00 17"/);
+    await assert.rejects(
+      withIds(Buffer.from('0000007\0'), Buffer.from('00 17\0\0\0')),
+      /gid field is not octal: "00 17"/,
+    );
   });
 });
 
@@ -97,7 +101,8 @@ describe('TarReader over a source that can skip', () => {
   async function walk(source: AsyncIterable<Buffer>) {
     const reader = new TarReader(source);
     const seen: Array<[string, number, number]> = [];
-    for (let e = await reader.next(); e; e = await reader.next()) seen.push([e.name.toString(), e.size, reader.bodyOffset]);
+    for (let e = await reader.next(); e; e = await reader.next())
+      seen.push([e.name.toString(), e.size, reader.bodyOffset]);
     return seen;
   }
 
@@ -108,7 +113,10 @@ describe('TarReader over a source that can skip', () => {
     const skipped = await walk(source);
     const read = bytesRead() - before;
     assert.deepEqual(skipped, await walk(inOneBuffer(tar)));
-    assert.deepEqual(skipped.map(([name]) => name), entries.map((e) => e.name));
+    assert.deepEqual(
+      skipped.map(([name]) => name),
+      entries.map((e) => e.name),
+    );
     assert.ok(read < 64 << 10, `read ${read} of ${tar.length} bytes`);
   });
 
