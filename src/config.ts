@@ -23,8 +23,11 @@ export interface Config {
   /** FUSE transport: how EROFS reaches the FUSE files ('auto': file-backed on 6.12+, loop devices before). */
   fuseBacking: FuseBacking;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
-  /** concurrency: Range GETs at once; readTimeoutSeconds: a read not served by then gets EIO (0: no deadline). */
-  fetch: { concurrency: number; readTimeoutSeconds: number };
+  /**
+   * concurrency: Range GETs at once; readTimeoutSeconds: a read not served by then gets EIO (0: no
+   * deadline); readAheadKiB: what a demand miss may fetch past itself in its blob (0: nothing).
+   */
+  fetch: { concurrency: number; readTimeoutSeconds: number; readAheadKiB: number };
   /** Mirrors, CAs, TLS and plain HTTP per registry host (src/oci/hosts.ts). */
   registries: RegistriesConfig;
   /** Prometheus metrics on host:port; empty: off. */
@@ -39,7 +42,7 @@ export const DEFAULTS: Config = {
   transport: 'auto',
   fuseBacking: 'auto',
   logLevel: 'info',
-  fetch: { concurrency: 8, readTimeoutSeconds: 120 },
+  fetch: { concurrency: 8, readTimeoutSeconds: 120, readAheadKiB: 4096 },
   registries: { plainHttp: [], insecure: [], hosts: {} },
   metrics: { address: '127.0.0.1:9543' },
 };
@@ -68,6 +71,7 @@ const schema: JSONSchemaType<FileConfig> = {
       properties: {
         concurrency: { type: 'integer', minimum: 1, maximum: 256, nullable: true },
         readTimeoutSeconds: { type: 'number', minimum: 0, nullable: true },
+        readAheadKiB: { type: 'integer', minimum: 0, maximum: 1 << 20, nullable: true },
       },
     },
     registries: { ...registriesSchema, nullable: true },

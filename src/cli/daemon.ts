@@ -14,6 +14,7 @@ export interface DaemonFlags {
   prefetch?: string;
   concurrency?: string;
   readTimeout?: string;
+  readAhead?: string;
   plainHttp?: string[];
   insecure?: string[];
   registriesConfig?: string;
@@ -32,6 +33,7 @@ function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
   if (flags.prefetch !== undefined) c.prefetch = Number(flags.prefetch);
   if (flags.concurrency !== undefined) c.fetch.concurrency = Number(flags.concurrency);
   if (flags.readTimeout !== undefined) c.fetch.readTimeoutSeconds = Number(flags.readTimeout);
+  if (flags.readAhead !== undefined) c.fetch.readAheadKiB = Math.floor(parseSize(flags.readAhead) / 1024);
   if (flags.registriesConfig) c.registries = loadRegistriesFile(flags.registriesConfig);
   if (flags.plainHttp) c.registries.plainHttp = flags.plainHttp;
   if (flags.insecure) c.registries.insecure = flags.insecure;
@@ -51,6 +53,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     prefetch: config.prefetch,
     concurrency: config.fetch.concurrency,
     readTimeoutMs: config.fetch.readTimeoutSeconds * 1000,
+    readAheadBytes: config.fetch.readAheadKiB * 1024,
     registries: config.registries,
     metricsAddress: config.metrics.address || undefined,
     cacheMaxBytes: config.cacheMaxBytes,

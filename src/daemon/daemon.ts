@@ -8,10 +8,11 @@ import { log } from '../log';
 import { unmount } from '../mount/file-backed';
 import { mounts as mountTable } from '../mount/mountinfo';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
-import type { BlobCache } from '../storage/blob-cache';
+import { DEFAULT_READ_AHEAD, type BlobCache } from '../storage/blob-cache';
 import { BlobStore } from '../storage/blob-store';
 import { CacheBudget } from '../storage/cache-budget';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
+import { TraceRecorder, type AccessTrace } from '../storage/access-trace';
 import { fetchMissing, Prefetcher } from '../storage/prefetcher';
 import type { CacheMissTransport, MountState, TransportModule, TransportName } from '../transport/transport';
 import { transportModule } from '../transport/transports';
@@ -20,6 +21,7 @@ import { serveControl, type ControlRequest } from './control';
 import { forgetListenEnv, inheritedFd } from './fd-store';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
+import { TraceStore } from './trace-store';
 import { DaemonMetrics } from './metrics';
 
 export interface DaemonOptions {
@@ -30,6 +32,8 @@ export interface DaemonOptions {
   concurrency: number;
   /** A read not served within this many milliseconds gets EIO; 0: no deadline. */
   readTimeoutMs?: number;
+  /** Bytes a demand miss may fetch past itself in its blob (default 4 MiB; 0: none). */
+  readAheadBytes?: number;
   registries?: OpenOptions;
   /** host:port for Prometheus metrics; none when undefined. */
   metricsAddress?: string;
@@ -50,6 +54,9 @@ export class Daemon {
   private readonly transportModule: TransportModule;
   private readonly transport: CacheMissTransport;
   private readonly mounts = new Map<string, PreparedImage>();
+  /** The access trace being recorded for each mount. */
+  private readonly recorders = new Map<string, TraceRecorder>();
+  private readonly traces: TraceStore;
   /** What the transport needs to resume each mount after a restart. */
   private readonly mountStates = new Map<string, MountState>();
   private server: net.Server | null = null;
@@ -80,10 +87,13 @@ export class Daemon {
       evictUnused: (target) => this.blobs.evictUnused(this.mountedBlobs(), target).freedBytes,
       mounted: () => this.mountedBlobs(),
     });
-    this.blobs = new BlobStore(path.join(opts.cacheDir, 'blobs'), this.fetcher, this.budget);
+    this.blobs = new BlobStore(path.join(opts.cacheDir, 'blobs'), this.fetcher, this.budget, {
+      maxBytes: opts.readAheadBytes ?? DEFAULT_READ_AHEAD.maxBytes,
+    });
     this.store = new ImageStore(opts.cacheDir, this.blobs, opts.registries);
     this.budget.resync(this.blobs.evictUnused([], Infinity).cacheBytes); // measures, evicts nothing
     this.prefetcher = new Prefetcher(opts.prefetch, this.budget);
+    this.traces = new TraceStore(path.join(opts.cacheDir, 'traces'));
     this.transportModule = transportModule(features.chosen);
     this.transport = this.transportModule.create({
       cacheDir: opts.cacheDir,
@@ -216,13 +226,40 @@ export class Daemon {
     if (state) this.mountStates.set(target, state);
     this.saveState();
     log.info('mounted', { image: ref, digest: image.digest, target, blobs: image.blobs.length });
-    for (const blob of image.blobs) this.prefetcher.start(blob);
+    this.recordTrace(target, image);
+    void this.prefetch(image);
     return { digest: image.digest };
+  }
+
+  /** Records the mount's access trace until its window closes; kept on this node for the next mount. */
+  private recordTrace(target: string, image: PreparedImage): void {
+    this.recorders.get(target)?.end('unmount');
+    this.recorders.set(
+      target,
+      new TraceRecorder(image.digest, image.blobs, { onEnd: (trace) => this.keepTrace(trace) }),
+    );
+  }
+
+  private keepTrace(trace: AccessTrace): void {
+    try {
+      this.traces.save(trace);
+    } catch (err) {
+      log.warn('access trace not kept', { image: trace.image, error: (err as Error).message });
+    }
+  }
+
+  /** The image's access trace first, if there is one, then the background prefetch of every blob. */
+  private async prefetch(image: PreparedImage): Promise<void> {
+    const trace = this.traces.local(image.digest, image.blobs);
+    if (trace) await this.prefetcher.replay(trace.trace, image.blobs);
+    for (const blob of image.blobs) this.prefetcher.start(blob);
   }
 
   async umount(target: string): Promise<void> {
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
     await this.transport.unmount(target);
+    this.recorders.get(target)?.end('unmount');
+    this.recorders.delete(target);
     this.mounts.delete(target);
     this.mountStates.delete(target);
     this.saveState();
@@ -341,6 +378,8 @@ export class Daemon {
         await this.transport.unmount(target, { lazy: true });
       }
     }
+    for (const r of this.recorders.values()) r.end('unmount');
+    this.recorders.clear();
     this.mounts.clear();
     this.saveState(); // stopped on purpose: nothing to restore at the next start
     await this.transport.close();

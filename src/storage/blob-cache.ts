@@ -7,6 +7,7 @@ import type { BlobIndex } from '../blob/blob-index';
 import { chunkIndexRange, type ChunkEntry } from '../blob/chunk-table';
 import { BLOCK_SIZE } from '../erofs/format';
 import { native } from '../native';
+import { log } from '../log';
 import { readAt } from '../read-at';
 import type { ChunkFetcher, RemoteBlob } from './chunk-fetcher';
 import { ChunkState, indexRange } from './chunk-state';
@@ -23,8 +24,21 @@ function alignedEnd(c: ChunkEntry): number {
   return c.uncompressedOffset + Math.ceil(c.uncompressedSize / BLOCK_SIZE) * BLOCK_SIZE;
 }
 
+/** How far a demand miss reads ahead in its blob. */
+export interface ReadAhead {
+  /** The most bytes fetched past a miss, reached by doubling on sequential misses; 0: none. */
+  maxBytes: number;
+}
+
+export const DEFAULT_READ_AHEAD: ReadAhead = { maxBytes: 4 << 20 };
+
 export class BlobCache implements RangeSource {
   private readonly state: ChunkState;
+  /** Observers of demand reads (access traces): the chunk indexes of each range served. */
+  private readonly demandListeners = new Set<(chunks: readonly number[]) => void>();
+  /** The chunk after the last demand miss, and the read-ahead window (chunks) it earned. */
+  private sequential = { next: -1, window: 0 };
+  readAhead: ReadAhead = DEFAULT_READ_AHEAD;
   /** Chunk writes under way, so that concurrent readers of one chunk write (and reserve room for) it once. */
   private readonly writing = new Map<number, Promise<void>>();
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
@@ -96,12 +110,15 @@ export class BlobCache implements RangeSource {
   async serve(start: number, end: number, sink: RangeSink, priority: Priority = 'demand'): Promise<number> {
     const [first, last] = chunkIndexRange(this.index.chunks, start, end);
     const pinned = indexRange(first, last);
+    if (priority === 'demand') for (const l of this.demandListeners) l(pinned);
     this.state.pin(pinned);
     try {
       const missing = this.state.missing(first, last);
       if (missing.length === 0) this.hits++;
       else if (priority === 'demand') this.misses++;
-      const fetched = await this.fill(missing, priority, sink.kind === 'write' ? sink.write : this.writeOwn);
+      const ahead =
+        priority === 'demand' && missing.length > 0 ? this.aheadOf(missing[0], missing[missing.length - 1]) : [];
+      const fetched = await this.fill(missing, priority, sink.kind === 'write' ? sink.write : this.writeOwn, ahead);
       if (sink.kind === 'buffer')
         await readAt(this.fd, sink.buf, sink.offset, end - start, start, `cache file ${this.path}`, () => !this.closed);
       return fetched;
@@ -110,12 +127,65 @@ export class BlobCache implements RangeSource {
     }
   }
 
-  /** Fetches, verifies and writes the chunks `slots` (indexes into the chunk table); resolves to their count. */
-  private async fill(slots: number[], priority: Priority, write: ChunkWriter): Promise<number> {
+  /** Calls `listener` with the chunk indexes of every demand read; returns the unsubscribe. */
+  onDemand(listener: (chunks: readonly number[]) => void): () => void {
+    this.demandListeners.add(listener);
+    return () => this.demandListeners.delete(listener);
+  }
+
+  /**
+   * The missing chunks right after a demand miss of chunks [first, last] worth fetching in the same
+   * request: files of one package lie side by side. As the kernel's read-ahead, the window starts at one
+   * chunk and doubles while each miss starts where the last window ended, up to its bound; it stops at
+   * a present chunk.
+   */
+  private aheadOf(first: number, last: number): number[] {
+    const max = Math.floor(this.readAhead.maxBytes / this.index.trailer.chunkSize);
+    if (max <= 0) return [];
+    const sequential = first === this.sequential.next;
+    this.sequential.window = sequential ? Math.min(max, this.sequential.window * 2) : 1;
+    const out: number[] = [];
+    for (let i = last + 1; i < this.state.count && out.length < this.sequential.window && !this.state.isPresent(i); i++)
+      out.push(i);
+    this.sequential.next = last + 1 + out.length;
+    return out;
+  }
+
+  /**
+   * Fetches, verifies and writes the chunks `slots` (indexes into the chunk table); resolves to their
+   * count. `ahead` are asked for in the same call, so that they share its Range GETs, and written in
+   * the background through the cache's own fd: nobody waits for them.
+   */
+  private async fill(
+    slots: number[],
+    priority: Priority,
+    write: ChunkWriter,
+    ahead: readonly number[] = [],
+  ): Promise<number> {
     if (slots.length === 0) return 0;
-    const wanted = slots.map((i) => this.index.chunks[i]);
-    const data = await this.fetcher.getChunks(this.remote, wanted, priority);
+    const all = [...slots, ...ahead];
+    const data = this.fetcher.getEachChunk(
+      this.remote,
+      all.map((i) => this.index.chunks[i]),
+      priority,
+    );
+    if (ahead.length > 0) {
+      void this.store(ahead, data.slice(slots.length), this.writeOwn).catch((err: Error) =>
+        log.debug('read-ahead not stored', { blob: this.what, error: err.message }),
+      );
+    }
+    await this.store(slots, data.slice(0, slots.length), write);
+    return slots.length;
+  }
+
+  /** Writes each chunk of `slots` once its data arrives, unless it is present already. */
+  private async store(
+    slots: readonly number[],
+    data: ReadonlyArray<Promise<Buffer>>,
+    write: ChunkWriter,
+  ): Promise<void> {
     for (const [k, i] of slots.entries()) {
+      const bytes = await data[k];
       if (this.state.isPresent(i)) continue; // another reader's fetch wrote it meanwhile
       const other = this.writing.get(i);
       if (other) {
@@ -123,11 +193,11 @@ export class BlobCache implements RangeSource {
         await other;
         if (this.state.isPresent(i)) continue;
       }
-      const c = wanted[k];
+      const c = this.index.chunks[i];
       const writing = (async () => {
         await this.space?.reserve(alignedEnd(c) - c.uncompressedOffset, this);
         await this.punching.get(i)?.catch(() => undefined);
-        await write(c.uncompressedOffset, data[k]);
+        await write(c.uncompressedOffset, bytes);
         this.state.markPresent(i);
       })();
       this.writing.set(
@@ -140,7 +210,6 @@ export class BlobCache implements RangeSource {
         this.writing.delete(i);
       }
     }
-    return slots.length;
   }
 
   /**

@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { BlobIndex } from '../blob/blob-index';
 import { log } from '../log';
 import { digestHex } from '../oci/digest';
-import { BlobCache, type SpaceReserver } from './blob-cache';
+import { BlobCache, DEFAULT_READ_AHEAD, type ReadAhead, type SpaceReserver } from './blob-cache';
 import type { ChunkFetcher, RemoteBlob } from './chunk-fetcher';
 
 export interface EvictionResult {
@@ -30,6 +30,7 @@ export class BlobStore {
     private readonly fetcher: ChunkFetcher,
     /** Enforces the cache bound before chunks are written; none: unbounded. */
     private readonly space: SpaceReserver | null = null,
+    private readonly readAhead: ReadAhead = DEFAULT_READ_AHEAD,
   ) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
@@ -45,6 +46,7 @@ export class BlobStore {
   add(remote: RemoteBlob, index: BlobIndex): BlobCache {
     const cache = BlobCache.open(path.join(this.dir, digestHex(remote.digest)), remote, index, this.fetcher);
     cache.space = this.space;
+    cache.readAhead = this.readAhead;
     this.open.set(remote.digest, cache);
     touch(cache.path);
     return cache;

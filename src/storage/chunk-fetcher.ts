@@ -71,6 +71,11 @@ export class ChunkFetcher {
 
   /** The verified uncompressed bytes of each wanted chunk, in the order asked. */
   getChunks(blob: RemoteBlob, wanted: readonly ChunkEntry[], priority: Priority = 'demand'): Promise<Buffer[]> {
+    return Promise.all(this.getEachChunk(blob, wanted, priority));
+  }
+
+  /** One promise per wanted chunk, in the order asked: all asked for at once, so adjacent ones share requests. */
+  getEachChunk(blob: RemoteBlob, wanted: readonly ChunkEntry[], priority: Priority = 'demand'): Array<Promise<Buffer>> {
     const result: Array<Promise<Buffer>> = [];
     const missing: ChunkEntry[] = [];
     for (const c of wanted) {
@@ -93,7 +98,7 @@ export class ChunkFetcher {
     for (const range of planRanges(missing, this.maxRequestBytes, this.maxGap)) {
       void this.limiter.run(priority, () => this.fetchRange(blob, range.start, range.end, range.chunks, priority));
     }
-    return Promise.all(result);
+    return result;
   }
 
   private async fetchRange(

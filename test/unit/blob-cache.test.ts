@@ -19,9 +19,12 @@ function open(
   blob: FakeBlob,
   reader: FakeRangeReader = blob.reader(),
   fetcher = new ChunkFetcher({ memoryCacheBytes: 1 }),
+  readAheadBytes = 0,
 ): { cache: BlobCache; reader: FakeRangeReader; file: string } {
   const file = path.join(work, `cache-${n++}`);
-  return { cache: BlobCache.open(file, blob.remote(reader.read), blob.index, fetcher), reader, file };
+  const cache = BlobCache.open(file, blob.remote(reader.read), blob.index, fetcher);
+  cache.readAhead = { maxBytes: readAheadBytes };
+  return { cache, reader, file };
 }
 
 /** The uncompressed bytes of [start, end) as the blob holds them. */
@@ -235,6 +238,61 @@ describe('BlobCache.serve', () => {
       reader.inject({ kind: 'error' }, 1);
       await assert.rejects(fetchMissing(cache, { priority: 'prefetch' }), /injected/);
       assert.equal(await fetchMissing(cache, { priority: 'prefetch' }), blob.chunks.length);
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('a demand miss reads ahead in the same request: one chunk, doubling while misses are sequential', async () => {
+    const blob = await makeFakeBlob({ size: 20 * (64 << 10) });
+    const { cache, reader } = open(blob, undefined, undefined, 4 * (64 << 10));
+    try {
+      const chunk = (i: number) => blob.chunks[i];
+      const until = async (present: number) => {
+        for (let i = 0; i < 200 && cache.presentChunks < present; i++) await new Promise((r) => setTimeout(r, 5));
+      };
+      // A miss of chunk 0 fetches chunk 1 too, in the one request, stored in the background.
+      assert.equal((await serveBuffer(cache, 0, 10)).fetched, 1, 'the reader waited for its own chunk only');
+      await until(2);
+      assert.equal(reader.requests.length, 1);
+      assert.equal(cache.presentChunks, 2);
+      // Reading on where the window ended: the window doubles (2), then doubles again (4 = the bound).
+      await serveBuffer(cache, chunk(2).uncompressedOffset, chunk(2).uncompressedOffset + 1);
+      await until(5);
+      assert.equal(cache.presentChunks, 5, 'chunk 2 and two ahead');
+      await serveBuffer(cache, chunk(5).uncompressedOffset, chunk(5).uncompressedOffset + 1);
+      await until(10);
+      assert.equal(cache.presentChunks, 10, 'chunk 5 and four ahead');
+      assert.equal(reader.requests.length, 3, 'one request per miss');
+      // A miss elsewhere starts again at one chunk; nothing present is fetched again.
+      await serveBuffer(cache, chunk(15).uncompressedOffset, chunk(15).uncompressedOffset + 1);
+      await until(12);
+      assert.equal(cache.presentChunks, 12);
+      const got = await serveBuffer(cache, 0, chunk(11).uncompressedOffset);
+      assert.equal(got.fetched, 1, 'only chunk 10 was missing');
+      assert.ok(got.data.equals(blob.content.subarray(0, chunk(11).uncompressedOffset)));
+      assert.deepEqual(await cache.verify(), []);
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('demand reads are reported to observers (access traces), prefetch is not', async () => {
+    const blob = await makeFakeBlob();
+    const { cache } = open(blob);
+    try {
+      const seen: number[][] = [];
+      const stop = cache.onDemand((chunks) => seen.push([...chunks]));
+      await serveBuffer(cache, blob.chunks[1].uncompressedOffset, blob.chunks[2].uncompressedOffset + 1);
+      await cache.serve(
+        blob.chunks[6].uncompressedOffset,
+        blob.chunks[6].uncompressedOffset + 1,
+        { kind: 'cache' },
+        'prefetch',
+      );
+      stop();
+      await serveBuffer(cache, 0, 1);
+      assert.deepEqual(seen, [[1, 2]]);
     } finally {
       cache.close();
     }
