@@ -82,7 +82,10 @@ export class Daemon {
       () => this.blobs.cacheBytes(),
       () => this.budget.evictedBytes,
     );
-    this.fetcher = new ChunkFetcher({ concurrency: opts.concurrency, observeLatency: (s) => this.metrics.observe(s) });
+    this.fetcher = new ChunkFetcher({
+      concurrency: opts.concurrency,
+      observeLatency: (s) => this.metrics.fetch.observe(s),
+    });
     this.budget = new CacheBudget(opts.cacheMaxBytes ?? 0, 0, {
       evictUnused: (target) => this.blobs.evictUnused(this.mountedBlobs(), target).freedBytes,
       mounted: () => this.mountedBlobs(),
@@ -98,7 +101,14 @@ export class Daemon {
     this.transport = this.transportModule.create({
       cacheDir: opts.cacheDir,
       fuseBacking: opts.fuseBacking ?? 'auto',
-      misses: { deadlineMs: opts.readTimeoutMs ?? 0, onMiss: () => this.metrics.misses.inc() },
+      misses: {
+        deadlineMs: opts.readTimeoutMs ?? 0,
+        onMiss: (seconds) => {
+          this.metrics.misses.inc();
+          this.metrics.miss.observe(seconds);
+          this.prefetcher.noteDemand();
+        },
+      },
       inheritedFd: (name) => inherited.get(name),
     });
     log.info('cache-miss transport chosen', {
@@ -324,7 +334,8 @@ export class Daemon {
       transport: this.transport.name,
       transportRequests: this.transport.requests,
       ...this.transport.settings(),
-      fetch: { ...this.fetcher.stats, latency: this.metrics.percentiles() },
+      fetch: { ...this.fetcher.stats, latency: this.metrics.fetch.percentiles() },
+      miss: { latency: this.metrics.miss.percentiles() },
       inFlight: this.fetcher.inFlight,
       cacheBytes: this.blobs.cacheBytes(),
       cacheBoundBytes: this.budget.limit,

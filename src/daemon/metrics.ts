@@ -1,8 +1,37 @@
-// Prometheus metrics (prom-client) on a local address: cache misses, bytes fetched, fetch latency,
+// Prometheus metrics (prom-client) on a local address: cache misses and their latency, bytes fetched, fetch latency,
 // verification failures, cache usage.
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ChunkFetcher } from '../storage/chunk-fetcher';
+
+/** A latency as a Prometheus histogram, and its recent values for the percentiles `status` prints. */
+export class Timing {
+  private readonly histogram: Histogram;
+  private readonly recent: number[] = [];
+
+  constructor(registry: Registry, name: string, help: string) {
+    this.histogram = new Histogram({
+      name,
+      help,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    });
+  }
+
+  observe(seconds: number): void {
+    this.histogram.observe(seconds);
+    this.recent.push(seconds);
+    if (this.recent.length > 1000) this.recent.shift();
+  }
+
+  /** Over the last thousand values; null before the first. */
+  percentiles(): { p50: number; p90: number; p99: number; count: number } | null {
+    if (this.recent.length === 0) return null;
+    const s = [...this.recent].sort((a, b) => a - b);
+    const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))];
+    return { p50: at(0.5), p90: at(0.9), p99: at(0.99), count: s.length };
+  }
+}
 
 export class DaemonMetrics {
   readonly registry = new Registry();
@@ -11,14 +40,14 @@ export class DaemonMetrics {
     help: 'Reads that needed chunks fetched',
     registers: [this.registry],
   });
-  readonly latency = new Histogram({
-    name: 'erofs_ondemand_fetch_seconds',
-    help: 'Duration of one Range GET',
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-    registers: [this.registry],
-  });
-  /** The last latencies, for the percentiles `status` prints. */
-  private readonly recent: number[] = [];
+  /** One Range GET. */
+  readonly fetch = new Timing(this.registry, 'erofs_ondemand_fetch_seconds', 'Duration of one Range GET');
+  /** A miss, from the kernel's request to its answer: fetch, decompression, verification, write. */
+  readonly miss = new Timing(
+    this.registry,
+    'erofs_ondemand_miss_seconds',
+    "From the kernel's request to its answer, for reads that needed chunks fetched",
+  );
 
   constructor(fetcher: () => ChunkFetcher, cacheBytes: () => number, evictedBytes: () => number) {
     const stat = (name: string, help: string, read: () => number) =>
@@ -53,19 +82,6 @@ export class DaemonMetrics {
       'Bytes of cached chunks evicted to keep the cache within its bound',
       evictedBytes,
     );
-  }
-
-  observe(seconds: number): void {
-    this.latency.observe(seconds);
-    this.recent.push(seconds);
-    if (this.recent.length > 1000) this.recent.shift();
-  }
-
-  percentiles(): { p50: number; p90: number; p99: number } | null {
-    if (this.recent.length === 0) return null;
-    const s = [...this.recent].sort((a, b) => a - b);
-    const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-    return { p50: at(0.5), p90: at(0.9), p99: at(0.99) };
   }
 
   /** Serves /metrics on `address` (host:port); resolves to the bound port. */

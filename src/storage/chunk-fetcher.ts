@@ -5,7 +5,7 @@ import type { RangeReader } from '../blob/blob-index';
 import { decodeChunk } from '../blob/chunk-codec';
 import type { ChunkEntry } from '../blob/chunk-table';
 import { LRUCache } from 'lru-cache';
-import { Limiter, type Priority } from './limiter';
+import { Limiter, type Priority, type QueuedTask } from './limiter';
 import { planRanges } from './range-plan';
 
 export interface RemoteBlob {
@@ -32,6 +32,8 @@ export interface FetcherOptions {
   /** Gap of unneeded compressed bytes worth fetching to save a request. */
   maxGap?: number;
   concurrency?: number;
+  /** Of those, slots prefetch never takes (default a quarter). */
+  reservedForDemand?: number;
   /** Bytes of recently used decompressed chunks kept in memory (default 64 MiB). */
   memoryCacheBytes?: number;
   /** Called with each request's duration in seconds (for the latency histogram). */
@@ -49,14 +51,17 @@ export class ChunkFetcher {
   };
   /** Verified chunks recently fetched: a chunk evicted from the page cache is served without the network. */
   private readonly recent: LRUCache<string, Buffer>;
-  private readonly inflight = new Map<string, Promise<Buffer>>();
+  /** Chunks being fetched, and the priority their request has (or will run at). */
+  private readonly inflight = new Map<string, { data: Promise<Buffer>; priority: Priority }>();
+  /** Chunks whose request waits for a slot, with the handle that promotes it to demand. */
+  private readonly queued = new Map<string, QueuedTask>();
   private readonly pending = new Map<string, { resolve: (b: Buffer) => void; reject: (e: Error) => void }>();
   private readonly limiter: Limiter;
   private readonly maxRequestBytes: number;
   private readonly maxGap: number;
 
   constructor(private readonly opts: FetcherOptions = {}) {
-    this.limiter = new Limiter(opts.concurrency ?? 8);
+    this.limiter = new Limiter(opts.concurrency ?? 8, opts.reservedForDemand);
     this.maxRequestBytes = opts.maxRequestBytes ?? 4 << 20;
     this.maxGap = opts.maxGap ?? 64 << 10;
     this.recent = new LRUCache<string, Buffer>({
@@ -86,17 +91,42 @@ export class ChunkFetcher {
         result.push(Promise.resolve(cached));
         continue;
       }
-      let p = this.inflight.get(key);
-      if (!p) {
-        missing.push(c);
-        p = new Promise<Buffer>((resolve, reject) => this.pending.set(key, { resolve, reject }));
-        p.catch(() => undefined);
-        this.inflight.set(key, p);
+      const inflight = this.inflight.get(key);
+      if (inflight && priority === 'demand' && inflight.priority === 'prefetch') {
+        // A reader now waits for a chunk being prefetched: a queued request goes ahead of other prefetch;
+        // one that fails (it had prefetch's fewer retries) is asked again as demand.
+        this.queued.get(key)?.promote();
+        const retried = inflight.data.catch(() => this.getEachChunk(blob, [c], 'demand')[0]);
+        retried.catch(() => undefined);
+        result.push(retried);
+        continue;
       }
-      result.push(p);
+      if (inflight) {
+        result.push(inflight.data);
+        continue;
+      }
+      missing.push(c);
+      const data = new Promise<Buffer>((resolve, reject) => this.pending.set(key, { resolve, reject }));
+      data.catch(() => undefined);
+      this.inflight.set(key, { data, priority });
+      result.push(data);
     }
     for (const range of planRanges(missing, this.maxRequestBytes, this.maxGap)) {
-      void this.limiter.run(priority, () => this.fetchRange(blob, range.start, range.end, range.chunks, priority));
+      const keys = range.chunks.map((c) => `${blob.digest}@${c.uncompressedOffset}`);
+      void this.limiter.run(
+        priority,
+        (effective) => {
+          for (const k of keys) {
+            this.queued.delete(k);
+            const f = this.inflight.get(k);
+            if (f) f.priority = effective;
+          }
+          return this.fetchRange(blob, range.start, range.end, range.chunks, effective);
+        },
+        (queued) => {
+          for (const k of keys) this.queued.set(k, queued);
+        },
+      );
     }
     return result;
   }

@@ -12,6 +12,8 @@ export interface FetchMissingOptions {
   workers?: number;
   /** Asked before each range: a reason to stop, or null to go on. */
   stopReason?: (bytes: number) => string | null;
+  /** Awaited before each range: lets the caller hold the loop back for a while. */
+  pause?: () => Promise<void>;
   /** A failed range is reported here and skipped; without it the first failure rejects. */
   onError?: (err: Error, offset: number) => void;
 }
@@ -23,6 +25,8 @@ export async function fetchMissing(blob: BlobCache, opts: FetchMissingOptions): 
   let fetched = 0;
   const worker = async () => {
     while (next < ranges.length) {
+      await opts.pause?.();
+      if (next >= ranges.length) return;
       const [start, end] = ranges[next++];
       const stop = opts.stopReason?.(end - start);
       if (stop) {
@@ -44,8 +48,12 @@ export async function fetchMissing(blob: BlobCache, opts: FetchMissingOptions): 
 }
 
 /** Background prefetch of every mounted blob, behind demand reads, short of the cache bound. */
+/** Blind prefetch waits until demand misses have been quiet this long: they are what readers wait on. */
+const DEMAND_QUIET_MS = 200;
+
 export class Prefetcher {
   private stopped = false;
+  private lastDemand = 0;
 
   constructor(
     /** Workers per blob; 0: no background prefetch. */
@@ -66,7 +74,23 @@ export class Prefetcher {
             ? `at the cache bound (${this.budget.limit} bytes)`
             : null,
       onError: (err, offset) => log.warn('prefetch failed', { blob: blob.what, offset, error: err.message }),
+      pause: () => this.quiet(),
     });
+  }
+
+  /** A demand miss happened: blind prefetch holds back while they are frequent. */
+  noteDemand(): void {
+    this.lastDemand = Date.now();
+  }
+
+  private async quiet(): Promise<void> {
+    for (
+      let wait = this.lastDemand + DEMAND_QUIET_MS - Date.now();
+      wait > 0 && !this.stopped;
+      wait = this.lastDemand + DEMAND_QUIET_MS - Date.now()
+    ) {
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 
   /**

@@ -11,8 +11,8 @@ const { EIO } = os.constants.errno;
 export interface MissOptions {
   /** A request not served within this many milliseconds is answered EIO; 0: no deadline. */
   deadlineMs?: number;
-  /** Called for each request that needed chunks fetched (the cache-miss counter). */
-  onMiss?: () => void;
+  /** Called for each request that needed chunks fetched, with the seconds from taking it to its answer. */
+  onMiss?: (seconds: number) => void;
 }
 
 /** Sends the kernel its answer: 0 (served) or an errno. */
@@ -50,10 +50,11 @@ export class MissRequests<Id> {
   /** Serves one request and answers it. Never rejects. */
   async serve(id: Id, req: MissRequest): Promise<void> {
     this.take(id, req.answer, { what: req.source.what, offset: req.start, length: req.end - req.start, pid: req.pid });
+    const t0 = process.hrtime.bigint();
     try {
       const fetched = req.end > req.start ? await req.source.serve(req.start, req.end, req.sink, 'demand') : 0;
-      if (fetched > 0) this.opts.onMiss?.();
-      this.answer(id, 0);
+      const answered = this.answer(id, 0);
+      if (fetched > 0 && answered) this.opts.onMiss?.(Number(process.hrtime.bigint() - t0) / 1e9);
     } catch (err) {
       if (this.isPending(id)) {
         log.error('cache miss not served: the reader gets EIO', {

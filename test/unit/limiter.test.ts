@@ -76,4 +76,48 @@ describe('Limiter', () => {
     await assert.rejects(failing, /range read failed/);
     assert.equal(await next, 'ran');
   });
+
+  it('keeps reserved slots for demand: prefetch never takes them, a demand read starts at once', async () => {
+    const limiter = new Limiter(4, 1);
+    const started: string[] = [];
+    const prefetches = Array.from({ length: 6 }, (_, i) => gatedTask(started, `p${i}`));
+    const all = prefetches.map((g) => limiter.run('prefetch', g.task));
+    await tick();
+    assert.deepEqual(started, ['p0', 'p1', 'p2'], 'three of four slots for prefetch');
+    const demand = gatedTask(started, 'd');
+    all.push(limiter.run('demand', demand.task));
+    await tick();
+    assert.deepEqual(started, ['p0', 'p1', 'p2', 'd'], 'the demand read did not queue behind prefetch');
+    for (const g of [...prefetches, demand]) g.release();
+    await Promise.all(all);
+    assert.equal(started.length, 7);
+  });
+
+  it('a promoted prefetch runs before the other queued prefetch, and runs as demand', async () => {
+    const limiter = new Limiter(1, 0);
+    const started: string[] = [];
+    const seen: Record<string, Priority> = {};
+    const first = gatedTask(started, 'running');
+    const all: Array<Promise<unknown>> = [limiter.run('prefetch', first.task)];
+    const handles: Record<string, { promote(): void }> = {};
+    for (const name of ['p1', 'p2', 'p3']) {
+      all.push(
+        limiter.run(
+          'prefetch',
+          async (priority) => {
+            started.push(name);
+            seen[name] = priority;
+          },
+          (q) => (handles[name] = q),
+        ),
+      );
+    }
+    await tick();
+    handles.p3.promote();
+    handles.p3.promote(); // twice is harmless
+    first.release();
+    await Promise.all(all);
+    assert.deepEqual(started, ['running', 'p3', 'p1', 'p2']);
+    assert.deepEqual(seen, { p1: 'prefetch', p2: 'prefetch', p3: 'demand' });
+  });
 });
