@@ -211,6 +211,37 @@ export function program(): Command {
       .option('--tree', 'list every path with its mode and size')
       .option('--json', 'print the report as JSON'),
   ).action(async (image: string, opts) => (await import('./inspect')).inspectCommand(image, opts));
+  const trace = cli
+    .command('trace')
+    .description('access traces: the chunks a mount read first, replayed as prefetch at the next mount');
+  withRegistryOptions(
+    trace
+      .command('show')
+      .description("a mount's access trace (asks the daemon) or an image's newest one in the registry")
+      .argument('<what>', 'mount point (an absolute path) or image reference')
+      .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+      .option('--json', 'print the trace as JSON'),
+  ).action(async (what: string, opts) => (await import('./trace')).showCommand(what, opts));
+  trace
+    .command('push')
+    .description("close a mount's trace window and push its trace to the registry as a referrer of the image")
+    .argument('<target>', 'mount point')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .option('--json', 'print the result as JSON')
+    .action(async (target: string, opts: { socket: string; json?: boolean }) =>
+      (await import('./trace')).pushCommand(target, opts),
+    );
+  trace
+    .command('record')
+    .description('mount an image, run a command chrooted into it (over a writable overlay), push the trace')
+    .argument('<image-ref>', 'the lazy image, or the original image a lazy one refers to')
+    .argument('<cmd...>', 'the command to run in the image, after --')
+    .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+    .option('--timeout <seconds>', 'the command is killed after this long', '600')
+    .option('--json', 'print the result as JSON')
+    .action(async (image: string, cmd: string[], opts: { socket: string; timeout: string; json?: boolean }) =>
+      (await import('./trace')).recordCommand(image, cmd, opts),
+    );
   cli
     .command('gc')
     .description('evict cached blobs no mounted image uses, least recently used first')

@@ -12,7 +12,11 @@ export type ControlRequest =
   | { op: 'status' }
   | { op: 'fsck'; target: string }
   | { op: 'prefetch'; target: string }
-  | { op: 'gc'; maxBytes?: number };
+  | { op: 'gc'; maxBytes?: number }
+  /** The access trace of the mount at `target`: shown (recording or not), or its window closed. */
+  | { op: 'trace'; target: string; action: 'show' | 'end' }
+  /** Closes the mount's trace window and pushes the trace to the registry. */
+  | { op: 'trace-push'; target: string };
 
 export type ControlResponse = { ok: true; result?: unknown } | { ok: false; error: string };
 

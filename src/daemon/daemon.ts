@@ -12,7 +12,7 @@ import { DEFAULT_READ_AHEAD, type BlobCache } from '../storage/blob-cache';
 import { BlobStore } from '../storage/blob-store';
 import { CacheBudget } from '../storage/cache-budget';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
-import { TraceRecorder, type AccessTrace } from '../storage/access-trace';
+import { TraceRecorder, type AccessTrace, type EndReason } from '../storage/access-trace';
 import { fetchMissing, Prefetcher } from '../storage/prefetcher';
 import type { CacheMissTransport, MountState, TransportModule, TransportName } from '../transport/transport';
 import { transportModule } from '../transport/transports';
@@ -21,7 +21,7 @@ import { serveControl, type ControlRequest } from './control';
 import { forgetListenEnv, inheritedFd } from './fd-store';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
-import { TraceStore } from './trace-store';
+import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
 import { DaemonMetrics } from './metrics';
 
 export interface DaemonOptions {
@@ -43,6 +43,14 @@ export interface DaemonOptions {
   transport?: TransportName | 'auto';
   /** FUSE transport only: file-backed EROFS or loop devices ('auto': by kernel version). */
   fuseBacking?: FuseBacking;
+}
+
+/** The answer to a `trace` request. */
+export interface TraceAnswer {
+  trace: AccessTrace;
+  summary: TraceSummary;
+  /** Why its window closed; null while it records. */
+  ended: EndReason | null;
 }
 
 export class Daemon {
@@ -221,6 +229,10 @@ export class Daemon {
         return this.prefetchAll(req.target);
       case 'gc':
         return this.gc(req.maxBytes);
+      case 'trace':
+        return this.trace(req.target, req.action);
+      case 'trace-push':
+        return this.pushTrace(req.target);
       default:
         throw new Error(`unknown request ${JSON.stringify((req as { op: unknown }).op)}`);
     }
@@ -260,9 +272,41 @@ export class Daemon {
 
   /** The image's access trace first, if there is one, then the background prefetch of every blob. */
   private async prefetch(image: PreparedImage): Promise<void> {
-    const trace = this.traces.local(image.digest, image.blobs);
-    if (trace) await this.prefetcher.replay(trace.trace, image.blobs);
+    const found = await this.traces.find(image);
+    if (found) {
+      log.info('replaying an access trace', {
+        image: image.ref,
+        source: found.source,
+        chunks: found.trace.entries.length,
+      });
+      await this.prefetcher.replay(found.trace, image.blobs);
+    }
     for (const blob of image.blobs) this.prefetcher.start(blob);
+  }
+
+  private recorder(target: string): { image: PreparedImage; recorder: TraceRecorder } {
+    const image = this.mounts.get(target);
+    if (!image) throw new Error(`${target} is not mounted by this daemon`);
+    const recorder = this.recorders.get(target);
+    if (!recorder) throw new Error(`no access trace is recorded for ${target} (a mount resumed after a restart)`);
+    return { image, recorder };
+  }
+
+  /** The access trace of a mount, with what it amounts to; `end` closes its window first. */
+  trace(target: string, action: 'show' | 'end'): TraceAnswer {
+    const { image, recorder } = this.recorder(target);
+    if (action === 'end') recorder.end('command');
+    const trace = recorder.trace();
+    const indexes = image.blobs.map((b) => b.index);
+    return { trace, summary: summarizeTrace(trace, indexes), ended: recorder.ended };
+  }
+
+  /** Closes the mount's trace window and pushes the trace as a referrer of the lazy image. */
+  async pushTrace(target: string): Promise<TraceAnswer & { artifact: string }> {
+    const answer = this.trace(target, 'end');
+    if (answer.trace.entries.length === 0) throw new Error(`nothing was read from ${target}: no access trace to push`);
+    const { image } = this.recorder(target);
+    return { ...answer, artifact: await this.traces.push(answer.trace, image) };
   }
 
   async umount(target: string): Promise<void> {

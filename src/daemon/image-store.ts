@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { loadBlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
+import { loadBlobIndex, type BlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
 import { Annotation, LazyMediaType } from '../convert/lazy-image';
 import { InputError } from '../errors';
 import { log } from '../log';
@@ -11,6 +11,7 @@ import { digestHex } from '../oci/digest';
 import { registryClient, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
+import type { ResolvedImage } from '../oci/image-io';
 import { hostPlatform, type Descriptor, type ImageManifest } from '../oci/types';
 import type { BlobCache } from '../storage/blob-cache';
 import type { BlobStore } from '../storage/blob-store';
@@ -23,6 +24,11 @@ export interface PreparedImage {
   bootstrapDigest: string;
   bootstrapPath: string;
   blobs: BlobCache[];
+  /** Where the lazy image lives: its access traces are its referrers there. */
+  client: HostClient;
+  repo: string;
+  /** The lazy manifest's descriptor (a referrer's subject). */
+  subject: Descriptor;
 }
 
 export interface LazyImage {
@@ -30,6 +36,13 @@ export interface LazyImage {
   repo: string;
   manifest: ImageManifest;
   digest: string;
+  /** The lazy manifest's descriptor (a referrer's subject). */
+  subject: Descriptor;
+}
+
+function lazyImage(client: HostClient, repo: string, resolved: ResolvedImage): LazyImage {
+  const { manifest, digest, mediaType, raw } = resolved;
+  return { client, repo, manifest, digest, subject: { mediaType, digest, size: raw.length } };
 }
 
 /** Finds the lazy manifest for `ref`: the ref itself, or the lazy image its referrer names. */
@@ -38,7 +51,7 @@ export async function findLazyImage(ref: string, registries: OpenOptions = {}): 
   const client = registryClient(parsed.registry, registries);
   const resolved = await client.resolveManifest(parsed.repository, manifestReference(parsed), hostPlatform());
   if (resolved.manifest.layers[0]?.mediaType === LazyMediaType.bootstrap) {
-    return { client, repo: parsed.repository, manifest: resolved.manifest, digest: resolved.digest };
+    return lazyImage(client, parsed.repository, resolved);
   }
   const referrers = await client.referrers(parsed.repository, resolved.digest, LazyMediaType.referrer);
   const target = referrers.map((r) => r.annotations?.[Annotation.image]).find(Boolean);
@@ -50,7 +63,7 @@ export async function findLazyImage(ref: string, registries: OpenOptions = {}): 
   const got = await lazyClient.resolveManifest(lazy.repository, manifestReference(lazy), hostPlatform());
   if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
     throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
-  return { client: lazyClient, repo: lazy.repository, manifest: got.manifest, digest: got.digest };
+  return lazyImage(lazyClient, lazy.repository, got);
 }
 
 /** The chunk table's place and digest as the manifest gives them, when it does. */
@@ -61,6 +74,39 @@ function expectedTable(desc: Descriptor): ExpectedTable | undefined {
   if (!/^\d+$/.test(offset) || !/^sha256:[0-9a-f]{64}$/.test(digest))
     throw new InputError('invalid chunk table annotations', { layer: desc.digest });
   return { offset: Number(offset), digest };
+}
+
+/**
+ * A data blob of a lazy image: its chunk table, loaded and checked, and how to read its ranges.
+ * Chunks are checked against the chunk table, so any endpoint may serve them. The table is checked
+ * against the manifest's digest of it; a manifest without one (older images) has its table read
+ * from the upstream only, never from a mirror nothing could catch lying.
+ */
+export async function openLazyBlob(
+  ref: string,
+  client: HostClient,
+  repo: string,
+  desc: Descriptor,
+): Promise<{ what: string; read: RangeReader; index: BlobIndex }> {
+  const what = `image ${ref}, blob ${desc.digest}`;
+  const read: RangeReader = (offset, length, verify, priority) =>
+    client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority });
+  const table = expectedTable(desc);
+  const readTable: RangeReader = table
+    ? read
+    : (offset, length, verify) =>
+        client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, mirrors: false });
+  const index = await loadBlobIndex(readTable, desc.size, what, table);
+  const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
+  if (expected !== index.trailer.uncompressedSize)
+    throw new InputError(
+      `uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`,
+      {
+        image: ref,
+        layer: desc.digest,
+      },
+    );
+  return { what, read, index };
 }
 
 /**
@@ -83,7 +129,7 @@ export class ImageStore {
   }
 
   async prepare(ref: string): Promise<PreparedImage> {
-    const { client, repo, manifest, digest } = await findLazyImage(ref, this.registries);
+    const { client, repo, manifest, digest, subject } = await findLazyImage(ref, this.registries);
     const [boot, ...blobDescs] = manifest.layers;
     const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
     if (!fs.existsSync(bootstrapPath)) {
@@ -99,30 +145,13 @@ export class ImageStore {
     }
     const blobs: BlobCache[] = [];
     for (const desc of blobDescs) blobs.push(await this.blob(ref, client, repo, desc));
-    return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs };
+    return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs, client, repo, subject };
   }
 
   private async blob(ref: string, client: HostClient, repo: string, desc: Descriptor): Promise<BlobCache> {
     const known = this.blobs.get(desc.digest);
     if (known) return known;
-    const what = `image ${ref}, blob ${desc.digest}`;
-    // Chunks are checked against the chunk table, so any endpoint may serve them. The table is checked
-    // against the manifest's digest of it; a manifest without one (older images) has its table read
-    // from the upstream only, never from a mirror nothing could catch lying.
-    const read: RangeReader = (offset, length, verify, priority) =>
-      client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority });
-    const table = expectedTable(desc);
-    const readTable: RangeReader = table
-      ? read
-      : (offset, length, verify) =>
-          client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, mirrors: false });
-    const index = await loadBlobIndex(readTable, desc.size, what, table);
-    const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
-    if (expected !== index.trailer.uncompressedSize)
-      throw new InputError(
-        `uncompressed size ${index.trailer.uncompressedSize} differs from the annotation ${expected}`,
-        { image: ref, layer: desc.digest },
-      );
+    const { what, read, index } = await openLazyBlob(ref, client, repo, desc);
     return this.blobs.add({ digest: desc.digest, what, read }, index);
   }
 }

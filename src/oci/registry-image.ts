@@ -1,16 +1,15 @@
 // Registry images as convert's source and target, and the referrer that lets a node find the lazy
 // image from the original reference.
 import fs from 'node:fs';
-import { Readable } from 'node:stream';
 import { InputError } from '../errors';
-import { sha256Digest } from './digest';
+import { pushArtifact } from './artifacts';
 import type { HostClient } from './host-client';
 import type { ImageSource, ImageTarget, ResolvedImage, StreamedBlob } from './image-io';
 import { StreamedBlobPush } from './streamed-push';
 import { pushScope } from './auth';
 import { manifestReference, type ImageReference } from './reference';
 import type { RegistryClient } from './registry';
-import { MediaType, type Descriptor, type ImageManifest, type Platform } from './types';
+import type { Descriptor, Platform } from './types';
 
 /** Pulls through the host's mirrors; the referrer is pushed to the upstream. */
 export class RegistrySource implements ImageSource {
@@ -30,11 +29,7 @@ export class RegistrySource implements ImageSource {
 
   /** Pushes an artifact whose subject is `subject` into this image's repository. */
   async addReferrer(subject: Descriptor, artifactType: string, annotations: Record<string, string>): Promise<string> {
-    const repo = this.parsed.repository;
-    const upstream = this.client.upstream;
-    await upstream.pushBlob(repo, EMPTY_DESCRIPTOR.digest, EMPTY_JSON.length, () => Readable.from([EMPTY_JSON]));
-    const raw = Buffer.from(JSON.stringify(referrerManifest(subject, artifactType, annotations)));
-    return upstream.putManifest(repo, sha256Digest(raw), raw, MediaType.ociManifest);
+    return pushArtifact(this.client.upstream, this.parsed.repository, subject, artifactType, annotations);
   }
 }
 
@@ -83,28 +78,4 @@ export class RegistryTarget implements ImageTarget {
   putManifest(raw: Buffer, mediaType: string): Promise<string> {
     return this.client.putManifest(this.parsed.repository, this.parsed.tag ?? 'latest', raw, mediaType);
   }
-}
-
-export const EMPTY_JSON = Buffer.from('{}');
-export const EMPTY_DESCRIPTOR: Descriptor = {
-  mediaType: MediaType.ociEmpty,
-  digest: sha256Digest(EMPTY_JSON),
-  size: EMPTY_JSON.length,
-};
-
-/** The referrer artifact, pushed into the source repository, naming the lazy image. */
-export function referrerManifest(
-  subject: Descriptor,
-  artifactType: string,
-  annotations: Record<string, string>,
-): ImageManifest {
-  return {
-    schemaVersion: 2,
-    mediaType: MediaType.ociManifest,
-    artifactType,
-    config: EMPTY_DESCRIPTOR,
-    layers: [EMPTY_DESCRIPTOR],
-    subject,
-    annotations,
-  };
 }

@@ -1,0 +1,123 @@
+// `erofs-ondemand trace show|push|record`: the access traces the daemon records for its mounts, shown,
+// pushed to the registry as referrers of the lazy image, or recorded by running a command in an image.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { registriesFromFlags, type RegistryFlags } from '../config';
+import { callControl } from '../daemon/control';
+import type { TraceAnswer } from '../daemon/daemon';
+import { findLazyImage, openLazyBlob } from '../daemon/image-store';
+import { registryTrace, summarizeTrace, type TraceSummary } from '../daemon/trace-store';
+import { InputError } from '../errors';
+import { unmount } from '../mount/file-backed';
+import { mountOverlay } from '../mount/overlay';
+import { closeRegistryClients } from '../oci/open-image';
+import type { AccessTrace } from '../storage/access-trace';
+import { bytes } from './format';
+
+function describe(s: TraceSummary): string {
+  return [
+    `image    ${s.image}`,
+    `entries  ${s.entries} chunks in ${s.blobs} blobs, ${bytes(s.bytes)}`,
+    `window   ${(s.windowMs / 1000).toFixed(1)} s from the mount to the last first access`,
+  ].join('\n');
+}
+
+/** The newest trace in the registry of the lazy image `ref` names (the image itself or through its referrer). */
+async function registryShow(ref: string, flags: RegistryFlags): Promise<{ trace: AccessTrace; summary: TraceSummary }> {
+  try {
+    const lazy = await findLazyImage(ref, registriesFromFlags(flags));
+    const found = await registryTrace(lazy.client, lazy.repo, lazy.digest);
+    if (!found) throw new InputError('the registry holds no access trace of this image', { image: ref });
+    const trace = found.doc as AccessTrace;
+    if (trace?.image !== lazy.digest)
+      throw new InputError(`the trace artifact ${found.digest} names another image`, { image: ref });
+    const indexes = [];
+    for (const desc of lazy.manifest.layers.slice(1))
+      indexes.push((await openLazyBlob(ref, lazy.client, lazy.repo, desc)).index);
+    return { trace, summary: summarizeTrace(trace, indexes) };
+  } finally {
+    await closeRegistryClients();
+  }
+}
+
+/** `trace show TARGET|IMAGE`: a path asks the daemon for its mount's trace, a reference asks the registry. */
+export async function showCommand(
+  what: string,
+  opts: RegistryFlags & { socket: string; json?: boolean },
+): Promise<void> {
+  const r = what.startsWith('/')
+    ? ((await callControl(opts.socket, { op: 'trace', target: path.resolve(what), action: 'show' })) as TraceAnswer)
+    : await registryShow(what, opts);
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(r.trace)}\n`);
+    return;
+  }
+  const state = 'ended' in r ? `\nstate    ${r.ended ? `window closed (${r.ended})` : 'recording'}` : '';
+  process.stdout.write(`${describe(r.summary)}${state}\n`);
+}
+
+/** `trace push TARGET`: closes the mount's trace window and pushes the trace as a referrer of the lazy image. */
+export async function pushCommand(target: string, opts: { socket: string; json?: boolean }): Promise<void> {
+  const r = (await callControl(opts.socket, { op: 'trace-push', target: path.resolve(target) })) as TraceAnswer & {
+    artifact: string;
+  };
+  process.stdout.write(
+    opts.json
+      ? `${JSON.stringify({ artifact: r.artifact, ...r.summary })}\n`
+      : `${describe(r.summary)}\npushed   ${r.artifact}\n`,
+  );
+}
+
+/** Runs `cmd` chrooted into `root`; resolves to its exit status (a signal or the timeout: non-zero). */
+function runChrooted(root: string, cmd: readonly string[], timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('chroot', [root, ...cmd], { stdio: 'inherit', timeout: timeoutMs });
+    child.on('error', (err) => reject(new Error(`cannot run chroot: ${err.message}`)));
+    child.on('exit', (code, signal) => {
+      if (signal) process.stderr.write(`erofs-ondemand: ${cmd[0]} ended by ${signal}\n`);
+      resolve(code ?? 128);
+    });
+  });
+}
+
+/**
+ * `trace record IMAGE -- CMD...`: through the running daemon, mounts the image in a temporary
+ * directory, runs CMD chrooted into an overlay of it (writes go to a temporary upper directory),
+ * then pushes the trace the run left. A failing CMD leaves its trace unpushed: it shows what was
+ * read, and the command exits non-zero.
+ */
+export async function recordCommand(
+  image: string,
+  cmd: readonly string[],
+  opts: { socket: string; timeout: string; json?: boolean },
+): Promise<void> {
+  if (cmd.length === 0) throw new InputError('trace record needs a command to run after --', { image });
+  const timeoutMs = Number(opts.timeout) * 1000;
+  if (!(timeoutMs > 0)) throw new InputError(`--timeout ${JSON.stringify(opts.timeout)} is not a positive number`);
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'erofs-ondemand-trace-'));
+  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => path.join(base, d));
+  for (const d of [lower, upper, work, merged]) fs.mkdirSync(d);
+  let mounted = false;
+  let overlaid = false;
+  try {
+    await callControl(opts.socket, { op: 'mount', ref: image, target: lower });
+    mounted = true;
+    mountOverlay({ lower, upper, work, target: merged });
+    overlaid = true;
+    const status = await runChrooted(merged, cmd, timeoutMs);
+    if (status !== 0) {
+      const r = (await callControl(opts.socket, { op: 'trace', target: lower, action: 'end' })) as TraceAnswer;
+      process.stderr.write(`erofs-ondemand: ${cmd[0]} exited with ${status}: its trace is not pushed\n`);
+      process.stdout.write(opts.json ? `${JSON.stringify(r.summary)}\n` : `${describe(r.summary)}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    await pushCommand(lower, opts);
+  } finally {
+    if (overlaid) unmount(merged);
+    if (mounted) await callControl(opts.socket, { op: 'umount', target: lower });
+    fs.rmSync(base, { recursive: true, force: true });
+  }
+}
