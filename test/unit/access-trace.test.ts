@@ -1,0 +1,231 @@
+// Access traces without a registry or a mount: TraceRecorder over real BlobCaches of in-memory blobs,
+// checkTrace refusing each fault, and a trace turned into fetch runs and replayed.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { checkTrace, TraceRecorder, type AccessTrace, type EndReason } from '../../src/storage/access-trace';
+import { BlobCache } from '../../src/storage/blob-cache';
+import { CacheBudget } from '../../src/storage/cache-budget';
+import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
+import { Prefetcher, traceRuns } from '../../src/storage/prefetcher';
+import { makeFakeBlob, type FakeBlob, type FakeRangeReader } from '../lib/fake-blob';
+
+const IMAGE = `sha256:${'a'.repeat(64)}`;
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'eo-access-trace-'));
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+let n = 0;
+function open(blob: FakeBlob, reader: FakeRangeReader = blob.reader()): BlobCache {
+  const cache = BlobCache.open(
+    path.join(work, `cache-${n++}`),
+    blob.remote(reader.read),
+    blob.index,
+    new ChunkFetcher(),
+  );
+  cache.readAhead = { maxBytes: 0 };
+  return cache;
+}
+
+/** A demand read of chunk `i` of `cache`, as a reader of the mount makes it. */
+function read(cache: BlobCache, i: number, priority: 'demand' | 'prefetch' = 'demand'): Promise<number> {
+  const c = cache.index.chunks[i];
+  return cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, { kind: 'cache' }, priority);
+}
+
+let a: FakeBlob;
+let b: FakeBlob;
+before(async () => {
+  a = await makeFakeBlob({ size: 8 * (64 << 10) });
+  b = await makeFakeBlob({ size: 4 * (64 << 10) });
+});
+
+describe('TraceRecorder', () => {
+  it('records the first demand read of each chunk, in order, across blobs, with the chunk table digests', async () => {
+    const blobs = [open(a), open(b)];
+    const ended: Array<{ trace: AccessTrace; reason: EndReason }> = [];
+    const rec = new TraceRecorder(IMAGE, blobs, { onEnd: (trace, reason) => ended.push({ trace, reason }) });
+    await read(blobs[0], 5);
+    await read(blobs[1], 2);
+    await read(blobs[0], 5); // again: a hit, not a new entry
+    await read(blobs[0], 1);
+    await read(blobs[1], 0, 'prefetch'); // not a reader's
+    const c = blobs[0].index.chunks;
+    await blobs[0].serve(c[2].uncompressedOffset, c[3].uncompressedOffset + 10, { kind: 'cache' }); // two chunks
+    const t = rec.trace();
+    assert.deepEqual(
+      t.entries.map((e) => [e.blob, e.chunk]),
+      [
+        [0, 5],
+        [1, 2],
+        [0, 1],
+        [0, 2],
+        [0, 3],
+      ],
+    );
+    for (const e of t.entries)
+      assert.equal(e.digest, blobs[e.blob].index.chunks[e.chunk].digest.toString('hex'), 'the chunk table digest');
+    assert.ok(
+      t.entries.every((e, i) => i === 0 || e.ms >= t.entries[i - 1].ms),
+      'times do not go back',
+    );
+    assert.deepEqual(t.blobs, [a.digest, b.digest]);
+    assert.equal(t.image, IMAGE);
+    assert.equal(rec.ended, null, 'still recording');
+    rec.end('command');
+    rec.end('unmount');
+    await read(blobs[1], 3);
+    assert.equal(ended.length, 1, 'onEnd called once');
+    assert.equal(ended[0].reason, 'command');
+    assert.equal(ended[0].trace.entries.length, 5, 'nothing recorded after the window closed');
+    assert.deepEqual(checkTrace(JSON.parse(JSON.stringify(ended[0].trace)), IMAGE, blobs), ended[0].trace);
+  });
+
+  it('records a chunk already being fetched for prefetch when a reader asks for it', async () => {
+    const reader = a.reader();
+    const cache = open(a, reader);
+    const rec = new TraceRecorder(IMAGE, [cache]);
+    const release = reader.hold();
+    const prefetch = read(cache, 4, 'prefetch');
+    await reader.started(1);
+    const demand = read(cache, 4);
+    release();
+    await Promise.all([prefetch, demand]);
+    assert.equal(reader.requests.length, 1, 'fetched once');
+    assert.deepEqual(
+      rec.trace().entries.map((e) => e.chunk),
+      [4],
+    );
+    rec.end('unmount');
+  });
+
+  it('closes the window after a quiet spell, not before the first read', async () => {
+    const cache = open(a);
+    let reason: EndReason | null = null;
+    const rec = new TraceRecorder(IMAGE, [cache], { idleMs: 30, onEnd: (_t, r) => (reason = r) });
+    await new Promise((r) => setTimeout(r, 80));
+    assert.equal(rec.ended, null, 'a mount nobody has read is still recording');
+    await read(cache, 0);
+    await new Promise((r) => setTimeout(r, 80));
+    assert.equal(rec.ended, 'idle');
+    assert.equal(reason, 'idle');
+    await read(cache, 1);
+    assert.equal(rec.size, 1);
+  });
+
+  it('closes the window at its bound', async () => {
+    const cache = open(a);
+    const rec = new TraceRecorder(IMAGE, [cache], { maxEntries: 3 });
+    for (const i of [7, 6, 5, 4, 3]) await read(cache, i);
+    assert.equal(rec.ended, 'bound');
+    assert.deepEqual(
+      rec.trace().entries.map((e) => e.chunk),
+      [7, 6, 5],
+    );
+  });
+
+  it('calls onEnd for nothing when nothing was read', () => {
+    let called = false;
+    const rec = new TraceRecorder(IMAGE, [open(a)], { onEnd: () => (called = true) });
+    rec.end('unmount');
+    assert.equal(called, false);
+  });
+});
+
+describe('checkTrace', () => {
+  let blobs: BlobCache[];
+  let good: AccessTrace;
+  before(() => {
+    blobs = [open(a), open(b)];
+    const entry = (blob: number, chunk: number) => ({
+      blob,
+      chunk,
+      ms: chunk,
+      digest: blobs[blob].index.chunks[chunk].digest.toString('hex'),
+    });
+    good = { version: 1, image: IMAGE, blobs: [a.digest, b.digest], entries: [entry(0, 3), entry(1, 1), entry(0, 7)] };
+  });
+  const bad = (change: (t: AccessTrace) => void): unknown => {
+    const t = structuredClone(good);
+    change(t);
+    return t;
+  };
+
+  it('accepts a trace of the image', () => {
+    assert.deepEqual(checkTrace(structuredClone(good), IMAGE, blobs), good);
+  });
+
+  const faults: Array<[string, (t: AccessTrace) => void, RegExp]> = [
+    ['another image', (t) => (t.image = `sha256:${'b'.repeat(64)}`), /is the trace of "sha256:b/],
+    ['other blobs', (t) => (t.blobs = [b.digest, a.digest]), /blobs are not the image's/],
+    ['a blob fewer', (t) => t.blobs.pop(), /blobs are not the image's/],
+    ['a chunk index past the table', (t) => (t.entries[1].chunk = 4), /entry 1 is out of range/],
+    ['a negative chunk index', (t) => (t.entries[0].chunk = -1), /entry 0 is out of range/],
+    ['a fractional chunk index', (t) => (t.entries[0].chunk = 1.5), /entry 0 is out of range/],
+    ['a blob index past the image', (t) => (t.entries[2].blob = 2), /entry 2 is out of range/],
+    ['a wrong chunk digest', (t) => (t.entries[2].digest = t.entries[0].digest), /entry 2: chunk 7 of blob .* digest/],
+    ['another version', (t) => ((t as { version: number }).version = 2), /version 2 is not 1/],
+    ['no entries', (t) => delete (t as Partial<AccessTrace>).entries, /entries missing/],
+  ];
+  for (const [what, change, message] of faults) {
+    it(`refuses a trace with ${what}`, () => {
+      assert.throws(() => checkTrace(bad(change), IMAGE, blobs), message);
+    });
+  }
+
+  it('refuses what is not a trace at all', () => {
+    assert.throws(() => checkTrace(null, IMAGE, blobs), /not an object/);
+    assert.throws(() => checkTrace('trace', IMAGE, blobs), /not an object/);
+  });
+});
+
+describe('traceRuns and replay', () => {
+  it('merges consecutive neighbouring chunks of one blob, in trace order, up to a bounded run', async () => {
+    const big = await makeFakeBlob({ size: 6 << 20, chunkSize: 1 << 20 });
+    const blobs = [open(a), open(big)];
+    const e = (blob: number, chunk: number) => ({ blob, chunk, ms: 0, digest: '' });
+    const trace: AccessTrace = {
+      version: 1,
+      image: IMAGE,
+      blobs: [a.digest, big.digest],
+      // a's 2,3,4 (one run), a's 6 (a gap), big's 0..5 (split at the bound), a's 7 (after another blob), a's 6 again
+      entries: [e(0, 2), e(0, 3), e(0, 4), e(0, 6), ...[0, 1, 2, 3, 4, 5].map((i) => e(1, i)), e(0, 7), e(0, 5)],
+    };
+    const at = (blob: number, chunk: number) => blobs[blob].index.chunks[chunk];
+    const end = (blob: number, chunk: number) => at(blob, chunk).uncompressedOffset + at(blob, chunk).uncompressedSize;
+    const runs = traceRuns(trace, blobs).map((r) => [blobs.indexOf(r.blob), r.start, r.end]);
+    assert.deepEqual(runs, [
+      [0, at(0, 2).uncompressedOffset, end(0, 4)],
+      [0, at(0, 6).uncompressedOffset, end(0, 6)],
+      [1, 0, end(1, 3)],
+      [1, at(1, 4).uncompressedOffset, end(1, 5)],
+      [0, at(0, 7).uncompressedOffset, end(0, 7)],
+      [0, at(0, 5).uncompressedOffset, end(0, 5)],
+    ]);
+  });
+
+  it('replays a trace as prefetch: its chunks cached, in trace order, none recorded as a reader access', async () => {
+    const reader = a.reader();
+    const cache = open(a, reader);
+    const rec = new TraceRecorder(IMAGE, [cache]);
+    const digest = (i: number) => cache.index.chunks[i].digest.toString('hex');
+    const trace: AccessTrace = {
+      version: 1,
+      image: IMAGE,
+      blobs: [a.digest],
+      entries: [6, 1, 2].map((chunk) => ({ blob: 0, chunk, ms: 0, digest: digest(chunk) })),
+    };
+    const prefetcher = new Prefetcher(0, new CacheBudget(0, 0, { evictUnused: () => 0, mounted: () => [cache] }));
+    const fetched = await prefetcher.replay(trace, [cache], 1);
+    assert.equal(fetched, 3);
+    assert.equal(cache.presentChunks, 3);
+    assert.deepEqual(
+      reader.requests.map((r) => r.offset),
+      [cache.index.chunks[6].compressedOffset, cache.index.chunks[1].compressedOffset],
+      'one request per run, in trace order',
+    );
+    assert.equal(rec.size, 0);
+    rec.end('unmount');
+  });
+});
