@@ -13,7 +13,7 @@ import { InputError } from '../errors';
 import { unmount } from '../mount/file-backed';
 import { mountOverlay } from '../mount/overlay';
 import { closeRegistryClients } from '../oci/open-image';
-import type { AccessTrace } from '../storage/access-trace';
+import { checkTrace, type AccessTrace } from '../storage/access-trace';
 import { bytes } from './format';
 
 function describe(s: TraceSummary): string {
@@ -30,12 +30,18 @@ async function registryShow(ref: string, flags: RegistryFlags): Promise<{ trace:
     const lazy = await findLazyImage(ref, registriesFromFlags(flags));
     const found = await registryTrace(lazy.client, lazy.repo, lazy.digest);
     if (!found) throw new InputError('the registry holds no access trace of this image', { image: ref });
-    const trace = found.doc as AccessTrace;
-    if (trace?.image !== lazy.digest)
-      throw new InputError(`the trace artifact ${found.digest} names another image`, { image: ref });
-    const indexes = [];
-    for (const desc of lazy.manifest.layers.slice(1))
-      indexes.push((await openLazyBlob(ref, lazy.client, lazy.repo, desc)).index);
+    const blobs = [];
+    for (const desc of lazy.manifest.layers.slice(1)) blobs.push(await openLazyBlob(ref, lazy.client, lazy.repo, desc));
+    const indexes = blobs.map((b) => b.index);
+    let trace: AccessTrace;
+    try {
+      trace = checkTrace(found.doc, lazy.digest, blobs);
+    } catch (err) {
+      // Shown all the same, for what it is: daemons will not replay it.
+      process.stderr.write(`erofs-ondemand: warning: ${(err as Error).message}; daemons ignore this trace\n`);
+      trace = found.doc as AccessTrace;
+      if (!Array.isArray(trace?.entries) || !Array.isArray(trace.blobs)) throw err;
+    }
     return { trace, summary: summarizeTrace(trace, indexes) };
   } finally {
     await closeRegistryClients();

@@ -14,6 +14,7 @@ import type { HostClient } from '../oci/host-client';
 import type { ResolvedImage } from '../oci/image-io';
 import { hostPlatform, type Descriptor, type ImageManifest } from '../oci/types';
 import type { BlobCache } from '../storage/blob-cache';
+import type { RemoteBlob } from '../storage/chunk-fetcher';
 import type { BlobStore } from '../storage/blob-store';
 
 export interface PreparedImage {
@@ -87,7 +88,7 @@ export async function openLazyBlob(
   client: HostClient,
   repo: string,
   desc: Descriptor,
-): Promise<{ what: string; read: RangeReader; index: BlobIndex }> {
+): Promise<{ remote: RemoteBlob; index: BlobIndex }> {
   const what = `image ${ref}, blob ${desc.digest}`;
   const read: RangeReader = (offset, length, verify, priority) =>
     client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority });
@@ -106,7 +107,7 @@ export async function openLazyBlob(
         layer: desc.digest,
       },
     );
-  return { what, read, index };
+  return { remote: { digest: desc.digest, what, read }, index };
 }
 
 /**
@@ -151,7 +152,7 @@ export class ImageStore {
   private async blob(ref: string, client: HostClient, repo: string, desc: Descriptor): Promise<BlobCache> {
     const known = this.blobs.get(desc.digest);
     if (known) return known;
-    const { what, read, index } = await openLazyBlob(ref, client, repo, desc);
-    return this.blobs.add({ digest: desc.digest, what, read }, index);
+    const { remote, index } = await openLazyBlob(ref, client, repo, desc);
+    return this.blobs.add(remote, index);
   }
 }

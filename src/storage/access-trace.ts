@@ -110,7 +110,11 @@ export const MAX_TRACE_ENTRIES = 1 << 20;
  * its blobs, every index in range and every chunk digest equal to the chunk table's. Throws naming
  * the first fault.
  */
-export function checkTrace(doc: unknown, image: string, blobs: readonly BlobCache[]): AccessTrace {
+export function checkTrace(
+  doc: unknown,
+  image: string,
+  blobs: ReadonlyArray<Pick<BlobCache, 'remote' | 'index'>>,
+): AccessTrace {
   const fail = (why: string): never => {
     throw new InputError(`access trace refused: ${why}`, { image });
   };

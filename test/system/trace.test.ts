@@ -193,6 +193,9 @@ describe('access traces through the registry', () => {
     const k = bad.entries.length >> 1;
     bad.entries[k].digest = bad.entries[k].digest.replace(/^./, (c) => (c === '0' ? '1' : '0'));
     await pushAsTrace(bad);
+    const shown = await execCli('trace', 'show', image);
+    assert.match(shown.stderr, new RegExp(`warning: .*entry ${k}: .*; daemons ignore this trace`));
+    assert.match(shown.stdout, new RegExp(`entries +${bad.entries.length} `), 'shown all the same');
     const d = await freshDaemon('cache-bad-digest');
     const mnt = await mount(image);
     try {
