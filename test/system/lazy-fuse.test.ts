@@ -133,10 +133,10 @@ describe('lazy mount through FUSE', () => {
         /Input\/output error/.test(err.stderr),
       );
       proxy.reset();
-      assert.equal(
-        image.blobs.reduce((n, b) => n + b.presentChunks, 0),
-        0,
-        'nothing was cached',
+      // Read-ahead chunks that shared the corrupted response may be cached, verified: never a wrong one.
+      for (const b of image.blobs) assert.deepEqual(await b.verify(), [], 'nothing wrong was cached');
+      assert.ok(
+        image.blobs.reduce((n, b) => n + b.presentChunks, 0) < image.blobs.reduce((n, b) => n + b.totalChunks, 0),
       );
       assert.equal(
         await sha256(path.join(mnt, 'opt', 'app', 'bash-copy')),
