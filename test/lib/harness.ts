@@ -67,6 +67,18 @@ export function execCliSync(args: readonly string[], opts: CliOptions = {}): str
   });
 }
 
+/**
+ * Puts an OCI layout image (`layout:tag`) into a registry as `library/NAME:1` (skopeo) and converts it
+ * there to `lazy/NAME:1` with our CLI; returns both references.
+ */
+export function publishLazy(layoutRef: string, host: string, name: string): { source: string; lazy: string } {
+  const source = `${host}/library/${name}:1`;
+  const lazy = `${host}/lazy/${name}:1`;
+  execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${layoutRef}`, `docker://${source}`]);
+  execCliSync(['convert', '-q', source, lazy]);
+  return { source, lazy };
+}
+
 export interface DaemonOptions {
   cacheDir: string;
   /** The control socket: the daemon is up once it exists. */

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { until } from '../lib/assertions';
-import { execCli, execCliSync, startDaemon as launchDaemon, type Daemon } from '../lib/harness';
+import { execCli, publishLazy, startDaemon as launchDaemon, type Daemon } from '../lib/harness';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { cleanup, tempDir } from '../lib/image';
 import { RegistryClient } from '../../src/oci/registry';
@@ -58,14 +58,7 @@ function daemonSuite(transport: Transport, extraFlags: string[], full: boolean) 
       socket = path.join(work, 'control.sock');
       registry = await startRegistry();
       proxy = await startFaultProxy(registry.host);
-      execFileSync('skopeo', [
-        'copy',
-        '-q',
-        '--dest-tls-verify=false',
-        `oci:${image.ref}`,
-        `docker://${registry.host}/library/minbase:1`,
-      ]);
-      execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
+      publishLazy(image.ref, registry.host, 'minbase');
     });
     after(async () => {
       await stopDaemon();
@@ -381,14 +374,7 @@ function daemonSuite(transport: Transport, extraFlags: string[], full: boolean) 
       const second = new UmociImage(path.join(work, 'second-layout'), 'v2');
       execFileSync('skopeo', ['copy', '-q', `oci:${minbaseImage().ref}`, `oci:${second.ref}`]);
       second.layer((r) => fs.writeFileSync(path.join(r, 'second.txt'), 'only in the second image\n'));
-      execFileSync('skopeo', [
-        'copy',
-        '-q',
-        '--dest-tls-verify=false',
-        `oci:${second.ref}`,
-        `docker://${registry.host}/library/second:1`,
-      ]);
-      execCliSync(['convert', '-q', `${registry.host}/library/second:1`, `${registry.host}/lazy/second:1`]);
+      publishLazy(second.ref, registry.host, 'second');
       const a = fs.mkdtempSync(path.join(work, 'mnt-'));
       const b = fs.mkdtempSync(path.join(work, 'mnt-'));
       await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, a);

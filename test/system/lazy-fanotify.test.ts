@@ -2,7 +2,7 @@
 // source image's referrer, mounted lazily (file-backed EROFS + fanotify pre-content), programs run
 // from it, and every file compared with `umoci unpack` of the source.
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -16,7 +16,7 @@ import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { minbaseImage } from '../lib/test-images';
 import { compareTreesInChild } from '../lib/tree-compare';
-import { execCliSync } from '../lib/harness';
+import { publishLazy } from '../lib/harness';
 
 const run = promisify(execFile);
 
@@ -30,14 +30,7 @@ describe('lazy mount through fanotify', () => {
     work = tempDir('lazy');
     reference = image.unpack(path.join(work, 'reference'));
     registry = await startRegistry();
-    execFileSync('skopeo', [
-      'copy',
-      '-q',
-      '--dest-tls-verify=false',
-      `oci:${image.ref}`,
-      `docker://${registry.host}/library/minbase:1`,
-    ]);
-    execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
+    publishLazy(image.ref, registry.host, 'minbase');
   });
   after(async () => {
     await closeRegistryClients();

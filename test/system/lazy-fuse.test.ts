@@ -3,7 +3,7 @@
 // run from it and every file compared with `umoci unpack` of the source. This process serves the FUSE
 // requests: everything that touches the mounts runs in child processes, asynchronously.
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -20,7 +20,7 @@ import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { minbaseImage } from '../lib/test-images';
 import { compareTreesInChild } from '../lib/tree-compare';
-import { execCliSync } from '../lib/harness';
+import { publishLazy } from '../lib/harness';
 
 const run = promisify(execFile);
 
@@ -46,14 +46,7 @@ describe('lazy mount through FUSE', () => {
     reference = image.unpack(path.join(work, 'reference'));
     registry = await startRegistry();
     proxy = await startFaultProxy(registry.host);
-    execFileSync('skopeo', [
-      'copy',
-      '-q',
-      '--dest-tls-verify=false',
-      `oci:${image.ref}`,
-      `docker://${registry.host}/library/minbase:1`,
-    ]);
-    execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, `${registry.host}/lazy/minbase:1`]);
+    publishLazy(image.ref, registry.host, 'minbase');
   });
   after(async () => {
     await closeRegistryClients();

@@ -2,7 +2,7 @@
 // fallback) with the daemon on fanotify: a mount's trace pushed and read back, replayed on a fresh
 // cache, a trace of another image or with a wrong chunk digest ignored, and `trace record`.
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,7 +14,7 @@ import type { Descriptor } from '../../src/oci/types';
 import { TRACE_ARTIFACT_TYPE } from '../../src/daemon/trace-store';
 import { TRACE_MEDIA_TYPE, type AccessTrace } from '../../src/storage/access-trace';
 import { until } from '../lib/assertions';
-import { execCli, execCliSync, runCliAsync, startDaemon, type Daemon } from '../lib/harness';
+import { execCli, execCliSync, publishLazy, runCliAsync, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { minbaseImage } from '../lib/test-images';
@@ -94,16 +94,8 @@ describe('access traces through the registry', () => {
     work = tempDir('trace');
     socket = path.join(work, 'control.sock');
     registry = await startRegistry();
-    execFileSync('skopeo', [
-      'copy',
-      '-q',
-      '--dest-tls-verify=false',
-      `oci:${img.ref}`,
-      `docker://${registry.host}/library/minbase:1`,
-    ]);
-    image = `${registry.host}/lazy/minbase:1`;
+    image = publishLazy(img.ref, registry.host, 'minbase').lazy;
     other = `${registry.host}/lazy/other:1`;
-    execCliSync(['convert', '-q', `${registry.host}/library/minbase:1`, image]);
     // The same files in other chunks: another lazy image, with other blobs.
     execCliSync(['convert', '-q', '--chunk-size', '256K', `${registry.host}/library/minbase:1`, other]);
     const client = new RegistryClient(registry.host, { plainHttp: true, credentials: null });
