@@ -66,11 +66,12 @@ interface Sample {
 
 interface Prepared {
   image: BenchImage;
+  /** The original image in the registry, with its lazy copy but no trace. */
   source: string;
-  lazy: string;
   compressedBytes: number;
   layers: number;
-  traced: boolean;
+  /** The same image in repositories that hold a trace of the workload, when this build records traces. */
+  traced: string | null;
 }
 
 /** `trace record` exists only in builds that have it; the bench says so instead of failing. */
@@ -106,28 +107,36 @@ class Bench {
     });
   }
 
+  /** Pushes the image as `repo/NAME:1` and converts it to `repo-lazy/NAME:1`; the reference pushed. */
+  private publish(img: UmociImage, repo: string, name: string): string {
+    const source = `${this.registryHost}/${repo}/${name}:1`;
+    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${source}`]);
+    cli('convert', '-q', source, `${this.registryHost}/${repo}-lazy/${name}:1`);
+    return source;
+  }
+
   async prepare(image: BenchImage, traceAvailable: boolean): Promise<Prepared> {
     const img = image.build();
-    const source = `${this.registryHost}/src/${image.name}:1`;
-    const lazy = `${this.registryHost}/lazy/${image.name}:1`;
-    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${source}`]);
-    cli('convert', '-q', source, lazy);
+    const source = this.publish(img, 'src', image.name);
     const manifest = JSON.parse(
       execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${source}`], { encoding: 'utf8' }),
-    ) as { layers: Array<{ size: number }>; config: { size: number } };
+    ) as { layers: Array<{ size: number }> };
     const compressedBytes = manifest.layers.reduce((n, l) => n + l.size, 0);
-    const prepared = { image, source, lazy, compressedBytes, layers: manifest.layers.length, traced: false };
+    const prepared: Prepared = { image, source, compressedBytes, layers: manifest.layers.length, traced: null };
     if (traceAvailable) {
+      // A daemon replays any trace the registry holds for an image at every mount, so the traced copy
+      // lives in repositories of its own and the other lazy modes mount one without a trace.
+      const traced = this.publish(img, 'traced', image.name);
       // The recording run: its own daemon and cache, thrown away before the series.
       const dir = this.dir(`trace-${image.name}`);
       const daemon = await this.daemon(dir);
       try {
-        cli('trace', 'record', '--socket', daemon.socket, source, '--', ...image.workload);
+        cli('trace', 'record', '--socket', daemon.socket, traced, '--', ...image.workload);
       } finally {
         await daemon.stop();
         fs.rmSync(dir, { recursive: true, force: true });
       }
-      prepared.traced = true;
+      prepared.traced = traced;
     }
     return prepared;
   }
@@ -158,7 +167,7 @@ class Bench {
     try {
       dropCaches();
       const [out, seconds] = timed(() => {
-        cli('mount', '--socket', daemon.socket, p.source, lower);
+        cli('mount', '--socket', daemon.socket, mode === 'lazy+trace' ? p.traced! : p.source, lower);
         execFileSync('mount', [
           '-t',
           'overlay',
