@@ -45,7 +45,7 @@ const IMAGES: Record<string, BenchImage> = {
   },
   ml: {
     name: 'ml',
-    title: 'minbase + python3 + numpy + torch + scipy/pandas/sklearn/opencv/torchvision/gcc',
+    title: 'minbase + python3 + numpy + torch + scipy, pandas, sklearn, opencv, torchvision, gcc',
     build: mlImage,
     workload: ['python3', '-c', 'import torch; x=torch.randn(512,512); print((x@x).sum())'],
     // A sum of random numbers: only its shape is known.
@@ -262,7 +262,8 @@ async function main(): Promise<void> {
       const notes = p.traced ? [] : ['lazy+trace: not available in this build'];
       for (const note of notes) process.stdout.write(`${note}\n`);
       panels.push({
-        title: `${image.title} (${p.layers} layers, ${mb(p.compressedBytes)} MB compressed)`,
+        title: `${image.name}: ${p.layers} layers, ${mb(p.compressedBytes)} MB compressed`,
+        subtitle: `${image.title}; workload: ${image.workload.join(' ')}`,
         bars,
         notes,
       });
