@@ -263,7 +263,7 @@ async function main(): Promise<void> {
       for (const note of notes) process.stdout.write(`${note}\n`);
       panels.push({
         title: `${image.name}: ${p.layers} layers, ${mb(p.compressedBytes)} MB compressed`,
-        subtitle: `${image.title}; workload: ${image.workload.join(' ')}`,
+        lines: [image.title, `workload: ${image.workload.join(' ')}`],
         bars,
         notes,
       });

@@ -10,7 +10,8 @@ export interface ChartBar {
 
 export interface ChartPanel {
   title: string;
-  subtitle: string;
+  /** Smaller lines under the title: what the image holds, the workload. */
+  lines: readonly string[];
   bars: readonly ChartBar[];
   /** Lines printed under the bars: modes that could not be measured, and why. */
   notes?: readonly string[];
@@ -45,8 +46,10 @@ export function coldStartSvg(heading: string, subheading: string, panels: readon
   for (const panel of panels) {
     y += 22;
     out.push(`<text x="12" y="${y}" font-size="14" font-weight="bold">${esc(panel.title)}</text>`);
-    y += 16;
-    out.push(`<text x="12" y="${y}" font-size="12" fill="#555">${esc(panel.subtitle)}</text>`);
+    for (const line of panel.lines) {
+      y += 16;
+      out.push(`<text x="12" y="${y}" font-size="12" fill="#555">${esc(line)}</text>`);
+    }
     y += 8;
     const max = Math.max(...panel.bars.map((b) => b.seconds), 1e-9);
     for (const bar of panel.bars) {
