@@ -1,132 +1,292 @@
-// Cold start: the time from "run this image" to the workload's first result, for an image built from
-// Debian packages in a registry on 127.0.0.1, with the page cache dropped before each run:
-//   traditional  skopeo copy (pull) + umoci unpack, then run
-//   lazy         erofs-ondemand mount (fanotify), then run
-//   lazy+pf      the same with 2 background prefetch workers
-//   local        the image already unpacked on disk (the floor)
-// Medians of BENCH_RUNS runs (default 3). Prints a table.
+// Cold start: the time from "run this image" to the workload's result, for images built from Debian
+// packages in a registry on 127.0.0.1, every container run by runc through containerd (`ctr run`):
+//   traditional      containerd's own pull + unpack (a fresh containerd root), then `ctr run`
+//   lazy             erofs-ondemand mount + an overlay with a writable upper, then `ctr run --rootfs`
+//   lazy+prefetch10  the same with 10 background prefetch workers (blind: every chunk, in blob order)
+//   lazy+trace       the same, the daemon replaying a trace of the workload recorded beforehand
+//                    (in a separate run with its own daemon and cache, never in the measured one)
+//   floor            the image already unpacked by containerd, then `ctr run`
+// Every measured run starts with an empty cache, a freshly started daemon and a dropped page cache.
+// Medians of BENCH_RUNS runs (default 3), all modes of one run back to back, in one series.
+// BENCH_IMAGES: comma-separated, of `small` (minbase + python3) and `ml` (Debian's torch and friends);
+// default both. BENCH_TRANSPORT: the daemon's transport (default fanotify). BENCH_SVG: where the
+// chart goes (default docs/coldstart.svg; empty: no chart).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startDaemon } from '../test/lib/harness';
+import { runCli, startDaemon, type Daemon } from '../test/lib/harness';
 import { startRegistry } from '../test/lib/registry-server';
-import { pythonImage } from '../test/lib/test-images';
+import { mlImage, pythonImage, type UmociImage } from '../test/lib/test-images';
+import { coldStartSvg, type ChartPanel } from './coldstart-chart';
+import { startContainerd, unmountUnder, type Containerd } from './containerd';
 import { cli, dropCaches, median, numberTable, timed } from './lib';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
-const WORKLOAD = [
-  '/usr/bin/python3',
-  '-c',
-  'import json, email.parser, http.client; print(json.dumps({"answer": 42}))',
-];
+const TRANSPORT = process.env.BENCH_TRANSPORT ?? 'fanotify';
+const PREFETCH_WORKERS = 10;
+const SVG = process.env.BENCH_SVG ?? path.resolve(__dirname, '..', '..', 'docs', 'coldstart.svg');
+
+interface BenchImage {
+  name: string;
+  title: string;
+  build: () => UmociImage;
+  workload: readonly string[];
+  /** Whether the workload's stdout is the result it should print. */
+  check: (stdout: string) => boolean;
+}
+
+const IMAGES: Record<string, BenchImage> = {
+  small: {
+    name: 'small',
+    title: 'minbase + python3',
+    build: pythonImage,
+    workload: ['python3', '-c', 'import json, email.parser, http.client; print(json.dumps({"answer": 42}))'],
+    check: (out) => out === '{"answer": 42}\n',
+  },
+  ml: {
+    name: 'ml',
+    title: 'minbase + python3 + numpy + torch + scipy, pandas, sklearn, opencv, torchvision, gcc',
+    build: mlImage,
+    workload: ['python3', '-c', 'import torch; x=torch.randn(512,512); print((x@x).sum())'],
+    // A sum of random numbers: only its shape is known.
+    check: (out) => /^tensor\(-?[0-9.e+-]+\)\n$/.test(out),
+  },
+};
+
+const MODES = ['traditional', 'lazy', 'lazy+prefetch10', 'lazy+trace', 'floor'] as const;
+type Mode = (typeof MODES)[number];
+
+interface Sample {
+  seconds: number;
+  bytes: number;
+  gets: number;
+  /** The erofs-ondemand daemon's peak resident set (VmHWM), lazy modes only. */
+  peakRssBytes?: number;
+}
+
+interface Prepared {
+  image: BenchImage;
+  /** The original image in the registry, with its lazy copy but no trace. */
+  source: string;
+  compressedBytes: number;
+  layers: number;
+  /** The same image in repositories that hold a trace of the workload, when this build records traces. */
+  traced: string | null;
+}
+
+/** `trace record` exists only in builds that have it; the bench says so instead of failing. */
+function hasTrace(): boolean {
+  return runCli(['trace', '--help']).stdout.startsWith('Usage: erofs-ondemand trace');
+}
+
+function peakRss(pid: number): number {
+  const m = /^VmHWM:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmHWM in /proc/${pid}/status`);
+  return Number(m[1]) * 1024;
+}
+
+class Bench {
+  private seq = 0;
+
+  constructor(
+    readonly work: string,
+    readonly registryHost: string,
+  ) {}
+
+  private dir(name: string): string {
+    const d = path.join(this.work, `${name}-${++this.seq}`);
+    fs.mkdirSync(d, { recursive: true });
+    return d;
+  }
+
+  private daemon(dir: string, flags: string[] = []): Promise<Daemon> {
+    return startDaemon({
+      cacheDir: path.join(dir, 'cache'),
+      socket: path.join(dir, 'control.sock'),
+      flags: ['--transport', TRANSPORT, '--metrics-address', '', ...flags],
+    });
+  }
+
+  /** Pushes the image as `repo/NAME:1` and converts it to `repo-lazy/NAME:1`; the reference pushed. */
+  private publish(img: UmociImage, repo: string, name: string): string {
+    const source = `${this.registryHost}/${repo}/${name}:1`;
+    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${img.ref}`, `docker://${source}`]);
+    cli('convert', '-q', source, `${this.registryHost}/${repo}-lazy/${name}:1`);
+    return source;
+  }
+
+  async prepare(image: BenchImage, traceAvailable: boolean): Promise<Prepared> {
+    const img = image.build();
+    const source = this.publish(img, 'src', image.name);
+    const manifest = JSON.parse(
+      execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${source}`], { encoding: 'utf8' }),
+    ) as { layers: Array<{ size: number }> };
+    const compressedBytes = manifest.layers.reduce((n, l) => n + l.size, 0);
+    const prepared: Prepared = { image, source, compressedBytes, layers: manifest.layers.length, traced: null };
+    if (traceAvailable) {
+      // A daemon replays any trace the registry holds for an image at every mount, so the traced copy
+      // lives in repositories of its own and the other lazy modes mount one without a trace.
+      const traced = this.publish(img, 'traced', image.name);
+      // The recording run: its own daemon and cache, thrown away before the series.
+      const dir = this.dir(`trace-${image.name}`);
+      const daemon = await this.daemon(dir);
+      try {
+        cli('trace', 'record', '--socket', daemon.socket, traced, '--', ...image.workload);
+      } finally {
+        await daemon.stop();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+      prepared.traced = traced;
+    }
+    return prepared;
+  }
+
+  /** containerd's pull + unpack + run, then (the floor) the same image run again from its local snapshot. */
+  traditional(p: Prepared, containerd: Containerd, run: number): { traditional: Sample; floor: Sample } {
+    dropCaches();
+    const [out, seconds] = timed(() => {
+      containerd.pull(p.source);
+      return containerd.runImage(p.source, `trad-${run}`, p.image.workload);
+    });
+    this.expect(p, 'traditional', out);
+    // A pull GETs the manifest, the config and every layer.
+    const traditional = { seconds, bytes: p.compressedBytes, gets: p.layers + 2 };
+    dropCaches();
+    const [again, floorSeconds] = timed(() => containerd.runImage(p.source, `floor-${run}`, p.image.workload));
+    this.expect(p, 'floor', again);
+    return { traditional, floor: { seconds: floorSeconds, bytes: 0, gets: 0 } };
+  }
+
+  async lazy(p: Prepared, containerd: Containerd, mode: Mode, run: number): Promise<Sample> {
+    const dir = this.dir(`${mode}-${p.image.name}`);
+    const daemon = await this.daemon(dir, mode === 'lazy+prefetch10' ? ['--prefetch', String(PREFETCH_WORKERS)] : []);
+    const [lower, upper, workdir, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => {
+      fs.mkdirSync(path.join(dir, d));
+      return path.join(dir, d);
+    });
+    try {
+      dropCaches();
+      const [out, seconds] = timed(() => {
+        cli('mount', '--socket', daemon.socket, mode === 'lazy+trace' ? p.traced! : p.source, lower);
+        execFileSync('mount', [
+          '-t',
+          'overlay',
+          'overlay',
+          '-o',
+          `lowerdir=${lower},upperdir=${upper},workdir=${workdir}`,
+          merged,
+        ]);
+        return containerd.runRootfs(merged, `${mode.replace(/\W/g, '-')}-${run}`, p.image.workload);
+      });
+      this.expect(p, mode, out);
+      const status = JSON.parse(cli('status', '--json', '--socket', daemon.socket)) as {
+        fetch: { bytesFetched: number; requests: number };
+      };
+      const peakRssBytes = peakRss(daemon.process.pid!);
+      execFileSync('umount', [merged]);
+      cli('umount', '--socket', daemon.socket, lower);
+      return { seconds, bytes: status.fetch.bytesFetched, gets: status.fetch.requests, peakRssBytes };
+    } finally {
+      unmountUnder(merged);
+      await daemon.stop();
+      unmountUnder(dir);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  private expect(p: Prepared, mode: string, out: string): void {
+    if (!p.image.check(out)) throw new Error(`${p.image.name} ${mode}: the workload printed ${JSON.stringify(out)}`);
+  }
+
+  /** One run of every mode, back to back, on a fresh containerd. */
+  async run(p: Prepared, run: number): Promise<Partial<Record<Mode, Sample>>> {
+    const containerd = await startContainerd(this.dir('containerd'));
+    try {
+      const { traditional, floor } = this.traditional(p, containerd, run);
+      const got: Partial<Record<Mode, Sample>> = { traditional, floor };
+      got.lazy = await this.lazy(p, containerd, 'lazy', run);
+      got['lazy+prefetch10'] = await this.lazy(p, containerd, 'lazy+prefetch10', run);
+      if (p.traced) got['lazy+trace'] = await this.lazy(p, containerd, 'lazy+trace', run);
+      return got;
+    } finally {
+      await containerd.stop();
+    }
+  }
+}
+
+const mb = (bytes: number) => (bytes / 1e6).toFixed(1);
 
 async function main(): Promise<void> {
+  const names = (process.env.BENCH_IMAGES ?? 'small,ml').split(',').filter(Boolean);
+  for (const n of names) if (!IMAGES[n]) throw new Error(`BENCH_IMAGES: no image ${n} (have ${Object.keys(IMAGES)})`);
+  const traceAvailable = hasTrace();
   const work = fs.mkdtempSync('/var/tmp/erofs-ondemand-coldstart-');
   const registry = await startRegistry();
-  const rows: string[][] = [];
+  const bench = new Bench(work, registry.host);
+  const panels: ChartPanel[] = [];
   try {
-    process.stderr.write('== preparing: image, registry, conversion\n');
-    const img = pythonImage();
-    execFileSync('skopeo', [
-      'copy',
-      '-q',
-      '--dest-tls-verify=false',
-      `oci:${img.ref}`,
-      `docker://${registry.host}/src/python:1`,
-    ]);
-    cli('convert', '-q', `${registry.host}/src/python:1`, `${registry.host}/lazy/python:1`);
-    const sourceBytes = JSON.parse(
-      execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/src/python:1`], {
-        encoding: 'utf8',
-      }),
-    ).layers.reduce((n: number, l: { size: number }) => n + l.size, 0);
-    const results: Record<string, { t: number[]; bytes: number[] }> = {
-      traditional: { t: [], bytes: [] },
-      lazy: { t: [], bytes: [] },
-      'lazy+prefetch': { t: [], bytes: [] },
-      local: { t: [], bytes: [] },
-    };
-    let expected = '';
-    for (let i = 0; i < RUNS; i++) {
-      // traditional
-      const dir = path.join(work, `trad-${i}`);
-      fs.mkdirSync(dir);
-      dropCaches();
-      const [out, pulled] = timed(() => {
-        execFileSync('skopeo', [
-          'copy',
-          '-q',
-          '--src-tls-verify=false',
-          `docker://${registry.host}/src/python:1`,
-          `oci:${dir}/layout:1`,
-        ]);
-        execFileSync('umoci', ['unpack', '--image', `${dir}/layout:1`, `${dir}/bundle`], { stdio: 'ignore' });
-        return execFileSync('chroot', [`${dir}/bundle/rootfs`, ...WORKLOAD], { encoding: 'utf8' });
-      });
-      results.traditional.t.push(pulled);
-      results.traditional.bytes.push(sourceBytes);
-      expected ||= out;
-      // local: the same rootfs, now on disk
-      dropCaches();
-      results.local.t.push(timed(() => execFileSync('chroot', [`${dir}/bundle/rootfs`, ...WORKLOAD]))[1]);
-      results.local.bytes.push(0);
-      fs.rmSync(dir, { recursive: true, force: true });
-
-      for (const [name, prefetch] of [
-        ['lazy', 0],
-        ['lazy+prefetch', 2],
-      ] as const) {
-        const cache = path.join(work, `cache-${name}-${i}`);
-        const socket = path.join(work, `sock-${name}-${i}`);
-        const daemon = await startDaemon({
-          cacheDir: cache,
-          socket,
-          flags: ['--prefetch', String(prefetch)],
-          stderr: 'ignore',
-        });
-        const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
-        try {
-          dropCaches();
-          const [got, lazySeconds] = timed(() => {
-            cli('mount', '--socket', socket, `${registry.host}/src/python:1`, mnt);
-            return execFileSync('chroot', [mnt, ...WORKLOAD], { encoding: 'utf8' });
-          });
-          results[name].t.push(lazySeconds);
-          if (got !== expected)
-            throw new Error(`lazy run printed ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`);
-          const status = JSON.parse(cli('status', '--json', '--socket', socket));
-          results[name].bytes.push(status.fetch.bytesFetched);
-          cli('umount', '--socket', socket, mnt);
-        } finally {
-          await daemon.stop();
-          fs.rmSync(cache, { recursive: true, force: true });
-        }
+    for (const name of names) {
+      const image = IMAGES[name];
+      process.stderr.write(`== ${name}: building (cached), pushing, converting\n`);
+      const p = await bench.prepare(image, traceAvailable);
+      const samples: Record<Mode, Sample[]> = Object.fromEntries(MODES.map((m) => [m, []])) as never;
+      for (let i = 0; i < RUNS; i++) {
+        const got = await bench.run(p, i);
+        for (const m of MODES) if (got[m]) samples[m].push(got[m]!);
+        process.stderr.write(
+          `   run ${i + 1}: ${MODES.filter((m) => got[m])
+            .map((m) => `${m} ${got[m]!.seconds.toFixed(2)} s`)
+            .join(', ')}\n`,
+        );
       }
-      process.stderr.write(
-        `   run ${i + 1}: ${Object.entries(results)
-          .map(([k, v]) => `${k} ${v.t[i].toFixed(2)} s`)
-          .join(', ')}\n`,
+      const floor = median(samples.floor.map((s) => s.seconds));
+      const rows = [['mode', 'seconds', 'x floor', 'MB fetched', 'GETs', 'daemon peak RSS MB']];
+      const bars: ChartPanel['bars'][number][] = [];
+      for (const m of MODES) {
+        const s = samples[m];
+        if (s.length === 0) {
+          rows.push([m, '-', '-', '-', '-', '-']);
+          continue;
+        }
+        const seconds = median(s.map((x) => x.seconds));
+        const bytes = median(s.map((x) => x.bytes));
+        const rss = s.some((x) => x.peakRssBytes) ? mb(Math.max(...s.map((x) => x.peakRssBytes ?? 0))) : '-';
+        const ratio = `${(seconds / floor).toFixed(1)}x`;
+        rows.push([m, seconds.toFixed(2), ratio, mb(bytes), String(median(s.map((x) => x.gets))), rss]);
+        bars.push({ mode: m, seconds, note: m === 'floor' ? '' : `${ratio} floor, ${mb(bytes)} MB` });
+      }
+      process.stdout.write(
+        `\n${image.title}: ${p.layers} layers, ${mb(p.compressedBytes)} MB compressed\n` +
+          `workload: ${image.workload.join(' ')}\n${numberTable(rows)}\n`,
       );
+      const notes = p.traced ? [] : ['lazy+trace: not available in this build'];
+      for (const note of notes) process.stdout.write(`${note}\n`);
+      panels.push({
+        title: `${image.name}: ${p.layers} layers, ${mb(p.compressedBytes)} MB compressed`,
+        lines: [image.title, `workload: ${image.workload.join(' ')}`],
+        bars,
+        notes,
+      });
     }
-    for (const [name, r] of Object.entries(results)) {
-      rows.push([
-        name,
-        median(r.t).toFixed(2),
-        (median(r.bytes) / 1e6).toFixed(1),
-        `${((100 * median(r.bytes)) / sourceBytes).toFixed(1)}%`,
-      ]);
+    process.stdout.write(
+      `\nregistry on 127.0.0.1, transport ${TRANSPORT}, page cache dropped before each run, medians of ${RUNS} runs; ` +
+        'bytes and GETs of lazy modes are counted when the workload has printed its result (prefetch goes on); ' +
+        "the daemon's peak RSS is the highest of the runs.\n",
+    );
+    if (SVG) {
+      fs.writeFileSync(
+        SVG,
+        coldStartSvg(
+          'Cold start: seconds to the workload result (ctr run, runc)',
+          `registry on 127.0.0.1, page cache dropped, medians of ${RUNS} runs; transport ${TRANSPORT}`,
+          panels,
+        ),
+      );
+      process.stderr.write(`chart: ${SVG}\n`);
     }
-    const header = ['method', 'seconds to first result', 'MB fetched', 'of image (compressed)'];
-    process.stdout.write(
-      `\ncold start of minbase+python3 (${(sourceBytes / 1e6).toFixed(1)} MB compressed), workload: ${WORKLOAD.join(' ')}\n`,
-    );
-    process.stdout.write(`registry on 127.0.0.1, page cache dropped before each run, medians of ${RUNS} runs\n`);
-    process.stdout.write(`${numberTable([header, ...rows])}\n`);
-    process.stdout.write(
-      'lazy+prefetch: the prefetch keeps running after the first result; its bytes are counted when the run ends.\n',
-    );
   } finally {
     await registry.stop();
+    unmountUnder(work);
     fs.rmSync(work, { recursive: true, force: true });
   }
 }

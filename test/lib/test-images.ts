@@ -151,6 +151,65 @@ export function pythonImage(): UmociImage {
   return new UmociImage(path.join(layoutDir, 'layout'), 'latest');
 }
 
+/** The packages of each layer of mlImage() above minbase, in order: what an ML image is made of. */
+export const ML_LAYERS: readonly (readonly string[])[] = [
+  ['python3'],
+  ['python3-numpy'],
+  ['python3-torch'],
+  ['python3-scipy', 'python3-pandas', 'python3-sklearn', 'python3-opencv', 'python3-torchvision', 'gcc'],
+];
+
+/**
+ * Installs `packages` with apt-get inside a chroot of `rootfs`, leaving no apt lists or archives behind.
+ * Downloaded packages land in a shared archive under CACHE_DIR (bind-mounted), so a build that fails
+ * half-way does not download them again.
+ */
+function aptInstall(rootfs: string, packages: readonly string[]): void {
+  const archives = path.join(CACHE_DIR, 'apt-archives');
+  fs.mkdirSync(path.join(archives, 'partial'), { recursive: true });
+  const mounts = [
+    { target: path.join(rootfs, 'proc'), args: ['-t', 'proc', 'proc'] },
+    { target: path.join(rootfs, 'var', 'cache', 'apt', 'archives'), args: ['--bind', archives] },
+  ];
+  fs.copyFileSync('/etc/resolv.conf', path.join(rootfs, 'etc', 'resolv.conf'));
+  const done: string[] = [];
+  try {
+    for (const m of mounts) {
+      fs.mkdirSync(m.target, { recursive: true });
+      run('mount', [...m.args, m.target]);
+      done.push(m.target);
+    }
+    const env = { DEBIAN_FRONTEND: 'noninteractive', PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' };
+    const chroot = (...args: string[]) =>
+      execFileSync('chroot', [rootfs, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 28 });
+    chroot('apt-get', 'update', '-qq');
+    chroot('apt-get', 'install', '-y', '-qq', '--no-install-recommends', ...packages);
+  } finally {
+    for (const target of done.reverse()) run('umount', [target]);
+  }
+  fs.rmSync(path.join(rootfs, 'var', 'lib', 'apt', 'lists'), { recursive: true, force: true });
+  fs.mkdirSync(path.join(rootfs, 'var', 'lib', 'apt', 'lists', 'partial'), { recursive: true });
+  for (const f of ['pkgcache.bin', 'srcpkgcache.bin'])
+    fs.rmSync(path.join(rootfs, 'var', 'cache', 'apt', f), { force: true });
+  fs.rmSync(path.join(rootfs, 'var', 'log', 'apt'), { recursive: true, force: true });
+  fs.rmSync(path.join(rootfs, 'var', 'log', 'dpkg.log'), { force: true });
+}
+
+/**
+ * Five layers from Debian packages, the shape of an ML image: minbase, then one layer per entry of
+ * ML_LAYERS, each installed by apt-get in a chroot of the image so far. For the cold-start benchmark.
+ */
+export function mlImage(): UmociImage {
+  const layoutDir = cached('oci-ml', (dir) => {
+    fs.mkdirSync(dir);
+    const img = new UmociImage(path.join(dir, 'layout'), 'latest').create();
+    img.layer((r) => copyTree(debootstrapRootfs(), r));
+    for (const packages of ML_LAYERS) img.layer((r) => aptInstall(r, packages));
+    img.config(['--config.cmd', 'python3']);
+  });
+  return new UmociImage(path.join(layoutDir, 'layout'), 'latest');
+}
+
 /** One layer holding `big`: 200 MiB of random bytes (throughput benchmarks). */
 export function bigFileImage(): UmociImage {
   const layoutDir = cached('oci-bigfile-200m', (dir) => {
