@@ -11,7 +11,7 @@ import { findLazyImage, openLazyBlob } from '../daemon/image-store';
 import { registryTrace, summarizeTrace, type TraceSummary } from '../daemon/trace-store';
 import { InputError } from '../errors';
 import { unmount } from '../mount/file-backed';
-import { mountOverlay } from '../mount/overlay';
+import { mountOverlay, mountRuntimeFilesystems } from '../mount/overlay';
 import { closeRegistryClients } from '../oci/open-image';
 import { checkTrace, type AccessTrace } from '../storage/access-trace';
 import { bytes } from './format';
@@ -90,7 +90,8 @@ function runChrooted(root: string, cmd: readonly string[], timeoutMs: number): P
 
 /**
  * `trace record IMAGE -- CMD...`: through the running daemon, mounts the image in a temporary
- * directory, runs CMD chrooted into an overlay of it (writes go to a temporary upper directory),
+ * directory, runs CMD chrooted into an overlay of it (writes go to a temporary upper directory; /proc,
+ * /sys and /dev mounted as a container runtime would),
  * then pushes the trace the run left. A failing CMD leaves its trace unpushed: it shows what was
  * read, and the command exits non-zero.
  */
@@ -112,7 +113,13 @@ export async function recordCommand(
     mounted = true;
     mountOverlay({ lower, upper, work, target: merged });
     overlaid = true;
-    const status = await runChrooted(merged, cmd, timeoutMs);
+    const unmountRuntime = mountRuntimeFilesystems(merged);
+    let status: number;
+    try {
+      status = await runChrooted(merged, cmd, timeoutMs);
+    } finally {
+      unmountRuntime();
+    }
     if (status !== 0) {
       const r = (await callControl(opts.socket, { op: 'trace', target: lower, action: 'end' })) as TraceAnswer;
       process.stderr.write(`erofs-ondemand: ${cmd[0]} exited with ${status}: its trace is not pushed\n`);

@@ -130,4 +130,5 @@ export const native: NativeAddon = loadAddon<NativeAddon>('erofs_ondemand_native
 export const MS_RDONLY = 1;
 export const MS_NOSUID = 2;
 export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
 export const MNT_DETACH = 2;

@@ -219,12 +219,12 @@ describe('access traces through the registry', () => {
       '--',
       '/bin/sh',
       '-c',
-      'echo written > /tmp/x && cat /tmp/x && /opt/app/run.sh',
+      'echo written > /tmp/x && cat /tmp/x && /opt/app/run.sh && test -r /proc/cpuinfo && echo proc',
     ]);
     assert.equal(r.status, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
-    assert.deepEqual(lines.slice(0, 2), ['written', 'lazy hello'], 'the command ran in the image, writable');
-    const result = JSON.parse(lines[2]) as { artifact: string; entries: number };
+    assert.deepEqual(lines.slice(0, 3), ['written', 'lazy hello', 'proc'], 'ran in the image, writable, with /proc');
+    const result = JSON.parse(lines[3]) as { artifact: string; entries: number };
     assert.ok(result.entries > 0);
     const shown = JSON.parse((await execCli('trace', 'show', '--json', image)).stdout) as AccessTrace;
     assert.equal(shown.entries.length, result.entries, 'the newest trace in the registry is the recorded one');
