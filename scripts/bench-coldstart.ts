@@ -23,6 +23,8 @@ import { cli, dropCaches, median, numberTable, timed } from './lib';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const TRANSPORT = process.env.BENCH_TRANSPORT ?? 'fanotify';
+/** Further daemon flags for every lazy mode, e.g. `--read-ahead 16M` (for picking defaults). */
+const DAEMON_FLAGS = (process.env.BENCH_DAEMON_FLAGS ?? '').split(' ').filter(Boolean);
 const PREFETCH_WORKERS = 10;
 const SVG = process.env.BENCH_SVG ?? path.resolve(__dirname, '..', '..', 'docs', 'coldstart.svg');
 
@@ -103,7 +105,7 @@ class Bench {
     return startDaemon({
       cacheDir: path.join(dir, 'cache'),
       socket: path.join(dir, 'control.sock'),
-      flags: ['--transport', TRANSPORT, '--metrics-address', '', ...flags],
+      flags: ['--transport', TRANSPORT, '--metrics-address', '', ...DAEMON_FLAGS, ...flags],
     });
   }
 

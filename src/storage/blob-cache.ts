@@ -127,6 +127,15 @@ export class BlobCache implements RangeSource {
     }
   }
 
+  /**
+   * Fetches the chunks `indexes` not cached yet, all asked for at once so that neighbours share Range
+   * GETs; resolves to the number fetched. Nobody reads them now: they are not pinned.
+   */
+  fetchChunks(indexes: readonly number[], priority: Priority = 'prefetch'): Promise<number> {
+    const missing = [...new Set(indexes)].filter((i) => !this.state.isPresent(i)).sort((a, b) => a - b);
+    return this.fill(missing, priority, this.writeOwn);
+  }
+
   /** Calls `listener` with the chunk indexes of every demand read; returns the unsubscribe. */
   onDemand(listener: (chunks: readonly number[]) => void): () => void {
     this.demandListeners.add(listener);

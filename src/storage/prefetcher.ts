@@ -94,23 +94,23 @@ export class Prefetcher {
   }
 
   /**
-   * Fetches what a checked access trace names, in its order, a run of neighbouring chunks per request,
-   * `workers` requests at a time, behind demand reads; then the background prefetch of every blob, if
-   * any. Resolves when the trace is replayed.
+   * Fetches what a checked access trace names, in its order: a window of entries at a time, each
+   * window's chunks of a blob asked for together so that neighbours share a Range GET, `workers`
+   * windows at once, behind demand reads. Resolves to the chunks fetched once the trace is replayed.
    */
   async replay(trace: AccessTrace, blobs: readonly BlobCache[], workers = TRACE_WORKERS): Promise<number> {
-    const runs = traceRuns(trace, blobs);
+    const batches = traceBatches(trace, blobs);
     let next = 0;
     let fetched = 0;
     const worker = async () => {
-      while (!this.stopped && next < runs.length) {
-        const { blob, start, end } = runs[next++];
-        if (this.budget.nearBound(end - start)) return;
+      while (!this.stopped && next < batches.length) {
+        const { blob, chunks } = batches[next++];
+        if (this.budget.nearBound(chunks.length * blob.index.trailer.chunkSize)) return;
         try {
-          const n = await blob.serve(start, end, { kind: 'cache' }, 'prefetch');
+          const n = await blob.fetchChunks(chunks, 'prefetch');
           fetched += n;
         } catch (err) {
-          log.warn('trace prefetch failed', { blob: blob.what, offset: start, error: (err as Error).message });
+          log.warn('trace prefetch failed', { blob: blob.what, chunks: chunks.length, error: (err as Error).message });
         }
       }
     };
@@ -126,26 +126,23 @@ export class Prefetcher {
 
 /** Trace prefetch requests in flight at once: enough to fill the link, few enough to leave demand its slots. */
 const TRACE_WORKERS = 4;
-/** A run of neighbouring chunks fetched as one range holds at most this many bytes. */
-const MAX_RUN_BYTES = 4 << 20;
+/**
+ * Trace entries replayed together: close enough in the trace to be wanted at about the same time,
+ * many enough that a package's neighbouring chunks meet in one request.
+ */
+const TRACE_WINDOW = 64;
 
-/** The trace's chunks as ranges to fetch, in trace order: consecutive entries of neighbouring chunks of one blob merge. */
-export function traceRuns(
+/** The trace's chunks in windows of TRACE_WINDOW entries, in trace order; each window's chunks grouped by blob. */
+export function traceBatches(
   trace: AccessTrace,
   blobs: readonly BlobCache[],
-): Array<{ blob: BlobCache; start: number; end: number }> {
-  const runs: Array<{ blob: BlobCache; start: number; end: number; last: number }> = [];
-  for (const e of trace.entries) {
-    const blob = blobs[e.blob];
-    const c = blob.index.chunks[e.chunk];
-    const prev = runs[runs.length - 1];
-    const end = c.uncompressedOffset + c.uncompressedSize;
-    if (prev && prev.blob === blob && e.chunk === prev.last + 1 && end - prev.start <= MAX_RUN_BYTES) {
-      prev.end = end;
-      prev.last = e.chunk;
-    } else {
-      runs.push({ blob, start: c.uncompressedOffset, end, last: e.chunk });
-    }
+  window = TRACE_WINDOW,
+): Array<{ blob: BlobCache; chunks: number[] }> {
+  const out: Array<{ blob: BlobCache; chunks: number[] }> = [];
+  for (let w = 0; w < trace.entries.length; w += window) {
+    const byBlob = new Map<number, number[]>();
+    for (const e of trace.entries.slice(w, w + window)) byBlob.set(e.blob, [...(byBlob.get(e.blob) ?? []), e.chunk]);
+    for (const [b, chunks] of byBlob) out.push({ blob: blobs[b], chunks });
   }
-  return runs.map(({ blob, start, end }) => ({ blob, start, end }));
+  return out;
 }

@@ -9,7 +9,7 @@ import { checkTrace, TraceRecorder, type AccessTrace, type EndReason } from '../
 import { BlobCache } from '../../src/storage/blob-cache';
 import { CacheBudget } from '../../src/storage/cache-budget';
 import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
-import { Prefetcher, traceRuns } from '../../src/storage/prefetcher';
+import { Prefetcher, traceBatches } from '../../src/storage/prefetcher';
 import { makeFakeBlob, type FakeBlob, type FakeRangeReader } from '../lib/fake-blob';
 
 const IMAGE = `sha256:${'a'.repeat(64)}`;
@@ -180,8 +180,8 @@ describe('checkTrace', () => {
   });
 });
 
-describe('traceRuns and replay', () => {
-  it('merges consecutive neighbouring chunks of one blob, in trace order, up to a bounded run', async () => {
+describe('traceBatches and replay', () => {
+  it('takes the trace in windows, in order, each window grouped by blob', async () => {
     const big = await makeFakeBlob({ size: 6 << 20, chunkSize: 1 << 20 });
     const blobs = [open(a), open(big)];
     const e = (blob: number, chunk: number) => ({ blob, chunk, ms: 0, digest: '' });
@@ -189,19 +189,20 @@ describe('traceRuns and replay', () => {
       version: 1,
       image: IMAGE,
       blobs: [a.digest, big.digest],
-      // a's 2,3,4 (one run), a's 6 (a gap), big's 0..5 (split at the bound), a's 7 (after another blob), a's 6 again
-      entries: [e(0, 2), e(0, 3), e(0, 4), e(0, 6), ...[0, 1, 2, 3, 4, 5].map((i) => e(1, i)), e(0, 7), e(0, 5)],
+      entries: [e(0, 2), e(1, 5), e(0, 3), e(1, 0), e(0, 7), e(0, 6), e(1, 1)],
     };
-    const at = (blob: number, chunk: number) => blobs[blob].index.chunks[chunk];
-    const end = (blob: number, chunk: number) => at(blob, chunk).uncompressedOffset + at(blob, chunk).uncompressedSize;
-    const runs = traceRuns(trace, blobs).map((r) => [blobs.indexOf(r.blob), r.start, r.end]);
-    assert.deepEqual(runs, [
-      [0, at(0, 2).uncompressedOffset, end(0, 4)],
-      [0, at(0, 6).uncompressedOffset, end(0, 6)],
-      [1, 0, end(1, 3)],
-      [1, at(1, 4).uncompressedOffset, end(1, 5)],
-      [0, at(0, 7).uncompressedOffset, end(0, 7)],
-      [0, at(0, 5).uncompressedOffset, end(0, 5)],
+    const batches = (window: number) =>
+      traceBatches(trace, blobs, window).map((x) => [blobs.indexOf(x.blob), ...x.chunks]);
+    assert.deepEqual(batches(64), [
+      [0, 2, 3, 7, 6],
+      [1, 5, 0, 1],
+    ]);
+    assert.deepEqual(batches(3), [
+      [0, 2, 3],
+      [1, 5],
+      [1, 0],
+      [0, 7, 6],
+      [1, 1],
     ]);
   });
 
@@ -222,8 +223,8 @@ describe('traceRuns and replay', () => {
     assert.equal(cache.presentChunks, 3);
     assert.deepEqual(
       reader.requests.map((r) => r.offset),
-      [cache.index.chunks[6].compressedOffset, cache.index.chunks[1].compressedOffset],
-      'one request per run, in trace order',
+      [cache.index.chunks[1].compressedOffset, cache.index.chunks[6].compressedOffset],
+      'neighbours 1 and 2 share a request; 6 has its own',
     );
     assert.equal(rec.size, 0);
     rec.end('unmount');
