@@ -26,7 +26,7 @@ function alignedEnd(c: ChunkEntry): number {
 
 /** How far a demand miss reads ahead in its blob. */
 export interface ReadAhead {
-  /** The most bytes fetched past a miss, reached by doubling on sequential misses; 0: none. */
+  /** The most compressed bytes fetched past a miss, reached by doubling on near misses; 0: none. */
   maxBytes: number;
 }
 
@@ -36,8 +36,8 @@ export class BlobCache implements RangeSource {
   private readonly state: ChunkState;
   /** Observers of demand reads (access traces): the chunk indexes of each range served. */
   private readonly demandListeners = new Set<(chunks: readonly number[]) => void>();
-  /** The chunk after the last demand miss, and the read-ahead window (chunks) it earned. */
-  private sequential = { next: -1, window: 0 };
+  /** The last demand miss's first chunk, the chunk after its read-ahead, and the window (compressed bytes) it had. */
+  private sequential = { from: -1, next: -1, window: 0 };
   readAhead: ReadAhead = DEFAULT_READ_AHEAD;
   /** Chunk writes under way, so that concurrent readers of one chunk write (and reserve room for) it once. */
   private readonly writing = new Map<number, Promise<void>>();
@@ -144,19 +144,25 @@ export class BlobCache implements RangeSource {
 
   /**
    * The missing chunks right after a demand miss of chunks [first, last] worth fetching in the same
-   * request: files of one package lie side by side. As the kernel's read-ahead, the window starts at one
-   * chunk and doubles while each miss starts where the last window ended, up to its bound; it stops at
-   * a present chunk.
+   * request: files of one package lie side by side. The window is counted in compressed bytes, what a
+   * request carries. As the kernel's read-ahead it starts at a quarter of its bound and doubles, up to
+   * the bound, while misses land within reach of the last window; it stops at a present chunk.
    */
   private aheadOf(first: number, last: number): number[] {
-    const max = Math.floor(this.readAhead.maxBytes / this.index.trailer.chunkSize);
+    const max = this.readAhead.maxBytes;
     if (max <= 0) return [];
-    const sequential = first === this.sequential.next;
-    this.sequential.window = sequential ? Math.min(max, this.sequential.window * 2) : 1;
+    const w = this.sequential;
+    const near = w.next >= 0 && first >= w.from && first <= w.next + (w.next - w.from);
+    w.window = near ? Math.min(max, w.window * 2) : Math.max(1, max >> 2);
     const out: number[] = [];
-    for (let i = last + 1; i < this.state.count && out.length < this.sequential.window && !this.state.isPresent(i); i++)
+    let bytes = 0;
+    for (let i = last + 1; i < this.state.count && !this.state.isPresent(i); i++) {
+      bytes += this.index.chunks[i].compressedSize;
+      if (bytes > w.window && out.length > 0) break;
       out.push(i);
-    this.sequential.next = last + 1 + out.length;
+    }
+    w.from = first;
+    w.next = last + 1 + out.length;
     return out;
   }
 

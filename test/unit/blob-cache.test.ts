@@ -243,20 +243,22 @@ describe('BlobCache.serve', () => {
     }
   });
 
-  it('a demand miss reads ahead in the same request: one chunk, doubling while misses are sequential', async () => {
+  it('a demand miss reads ahead in the same request: a quarter of the window, doubling on near misses', async () => {
     const blob = await makeFakeBlob({ size: 20 * (64 << 10) });
-    const { cache, reader } = open(blob, undefined, undefined, 4 * (64 << 10));
+    // Random data does not compress: every chunk's frame is the same size, a window is a chunk count.
+    const frame = blob.chunks[0].compressedSize;
+    const { cache, reader } = open(blob, undefined, undefined, 4 * frame);
     try {
       const chunk = (i: number) => blob.chunks[i];
       const until = async (present: number) => {
         for (let i = 0; i < 200 && cache.presentChunks < present; i++) await new Promise((r) => setTimeout(r, 5));
       };
-      // A miss of chunk 0 fetches chunk 1 too, in the one request, stored in the background.
+      // A miss of chunk 0 fetches chunk 1 too (a quarter of the bound), in the one request, stored in the background.
       assert.equal((await serveBuffer(cache, 0, 10)).fetched, 1, 'the reader waited for its own chunk only');
       await until(2);
       assert.equal(reader.requests.length, 1);
       assert.equal(cache.presentChunks, 2);
-      // Reading on where the window ended: the window doubles (2), then doubles again (4 = the bound).
+      // Misses within reach of the last window: it doubles (2 chunks), then reaches the bound (4).
       await serveBuffer(cache, chunk(2).uncompressedOffset, chunk(2).uncompressedOffset + 1);
       await until(5);
       assert.equal(cache.presentChunks, 5, 'chunk 2 and two ahead');
@@ -264,8 +266,8 @@ describe('BlobCache.serve', () => {
       await until(10);
       assert.equal(cache.presentChunks, 10, 'chunk 5 and four ahead');
       assert.equal(reader.requests.length, 3, 'one request per miss');
-      // A miss elsewhere starts again at one chunk; nothing present is fetched again.
-      await serveBuffer(cache, chunk(15).uncompressedOffset, chunk(15).uncompressedOffset + 1);
+      // A miss further away starts again at a quarter; nothing present is fetched again.
+      await serveBuffer(cache, chunk(17).uncompressedOffset, chunk(17).uncompressedOffset + 1);
       await until(12);
       assert.equal(cache.presentChunks, 12);
       const got = await serveBuffer(cache, 0, chunk(11).uncompressedOffset);
