@@ -112,7 +112,10 @@ export function program(): Command {
       .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
       .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
       .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)')
-      .option('--read-ahead <size>', 'compressed bytes a cache miss may fetch past itself in its blob, e.g. 4M (default; 0: none)'),
+      .option(
+        '--read-ahead <size>',
+        'compressed bytes a cache miss may fetch past itself in its blob, e.g. 4M (default; 0: none)',
+      ),
   )
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
