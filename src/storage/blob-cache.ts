@@ -44,6 +44,8 @@ export class BlobCache implements RangeSource {
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
   private readonly punching = new Map<number, Promise<void>>();
   private closed = false;
+  /** I/O on the fd under way on the thread pool: the fd is closed only once it is done. */
+  private busy = 0;
   /** Reads answered from the cache file alone / that needed chunks fetched. */
   hits = 0;
   misses = 0;
@@ -120,7 +122,9 @@ export class BlobCache implements RangeSource {
         priority === 'demand' && missing.length > 0 ? this.aheadOf(missing[0], missing[missing.length - 1]) : [];
       const fetched = await this.fill(missing, priority, sink.kind === 'write' ? sink.write : this.writeOwn, ahead);
       if (sink.kind === 'buffer')
-        await readAt(this.fd, sink.buf, sink.offset, end - start, start, `cache file ${this.path}`, () => !this.closed);
+        await this.io(() =>
+          readAt(this.fd, sink.buf, sink.offset, end - start, start, `cache file ${this.path}`, () => !this.closed),
+        );
       return fetched;
     } finally {
       this.state.unpin(pinned);
@@ -231,11 +235,13 @@ export class BlobCache implements RangeSource {
    * Writes through the cache's own fd on the thread pool: under fanotify such a write raises an event
    * of its own, which the event loop must stay free to answer.
    */
-  private readonly writeOwn: ChunkWriter = async (offset, data) => {
-    await new Promise<void>((resolve, reject) =>
-      fs.write(this.fd, data, 0, data.length, offset, (err) => (err ? reject(err) : resolve())),
+  private readonly writeOwn: ChunkWriter = (offset, data) =>
+    this.io(
+      () =>
+        new Promise<void>((resolve, reject) =>
+          fs.write(this.fd, data, 0, data.length, offset, (err) => (err ? reject(err) : resolve())),
+        ),
     );
-  };
 
   /**
    * Re-reads every cached chunk and checks its SHA-256: the chunks that do not match. Reads go through
@@ -247,7 +253,9 @@ export class BlobCache implements RangeSource {
     for (const [i, c] of this.index.chunks.entries()) {
       if (!this.state.isPresent(i)) continue;
       const buf = Buffer.alloc(c.uncompressedSize);
-      await readAt(this.fd, buf, 0, buf.length, c.uncompressedOffset, `cache file ${this.path}`, () => !this.closed);
+      await this.io(() =>
+        readAt(this.fd, buf, 0, buf.length, c.uncompressedOffset, `cache file ${this.path}`, () => !this.closed),
+      );
       const got = createHash('sha256').update(buf).digest();
       if (!got.equals(c.digest))
         bad.push({ offset: c.uncompressedOffset, expected: c.digest.toString('hex'), got: got.toString('hex') });
@@ -287,7 +295,9 @@ export class BlobCache implements RangeSource {
       if (!this.state.evictable(i)) continue; // pinned by a reader that arrived during an earlier punch
       const c = this.index.chunks[i];
       this.state.markAbsent(i); // first: a reader arriving meanwhile fetches it again rather than trusting it
-      const punch = native.punchHole(this.fd, c.uncompressedOffset, alignedEnd(c) - c.uncompressedOffset);
+      const punch = this.io(() =>
+        native.punchHole(this.fd, c.uncompressedOffset, alignedEnd(c) - c.uncompressedOffset),
+      );
       this.punching.set(i, punch);
       try {
         await punch;
@@ -301,7 +311,22 @@ export class BlobCache implements RangeSource {
   }
 
   close(): void {
+    if (this.closed) return;
     this.closed = true;
-    fs.closeSync(this.fd);
+    if (this.busy === 0) fs.closeSync(this.fd);
+  }
+
+  /**
+   * Runs an operation on the fd, counted: a closed fd's number may be given to another file at once,
+   * and a read or write still queued on the thread pool would then reach that file.
+   */
+  private async io<T>(op: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new Error(`cache file ${this.path} is closed`);
+    this.busy++;
+    try {
+      return await op();
+    } finally {
+      if (--this.busy === 0 && this.closed) fs.closeSync(this.fd);
+    }
   }
 }

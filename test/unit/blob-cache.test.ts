@@ -299,4 +299,36 @@ describe('BlobCache.serve', () => {
       cache.close();
     }
   });
+
+  it('close waits for writes under way: the fd number is never reused under them', async () => {
+    const blob = await makeFakeBlob();
+    const { cache, reader, file } = open(blob, undefined, undefined, 1 << 20);
+    const release = reader.hold();
+    const serving = serveBuffer(cache, 0, 10);
+    await reader.started(1);
+    release();
+    const got = await serving;
+    assert.ok(got.data.equals(blob.content.subarray(0, 10)));
+    // Read-ahead chunks may still be written now: closing must let them finish on this file.
+    cache.close();
+    cache.close(); // twice is harmless
+    const other = path.join(work, 'other');
+    fs.writeFileSync(other, '');
+    const fd = fs.openSync(other, 'r+'); // would take the cache's fd number if it were free
+    try {
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(fs.fstatSync(fd).size, 0, 'nothing written into another file');
+    } finally {
+      fs.closeSync(fd);
+    }
+    const written = fs.readFileSync(file);
+    for (const c of blob.chunks.slice(1)) {
+      const bytes = written.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize);
+      assert.ok(
+        bytes.equals(Buffer.alloc(bytes.length)) || bytes.equals(blob.chunkData(c)),
+        'a chunk is a hole or right',
+      );
+    }
+    await assert.rejects(cache.serve(0, 1, { kind: 'buffer', buf: Buffer.alloc(1), offset: 0 }), /closed/);
+  });
 });
