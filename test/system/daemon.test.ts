@@ -22,6 +22,11 @@ const cli = execCli;
 
 type Transport = 'fanotify' | 'fuse';
 
+/** Chunks cached for the first mount that `status --json` lists. */
+function cachedChunks(status: { mounts: Array<{ blobs: Array<{ cached: number }> }> }): number {
+  return status.mounts[0].blobs.reduce((n, b) => n + b.cached, 0);
+}
+
 function fuseMountsUnder(dir: string): string[] {
   return fs
     .readFileSync('/proc/self/mountinfo', 'utf8')
@@ -82,7 +87,7 @@ function daemonSuite(transport: Transport, extraFlags: string[], full: boolean) 
         assert.equal(fuseMountsUnder(work).length, 1, 'one FUSE mount, in the cache directory');
       }
       assert.equal(status.mounts[0].target, mnt);
-      const cached = status.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
+      const cached = cachedChunks(status);
       const total = status.mounts[0].blobs.reduce((n: number, b: { chunks: number }) => n + b.chunks, 0);
       assert.ok(cached > 0 && cached < total / 5, `a small workload cached ${cached} of ${total} chunks`);
       assert.ok(status.fetch.bytesFetched > 0 && status.fetch.verifyFailures === 0);
@@ -215,7 +220,7 @@ function daemonSuite(transport: Transport, extraFlags: string[], full: boolean) 
       await cli('mount', '--socket', socket, `${registry.host}/lazy/minbase:1`, mnt);
       await run('chroot', [mnt, '/opt/app/run.sh']);
       const before = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
-      const cachedBefore = before.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
+      const cachedBefore = cachedChunks(before);
 
       await daemon!.stop('SIGKILL');
       if (transport === 'fuse') {
@@ -233,7 +238,7 @@ function daemonSuite(transport: Transport, extraFlags: string[], full: boolean) 
       const after = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
       assert.equal(after.mounts.length, 1, `restored: ${daemon!.log}`);
       assert.equal(after.mounts[0].target, mnt);
-      const cachedAfter = after.mounts[0].blobs.reduce((n: number, b: { cached: number }) => n + b.cached, 0);
+      const cachedAfter = cachedChunks(after);
       assert.equal(cachedAfter, cachedBefore, 'chunks on disk are found again');
       const { stdout } = await run('chroot', [mnt, '/opt/app/run.sh']);
       assert.equal(stdout, 'lazy hello\n');
