@@ -10,7 +10,9 @@
 // Medians of BENCH_RUNS runs (default 3), all modes of one run back to back, in one series.
 // BENCH_IMAGES: comma-separated, of `small` (minbase + python3) and `ml` (Debian's torch and friends);
 // default both. BENCH_TRANSPORT: the daemon's transport (default fanotify). BENCH_SVG: where the
-// chart goes (default docs/coldstart.svg; empty: no chart).
+// chart goes (default docs/coldstart.svg; empty: no chart). BENCH_MODES: comma-separated modes to run
+// (default all; the floor's image is then pulled untimed). BENCH_LOG_DIR: where each lazy run's daemon
+// log goes (default: nowhere), to see what a run waited on.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -19,7 +21,7 @@ import { startRegistry } from '../test/lib/registry-server';
 import { mlImage, pythonImage, type UmociImage } from '../test/lib/test-images';
 import { coldStartSvg, type ChartPanel } from './coldstart-chart';
 import { startContainerd, unmountUnder, type Containerd } from './containerd';
-import { cli, dropCaches, median, numberTable, timed } from './lib';
+import { cli, dropCaches, median, numberTable, processCpuSeconds, timed } from './lib';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const TRANSPORT = process.env.BENCH_TRANSPORT ?? 'fanotify';
@@ -55,13 +57,26 @@ const IMAGES: Record<string, BenchImage> = {
   },
 };
 
-const MODES = ['traditional', 'lazy', 'lazy+prefetch10', 'lazy+trace', 'floor'] as const;
-type Mode = (typeof MODES)[number];
+const ALL_MODES = ['traditional', 'lazy', 'lazy+prefetch10', 'lazy+trace', 'floor'] as const;
+type Mode = (typeof ALL_MODES)[number];
+const MODES: readonly Mode[] = (() => {
+  const asked = (process.env.BENCH_MODES ?? ALL_MODES.join(',')).split(',').filter(Boolean);
+  for (const m of asked)
+    if (!(ALL_MODES as readonly string[]).includes(m)) throw new Error(`BENCH_MODES: no mode ${m} (have ${ALL_MODES})`);
+  return ALL_MODES.filter((m) => asked.includes(m));
+})();
+const LOG_DIR = process.env.BENCH_LOG_DIR ?? '';
 
 interface Sample {
   seconds: number;
   bytes: number;
   gets: number;
+  /** Reads the workload waited on the network for, and the median wait (seconds); lazy modes only. */
+  misses?: number;
+  missP50?: number;
+  /** CPU seconds the daemon and the registry used until the result; lazy modes only. */
+  daemonCpu?: number;
+  registryCpu?: number;
   /** The erofs-ondemand daemon's peak resident set (VmHWM), lazy modes only. */
   peakRssBytes?: number;
 }
@@ -93,6 +108,7 @@ class Bench {
   constructor(
     readonly work: string,
     readonly registryHost: string,
+    readonly registryPid: number,
   ) {}
 
   private dir(name: string): string {
@@ -144,19 +160,24 @@ class Bench {
   }
 
   /** containerd's pull + unpack + run, then (the floor) the same image run again from its local snapshot. */
-  traditional(p: Prepared, containerd: Containerd, run: number): { traditional: Sample; floor: Sample } {
-    dropCaches();
-    const [out, seconds] = timed(() => {
-      containerd.pull(p.source);
-      return containerd.runImage(p.source, `trad-${run}`, p.image.workload);
-    });
-    this.expect(p, 'traditional', out);
-    // A pull GETs the manifest, the config and every layer.
-    const traditional = { seconds, bytes: p.compressedBytes, gets: p.layers + 2 };
+  traditional(p: Prepared, containerd: Containerd, run: number): Partial<Record<Mode, Sample>> {
+    const got: Partial<Record<Mode, Sample>> = {};
+    if (MODES.includes('traditional')) {
+      dropCaches();
+      const [out, seconds] = timed(() => {
+        containerd.pull(p.source);
+        return containerd.runImage(p.source, `trad-${run}`, p.image.workload);
+      });
+      this.expect(p, 'traditional', out);
+      // A pull GETs the manifest, the config and every layer.
+      got.traditional = { seconds, bytes: p.compressedBytes, gets: p.layers + 2 };
+    } else if (MODES.includes('floor')) containerd.pull(p.source);
+    if (!MODES.includes('floor')) return got;
     dropCaches();
     const [again, floorSeconds] = timed(() => containerd.runImage(p.source, `floor-${run}`, p.image.workload));
     this.expect(p, 'floor', again);
-    return { traditional, floor: { seconds: floorSeconds, bytes: 0, gets: 0 } };
+    got.floor = { seconds: floorSeconds, bytes: 0, gets: 0 };
+    return got;
   }
 
   async lazy(p: Prepared, containerd: Containerd, mode: Mode, run: number): Promise<Sample> {
@@ -168,6 +189,7 @@ class Bench {
     });
     try {
       dropCaches();
+      const cpu0 = [processCpuSeconds(daemon.process.pid!), processCpuSeconds(this.registryPid)];
       const [out, seconds] = timed(() => {
         cli('mount', '--socket', daemon.socket, mode === 'lazy+trace' ? p.traced! : p.source, lower);
         execFileSync('mount', [
@@ -180,17 +202,34 @@ class Bench {
         ]);
         return containerd.runRootfs(merged, `${mode.replace(/\W/g, '-')}-${run}`, p.image.workload);
       });
+      const daemonCpu = processCpuSeconds(daemon.process.pid!) - cpu0[0];
+      const registryCpu = processCpuSeconds(this.registryPid) - cpu0[1];
       this.expect(p, mode, out);
       const status = JSON.parse(cli('status', '--json', '--socket', daemon.socket)) as {
         fetch: { bytesFetched: number; requests: number };
+        miss: { latency: { p50: number } | null };
+        mounts: Array<{ misses: number }>;
       };
       const peakRssBytes = peakRss(daemon.process.pid!);
       execFileSync('umount', [merged]);
       cli('umount', '--socket', daemon.socket, lower);
-      return { seconds, bytes: status.fetch.bytesFetched, gets: status.fetch.requests, peakRssBytes };
+      return {
+        seconds,
+        bytes: status.fetch.bytesFetched,
+        gets: status.fetch.requests,
+        misses: status.mounts.reduce((n, m) => n + m.misses, 0),
+        missP50: status.miss.latency?.p50 ?? 0,
+        peakRssBytes,
+        daemonCpu,
+        registryCpu,
+      };
     } finally {
       unmountUnder(merged);
       await daemon.stop();
+      if (LOG_DIR) {
+        fs.mkdirSync(LOG_DIR, { recursive: true });
+        fs.writeFileSync(path.join(LOG_DIR, `${path.basename(dir)}.log`), daemon.log);
+      }
       unmountUnder(dir);
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -204,11 +243,11 @@ class Bench {
   async run(p: Prepared, run: number): Promise<Partial<Record<Mode, Sample>>> {
     const containerd = await startContainerd(this.dir('containerd'));
     try {
-      const { traditional, floor } = this.traditional(p, containerd, run);
-      const got: Partial<Record<Mode, Sample>> = { traditional, floor };
-      got.lazy = await this.lazy(p, containerd, 'lazy', run);
-      got['lazy+prefetch10'] = await this.lazy(p, containerd, 'lazy+prefetch10', run);
-      if (p.traced) got['lazy+trace'] = await this.lazy(p, containerd, 'lazy+trace', run);
+      const got = this.traditional(p, containerd, run);
+      for (const mode of ['lazy', 'lazy+prefetch10', 'lazy+trace'] as const) {
+        if (!MODES.includes(mode) || (mode === 'lazy+trace' && !p.traced)) continue;
+        got[mode] = await this.lazy(p, containerd, mode, run);
+      }
       return got;
     } finally {
       await containerd.stop();
@@ -224,13 +263,13 @@ async function main(): Promise<void> {
   const traceAvailable = hasTrace();
   const work = fs.mkdtempSync('/var/tmp/erofs-ondemand-coldstart-');
   const registry = await startRegistry();
-  const bench = new Bench(work, registry.host);
+  const bench = new Bench(work, registry.host, registry.pid);
   const panels: ChartPanel[] = [];
   try {
     for (const name of names) {
       const image = IMAGES[name];
       process.stderr.write(`== ${name}: building (cached), pushing, converting\n`);
-      const p = await bench.prepare(image, traceAvailable);
+      const p = await bench.prepare(image, traceAvailable && MODES.includes('lazy+trace'));
       const samples: Record<Mode, Sample[]> = Object.fromEntries(MODES.map((m) => [m, []])) as never;
       for (let i = 0; i < RUNS; i++) {
         const got = await bench.run(p, i);
@@ -241,20 +280,35 @@ async function main(): Promise<void> {
             .join(', ')}\n`,
         );
       }
-      const floor = median(samples.floor.map((s) => s.seconds));
-      const rows = [['mode', 'seconds', 'x floor', 'MB fetched', 'GETs', 'daemon peak RSS MB']];
+      const floor = samples.floor?.length ? median(samples.floor.map((s) => s.seconds)) : NaN;
+      const rows = [
+        ['mode', 'seconds', 'x floor', 'MB fetched', 'GETs', 'misses', 'miss p50 ms', 'daemon peak RSS MB'],
+      ];
       const bars: ChartPanel['bars'][number][] = [];
       for (const m of MODES) {
         const s = samples[m];
         if (s.length === 0) {
-          rows.push([m, '-', '-', '-', '-', '-']);
+          rows.push([m, '-', '-', '-', '-', '-', '-', '-', '-']);
           continue;
         }
         const seconds = median(s.map((x) => x.seconds));
         const bytes = median(s.map((x) => x.bytes));
         const rss = s.some((x) => x.peakRssBytes) ? mb(Math.max(...s.map((x) => x.peakRssBytes ?? 0))) : '-';
-        const ratio = `${(seconds / floor).toFixed(1)}x`;
-        rows.push([m, seconds.toFixed(2), ratio, mb(bytes), String(median(s.map((x) => x.gets))), rss]);
+        const ratio = Number.isNaN(floor) ? '-' : `${(seconds / floor).toFixed(1)}x`;
+        const lazy = s[0].misses !== undefined;
+        rows.push([
+          m,
+          seconds.toFixed(2),
+          ratio,
+          mb(bytes),
+          String(median(s.map((x) => x.gets))),
+          lazy ? String(median(s.map((x) => x.misses ?? 0))) : '-',
+          lazy ? (median(s.map((x) => x.missP50 ?? 0)) * 1000).toFixed(1) : '-',
+          lazy
+            ? `${median(s.map((x) => x.daemonCpu ?? 0)).toFixed(2)}/${median(s.map((x) => x.registryCpu ?? 0)).toFixed(2)}`
+            : '-',
+          rss,
+        ]);
         bars.push({ mode: m, seconds, note: m === 'floor' ? '' : `${ratio} floor, ${mb(bytes)} MB` });
       }
       process.stdout.write(

@@ -394,6 +394,7 @@ export class Daemon {
           digest: img.digest,
           cachedBytes: img.blobs.reduce((n, b) => n + b.presentBytes, 0),
           hitRatio: hits + misses === 0 ? null : hits / (hits + misses),
+          misses,
           blobs: img.blobs.map((b) => ({ digest: b.remote.digest, chunks: b.totalChunks, cached: b.presentChunks })),
         };
       }),

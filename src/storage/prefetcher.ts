@@ -109,6 +109,7 @@ export class Prefetcher {
         try {
           const n = await blob.fetchChunks(chunks, 'prefetch');
           fetched += n;
+          log.debug('trace batch fetched', { blob: blob.what, chunks: chunks.length, fetched: n });
         } catch (err) {
           log.warn('trace prefetch failed', { blob: blob.what, chunks: chunks.length, error: (err as Error).message });
         }

@@ -54,7 +54,17 @@ export class MissRequests<Id> {
     try {
       const fetched = req.end > req.start ? await req.source.serve(req.start, req.end, req.sink, 'demand') : 0;
       const answered = this.answer(id, 0);
-      if (fetched > 0 && answered) this.opts.onMiss?.(Number(process.hrtime.bigint() - t0) / 1e9);
+      if (fetched > 0 && answered) {
+        const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+        this.opts.onMiss?.(seconds);
+        log.debug('cache miss served', {
+          source: req.source.what,
+          offset: req.start,
+          length: req.end - req.start,
+          chunks: fetched,
+          ms: seconds * 1000,
+        });
+      }
     } catch (err) {
       if (this.isPending(id)) {
         log.error('cache miss not served: the reader gets EIO', {
