@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/cachefiles.cc",
+        "native/chunk_decode.cc",
         "native/errors.cc",
         "native/fanotify.cc",
         "native/fs_calls.cc",
@@ -14,7 +15,8 @@
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
-      "cflags_cc!": ["-fno-exceptions"]
+      "cflags_cc!": ["-fno-exceptions"],
+      "libraries": ["-lzstd"]
     },
     {
       "target_name": "erofs_ondemand_convert",

@@ -1,5 +1,6 @@
 #include <napi.h>
 #include "cachefiles.h"
+#include "chunk_decode.h"
 #include "fanotify.h"
 #include "fs_calls.h"
 #include "fuse.h"
@@ -8,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFsCalls(env, exports);
   InitFanotify(env, exports);
   InitCachefiles(env, exports);
+  InitChunkDecode(env, exports);
   InitFuse(env, exports);
   return exports;
 }

@@ -1,32 +1,49 @@
-// Turning fetched compressed bytes back into a chunk, verified: nothing unverified reaches a cache.
-import { createHash } from 'node:crypto';
-import { decompress } from '@mongodb-js/zstd';
+// Turning fetched compressed bytes back into chunks, verified: nothing unverified reaches a cache.
+import { native } from '../native';
 import type { ChunkEntry } from './chunk-table';
 
 export class ChunkVerificationError extends Error {}
 
-export async function decodeChunk(entry: ChunkEntry, compressed: Buffer, what: string): Promise<Buffer> {
-  if (compressed.length !== entry.compressedSize) {
-    throw new ChunkVerificationError(
-      `${what}: chunk at ${entry.uncompressedOffset}: got ${compressed.length} compressed bytes, expected ${entry.compressedSize}`,
-    );
-  }
-  let data: Buffer;
-  try {
-    data = await decompress(compressed);
-  } catch (err) {
-    throw new ChunkVerificationError(`${what}: chunk at ${entry.uncompressedOffset}: zstd: ${(err as Error).message}`);
-  }
-  if (data.length !== entry.uncompressedSize) {
-    throw new ChunkVerificationError(
-      `${what}: chunk at ${entry.uncompressedOffset}: ${data.length} bytes after decompression, expected ${entry.uncompressedSize}`,
-    );
-  }
-  const digest = createHash('sha256').update(data).digest();
-  if (!digest.equals(entry.digest)) {
-    throw new ChunkVerificationError(
-      `${what}: chunk at ${entry.uncompressedOffset}: sha256 ${digest.toString('hex')} does not match ${entry.digest.toString('hex')}`,
-    );
-  }
-  return data;
+/** Background decodes run one at a time: each holds a thread of the pool, which demand reads need too. */
+let backgroundQueue: Promise<unknown> = Promise.resolve();
+
+/**
+ * Decompresses each chunk of `chunks` from `bytes` (compressed bytes from offset `start` of the blob),
+ * checks its size and SHA-256 against the chunk table, and writes the chunks that pass to `fd` at their
+ * uncompressed offsets; a chunk that fails is not written. One result per chunk: null when written.
+ * `background`: at the lowest CPU priority, one at a time, so that a node's workload never waits for
+ * a fetch nobody asked for.
+ */
+export function decodeChunksInto(
+  fd: number,
+  bytes: Buffer,
+  start: number,
+  chunks: readonly ChunkEntry[],
+  what: string,
+  opts: { background?: boolean } = {},
+): Promise<Array<ChunkVerificationError | null>> {
+  if (!opts.background) return decode(fd, bytes, start, chunks, what, false);
+  const run = backgroundQueue.then(() => decode(fd, bytes, start, chunks, what, true));
+  backgroundQueue = run.catch(() => undefined);
+  return run;
+}
+
+async function decode(
+  fd: number,
+  bytes: Buffer,
+  start: number,
+  chunks: readonly ChunkEntry[],
+  what: string,
+  background: boolean,
+): Promise<Array<ChunkVerificationError | null>> {
+  const layout = new Float64Array(chunks.length * 4);
+  const digests = Buffer.alloc(chunks.length * 32);
+  chunks.forEach((c, i) => {
+    layout.set([c.compressedOffset - start, c.compressedSize, c.uncompressedSize, c.uncompressedOffset], i * 4);
+    c.digest.copy(digests, i * 32);
+  });
+  const faults = await native.decodeChunks(fd, bytes, layout, digests, background);
+  return faults.map((fault, i) =>
+    fault === null ? null : new ChunkVerificationError(`${what}: chunk at ${chunks[i].uncompressedOffset}: ${fault}`),
+  );
 }

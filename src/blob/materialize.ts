@@ -2,7 +2,7 @@
 // uncompressed size with every chunk at its offset, each verified. What a fully warmed cache file holds.
 import fs from 'node:fs';
 import { loadBlobIndex } from './blob-index';
-import { decodeChunk } from './chunk-codec';
+import { decodeChunksInto } from './chunk-codec';
 
 export async function materializeBlob(
   compressedPath: string,
@@ -20,8 +20,14 @@ export async function materializeBlob(
     const { trailer, chunks } = await loadBlobIndex(read, fs.fstatSync(fd).size, compressedPath);
     fs.ftruncateSync(out, trailer.uncompressedSize);
     for (const c of chunks) {
-      const data = await decodeChunk(c, await read(c.compressedOffset, c.compressedSize), compressedPath);
-      fs.writeSync(out, data, 0, data.length, c.uncompressedOffset);
+      const [fault] = await decodeChunksInto(
+        out,
+        await read(c.compressedOffset, c.compressedSize),
+        c.compressedOffset,
+        [c],
+        compressedPath,
+      );
+      if (fault) throw fault;
     }
     return { uncompressedSize: trailer.uncompressedSize, chunks: chunks.length };
   } finally {

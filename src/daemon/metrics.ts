@@ -70,11 +70,6 @@ export class DaemonMetrics {
       'Chunks whose bytes did not match their digest',
       () => fetcher().stats.verifyFailures,
     );
-    stat(
-      'erofs_ondemand_memory_hits_total',
-      'Chunks served from the in-memory cache',
-      () => fetcher().stats.memoryHits,
-    );
     stat('erofs_ondemand_inflight_chunks', 'Chunks being fetched now', () => fetcher().inFlight);
     stat('erofs_ondemand_cache_bytes', 'Bytes allocated by blob cache files', cacheBytes);
     stat(

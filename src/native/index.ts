@@ -123,6 +123,19 @@ interface NativeAddon {
   seekHole(fd: number, offset: number): number;
   /** Deallocates [offset, offset+length) keeping the size (fallocate PUNCH_HOLE), on the thread pool. */
   punchHole(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * On the thread pool, for each chunk i: decompresses the zstd frame at `bytes[layout[4i]]` of
+   * `layout[4i+1]` bytes, checks that it is `layout[4i+2]` bytes whose SHA-256 is `digests[32i..]`, and
+   * only then writes it to `fd` at `layout[4i+3]`. One result per chunk: null when written, else the fault.
+   * `idle`: the pool thread runs it at the lowest priority (nice 19).
+   */
+  decodeChunks(
+    fd: number,
+    bytes: Buffer,
+    layout: Float64Array,
+    digests: Buffer,
+    idle?: boolean,
+  ): Promise<Array<string | null>>;
 }
 
 export const native: NativeAddon = loadAddon<NativeAddon>('erofs_ondemand_native');

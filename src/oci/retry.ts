@@ -7,9 +7,10 @@ import { log } from '../log';
 
 /**
  * Why bytes are wanted. A demand read has a reader blocked on it and is retried harder; a prefetch
- * only warms the cache, so it gives up sooner and leaves the connections to demand reads.
+ * (an access trace: soon wanted) and a background fetch (the whole image, blindly) only warm the
+ * cache, so they give up sooner and leave the connections to demand reads.
  */
-export type Priority = 'demand' | 'prefetch';
+export type Priority = 'demand' | 'prefetch' | 'background';
 
 export interface RetryPolicy {
   /** Attempts in all, the first included (at least 1). */
@@ -27,7 +28,7 @@ const PREFETCH_ATTEMPTS = 2;
 
 /** `policy` as it applies to a request of `priority`. */
 export function forPriority(policy: RetryPolicy, priority: Priority = 'demand'): RetryPolicy {
-  return priority === 'prefetch' ? { ...policy, attempts: Math.min(policy.attempts, PREFETCH_ATTEMPTS) } : policy;
+  return priority === 'demand' ? policy : { ...policy, attempts: Math.min(policy.attempts, PREFETCH_ATTEMPTS) };
 }
 
 /**

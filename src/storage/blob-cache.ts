@@ -4,15 +4,16 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { BlobIndex } from '../blob/blob-index';
+import { decodeChunksInto } from '../blob/chunk-codec';
 import { chunkIndexRange, type ChunkEntry } from '../blob/chunk-table';
 import { BLOCK_SIZE } from '../erofs/format';
 import { native } from '../native';
 import { log } from '../log';
 import { readAt } from '../read-at';
-import type { ChunkFetcher, RemoteBlob } from './chunk-fetcher';
+import type { ChunkDestination, ChunkFetcher, RemoteBlob } from './chunk-fetcher';
 import { ChunkState, indexRange } from './chunk-state';
 import type { Priority } from './limiter';
-import type { ChunkWriter, RangeSink, RangeSource } from './range-source';
+import type { RangeSink, RangeSource } from './range-source';
 
 /** Room on disk for new chunks: `reserve` may evict other chunks or blobs first (cache-budget.ts). */
 export interface SpaceReserver {
@@ -32,15 +33,15 @@ export interface ReadAhead {
 
 export const DEFAULT_READ_AHEAD: ReadAhead = { maxBytes: 4 << 20 };
 
-export class BlobCache implements RangeSource {
+export class BlobCache implements RangeSource, ChunkDestination {
   private readonly state: ChunkState;
+  /** Each chunk table entry's index: the fetcher hands entries back. */
+  private readonly slotOf: Map<ChunkEntry, number>;
   /** Observers of demand reads (access traces): the chunk indexes of each range served. */
   private readonly demandListeners = new Set<(chunks: readonly number[]) => void>();
   /** The last demand miss's first chunk, the chunk after its read-ahead, and the window (compressed bytes) it had. */
   private sequential = { from: -1, next: -1, window: 0 };
   readAhead: ReadAhead = DEFAULT_READ_AHEAD;
-  /** Chunk writes under way, so that concurrent readers of one chunk write (and reserve room for) it once. */
-  private readonly writing = new Map<number, Promise<void>>();
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
   private readonly punching = new Map<number, Promise<void>>();
   private closed = false;
@@ -60,6 +61,7 @@ export class BlobCache implements RangeSource {
     private readonly fetcher: ChunkFetcher,
   ) {
     this.state = new ChunkState(index.chunks.length);
+    this.slotOf = new Map(index.chunks.map((c, i) => [c, i]));
     index.chunks.forEach((c, i) => {
       const found =
         native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&
@@ -120,7 +122,7 @@ export class BlobCache implements RangeSource {
       else if (priority === 'demand') this.misses++;
       const ahead =
         priority === 'demand' && missing.length > 0 ? this.aheadOf(missing[0], missing[missing.length - 1]) : [];
-      const fetched = await this.fill(missing, priority, sink.kind === 'write' ? sink.write : this.writeOwn, ahead);
+      const fetched = await this.fill(missing, priority, ahead);
       if (sink.kind === 'buffer')
         await this.io(() =>
           readAt(this.fd, sink.buf, sink.offset, end - start, start, `cache file ${this.path}`, () => !this.closed),
@@ -137,7 +139,7 @@ export class BlobCache implements RangeSource {
    */
   fetchChunks(indexes: readonly number[], priority: Priority = 'prefetch'): Promise<number> {
     const missing = [...new Set(indexes)].filter((i) => !this.state.isPresent(i)).sort((a, b) => a - b);
-    return this.fill(missing, priority, this.writeOwn);
+    return this.fill(missing, priority);
   }
 
   /** Calls `listener` with the chunk indexes of every demand read; returns the unsubscribe. */
@@ -172,76 +174,69 @@ export class BlobCache implements RangeSource {
 
   /**
    * Fetches, verifies and writes the chunks `slots` (indexes into the chunk table); resolves to their
-   * count. `ahead` are asked for in the same call, so that they share its Range GETs, and written in
-   * the background through the cache's own fd: nobody waits for them.
+   * count. `ahead` are asked for in the same call, so that they share its Range GETs: nobody waits
+   * for them.
    */
-  private async fill(
-    slots: number[],
-    priority: Priority,
-    write: ChunkWriter,
-    ahead: readonly number[] = [],
-  ): Promise<number> {
+  private async fill(slots: number[], priority: Priority, ahead: readonly number[] = []): Promise<number> {
     if (slots.length === 0) return 0;
-    const all = [...slots, ...ahead];
-    const data = this.fetcher.getEachChunk(
+    const done = this.fetcher.getEachChunk(
       this.remote,
-      all.map((i) => this.index.chunks[i]),
+      [...slots, ...ahead].map((i) => this.index.chunks[i]),
+      this,
       priority,
     );
     if (ahead.length > 0) {
-      void this.store(ahead, data.slice(slots.length), this.writeOwn).catch((err: Error) =>
+      void Promise.all(done.slice(slots.length)).catch((err: Error) =>
         log.debug('read-ahead not stored', { blob: this.what, error: err.message }),
       );
     }
-    await this.store(slots, data.slice(0, slots.length), write);
+    await Promise.all(done.slice(0, slots.length));
     return slots.length;
   }
 
-  /** Writes each chunk of `slots` once its data arrives, unless it is present already. */
-  private async store(
-    slots: readonly number[],
-    data: ReadonlyArray<Promise<Buffer>>,
-    write: ChunkWriter,
-  ): Promise<void> {
-    for (const [k, i] of slots.entries()) {
-      const bytes = await data[k];
-      if (this.state.isPresent(i)) continue; // another reader's fetch wrote it meanwhile
-      const other = this.writing.get(i);
-      if (other) {
-        // Another reader is writing this chunk: wait for it rather than reserve room and write twice.
-        await other;
-        if (this.state.isPresent(i)) continue;
-      }
-      const c = this.index.chunks[i];
-      const writing = (async () => {
-        await this.space?.reserve(alignedEnd(c) - c.uncompressedOffset, this);
-        await this.punching.get(i)?.catch(() => undefined);
-        await write(c.uncompressedOffset, bytes);
-        this.state.markPresent(i);
-      })();
-      this.writing.set(
-        i,
-        writing.catch(() => undefined),
-      );
-      try {
-        await writing;
-      } finally {
-        this.writing.delete(i);
-      }
-    }
-  }
-
   /**
-   * Writes through the cache's own fd on the thread pool: under fanotify such a write raises an event
-   * of its own, which the event loop must stay free to answer.
+   * The fetcher's destination: verifies and writes fetched chunks through the cache's own fd, on the
+   * thread pool (under fanotify such a write raises an event of its own, which the event loop must
+   * stay free to answer); background fetches with the CPU the node leaves idle. Room is reserved, and
+   * punches of the same chunks awaited, first; a chunk present already is left as it is.
    */
-  private readonly writeOwn: ChunkWriter = (offset, data) =>
-    this.io(
-      () =>
-        new Promise<void>((resolve, reject) =>
-          fs.write(this.fd, data, 0, data.length, offset, (err) => (err ? reject(err) : resolve())),
-        ),
+  async place(
+    bytes: Buffer,
+    start: number,
+    chunks: readonly ChunkEntry[],
+    priority: Priority,
+  ): Promise<Array<Error | null>> {
+    const faults: Array<Error | null> = chunks.map(() => null);
+    const todo = chunks.flatMap((c, k) => {
+      const i = this.slotOf.get(c);
+      if (i === undefined) {
+        faults[k] = new Error(`${this.what}: chunk at ${c.uncompressedOffset} is not in this blob's table`);
+        return [];
+      }
+      return this.state.isPresent(i) ? [] : [{ k, i, c }];
+    });
+    if (todo.length === 0) return faults;
+    await this.space?.reserve(
+      todo.reduce((n, t) => n + alignedEnd(t.c) - t.c.uncompressedOffset, 0),
+      this,
     );
+    await Promise.all(todo.map((t) => this.punching.get(t.i)?.catch(() => undefined)));
+    const written = await this.io(() =>
+      decodeChunksInto(
+        this.fd,
+        bytes,
+        start,
+        todo.map((t) => t.c),
+        this.what,
+        { background: priority === 'background' },
+      ),
+    );
+    todo.forEach((t, j) => {
+      faults[t.k] = written[j];
+      if (written[j] === null) this.state.markPresent(t.i);
+    });
+    return faults;
+  }
 
   /**
    * Re-reads every cached chunk and checks its SHA-256: the chunks that do not match. Reads go through

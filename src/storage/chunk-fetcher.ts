@@ -1,10 +1,8 @@
-// The fetcher shared by every cache-miss transport: missing chunks -> merged Range GETs -> zstd
-// decompression -> SHA-256 check. One fetch per chunk however many readers wait for it; nothing
-// unverified is ever returned.
+// The fetcher shared by every cache-miss transport: missing chunks -> merged Range GETs -> the
+// destination, which verifies each chunk (zstd, SHA-256) and writes those that pass. One fetch per
+// chunk however many readers wait for it; a chunk resolves only once verified and written.
 import type { RangeReader } from '../blob/blob-index';
-import { decodeChunk } from '../blob/chunk-codec';
 import type { ChunkEntry } from '../blob/chunk-table';
-import { LRUCache } from 'lru-cache';
 import { Limiter, type Priority, type QueuedTask } from './limiter';
 import { planRanges } from './range-plan';
 
@@ -17,13 +15,21 @@ export interface RemoteBlob {
   read: RangeReader;
 }
 
+/** Where fetched chunks go: a blob's cache file. */
+export interface ChunkDestination {
+  /**
+   * Verifies each of `chunks` from `bytes` (compressed bytes from offset `start` of the blob) and writes
+   * those that pass; one result per chunk: null when written, else why it failed.
+   */
+  place(bytes: Buffer, start: number, chunks: readonly ChunkEntry[], priority: Priority): Promise<Array<Error | null>>;
+}
+
 export interface FetchStats {
   requests: number;
   bytesFetched: number;
   chunksFetched: number;
   verifyFailures: number;
   failedRequests: number;
-  memoryHits: number;
 }
 
 export interface FetcherOptions {
@@ -31,11 +37,14 @@ export interface FetcherOptions {
   maxRequestBytes?: number;
   /** Gap of unneeded compressed bytes worth fetching to save a request. */
   maxGap?: number;
+  /**
+   * The same for prefetch (default 256 KiB): nobody waits on a prefetch request, so a larger gap only
+   * costs bandwidth, while every request saved spares the registry its fixed cost per request.
+   */
+  prefetchGap?: number;
   concurrency?: number;
   /** Of those, slots prefetch never takes (default a quarter). */
   reservedForDemand?: number;
-  /** Bytes of recently used decompressed chunks kept in memory (default 64 MiB). */
-  memoryCacheBytes?: number;
   /** Called with each request's duration in seconds (for the latency histogram). */
   observeLatency?: (seconds: number, bytes: number) => void;
 }
@@ -47,56 +56,63 @@ export class ChunkFetcher {
     chunksFetched: 0,
     verifyFailures: 0,
     failedRequests: 0,
-    memoryHits: 0,
   };
-  /** Verified chunks recently fetched: a chunk evicted from the page cache is served without the network. */
-  private readonly recent: LRUCache<string, Buffer>;
-  /** Chunks being fetched, and the priority their request has (or will run at). */
-  private readonly inflight = new Map<string, { data: Promise<Buffer>; priority: Priority }>();
+  /**
+   * Chunks being fetched, the priority their request has (or will run at), and whether a reader has
+   * come to wait for one fetched at a lower priority (its bytes are then decoded as demand's are).
+   */
+  private readonly inflight = new Map<string, { data: Promise<void>; priority: Priority; readerWaits?: boolean }>();
   /** Chunks whose request waits for a slot, with the handle that promotes it to demand. */
   private readonly queued = new Map<string, QueuedTask>();
-  private readonly pending = new Map<string, { resolve: (b: Buffer) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<string, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly limiter: Limiter;
   private readonly maxRequestBytes: number;
   private readonly maxGap: number;
+  private readonly prefetchGap: number;
 
   constructor(private readonly opts: FetcherOptions = {}) {
     this.limiter = new Limiter(opts.concurrency ?? 8, opts.reservedForDemand);
     this.maxRequestBytes = opts.maxRequestBytes ?? 4 << 20;
     this.maxGap = opts.maxGap ?? 64 << 10;
-    this.recent = new LRUCache<string, Buffer>({
-      maxSize: opts.memoryCacheBytes ?? 64 << 20,
-      sizeCalculation: (b) => Math.max(1, b.length),
-    });
+    this.prefetchGap = opts.prefetchGap ?? 256 << 10;
   }
 
   get inFlight(): number {
     return this.inflight.size;
   }
 
-  /** The verified uncompressed bytes of each wanted chunk, in the order asked. */
-  getChunks(blob: RemoteBlob, wanted: readonly ChunkEntry[], priority: Priority = 'demand'): Promise<Buffer[]> {
-    return Promise.all(this.getEachChunk(blob, wanted, priority));
+  /** Resolves once every wanted chunk is verified and written to `dest`. */
+  async getChunks(
+    blob: RemoteBlob,
+    wanted: readonly ChunkEntry[],
+    dest: ChunkDestination,
+    priority: Priority = 'demand',
+  ): Promise<void> {
+    await Promise.all(this.getEachChunk(blob, wanted, dest, priority));
   }
 
-  /** One promise per wanted chunk, in the order asked: all asked for at once, so adjacent ones share requests. */
-  getEachChunk(blob: RemoteBlob, wanted: readonly ChunkEntry[], priority: Priority = 'demand'): Array<Promise<Buffer>> {
-    const result: Array<Promise<Buffer>> = [];
+  /**
+   * One promise per wanted chunk, in the order asked, resolved once it is verified and written to `dest`
+   * (a chunk already in flight is written by its first asker's destination: one per blob digest). All
+   * are asked for at once, so adjacent ones share requests.
+   */
+  getEachChunk(
+    blob: RemoteBlob,
+    wanted: readonly ChunkEntry[],
+    dest: ChunkDestination,
+    priority: Priority = 'demand',
+  ): Array<Promise<void>> {
+    const result: Array<Promise<void>> = [];
     const missing: ChunkEntry[] = [];
     for (const c of wanted) {
       const key = `${blob.digest}@${c.uncompressedOffset}`;
-      const cached = this.recent.get(key);
-      if (cached) {
-        this.stats.memoryHits++;
-        result.push(Promise.resolve(cached));
-        continue;
-      }
       const inflight = this.inflight.get(key);
-      if (inflight && priority === 'demand' && inflight.priority === 'prefetch') {
+      if (inflight && priority === 'demand' && inflight.priority !== 'demand') {
         // A reader now waits for a chunk being prefetched: a queued request goes ahead of other prefetch;
         // one that fails (it had prefetch's fewer retries) is asked again as demand.
         this.queued.get(key)?.promote();
-        const retried = inflight.data.catch(() => this.getEachChunk(blob, [c], 'demand')[0]);
+        inflight.readerWaits = true;
+        const retried = inflight.data.catch(() => this.getEachChunk(blob, [c], dest, 'demand')[0]);
         retried.catch(() => undefined);
         result.push(retried);
         continue;
@@ -106,12 +122,13 @@ export class ChunkFetcher {
         continue;
       }
       missing.push(c);
-      const data = new Promise<Buffer>((resolve, reject) => this.pending.set(key, { resolve, reject }));
+      const data = new Promise<void>((resolve, reject) => this.pending.set(key, { resolve, reject }));
       data.catch(() => undefined);
       this.inflight.set(key, { data, priority });
       result.push(data);
     }
-    for (const range of planRanges(missing, this.maxRequestBytes, this.maxGap)) {
+    const gap = priority === 'demand' ? this.maxGap : this.prefetchGap;
+    for (const range of planRanges(missing, this.maxRequestBytes, gap)) {
       const keys = range.chunks.map((c) => `${blob.digest}@${c.uncompressedOffset}`);
       void this.limiter.run(
         priority,
@@ -121,7 +138,7 @@ export class ChunkFetcher {
             const f = this.inflight.get(k);
             if (f) f.priority = effective;
           }
-          return this.fetchRange(blob, range.start, range.end, range.chunks, effective);
+          return this.fetchRange(blob, dest, range.start, range.end, range.chunks, effective);
         },
         (queued) => {
           for (const k of keys) this.queued.set(k, queued);
@@ -133,41 +150,40 @@ export class ChunkFetcher {
 
   private async fetchRange(
     blob: RemoteBlob,
+    dest: ChunkDestination,
     start: number,
     end: number,
     chunks: ChunkEntry[],
     priority: Priority,
   ): Promise<void> {
-    const settle = (c: ChunkEntry, value: Buffer | Error) => {
+    const settle = (c: ChunkEntry, fault: Error | null) => {
       const key = `${blob.digest}@${c.uncompressedOffset}`;
       const waiter = this.pending.get(key);
       this.pending.delete(key);
       this.inflight.delete(key);
       if (!waiter) return;
-      if (value instanceof Error) waiter.reject(value);
-      else waiter.resolve(value);
+      if (fault) waiter.reject(fault);
+      else waiter.resolve();
     };
-    // The chunks decoded from the bytes last checked: a reader with several sources (mirrors) calls
-    // the check for each and moves on when a chunk fails; a plain reader never calls it.
+    // What placing the bytes last checked gave: a reader with several sources (mirrors) calls the
+    // check for each and moves on when a chunk fails; a plain reader never calls it.
     let checkedBytes: Buffer | undefined;
-    let decoded: Array<Buffer | Error> = [];
-    const decodeAll = async (bytes: Buffer): Promise<Array<Buffer | Error>> => {
-      const out = await Promise.all(
-        chunks.map((c) =>
-          decodeChunk(
-            c,
-            bytes.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize),
-            blob.what,
-          ).catch((e: Error) => e),
-        ),
-      );
-      this.stats.verifyFailures += out.filter((d) => d instanceof Error).length;
+    let faults: Array<Error | null> = [];
+    const placeAll = async (bytes: Buffer): Promise<Array<Error | null>> => {
+      const waited = chunks.some((c) => this.inflight.get(`${blob.digest}@${c.uncompressedOffset}`)?.readerWaits);
+      let out: Array<Error | null>;
+      try {
+        out = await dest.place(bytes, start, chunks, waited ? 'demand' : priority);
+      } catch (err) {
+        out = chunks.map(() => err as Error);
+      }
+      this.stats.verifyFailures += out.filter((f) => f !== null).length;
       return out;
     };
     const verify = async (bytes: Buffer): Promise<Error | null> => {
-      decoded = await decodeAll(bytes);
+      faults = await placeAll(bytes);
       checkedBytes = bytes;
-      return decoded.find((d): d is Error => d instanceof Error) ?? null;
+      return faults.find((f): f is Error => f !== null) ?? null;
     };
     let data: Buffer;
     const t0 = process.hrtime.bigint();
@@ -184,14 +200,10 @@ export class ChunkFetcher {
       for (const c of chunks) settle(c, e);
       return;
     }
-    if (checkedBytes !== data) decoded = await decodeAll(data);
+    if (checkedBytes !== data) faults = await placeAll(data);
     for (const [i, c] of chunks.entries()) {
-      const chunk = decoded[i];
-      if (!(chunk instanceof Error)) {
-        this.recent.set(`${blob.digest}@${c.uncompressedOffset}`, chunk);
-        this.stats.chunksFetched++;
-      }
-      settle(c, chunk);
+      if (faults[i] === null) this.stats.chunksFetched++;
+      settle(c, faults[i]);
     }
   }
 }

@@ -1,6 +1,6 @@
-// Bounded concurrency with two priorities: on-demand reads (a process is blocked on them) go before
-// background prefetch, a few slots are kept for them alone, and a queued prefetch that a reader comes
-// to wait for is promoted to demand.
+// Bounded concurrency with three priorities: on-demand reads (a process is blocked on them) go before
+// prefetch (an access trace), which goes before background fetches; a few slots are kept for demand
+// alone, and a queued task that a reader comes to wait for is promoted to demand.
 import type { Priority } from '../oci/retry';
 
 export type { Priority };
@@ -18,7 +18,7 @@ interface Entry extends QueuedTask {
 
 export class Limiter {
   private running = 0;
-  private readonly queues: Record<Priority, Entry[]> = { demand: [], prefetch: [] };
+  private readonly queues: Record<Priority, Entry[]> = { demand: [], prefetch: [], background: [] };
   /** Slots prefetch never takes: a demand read finds one free however much prefetch is queued. */
   readonly reserved: number;
 
@@ -43,7 +43,7 @@ export class Limiter {
     onQueued?: (queued: QueuedTask) => void,
   ): Promise<T> {
     let effective = priority;
-    if (this.canStart(priority) && this.queues.demand.length === 0) {
+    if (this.canStart(priority) && !this.ahead(priority)) {
       this.running++;
     } else {
       let start!: () => void;
@@ -52,9 +52,11 @@ export class Limiter {
         priority,
         start,
         promote: () => {
-          const i = this.queues.prefetch.indexOf(entry);
-          if (i < 0) return; // running already, or demand already
-          this.queues.prefetch.splice(i, 1);
+          if (entry.priority === 'demand') return;
+          const queue = this.queues[entry.priority];
+          const i = queue.indexOf(entry);
+          if (i < 0) return; // running already
+          queue.splice(i, 1);
           entry.priority = 'demand';
           this.queues.demand.push(entry);
           this.dispatch();
@@ -73,10 +75,16 @@ export class Limiter {
     }
   }
 
+  /** Whether tasks of a higher priority than `priority` wait. */
+  private ahead(priority: Priority): boolean {
+    const { demand, prefetch } = this.queues;
+    return priority === 'demand' ? false : demand.length > 0 || (priority === 'background' && prefetch.length > 0);
+  }
+
   private dispatch(): void {
     for (;;) {
-      const q = this.queues.demand.length > 0 ? 'demand' : 'prefetch';
-      if (this.queues[q].length === 0 || !this.canStart(q)) return;
+      const q = (['demand', 'prefetch', 'background'] as const).find((p) => this.queues[p].length > 0);
+      if (!q || !this.canStart(q)) return;
       const entry = this.queues[q].shift()!;
       this.running++;
       entry.start();

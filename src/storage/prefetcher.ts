@@ -64,7 +64,7 @@ export class Prefetcher {
   start(blob: BlobCache): void {
     if (this.workers <= 0) return;
     void fetchMissing(blob, {
-      priority: 'prefetch',
+      priority: 'background',
       workers: this.workers,
       // Beyond the bound's last tenth, prefetch would only evict what readers fetched: they know better what they need.
       stopReason: (bytes) =>
@@ -131,7 +131,7 @@ const TRACE_WORKERS = 4;
  * Trace entries replayed together: close enough in the trace to be wanted at about the same time,
  * many enough that a package's neighbouring chunks meet in one request.
  */
-const TRACE_WINDOW = 64;
+const TRACE_WINDOW = 1024;
 
 /** The trace's chunks in windows of TRACE_WINDOW entries, in trace order; each window's chunks grouped by blob. */
 export function traceBatches(

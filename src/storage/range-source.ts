@@ -5,18 +5,10 @@ import fs from 'node:fs';
 import { readAt } from '../read-at';
 import type { Priority } from './limiter';
 
-/** Writes verified chunk bytes at an offset of the cache file. */
-export type ChunkWriter = (offset: number, data: Buffer) => void | Promise<void>;
-
 /** Where the bytes of a served range go. */
 export type RangeSink =
-  /** Only make the range present in the cache file (prefetch). */
+  /** Only make the range present in the cache file (prefetch; fanotify, whose reader then reads it). */
   | { kind: 'cache' }
-  /**
-   * Make the range present, each missing chunk written by `write` (fanotify: through the event's own
-   * fd, the one fd whose writes raise no event of their own).
-   */
-  | { kind: 'write'; write: ChunkWriter }
   /** Copy the range's bytes into `buf` at `offset` (a FUSE reply, a cachefiles object). */
   | { kind: 'buffer'; buf: Buffer; offset: number };
 

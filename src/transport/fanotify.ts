@@ -1,6 +1,7 @@
 // fanotify pre-content transport (Linux 6.14+, file-backed EROFS): the kernel reports the range a
 // reader is about to read from a blob's cache file; missing chunks are fetched, verified and written
-// through the event's fd, then the read is allowed. Any failure denies it with EIO.
+// (through the cache's own fd: its events are the daemon's own, allowed at once), then the read is
+// allowed. Any failure denies it with EIO.
 import fs from 'node:fs';
 import path from 'node:path';
 import { mountFileBacked, unmount } from '../mount/file-backed';
@@ -70,17 +71,11 @@ export class FanotifyTransport implements CacheMissTransport {
         pid: e.pid,
       });
     }
-    // Synchronous writes, after checking the event still waits: once answered, its fd is closed and the
-    // number may already name another file.
-    const write = (offset: number, data: Buffer) => {
-      if (!this.misses.isPending(e.fd)) throw new Error('event answered before its data was written');
-      fs.writeSync(e.fd, data, 0, data.length, offset);
-    };
     void this.misses.serve(e.fd, {
       source: blob,
       start: e.offset,
       end: Math.min(blob.size, e.offset + e.count),
-      sink: { kind: 'write', write },
+      sink: { kind: 'cache' },
       answer,
       pid: e.pid,
     });

@@ -9,7 +9,9 @@ import type { BlobIndex, ExpectedTable, RangeReader } from '../../src/blob/blob-
 import { ChunkDictionary } from '../../src/blob/chunk-dict';
 import type { ChunkEntry } from '../../src/blob/chunk-table';
 import { CompressedBlobWriter, type ChunkSlot, type CompressedBlob } from '../../src/blob/compressed-blob-writer';
-import type { RemoteBlob } from '../../src/storage/chunk-fetcher';
+import { decodeChunksInto } from '../../src/blob/chunk-codec';
+import type { ChunkDestination, ChunkFetcher, RemoteBlob } from '../../src/storage/chunk-fetcher';
+import type { Priority } from '../../src/storage/limiter';
 import type { ChunkLocation } from '../../src/tree/node';
 
 export interface FakeBlobOptions {
@@ -216,4 +218,69 @@ export async function makeFakeBlob(opts: FakeBlobOptions = {}): Promise<FakeBlob
     reader: () => new FakeRangeReader(bytes),
     remote,
   };
+}
+
+/**
+ * Where a test's fetcher puts chunks, as a blob cache does: an unlinked temporary file each chunk is
+ * verified into, read back by `chunk`. One per blob digest (`destinationFor`): a chunk in flight is
+ * written by its first asker's destination only.
+ */
+export class FileDestination implements ChunkDestination {
+  private readonly fd: number;
+
+  constructor(readonly what = 'test destination') {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'eo-dest-'));
+    this.fd = fs.openSync(path.join(dir, 'chunks'), 'w+');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+
+  place(bytes: Buffer, start: number, chunks: readonly ChunkEntry[]): Promise<Array<Error | null>> {
+    return decodeChunksInto(this.fd, bytes, start, chunks, this.what);
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+
+  /** The bytes written for `c` (zeros where nothing was). */
+  chunk(c: ChunkEntry): Buffer {
+    const buf = Buffer.alloc(c.uncompressedSize);
+    fs.readSync(this.fd, buf, 0, buf.length, c.uncompressedOffset);
+    return buf;
+  }
+}
+
+const destinations = new WeakMap<ChunkFetcher, Map<string, FileDestination>>();
+
+/** The destination of `remote`'s chunks for `fetcher`, made on first use. */
+export function destinationFor(fetcher: ChunkFetcher, remote: RemoteBlob): FileDestination {
+  let byDigest = destinations.get(fetcher);
+  if (!byDigest) destinations.set(fetcher, (byDigest = new Map()));
+  let dest = byDigest.get(remote.digest);
+  if (!dest) byDigest.set(remote.digest, (dest = new FileDestination(remote.what)));
+  return dest;
+}
+
+/** Fetches `wanted` through `fetcher` into the blob's destination; the verified bytes of each, in order. */
+export async function fetchChunkBytes(
+  fetcher: ChunkFetcher,
+  remote: RemoteBlob,
+  wanted: readonly ChunkEntry[],
+  priority: Priority = 'demand',
+): Promise<Buffer[]> {
+  const dest = destinationFor(fetcher, remote);
+  await fetcher.getChunks(remote, wanted, dest, priority);
+  return wanted.map((c) => dest.chunk(c));
+}
+
+/** One chunk's verified bytes from its compressed bytes, decoded as a cache decodes it. */
+export async function decodeChunk(entry: ChunkEntry, compressed: Buffer): Promise<Buffer> {
+  const dest = new FileDestination();
+  try {
+    const [fault] = await dest.place(compressed, entry.compressedOffset, [entry]);
+    if (fault) throw fault;
+    return dest.chunk(entry);
+  } finally {
+    dest.close();
+  }
 }

@@ -129,7 +129,7 @@ describe('blob cache over registry Range GETs', () => {
 
   it('evicts the oldest unpinned chunks by punching holes; a later read fetches them again', async () => {
     const file = path.join(work, 'cache-d');
-    const cache = BlobCache.open(file, remote(), index, new ChunkFetcher({ memoryCacheBytes: 1 }));
+    const cache = BlobCache.open(file, remote(), index, new ChunkFetcher());
     try {
       assert.ok(index.chunks.length >= 3, 'the fixture has several chunks');
       for (const c of index.chunks) await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, CACHE);

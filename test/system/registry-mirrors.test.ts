@@ -23,6 +23,7 @@ import { captureLogs, type LogCapture } from '../lib/log-capture';
 import { freePort, startRegistry, type RegistryServer } from '../lib/registry-server';
 import { copyImage, pushSmallImage, smallImage } from '../lib/small-image';
 import { runCliAsync } from '../lib/harness';
+import { fetchChunkBytes } from '../lib/fake-blob';
 
 function quoted(s: string): RegExp {
   return new RegExp(JSON.stringify(s).replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
@@ -389,7 +390,8 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       const index = await loadBlobIndex(reader(c), lazyBlob.size, 'lazy blob', expected());
       assert.ok(index.chunks.length > 20, `${index.chunks.length} chunks`);
       const fetcher = new ChunkFetcher({ maxRequestBytes: 256 << 10, maxGap: 0 });
-      const got = await fetcher.getChunks(
+      const got = await fetchChunkBytes(
+        fetcher,
         { digest: lazyBlob.digest, what: 'lazy blob', read: reader(c) },
         index.chunks,
       );
@@ -418,7 +420,8 @@ describe('pulling through registry mirrors', { timeout: 300_000 }, () => {
       full.add({ method: 'GET', path: /^\/v2\/lazy\/app\/blobs\//, times: 1000, fault: { kind: 'corrupt' } });
       up.reset();
       const fetcher = new ChunkFetcher({ maxRequestBytes: 256 << 10, maxGap: 0, concurrency: 1 });
-      const got = await fetcher.getChunks(
+      const got = await fetchChunkBytes(
+        fetcher,
         { digest: lazyBlob.digest, what: 'lazy blob', read: reader(c) },
         index.chunks,
       );

@@ -22,7 +22,8 @@ function open(blob: FakeBlob, reader: FakeRangeReader = blob.reader()): BlobCach
     path.join(work, `cache-${n++}`),
     blob.remote(reader.read),
     blob.index,
-    new ChunkFetcher(),
+    // Prefetch merges only neighbours here, so that requests show the order of the trace.
+    new ChunkFetcher({ prefetchGap: 0 }),
   );
   cache.readAhead = { maxBytes: 0 };
   return cache;

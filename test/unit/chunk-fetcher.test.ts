@@ -11,6 +11,7 @@ import { planRanges } from '../../src/storage/range-plan';
 import { cleanup, tempDir } from '../lib/image';
 import { memoryLayer, TAR } from '../lib/layers';
 import { makeTar } from '../lib/tar-writer';
+import { fetchChunkBytes } from '../lib/fake-blob';
 
 const CHUNK = 64 << 10;
 const work = tempDir('fetcher');
@@ -58,7 +59,7 @@ describe('chunk fetcher', () => {
   it('returns verified chunk contents', async () => {
     const f = new ChunkFetcher();
     const wanted = [index.chunks[0], index.chunks[7], index.chunks[40]];
-    const got = await f.getChunks(remote(), wanted);
+    const got = await fetchChunkBytes(f, remote(), wanted);
     got.forEach((b, i) => {
       const off = wanted[i].uncompressedOffset;
       assert.ok(b.equals(content.subarray(off, off + wanted[i].uncompressedSize)));
@@ -68,46 +69,44 @@ describe('chunk fetcher', () => {
 
   it('merges adjacent chunks into one request, bounded in size', async () => {
     const r = remote();
-    await new ChunkFetcher({ maxRequestBytes: 10 * CHUNK, maxGap: 0 }).getChunks(r, index.chunks.slice(0, 25));
+    await fetchChunkBytes(new ChunkFetcher({ maxRequestBytes: 10 * CHUNK, maxGap: 0 }), r, index.chunks.slice(0, 25));
     // Random data barely compresses: ~9 chunks fit under the bound, so 25 chunks take 3 requests.
     assert.equal(r.calls.length, 3);
     for (const [, len] of r.calls) assert.ok(len <= 10 * CHUNK);
     assert.equal(planRanges([index.chunks[0], index.chunks[2]], 1 << 30, 0).length, 2, 'a gap splits the range');
   });
 
+  it('merges prefetch across a larger gap than demand: nobody waits on it, and requests cost the registry', async () => {
+    const f = new ChunkFetcher({ maxGap: CHUNK, prefetchGap: 4 * CHUNK });
+    const apart = [index.chunks[0], index.chunks[3]]; // two chunks, about two chunks apart
+    const demand = remote();
+    await fetchChunkBytes(f, demand, apart, 'demand');
+    assert.equal(demand.calls.length, 2, 'demand: the gap is worth a request');
+    const prefetch = remote();
+    await fetchChunkBytes(new ChunkFetcher({ maxGap: CHUNK, prefetchGap: 4 * CHUNK }), prefetch, apart, 'prefetch');
+    assert.equal(prefetch.calls.length, 1, 'prefetch: one request over the gap');
+  });
+
   it('fetches a chunk once when many readers want it at the same time', async () => {
     const r = remote({ delayMs: 20 });
     const f = new ChunkFetcher();
-    const all = await Promise.all(Array.from({ length: 10 }, () => f.getChunks(r, [index.chunks[3], index.chunks[4]])));
+    const all = await Promise.all(
+      Array.from({ length: 10 }, () => fetchChunkBytes(f, r, [index.chunks[3], index.chunks[4]])),
+    );
     assert.equal(r.calls.length, 1);
     assert.ok(all.every((x) => x[0].equals(all[0][0])));
     assert.equal(f.inFlight, 0);
   });
 
-  it('serves a recently fetched chunk from memory', async () => {
-    const r = remote();
-    const f = new ChunkFetcher();
-    await f.getChunks(r, [index.chunks[6]]);
-    const [again] = await f.getChunks(r, [index.chunks[6]]);
-    assert.equal(r.calls.length, 1);
-    assert.equal(f.stats.memoryHits, 1);
-    assert.equal(again.length, CHUNK);
-    const small = new ChunkFetcher({ memoryCacheBytes: CHUNK });
-    await small.getChunks(r, [index.chunks[7]]);
-    await small.getChunks(r, [index.chunks[8]]);
-    await small.getChunks(r, [index.chunks[7]]);
-    assert.equal(r.calls.length, 4, 'a bounded cache evicts the least recently used chunk');
-  });
-
   it('rejects corrupt bytes and counts the verification failure', async () => {
     const f = new ChunkFetcher();
     await assert.rejects(
-      f.getChunks(remote({ corrupt: true }), [index.chunks[5]]),
+      fetchChunkBytes(f, remote({ corrupt: true }), [index.chunks[5]]),
       /test blob: chunk at \d+: (sha256 .* does not match|zstd)/,
     );
     assert.equal(f.stats.verifyFailures, 1);
     // The failure is not remembered: a later good read succeeds.
-    const [ok] = await f.getChunks(remote(), [index.chunks[5]]);
+    const [ok] = await fetchChunkBytes(f, remote(), [index.chunks[5]]);
     assert.equal(ok.length, CHUNK);
   });
 
@@ -116,8 +115,8 @@ describe('chunk fetcher', () => {
     const f = new ChunkFetcher({ concurrency: 1, maxRequestBytes: CHUNK + 1024 });
     const base = remote({ delayMs: 5 });
     const tagged = (tag: string): RemoteBlob => ({ ...base, read: async (o, l) => (order.push(tag), base.read(o, l)) });
-    const prefetch = f.getChunks(tagged('prefetch'), index.chunks.slice(10, 14), 'prefetch');
-    const demand = f.getChunks(tagged('demand'), [index.chunks[30]], 'demand');
+    const prefetch = fetchChunkBytes(f, tagged('prefetch'), index.chunks.slice(10, 14), 'prefetch');
+    const demand = fetchChunkBytes(f, tagged('demand'), [index.chunks[30]], 'demand');
     await Promise.all([prefetch, demand]);
     assert.equal(order[0], 'prefetch', 'the first prefetch request was already running');
     assert.equal(order[1], 'demand', 'the demand request jumps the prefetch queue');

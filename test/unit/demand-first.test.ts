@@ -5,7 +5,7 @@ import { it } from 'node:test';
 import type { RangeReader } from '../../src/blob/blob-index';
 import type { Priority } from '../../src/storage/limiter';
 import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
-import { makeFakeBlob } from '../lib/fake-blob';
+import { makeFakeBlob, fetchChunkBytes } from '../lib/fake-blob';
 
 it('a demand read of a queued prefetch chunk is fetched next, as demand', async () => {
   const blob = await makeFakeBlob({ size: 8 * (64 << 10) });
@@ -19,10 +19,10 @@ it('a demand read of a queued prefetch chunk is fetched next, as demand', async 
   const fetcher = new ChunkFetcher({ concurrency: 1, reservedForDemand: 0, maxRequestBytes: 1, maxGap: 0 });
   const remote = blob.remote(read);
   const release = reader.hold();
-  const prefetch = fetcher.getChunks(remote, blob.chunks, 'prefetch');
+  const prefetch = fetchChunkBytes(fetcher, remote, blob.chunks, 'prefetch');
   await reader.started(1);
   const last = blob.chunks[blob.chunks.length - 1];
-  const demand = fetcher.getChunks(remote, [last], 'demand');
+  const demand = fetchChunkBytes(fetcher, remote, [last], 'demand');
   release();
   const [got] = await demand;
   assert.ok(got.equals(blob.chunkData(last)));
@@ -46,9 +46,9 @@ it('a reader waiting on a prefetch that fails gets the chunk fetched again as de
   const remote = blob.remote(read);
   const c = blob.chunks[2];
   const release = reader.hold();
-  const prefetch = fetcher.getChunks(remote, [c], 'prefetch');
+  const prefetch = fetchChunkBytes(fetcher, remote, [c], 'prefetch');
   await reader.started(1);
-  const demand = fetcher.getChunks(remote, [c], 'demand');
+  const demand = fetchChunkBytes(fetcher, remote, [c], 'demand');
   release();
   await assert.rejects(prefetch, /injected/);
   const [got] = await demand;

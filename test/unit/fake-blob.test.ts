@@ -3,8 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadBlobIndex } from '../../src/blob/blob-index';
-import { decodeChunk } from '../../src/blob/chunk-codec';
-import { makeFakeBlob, mirrored } from '../lib/fake-blob';
+import { decodeChunk, makeFakeBlob, mirrored } from '../lib/fake-blob';
 
 describe('fake blob', () => {
   it('serves a blob whose chunk table loadBlobIndex verifies and whose chunks decode to the content', async () => {
@@ -15,7 +14,7 @@ describe('fake blob', () => {
     assert.equal(blob.chunks.length, 6);
     const decoded: Buffer[] = [];
     for (const c of blob.chunks) {
-      const data = await decodeChunk(c, await r.read(c.compressedOffset, c.compressedSize), 'fake');
+      const data = await decodeChunk(c, await r.read(c.compressedOffset, c.compressedSize));
       assert.ok(data.equals(blob.chunkData(c)));
       decoded.push(data);
     }

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { HostClient } from '../../src/oci/host-client';
 import { hostEndpoints, type HostConfig } from '../../src/oci/hosts';
 import { ChunkFetcher, type RemoteBlob } from '../../src/storage/chunk-fetcher';
-import { makeFakeBlob, type FakeBlob } from '../lib/fake-blob';
+import { makeFakeBlob, type FakeBlob, fetchChunkBytes } from '../lib/fake-blob';
 import { captureLogs, type LogCapture } from '../lib/log-capture';
 import { freePort } from '../lib/registry-server';
 
@@ -126,12 +126,12 @@ describe('HostClient range reads through mirrors', () => {
     const before = counts();
     const c = client({ mirrors: [{ url: liar.url }] });
     const fetcher = new ChunkFetcher({ maxGap: 0 });
-    const got = await fetcher.getChunks(remote(c), blob.chunks.slice(0, 3));
+    const got = await fetchChunkBytes(fetcher, remote(c), blob.chunks.slice(0, 3));
     got.forEach((b, i) => assert.ok(b.equals(blob.chunkData(blob.chunks[i])), `chunk ${i}`));
     assert.equal(liar.ranges.length - before[2], 1);
     assert.equal(upstream.ranges.length - before[0], 1);
     assert.ok(fetcher.stats.verifyFailures >= 1);
-    const again = await fetcher.getChunks(remote(c), blob.chunks.slice(3, 5));
+    const again = await fetchChunkBytes(fetcher, remote(c), blob.chunks.slice(3, 5));
     again.forEach((b, i) => assert.ok(b.equals(blob.chunkData(blob.chunks[3 + i])), `chunk ${3 + i}`));
     assert.equal(liar.ranges.length - before[2], 1, 'the lying mirror is not asked again for this blob');
     assert.equal(upstream.ranges.length - before[0], 2);
@@ -140,7 +140,7 @@ describe('HostClient range reads through mirrors', () => {
   it('tries the mirrors in order, each failing its own way, then the upstream', async () => {
     const before = counts();
     const c = client({ mirrors: [{ url: failing.url }, { url: liar.url }, { url: unreachable }] });
-    const [chunk] = await new ChunkFetcher().getChunks(remote(c), [blob.chunks[5]]);
+    const [chunk] = await fetchChunkBytes(new ChunkFetcher(), remote(c), [blob.chunks[5]]);
     assert.ok(chunk.equals(blob.chunkData(blob.chunks[5])));
     const [up, fail, lie] = counts().map((n, i) => n - before[i]);
     assert.deepEqual([up >= 1, fail >= 1, lie], [true, true, 1]);
@@ -150,7 +150,7 @@ describe('HostClient range reads through mirrors', () => {
     const before = counts();
     const c = client({ mirrors: [{ url: liar.url }], fallbackToUpstream: false });
     await assert.rejects(
-      new ChunkFetcher().getChunks(remote(c), [blob.chunks[2]]),
+      fetchChunkBytes(new ChunkFetcher(), remote(c), [blob.chunks[2]]),
       /chunk at \d+: (sha256 .* does not match|zstd)/,
     );
     assert.equal(counts()[0] - before[0], 0, 'the upstream was not asked');

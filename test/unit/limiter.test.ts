@@ -43,13 +43,15 @@ describe('Limiter', () => {
     );
   });
 
-  it('starts queued demand tasks before queued prefetch, in arrival order within each', async () => {
+  it('starts queued demand, then prefetch, then background tasks, in arrival order within each', async () => {
     const limiter = new Limiter(1);
     const started: string[] = [];
     const first = gatedTask(started, 'running');
     const queued: Array<[Priority, string]> = [
+      ['background', 'b1'],
       ['prefetch', 'p1'],
       ['demand', 'd1'],
+      ['background', 'b2'],
       ['prefetch', 'p2'],
       ['demand', 'd2'],
     ];
@@ -64,7 +66,7 @@ describe('Limiter', () => {
     first.release();
     for (const g of gates) g.release();
     await Promise.all(all);
-    assert.deepEqual(started, ['running', 'd1', 'd2', 'p1', 'p2']);
+    assert.deepEqual(started, ['running', 'd1', 'd2', 'p1', 'p2', 'b1', 'b2']);
   });
 
   it('frees the slot of a task that fails, and passes its error on', async () => {
@@ -100,10 +102,10 @@ describe('Limiter', () => {
     const first = gatedTask(started, 'running');
     const all: Array<Promise<unknown>> = [limiter.run('prefetch', first.task)];
     const handles: Record<string, { promote(): void }> = {};
-    for (const name of ['p1', 'p2', 'p3']) {
+    for (const name of ['p1', 'p2', 'p3', 'b4']) {
       all.push(
         limiter.run(
-          'prefetch',
+          name.startsWith('b') ? 'background' : 'prefetch',
           async (priority) => {
             started.push(name);
             seen[name] = priority;
@@ -113,11 +115,12 @@ describe('Limiter', () => {
       );
     }
     await tick();
+    handles.b4.promote();
     handles.p3.promote();
     handles.p3.promote(); // twice is harmless
     first.release();
     await Promise.all(all);
-    assert.deepEqual(started, ['running', 'p3', 'p1', 'p2']);
-    assert.deepEqual(seen, { p1: 'prefetch', p2: 'prefetch', p3: 'demand' });
+    assert.deepEqual(started, ['running', 'b4', 'p3', 'p1', 'p2']);
+    assert.deepEqual(seen, { p1: 'prefetch', p2: 'prefetch', p3: 'demand', b4: 'demand' });
   });
 });
