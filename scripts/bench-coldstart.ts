@@ -89,6 +89,8 @@ interface Prepared {
   layers: number;
   /** The same image in repositories that hold a trace of the workload, when this build records traces. */
   traced: string | null;
+  /** Compressed bytes of the chunks the workload read (its recorded trace): what an exact fetch takes. */
+  workloadBytes: number | null;
 }
 
 /** `trace record` exists only in builds that have it; the bench says so instead of failing. */
@@ -140,7 +142,14 @@ class Bench {
       execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${source}`], { encoding: 'utf8' }),
     ) as { layers: Array<{ size: number }> };
     const compressedBytes = manifest.layers.reduce((n, l) => n + l.size, 0);
-    const prepared: Prepared = { image, source, compressedBytes, layers: manifest.layers.length, traced: null };
+    const prepared: Prepared = {
+      image,
+      source,
+      compressedBytes,
+      layers: manifest.layers.length,
+      traced: null,
+      workloadBytes: null,
+    };
     if (traceAvailable) {
       // A daemon replays any trace the registry holds for an image at every mount, so the traced copy
       // lives in repositories of its own and the other lazy modes mount one without a trace.
@@ -149,7 +158,10 @@ class Bench {
       const dir = this.dir(`trace-${image.name}`);
       const daemon = await this.daemon(dir);
       try {
-        cli('trace', 'record', '--socket', daemon.socket, traced, '--', ...image.workload);
+        const out = cli('trace', 'record', '--json', '--socket', daemon.socket, traced, '--', ...image.workload);
+        // The workload's own output comes first; the summary is the last line.
+        const summary = JSON.parse(out.trim().split('\n').pop()!) as { compressedBytes: number };
+        prepared.workloadBytes = summary.compressedBytes;
       } finally {
         await daemon.stop();
         fs.rmSync(dir, { recursive: true, force: true });
@@ -316,6 +328,13 @@ async function main(): Promise<void> {
           `workload: ${image.workload.join(' ')}\n${numberTable(rows)}\n`,
       );
       const notes = p.traced ? [] : ['lazy+trace: not available in this build'];
+      if (p.workloadBytes !== null && samples['lazy+trace']?.length) {
+        const fetched = median(samples['lazy+trace'].map((x) => x.bytes));
+        notes.push(
+          `the workload's chunks (its trace): ${mb(p.workloadBytes)} MB compressed; ` +
+            `lazy+trace fetched ${(fetched / p.workloadBytes).toFixed(2)}x that by the result`,
+        );
+      }
       for (const note of notes) process.stdout.write(`${note}\n`);
       panels.push({
         title: `${image.name}: ${p.layers} layers, ${mb(p.compressedBytes)} MB compressed`,

@@ -19,7 +19,7 @@ import { bytes } from './format';
 function describe(s: TraceSummary): string {
   return [
     `image    ${s.image}`,
-    `entries  ${s.entries} chunks in ${s.blobs} blobs, ${bytes(s.bytes)}`,
+    `entries  ${s.entries} chunks in ${s.blobs} blobs, ${bytes(s.bytes)} (${bytes(s.compressedBytes)} compressed)`,
     `window   ${(s.windowMs / 1000).toFixed(1)} s from the mount to the last first access`,
   ].join('\n');
 }

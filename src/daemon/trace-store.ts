@@ -57,6 +57,8 @@ export interface TraceSummary {
   entries: number;
   blobs: number;
   bytes: number;
+  /** What fetching exactly its chunks takes from the registry. */
+  compressedBytes: number;
   windowMs: number;
 }
 
@@ -66,6 +68,7 @@ export function summarizeTrace(trace: AccessTrace, indexes: readonly BlobIndex[]
     entries: trace.entries.length,
     blobs: trace.blobs.length,
     bytes: trace.entries.reduce((n, e) => n + (indexes[e.blob]?.chunks[e.chunk]?.uncompressedSize ?? 0), 0),
+    compressedBytes: trace.entries.reduce((n, e) => n + (indexes[e.blob]?.chunks[e.chunk]?.compressedSize ?? 0), 0),
     windowMs: trace.entries.reduce((m, e) => Math.max(m, e.ms), 0),
   };
 }

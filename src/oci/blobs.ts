@@ -131,7 +131,7 @@ export async function getBlobRange(
     );
   }
   const want = endInclusive - start + 1;
-  const data = await http.readBody(res, want, 'range', ctx);
+  const data = await http.readBody(res, want, 'range', ctx, want);
   if (data === null) throw new InputError(`registry sent more than the ${want} bytes asked for`, ctx);
   if (data.length !== want) throw new InputError(`registry sent ${data.length} bytes for a ${want}-byte range`, ctx);
   return data;

@@ -123,15 +123,24 @@ export function streamOver(bytes: AsyncIterable<Buffer>, under: { destroy(): unk
 
 /**
  * The bytes of `source`, or null as soon as they run past `limit`: the rest is not read, and leaving
- * the loop early ends a response body under it. The one body collector of the registry layer.
+ * the loop early ends a response body under it. The one body collector of the registry layer. With
+ * `sizeHint` (the length the answer should have) the bytes are copied into one buffer of that size as
+ * they come, so a large body is never held twice (its pieces, then their concatenation).
  */
-export async function readAtMost(source: AsyncIterable<Buffer>, limit: number): Promise<Buffer | null> {
+export async function readAtMost(source: AsyncIterable<Buffer>, limit: number, sizeHint = 0): Promise<Buffer | null> {
+  let into = sizeHint > 0 && sizeHint <= limit ? Buffer.allocUnsafe(sizeHint) : null;
   const parts: Buffer[] = [];
   let total = 0;
   for await (const chunk of source) {
+    if (total + chunk.length > limit) return null;
+    if (into && total + chunk.length <= into.length) {
+      chunk.copy(into, total);
+    } else {
+      if (into) parts.push(into.subarray(0, total));
+      into = null;
+      parts.push(chunk);
+    }
     total += chunk.length;
-    if (total > limit) return null;
-    parts.push(chunk);
   }
-  return Buffer.concat(parts, total);
+  return into ? into.subarray(0, total) : Buffer.concat(parts, total);
 }

@@ -190,11 +190,11 @@ export class HttpClient {
 
   /**
    * The body of `res`, or null when it runs past `limit` bytes (it is destroyed then). A connection
-   * that breaks meanwhile is an error saying what was being read.
+   * that breaks meanwhile is an error saying what was being read. `sizeHint`: see readAtMost.
    */
-  async readBody(res: Response, limit: number, what: string, ctx: ErrorContext): Promise<Buffer | null> {
+  async readBody(res: Response, limit: number, what: string, ctx: ErrorContext, sizeHint = 0): Promise<Buffer | null> {
     try {
-      const data = await readAtMost(res.body, limit);
+      const data = await readAtMost(res.body, limit, sizeHint);
       if (data === null) res.body.destroy();
       return data;
     } catch (err) {

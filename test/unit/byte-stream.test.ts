@@ -142,4 +142,12 @@ describe('readAtMost', () => {
     await tick();
     assert.equal(source.destroyed, true);
   });
+
+  it('with a size hint gives the same bytes whether the body is shorter, exact or longer than the hint', async () => {
+    const pieces = () => Readable.from([Buffer.from('abc'), Buffer.from('defg'), Buffer.from('h')]);
+    for (const hint of [1, 4, 7, 8, 9, 100]) {
+      assert.deepEqual(await readAtMost(pieces(), 100, hint), Buffer.from('abcdefgh'), `hint ${hint}`);
+    }
+    assert.equal(await readAtMost(pieces(), 7, 7), null, 'the bound holds with a hint');
+  });
 });
