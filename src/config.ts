@@ -3,7 +3,7 @@
 // not a silently ignored setting.
 import fs from 'node:fs';
 import type { ErrorObject, JSONSchemaType, ValidateFunction } from 'ajv';
-import { InputError } from './errors';
+import { InputError, type ErrorContext } from './errors';
 import { FUSE_BACKINGS, type FuseBacking } from './transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 import { checkRegistries, registriesSchema, type RegistriesConfig } from './oci/hosts';
@@ -47,7 +47,8 @@ export const DEFAULTS: Config = {
   metrics: { address: '127.0.0.1:9543' },
 };
 
-type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
+/** What a configuration file may hold, and what command-line flags may override: every key optional. */
+export type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
   fetch?: Partial<Config['fetch']>;
   registries?: RegistriesConfig;
   metrics?: Partial<Config['metrics']>;
@@ -70,7 +71,8 @@ const schema: JSONSchemaType<FileConfig> = {
       additionalProperties: false,
       properties: {
         concurrency: { type: 'integer', minimum: 1, maximum: 256, nullable: true },
-        readTimeoutSeconds: { type: 'number', minimum: 0, nullable: true },
+        // Beyond what a timer can hold, Node fires it at once: every read would time out.
+        readTimeoutSeconds: { type: 'number', minimum: 0, maximum: Math.floor(0x7fffffff / 1000), nullable: true },
         readAheadKiB: { type: 'integer', minimum: 0, maximum: 1 << 20, nullable: true },
       },
     },
@@ -96,10 +98,13 @@ function validatorsOf(): NonNullable<typeof validators> {
   return validators;
 }
 
-/** Each schema error as `<JSON pointer>: <what is wrong>`, naming the key. */
-function schemaProblems(errors: ErrorObject[] | null | undefined): string[] {
+/** Each schema error as `<where>: <what is wrong>`; `where` names the key (by default its JSON pointer). */
+function schemaProblems(
+  errors: ErrorObject[] | null | undefined,
+  name: (pointer: string) => string = (pointer) => pointer || '/',
+): string[] {
   return (errors ?? []).map((e) => {
-    const where = e.instancePath || '/';
+    const where = name(e.instancePath);
     if (e.keyword === 'additionalProperties')
       return `${where}: unknown key ${JSON.stringify(e.params.additionalProperty)}`;
     if (e.keyword === 'enum')
@@ -128,18 +133,32 @@ function readJson(file: string, required: boolean): unknown {
 export function loadConfig(file: string, required: boolean): Config {
   const doc = readJson(file, required);
   if (doc === undefined) return structuredClone(DEFAULTS);
+  return overridden(DEFAULTS, doc, { path: file });
+}
+
+/**
+ * `base` with `settings` laid over it, checked against the file's schema: command-line flags go
+ * through the same checks as the file. `name` turns a key's JSON pointer into what the user typed
+ * (a flag, with its value) for the error.
+ */
+export function overridden(
+  base: Config,
+  settings: unknown,
+  context: ErrorContext,
+  name?: (pointer: string) => string,
+): Config {
   const validate = validatorsOf().config;
-  if (!validate(doc))
-    throw new InputError(`invalid configuration: ${schemaProblems(validate.errors).join('; ')}`, { path: file });
-  const c = doc as FileConfig;
+  if (!validate(settings))
+    throw new InputError(`invalid configuration: ${schemaProblems(validate.errors, name).join('; ')}`, context);
+  const c = settings as FileConfig;
   const semantic = checkRegistries(c.registries ?? {}).map((p) => `/registries${p}`);
-  if (semantic.length) throw new InputError(`invalid configuration: ${semantic.join('; ')}`, { path: file });
+  if (semantic.length) throw new InputError(`invalid configuration: ${semantic.join('; ')}`, context);
   return {
-    ...DEFAULTS,
+    ...base,
     ...c,
-    fetch: { ...DEFAULTS.fetch, ...c.fetch },
-    registries: { ...DEFAULTS.registries, ...c.registries },
-    metrics: { ...DEFAULTS.metrics, ...c.metrics },
+    fetch: { ...base.fetch, ...c.fetch },
+    registries: { ...base.registries, ...c.registries },
+    metrics: { ...base.metrics, ...c.metrics },
   } as Config;
 }
 
