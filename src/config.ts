@@ -2,7 +2,7 @@
 // of `--registries-config`, checked against a JSON schema so that a typo is an error naming the key,
 // not a silently ignored setting.
 import fs from 'node:fs';
-import type { ErrorObject, JSONSchemaType, ValidateFunction } from 'ajv';
+import type { ErrorObject, JSONSchemaType, SchemaObject, ValidateFunction } from 'ajv';
 import { InputError, type ErrorContext } from './errors';
 import { FUSE_BACKINGS, type FuseBacking } from './transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
@@ -81,21 +81,37 @@ const schema: JSONSchemaType<FileConfig> = {
       type: 'object',
       nullable: true,
       additionalProperties: false,
-      properties: { address: { type: 'string', pattern: '^(|.+:[0-9]+)$', nullable: true } },
+      properties: {
+        address: { type: 'string', pattern: '^(|.+:[0-9]+)$', description: 'host:port (empty: off)', nullable: true },
+      },
     },
   },
 };
 
 // Loading ajv and compiling the schemas is a large part of a short command's start-up: only commands that read a configuration file pay it.
-let validators: { config: ValidateFunction<FileConfig>; registries: ValidateFunction<RegistriesConfig> } | undefined;
-function validatorsOf(): NonNullable<typeof validators> {
-  if (!validators) {
+let ajvInstance: import('ajv').default | undefined;
+function ajv(): import('ajv').default {
+  if (!ajvInstance) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when a file is read
     const Ajv = (require('ajv') as typeof import('ajv')).default;
-    const ajv = new Ajv({ allErrors: true });
-    validators = { config: ajv.compile(schema), registries: ajv.compile(registriesSchema) };
+    ajvInstance = new Ajv({ allErrors: true, discriminator: true, verbose: true });
   }
+  return ajvInstance;
+}
+
+let validators: { config: ValidateFunction<FileConfig>; registries: ValidateFunction<RegistriesConfig> } | undefined;
+function validatorsOf(): NonNullable<typeof validators> {
+  validators ??= { config: ajv().compile(schema), registries: ajv().compile(registriesSchema) };
   return validators;
+}
+
+/** A checker for `schema`, compiled at its first use: a document's problems, each naming its key (none: valid). */
+export function schemaChecker(schema: SchemaObject): (doc: unknown) => string[] {
+  let validate: ValidateFunction | undefined;
+  return (doc) => {
+    validate ??= ajv().compile(schema);
+    return validate(doc) ? [] : schemaProblems(validate.errors);
+  };
 }
 
 /** Each schema error as `<where>: <what is wrong>`; `where` names the key (by default its JSON pointer). */
@@ -109,6 +125,9 @@ function schemaProblems(
       return `${where}: unknown key ${JSON.stringify(e.params.additionalProperty)}`;
     if (e.keyword === 'enum')
       return `${where}: must be one of ${(e.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    // A pattern's `description` says in words what the pattern means.
+    const description = (e.parentSchema as { description?: string } | undefined)?.description;
+    if (e.keyword === 'pattern' && description) return `${where}: must be ${description}`;
     if (e.keyword === 'required') return `${where}: missing key ${JSON.stringify(e.params.missingProperty)}`;
     return `${where}: ${e.message}`;
   });

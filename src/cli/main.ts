@@ -36,9 +36,13 @@ function packageVersion(): string {
   ).version;
 }
 
-/** An `<image>` argument of fsck and prefetch: a mount point (an absolute path, normalised) or an image reference. */
+/**
+ * An `<image>` argument of fsck and prefetch: a mount point, made absolute as `mount` makes its target
+ * (a path: it starts with / or ., or names a directory here), or else an image reference.
+ */
 function mountedImage(image: string): string {
-  return image.startsWith('/') ? path.resolve(image) : image;
+  const isPath = /^[/.]/.test(image) || fs.statSync(image, { throwIfNoEntry: false })?.isDirectory();
+  return isPath ? path.resolve(image) : image;
 }
 
 /** Collects a repeatable option's values: `--plain-http a --plain-http b` gives ['a', 'b']. */

@@ -40,7 +40,7 @@ describe('daemon flags', () => {
     [{ readAhead: 'lots' }, /--read-ahead: cannot parse size "lots"/],
     [{ readAhead: '2G' }, /--read-ahead "2G": must be <= /],
     [{ cacheMaxBytes: '-1' }, /--cache-max-bytes: cannot parse size "-1"/],
-    [{ metricsAddress: 'localhost' }, /--metrics-address "localhost": must match pattern/],
+    [{ metricsAddress: 'localhost' }, /--metrics-address "localhost": must be host:port/],
     [{ cacheDir: '' }, /--cache-dir "": must NOT have fewer than 1 characters/],
     [{ socket: '' }, /--socket "": must NOT have fewer than 1 characters/],
     [{ plainHttp: ['a/b'] }, /\/registries\/plainHttp\/0: "a\/b" is not a registry host/],
