@@ -77,9 +77,27 @@ export type ControlResponse = { ok: true; result?: unknown } | { ok: false; erro
 
 export type ControlHandler = (req: ControlRequest) => Promise<unknown>;
 
-export function serveControl(socketPath: string, handle: ControlHandler): Promise<net.Server> {
-  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
-  fs.rmSync(socketPath, { force: true });
+/** Whether something accepts connections on the socket: a daemon serving it, not a file one left behind. */
+function answering(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createConnection(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+/** Serves the socket, replacing a file a daemon left behind; never one a running daemon serves. */
+export async function serveControl(socketPath: string, handle: ControlHandler): Promise<net.Server> {
+  if (await answering(socketPath)) throw new Error(`control socket ${socketPath} is served by another daemon`);
+  try {
+    fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
+    fs.rmSync(socketPath, { force: true });
+  } catch (err) {
+    throw new Error(`control socket ${socketPath}: ${(err as Error).message}`);
+  }
   const server = net.createServer((conn) => {
     let buf = Buffer.alloc(0);
     conn.on('data', (d: Buffer) => {
@@ -108,9 +126,12 @@ export function serveControl(socketPath: string, handle: ControlHandler): Promis
     }
   };
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
     // umask while binding so the socket is never, even briefly, open to others.
     const old = process.umask(0o177);
+    server.once('error', (err) => {
+      process.umask(old);
+      reject(new Error(`control socket ${socketPath}: ${err.message}`));
+    });
     server.listen(socketPath, () => {
       process.umask(old);
       fs.chmodSync(socketPath, 0o600);

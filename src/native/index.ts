@@ -123,6 +123,8 @@ interface NativeAddon {
   seekHole(fd: number, offset: number): number;
   /** Deallocates [offset, offset+length) keeping the size (fallocate PUNCH_HOLE), on the thread pool. */
   punchHole(fd: number, offset: number, length: number): Promise<void>;
+  /** flock(2) exclusive without waiting: false when another open file holds it. The lock goes with the fd. */
+  tryLock(fd: number): boolean;
 }
 
 export const native: NativeAddon = loadAddon<NativeAddon>('erofs_ondemand_native');
