@@ -67,6 +67,7 @@ describe('the control socket', () => {
       if (req.op === 'fsck') return { chunks: 0, bad: [] };
       if (req.op === 'prefetch') return { fetched: 0 };
       if (req.op === 'mount') return { digest: 'sha256:0' };
+      if (req.op === 'trace') return { trace: {}, summary: {}, ended: null };
       return null;
     });
   });
@@ -112,7 +113,7 @@ describe('the control socket', () => {
     assert.equal(await callControl(socket, { op: 'status' }), null);
   });
 
-  it('gets the same absolute path from mount, fsck and prefetch given a relative one', async () => {
+  it('gets the same absolute path from mount, fsck, prefetch and trace show given a relative one', async () => {
     fs.mkdirSync(path.join(work, 'mnt'));
     handled.length = 0;
     for (const args of [
@@ -120,6 +121,7 @@ describe('the control socket', () => {
       ['fsck', 'mnt'],
       ['prefetch', 'mnt'],
       ['prefetch', './mnt/'],
+      ['trace', 'show', '--json', 'mnt'],
     ]) {
       const r = await runCliAsync([...args, '--socket', socket], { cwd: work });
       assert.equal(r.status, 0, r.stderr);
@@ -127,7 +129,7 @@ describe('the control socket', () => {
     const expected = path.join(work, 'mnt');
     assert.deepEqual(
       handled.map((r) => ('target' in r ? r.target : undefined)),
-      [expected, expected, expected, expected],
+      [expected, expected, expected, expected, expected],
     );
   });
 
