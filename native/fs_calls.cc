@@ -1,10 +1,11 @@
 // Syscalls Node.js does not expose: mount(2) with a regular file as source (file-backed EROFS),
-// umount2(2), the l*xattr family, lseek(2) with SEEK_DATA/SEEK_HOLE, fallocate(2) hole punching.
+// umount2(2), the l*xattr family, lseek(2) with SEEK_DATA/SEEK_HOLE, fallocate(2) hole punching, flock(2).
 #include "fs_calls.h"
 #include "errors.h"
 
 #include <cerrno>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -281,6 +282,16 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+// flock(LOCK_EX | LOCK_NB): true when taken, false when another open file holds the lock.
+Napi::Value TryLock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  ThrowErrno(env, errno, "flock");
+  return env.Undefined();
+}
+
 Napi::Value SeekData(const Napi::CallbackInfo& info) { return Seek(info, SEEK_DATA, "lseek(SEEK_DATA)"); }
 Napi::Value SeekHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HOLE, "lseek(SEEK_HOLE)"); }
 
@@ -300,4 +311,5 @@ void InitFsCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("seekData", Napi::Function::New(env, SeekData));
   exports.Set("seekHole", Napi::Function::New(env, SeekHole));
   exports.Set("punchHole", Napi::Function::New(env, PunchHole));
+  exports.Set("tryLock", Napi::Function::New(env, TryLock));
 }

@@ -2,8 +2,8 @@
 // of `--registries-config`, checked against a JSON schema so that a typo is an error naming the key,
 // not a silently ignored setting.
 import fs from 'node:fs';
-import type { ErrorObject, JSONSchemaType, ValidateFunction } from 'ajv';
-import { InputError } from './errors';
+import type { ErrorObject, JSONSchemaType, SchemaObject, ValidateFunction } from 'ajv';
+import { InputError, type ErrorContext } from './errors';
 import { FUSE_BACKINGS, type FuseBacking } from './transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 import { checkRegistries, registriesSchema, type RegistriesConfig } from './oci/hosts';
@@ -47,7 +47,8 @@ export const DEFAULTS: Config = {
   metrics: { address: '127.0.0.1:9543' },
 };
 
-type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
+/** What a configuration file may hold, and what command-line flags may override: every key optional. */
+export type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
   fetch?: Partial<Config['fetch']>;
   registries?: RegistriesConfig;
   metrics?: Partial<Config['metrics']>;
@@ -70,7 +71,8 @@ const schema: JSONSchemaType<FileConfig> = {
       additionalProperties: false,
       properties: {
         concurrency: { type: 'integer', minimum: 1, maximum: 256, nullable: true },
-        readTimeoutSeconds: { type: 'number', minimum: 0, nullable: true },
+        // Beyond what a timer can hold, Node fires it at once: every read would time out.
+        readTimeoutSeconds: { type: 'number', minimum: 0, maximum: Math.floor(0x7fffffff / 1000), nullable: true },
         readAheadKiB: { type: 'integer', minimum: 0, maximum: 1 << 20, nullable: true },
       },
     },
@@ -79,31 +81,53 @@ const schema: JSONSchemaType<FileConfig> = {
       type: 'object',
       nullable: true,
       additionalProperties: false,
-      properties: { address: { type: 'string', pattern: '^(|.+:[0-9]+)$', nullable: true } },
+      properties: {
+        address: { type: 'string', pattern: '^(|.+:[0-9]+)$', description: 'host:port (empty: off)', nullable: true },
+      },
     },
   },
 };
 
 // Loading ajv and compiling the schemas is a large part of a short command's start-up: only commands that read a configuration file pay it.
-let validators: { config: ValidateFunction<FileConfig>; registries: ValidateFunction<RegistriesConfig> } | undefined;
-function validatorsOf(): NonNullable<typeof validators> {
-  if (!validators) {
+let ajvInstance: import('ajv').default | undefined;
+function ajv(): import('ajv').default {
+  if (!ajvInstance) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when a file is read
     const Ajv = (require('ajv') as typeof import('ajv')).default;
-    const ajv = new Ajv({ allErrors: true });
-    validators = { config: ajv.compile(schema), registries: ajv.compile(registriesSchema) };
+    ajvInstance = new Ajv({ allErrors: true, discriminator: true, verbose: true });
   }
+  return ajvInstance;
+}
+
+let validators: { config: ValidateFunction<FileConfig>; registries: ValidateFunction<RegistriesConfig> } | undefined;
+function validatorsOf(): NonNullable<typeof validators> {
+  validators ??= { config: ajv().compile(schema), registries: ajv().compile(registriesSchema) };
   return validators;
 }
 
-/** Each schema error as `<JSON pointer>: <what is wrong>`, naming the key. */
-function schemaProblems(errors: ErrorObject[] | null | undefined): string[] {
+/** A checker for `schema`, compiled at its first use: a document's problems, each naming its key (none: valid). */
+export function schemaChecker(schema: SchemaObject): (doc: unknown) => string[] {
+  let validate: ValidateFunction | undefined;
+  return (doc) => {
+    validate ??= ajv().compile(schema);
+    return validate(doc) ? [] : schemaProblems(validate.errors);
+  };
+}
+
+/** Each schema error as `<where>: <what is wrong>`; `where` names the key (by default its JSON pointer). */
+function schemaProblems(
+  errors: ErrorObject[] | null | undefined,
+  name: (pointer: string) => string = (pointer) => pointer || '/',
+): string[] {
   return (errors ?? []).map((e) => {
-    const where = e.instancePath || '/';
+    const where = name(e.instancePath);
     if (e.keyword === 'additionalProperties')
       return `${where}: unknown key ${JSON.stringify(e.params.additionalProperty)}`;
     if (e.keyword === 'enum')
       return `${where}: must be one of ${(e.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    // A pattern's `description` says in words what the pattern means.
+    const description = (e.parentSchema as { description?: string } | undefined)?.description;
+    if (e.keyword === 'pattern' && description) return `${where}: must be ${description}`;
     if (e.keyword === 'required') return `${where}: missing key ${JSON.stringify(e.params.missingProperty)}`;
     return `${where}: ${e.message}`;
   });
@@ -128,18 +152,32 @@ function readJson(file: string, required: boolean): unknown {
 export function loadConfig(file: string, required: boolean): Config {
   const doc = readJson(file, required);
   if (doc === undefined) return structuredClone(DEFAULTS);
+  return overridden(DEFAULTS, doc, { path: file });
+}
+
+/**
+ * `base` with `settings` laid over it, checked against the file's schema: command-line flags go
+ * through the same checks as the file. `name` turns a key's JSON pointer into what the user typed
+ * (a flag, with its value) for the error.
+ */
+export function overridden(
+  base: Config,
+  settings: unknown,
+  context: ErrorContext,
+  name?: (pointer: string) => string,
+): Config {
   const validate = validatorsOf().config;
-  if (!validate(doc))
-    throw new InputError(`invalid configuration: ${schemaProblems(validate.errors).join('; ')}`, { path: file });
-  const c = doc as FileConfig;
+  if (!validate(settings))
+    throw new InputError(`invalid configuration: ${schemaProblems(validate.errors, name).join('; ')}`, context);
+  const c = settings as FileConfig;
   const semantic = checkRegistries(c.registries ?? {}).map((p) => `/registries${p}`);
-  if (semantic.length) throw new InputError(`invalid configuration: ${semantic.join('; ')}`, { path: file });
+  if (semantic.length) throw new InputError(`invalid configuration: ${semantic.join('; ')}`, context);
   return {
-    ...DEFAULTS,
+    ...base,
     ...c,
-    fetch: { ...DEFAULTS.fetch, ...c.fetch },
-    registries: { ...DEFAULTS.registries, ...c.registries },
-    metrics: { ...DEFAULTS.metrics, ...c.metrics },
+    fetch: { ...base.fetch, ...c.fetch },
+    registries: { ...base.registries, ...c.registries },
+    metrics: { ...base.metrics, ...c.metrics },
   } as Config;
 }
 

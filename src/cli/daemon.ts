@@ -1,8 +1,9 @@
 // `erofs-ondemand daemon`: configuration file + flags, systemd readiness, SIGTERM/SIGINT to stop,
 // SIGHUP to reload what can change at run time (the log level).
 import type { Command } from 'commander';
-import { loadConfig, loadRegistriesFile, type Config } from '../config';
+import { DEFAULTS, loadConfig, loadRegistriesFile, overridden, type Config } from '../config';
 import { Daemon } from '../daemon/daemon';
+import { InputError } from '../errors';
 import { log } from '../log';
 import { native } from '../native';
 import { parseSize } from './format';
@@ -24,28 +25,76 @@ export interface DaemonFlags {
   fuseBacking?: string;
 }
 
-/** The file's settings, overridden by flags given on the command line. */
-function effectiveConfig(flags: DaemonFlags, cmd: Command): Config {
-  const explicit = (name: string) => cmd.getOptionValueSource(name) === 'cli';
-  const c = loadConfig(flags.config, explicit('config'));
-  if (flags.cacheDir) c.cacheDir = flags.cacheDir;
-  if (flags.socket) c.socket = flags.socket;
-  if (flags.prefetch !== undefined) c.prefetch = Number(flags.prefetch);
-  if (flags.concurrency !== undefined) c.fetch.concurrency = Number(flags.concurrency);
-  if (flags.readTimeout !== undefined) c.fetch.readTimeoutSeconds = Number(flags.readTimeout);
-  if (flags.readAhead !== undefined) c.fetch.readAheadKiB = Math.floor(parseSize(flags.readAhead) / 1024);
-  if (flags.registriesConfig) c.registries = loadRegistriesFile(flags.registriesConfig);
-  if (flags.plainHttp) c.registries.plainHttp = flags.plainHttp;
-  if (flags.insecure) c.registries.insecure = flags.insecure;
-  if (flags.metricsAddress !== undefined) c.metrics.address = flags.metricsAddress;
-  if (flags.cacheMaxBytes !== undefined) c.cacheMaxBytes = parseSize(flags.cacheMaxBytes);
-  if (flags.transport !== undefined) c.transport = flags.transport as Config['transport'];
-  if (flags.fuseBacking !== undefined) c.fuseBacking = flags.fuseBacking as Config['fuseBacking'];
-  return c;
+/** A numeric flag as a number; anything else stays text, which the schema then refuses naming the flag. */
+function numberFlag(text: string | undefined): number | string | undefined {
+  return text !== undefined && /^-?\d+(\.\d+)?$/.test(text.trim()) ? Number(text) : text;
+}
+
+function sizeFlag(flag: keyof DaemonFlags, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return parseSize(text);
+  } catch (err) {
+    throw new InputError(`${flagName(flag)}: ${(err as Error).message}`);
+  }
+}
+
+function flagName(flag: keyof DaemonFlags): string {
+  return `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** The configuration key (JSON pointer) each flag sets: errors name the flag the user typed. */
+const FLAG_OF_KEY: Record<string, keyof DaemonFlags> = {
+  '/cacheDir': 'cacheDir',
+  '/socket': 'socket',
+  '/prefetch': 'prefetch',
+  '/fetch/concurrency': 'concurrency',
+  '/fetch/readTimeoutSeconds': 'readTimeout',
+  '/fetch/readAheadKiB': 'readAhead',
+  '/cacheMaxBytes': 'cacheMaxBytes',
+  '/metrics/address': 'metricsAddress',
+  '/transport': 'transport',
+  '/fuseBacking': 'fuseBacking',
+};
+
+/** The file's settings, overridden by flags given on the command line; both pass the same schema. */
+export function effectiveConfig(flags: DaemonFlags, configRequired: boolean): Config {
+  const file = loadConfig(flags.config, configRequired);
+  const registriesFile = flags.registriesConfig ? loadRegistriesFile(flags.registriesConfig) : undefined;
+  const readAheadBytes = sizeFlag('readAhead', flags.readAhead);
+  const settings = {
+    cacheDir: flags.cacheDir,
+    socket: flags.socket,
+    prefetch: numberFlag(flags.prefetch),
+    cacheMaxBytes: sizeFlag('cacheMaxBytes', flags.cacheMaxBytes),
+    transport: flags.transport,
+    fuseBacking: flags.fuseBacking,
+    fetch: {
+      concurrency: numberFlag(flags.concurrency),
+      readTimeoutSeconds: numberFlag(flags.readTimeout),
+      readAheadKiB: readAheadBytes === undefined ? undefined : Math.floor(readAheadBytes / 1024),
+    },
+    // --registries-config replaces the file's registries; --plain-http and --insecure replace its lists.
+    registries:
+      registriesFile || flags.plainHttp || flags.insecure
+        ? {
+            ...(registriesFile && { ...DEFAULTS.registries, ...registriesFile }),
+            ...(flags.plainHttp && { plainHttp: flags.plainHttp }),
+            ...(flags.insecure && { insecure: flags.insecure }),
+          }
+        : undefined,
+    metrics: { address: flags.metricsAddress },
+  };
+  // Flags not given leave the file's settings (JSON drops the undefined ones).
+  return overridden(file, JSON.parse(JSON.stringify(settings)), {}, (pointer) => {
+    const flag = FLAG_OF_KEY[pointer];
+    return flag ? `${flagName(flag)} ${JSON.stringify(flags[flag])}` : pointer;
+  });
 }
 
 export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<void> {
-  const config = effectiveConfig(flags, cmd);
+  const configRequired = cmd.getOptionValueSource('config') === 'cli';
+  const config = effectiveConfig(flags, configRequired);
   log.level = process.env.EROFS_ONDEMAND_LOG_LEVEL ?? config.logLevel;
   const daemon = new Daemon({
     cacheDir: config.cacheDir,
@@ -64,7 +113,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
   native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
   const onHup = () => {
     try {
-      const next = effectiveConfig(flags, cmd);
+      const next = effectiveConfig(flags, configRequired);
       log.level = next.logLevel;
       const restartOnly: string[] = (['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking'] as const).filter(
         (k) => next[k] !== config[k],

@@ -1,4 +1,6 @@
-// Human-readable numbers for CLI output, and the sizes users type.
+// Human-readable numbers for CLI output, and the sizes and mount points users type.
+import fs from 'node:fs';
+import path from 'node:path';
 import { MAX_CHUNK_BITS, MIN_CHUNK_BITS } from '../erofs/format';
 import { MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../blob/zstd-level';
 import { InputError } from '../errors';
@@ -47,4 +49,13 @@ export function chunkBitsOf(text: string): number {
     throw new InputError(`chunk size ${text} must be a power of two from 4 KiB to 64 MiB`);
   }
   return bits;
+}
+
+/**
+ * A `<mount point or image>` argument (fsck, prefetch, trace show): a path (it starts with / or .,
+ * or names a directory here) made absolute as `mount` makes its target; else an image reference.
+ */
+export function mountPointOrImage(arg: string): string {
+  const isPath = /^[/.]/.test(arg) || fs.statSync(arg, { throwIfNoEntry: false })?.isDirectory();
+  return isPath ? path.resolve(arg) : arg;
 }

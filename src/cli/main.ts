@@ -11,7 +11,7 @@ import { DEFAULT_CACHE_DIR, DEFAULT_CONFIG } from '../defaults';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
 import { Interrupted } from '../errors';
 import type { DaemonFlags } from './daemon';
-import { bytes, parseSize } from './format';
+import { bytes, mountPointOrImage, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
 import { FUSE_BACKINGS } from '../transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
@@ -34,11 +34,6 @@ function packageVersion(): string {
   return (
     JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }
   ).version;
-}
-
-/** An `<image>` argument of fsck and prefetch: a mount point (an absolute path, normalised) or an image reference. */
-function mountedImage(image: string): string {
-  return image.startsWith('/') ? path.resolve(image) : image;
 }
 
 /** Collects a repeatable option's values: `--plain-http a --plain-http b` gives ['a', 'b']. */
@@ -184,7 +179,7 @@ export function program(): Command {
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .option('--json', 'print the result as JSON')
     .action(async (image: string, opts: { socket: string; json?: boolean }) => {
-      const r = (await callControl(opts.socket, { op: 'fsck', target: mountedImage(image) })) as {
+      const r = (await callControl(opts.socket, { op: 'fsck', target: mountPointOrImage(image) })) as {
         chunks: number;
         bad: Array<{ blob: string; offset: number }>;
       };
@@ -201,7 +196,7 @@ export function program(): Command {
     .argument('<image>', 'mount point or image reference')
     .option('--socket <path>', 'control socket', DEFAULT_SOCKET)
     .action(async (image: string, opts: { socket: string }) => {
-      const r = (await callControl(opts.socket, { op: 'prefetch', target: mountedImage(image) })) as {
+      const r = (await callControl(opts.socket, { op: 'prefetch', target: mountPointOrImage(image) })) as {
         fetched: number;
       };
       process.stdout.write(`${r.fetched} chunks fetched\n`);

@@ -14,7 +14,7 @@ import { unmount } from '../mount/file-backed';
 import { mountOverlay, mountRuntimeFilesystems } from '../mount/overlay';
 import { closeRegistryClients } from '../oci/open-image';
 import { checkTrace, type AccessTrace } from '../storage/access-trace';
-import { bytes } from './format';
+import { bytes, mountPointOrImage } from './format';
 
 function describe(s: TraceSummary): string {
   return [
@@ -53,8 +53,9 @@ export async function showCommand(
   what: string,
   opts: RegistryFlags & { socket: string; json?: boolean },
 ): Promise<void> {
-  const r = what.startsWith('/')
-    ? ((await callControl(opts.socket, { op: 'trace', target: path.resolve(what), action: 'show' })) as TraceAnswer)
+  const target = mountPointOrImage(what);
+  const r = target.startsWith('/')
+    ? ((await callControl(opts.socket, { op: 'trace', target, action: 'show' })) as TraceAnswer)
     : await registryShow(what, opts);
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(r.trace)}\n`);

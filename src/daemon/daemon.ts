@@ -17,6 +17,7 @@ import { fetchMissing, Prefetcher } from '../storage/prefetcher';
 import type { CacheMissTransport, MountState, TransportModule, TransportName } from '../transport/transport';
 import { transportModule } from '../transport/transports';
 import type { FuseBacking } from '../transport/fuse-backing';
+import { lockCacheDir, type CacheLock } from './cache-lock';
 import { serveControl, type ControlRequest } from './control';
 import { forgetListenEnv, inheritedFd } from './fd-store';
 import { ImageStore, type PreparedImage } from './image-store';
@@ -72,8 +73,11 @@ export class Daemon {
   readonly metrics: DaemonMetrics;
   metricsPort: number | null = null;
   private stopping = false;
+  private readonly lock: CacheLock;
 
   constructor(private readonly opts: DaemonOptions) {
+    // First: a second daemon on this cache directory leaves the first one's mounts and socket alone.
+    this.lock = lockCacheDir(opts.cacheDir);
     // Kernel-facing fds a daemon before us left in systemd's fd store: read once, then hidden from children.
     const inherited = new Map<string, number>();
     for (const name of (process.env.LISTEN_FDNAMES ?? '').split(':').filter(Boolean)) {
@@ -200,14 +204,20 @@ export class Daemon {
     this.saveState();
   }
 
+  /** A failure stops what was started (mounts, FUSE, servers) and is thrown: the state file stays for the next start. */
   async start(): Promise<void> {
-    await this.restore();
-    if (this.opts.metricsAddress) {
-      const { server, port } = await this.metrics.listen(this.opts.metricsAddress);
-      this.metricsServer = server;
-      this.metricsPort = port;
+    try {
+      if (this.opts.metricsAddress) {
+        const { server, port } = await this.metrics.listen(this.opts.metricsAddress);
+        this.metricsServer = server;
+        this.metricsPort = port;
+      }
+      await this.restore();
+      this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
+    } catch (err) {
+      await this.stop({ keepState: true });
+      throw err;
     }
-    this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
     log.info('daemon ready', {
       socket: this.opts.socket,
       cacheDir: this.opts.cacheDir,
@@ -406,7 +416,7 @@ export class Daemon {
    * the daemon is gone reads as zeros, so a mount still in use is first filled completely, then
    * detached: its readers keep correct data. Other transports fail such reads with EIO: detached.
    */
-  async stop(): Promise<void> {
+  async stop(opts: { keepState?: boolean } = {}): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     this.prefetcher.stop();
@@ -437,12 +447,15 @@ export class Daemon {
     for (const r of this.recorders.values()) r.end('unmount');
     this.recorders.clear();
     this.mounts.clear();
-    this.saveState(); // stopped on purpose: nothing to restore at the next start
+    if (!opts.keepState) this.saveState(); // stopped on purpose: nothing to restore at the next start
     await this.transport.close();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    if (this.server) {
+      await new Promise<void>((resolve) => this.server?.close(() => resolve()));
+      fs.rmSync(this.opts.socket, { force: true });
+    }
     await new Promise<void>((resolve) => (this.metricsServer ? this.metricsServer.close(() => resolve()) : resolve()));
-    fs.rmSync(this.opts.socket, { force: true });
     await closeRegistryClients();
+    this.lock.release();
     log.info('daemon stopped');
   }
 }

@@ -92,10 +92,15 @@ export class DaemonMetrics {
       res.end(await this.registry.metrics());
     });
     return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(Number(m[2]), m[1].replace(/^\[|\]$/g, ''), () =>
-        resolve({ server, port: (server.address() as { port: number }).port }),
-      );
+      const refused = (err: Error) => reject(new Error(`metrics address ${address}: ${err.message}`));
+      server.once('error', refused);
+      try {
+        server.listen(Number(m[2]), m[1].replace(/^\[|\]$/g, ''), () =>
+          resolve({ server, port: (server.address() as { port: number }).port }),
+        );
+      } catch (err) {
+        refused(err as Error); // a port out of range is thrown, not emitted
+      }
     });
   }
 }

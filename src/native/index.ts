@@ -136,6 +136,8 @@ interface NativeAddon {
     digests: Buffer,
     idle?: boolean,
   ): Promise<Array<string | null>>;
+  /** flock(2) exclusive without waiting: false when another open file holds it. The lock goes with the fd. */
+  tryLock(fd: number): boolean;
 }
 
 export const native: NativeAddon = loadAddon<NativeAddon>('erofs_ondemand_native');

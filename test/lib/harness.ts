@@ -14,6 +14,8 @@ export interface CliOptions {
   env?: NodeJS.ProcessEnv;
   /** Milliseconds before the child is killed (sync runs only). */
   timeout?: number;
+  /** Working directory (default: this process's). */
+  cwd?: string;
 }
 
 export interface CliResult {
@@ -41,6 +43,7 @@ export function runCliAsync(args: readonly string[], opts: CliOptions = {}): Pro
     const child = spawn(process.execPath, [CLI, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: childEnv(opts.env),
+      cwd: opts.cwd,
     });
     let stdout = '';
     let stderr = '';
