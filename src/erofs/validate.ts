@@ -81,15 +81,34 @@ const SLASH = Buffer.from('/');
 const MAX_SYMLINK_LEN = 4095;
 const ROOT_OWNER = -1;
 
-const DIRENT_OF: Record<number, DirentType> = {
-  [S_IFREG]: DirentType.RegFile,
-  [S_IFDIR]: DirentType.Dir,
-  [S_IFCHR]: DirentType.CharDev,
-  [S_IFBLK]: DirentType.BlockDev,
-  [S_IFIFO]: DirentType.Fifo,
-  [S_IFSOCK]: DirentType.Socket,
-  [S_IFLNK]: DirentType.Symlink,
-};
+/** The dirent type of a mode's file type; undefined for a mode that is no file type. */
+function direntOf(mode: number): DirentType | undefined {
+  switch (mode & S_IFMT) {
+    case S_IFREG:
+      return DirentType.RegFile;
+    case S_IFDIR:
+      return DirentType.Dir;
+    case S_IFCHR:
+      return DirentType.CharDev;
+    case S_IFBLK:
+      return DirentType.BlockDev;
+    case S_IFIFO:
+      return DirentType.Fifo;
+    case S_IFSOCK:
+      return DirentType.Socket;
+    case S_IFLNK:
+      return DirentType.Symlink;
+    default:
+      return undefined;
+  }
+}
+
+/** Whether writer.ts writes `layout` for this file type (and, for regular files, size). */
+function layoutWritten(ifmt: number, size: number, layout: number): boolean {
+  if (ifmt === S_IFREG) return layout === (size === 0 ? DataLayout.FlatPlain : DataLayout.ChunkBased);
+  if (ifmt === S_IFDIR || ifmt === S_IFLNK) return layout === DataLayout.FlatPlain || layout === DataLayout.FlatInline;
+  return layout === DataLayout.FlatPlain;
+}
 
 /** A name in the tree, linked to its parent: paths are put together only when asked for. */
 interface PathNode {
@@ -275,7 +294,8 @@ class Validator {
       const count = this.checkChunkFormat(inode);
       const indexAt = this.reader.chunkIndexesAt(inode);
       this.claim(inode.at, indexAt + count * CHUNK_INDEX_SIZE, p.nid, 'inode with its chunk index');
-      chunks = this.checkChunks(inode, this.reader.chunkIndexes(inode));
+      this.checkChunks(inode, this.reader.chunkIndexes(inode));
+      if (visit) chunks = this.reader.chunks(inode);
     } else {
       const { tailLen, tailAt } = this.reader.extents(inode);
       this.claim(inode.at, head + tailLen, p.nid, 'inode');
@@ -289,7 +309,7 @@ class Validator {
   }
 
   private checkType(p: Pending, inode: InodeInfo): void {
-    const type = DIRENT_OF[inode.mode & S_IFMT];
+    const type = direntOf(inode.mode);
     if (type === undefined) fault(`mode 0${inode.mode.toString(8)} is not a file type`);
     if (p.type !== null && p.type !== type)
       fault(`directory entry says type ${p.type}, the inode's mode 0${inode.mode.toString(8)} says ${type}`);
@@ -308,13 +328,8 @@ class Validator {
     } else if (image.readUInt32LE(inode.at + 12) !== 0 || image.readUInt32LE(inode.at + 28) !== 0) {
       fault('compact inode has reserved fields set');
     }
-    const layouts: Record<number, readonly DataLayout[]> = {
-      [S_IFREG]: inode.size === 0 ? [DataLayout.FlatPlain] : [DataLayout.ChunkBased],
-      [S_IFDIR]: [DataLayout.FlatPlain, DataLayout.FlatInline],
-      [S_IFLNK]: [DataLayout.FlatPlain, DataLayout.FlatInline],
-    };
-    const allowed = layouts[ifmt] ?? [DataLayout.FlatPlain];
-    if (!allowed.includes(inode.layout)) fault(`data layout ${inode.layout} not written for this file type and size`);
+    if (!layoutWritten(ifmt, inode.size, inode.layout))
+      fault(`data layout ${inode.layout} not written for this file type and size`);
     if (ifmt === S_IFCHR || ifmt === S_IFBLK || ifmt === S_IFIFO || ifmt === S_IFSOCK) {
       if (inode.size !== 0) fault(`special file has size ${inode.size}`);
       if ((ifmt === S_IFIFO || ifmt === S_IFSOCK) && inode.iU !== 0) fault('fifo or socket has a device number');
@@ -336,17 +351,18 @@ class Validator {
     if (this.chunkBits !== -1 && bits !== this.chunkBits)
       fault(`chunk size 2^${bits}, other files use 2^${this.chunkBits}`);
     this.chunkBits = bits;
-    return Math.ceil(inode.size / 2 ** bits);
+    return Math.ceil(inode.size / this.reader.chunkSize(inode));
   }
 
-  private checkChunks(inode: InodeInfo, indexes: readonly ChunkIndex[]): WalkEntry['chunks'] {
+  private checkChunks(inode: InodeInfo, indexes: readonly ChunkIndex[]): void {
     const devices = this.reader.sb.devices;
-    const chunkSize = 2 ** this.chunkBits;
-    return indexes.map((c, k) => {
+    const chunkSize = this.reader.chunkSize(inode);
+    for (let k = 0; k < indexes.length; k++) {
+      const c = indexes[k];
       if (c.advise !== 0) fault(`chunk ${k} has advise bits 0x${c.advise.toString(16)}`);
       if (c.blkaddr === NULL_ADDR) {
         if (c.device !== 0) fault(`chunk ${k} is a hole on device ${c.device}`);
-        return null;
+        continue;
       }
       if (c.device < 1 || c.device > devices.length)
         fault(`chunk ${k} names device ${c.device}, the device table has ${devices.length}`);
@@ -354,8 +370,7 @@ class Validator {
       const dev = devices[c.device - 1];
       if (c.blkaddr + blocks > dev.blocks)
         fault(`chunk ${k} at block ${c.blkaddr} (+${blocks}) lies beyond device ${c.device}'s ${dev.blocks} blocks`);
-      return { device: c.device, blkaddr: c.blkaddr };
-    });
+    }
   }
 
   private checkXattrs(inode: InodeInfo): void {
@@ -423,11 +438,11 @@ class Validator {
 
 /** Names the kernel accepts and a path can hold. */
 function checkName(name: Buffer): void {
-  const shown = `"${displayPath(name)}"`;
+  const shown = () => `"${displayPath(name)}"`;
   if (name.length === 0) fault('empty file name');
-  if (name.length > MAX_NAME_LEN) fault(`file name ${shown} of ${name.length} bytes exceeds ${MAX_NAME_LEN}`);
-  if (name.includes(0x2f)) fault(`file name ${shown} contains '/'`);
-  if (name.includes(0)) fault(`file name ${shown} contains a NUL byte`);
+  if (name.length > MAX_NAME_LEN) fault(`file name ${shown()} of ${name.length} bytes exceeds ${MAX_NAME_LEN}`);
+  if (name.includes(0x2f)) fault(`file name ${shown()} contains '/'`);
+  if (name.includes(0)) fault(`file name ${shown()} contains a NUL byte`);
 }
 
 function isZero(buf: Buffer, from: number, to: number): boolean {
