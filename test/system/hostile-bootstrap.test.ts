@@ -1,13 +1,16 @@
 // A lazy image whose bootstrap was altered after conversion (every digest correct, the superblock
 // checksum made right again) is refused by `mount` before the kernel sees it, and by `inspect`,
-// which ends instead of looping. The daemon stays up and mounts the intact image afterwards.
+// which ends instead of looping. The daemon stays up and mounts the intact image afterwards. Seeded
+// mutants go the same way: refused with the fault the validator names, or, when it accepts them,
+// passed by fsck.erofs, mounted, and read back as the validator read them.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, it } from 'node:test';
-import { DIRENT_SIZE } from '../../src/erofs/format';
-import { BootstrapReader } from '../../src/erofs/reader';
+import { BLOCK_SIZE, DIRENT_SIZE } from '../../src/erofs/format';
+import { BootstrapReader, type BootstrapError } from '../../src/erofs/reader';
 import { sealSuperblock } from '../../src/erofs/superblock';
 import { validateBootstrap } from '../../src/erofs/validate';
 import { sha256Digest } from '../../src/oci/digest';
@@ -18,6 +21,7 @@ import { execCli, execCliSync, runCli, runCliAsync, startDaemon, type Daemon } f
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { pushSmallImage, smallImage } from '../lib/small-image';
+import { mutateBootstrap } from '../lib/bootstrap-mutations';
 
 let registry: RegistryServer;
 let client: RegistryClient;
@@ -26,13 +30,13 @@ let work: string;
 let socket: string;
 
 /** Pushes `lazy/small:TAG`: the converted image with its bootstrap replaced by `alter`'s result. */
-async function pushAltered(tag: string, alter: (image: Buffer) => void): Promise<string> {
+async function pushAltered(tag: string, alter: (image: Buffer) => Buffer | void, seal = true): Promise<string> {
   const got = await client.resolveManifest('lazy/small', '1', hostPlatform());
   const manifest = JSON.parse(got.raw.toString('utf8')) as ImageManifest;
   const boot = manifest.layers[0];
-  const image = await readAll(await client.getBlob('lazy/small', boot.digest, boot.size));
-  alter(image);
-  sealSuperblock(image);
+  const intact = await readAll(await client.getBlob('lazy/small', boot.digest, boot.size));
+  const image = alter(intact) ?? intact;
+  if (seal) sealSuperblock(image);
   const digest = sha256Digest(image);
   await client.pushBlob('lazy/small', digest, image.length, () => Readable.from([image]));
   manifest.layers[0] = { ...boot, digest, size: image.length };
@@ -131,4 +135,89 @@ it('refuses to mount a bootstrap whose entry loops back to the root, or points p
     }
   });
   assert.equal(passing.length, 1, `${cached.length} bootstraps cached, only the intact one passes`);
+});
+
+/** What a walk finds: each path with its type, permissions and size (a directory's size left out). */
+function listMount(root: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: Buffer, shown: string) => {
+    const st = fs.lstatSync(dir);
+    out.push(`${shown} ${(st.mode & 0o177777).toString(8)} ${st.isDirectory() ? '-' : st.size}`);
+    if (st.isDirectory())
+      for (const name of fs.readdirSync(dir, { encoding: 'buffer' }).sort(Buffer.compare))
+        walk(Buffer.concat([dir, Buffer.from('/'), name]), `${shown === '/' ? '' : shown}/${name.toString('latin1')}`);
+    else if (st.isFile()) {
+      const data = fs.readFileSync(dir);
+      if (data.length !== st.size) out.push(`${shown}: read ${data.length} bytes of ${st.size}`);
+    }
+  };
+  walk(Buffer.from(root), '/');
+  return out;
+}
+
+/** fsck.erofs's complaints about `image` ('' when it passes), its devices sparse files of their sizes. */
+function fsckErofs(image: Buffer): string {
+  const file = path.join(work, 'fsck.erofs');
+  fs.writeFileSync(file, image);
+  const devices = new BootstrapReader(image).sb.devices.map((d, i) => {
+    const dev = path.join(work, `fsck-device-${i}`);
+    fs.writeFileSync(dev, '');
+    fs.truncateSync(dev, d.blocks * BLOCK_SIZE);
+    return `--device=${dev}`;
+  });
+  const r = spawnSync('fsck.erofs', [...devices, file], { encoding: 'utf8' });
+  return r.status === 0 ? '' : `fsck.erofs exit ${r.status}: ${r.stdout}${r.stderr}`;
+}
+
+/** The same list from the validator's own reading of the bootstrap. */
+function listBootstrap(image: Buffer): string[] {
+  const out: string[] = [];
+  validateBootstrap(image, {}, ({ path: p, inode }) => {
+    const dir = (inode.mode & 0o170000) === 0o040000;
+    out.push(`${p().toString('latin1')} ${inode.mode.toString(8)} ${dir ? '-' : inode.size}`);
+  });
+  return out.sort();
+}
+
+it('mutated bootstraps pushed as lazy images: each refused with the fault, or mounted and read as validated', async (t) => {
+  const got = await client.resolveManifest('lazy/small', '1', hostPlatform());
+  const boot = (JSON.parse(got.raw.toString('utf8')) as ImageManifest).layers[0];
+  const intact = await readAll(await client.getBlob('lazy/small', boot.digest, boot.size));
+  const devices = new BootstrapReader(intact).sb.devices.map((d) => ({ id: d.tag }));
+  let refused = 0;
+  let mounted = 0;
+  const runs = Number(process.env.FUZZ_MOUNTS ?? 60);
+  for (let seed = 0; seed < runs; seed++) {
+    const { image, what } = mutateBootstrap(intact, seed);
+    let predicted: string | null = null;
+    try {
+      validateBootstrap(image, { devices });
+    } catch (err) {
+      predicted = (err as BootstrapError).detail;
+    }
+    const ref = await pushAltered(`fuzz-${seed}`, () => image, false);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const r = await runCliAsync(['mount', '--socket', socket, ref, mnt]);
+    const context = `seed ${seed} (${what}): ${r.stderr}`;
+    if (predicted !== null) {
+      assert.notEqual(r.status, 0, context);
+      assert.ok(r.stderr.includes(predicted), `${context}\nexpected the fault: ${predicted}`);
+      assert.deepEqual(mountedUnder(mnt), [], context);
+      refused++;
+    } else {
+      assert.equal(r.status, 0, context);
+      assert.equal(fsckErofs(image), '', context);
+      try {
+        assert.deepEqual(listMount(mnt).sort(), listBootstrap(image), context);
+      } finally {
+        await execCli('umount', '--socket', socket, mnt);
+      }
+      mounted++;
+    }
+    fs.rmdirSync(mnt);
+    assert.ok(daemon!.running, `the daemon ended at ${context}`);
+  }
+  t.diagnostic(`${refused} refused, ${mounted} mounted and read`);
+  assert.ok(refused >= runs / 2 && mounted > 0, `${refused} refused, ${mounted} mounted`);
+  assert.deepEqual(mountedUnder(path.join(work, 'mnt-')), [], 'no mount left');
 });
