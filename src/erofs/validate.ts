@@ -241,7 +241,7 @@ class Validator {
 
     const expected = this.opts.devices;
     if (expected && expected.length !== count)
-      this.fail(`device table names ${count} blobs, the image has ${expected.length}`);
+      this.fail(`device table names ${count} blobs, ${expected.length} given with the image`);
     reader.sb.devices.forEach((d, i) => {
       const slot = DEVICE_TABLE_SLOTOFF * DEVICE_SLOT_SIZE + i * DEVICE_SLOT_SIZE;
       const dev = `device ${i + 1}`;
@@ -249,7 +249,7 @@ class Validator {
       if (d.mappedBlkaddr !== 0 || !isZero(image, slot + 72, slot + DEVICE_SLOT_SIZE))
         this.fail(`${dev}: mapped block address or reserved bytes set`);
       const want = expected?.[i];
-      if (want && want.id !== d.tag) this.fail(`${dev} is blob ${d.tag}, the image gives ${want.id} there`);
+      if (want && want.id !== d.tag) this.fail(`${dev} is blob ${d.tag}, the blob given there is ${want.id}`);
       if (want?.size !== undefined && d.blocks * BLOCK_SIZE !== want.size)
         this.fail(`${dev}: ${d.blocks} blocks, blob ${d.tag} has ${want.size} bytes`);
     });

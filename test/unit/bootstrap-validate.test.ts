@@ -284,8 +284,8 @@ describe('crafted bootstraps are refused, naming the inode and the fault', () =>
     count.writeBigUInt64LE(3n, SUPERBLOCK_OFFSET + 16);
     sealSuperblock(count);
     refuses(count, /superblock counts 3 inodes, the tree has \d+/);
-    refuses(image, /device table names 2 blobs, the image has 1/, { devices: DEVICES.slice(0, 1) });
-    refuses(image, /device 2 is blob b+, the image gives c+ there/, {
+    refuses(image, /device table names 2 blobs, 1 given with the image/, { devices: DEVICES.slice(0, 1) });
+    refuses(image, /device 2 is blob b+, the blob given there is c+/, {
       devices: [DEVICES[0], { id: 'c'.repeat(64) }],
     });
     refuses(image, /device 1: 64 blocks, blob a+ has 4096 bytes/, {
