@@ -21,9 +21,9 @@ async function mountLocal(outDir: string, target: string): Promise<void> {
   // path of every command (the daemon's mount helper among them).
   const { BLOB_DIR, BOOTSTRAP_FILE } = await import('../builder/build-dir');
   const { mountFileBacked } = await import('../mount/file-backed');
-  const { readSuperblock } = await import('../erofs/reader');
+  const { validateBootstrap } = await import('../erofs/validate');
   const bootstrap = path.join(outDir, BOOTSTRAP_FILE);
-  const sb = readSuperblock(fs.readFileSync(bootstrap), bootstrap);
+  const { sb } = validateBootstrap(fs.readFileSync(bootstrap), { what: bootstrap }).reader;
   const blobs = sb.devices.map((d) => path.resolve(outDir, BLOB_DIR, d.tag));
   for (const b of blobs) if (!fs.existsSync(b)) throw new Error(`blob ${b} named by ${bootstrap} is missing`);
   mountFileBacked({ bootstrap: path.resolve(bootstrap), blobs, target });
@@ -207,7 +207,8 @@ export function program(): Command {
       .description('tree, files, chunk and dedup statistics of a lazy image or a bootstrap file')
       .argument('<image>', 'registry reference (the lazy image or one a lazy image refers to) or a bootstrap file')
       .option('--tree', 'list every path with its mode and size')
-      .option('--json', 'print the report as JSON'),
+      .option('--json', 'print the report as JSON')
+      .option('--check', 'only validate the bootstrap as a mount would: print OK or the fault (exit 1)'),
   ).action(async (image: string, opts) => (await import('./inspect')).inspectCommand(image, opts));
   const trace = cli
     .command('trace')

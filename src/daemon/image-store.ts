@@ -5,6 +5,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { loadBlobIndex, type BlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
 import { Annotation, LazyMediaType } from '../convert/lazy-image';
+import { validateBootstrap, type ExpectedDevice } from '../erofs/validate';
 import { InputError } from '../errors';
 import { log } from '../log';
 import { digestHex } from '../oci/digest';
@@ -65,6 +66,12 @@ export async function findLazyImage(ref: string, registries: OpenOptions = {}): 
   if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
     throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
   return lazyImage(lazyClient, lazy.repository, got);
+}
+
+/** A data blob as the bootstrap's device table must name it: its id, and its size when the manifest gives it. */
+export function expectedDevice(desc: Descriptor): ExpectedDevice {
+  const size = desc.annotations?.[Annotation.uncompressedSize];
+  return { id: digestHex(desc.digest), ...(size !== undefined && /^\d+$/.test(size) ? { size: Number(size) } : {}) };
 }
 
 /** The chunk table's place and digest as the manifest gives them, when it does. */
@@ -143,6 +150,12 @@ export class ImageStore {
         fs.rmSync(tmp, { force: true });
         throw InputError.wrap(err, { image: ref, layer: boot.digest });
       }
+    }
+    // Every mount path comes through here: no bootstrap reaches the kernel unchecked, cached or not.
+    try {
+      validateBootstrap(fs.readFileSync(bootstrapPath), { what: boot.digest, devices: blobDescs.map(expectedDevice) });
+    } catch (err) {
+      throw InputError.wrap(err, { image: ref });
     }
     const blobs: BlobCache[] = [];
     for (const desc of blobDescs) blobs.push(await this.blob(ref, client, repo, desc));

@@ -50,7 +50,9 @@ export function encodeDirBlocks(entries: readonly DirEntry[]): Buffer {
     for (let k = 0; k < count; k++, i++) {
       const e = entries[i];
       const at = base + k * DIRENT_SIZE;
-      out.writeBigUInt64LE(BigInt(e.nid), at);
+      // Two 32-bit halves: a BigInt per entry was a visible part of writing and validating directories.
+      out.writeUInt32LE(e.nid % 2 ** 32, at);
+      out.writeUInt32LE(Math.floor(e.nid / 2 ** 32), at + 4);
       out.writeUInt16LE(nameoff, at + 8);
       out.writeUInt8(e.type, at + 10);
       e.name.copy(out, base + nameoff);

@@ -1,4 +1,8 @@
-// Reads back what other parts need from a bootstrap: the superblock and the device table.
+// Reads a bootstrap's parts: the superblock, the device table, inodes, directory entries and chunk
+// indexes. Every read is bounded by the image: a field that points outside it is a BootstrapError,
+// never a RangeError or a short buffer. The tree walk and the rules a bootstrap must follow are in
+// validate.ts.
+import { InputError, type ErrorContext } from '../errors';
 import {
   BLOCK_SIZE,
   BLOCK_SIZE_BITS,
@@ -13,12 +17,18 @@ import {
   EXTENDED_INODE_SIZE,
   INODE_SLOT_SIZE,
   NULL_ADDR,
-  S_IFDIR,
-  S_IFMT,
   SUPERBLOCK_OFFSET,
   SUPERBLOCK_SIZE,
   XATTR_HEADER_SIZE,
 } from './format';
+
+/** A bootstrap the kernel must not be given: the context names it and, from the walk, the inode and path. */
+export class BootstrapError extends InputError {
+  constructor(message: string, context: ErrorContext) {
+    super(message, context);
+    this.name = 'BootstrapError';
+  }
+}
 
 export interface SuperblockInfo {
   rootNid: number;
@@ -29,15 +39,16 @@ export interface SuperblockInfo {
 }
 
 export function readSuperblock(image: Buffer, what = 'bootstrap'): SuperblockInfo {
-  if (image.length < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new Error(`${what}: too short for an EROFS superblock`);
+  const fail = (message: string) => new BootstrapError(message, { bootstrap: what });
+  if (image.length < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw fail('too short for an EROFS superblock');
   const sb = image.subarray(SUPERBLOCK_OFFSET);
-  if (sb.readUInt32LE(0) !== EROFS_MAGIC) throw new Error(`${what}: not an EROFS image (bad magic)`);
+  if (sb.readUInt32LE(0) !== EROFS_MAGIC) throw fail('not an EROFS image (bad magic)');
   const count = sb.readUInt16LE(86);
   const slotoff = sb.readUInt16LE(88);
   const devices: SuperblockInfo['devices'] = [];
   for (let i = 0; i < count; i++) {
     const at = slotoff * DEVICE_SLOT_SIZE + i * DEVICE_SLOT_SIZE;
-    if (at + DEVICE_SLOT_SIZE > image.length) throw new Error(`${what}: device table runs past the end`);
+    if (at + DEVICE_SLOT_SIZE > image.length) throw fail('device table runs past the end');
     const raw = image.subarray(at, at + DEVICE_TAG_SIZE);
     const end = raw.indexOf(0);
     devices.push({
@@ -57,6 +68,11 @@ export function readSuperblock(image: Buffer, what = 'bootstrap'): SuperblockInf
 
 export interface InodeInfo {
   nid: number;
+  /** Byte offset of the inode in the image. */
+  at: number;
+  /** i_format: bit 0 extended, bits 1-3 the data layout; the kernel refuses other bits. */
+  format: number;
+  extended: boolean;
   mode: number;
   size: number;
   nlink: number;
@@ -76,84 +92,119 @@ export interface DirEntryInfo {
   type: number;
 }
 
-/** Walks a bootstrap written by this project (or by mkfs.erofs, uncompressed): inodes, directories, chunk maps. */
+export interface ChunkIndex {
+  advise: number;
+  /** 1-based data blob; 0 for a hole as the writer writes it. */
+  device: number;
+  /** NULL_ADDR for a hole. */
+  blkaddr: number;
+}
+
+/** By i_u's block bits: `2 **` per file was a visible part of the walk. */
+const CHUNK_SIZES = Array.from({ length: CHUNK_FORMAT_BLKBITS_MASK + 1 }, (_, bits) => 2 ** (bits + BLOCK_SIZE_BITS));
+
+/** Largest high half of a dirent's nid read as it is: beyond it (no image is that large) nids saturate. */
+const MAX_NID_HIGH = 0x1fffff;
+
+/** Parses a bootstrap written by this project; validate.ts decides whether what it reads is acceptable. */
 export class BootstrapReader {
   readonly sb: SuperblockInfo;
   private readonly metaBase: number;
 
   constructor(
     private readonly image: Buffer,
-    private readonly what = 'bootstrap',
+    readonly what = 'bootstrap',
   ) {
     this.sb = readSuperblock(image, what);
     this.metaBase = image.readUInt32LE(SUPERBLOCK_OFFSET + 40) * BLOCK_SIZE;
   }
 
+  private fail(message: string): BootstrapError {
+    return new BootstrapError(message, { bootstrap: this.what });
+  }
+
+  /** Throws unless [start, start + length) lies inside the image. */
+  within(start: number, length: number, what: string): void {
+    if (!(start >= 0 && length >= 0 && start + length <= this.image.length))
+      throw this.fail(`${what} at byte ${start} (${length} bytes) lies beyond the image's ${this.image.length}`);
+  }
+
   inode(nid: number): InodeInfo {
     const at = this.metaBase + nid * INODE_SLOT_SIZE;
-    if (at + COMPACT_INODE_SIZE > this.image.length)
-      throw new Error(`${this.what}: inode ${nid} lies beyond the image`);
-    const format = this.image.readUInt16LE(at);
-    const extended = (format & 1) === 1;
-    const icount = this.image.readUInt16LE(at + 2);
-    const xattrSize = icount === 0 ? 0 : XATTR_HEADER_SIZE + 4 * (icount - 1);
+    this.within(at, COMPACT_INODE_SIZE, 'inode');
     const i = this.image;
-    return extended
-      ? {
-          nid,
-          mode: i.readUInt16LE(at + 4),
-          size: Number(i.readBigUInt64LE(at + 8)),
-          iU: i.readUInt32LE(at + 16),
-          uid: i.readUInt32LE(at + 24),
-          gid: i.readUInt32LE(at + 28),
-          nlink: i.readUInt32LE(at + 44),
-          layout: (format >> 1) & 7,
-          bodyStart: at + EXTENDED_INODE_SIZE,
-          xattrSize,
-        }
-      : {
-          nid,
-          mode: i.readUInt16LE(at + 4),
-          size: i.readUInt32LE(at + 8),
-          iU: i.readUInt32LE(at + 16),
-          uid: i.readUInt16LE(at + 24),
-          gid: i.readUInt16LE(at + 26),
-          nlink: i.readUInt16LE(at + 6),
-          layout: (format >> 1) & 7,
-          bodyStart: at + COMPACT_INODE_SIZE,
-          xattrSize,
-        };
+    const format = i.readUInt16LE(at);
+    const extended = (format & 1) === 1;
+    if (extended) this.within(at, EXTENDED_INODE_SIZE, 'extended inode');
+    const icount = i.readUInt16LE(at + 2);
+    const xattrSize = icount === 0 ? 0 : XATTR_HEADER_SIZE + 4 * (icount - 1);
+    // One object shape for both inode formats: a spread of shared fields made this the walk's hot spot.
+    return {
+      nid,
+      at,
+      format,
+      extended,
+      layout: (format >> 1) & 7,
+      mode: i.readUInt16LE(at + 4),
+      size: extended ? Number(i.readBigUInt64LE(at + 8)) : i.readUInt32LE(at + 8),
+      nlink: extended ? i.readUInt32LE(at + 44) : i.readUInt16LE(at + 6),
+      uid: extended ? i.readUInt32LE(at + 24) : i.readUInt16LE(at + 24),
+      gid: extended ? i.readUInt32LE(at + 28) : i.readUInt16LE(at + 26),
+      iU: i.readUInt32LE(at + 16),
+      bodyStart: at + (extended ? EXTENDED_INODE_SIZE : COMPACT_INODE_SIZE),
+      xattrSize,
+    };
+  }
+
+  /** Where FLAT_PLAIN / FLAT_INLINE data lies: whole blocks from i_u, then (inline) the tail after the xattrs. */
+  extents(ino: InodeInfo): { blocksAt: number; blocksLen: number; tailAt: number; tailLen: number } {
+    const inline = ino.layout === DataLayout.FlatInline;
+    const blocksLen = inline
+      ? Math.floor(ino.size / BLOCK_SIZE) * BLOCK_SIZE
+      : Math.ceil(ino.size / BLOCK_SIZE) * BLOCK_SIZE;
+    const tailLen = inline ? ino.size - blocksLen : 0;
+    return { blocksAt: ino.iU * BLOCK_SIZE, blocksLen, tailAt: ino.bodyStart + ino.xattrSize, tailLen };
   }
 
   /** The bytes of a directory or symlink (FLAT_PLAIN or FLAT_INLINE). */
   data(ino: InodeInfo): Buffer {
-    const inline = ino.layout === DataLayout.FlatInline;
-    const full = inline ? Math.floor(ino.size / BLOCK_SIZE) * BLOCK_SIZE : ino.size;
-    const parts: Buffer[] = [];
-    if (full > 0) parts.push(this.image.subarray(ino.iU * BLOCK_SIZE, ino.iU * BLOCK_SIZE + full));
-    if (inline) {
-      const tailAt = ino.bodyStart + ino.xattrSize;
-      parts.push(this.image.subarray(tailAt, tailAt + (ino.size - full)));
-    }
-    return Buffer.concat(parts);
+    if (!Number.isSafeInteger(ino.size)) throw this.fail(`size ${ino.size} is not representable`);
+    const e = this.extents(ino);
+    const dataLen = Math.min(ino.size, e.blocksLen);
+    if (dataLen > 0) this.within(e.blocksAt, e.blocksLen, 'data blocks');
+    if (e.tailLen > 0) this.within(e.tailAt, e.tailLen, 'inline data');
+    const blocks = this.image.subarray(e.blocksAt, e.blocksAt + dataLen);
+    return e.tailLen > 0 ? Buffer.concat([blocks, this.image.subarray(e.tailAt, e.tailAt + e.tailLen)]) : blocks;
   }
 
+  /** Entries of a directory, block by block as the kernel reads them; offsets that leave a block are refused. */
   readDir(ino: InodeInfo): DirEntryInfo[] {
     const data = this.data(ino);
     const out: DirEntryInfo[] = [];
     for (let block = 0; block < data.length; block += BLOCK_SIZE) {
-      const end = Math.min(block + BLOCK_SIZE, data.length);
-      const count = data.readUInt16LE(block + 8) / DIRENT_SIZE;
+      const len = Math.min(BLOCK_SIZE, data.length - block);
+      const where = `directory block ${block / BLOCK_SIZE}`;
+      if (len < DIRENT_SIZE) throw this.fail(`${where} holds ${len} bytes, less than one entry`);
+      const first = data.readUInt16LE(block + 8);
+      if (first < DIRENT_SIZE || first % DIRENT_SIZE !== 0 || first > len)
+        throw this.fail(`${where}: first name offset ${first} is not a whole number of entries inside the block`);
+      const count = first / DIRENT_SIZE;
       for (let k = 0; k < count; k++) {
         const at = block + k * DIRENT_SIZE;
         const nameoff = data.readUInt16LE(at + 8);
-        let nameEnd = k + 1 < count ? data.readUInt16LE(at + DIRENT_SIZE + 8) : end - block;
-        const name = data.subarray(block + nameoff, block + nameEnd);
-        const nul = name.indexOf(0);
-        if (nul !== -1) nameEnd = nameoff + nul;
+        const last = k + 1 === count;
+        let nameEnd = last ? len : data.readUInt16LE(at + DIRENT_SIZE + 8);
+        if (nameoff < first || nameEnd < nameoff || nameEnd > len)
+          throw this.fail(`${where}, entry ${k}: name at ${nameoff}..${nameEnd} lies outside the block's names`);
+        if (last) {
+          // The kernel reads the last name of a block up to the first NUL: the rest is padding.
+          const nul = data.subarray(block + nameoff, block + nameEnd).indexOf(0);
+          if (nul !== -1) nameEnd = nameoff + nul;
+        }
+        const hi = data.readUInt32LE(at + 4);
         out.push({
           name: data.subarray(block + nameoff, block + nameEnd),
-          nid: Number(data.readBigUInt64LE(at)),
+          nid: hi > MAX_NID_HIGH ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + data.readUInt32LE(at),
           type: data[at + 10],
         });
       }
@@ -161,36 +212,37 @@ export class BootstrapReader {
     return out;
   }
 
-  /** Chunk map of a chunk-based regular file: device (1-based) and block, or null for a hole. */
-  chunks(ino: InodeInfo): Array<{ device: number; blkaddr: number } | null> {
+  /** Chunk size in bytes of a chunk-based file (from i_u's block bits). */
+  chunkSize(ino: InodeInfo): number {
+    return CHUNK_SIZES[ino.iU & CHUNK_FORMAT_BLKBITS_MASK];
+  }
+
+  /** Byte offset of a chunk-based file's index array: after the xattrs, 8-byte aligned. */
+  chunkIndexesAt(ino: InodeInfo): number {
+    return Math.ceil((ino.bodyStart + ino.xattrSize) / CHUNK_INDEX_SIZE) * CHUNK_INDEX_SIZE;
+  }
+
+  /** The raw chunk indexes of a chunk-based regular file, one per chunk of its size. */
+  chunkIndexes(ino: InodeInfo): ChunkIndex[] {
     if (ino.layout !== DataLayout.ChunkBased) return [];
-    const chunkBits = (ino.iU & CHUNK_FORMAT_BLKBITS_MASK) + BLOCK_SIZE_BITS;
-    const count = Math.ceil(ino.size / 2 ** chunkBits);
-    let at = Math.ceil((ino.bodyStart + ino.xattrSize) / CHUNK_INDEX_SIZE) * CHUNK_INDEX_SIZE;
-    const out: Array<{ device: number; blkaddr: number } | null> = [];
+    const count = Math.ceil(ino.size / this.chunkSize(ino));
+    let at = this.chunkIndexesAt(ino);
+    this.within(at, count * CHUNK_INDEX_SIZE, `index of ${count} chunks`);
+    const out: ChunkIndex[] = [];
     for (let k = 0; k < count; k++, at += CHUNK_INDEX_SIZE) {
-      const blkaddr = this.image.readUInt32LE(at + 4);
-      out.push(blkaddr === NULL_ADDR ? null : { device: this.image.readUInt16LE(at + 2), blkaddr });
+      out.push({
+        advise: this.image.readUInt16LE(at),
+        device: this.image.readUInt16LE(at + 2),
+        blkaddr: this.image.readUInt32LE(at + 4),
+      });
     }
     return out;
   }
 
-  /** Every path once per directory entry, parents before children. */
-  *walk(): Generator<{ path: Buffer; inode: InodeInfo }> {
-    const stack: Array<{ path: Buffer; nid: number }> = [{ path: Buffer.from('/'), nid: this.sb.rootNid }];
-    while (stack.length > 0) {
-      const { path, nid } = stack.pop()!;
-      const inode = this.inode(nid);
-      yield { path, inode };
-      if ((inode.mode & S_IFMT) !== S_IFDIR) continue;
-      const children = this.readDir(inode).filter((e) => !(e.name.equals(DOT) || e.name.equals(DOTDOT)));
-      for (let k = children.length - 1; k >= 0; k--) {
-        const prefix = path.length === 1 ? path : Buffer.concat([path, Buffer.from('/')]);
-        stack.push({ path: Buffer.concat([prefix, children[k].name]), nid: children[k].nid });
-      }
-    }
+  /** Chunk map of a chunk-based regular file: device (1-based) and block, or null for a hole. */
+  chunks(ino: InodeInfo): Array<{ device: number; blkaddr: number } | null> {
+    return this.chunkIndexes(ino).map((c) =>
+      c.blkaddr === NULL_ADDR ? null : { device: c.device, blkaddr: c.blkaddr },
+    );
   }
 }
-
-const DOT = Buffer.from('.');
-const DOTDOT = Buffer.from('..');

@@ -64,9 +64,14 @@ export function writeSuperblock(image: Buffer, f: SuperblockFields): void {
 
 /** Sets the checksum: crc32c with seed ~0 and no final xor over [1024, block end) with the field zeroed. */
 export function sealSuperblock(image: Buffer): void {
-  image.writeUInt32LE(0, SUPERBLOCK_OFFSET + 4);
-  const standard = CRC32C.buf(image.subarray(SUPERBLOCK_OFFSET, BLOCK_SIZE));
-  image.writeUInt32LE((standard ^ 0xffffffff) >>> 0, SUPERBLOCK_OFFSET + 4);
+  image.writeUInt32LE(superblockChecksum(image), SUPERBLOCK_OFFSET + 4);
+}
+
+/** The checksum block 0 of `image` should carry (its checksum field counted as zero). */
+export function superblockChecksum(image: Buffer): number {
+  const block = Buffer.from(image.subarray(SUPERBLOCK_OFFSET, BLOCK_SIZE));
+  block.writeUInt32LE(0, 4);
+  return (CRC32C.buf(block) ^ 0xffffffff) >>> 0;
 }
 
 export function deviceTableEnd(deviceCount: number): number {

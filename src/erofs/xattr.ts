@@ -74,3 +74,38 @@ export function writeXattrArea(out: Buffer, offset: number, entries: readonly En
     pos += align4(XATTR_ENTRY_HEADER_SIZE + e.suffix.length + e.value.length);
   }
 }
+
+/** The full name an entry stands for (prefix of its index, then the suffix). */
+export function decodeXattrName(e: { index: number; suffix: Buffer }): Buffer {
+  const p = XATTR_PREFIXES.find((x) => x.index === e.index);
+  if (!p) throw new XattrError(`xattr name index ${e.index} is not one this project writes`);
+  if (p.exact && e.suffix.length > 0) throw new XattrError(`xattr ${p.prefix} has a name suffix`);
+  return Buffer.concat([Buffer.from(p.prefix, 'latin1'), e.suffix]);
+}
+
+/**
+ * Reads an inline xattr area as writeXattrArea lays it out: a zero header (no name filter, no shared
+ * xattrs) and entries that fill it exactly. `out` must hold [offset, offset + size).
+ */
+export function readXattrArea(out: Buffer, offset: number, size: number): EncodedXattr[] {
+  if (size === 0) return [];
+  if (size < XATTR_HEADER_SIZE) throw new XattrError(`xattr area of ${size} bytes is shorter than its header`);
+  const end = offset + size;
+  for (let k = offset; k < offset + XATTR_HEADER_SIZE; k++)
+    if (out[k] !== 0) throw new XattrError('xattr header has a name filter or shared xattrs');
+  const entries: EncodedXattr[] = [];
+  let pos = offset + XATTR_HEADER_SIZE;
+  while (pos < end) {
+    if (pos + XATTR_ENTRY_HEADER_SIZE > end) throw new XattrError('xattr entry header runs past the area');
+    const nameLen = out[pos];
+    const index = out[pos + 1];
+    const valueLen = out.readUInt16LE(pos + 2);
+    const next = pos + align4(XATTR_ENTRY_HEADER_SIZE + nameLen + valueLen);
+    if (next > end) throw new XattrError(`xattr entry of ${nameLen}+${valueLen} bytes runs past the area`);
+    const suffix = out.subarray(pos + 4, pos + 4 + nameLen);
+    entries.push({ index, suffix, value: out.subarray(pos + 4 + nameLen, pos + 4 + nameLen + valueLen) });
+    pos = next;
+  }
+  if (entries.length === 0) throw new XattrError('xattr area holds no entry');
+  return entries;
+}

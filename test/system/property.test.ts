@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { native } from '../../src/native';
 import { compareTrees } from '../lib/tree-compare';
 import { S_IFCHR, S_IFIFO } from '../../src/erofs/format';
+import { validateBootstrap } from '../../src/erofs/validate';
 import { build, cleanup, fsck, tempDir, withMount } from '../lib/image';
 
 interface Meta {
@@ -167,6 +168,10 @@ it('random trees pass fsck.erofs and mount back identical', () => {
         out = r.outDir;
         const checked = fsck(r);
         assert.equal(checked.status, 0, checked.output);
+        // What every mount checks first: the builder's bootstrap with its blob passes.
+        validateBootstrap(fs.readFileSync(r.bootstrapPath), {
+          devices: r.blob ? [{ id: r.blob.id, size: fs.statSync(r.blobPath!).size }] : [],
+        });
         assert.deepEqual(
           withMount(r, (mnt) => compareTrees(src, mnt)),
           [],

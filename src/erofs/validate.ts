@@ -1,0 +1,451 @@
+// The one walk of a bootstrap's tree, and the rules that make a bootstrap safe to hand to the kernel:
+// only what writer.ts produces is accepted; every inode is reached as in a tree (a directory once,
+// a non-directory as often as its nlink says); every offset, length, nid and chunk index lies inside
+// the image, its device table and the devices; no two structures share bytes. `inspect` walks
+// through here too, so a crafted image ends in an error, never in a loop.
+//
+// The walk is bounded by the image: each directory is expanded once, each structure's bytes are
+// claimed before they are read and may be claimed once, so the work grows with the image's size.
+import { displayPath } from '../tree/node';
+import { dirDataSize, encodeDirBlocks } from './dirent';
+import {
+  BLOCK_SIZE,
+  BLOCK_SIZE_BITS,
+  CHUNK_FORMAT_BLKBITS_MASK,
+  CHUNK_FORMAT_INDEXES,
+  CHUNK_INDEX_SIZE,
+  COMPAT_SB_CHKSUM,
+  DataLayout,
+  DEVICE_SLOT_SIZE,
+  DEVICE_TABLE_SLOTOFF,
+  DirentType,
+  EXTENDED_INODE_SIZE,
+  INCOMPAT_CHUNKED_FILE,
+  INCOMPAT_DEVICE_TABLE,
+  INODE_SLOT_SIZE,
+  MAX_CHUNK_BITS,
+  MAX_NAME_LEN,
+  MIN_CHUNK_BITS,
+  NULL_ADDR,
+  S_IFBLK,
+  S_IFCHR,
+  S_IFDIR,
+  S_IFIFO,
+  S_IFLNK,
+  S_IFMT,
+  S_IFREG,
+  S_IFSOCK,
+  SUPERBLOCK_OFFSET,
+  SUPERBLOCK_SIZE,
+} from './format';
+import { BootstrapError, BootstrapReader, type ChunkIndex, type DirEntryInfo, type InodeInfo } from './reader';
+import { deviceTableEnd, superblockChecksum } from './superblock';
+import { decodeXattrName, prepareXattrs, readXattrArea, xattrAreaSize, XattrError } from './xattr';
+
+/** A data blob the image is mounted with: device n of the table must be blob n. */
+export interface ExpectedDevice {
+  /** The blob id (64 hex characters): the device slot's tag. */
+  id: string;
+  /** Uncompressed size in bytes, when known: the slot's block count must match it. */
+  size?: number;
+}
+
+export interface ValidateOptions {
+  /** Names the bootstrap in errors. */
+  what?: string;
+  /** The blobs given with the image; when absent, only the device table's own consistency is checked. */
+  devices?: readonly ExpectedDevice[];
+}
+
+export interface WalkEntry {
+  /** The entry's path, '/' for the root (built on demand: most visitors need it rarely). */
+  path(): Buffer;
+  inode: InodeInfo;
+  /** False for the second and later names of a hard-linked inode. */
+  first: boolean;
+  /** A regular file's chunk map on its first visit (null for a hole); empty otherwise. */
+  chunks: ReadonlyArray<{ device: number; blkaddr: number } | null>;
+}
+
+export interface BootstrapSummary {
+  reader: BootstrapReader;
+  /** Distinct inodes reached. */
+  inodes: number;
+  /** Directory entries (hard links under each name, `.` and `..` not counted) plus the root. */
+  entries: number;
+}
+
+const DOT = Buffer.from('.');
+const DOTDOT = Buffer.from('..');
+const SLASH = Buffer.from('/');
+const MAX_SYMLINK_LEN = 4095;
+const ROOT_OWNER = -1;
+
+/** The dirent type of a mode's file type; undefined for a mode that is no file type. */
+function direntOf(mode: number): DirentType | undefined {
+  switch (mode & S_IFMT) {
+    case S_IFREG:
+      return DirentType.RegFile;
+    case S_IFDIR:
+      return DirentType.Dir;
+    case S_IFCHR:
+      return DirentType.CharDev;
+    case S_IFBLK:
+      return DirentType.BlockDev;
+    case S_IFIFO:
+      return DirentType.Fifo;
+    case S_IFSOCK:
+      return DirentType.Socket;
+    case S_IFLNK:
+      return DirentType.Symlink;
+    default:
+      return undefined;
+  }
+}
+
+/** Whether writer.ts writes `layout` for this file type (and, for regular files, size). */
+function layoutWritten(ifmt: number, size: number, layout: number): boolean {
+  if (ifmt === S_IFREG) return layout === (size === 0 ? DataLayout.FlatPlain : DataLayout.ChunkBased);
+  if (ifmt === S_IFDIR || ifmt === S_IFLNK) return layout === DataLayout.FlatPlain || layout === DataLayout.FlatInline;
+  return layout === DataLayout.FlatPlain;
+}
+
+/** A name in the tree, linked to its parent: paths are put together only when asked for. */
+interface PathNode {
+  name: Buffer | null;
+  parent: PathNode | null;
+}
+
+function pathOf(node: PathNode): Buffer {
+  const names: Buffer[] = [];
+  for (let at: PathNode | null = node; at?.name; at = at.parent) names.push(at.name);
+  if (names.length === 0) return SLASH;
+  return Buffer.concat(names.reverse().flatMap((n) => [SLASH, n]));
+}
+
+interface Pending {
+  nid: number;
+  /** The dirent type that named it (null for the root). */
+  type: DirentType | null;
+  node: PathNode;
+  /** The directory holding the entry: its `..` must name this. */
+  parentNid: number;
+}
+
+interface Seen {
+  dir: boolean;
+  links: number;
+  nlink: number;
+  node: PathNode;
+}
+
+/** Thrown inside the walk for the inode at hand; the walk adds its nid and path. */
+class Fault extends Error {}
+
+function fault(message: string): never {
+  throw new Fault(message);
+}
+
+/**
+ * Checks `image` and walks its tree, calling `visit` for the root and then every directory entry,
+ * parents before children and children in name order. Throws a BootstrapError naming the bootstrap,
+ * and for faults in the tree the inode's nid and path, on the first fault.
+ */
+export function validateBootstrap(
+  image: Buffer,
+  opts: ValidateOptions = {},
+  visit?: (entry: WalkEntry) => void,
+): BootstrapSummary {
+  return new Validator(image, opts).run(visit);
+}
+
+class Validator {
+  private readonly what: string;
+  private readonly reader: BootstrapReader;
+  /** Owner of each 32-byte slot of the image (nid + 1; ROOT_OWNER for block 0's headers; 0 free). */
+  private readonly owner: Int32Array;
+  private readonly seen = new Map<number, Seen>();
+  private chunkBits = -1;
+  private entries = 0;
+
+  constructor(
+    private readonly image: Buffer,
+    private readonly opts: ValidateOptions,
+  ) {
+    this.what = opts.what ?? 'bootstrap';
+    this.reader = new BootstrapReader(image, this.what);
+    this.owner = new Int32Array(Math.ceil(image.length / INODE_SLOT_SIZE));
+  }
+
+  private fail(message: string): never {
+    throw new BootstrapError(message, { bootstrap: this.what });
+  }
+
+  run(visit?: (entry: WalkEntry) => void): BootstrapSummary {
+    this.checkSuperblock();
+    const root = this.reader.sb.rootNid;
+    const stack: Pending[] = [{ nid: root, type: null, node: { name: null, parent: null }, parentNid: root }];
+    while (stack.length > 0) {
+      const p = stack.pop()!;
+      try {
+        this.step(p, stack, visit);
+      } catch (err) {
+        if (err instanceof Fault || (err instanceof BootstrapError && err.context.path === undefined)) {
+          const detail = err instanceof BootstrapError ? err.detail : err.message;
+          throw new BootstrapError(detail, { bootstrap: this.what, nid: p.nid, path: displayPath(pathOf(p.node)) });
+        }
+        throw err;
+      }
+    }
+    for (const [nid, s] of this.seen) {
+      if (!s.dir && s.links !== s.nlink) {
+        throw new BootstrapError(`nlink ${s.nlink}, but ${s.links} directory entries name the inode`, {
+          bootstrap: this.what,
+          nid,
+          path: displayPath(pathOf(s.node)),
+        });
+      }
+    }
+    if (this.reader.sb.inodeCount !== BigInt(this.seen.size))
+      this.fail(`superblock counts ${this.reader.sb.inodeCount} inodes, the tree has ${this.seen.size}`);
+    return { reader: this.reader, inodes: this.seen.size, entries: this.entries };
+  }
+
+  private checkSuperblock(): void {
+    const { image, reader } = this;
+    const sb = image.subarray(SUPERBLOCK_OFFSET, SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE);
+    if (image.length < BLOCK_SIZE || image.length % BLOCK_SIZE !== 0)
+      this.fail(`size ${image.length} is not a whole number of ${BLOCK_SIZE}-byte blocks`);
+    if (reader.sb.blocks * BLOCK_SIZE !== image.length)
+      this.fail(`superblock counts ${reader.sb.blocks} blocks, the image has ${image.length / BLOCK_SIZE}`);
+    if (sb.readUInt32LE(8) !== COMPAT_SB_CHKSUM)
+      this.fail(`compatible features 0x${sb.readUInt32LE(8).toString(16)}, expected the checksum alone`);
+    if (sb.readUInt32LE(4) !== superblockChecksum(image)) this.fail('superblock checksum does not match');
+    if (sb[12] !== BLOCK_SIZE_BITS) this.fail(`block size 2^${sb[12]}, expected 2^${BLOCK_SIZE_BITS}`);
+    if (sb[13] !== 0) this.fail('superblock extension slots are not supported');
+    if (sb.readUInt32LE(40) !== 0 || sb.readUInt32LE(44) !== 0)
+      this.fail('metadata or shared xattr area not at block 0: not written by this project');
+    const count = reader.sb.devices.length;
+    const incompat = INCOMPAT_CHUNKED_FILE | (count > 0 ? INCOMPAT_DEVICE_TABLE : 0);
+    if (reader.sb.featureIncompat !== incompat)
+      this.fail(
+        `incompatible features 0x${reader.sb.featureIncompat.toString(16)}, expected 0x${incompat.toString(16)}`,
+      );
+    if (sb.readUInt16LE(88) !== (count > 0 ? DEVICE_TABLE_SLOTOFF : 0))
+      this.fail(`device table at slot ${sb.readUInt16LE(88)}, expected ${DEVICE_TABLE_SLOTOFF}`);
+    // Fields of features the writer does not use (compression, prefixes, packed inode, filters): all zero.
+    if (sb.readUInt16LE(84) !== 0 || !isZero(sb, 90, SUPERBLOCK_SIZE)) this.fail('superblock sets unsupported fields');
+    const tableEnd = deviceTableEnd(count);
+    if (tableEnd > image.length) this.fail(`device table of ${count} slots runs past the end`);
+    this.claim(0, tableEnd, ROOT_OWNER, 'superblock and device table');
+
+    const expected = this.opts.devices;
+    if (expected && expected.length !== count)
+      this.fail(`device table names ${count} blobs, ${expected.length} given with the image`);
+    reader.sb.devices.forEach((d, i) => {
+      const slot = DEVICE_TABLE_SLOTOFF * DEVICE_SLOT_SIZE + i * DEVICE_SLOT_SIZE;
+      const dev = `device ${i + 1}`;
+      if (!/^[0-9a-f]{64}$/.test(d.tag)) this.fail(`${dev}: tag is not a 64-hex-character blob id`);
+      if (d.mappedBlkaddr !== 0 || !isZero(image, slot + 72, slot + DEVICE_SLOT_SIZE))
+        this.fail(`${dev}: mapped block address or reserved bytes set`);
+      const want = expected?.[i];
+      if (want && want.id !== d.tag) this.fail(`${dev} is blob ${d.tag}, the blob given there is ${want.id}`);
+      if (want?.size !== undefined && d.blocks * BLOCK_SIZE !== want.size)
+        this.fail(`${dev}: ${d.blocks} blocks, blob ${d.tag} has ${want.size} bytes`);
+    });
+  }
+
+  /** Marks [start, end) as `nid`'s; bytes claimed twice are two structures sharing storage. */
+  private claim(start: number, end: number, nid: number, what: string): void {
+    this.reader.within(start, end - start, what);
+    const from = Math.floor(start / INODE_SLOT_SIZE);
+    const to = Math.ceil(end / INODE_SLOT_SIZE);
+    for (let s = from; s < to; s++) {
+      const other = this.owner[s];
+      if (other !== 0) {
+        const whose = other === ROOT_OWNER ? 'the superblock' : `inode nid ${other - 1}`;
+        fault(`${what} at byte ${start} overlaps ${whose}`);
+      }
+      this.owner[s] = nid === ROOT_OWNER ? ROOT_OWNER : nid + 1;
+    }
+  }
+
+  private step(p: Pending, stack: Pending[], visit?: (entry: WalkEntry) => void): void {
+    this.entries++;
+    const known = this.seen.get(p.nid);
+    if (known) {
+      if (known.dir) fault(`directory reached a second time (first at ${displayPath(pathOf(known.node))})`);
+      known.links++;
+      const inode = this.reader.inode(p.nid);
+      this.checkType(p, inode);
+      visit?.({ path: () => pathOf(p.node), inode, first: false, chunks: [] });
+      return;
+    }
+    const inode = this.reader.inode(p.nid);
+    const ifmt = inode.mode & S_IFMT;
+    if (p.type === null && ifmt !== S_IFDIR) fault('the root is not a directory');
+    this.checkType(p, inode);
+    this.checkInodeFields(inode);
+    this.seen.set(p.nid, { dir: ifmt === S_IFDIR, links: 1, nlink: inode.nlink, node: p.node });
+
+    const head = inode.bodyStart + inode.xattrSize;
+    let chunks: WalkEntry['chunks'] = [];
+    if (ifmt === S_IFREG && inode.layout === DataLayout.ChunkBased) {
+      const count = this.checkChunkFormat(inode);
+      const indexAt = this.reader.chunkIndexesAt(inode);
+      this.claim(inode.at, indexAt + count * CHUNK_INDEX_SIZE, p.nid, 'inode with its chunk index');
+      this.checkChunks(inode, this.reader.chunkIndexes(inode));
+      if (visit) chunks = this.reader.chunks(inode);
+    } else {
+      const { tailLen, tailAt } = this.reader.extents(inode);
+      this.claim(inode.at, head + tailLen, p.nid, 'inode');
+      if (tailLen > 0 && Math.floor(tailAt / BLOCK_SIZE) !== Math.floor((tailAt + tailLen - 1) / BLOCK_SIZE))
+        fault('inline data crosses a block boundary');
+    }
+    this.checkXattrs(inode);
+    if (ifmt === S_IFDIR) this.expandDir(p, inode, stack);
+    else if (ifmt === S_IFLNK) this.checkSymlink(p, inode);
+    visit?.({ path: () => pathOf(p.node), inode, first: true, chunks });
+  }
+
+  private checkType(p: Pending, inode: InodeInfo): void {
+    const type = direntOf(inode.mode);
+    if (type === undefined) fault(`mode 0${inode.mode.toString(8)} is not a file type`);
+    if (p.type !== null && p.type !== type)
+      fault(`directory entry says type ${p.type}, the inode's mode 0${inode.mode.toString(8)} says ${type}`);
+  }
+
+  /** Per file type, the layouts and field values writer.ts writes. */
+  private checkInodeFields(inode: InodeInfo): void {
+    const { image } = this;
+    const ifmt = inode.mode & S_IFMT;
+    if (inode.format & ~0xf) fault(`inode format 0x${inode.format.toString(16)} has unknown bits`);
+    if (inode.extended) {
+      if (image.readUInt16LE(inode.at + 6) !== 0 || !isZero(image, inode.at + 48, inode.at + EXTENDED_INODE_SIZE))
+        fault('extended inode has reserved fields set');
+      if (image.readUInt32LE(inode.at + 40) >= 1e9) fault('mtime nanoseconds out of range');
+      if (!Number.isSafeInteger(inode.size)) fault(`size ${inode.size} is not representable`);
+    } else if (image.readUInt32LE(inode.at + 12) !== 0 || image.readUInt32LE(inode.at + 28) !== 0) {
+      fault('compact inode has reserved fields set');
+    }
+    if (!layoutWritten(ifmt, inode.size, inode.layout))
+      fault(`data layout ${inode.layout} not written for this file type and size`);
+    if (ifmt === S_IFCHR || ifmt === S_IFBLK || ifmt === S_IFIFO || ifmt === S_IFSOCK) {
+      if (inode.size !== 0) fault(`special file has size ${inode.size}`);
+      if ((ifmt === S_IFIFO || ifmt === S_IFSOCK) && inode.iU !== 0) fault('fifo or socket has a device number');
+    }
+    if (ifmt === S_IFREG && inode.size === 0 && inode.iU !== 0) fault('empty file has a block address');
+    if (inode.layout === DataLayout.FlatInline && inode.size % BLOCK_SIZE === 0)
+      fault('inline layout without an inline tail');
+    if (ifmt === S_IFDIR && inode.size === 0) fault('directory of size 0 (it has no `.` and `..`)');
+    if (inode.layout === DataLayout.FlatInline && inode.size < BLOCK_SIZE && inode.iU !== NULL_ADDR)
+      fault('inline data without whole blocks has a block address');
+  }
+
+  /** Chunk count for the file's size; the chunk format is the writer's (indexes, one size for the image). */
+  private checkChunkFormat(inode: InodeInfo): number {
+    const bits = (inode.iU & CHUNK_FORMAT_BLKBITS_MASK) + BLOCK_SIZE_BITS;
+    if ((inode.iU & ~(CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES)) !== 0 || !(inode.iU & CHUNK_FORMAT_INDEXES))
+      fault(`chunk format 0x${inode.iU.toString(16)} is not an index of 8-byte entries`);
+    if (bits < MIN_CHUNK_BITS || bits > MAX_CHUNK_BITS) fault(`chunk size 2^${bits} outside 4 KiB..64 MiB`);
+    if (this.chunkBits !== -1 && bits !== this.chunkBits)
+      fault(`chunk size 2^${bits}, other files use 2^${this.chunkBits}`);
+    this.chunkBits = bits;
+    return Math.ceil(inode.size / this.reader.chunkSize(inode));
+  }
+
+  private checkChunks(inode: InodeInfo, indexes: readonly ChunkIndex[]): void {
+    const devices = this.reader.sb.devices;
+    const chunkSize = this.reader.chunkSize(inode);
+    for (let k = 0; k < indexes.length; k++) {
+      const c = indexes[k];
+      if (c.advise !== 0) fault(`chunk ${k} has advise bits 0x${c.advise.toString(16)}`);
+      if (c.blkaddr === NULL_ADDR) {
+        if (c.device !== 0) fault(`chunk ${k} is a hole on device ${c.device}`);
+        continue;
+      }
+      if (c.device < 1 || c.device > devices.length)
+        fault(`chunk ${k} names device ${c.device}, the device table has ${devices.length}`);
+      const blocks = Math.ceil(Math.min(chunkSize, inode.size - k * chunkSize) / BLOCK_SIZE);
+      const dev = devices[c.device - 1];
+      if (c.blkaddr + blocks > dev.blocks)
+        fault(`chunk ${k} at block ${c.blkaddr} (+${blocks}) lies beyond device ${c.device}'s ${dev.blocks} blocks`);
+    }
+  }
+
+  private checkXattrs(inode: InodeInfo): void {
+    if (inode.xattrSize === 0) return;
+    try {
+      const entries = readXattrArea(this.image, inode.bodyStart, inode.xattrSize);
+      const canonical = prepareXattrs(entries.map((e) => ({ name: decodeXattrName(e), value: e.value })));
+      const same = canonical.every((c, i) => c.index === entries[i].index && c.suffix.equals(entries[i].suffix));
+      if (!same) fault('xattrs are not in the order the writer sorts them');
+      if (xattrAreaSize(canonical) !== inode.xattrSize) fault('xattr area is not the size its entries take');
+    } catch (err) {
+      if (err instanceof XattrError) fault(err.message);
+      throw err;
+    }
+  }
+
+  private checkSymlink(p: Pending, inode: InodeInfo): void {
+    if (inode.size === 0 || inode.size > MAX_SYMLINK_LEN)
+      fault(`symlink target of ${inode.size} bytes (1..${MAX_SYMLINK_LEN} allowed)`);
+    this.claimBlocks(p, inode);
+    if (this.reader.data(inode).includes(0)) fault('symlink target contains a NUL byte');
+  }
+
+  private claimBlocks(p: Pending, inode: InodeInfo): void {
+    const { blocksAt, blocksLen } = this.reader.extents(inode);
+    if (blocksLen > 0) this.claim(blocksAt, blocksAt + blocksLen, p.nid, 'data blocks');
+    else if (inode.layout === DataLayout.FlatPlain && inode.iU !== 0) fault('no data blocks, yet a block address');
+  }
+
+  private expandDir(p: Pending, inode: InodeInfo, stack: Pending[]): void {
+    this.claimBlocks(p, inode);
+    const entries = this.reader.readDir(inode);
+    let dot: DirEntryInfo | undefined;
+    let dotdot: DirEntryInfo | undefined;
+    const children: DirEntryInfo[] = [];
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
+      if (i > 0 && Buffer.compare(entries[i - 1].name, e.name) >= 0)
+        fault(`entry "${displayPath(e.name)}" is not in strictly ascending name order`);
+      if (e.name.equals(DOT)) dot = e;
+      else if (e.name.equals(DOTDOT)) dotdot = e;
+      else {
+        checkName(e.name);
+        children.push(e);
+      }
+    }
+    if (!dot || dot.nid !== p.nid || dot.type !== DirentType.Dir)
+      fault('`.` is missing or does not name the directory');
+    if (!dotdot || dotdot.nid !== p.parentNid || dotdot.type !== DirentType.Dir)
+      fault('`..` is missing or does not name the parent directory');
+    const lengths = entries.map((e) => e.name.length);
+    if (dirDataSize(lengths) !== inode.size)
+      fault(`directory size ${inode.size}, its entries take ${dirDataSize(lengths)} bytes`);
+    // Byte for byte what the writer makes of these entries: packing, offsets and padding included.
+    if (!encodeDirBlocks(entries).equals(this.reader.data(inode)))
+      fault('directory blocks are not laid out as the writer lays them out');
+    const subdirs = children.filter((c) => c.type === DirentType.Dir).length;
+    if (inode.nlink !== 2 + subdirs) fault(`nlink ${inode.nlink}, expected ${2 + subdirs} (2 + subdirectories)`);
+    for (let k = children.length - 1; k >= 0; k--) {
+      const c = children[k];
+      stack.push({ nid: c.nid, type: c.type, node: { name: c.name, parent: p.node }, parentNid: p.nid });
+    }
+  }
+}
+
+/** Names the kernel accepts and a path can hold. */
+function checkName(name: Buffer): void {
+  const shown = () => `"${displayPath(name)}"`;
+  if (name.length === 0) fault('empty file name');
+  if (name.length > MAX_NAME_LEN) fault(`file name ${shown()} of ${name.length} bytes exceeds ${MAX_NAME_LEN}`);
+  if (name.includes(0x2f)) fault(`file name ${shown()} contains '/'`);
+  if (name.includes(0)) fault(`file name ${shown()} contains a NUL byte`);
+}
+
+function isZero(buf: Buffer, from: number, to: number): boolean {
+  for (let k = from; k < to; k++) if (buf[k] !== 0) return false;
+  return true;
+}
