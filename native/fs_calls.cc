@@ -1,12 +1,15 @@
-// Syscalls Node.js does not expose: mount(2) with a regular file as source (file-backed EROFS),
-// umount2(2), the l*xattr family, lseek(2) with SEEK_DATA/SEEK_HOLE, fallocate(2) hole punching, flock(2).
+// Syscalls Node.js does not expose: EROFS mounts through the new mount API (a regular file as source:
+// file-backed EROFS), mount(2), umount2(2), openat2(2) without symlinks, the l*xattr family, lseek(2)
+// with SEEK_DATA/SEEK_HOLE, fallocate(2) hole punching, flock(2).
 #include "fs_calls.h"
 #include "errors.h"
 
 #include <cerrno>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/stat.h>
@@ -86,21 +89,161 @@ Napi::Value Umount(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// mount(2)/umount2(2) on the thread pool, resolving a promise: a mount whose devices are files on a
-// FUSE filesystem served by this very process must not block the JS thread that answers its requests.
-class MountWorker : public Napi::AsyncWorker {
+// An O_PATH fd of the directory `path`, resolved without following any symbolic link in it (ELOOP if
+// one is met): a mount made on this fd lands on what was checked, whatever is renamed meanwhile.
+int OpenDirNoSymlinks(const std::string& path) {
+  struct open_how how = {};
+  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_SYMLINKS;
+  return static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how));
+}
+
+class Fd {
  public:
-  MountWorker(Napi::Env env, bool mount, std::string source, std::string target, std::string fstype, unsigned long flags, std::string data)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), mount_(mount), source_(std::move(source)),
-        target_(std::move(target)), fstype_(std::move(fstype)), flags_(flags), data_(std::move(data)) {}
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// A read-only EROFS: `source` the bootstrap (file or block device), one `device` per blob.
+struct ErofsMount {
+  std::string source;
+  std::vector<std::string> devices;
+  std::string target;
+};
+
+struct MountFailure {
+  int err = 0;
+  std::string step;
+  // What the kernel logged on the filesystem context ("e erofs: ..."), if anything.
+  std::string log;
+};
+
+std::string ContextLog(int fsfd) {
+  std::string out;
+  char buf[1024];
+  for (;;) {
+    ssize_t n = ::read(fsfd, buf, sizeof buf);
+    if (n <= 0) break;
+    if (!out.empty()) out += "; ";
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// The new mount API: options go one by one (fsconfig), so the number of devices is not bounded by
+// mount(2)'s one-page option string, and the mount is attached to the target's fd (move_mount).
+MountFailure MountErofsAt(const ErofsMount& m) {
+  MountFailure f;
+  auto fail = [&f](std::string step, int fsfd) {
+    f.err = errno;
+    f.step = std::move(step);
+    if (fsfd >= 0) f.log = ContextLog(fsfd);
+    return f;
+  };
+  Fd target(OpenDirNoSymlinks(m.target));
+  if (target.get() < 0) return fail("openat2(RESOLVE_NO_SYMLINKS)", -1);
+  Fd fs(::fsopen("erofs", FSOPEN_CLOEXEC));
+  if (fs.get() < 0) return fail("fsopen(erofs)", -1);
+  for (const auto& device : m.devices) {
+    if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "device", device.c_str(), 0) != 0)
+      return fail("fsconfig(device=" + device + ")", fs.get());
+  }
+  if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "source", m.source.c_str(), 0) != 0)
+    return fail("fsconfig(source)", fs.get());
+  if (::fsconfig(fs.get(), FSCONFIG_SET_FLAG, "ro", nullptr, 0) != 0) return fail("fsconfig(ro)", fs.get());
+  if (::fsconfig(fs.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0) return fail("fsconfig(create)", fs.get());
+  Fd mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
+  if (mnt.get() < 0) return fail("fsmount", fs.get());
+  if (::move_mount(mnt.get(), "", target.get(), "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) != 0)
+    return fail("move_mount", -1);
+  return f;
+}
+
+[[noreturn]] void ThrowMountFailure(const Napi::Env& env, const MountFailure& f, const std::string& target) {
+  try {
+    ThrowErrno(env, f.err, f.step.c_str(), target);
+  } catch (Napi::Error& e) {
+    if (!f.log.empty()) e.Set("message", Napi::String::New(env, e.Message() + " (kernel: " + f.log + ")"));
+    throw;
+  }
+}
+
+ErofsMount ErofsMountArgs(const Napi::CallbackInfo& info) {
+  ErofsMount m;
+  m.source = PathArg(info[0], "source");
+  if (!info[1].IsArray()) throw Napi::TypeError::New(info.Env(), "devices must be an array");
+  Napi::Array devices = info[1].As<Napi::Array>();
+  for (uint32_t i = 0; i < devices.Length(); i++) m.devices.push_back(PathArg(devices.Get(i), "device"));
+  m.target = PathArg(info[2], "target");
+  return m;
+}
+
+Napi::Value MountErofs(const Napi::CallbackInfo& info) {
+  ErofsMount m = ErofsMountArgs(info);
+  MountFailure f = MountErofsAt(m);
+  if (f.err != 0) ThrowMountFailure(info.Env(), f, m.target);
+  return info.Env().Undefined();
+}
+
+// The same on the thread pool, resolving a promise: a mount whose devices are files on a FUSE
+// filesystem served by this very process must not block the JS thread that answers its requests.
+class ErofsMountWorker : public Napi::AsyncWorker {
+ public:
+  ErofsMountWorker(Napi::Env env, ErofsMount m)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), m_(std::move(m)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { f_ = MountErofsAt(m_); }
+  void OnOK() override {
+    if (f_.err == 0) {
+      deferred_.Resolve(Env().Undefined());
+      return;
+    }
+    try {
+      ThrowMountFailure(Env(), f_, m_.target);
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  ErofsMount m_;
+  MountFailure f_;
+};
+
+Napi::Value MountErofsAsync(const Napi::CallbackInfo& info) {
+  auto* w = new ErofsMountWorker(info.Env(), ErofsMountArgs(info));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value OpenDir(const Napi::CallbackInfo& info) {
+  std::string path = PathArg(info[0], "path");
+  int fd = OpenDirNoSymlinks(path);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "openat2(RESOLVE_NO_SYMLINKS)", path);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// umount2(2) on the thread pool, for the same reason as ErofsMountWorker.
+class UmountWorker : public Napi::AsyncWorker {
+ public:
+  UmountWorker(Napi::Env env, std::string target, int flags)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), target_(std::move(target)), flags_(flags) {}
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
-  void Execute() override {
-    int r = mount_ ? ::mount(source_.c_str(), target_.c_str(), fstype_.c_str(), flags_, data_.empty() ? nullptr : data_.c_str())
-                   : ::umount2(target_.c_str(), static_cast<int>(flags_));
-    err_ = r == 0 ? 0 : errno;
-  }
+  void Execute() override { err_ = ::umount2(target_.c_str(), flags_) == 0 ? 0 : errno; }
 
   void OnOK() override {
     Napi::Env env = Env();
@@ -109,7 +252,7 @@ class MountWorker : public Napi::AsyncWorker {
       return;
     }
     try {
-      ThrowErrno(env, err_, mount_ ? "mount" : "umount2", target_);
+      ThrowErrno(env, err_, "umount2", target_);
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
     }
@@ -117,29 +260,15 @@ class MountWorker : public Napi::AsyncWorker {
 
  private:
   Napi::Promise::Deferred deferred_;
-  bool mount_;
-  std::string source_, target_, fstype_;
-  unsigned long flags_;
-  std::string data_;
+  std::string target_;
+  int flags_;
   int err_ = 0;
 };
 
-Napi::Value MountAsync(const Napi::CallbackInfo& info) {
-  std::string source = PathArg(info[0], "source");
-  std::string target = PathArg(info[1], "target");
-  std::string fstype = info[2].As<Napi::String>().Utf8Value();
-  unsigned long flags = static_cast<unsigned long>(info[3].As<Napi::Number>().Int64Value());
-  std::string data = info[4].IsUndefined() ? "" : info[4].As<Napi::String>().Utf8Value();
-  auto* w = new MountWorker(info.Env(), true, source, target, fstype, flags, data);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
-}
-
 Napi::Value UmountAsync(const Napi::CallbackInfo& info) {
   std::string target = PathArg(info[0], "target");
-  unsigned long flags = info[1].IsUndefined() ? 0 : info[1].As<Napi::Number>().Uint32Value();
-  auto* w = new MountWorker(info.Env(), false, "", target, "", flags, "");
+  int flags = info[1].IsUndefined() ? 0 : info[1].As<Napi::Number>().Int32Value();
+  auto* w = new UmountWorker(info.Env(), target, flags);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -300,7 +429,9 @@ Napi::Value SeekHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HO
 void InitFsCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("mount", Napi::Function::New(env, Mount));
   exports.Set("umount", Napi::Function::New(env, Umount));
-  exports.Set("mountAsync", Napi::Function::New(env, MountAsync));
+  exports.Set("mountErofs", Napi::Function::New(env, MountErofs));
+  exports.Set("mountErofsAsync", Napi::Function::New(env, MountErofsAsync));
+  exports.Set("openDirNoSymlinks", Napi::Function::New(env, OpenDir));
   exports.Set("umountAsync", Napi::Function::New(env, UmountAsync));
   exports.Set("listXattrs", Napi::Function::New(env, ListXattrs));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));

@@ -7,6 +7,7 @@ import type net from 'node:net';
 import { log } from '../log';
 import { unmount } from '../mount/file-backed';
 import { mounts as mountTable } from '../mount/mountinfo';
+import { checkMountTarget, requireCanonical } from '../mount/target';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
 import { DEFAULT_READ_AHEAD, type BlobCache } from '../storage/blob-cache';
 import { BlobStore } from '../storage/blob-store';
@@ -250,8 +251,8 @@ export class Daemon {
 
   async mount(ref: string, target: string): Promise<{ digest: string }> {
     if (this.stopping) throw new Error('daemon is stopping');
+    checkMountTarget(target, this.opts.cacheDir);
     if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
-    if (!fs.statSync(target).isDirectory()) throw new Error(`${target} is not a directory`);
     const image = await this.store.prepare(ref);
     const state = await this.transport.mount(image, target);
     this.mounts.set(target, image);
@@ -320,6 +321,7 @@ export class Daemon {
   }
 
   async umount(target: string): Promise<void> {
+    requireCanonical(target);
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
     await this.transport.unmount(target);
     this.recorders.get(target)?.end('unmount');

@@ -103,8 +103,16 @@ interface NativeAddon {
   /** The message CachefilesDevice.start would deliver for these bytes (for tests of the parser). */
   parseCachefilesMessage(message: Buffer): CachefilesMessage;
   FuseSession: new () => FuseSession;
-  /** mount(2) on the thread pool: for mounts whose devices this process serves (FUSE). */
-  mountAsync(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): Promise<void>;
+  /**
+   * A read-only EROFS through the new mount API: `source` the bootstrap, one `device` option per
+   * entry of `devices` (no bound on their number), attached to `target` resolved without following
+   * any symbolic link (ELOOP). The error's `syscall` names the step; the kernel's log is in its message.
+   */
+  mountErofs(source: PathLike, devices: readonly PathLike[], target: PathLike): void;
+  /** The same on the thread pool: for mounts whose devices this process serves (FUSE). */
+  mountErofsAsync(source: PathLike, devices: readonly PathLike[], target: PathLike): Promise<void>;
+  /** An O_PATH fd of a directory whose path holds no symbolic link (ELOOP if it does, ENOTDIR). */
+  openDirNoSymlinks(path: PathLike): number;
   umountAsync(target: PathLike, flags?: number): Promise<void>;
   mount(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): void;
   umount(target: PathLike, flags?: number): void;
@@ -147,3 +155,5 @@ export const MS_NOSUID = 2;
 export const MS_NODEV = 4;
 export const MS_NOEXEC = 8;
 export const MNT_DETACH = 2;
+/** umount2(2): do not follow a final symbolic link. */
+export const UMOUNT_NOFOLLOW = 8;

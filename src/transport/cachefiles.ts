@@ -11,7 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { BLOCK_SIZE } from '../erofs/format';
 import { log } from '../log';
-import { native, type CachefilesDevice, type CachefilesMessage } from '../native';
+import { MNT_DETACH, UMOUNT_NOFOLLOW, native, type CachefilesDevice, type CachefilesMessage } from '../native';
 import { digestHex } from '../oci/digest';
 import { LocalFileSource, type RangeSource } from '../storage/range-source';
 import { MissRequests, type MissOptions } from './miss-requests';
@@ -164,7 +164,7 @@ export class CachefilesTransport implements CacheMissTransport {
   }
 
   async unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
-    native.umount(target, opts.lazy ? 2 : 0);
+    native.umount(target, UMOUNT_NOFOLLOW | (opts.lazy ? MNT_DETACH : 0));
     const fsid = this.fsids.get(target);
     this.fsids.delete(target);
     if (fsid) this.forgetFsid(fsid);

@@ -8,9 +8,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { log } from '../log';
 import { attachLoop, detachLoop, loopDirectIo } from '../mount/loop';
-import { mountErofsAsync, deviceOptions } from '../mount/file-backed';
+import { mountErofsAsync } from '../mount/file-backed';
 import { mounts } from '../mount/mountinfo';
-import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, native, type FuseSession } from '../native';
+import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, UMOUNT_NOFOLLOW, native, type FuseSession } from '../native';
 import type { BlobCache } from '../storage/blob-cache';
 import { LocalFileSource, type RangeSource } from '../storage/range-source';
 import * as P from './fuse-protocol';
@@ -469,15 +469,11 @@ export class FuseTransport implements CacheMissTransport {
       devices.push(boot);
       for (const d of devices)
         if (!loopDirectIo(d)) log.warn('loop device without direct I/O: data is cached twice', { device: d });
-      const options = deviceOptions(devices.slice(0, -1));
       try {
-        await native.mountAsync(boot, target, 'erofs', MS_RDONLY, options);
+        await mountErofsAsync({ bootstrap: boot, blobs: devices.slice(0, -1), target });
         return boot;
       } catch (err) {
-        throw new Error(
-          `mount ${boot} (${bootstrap}) on ${target} (${options || 'no devices'}): ${(err as Error).message}`,
-          { cause: err },
-        );
+        throw new Error(`${(err as Error).message} (bootstrap ${bootstrap})`, { cause: err });
       }
     } finally {
       for (const d of devices)
@@ -506,7 +502,7 @@ export class FuseTransport implements CacheMissTransport {
   }
 
   async unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
-    await native.umountAsync(target, opts.lazy ? MNT_DETACH : 0);
+    await native.umountAsync(target, UMOUNT_NOFOLLOW | (opts.lazy ? MNT_DETACH : 0));
     const used = this.mounted.get(target);
     this.mounted.delete(target);
     this.bdis.delete(target);

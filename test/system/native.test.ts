@@ -33,6 +33,21 @@ it('reports errno codes like Node does', () => {
   assert.throws(() => native.setXattr(Buffer.from('a\0b'), 'user.x', Buffer.alloc(0)), /NUL/);
 });
 
+it('mounts EROFS only on a target reached without a symbolic link, naming the step that failed', async () => {
+  const target = path.join(dir, 'target');
+  fs.mkdirSync(target);
+  fs.symlinkSync(target, path.join(dir, 'target-link'));
+  const notErofs = path.join(dir, 'not-erofs');
+  fs.writeFileSync(notErofs, Buffer.alloc(8192));
+  for (const t of [path.join(dir, 'target-link'), path.join(dir, 'target-link', '.')])
+    assert.throws(() => native.mountErofs(notErofs, [], t), { code: 'ELOOP', syscall: 'openat2(RESOLVE_NO_SYMLINKS)' });
+  assert.throws(() => native.mountErofs(notErofs, [notErofs], path.join(dir, 'not-erofs')), { code: 'ENOTDIR' });
+  assert.throws(() => native.mountErofs(notErofs, [], target), { syscall: 'fsconfig(create)' });
+  await assert.rejects(native.mountErofsAsync(notErofs, [], path.join(dir, 'target-link')), { code: 'ELOOP' });
+  assert.throws(() => native.openDirNoSymlinks(path.join(dir, 'target-link')), { code: 'ELOOP' });
+  fs.closeSync(native.openDirNoSymlinks(target));
+});
+
 it('finds data and holes in a sparse file', () => {
   const p = path.join(dir, 'sparse');
   const fd = fs.openSync(p, 'w+');
