@@ -77,7 +77,8 @@ interface Sample {
   /** CPU seconds the daemon and the registry used until the result; lazy modes only. */
   daemonCpu?: number;
   registryCpu?: number;
-  /** The erofs-ondemand daemon's peak resident set (VmHWM), lazy modes only. */
+  /** The erofs-ondemand daemon's resident set when the result is out, and its peak (VmHWM); lazy modes only. */
+  rssBytes?: number;
   peakRssBytes?: number;
 }
 
@@ -98,9 +99,9 @@ function hasTrace(): boolean {
   return runCli(['trace', '--help']).stdout.startsWith('Usage: erofs-ondemand trace');
 }
 
-function peakRss(pid: number): number {
-  const m = /^VmHWM:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmHWM in /proc/${pid}/status`);
+function memory(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no ${field} in /proc/${pid}/status`);
   return Number(m[1]) * 1024;
 }
 
@@ -214,6 +215,7 @@ class Bench {
         ]);
         return containerd.runRootfs(merged, `${mode.replace(/\W/g, '-')}-${run}`, p.image.workload);
       });
+      const rssBytes = memory(daemon.process.pid!, 'VmRSS');
       const daemonCpu = processCpuSeconds(daemon.process.pid!) - cpu0[0];
       const registryCpu = processCpuSeconds(this.registryPid) - cpu0[1];
       this.expect(p, mode, out);
@@ -222,7 +224,7 @@ class Bench {
         miss: { latency: { p50: number } | null };
         mounts: Array<{ misses: number }>;
       };
-      const peakRssBytes = peakRss(daemon.process.pid!);
+      const peakRssBytes = memory(daemon.process.pid!, 'VmHWM');
       execFileSync('umount', [merged]);
       cli('umount', '--socket', daemon.socket, lower);
       return {
@@ -231,6 +233,7 @@ class Bench {
         gets: status.fetch.requests,
         misses: status.mounts.reduce((n, m) => n + m.misses, 0),
         missP50: status.miss.latency?.p50 ?? 0,
+        rssBytes,
         peakRssBytes,
         daemonCpu,
         registryCpu,
@@ -294,7 +297,17 @@ async function main(): Promise<void> {
       }
       const floor = samples.floor?.length ? median(samples.floor.map((s) => s.seconds)) : NaN;
       const rows = [
-        ['mode', 'seconds', 'x floor', 'MB fetched', 'GETs', 'misses', 'miss p50 ms', 'daemon peak RSS MB'],
+        [
+          'mode',
+          'seconds',
+          'x floor',
+          'MB fetched',
+          'GETs',
+          'misses',
+          'miss p50 ms',
+          'CPU s daemon/registry',
+          'daemon RSS MB at result/peak',
+        ],
       ];
       const bars: ChartPanel['bars'][number][] = [];
       for (const m of MODES) {
@@ -305,7 +318,9 @@ async function main(): Promise<void> {
         }
         const seconds = median(s.map((x) => x.seconds));
         const bytes = median(s.map((x) => x.bytes));
-        const rss = s.some((x) => x.peakRssBytes) ? mb(Math.max(...s.map((x) => x.peakRssBytes ?? 0))) : '-';
+        const rss = s.some((x) => x.peakRssBytes)
+          ? `${mb(median(s.map((x) => x.rssBytes ?? 0)))}/${mb(Math.max(...s.map((x) => x.peakRssBytes ?? 0)))}`
+          : '-';
         const ratio = Number.isNaN(floor) ? '-' : `${(seconds / floor).toFixed(1)}x`;
         const lazy = s[0].misses !== undefined;
         rows.push([
@@ -346,7 +361,7 @@ async function main(): Promise<void> {
     process.stdout.write(
       `\nregistry on 127.0.0.1, transport ${TRANSPORT}, page cache dropped before each run, medians of ${RUNS} runs; ` +
         'bytes and GETs of lazy modes are counted when the workload has printed its result (prefetch goes on); ' +
-        "the daemon's peak RSS is the highest of the runs.\n",
+        "the daemon's RSS: the median when the result is out / the highest peak of the runs.\n",
     );
     if (SVG) {
       fs.writeFileSync(

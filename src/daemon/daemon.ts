@@ -389,6 +389,7 @@ export class Daemon {
       pid: process.pid,
       transport: this.transport.name,
       transportRequests: this.transport.requests,
+      memory: process.memoryUsage(),
       ...this.transport.settings(),
       fetch: { ...this.fetcher.stats, latency: this.metrics.fetch.percentiles() },
       miss: { latency: this.metrics.miss.percentiles() },

@@ -144,6 +144,11 @@ interface NativeAddon {
     digests: Buffer,
     idle?: boolean,
   ): Promise<Array<string | null>>;
+  /**
+   * mallopt(M_MMAP_THRESHOLD): allocations of `bytes` or more get their own mapping, returned to the
+   * kernel when freed (false if glibc refused the value).
+   */
+  mapLargeAllocations(bytes: number): boolean;
   /** flock(2) exclusive without waiting: false when another open file holds it. The lock goes with the fd. */
   tryLock(fd: number): boolean;
 }

@@ -35,8 +35,6 @@ export const DEFAULT_READ_AHEAD: ReadAhead = { maxBytes: 4 << 20 };
 
 export class BlobCache implements RangeSource, ChunkDestination {
   private readonly state: ChunkState;
-  /** Each chunk table entry's index: the fetcher hands entries back. */
-  private readonly slotOf: Map<ChunkEntry, number>;
   /** Observers of demand reads (access traces): the chunk indexes of each range served. */
   private readonly demandListeners = new Set<(chunks: readonly number[]) => void>();
   /** The last demand miss's first chunk, the chunk after its read-ahead, and the window (compressed bytes) it had. */
@@ -61,7 +59,6 @@ export class BlobCache implements RangeSource, ChunkDestination {
     private readonly fetcher: ChunkFetcher,
   ) {
     this.state = new ChunkState(index.chunks.length);
-    this.slotOf = new Map(index.chunks.map((c, i) => [c, i]));
     index.chunks.forEach((c, i) => {
       const found =
         native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&
@@ -208,8 +205,8 @@ export class BlobCache implements RangeSource, ChunkDestination {
   ): Promise<Array<Error | null>> {
     const faults: Array<Error | null> = chunks.map(() => null);
     const todo = chunks.flatMap((c, k) => {
-      const i = this.slotOf.get(c);
-      if (i === undefined) {
+      const [i] = chunkIndexRange(this.index.chunks, c.uncompressedOffset, c.uncompressedOffset + 1);
+      if (this.index.chunks[i] !== c) {
         faults[k] = new Error(`${this.what}: chunk at ${c.uncompressedOffset} is not in this blob's table`);
         return [];
       }

@@ -16,8 +16,16 @@ interface Entry extends QueuedTask {
   start: () => void;
 }
 
+/**
+ * Background tasks running at once at most: a blind fetch of the whole image only needs to keep going,
+ * and each holds a request's bytes in memory until its chunks are decoded (which background does one
+ * range at a time, with idle CPU).
+ */
+const BACKGROUND_SLOTS = 2;
+
 export class Limiter {
   private running = 0;
+  private runningBackground = 0;
   private readonly queues: Record<Priority, Entry[]> = { demand: [], prefetch: [], background: [] };
   /** Slots prefetch never takes: a demand read finds one free however much prefetch is queued. */
   readonly reserved: number;
@@ -30,7 +38,13 @@ export class Limiter {
   }
 
   private canStart(priority: Priority): boolean {
+    if (priority === 'background' && this.runningBackground >= BACKGROUND_SLOTS) return false;
     return this.running < (priority === 'demand' ? this.limit : this.limit - this.reserved);
+  }
+
+  private started(priority: Priority): void {
+    this.running++;
+    if (priority === 'background') this.runningBackground++;
   }
 
   /**
@@ -44,7 +58,7 @@ export class Limiter {
   ): Promise<T> {
     let effective = priority;
     if (this.canStart(priority) && !this.ahead(priority)) {
-      this.running++;
+      this.started(priority);
     } else {
       let start!: () => void;
       const started = new Promise<void>((resolve) => (start = resolve));
@@ -71,6 +85,7 @@ export class Limiter {
       return await task(effective);
     } finally {
       this.running--;
+      if (effective === 'background') this.runningBackground--;
       this.dispatch();
     }
   }
@@ -86,7 +101,7 @@ export class Limiter {
       const q = (['demand', 'prefetch', 'background'] as const).find((p) => this.queues[p].length > 0);
       if (!q || !this.canStart(q)) return;
       const entry = this.queues[q].shift()!;
-      this.running++;
+      this.started(q);
       entry.start();
     }
   }

@@ -137,12 +137,20 @@ export function adoptDaemon(child: ChildProcess, socket: string): Daemon {
   return daemon;
 }
 
+/** The flags the systemd unit gives node for the daemon: tests and benchmarks run it the same way. */
+export const DAEMON_NODE_FLAGS: readonly string[] = (() => {
+  const unit = fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'systemd', 'erofs-ondemand.service'), 'utf8');
+  const m = /^ExecStart=\S+\/node((?: --\S+)*) /m.exec(unit);
+  if (!m) throw new Error('systemd/erofs-ondemand.service: no ExecStart running node');
+  return m[1].split(' ').filter(Boolean);
+})();
+
 /** Starts `erofs-ondemand daemon` and waits until its control socket exists; throws with its log if it does not come up. */
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const stderr = opts.stderr ?? 'capture';
   const child = spawn(
     process.execPath,
-    [CLI, 'daemon', '--cache-dir', opts.cacheDir, '--socket', opts.socket, ...(opts.flags ?? [])],
+    [...DAEMON_NODE_FLAGS, CLI, 'daemon', '--cache-dir', opts.cacheDir, '--socket', opts.socket, ...(opts.flags ?? [])],
     {
       stdio: ['ignore', 'ignore', stderr === 'capture' ? 'pipe' : stderr],
       env: childEnv(opts.env),

@@ -95,6 +95,25 @@ describe('Limiter', () => {
     assert.equal(started.length, 7);
   });
 
+  it('runs few background tasks at once, leaving the other slots to prefetch and demand', async () => {
+    const limiter = new Limiter(8, 2);
+    const started: string[] = [];
+    const background = Array.from({ length: 5 }, (_, i) => gatedTask(started, `b${i}`));
+    const all = background.map((g) => limiter.run('background', g.task));
+    await tick();
+    assert.deepEqual(started, ['b0', 'b1']);
+    const prefetch = gatedTask(started, 'p');
+    all.push(limiter.run('prefetch', prefetch.task));
+    await tick();
+    assert.deepEqual(started, ['b0', 'b1', 'p'], 'prefetch starts beside them');
+    background[0].release();
+    await tick();
+    assert.deepEqual(started, ['b0', 'b1', 'p', 'b2'], 'a freed background slot goes to the next');
+    for (const g of [...background, prefetch]) g.release();
+    await Promise.all(all);
+    assert.equal(started.length, 6);
+  });
+
   it('a promoted prefetch runs before the other queued prefetch, and runs as demand', async () => {
     const limiter = new Limiter(1, 0);
     const started: string[] = [];
