@@ -74,6 +74,7 @@ interface Sample {
   /** Reads the workload waited on the network for, and the median wait (seconds); lazy modes only. */
   misses?: number;
   missP50?: number;
+  missP99?: number;
   /** CPU seconds the daemon and the registry used until the result; lazy modes only. */
   daemonCpu?: number;
   registryCpu?: number;
@@ -221,7 +222,7 @@ class Bench {
       this.expect(p, mode, out);
       const status = JSON.parse(cli('status', '--json', '--socket', daemon.socket)) as {
         fetch: { bytesFetched: number; requests: number };
-        miss: { latency: { p50: number } | null };
+        miss: { latency: { p50: number; p99: number } | null };
         mounts: Array<{ misses: number }>;
       };
       const peakRssBytes = memory(daemon.process.pid!, 'VmHWM');
@@ -233,6 +234,7 @@ class Bench {
         gets: status.fetch.requests,
         misses: status.mounts.reduce((n, m) => n + m.misses, 0),
         missP50: status.miss.latency?.p50 ?? 0,
+        missP99: status.miss.latency?.p99 ?? 0,
         rssBytes,
         peakRssBytes,
         daemonCpu,
@@ -304,7 +306,7 @@ async function main(): Promise<void> {
           'MB fetched',
           'GETs',
           'misses',
-          'miss p50 ms',
+          'miss p50/p99 ms',
           'CPU s daemon/registry',
           'daemon RSS MB at result/peak',
         ],
@@ -330,7 +332,9 @@ async function main(): Promise<void> {
           mb(bytes),
           String(median(s.map((x) => x.gets))),
           lazy ? String(median(s.map((x) => x.misses ?? 0))) : '-',
-          lazy ? (median(s.map((x) => x.missP50 ?? 0)) * 1000).toFixed(1) : '-',
+          lazy
+            ? `${(median(s.map((x) => x.missP50 ?? 0)) * 1000).toFixed(1)}/${(median(s.map((x) => x.missP99 ?? 0)) * 1000).toFixed(0)}`
+            : '-',
           lazy
             ? `${median(s.map((x) => x.daemonCpu ?? 0)).toFixed(2)}/${median(s.map((x) => x.registryCpu ?? 0)).toFixed(2)}`
             : '-',

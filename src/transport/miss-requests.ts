@@ -42,7 +42,7 @@ export class MissRequests<Id> {
     return this.pending.size;
   }
 
-  /** Whether `id` still waits for its answer: a sink writing through a kernel fd checks this first. */
+  /** Whether `id` still waits for its answer. */
   isPending(id: Id): boolean {
     return this.pending.has(id);
   }

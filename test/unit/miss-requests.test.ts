@@ -79,7 +79,7 @@ it('answers EIO at the deadline, once, and the late completion neither answers n
   assert.equal(m.isPending(9), true);
   await new Promise((r) => setTimeout(r, 60));
   assert.deepEqual(a.answers, [EIO]);
-  assert.equal(m.isPending(9), false, 'a sink writing through a kernel fd sees the request is gone');
+  assert.equal(m.isPending(9), false, 'the request is gone once answered');
   open();
   await served;
   assert.equal(stillPending, false);
