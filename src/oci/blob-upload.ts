@@ -94,13 +94,14 @@ async function uploadOnce(
     ctx,
     retry: true,
   });
-  await res.body.dump();
   if (res.status === 201 && opts.mountFrom) {
+    await res.body.dump();
     checkCommitted(res, digest, ctx);
     log.debug('blob mounted', { ...ctx, from: opts.mountFrom });
     return 'mounted';
   }
   if (res.status !== 202) throw await http.unexpected(res, 'start blob upload', ctx);
+  await res.body.dump();
   const location = http.location(res, ctx);
 
   if (size <= chunkSize) {

@@ -127,6 +127,13 @@ describe('each push step checks its answer', () => {
       error: /start blob upload: registry answered 200/,
     },
     {
+      step: 'upload start is refused: the error the registry gives is quoted',
+      when: is('POST', '/blobs/uploads/'),
+      answer: { status: 405, body: JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: 'read-only' }] }) },
+      run: () => pushSmall(client()),
+      error: /start blob upload: registry answered 405: UNSUPPORTED read-only/,
+    },
+    {
       step: 'upload start answers 202 without a Location',
       when: is('POST', '/blobs/uploads/'),
       answer: { status: 202 },
