@@ -13,7 +13,7 @@ import { InputError } from '../../src/errors';
 import { pushArtifact } from '../../src/oci/artifacts';
 import { closeRegistryClients, openSource, openTarget } from '../../src/oci/open-image';
 import { RegistryClient } from '../../src/oci/registry';
-import { hostPlatform, type Descriptor } from '../../src/oci/types';
+import { hostPlatform, MediaType, type Descriptor } from '../../src/oci/types';
 import { cleanup, tempDir } from '../lib/image';
 import { captureLogs } from '../lib/log-capture';
 import { startMemoryRegistry, type MemoryRegistry } from '../lib/memory-registry';
@@ -29,7 +29,7 @@ let reg: MemoryRegistry;
 let client: RegistryClient;
 let work: string;
 const img: TestImage = smallImage();
-const subject: Descriptor = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: img.digest, size: 0 };
+const subject: Descriptor = { mediaType: MediaType.ociManifest, digest: img.digest, size: 0 };
 
 before(async () => {
   reg = await startMemoryRegistry();
