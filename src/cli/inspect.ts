@@ -7,6 +7,7 @@ import { validateBootstrap, type ExpectedDevice } from '../erofs/validate';
 import { readAll } from '../oci/image-io';
 import { expectedDevice, findLazyImage } from '../daemon/image-store';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
+import { displayPath } from '../tree/node';
 import { bytes, table } from './format';
 
 export interface InspectReport {
@@ -95,8 +96,10 @@ export async function inspectCommand(
       process.stdout.write(`${JSON.stringify(report)}\n`);
       return;
     }
+    // Names are the image author's bytes: escaped, so that they cannot drive the terminal or forge lines.
     if (report.tree)
-      for (const t of report.tree) process.stdout.write(`${t.mode} ${String(t.size).padStart(12)} ${t.path}\n`);
+      for (const t of report.tree)
+        process.stdout.write(`${t.mode} ${String(t.size).padStart(12)} ${displayPath(Buffer.from(t.path))}\n`);
     const rows = [
       ['', 'value'],
       ['bootstrap', `${bytes(report.bootstrapBytes)} (${report.devices.length} blobs)`],

@@ -7,6 +7,7 @@ import { sha256Digest } from '../oci/digest';
 import { readAll, type ImageSource, type ImageTarget, type ResolvedImage, type StreamedBlob } from '../oci/image-io';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import { DEFAULT_ZSTD_LEVEL } from '../blob/zstd-level';
+import { log } from '../log';
 import { convertAddon } from '../native/convert-addon';
 import { convertLayers, LayerDownloads, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 import { Annotation, LazyMediaType } from './lazy-image';
@@ -36,7 +37,7 @@ export interface ConvertResult {
   target: { ref: string; digest: string };
   manifest: ImageManifest;
   converted: ConvertedLayers;
-  /** Digest of the referrer pushed next to the source, when the source is in a registry. */
+  /** Digest of the referrer pushed next to the source, when the source and the target are in registries. */
   referrer: string | null;
   sourceLayerBytes: number;
   uploadedBlobs: number;
@@ -159,13 +160,20 @@ export async function convertImage(
     const digest = await target.putManifest(raw, MediaType.ociManifest);
     if (digest !== sha256Digest(raw))
       throw new Error(`target ${target.ref} stored the manifest as ${digest}, expected ${sha256Digest(raw)}`);
-    // Nodes find the lazy image from the original reference through this referrer.
+    // Nodes find the lazy image from the original reference through this referrer, so it may only
+    // name a registry image: a referrer to a local path would be taken by every node's lookup.
     let referrer: string | null = null;
-    if (source.addReferrer) {
+    const pinned = target.pinnedRef?.(digest);
+    if (source.addReferrer && pinned) {
       const subject = { mediaType: resolved.mediaType, digest: resolved.digest, size: resolved.raw.length };
       referrer = await source.addReferrer(subject, LazyMediaType.referrer, {
-        [Annotation.image]: `${target.ref.replace(/@sha256:[0-9a-f]{64}$/, '')}@${digest}`,
+        [Annotation.image]: pinned,
         [Annotation.chunkSize]: String(converted.chunkSize),
+      });
+    } else if (source.addReferrer) {
+      log.debug('no referrer added next to the source: the target is not a registry', {
+        image: source.ref,
+        target: target.ref,
       });
     }
     return {

@@ -9,7 +9,7 @@ import { validateBootstrap, type ExpectedDevice } from '../erofs/validate';
 import { InputError } from '../errors';
 import { log } from '../log';
 import { digestHex } from '../oci/digest';
-import { registryClient, type OpenOptions } from '../oci/open-image';
+import { registryClient, registryReference, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
 import type { ResolvedImage } from '../oci/image-io';
@@ -47,7 +47,12 @@ function lazyImage(client: HostClient, repo: string, resolved: ResolvedImage): L
   return { client, repo, manifest, digest, subject: { mediaType, digest, size: raw.length } };
 }
 
-/** Finds the lazy manifest for `ref`: the ref itself, or the lazy image its referrer names. */
+/**
+ * Finds the lazy manifest for `ref`: the ref itself, or the first lazy image one of its referrers
+ * names. A referrer that names no registry image pinned by digest (a local `oci:` path written by an
+ * older convert), or one that does not lead to a lazy image, is passed over: one bad referrer must not
+ * hide a good one from every node.
+ */
 export async function findLazyImage(ref: string, registries: OpenOptions = {}): Promise<LazyImage> {
   const parsed = parseReference(ref);
   const client = registryClient(parsed.registry, registries);
@@ -56,16 +61,27 @@ export async function findLazyImage(ref: string, registries: OpenOptions = {}): 
     return lazyImage(client, parsed.repository, resolved);
   }
   const referrers = await client.referrers(parsed.repository, resolved.digest, LazyMediaType.referrer);
-  const target = referrers.map((r) => r.annotations?.[Annotation.image]).find(Boolean);
-  if (!target)
-    throw new InputError('image is not in the lazy format and no converted image refers to it', { image: ref });
-  log.info('found the lazy image through a referrer', { image: ref, lazy: target });
-  const lazy = parseReference(target);
-  const lazyClient = registryClient(lazy.registry, registries);
-  const got = await lazyClient.resolveManifest(lazy.repository, manifestReference(lazy), hostPlatform());
-  if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
-    throw new InputError(`referrer names ${target}, which is not a lazy image`, { image: ref });
-  return lazyImage(lazyClient, lazy.repository, got);
+  const named = referrers.flatMap((r) => r.annotations?.[Annotation.image] ?? []);
+  const passedOver: string[] = [];
+  for (const target of named) {
+    try {
+      const lazy = registryReference(target);
+      if (!lazy.digest) throw new InputError('the reference is not pinned by a digest', { image: target });
+      const lazyClient = registryClient(lazy.registry, registries);
+      const got = await lazyClient.resolveManifest(lazy.repository, lazy.digest, hostPlatform());
+      if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
+        throw new InputError('it is not a lazy image', { image: target });
+      log.info('found the lazy image through a referrer', { image: ref, lazy: target });
+      return lazyImage(lazyClient, lazy.repository, got);
+    } catch (err) {
+      const error = (err as Error).message;
+      log.warn('passing over a referrer that leads to no lazy image', { image: ref, referrer: target, error });
+      passedOver.push(`${JSON.stringify(target)} (${error})`);
+    }
+  }
+  if (passedOver.length > 0)
+    throw new InputError(`no referrer leads to a lazy image: ${passedOver.join('; ')}`, { image: ref });
+  throw new InputError('image is not in the lazy format and no converted image refers to it', { image: ref });
 }
 
 /** A data blob as the bootstrap's device table must name it: its id, and its size when the manifest gives it. */

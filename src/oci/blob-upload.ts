@@ -45,9 +45,25 @@ export async function pushBlob(
   const ctx = digestContext(http.where(), repo, digest);
   if (!Number.isSafeInteger(size) || size < 0) throw new InputError(`invalid blob size ${size}`, ctx);
   return withRetries(http.policy, { op: 'push blob', ctx }, async () => {
-    if ((await headBlob(http, repo, digest, [pushScope(repo)])) !== null) return 'exists';
+    if (await blobExists(http, repo, digest, size)) return 'exists';
     return uploadOnce(http, chunkSize, repo, digest, size, open, opts, ctx);
   });
+}
+
+/**
+ * Whether the repository holds the blob, asked before pushing it: HEAD answers 200 with the blob's
+ * size, or 404. A 200 with another size is not that blob (a server answering every request alike):
+ * taking it for "exists" would skip the upload and store nothing.
+ */
+export async function blobExists(http: HttpClient, repo: string, digest: string, size: number): Promise<boolean> {
+  const held = await headBlob(http, repo, digest, [pushScope(repo)]);
+  if (held === null) return false;
+  if (held !== size)
+    throw new InputError(
+      `head blob: registry answered 200 with ${held} bytes for a blob of ${size} bytes`,
+      digestContext(http.where(), repo, digest),
+    );
+  return true;
 }
 
 async function uploadOnce(
@@ -78,12 +94,14 @@ async function uploadOnce(
     ctx,
     retry: true,
   });
-  await res.body.dump();
   if (res.status === 201 && opts.mountFrom) {
+    await res.body.dump();
+    checkCommitted(res, digest, ctx);
     log.debug('blob mounted', { ...ctx, from: opts.mountFrom });
     return 'mounted';
   }
   if (res.status !== 202) throw await http.unexpected(res, 'start blob upload', ctx);
+  await res.body.dump();
   const location = http.location(res, ctx);
 
   if (size <= chunkSize) {

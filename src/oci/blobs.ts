@@ -31,6 +31,9 @@ export async function headBlob(
   const length = header(res, 'content-length');
   if (length === undefined || !/^\d+$/.test(length))
     throw new InputError('registry answered HEAD without a Content-Length', ctx);
+  const said = header(res, 'docker-content-digest');
+  if (said !== undefined && said !== digest)
+    throw new InputError(`head blob: registry answered with digest ${JSON.stringify(said)}`, ctx);
   return Number(length);
 }
 

@@ -39,6 +39,11 @@ export interface ImageTarget {
   hasBlob?(digest: string): Promise<boolean>;
   /** Stores a manifest under the target's tag; returns its digest. */
   putManifest(raw: Buffer, mediaType: string): Promise<string>;
+  /**
+   * The registry reference, pinned by `digest`, that nodes pull the stored image by: what a referrer
+   * next to the source may name. Registries only: a local path is nowhere a node can pull from.
+   */
+  pinnedRef?(digest: string): string;
 }
 
 /** A blob push that follows its file while it is written. */

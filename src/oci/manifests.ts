@@ -128,7 +128,8 @@ export async function putManifest(
     ctx,
     retry: true,
   });
-  if (res.status !== 201 && res.status !== 200) throw await http.unexpected(res, 'put manifest', ctx);
+  // 201 is the spec's one success: a server that answers 200 to everything has stored nothing.
+  if (res.status !== 201) throw await http.unexpected(res, 'put manifest', ctx);
   await res.body.dump();
   const said = header(res, 'docker-content-digest');
   if (said && said !== digest)

@@ -6,7 +6,7 @@ import { HostClient } from './host-client';
 import { hostEndpoints, type Endpoint, type RegistriesConfig } from './hosts';
 import type { ImageSource, ImageTarget } from './image-io';
 import { OciLayoutSource, OciLayoutTarget } from './layout';
-import { parseReference } from './reference';
+import { parseReference, type ImageReference } from './reference';
 import { RegistrySource, RegistryTarget } from './registry-image';
 
 /** How registries are reached: mirrors, TLS, plain HTTP (the daemon configuration's `registries`). */
@@ -33,6 +33,16 @@ export function registryClient(host: string, opts: OpenOptions = {}): HostClient
 export async function closeRegistryClients(): Promise<void> {
   await Promise.all([...clients.values()].map((c) => c.close()));
   clients.clear();
+}
+
+/** Prefixes of references to local images; any other reference names a registry image. */
+const LOCAL_TRANSPORTS = ['oci:', 'docker-archive:'] as const;
+
+/** A reference to an image in a registry, refused when it names a local one (`oci:PATH`, `docker-archive:PATH`). */
+export function registryReference(ref: string): ImageReference {
+  const local = LOCAL_TRANSPORTS.find((t) => ref.startsWith(t));
+  if (local) throw new InputError(`${local}PATH names a local image, not one in a registry`, { image: ref });
+  return parseReference(ref);
 }
 
 export async function openSource(ref: string, opts: OpenOptions = {}): Promise<ImageSource> {

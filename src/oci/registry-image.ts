@@ -78,4 +78,8 @@ export class RegistryTarget implements ImageTarget {
   putManifest(raw: Buffer, mediaType: string): Promise<string> {
     return this.client.putManifest(this.parsed.repository, this.parsed.tag ?? 'latest', raw, mediaType);
   }
+
+  pinnedRef(digest: string): string {
+    return `${this.ref}@${digest}`;
+  }
 }

@@ -5,6 +5,7 @@
 import type { Readable } from 'node:stream';
 import { printableUrl, pullScope, type Credentials } from './auth';
 import {
+  blobExists,
   cancelUpload,
   commitUpload,
   patchUpload,
@@ -167,6 +168,11 @@ export class RegistryClient {
     opts: PushBlobOptions = {},
   ): Promise<PushResult> {
     return pushBlob(this.http, this.chunkSize, repo, digest, size, open, opts);
+  }
+
+  /** Whether the repository holds the blob, asked before pushing it (see blobExists). */
+  blobExists(repo: string, digest: string, size: number): Promise<boolean> {
+    return blobExists(this.http, repo, digest, size);
   }
 
   startUpload(repo: string): Promise<BlobUpload> {

@@ -5,7 +5,6 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { log } from '../log';
 import { readByPosition } from '../read-at';
-import { pushScope } from './auth';
 import type { BlobUpload, PushResult } from './blob-upload';
 import type { RegistryClient } from './registry';
 import type { Descriptor } from './types';
@@ -57,9 +56,9 @@ export class StreamedBlobPush {
       if (!this.sending && this.end > 0) this.begin();
       this.poke();
       // The check overlaps the last bytes going out.
-      const exists = this.client.headBlob(this.repo, desc.digest, [pushScope(this.repo)]);
+      const exists = this.client.blobExists(this.repo, desc.digest, desc.size);
       exists.catch(() => undefined);
-      if ((await exists) !== null) {
+      if (await exists) {
         await this.stop();
         return 'exists';
       }

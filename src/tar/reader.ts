@@ -101,6 +101,17 @@ function parseTime(text: string, what: string): { sec: bigint; nsec: number } {
   return { sec, nsec };
 }
 
+/**
+ * A numeric PAX value (size, uid, gid, device numbers, a record's length): decimal digits only, as GNU
+ * tar and Go's archive/tar read them. `Number()` would also take `0x10`, `1e1` or ` 16`: a reader
+ * that sees another size than the scanners do could hide content from them.
+ */
+function paxDecimal(text: string, what: string): number {
+  const v = /^[0-9]+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(v)) throw new TarFormatError(`${what} ${JSON.stringify(text)} is not a decimal number`);
+  return v;
+}
+
 interface Pax {
   records: Map<string, Buffer>;
 }
@@ -112,9 +123,8 @@ function parsePax(data: Buffer): Pax {
     if (data[pos] === 0) break;
     const space = data.indexOf(0x20, pos);
     if (space === -1) throw new TarFormatError('PAX record without a length');
-    const len = Number(data.subarray(pos, space).toString('latin1'));
-    if (!Number.isInteger(len) || len <= space - pos + 1 || pos + len > data.length)
-      throw new TarFormatError('PAX record length is wrong');
+    const len = paxDecimal(data.subarray(pos, space).toString('latin1'), 'PAX record length');
+    if (len <= space - pos + 1 || pos + len > data.length) throw new TarFormatError('PAX record length is wrong');
     const record = data.subarray(space + 1, pos + len);
     if (record[record.length - 1] !== 0x0a) throw new TarFormatError('PAX record does not end in a newline');
     const eq = record.indexOf(0x3d);
@@ -216,12 +226,12 @@ export class TarReader {
       const text = () => value.toString('utf8');
       if (key === 'path') name = value;
       else if (key === 'linkpath') linkname = value;
-      else if (key === 'size') size = Number(text());
-      else if (key === 'uid') uid = Number(text());
-      else if (key === 'gid') gid = Number(text());
+      else if (key === 'size') size = paxDecimal(text(), 'PAX size');
+      else if (key === 'uid') uid = paxDecimal(text(), 'PAX uid');
+      else if (key === 'gid') gid = paxDecimal(text(), 'PAX gid');
       else if (key === 'mtime') mtime = parseTime(text(), 'PAX mtime');
-      else if (key === 'SCHILY.devmajor') devmajor = Number(text());
-      else if (key === 'SCHILY.devminor') devminor = Number(text());
+      else if (key === 'SCHILY.devmajor') devmajor = paxDecimal(text(), 'PAX SCHILY.devmajor');
+      else if (key === 'SCHILY.devminor') devminor = paxDecimal(text(), 'PAX SCHILY.devminor');
       else if (key.startsWith('SCHILY.xattr.'))
         xattrs.push({ name: Buffer.from(key.slice('SCHILY.xattr.'.length), 'utf8'), value });
       else if (key.startsWith('LIBARCHIVE.xattr.')) {

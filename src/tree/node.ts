@@ -68,13 +68,16 @@ export function keyName(key: string): Buffer {
   return Buffer.from(key, 'latin1');
 }
 
-/** A path for messages: UTF-8 where valid and printable, otherwise bytes outside printable ASCII as \xNN. */
+/**
+ * A path for messages and listings: UTF-8 where valid and free of control characters (C0, DEL, C1:
+ * what a terminal acts on), otherwise bytes outside printable ASCII as \xNN.
+ */
 export function displayPath(parts: readonly Buffer[] | Buffer): string {
   const raw = Buffer.isBuffer(parts) ? parts : Buffer.concat(parts.flatMap((p) => [Buffer.from('/'), p]));
   if (raw.length === 0) return '/';
   const decoded = raw.toString('utf8');
   // eslint-disable-next-line no-control-regex
-  if (Buffer.from(decoded, 'utf8').equals(raw) && !/[\x00-\x1f\x7f]/.test(decoded)) return decoded;
+  if (Buffer.from(decoded, 'utf8').equals(raw) && !/[\x00-\x1f\x7f-\x9f]/.test(decoded)) return decoded;
   let out = '';
   for (const byte of raw)
     out += byte >= 0x20 && byte < 0x7f ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`;

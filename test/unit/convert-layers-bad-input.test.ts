@@ -52,6 +52,11 @@ describe('convert layers: bad input names image, layer and entry', () => {
     tar[10] ^= 0xff;
     return rejects([memoryLayer(tar, TAR)], /header checksum mismatch/);
   });
+  it('a PAX size that is not decimal (GNU tar and Go refuse it)', () =>
+    rejects(
+      [memoryLayer(makeTar([{ name: 'f', body: 'x'.repeat(16), pax: { size: '0x10' } }]), TAR)],
+      /PAX size "0x10" is not a decimal number/,
+    ));
   it('corrupt gzip', () =>
     rejects(
       [memoryLayer(Buffer.from('this is not gzip at all'), 'application/vnd.oci.image.layer.v1.tar+gzip')],

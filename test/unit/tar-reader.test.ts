@@ -75,6 +75,54 @@ describe('TarReader', () => {
       /gid field is not octal: "00 17"/,
     );
   });
+
+  /** The first entry of a tar whose one 16-byte file carries these PAX records. */
+  const withPax = async (pax: Record<string, string>) =>
+    (await new TarReader(inOneBuffer(makeTar([{ name: 'f', body: 'x'.repeat(16), pax }]))).next())!;
+
+  it('reads numeric PAX records written in decimal digits', async () => {
+    const e = await withPax({ size: '16', uid: '70000', gid: '0070', mtime: '1700000000.5' });
+    assert.deepEqual([e.size, e.uid, e.gid, e.mtimeSec, e.mtimeNsec], [16, 70000, 70, 1_700_000_000n, 500_000_000]);
+  });
+
+  // GNU tar and Go's archive/tar refuse these; a reader that took `0x10` as 16 would see content
+  // that scanners using those readers do not (a parser differential).
+  it('refuses numeric PAX records that are not decimal digits, quoting them', async () => {
+    const bad: Array<[string, string]> = [
+      ['size', '0x10'],
+      ['size', '1e1'],
+      ['size', '+16'],
+      ['size', ' 16'],
+      ['size', '16 '],
+      ['size', ''],
+      ['size', '0b10000'],
+      ['uid', '0x3e8'],
+      ['uid', '-1'],
+      ['gid', '1.5'],
+      ['SCHILY.devmajor', '0o10'],
+      ['mtime', '0x10'],
+    ];
+    for (const [key, value] of bad) {
+      await assert.rejects(withPax({ [key]: value }), (err: Error) => {
+        assert.ok(err instanceof TarFormatError, `${key}=${value}: ${err}`);
+        assert.ok(err.message.includes(`PAX ${key} ${JSON.stringify(value)}`), err.message);
+        return true;
+      });
+    }
+  });
+
+  it('refuses a PAX record whose length is not decimal digits', async () => {
+    // `0x11 path=abcdef\n` is 17 bytes long, so read as hex its length would be right.
+    const tar = makeTar([{ name: 'f', body: 'x', pax: { path: 'abcdefgh' } }]);
+    const at = tar.indexOf('17 path=abcdefgh\n');
+    assert.ok(at > 0);
+    tar.write('0x11 path=abcdef\n', at, 'latin1');
+    await assert.rejects(new TarReader(inOneBuffer(tar)).next(), (err: Error) => {
+      assert.ok(err instanceof TarFormatError);
+      assert.match(err.message, /PAX record length "0x11"/);
+      return true;
+    });
+  });
 });
 
 /** The archive in a file, read by position in reads of 4 KiB as a docker archive is indexed (readByPosition). */
