@@ -155,6 +155,13 @@ export class ImageStore {
   async prepare(ref: string): Promise<PreparedImage> {
     const { client, repo, manifest, digest, subject } = await findLazyImage(ref, this.registries);
     const [boot, ...blobDescs] = manifest.layers;
+    // The chunk tables are fetched while the bootstrap is: a mount waits for one round trip, not one
+    // per blob. Nothing is opened in the cache before the bootstrap passed its check.
+    const tables = blobDescs.map((desc) => {
+      const table = this.blobs.get(desc.digest) ? null : openLazyBlob(ref, client, repo, desc);
+      table?.catch(() => undefined); // awaited below, unless the bootstrap fails first
+      return table;
+    });
     const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
     if (!fs.existsSync(bootstrapPath)) {
       const tmp = `${bootstrapPath}.tmp-${process.pid}`;
@@ -174,14 +181,17 @@ export class ImageStore {
       throw InputError.wrap(err, { image: ref });
     }
     const blobs: BlobCache[] = [];
-    for (const desc of blobDescs) blobs.push(await this.blob(ref, client, repo, desc));
+    for (const [i, desc] of blobDescs.entries()) {
+      const table = await tables[i];
+      // Known already, or opened meanwhile by another mount of an image sharing the blob.
+      const known = this.blobs.get(desc.digest);
+      if (known) {
+        blobs.push(known);
+        continue;
+      }
+      const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc)); // evicted meanwhile
+      blobs.push(this.blobs.add(remote, index));
+    }
     return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs, client, repo, subject };
-  }
-
-  private async blob(ref: string, client: HostClient, repo: string, desc: Descriptor): Promise<BlobCache> {
-    const known = this.blobs.get(desc.digest);
-    if (known) return known;
-    const { remote, index } = await openLazyBlob(ref, client, repo, desc);
-    return this.blobs.add(remote, index);
   }
 }

@@ -181,6 +181,7 @@ export class BlobCache implements RangeSource, ChunkDestination {
       [...slots, ...ahead].map((i) => this.index.chunks[i]),
       this,
       priority,
+      slots.length,
     );
     if (ahead.length > 0) {
       void Promise.all(done.slice(slots.length)).catch((err: Error) =>

@@ -58,10 +58,14 @@ export class ChunkFetcher {
     failedRequests: 0,
   };
   /**
-   * Chunks being fetched, the priority their request has (or will run at), and whether a reader has
-   * come to wait for one fetched at a lower priority (its bytes are then decoded as demand's are).
+   * Chunks being fetched, the priority their request has (or will run at), whether they were asked for
+   * as read-ahead, and whether a reader has come to wait for one asked for as read-ahead or at a lower
+   * priority (its bytes are then decoded first, as demand's are).
    */
-  private readonly inflight = new Map<string, { data: Promise<void>; priority: Priority; readerWaits?: boolean }>();
+  private readonly inflight = new Map<
+    string,
+    { data: Promise<void>; priority: Priority; ahead?: boolean; readerWaits?: boolean }
+  >();
   /** Chunks whose request waits for a slot, with the handle that promotes it to demand. */
   private readonly queued = new Map<string, QueuedTask>();
   private readonly pending = new Map<string, { resolve: () => void; reject: (e: Error) => void }>();
@@ -94,19 +98,22 @@ export class ChunkFetcher {
   /**
    * One promise per wanted chunk, in the order asked, resolved once it is verified and written to `dest`
    * (a chunk already in flight is written by its first asker's destination: one per blob digest). All
-   * are asked for at once, so adjacent ones share requests.
+   * are asked for at once, so adjacent ones share requests. Chunks from `aheadFrom` on are read-ahead:
+   * in the same requests, but decoded after the others of their request, whose readers wait.
    */
   getEachChunk(
     blob: RemoteBlob,
     wanted: readonly ChunkEntry[],
     dest: ChunkDestination,
     priority: Priority = 'demand',
+    aheadFrom = wanted.length,
   ): Array<Promise<void>> {
     const result: Array<Promise<void>> = [];
     const missing: ChunkEntry[] = [];
-    for (const c of wanted) {
+    for (const [i, c] of wanted.entries()) {
       const key = `${blob.digest}@${c.uncompressedOffset}`;
       const inflight = this.inflight.get(key);
+      if (inflight?.ahead && priority === 'demand' && i < aheadFrom) inflight.readerWaits = true;
       if (inflight && priority === 'demand' && inflight.priority !== 'demand') {
         // A reader now waits for a chunk being prefetched: a queued request goes ahead of other prefetch;
         // one that fails (it had prefetch's fewer retries) is asked again as demand.
@@ -124,7 +131,7 @@ export class ChunkFetcher {
       missing.push(c);
       const data = new Promise<void>((resolve, reject) => this.pending.set(key, { resolve, reject }));
       data.catch(() => undefined);
-      this.inflight.set(key, { data, priority });
+      this.inflight.set(key, { data, priority, ahead: i >= aheadFrom });
       result.push(data);
     }
     const gap = priority === 'demand' ? this.maxGap : this.prefetchGap;
@@ -169,17 +176,19 @@ export class ChunkFetcher {
     // check for each and moves on when a chunk fails; a plain reader never calls it.
     let checkedBytes: Buffer | undefined;
     let faults: Array<Error | null> = [];
-    const placeAll = async (bytes: Buffer): Promise<Array<Error | null>> => {
-      const waited = chunks.some((c) => this.inflight.get(`${blob.digest}@${c.uncompressedOffset}`)?.readerWaits);
+    const flags = (c: ChunkEntry) => this.inflight.get(`${blob.digest}@${c.uncompressedOffset}`);
+    const place = async (bytes: Buffer, some: readonly ChunkEntry[]): Promise<Array<Error | null>> => {
+      const waited = some.some((c) => flags(c)?.readerWaits);
       let out: Array<Error | null>;
       try {
-        out = await dest.place(bytes, start, chunks, waited ? 'demand' : priority);
+        out = await dest.place(bytes, start, some, waited ? 'demand' : priority);
       } catch (err) {
-        out = chunks.map(() => err as Error);
+        out = some.map(() => err as Error);
       }
       this.stats.verifyFailures += out.filter((f) => f !== null).length;
       return out;
     };
+    const placeAll = (bytes: Buffer) => place(bytes, chunks);
     const verify = async (bytes: Buffer): Promise<Error | null> => {
       faults = await placeAll(bytes);
       checkedBytes = bytes;
@@ -200,10 +209,16 @@ export class ChunkFetcher {
       for (const c of chunks) settle(c, e);
       return;
     }
-    if (checkedBytes !== data) faults = await placeAll(data);
-    for (const [i, c] of chunks.entries()) {
-      if (faults[i] === null) this.stats.chunksFetched++;
-      settle(c, faults[i]);
-    }
+    const done = (some: readonly ChunkEntry[], got: ReadonlyArray<Error | null>) =>
+      some.forEach((c, i) => {
+        if (got[i] === null) this.stats.chunksFetched++;
+        settle(c, got[i]);
+      });
+    if (checkedBytes === data) return done(chunks, faults);
+    // The chunks readers wait for first, settled at once; the read-ahead behind them.
+    const first = chunks.filter((c) => !flags(c)?.ahead || flags(c)?.readerWaits);
+    const rest = chunks.filter((c) => !first.includes(c));
+    done(first, await place(data, first));
+    if (rest.length > 0) done(rest, await place(data, rest));
   }
 }

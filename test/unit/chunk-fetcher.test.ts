@@ -11,7 +11,7 @@ import { planRanges } from '../../src/storage/range-plan';
 import { cleanup, tempDir } from '../lib/image';
 import { memoryLayer, TAR } from '../lib/layers';
 import { makeTar } from '../lib/tar-writer';
-import { fetchChunkBytes } from '../lib/fake-blob';
+import { FileDestination, fetchChunkBytes } from '../lib/fake-blob';
 
 const CHUNK = 64 << 10;
 const work = tempDir('fetcher');
@@ -85,6 +85,27 @@ describe('chunk fetcher', () => {
     const prefetch = remote();
     await fetchChunkBytes(new ChunkFetcher({ maxGap: CHUNK, prefetchGap: 4 * CHUNK }), prefetch, apart, 'prefetch');
     assert.equal(prefetch.calls.length, 1, 'prefetch: one request over the gap');
+  });
+
+  it('decodes the chunks a reader waits for before the read-ahead of the same request', async () => {
+    const r = remote();
+    const f = new ChunkFetcher();
+    const file = new FileDestination();
+    const placed: number[][] = [];
+    const dest = {
+      place: async (bytes: Buffer, start: number, chunks: readonly (typeof index.chunks)[number][]) => {
+        const faults = await file.place(bytes, start, chunks);
+        placed.push(chunks.map((c) => index.chunks.indexOf(c)));
+        return faults;
+      },
+    };
+    const [wanted, ...ahead] = f.getEachChunk(r, index.chunks.slice(10, 14), dest, 'demand', 1);
+    await wanted;
+    assert.deepEqual(placed, [[10]], 'the wanted chunk was placed on its own, and resolved before the read-ahead');
+    await Promise.all(ahead);
+    assert.deepEqual(placed, [[10], [11, 12, 13]]);
+    assert.equal(r.calls.length, 1, 'one request for both');
+    file.close();
   });
 
   it('fetches a chunk once when many readers want it at the same time', async () => {
