@@ -37,6 +37,11 @@ function header(e: TestTarEntry, size: number, type: string): Buffer {
   return h;
 }
 
+/** The header of a regular file of `size` bytes, for a body the caller streams (padded to 512 bytes) itself. */
+export function fileHeader(name: string, size: number): Buffer {
+  return header({ name }, size, '0');
+}
+
 function padded(body: Buffer): Buffer {
   return Buffer.concat([body, Buffer.alloc((512 - (body.length % 512)) % 512)]);
 }
