@@ -39,6 +39,8 @@ export interface ImageTarget {
   hasBlob?(digest: string): Promise<boolean>;
   /** Stores a manifest under the target's tag; returns its digest. */
   putManifest(raw: Buffer, mediaType: string): Promise<string>;
+  /** Takes back what this target stored: the conversion failed before its manifest was stored. */
+  discard?(): void;
 }
 
 /** A blob push that follows its file while it is written. */

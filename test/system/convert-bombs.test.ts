@@ -10,11 +10,11 @@ import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import { compress as zstdCompress } from '@mongodb-js/zstd';
-import { sha256Digest } from '../../src/oci/digest';
 import { MediaType } from '../../src/oci/types';
 import { until } from '../lib/assertions';
 import { CLI, type CliResult, type ConvertJson } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
+import { writeLayoutImage } from '../lib/layout-writer';
 import { fileHeader } from '../lib/tar-writer';
 
 const GiB = 2 ** 30;
@@ -35,6 +35,10 @@ interface Codec {
 
 const gzip: Codec = { mediaType: MediaType.ociLayerGzip, compress: async (b) => gzipSync(b, { level: 9 }) };
 const zstd: Codec = { mediaType: MediaType.ociLayerZstd, compress: (b) => zstdCompress(b, 19) };
+const codecs = [
+  ['gzip', gzip],
+  ['zstd', zstd],
+] as const;
 
 /**
  * A layer tar of `data.bin` (random bytes: a chunk stored before the holes) and `files` files of
@@ -57,44 +61,6 @@ async function bombLayer(codec: Codec, zeros: number, files = 1): Promise<Buffer
   }
   parts.push(await codec.compress(Buffer.alloc(1024)));
   return Buffer.concat(parts);
-}
-
-/** An OCI layout holding one image of this one layer; returns its reference. */
-function writeLayout(dir: string, layer: Buffer, mediaType: string): string {
-  const blobs = path.join(dir, 'blobs', 'sha256');
-  fs.mkdirSync(blobs, { recursive: true });
-  const put = (b: Buffer): { digest: string; size: number } => {
-    const digest = sha256Digest(b);
-    fs.writeFileSync(path.join(blobs, digest.slice('sha256:'.length)), b);
-    return { digest, size: b.length };
-  };
-  const config = Buffer.from(
-    JSON.stringify({
-      architecture: process.arch === 'arm64' ? 'arm64' : 'amd64',
-      os: 'linux',
-      rootfs: { type: 'layers', diff_ids: [] },
-      config: {},
-    }),
-  );
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: MediaType.ociManifest,
-      config: { mediaType: MediaType.ociConfig, ...put(config) },
-      layers: [{ mediaType, ...put(layer) }],
-    }),
-  );
-  fs.writeFileSync(path.join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  const ref = { 'org.opencontainers.image.ref.name': 'latest' };
-  fs.writeFileSync(
-    path.join(dir, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: MediaType.ociIndex,
-      manifests: [{ mediaType: MediaType.ociManifest, ...put(manifest), annotations: ref }],
-    }),
-  );
-  return `oci:${dir}:latest`;
 }
 
 /** `convert` under the address-space limit, its temp files in `tmp`; `whileRunning` may signal it. */
@@ -131,25 +97,15 @@ describe('convert: layer bombs in bounded memory', () => {
   before(async () => {
     work = tempDir('convert-bombs');
     made.push(work);
-    for (const [name, codec] of [
-      ['gzip', gzip],
-      ['zstd', zstd],
-    ] as const)
-      sources.set(
-        codec,
-        writeLayout(path.join(work, `${name}-bomb`), await bombLayer(codec, BOMB_ZEROS), codec.mediaType),
-      );
-    longBomb = writeLayout(
-      path.join(work, 'long-bomb'),
-      await bombLayer(zstd, BOMB_ZEROS, LONG_BOMB_FILES),
-      zstd.mediaType,
-    );
+    for (const [name, codec] of codecs) {
+      const data = await bombLayer(codec, BOMB_ZEROS);
+      sources.set(codec, writeLayoutImage(path.join(work, `${name}-bomb`), [{ mediaType: codec.mediaType, data }]));
+    }
+    const data = await bombLayer(zstd, BOMB_ZEROS, LONG_BOMB_FILES);
+    longBomb = writeLayoutImage(path.join(work, 'long-bomb'), [{ mediaType: zstd.mediaType, data }]);
   });
 
-  for (const [name, codec] of [
-    ['gzip', gzip],
-    ['zstd', zstd],
-  ] as const) {
+  for (const [name, codec] of codecs) {
     it(`a ${name} layer of ${BOMB_ZEROS / GiB} GiB of zeros converts within ${ADDRESS_SPACE / GiB} GiB of address space`, async () => {
       const tmp = path.join(work, `${name}-tmp`);
       fs.mkdirSync(tmp);
