@@ -27,13 +27,19 @@ function snapshot(dir: string): Map<string, string> {
   return files;
 }
 
+/** Where `convert` makes its temp files: empty again after every run. */
+let tmp: string;
+
 function convert(source: string, target: string): SpawnSyncReturns<string> {
   // SIGKILL: a convert that hangs may also ignore SIGTERM.
-  return spawnSync(process.execPath, [CLI, 'convert', source, target, '-q'], {
+  const r = spawnSync(process.execPath, [CLI, 'convert', source, target, '-q'], {
     encoding: 'utf8',
     timeout: 30_000,
     killSignal: 'SIGKILL',
+    env: { ...process.env, TMPDIR: tmp },
   });
+  assert.deepEqual(fs.readdirSync(tmp), [], 'temp files are removed');
+  return r;
 }
 
 describe('convert into an oci: layout', () => {
@@ -44,6 +50,8 @@ describe('convert into an oci: layout', () => {
   before(() => {
     work = tempDir('convert-layout-target');
     made.push(work);
+    tmp = path.join(work, 'tmp');
+    fs.mkdirSync(tmp);
     const tar = makeTar([
       { name: 'app/', type: '5', mode: 0o755 },
       { name: 'app/data.bin', body: randomBytes(300_000) },
