@@ -48,6 +48,7 @@ export async function convertLayer(
   blob: CompressedBlobWriter,
   chunkSize: number,
   ctx: ErrorContext,
+  signal?: AbortSignal,
 ): Promise<LayerStats> {
   const stats: LayerStats = { entries: 0, tarBytes: 0, fileBytes: 0, dataChunks: 0, storedChunks: 0, holeChunks: 0 };
   const iterator = tar[Symbol.asyncIterator]();
@@ -61,6 +62,8 @@ export async function convertLayer(
   const content = async (size: number): Promise<Array<ChunkLocation | null>> => {
     const chunks: Array<ChunkLocation | null> = [];
     for (let left = size; left > 0;) {
+      // Checked here, not only per read: a few bytes of a bomb layer inflate to a long run of chunks.
+      signal?.throwIfAborted();
       const at = reader.bodyOffset;
       const parts = await reader.readBody(Math.min(chunkSize, left));
       for (const p of parts) left -= p.length;
