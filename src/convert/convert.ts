@@ -82,6 +82,9 @@ export async function convertImage(
   opts: ConvertOptions,
 ): Promise<ConvertResult> {
   const work = fs.mkdtempSync(path.join(opts.workDir ?? os.tmpdir(), 'erofs-ondemand-convert-'));
+  const removeWork = (): void => fs.rmSync(work, { recursive: true, force: true });
+  // Also when the process ends before `finally` runs (an exception thrown outside this call's chain).
+  process.once('exit', removeWork);
   let downloads: LayerDownloads | undefined;
   let manifestStored = false;
   const pushes: Array<Promise<boolean>> = [];
@@ -189,7 +192,8 @@ export async function convertImage(
     throw err;
   } finally {
     downloads?.discardFrom(0); // read to their ends by now, unless the conversion stopped early
-    fs.rmSync(work, { recursive: true, force: true });
+    process.off('exit', removeWork);
+    removeWork();
   }
 }
 
