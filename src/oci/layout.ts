@@ -123,15 +123,20 @@ export class OciLayoutTarget implements ImageTarget {
     this.dir = parsed.dir;
     this.tag = parsed.tag ?? 'latest';
     this.made.push(...makeDirs(path.join(this.dir, 'blobs', 'sha256'), ref));
-    const marker = path.join(this.dir, 'oci-layout');
-    if (!fs.existsSync(marker)) {
-      fs.writeFileSync(marker, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-      this.made.push(marker);
-    }
-    const index = path.join(this.dir, 'index.json');
-    if (!fs.existsSync(index)) {
-      this.writeIndex({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });
-      this.made.push(index);
+    try {
+      const marker = path.join(this.dir, 'oci-layout');
+      if (!fs.existsSync(marker)) {
+        fs.writeFileSync(marker, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+        this.made.push(marker);
+      }
+      const index = path.join(this.dir, 'index.json');
+      if (!fs.existsSync(index)) {
+        this.writeIndex({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });
+        this.made.push(index);
+      }
+    } catch (err) {
+      this.discard();
+      throw err;
     }
   }
 
