@@ -23,7 +23,8 @@
       "sources": [
         "native/convert/addon.cc",
         "native/convert/chunk_compress.cc",
-        "native/convert/gzip_inflate.cc"
+        "native/convert/gzip_inflate.cc",
+        "native/convert/zstd_inflate.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -75,6 +75,8 @@ interface Sample {
   misses?: number;
   missP50?: number;
   missP99?: number;
+  /** Of `seconds`, the `erofs-ondemand mount` command's; lazy modes only. */
+  mountSeconds?: number;
   /** CPU seconds the daemon and the registry used until the result; lazy modes only. */
   daemonCpu?: number;
   registryCpu?: number;
@@ -203,9 +205,12 @@ class Bench {
     });
     try {
       dropCaches();
+      let mountSeconds = 0;
       const cpu0 = [processCpuSeconds(daemon.process.pid!), processCpuSeconds(this.registryPid)];
       const [out, seconds] = timed(() => {
-        cli('mount', '--socket', daemon.socket, mode === 'lazy+trace' ? p.traced! : p.source, lower);
+        [, mountSeconds] = timed(() =>
+          cli('mount', '--socket', daemon.socket, mode === 'lazy+trace' ? p.traced! : p.source, lower),
+        );
         execFileSync('mount', [
           '-t',
           'overlay',
@@ -237,6 +242,7 @@ class Bench {
         missP99: status.miss.latency?.p99 ?? 0,
         rssBytes,
         peakRssBytes,
+        mountSeconds,
         daemonCpu,
         registryCpu,
       };
@@ -293,7 +299,11 @@ async function main(): Promise<void> {
         for (const m of MODES) if (got[m]) samples[m].push(got[m]!);
         process.stderr.write(
           `   run ${i + 1}: ${MODES.filter((m) => got[m])
-            .map((m) => `${m} ${got[m]!.seconds.toFixed(2)} s`)
+            .map(
+              (m) =>
+                `${m} ${got[m]!.seconds.toFixed(2)} s` +
+                (got[m]!.mountSeconds ? ` (mount ${got[m]!.mountSeconds!.toFixed(2)} s)` : ''),
+            )
             .join(', ')}\n`,
         );
       }

@@ -10,6 +10,7 @@
 #include <napi.h>
 #include "chunk_compress.h"
 #include "gzip_inflate.h"
+#include "zstd_inflate.h"
 
 namespace {
 
@@ -48,6 +49,7 @@ Napi::Value PrepareHeap(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitChunkCompress(env, exports);
   InitGzipInflate(env, exports);
+  InitZstdInflate(env, exports);
   exports.Set("prepareHeap", Napi::Function::New(env, PrepareHeap));
   return exports;
 }

@@ -5,6 +5,7 @@
 // zlib-like: the caller feeds input and hands in each output buffer, so that it can reuse them; fresh
 // memory costs a page fault per 4 KiB, which is slow on these VMs and slows the inflate itself.
 #include "gzip_inflate.h"
+#include "inflate_worker.h"
 
 #include <isa-l/igzip_lib.h>
 
@@ -13,11 +14,6 @@
 #include <vector>
 
 namespace {
-
-struct Part {
-  uint8_t* data;
-  size_t length;
-};
 
 std::string InflateError(int code) {
   switch (code) {
@@ -101,7 +97,7 @@ class Inflater : public Napi::ObjectWrap<Inflater> {
   // Moves the input to the next non-empty part; false when there is none (or the rest is ignored).
   bool NextPart(std::string& err) {
     while (next_ < parts_.size()) {
-      Part part = parts_[next_++];
+      InputPart part = parts_[next_++];
       if (part.length == 0 || ignoring_) continue;
       if (splitMagic_) {
         // The previous part ended with a lone 0x1f after a member: another member if 0x8b follows.
@@ -151,51 +147,12 @@ class Inflater : public Napi::ObjectWrap<Inflater> {
 
   inflate_state state_;
   Napi::ObjectReference input_;  // the parts being inflated stay alive until the next feed
-  std::vector<Part> parts_;
+  std::vector<InputPart> parts_;
   size_t next_ = 0;
   bool last_ = false;
   bool ended_ = false;
   bool splitMagic_ = false;
   bool ignoring_ = false;  // what follows the last member is not another one
-};
-
-class InflateWorker : public Napi::AsyncWorker {
- public:
-  InflateWorker(Napi::Env env, Inflater* inflater, Napi::Object self, Napi::Buffer<uint8_t> output)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), inflater_(inflater) {
-    self_ = Napi::Persistent(self);
-    output_ = Napi::Persistent(output.As<Napi::Object>());
-    out_ = output.Data();
-    capacity_ = output.Length();
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
-    std::string err = inflater_->Run(out_, capacity_, produced_, needsInput_);
-    if (!err.empty()) SetError("gunzip: " + err);
-  }
-  void OnOK() override {
-    inflater_->busy_ = false;
-    Napi::Object result = Napi::Object::New(Env());
-    result.Set("produced", Napi::Number::New(Env(), static_cast<double>(produced_)));
-    result.Set("needsInput", Napi::Boolean::New(Env(), needsInput_));
-    deferred_.Resolve(result);
-  }
-  void OnError(const Napi::Error& e) override {
-    inflater_->busy_ = false;
-    deferred_.Reject(e.Value());
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Inflater* inflater_;
-  Napi::ObjectReference self_;    // the inflater and the output outlive the call
-  Napi::ObjectReference output_;
-  uint8_t* out_;
-  size_t capacity_;
-  size_t produced_ = 0;
-  bool needsInput_ = false;
 };
 
 // feed(parts: Buffer[], last: boolean): the next input, once the previous one is used up.
@@ -206,32 +163,15 @@ Napi::Value Inflater::Feed(const Napi::CallbackInfo& info) {
   if (state_.avail_in > 0 || next_ < parts_.size()) throw Napi::Error::New(env, "GzipInflater: feed before the previous input is used up");
   if (last_) throw Napi::Error::New(env, "GzipInflater: feed after the last input");
   auto parts = info[0].As<Napi::Array>();
-  std::vector<Part> list;
-  for (uint32_t i = 0; i < parts.Length(); i++) {
-    Napi::Value v = parts.Get(i);
-    if (!v.IsBuffer()) throw Napi::TypeError::New(env, "GzipInflater.feed: input " + std::to_string(i) + " is not a Buffer");
-    auto b = v.As<Napi::Buffer<uint8_t>>();
-    if (b.Length() > UINT32_MAX) throw Napi::RangeError::New(env, "GzipInflater.feed: input over 4 GiB");
-    list.push_back({b.Data(), b.Length()});
-  }
-  parts_ = std::move(list);
+  parts_ = InputPartsOf(env, parts, "GzipInflater");
   next_ = 0;
   last_ = info[1].As<Napi::Boolean>().Value();
   input_ = Napi::Persistent(parts.As<Napi::Object>());
   return env.Undefined();
 }
 
-// inflate(output: Buffer): Promise<{ produced, needsInput }>, on the thread pool.
 Napi::Value Inflater::InflateInto(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "inflate(output: Buffer)");
-  if (busy_) throw Napi::Error::New(env, "GzipInflater: inflate while another is running");
-  auto output = info[0].As<Napi::Buffer<uint8_t>>();
-  if (output.Length() == 0 || output.Length() > UINT32_MAX) throw Napi::RangeError::New(env, "GzipInflater.inflate: output must be 1 byte to 4 GiB");
-  auto* worker = new InflateWorker(env, this, info.This().As<Napi::Object>(), output);
-  busy_ = true;
-  worker->Queue();
-  return worker->Promise();
+  return QueueInflate(info, this, "GzipInflater", "gunzip: ");
 }
 
 }  // namespace

@@ -107,6 +107,12 @@ export class CompressedBlobWriter {
     return this.inFlight.length > 0 ? this.inFlight[0].batch.from : this.pending.from;
   }
 
+  /** Sends the pending batch and places every chunk added so far: afterwards nothing of the stream is held. */
+  async settle(): Promise<void> {
+    await this.submit();
+    while (this.inFlight.length > 0) await this.placeOldest();
+  }
+
   private async submit(): Promise<void> {
     const batch = this.pending;
     this.pending = newBatch();
@@ -188,8 +194,7 @@ export class CompressedBlobWriter {
   }
 
   async finish(): Promise<CompressedBlob> {
-    await this.submit();
-    while (this.inFlight.length > 0) await this.placeOldest();
+    await this.settle();
     const tableOffset = this.compressedOffset;
     const tail = Buffer.concat([
       encodeTable(this.entries),

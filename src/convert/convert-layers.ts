@@ -183,7 +183,7 @@ export async function convertLayers(
         } catch (err) {
           throw InputError.wrap(err, ctx);
         }
-        stats = await convertLayer(decompressLayer(raw, compression), tree, i, writer, chunkSize, ctx);
+        stats = await convertLayer(decompressLayer(raw, compression), tree, i, writer, chunkSize, ctx, opts.signal);
         blob = await writer.finish();
         stats.storedChunks = blob.chunks.length;
       } finally {

@@ -83,7 +83,12 @@ export async function convertImage(
   opts: ConvertOptions,
 ): Promise<ConvertResult> {
   const work = fs.mkdtempSync(path.join(opts.workDir ?? os.tmpdir(), 'erofs-ondemand-convert-'));
+  const removeWork = (): void => fs.rmSync(work, { recursive: true, force: true });
+  // Also when the process ends before `finally` runs (an exception thrown outside this call's chain).
+  process.once('exit', removeWork);
   let downloads: LayerDownloads | undefined;
+  let manifestStored = false;
+  const pushes: Array<Promise<boolean>> = [];
   try {
     const resolved = await (opts.resolved ?? source.resolve(opts.platform));
     const { manifest } = resolved;
@@ -96,7 +101,6 @@ export async function convertImage(
 
     // Blobs are pushed while later layers convert, and a layer's blob is streamed to a registry while
     // it is written, unless it is expected there already; the manifest waits for all of them.
-    const pushes: Array<Promise<boolean>> = [];
     const track = (desc: Descriptor, upload: Promise<boolean>): void => {
       const p = upload.then((uploaded) => {
         opts.onProgress?.({ kind: 'push', digest: desc.digest, uploaded });
@@ -158,6 +162,7 @@ export async function convertImage(
     opts.signal?.throwIfAborted();
     const raw = Buffer.from(JSON.stringify(lazy));
     const digest = await target.putManifest(raw, MediaType.ociManifest);
+    manifestStored = true;
     if (digest !== sha256Digest(raw))
       throw new Error(`target ${target.ref} stored the manifest as ${digest}, expected ${sha256Digest(raw)}`);
     // Nodes find the lazy image from the original reference through this referrer, so it may only
@@ -186,9 +191,17 @@ export async function convertImage(
       uploadedBlobs: uploaded,
       skippedBlobs: 1 + lazy.layers.length - uploaded,
     };
+  } catch (err) {
+    if (!manifestStored) {
+      // A half-written target is no use to anyone; pushes still running would add to it afterwards.
+      await Promise.allSettled(pushes);
+      target.discard?.();
+    }
+    throw err;
   } finally {
     downloads?.discardFrom(0); // read to their ends by now, unless the conversion stopped early
-    fs.rmSync(work, { recursive: true, force: true });
+    process.off('exit', removeWork);
+    removeWork();
   }
 }
 

@@ -3,8 +3,11 @@ import type { CompressedBlobWriter } from '../blob/compressed-blob-writer';
 import { InputError, type ErrorContext } from '../errors';
 import { TarReader } from '../tar/reader';
 import { displayPath, type ChunkLocation } from '../tree/node';
-import { gunzip, type ReleasingStream } from './gunzip';
+import { gunzip, unzstd, type ReleasingStream } from './inflate-stream';
 import type { MergedTree } from './layer-merge';
+
+/** Bytes of a layer's stream that a run of hole chunks may leave held behind it. */
+const HELD_BEHIND_HOLES = 64 << 20;
 
 export type LayerCompression = 'gzip' | 'zstd' | 'none';
 
@@ -23,15 +26,6 @@ export function compressionOf(mediaType: string): LayerCompression | null {
   if (/\.tar\+zstd$/.test(mediaType)) return 'zstd';
   if (/\.tar$/.test(mediaType)) return 'none';
   return null;
-}
-
-async function* unzstd(source: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
-  // @mongodb-js/zstd 1.x has no streaming API: zstd layers are decompressed whole.
-  const parts: Buffer[] = [];
-  for await (const b of source) parts.push(b);
-  // Loaded here, not at start-up: most layers are gzip, and only a zstd layer needs the binding.
-  const { decompress } = await import('@mongodb-js/zstd');
-  yield await decompress(Buffer.concat(parts));
 }
 
 /** A layer's tar bytes; where `release` is there, pieces the reader is done with are reused. */
@@ -54,6 +48,7 @@ export async function convertLayer(
   blob: CompressedBlobWriter,
   chunkSize: number,
   ctx: ErrorContext,
+  signal?: AbortSignal,
 ): Promise<LayerStats> {
   const stats: LayerStats = { entries: 0, tarBytes: 0, fileBytes: 0, dataChunks: 0, storedChunks: 0, holeChunks: 0 };
   const iterator = tar[Symbol.asyncIterator]();
@@ -67,12 +62,18 @@ export async function convertLayer(
   const content = async (size: number): Promise<Array<ChunkLocation | null>> => {
     const chunks: Array<ChunkLocation | null> = [];
     for (let left = size; left > 0;) {
+      // Checked here, not only per read: a few bytes of a bomb layer inflate to a long run of chunks.
+      signal?.throwIfAborted();
       const at = reader.bodyOffset;
       const parts = await reader.readBody(Math.min(chunkSize, left));
       for (const p of parts) left -= p.length;
       if (isZero(parts)) {
         chunks.push(null);
         stats.holeChunks++;
+        // Holes keep no bytes, but a batch of data chunks before them pins the stream from its start
+        // until the batch is sent: sent on once holes have run far past it, so memory stays bounded.
+        if (reader.bodyOffset - blob.unsettledFrom > HELD_BEHIND_HOLES) await blob.settle();
+        release();
         continue;
       }
       chunks.push(null);

@@ -1,9 +1,12 @@
-// Typed face of the convert addon (native/convert/): batch chunk compression and gunzip on the
+// Typed face of the convert addon (native/convert/): batch chunk compression, gunzip and un-zstd on the
 // thread pool. A separate addon so that the daemon's nodes need neither ISA-L nor this code.
 import { addonPath, loadAddon } from './addon-path';
 
-/** Streaming gunzip, zlib-like: the caller feeds input and hands in each output buffer (so it can reuse them). */
-export interface GzipInflater {
+/**
+ * Streaming gunzip or un-zstd, zlib-like: the caller feeds input and hands in each output buffer (so
+ * it can reuse them).
+ */
+export interface StreamInflater {
   /** The next input, once `inflate` said it needs input; `last` marks the end (a stream cut short then fails). */
   feed(input: Buffer[], last: boolean): void;
   /**
@@ -38,7 +41,8 @@ interface ConvertAddon {
   /** For a batch job that streams through buffers: freed memory stays in the process, and the heap grows ahead onto huge pages. */
   prepareHeap(): void;
   zstdVersion: string;
-  GzipInflater: new () => GzipInflater;
+  GzipInflater: new () => StreamInflater;
+  ZstdInflater: new () => StreamInflater;
 }
 
 let loaded: ConvertAddon | undefined;

@@ -44,6 +44,8 @@ export interface ImageTarget {
    * next to the source may name. Registries only: a local path is nowhere a node can pull from.
    */
   pinnedRef?(digest: string): string;
+  /** Takes back what this target stored: the conversion failed before its manifest was stored. */
+  discard?(): void;
 }
 
 /** A blob push that follows its file while it is written. */

@@ -82,35 +82,109 @@ export class OciLayoutSource implements ImageSource {
   }
 }
 
+/**
+ * Makes `dir` and its missing parents one at a time (fs.mkdirSync's recursive mode loops forever where
+ * mkdir fails with ENOENT under a parent that exists, as in /proc/sys); returns those it made, outermost first.
+ */
+function makeDirs(dir: string, ref: string): string[] {
+  const missing: string[] = [];
+  for (let d = path.resolve(dir); !fs.existsSync(d); d = path.dirname(d)) missing.unshift(d);
+  for (const [i, d] of missing.entries()) {
+    try {
+      fs.mkdirSync(d);
+    } catch (err) {
+      removeMade(missing.slice(0, i));
+      throw new InputError(`cannot create the layout directory ${d}: ${(err as Error).message}`, { image: ref });
+    }
+  }
+  return missing;
+}
+
+/** Removes what `OciLayoutTarget` made, newest first; a directory only while it is empty. */
+function removeMade(made: readonly string[]): void {
+  for (const p of [...made].reverse()) {
+    try {
+      if (fs.lstatSync(p).isDirectory()) fs.rmdirSync(p);
+      else fs.unlinkSync(p);
+    } catch {
+      // Best effort: someone else's file in a directory made here keeps it, and its parents.
+    }
+  }
+}
+
 export class OciLayoutTarget implements ImageTarget {
   private readonly dir: string;
   private readonly tag: string;
+  /** Directories and files this target added to the layout, oldest first: what `discard` removes. */
+  private readonly made: string[] = [];
 
   constructor(readonly ref: string) {
     const parsed = parseLayoutRef(ref);
     this.dir = parsed.dir;
     this.tag = parsed.tag ?? 'latest';
-    fs.mkdirSync(path.join(this.dir, 'blobs', 'sha256'), { recursive: true });
-    const marker = path.join(this.dir, 'oci-layout');
-    if (!fs.existsSync(marker)) fs.writeFileSync(marker, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-    if (!fs.existsSync(path.join(this.dir, 'index.json')))
-      this.writeIndex({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });
+    this.made.push(...makeDirs(path.join(this.dir, 'blobs', 'sha256'), ref));
+    try {
+      const marker = path.join(this.dir, 'oci-layout');
+      if (!fs.existsSync(marker)) {
+        fs.writeFileSync(marker, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+        this.made.push(marker);
+      }
+      const index = path.join(this.dir, 'index.json');
+      if (!fs.existsSync(index)) {
+        this.writeIndex({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });
+        this.made.push(index);
+      }
+    } catch (err) {
+      this.discard();
+      throw err;
+    }
   }
 
   async putBlob(desc: Descriptor, file: string): Promise<boolean> {
     const dest = blobPath(this.dir, desc.digest);
-    if (fs.existsSync(dest) && fs.statSync(dest).size === desc.size) return false;
-    const tmp = `${dest}.tmp-${process.pid}`;
-    fs.copyFileSync(file, tmp);
-    fs.renameSync(tmp, dest);
+    const there = fs.existsSync(dest);
+    if (there && (await this.holds(dest, desc))) return false;
+    this.writeAtomically(dest, (tmp) => fs.copyFileSync(file, tmp));
+    if (!there) this.made.push(dest);
     return true;
+  }
+
+  /** Removes what this target added to the layout: for a conversion that failed before its manifest was stored. */
+  discard(): void {
+    removeMade(this.made);
+    this.made.length = 0;
+  }
+
+  /** Whether the blob at `file` is the one `desc` names: the same size is not enough to skip it. */
+  private async holds(file: string, desc: Descriptor): Promise<boolean> {
+    if (fs.statSync(file).size !== desc.size) return false;
+    try {
+      const stream = fs.createReadStream(file, { highWaterMark: 1 << 20 });
+      for await (const chunk of verifyDigest(stream, desc.digest, desc.size, { image: this.ref })) void chunk;
+      return true;
+    } catch (err) {
+      if (err instanceof InputError) return false;
+      throw err;
+    }
+  }
+
+  /** Writes `dest` through a temp file renamed over it, so that a reader never sees it half written. */
+  private writeAtomically(dest: string, write: (tmp: string) => void): void {
+    const tmp = `${dest}.tmp-${process.pid}`;
+    try {
+      write(tmp);
+      fs.renameSync(tmp, dest);
+    } catch (err) {
+      fs.rmSync(tmp, { force: true });
+      throw err;
+    }
   }
 
   async putManifest(raw: Buffer, mediaType: string): Promise<string> {
     const digest = sha256Digest(raw);
     const dest = blobPath(this.dir, digest);
-    fs.writeFileSync(`${dest}.tmp-${process.pid}`, raw);
-    fs.renameSync(`${dest}.tmp-${process.pid}`, dest);
+    if (!fs.existsSync(dest)) this.made.push(dest);
+    this.writeAtomically(dest, (tmp) => fs.writeFileSync(tmp, raw));
     const index = readIndex(this.dir, this.ref);
     index.manifests = index.manifests.filter((m) => m.annotations?.[REF_NAME] !== this.tag);
     index.manifests.push({ mediaType, digest, size: raw.length, annotations: { [REF_NAME]: this.tag } });
@@ -119,8 +193,6 @@ export class OciLayoutTarget implements ImageTarget {
   }
 
   private writeIndex(index: ImageIndex): void {
-    const file = path.join(this.dir, 'index.json');
-    fs.writeFileSync(`${file}.tmp-${process.pid}`, JSON.stringify(index));
-    fs.renameSync(`${file}.tmp-${process.pid}`, file);
+    this.writeAtomically(path.join(this.dir, 'index.json'), (tmp) => fs.writeFileSync(tmp, JSON.stringify(index)));
   }
 }

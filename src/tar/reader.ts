@@ -135,11 +135,15 @@ function parsePax(data: Buffer): Pax {
   return { records };
 }
 
+/** PAX and GNU long-name bodies held at once: an entry's own and every global PAX header so far. */
+const METADATA_BYTES = 16 << 20;
+
 export class TarReader {
   private readonly in: ByteReader;
   private remaining = 0;
   private padding = 0;
   private globalPax = new Map<string, Buffer>();
+  private globalPaxBytes = 0;
   private done = false;
 
   /** Bodies not read are skipped: by position where the source can (see SkippableSource), else read through. */
@@ -156,6 +160,7 @@ export class TarReader {
     let longName: Buffer | null = null;
     let longLink: Buffer | null = null;
     let pax: Map<string, Buffer> | null = null;
+    let metadataBytes = this.globalPaxBytes;
     for (;;) {
       const block = await this.in.readExact(BLOCK, true);
       if (block === null) throw new TarFormatError('archive ends without its end-of-archive blocks (truncated)');
@@ -171,7 +176,10 @@ export class TarReader {
       const size = numeric(h, 124, 12, 'size');
       const padded = Math.ceil(size / BLOCK) * BLOCK;
       if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
-        if (size > 16 << 20) throw new TarFormatError(`metadata entry of ${size} bytes is too large`);
+        metadataBytes += size;
+        if (metadataBytes > METADATA_BYTES)
+          throw new TarFormatError(`metadata entries of ${metadataBytes} bytes for one entry are too large`);
+        if (typeflag === 'g') this.globalPaxBytes += size;
         const body = Buffer.from((await this.in.readExact(padded))!.subarray(0, size));
         if (typeflag === 'x') pax = new Map([...(pax ?? []), ...parsePax(body).records]);
         else if (typeflag === 'g') this.globalPax = new Map([...this.globalPax, ...parsePax(body).records]);

@@ -37,6 +37,16 @@ function header(e: TestTarEntry, size: number, type: string): Buffer {
   return h;
 }
 
+/** The header of a regular file of `size` bytes, for a body the caller streams (padded to 512 bytes) itself. */
+export function fileHeader(name: string, size: number): Buffer {
+  return header({ name }, size, '0');
+}
+
+/** A PAX ('x', 'g') or GNU long name/link ('L', 'K') entry on its own, as many of them may precede one entry. */
+export function metadataEntry(type: 'x' | 'g' | 'L' | 'K', body: Buffer): Buffer {
+  return Buffer.concat([header({ name: 'meta' }, body.length, type), padded(body)]);
+}
+
 function padded(body: Buffer): Buffer {
   return Buffer.concat([body, Buffer.alloc((512 - (body.length % 512)) % 512)]);
 }

@@ -1,4 +1,4 @@
-// The convert addon (gunzip with ISA-L, batch hashing + zstd) and the code that drives it: the blob
+// The convert addon (gunzip with ISA-L, streaming un-zstd, batch hashing + zstd) and the code that drives it: the blob
 // writer's batches and the reuse of gunzip's output pieces. Checked against Node's zlib, node:crypto
 // and @mongodb-js/zstd, the library the daemon decompresses chunks with.
 import assert from 'node:assert/strict';
@@ -9,10 +9,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { after, describe, it } from 'node:test';
-import { decompress } from '@mongodb-js/zstd';
+import { compress as zstdCompress, decompress } from '@mongodb-js/zstd';
 import { ChunkDictionary } from '../../src/blob/chunk-dict';
 import { CompressedBlobWriter } from '../../src/blob/compressed-blob-writer';
-import { gunzip } from '../../src/convert/gunzip';
+import { gunzip, unzstd, type ReleasingStream } from '../../src/convert/inflate-stream';
 import { compressBound, convertAddon } from '../../src/native/convert-addon';
 import { PENDING_CHUNK, type ChunkLocation } from '../../src/tree/node';
 import { decodeChunk } from '../lib/fake-blob';
@@ -22,8 +22,12 @@ async function* pieces(data: Buffer, step: number): AsyncIterable<Buffer> {
 }
 
 /** Reads the whole stream, copying each piece and releasing it at once, as a fast reader would. */
-async function readAll(gz: Buffer, step = 65536): Promise<{ data: Buffer; distinct: number; pieces: number }> {
-  const stream = gunzip(pieces(gz, step));
+async function readAll(
+  compressed: Buffer,
+  step = 65536,
+  inflate: (source: AsyncIterable<Buffer>) => ReleasingStream = gunzip,
+): Promise<{ data: Buffer; distinct: number; pieces: number }> {
+  const stream = inflate(pieces(compressed, step));
   const out: Buffer[] = [];
   const seen = new Set<ArrayBufferLike>();
   let offset = 0;
@@ -124,6 +128,55 @@ describe('gunzip (ISA-L)', () => {
   ] as const) {
     it(`fails on ${name}`, () => assert.rejects(readAll(input), pattern));
   }
+});
+
+describe('unzstd (libzstd, streaming)', () => {
+  const random = randomBytes(3 << 20);
+  const text = Buffer.from('lazy images '.repeat(400_000));
+  const read = (z: Buffer, step = 65536) => readAll(z, step, unzstd);
+  /** A skippable frame (magic 0x184D2A50): zstd(1) passes over it. */
+  const skippable = Buffer.from([0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+
+  it('inflates what zstd compressed, whatever the input pieces', async () => {
+    const z = await zstdCompress(random, 3);
+    for (const step of [1, 4093, 1 << 20]) assert.ok((await read(z, step)).data.equals(random), `step ${step}`);
+  });
+
+  it('reads concatenated and skippable frames as one stream', async () => {
+    const z = Buffer.concat([await zstdCompress(random, 1), skippable, await zstdCompress(text, 1)]);
+    assert.ok((await read(z)).data.equals(Buffer.concat([random, text])));
+  });
+
+  it('inflates a highly compressed stream in bounded, reused pieces', async () => {
+    const zeros = Buffer.alloc(256 << 20);
+    const z = await zstdCompress(zeros, 19);
+    assert.ok(z.length < 64 << 10, `${z.length} bytes`);
+    const { data, distinct, pieces: count } = await read(z);
+    assert.ok(data.equals(zeros));
+    assert.equal(count, 256);
+    assert.ok(distinct <= 4, `${distinct} distinct buffers`);
+  });
+
+  it('keeps pieces that are not released intact', async () => {
+    const stream = unzstd(pieces(await zstdCompress(random, 1), 1 << 16));
+    const held: Buffer[] = [];
+    for await (const b of stream) held.push(b);
+    assert.ok(Buffer.concat(held).equals(random));
+    assert.equal(new Set(held.map((b) => b.buffer)).size, held.length);
+  });
+
+  it('fails on a stream cut short, an empty one and one that is not zstd', async () => {
+    const z = await zstdCompress(random, 1);
+    await assert.rejects(read(z.subarray(0, z.length - 10)), /unzstd: unexpected end of zstd data \(truncated\)/);
+    await assert.rejects(read(Buffer.alloc(0)), /unzstd: unexpected end of zstd data/);
+    await assert.rejects(read(Buffer.from('this is not zstd at all')), /unzstd: Unknown frame descriptor/);
+  });
+
+  it('refuses a frame whose window is over the decoder limit rather than allocating it', async () => {
+    // Frame header: magic, descriptor 0x00 (window descriptor follows), window descriptor of 2^41.
+    const frame = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, (41 - 10) << 3, 0, 0, 0]);
+    await assert.rejects(read(frame), /unzstd: Frame requires too much memory for decoding/);
+  });
 });
 
 describe('compressChunks', () => {

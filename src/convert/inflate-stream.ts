@@ -1,7 +1,8 @@
-// Layer gunzip on the thread pool (ISA-L, native/convert/gzip_inflate.cc), one inflate ahead of the
-// tar reader so that the two overlap. Its output pieces are reused once the reader says it is done
+// Layer gunzip (ISA-L, native/convert/gzip_inflate.cc) and un-zstd (native/convert/zstd_inflate.cc)
+// on the thread pool, one inflate ahead of the tar reader so that the two overlap. Streaming: a layer's
+// memory is the pieces the reader holds, whatever the layer's size. Its output pieces are reused once the reader says it is done
 // with them: fresh memory costs a page fault per page, which slows the inflate.
-import { convertAddon } from '../native/convert-addon';
+import { convertAddon, type StreamInflater } from '../native/convert-addon';
 
 /** Decompressed layer bytes whose pieces may be reused once `release(upTo)` says so. */
 export interface ReleasingStream extends AsyncIterable<Buffer> {
@@ -15,6 +16,14 @@ const INPUT_BYTES = 512 << 10;
 const PIECE_BYTES = 1 << 20;
 
 export function gunzip(source: AsyncIterable<Buffer>): ReleasingStream {
+  return inflating(source, () => new (convertAddon().GzipInflater)());
+}
+
+export function unzstd(source: AsyncIterable<Buffer>): ReleasingStream {
+  return inflating(source, () => new (convertAddon().ZstdInflater)());
+}
+
+function inflating(source: AsyncIterable<Buffer>, create: () => StreamInflater): ReleasingStream {
   const spare: Buffer[] = [];
   /** Pieces handed out, oldest first, with the stream offset where each ends. */
   const handedOut: Array<{ piece: Buffer; end: number }> = [];
@@ -23,7 +32,7 @@ export function gunzip(source: AsyncIterable<Buffer>): ReleasingStream {
       while (handedOut.length > 0 && handedOut[0].end <= upTo) spare.push(handedOut.shift()!.piece);
     },
     async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
-      const inflater = new (convertAddon().GzipInflater)();
+      const inflater = create();
       const input = source[Symbol.asyncIterator]();
       let last = false;
       const feed = async (): Promise<void> => {
