@@ -9,6 +9,7 @@ import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 import { checkRegistries, registriesSchema, type RegistriesConfig } from './oci/hosts';
 
 import { DEFAULT_CACHE_DIR, DEFAULT_SOCKET } from './defaults';
+import { DEFAULT_READ_AHEAD } from './storage/blob-cache';
 
 export { DEFAULT_CONFIG, DEFAULT_SOCKET } from './defaults';
 
@@ -42,7 +43,7 @@ export const DEFAULTS: Config = {
   transport: 'auto',
   fuseBacking: 'auto',
   logLevel: 'info',
-  fetch: { concurrency: 8, readTimeoutSeconds: 120, readAheadKiB: 4096 },
+  fetch: { concurrency: 8, readTimeoutSeconds: 120, readAheadKiB: DEFAULT_READ_AHEAD.maxBytes / 1024 },
   registries: { plainHttp: [], insecure: [], hosts: {} },
   metrics: { address: '127.0.0.1:9543' },
 };

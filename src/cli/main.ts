@@ -109,7 +109,7 @@ export function program(): Command {
       .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)')
       .option(
         '--read-ahead <size>',
-        'compressed bytes a cache miss may fetch past itself in its blob, e.g. 4M (default; 0: none)',
+        'compressed bytes a cache miss may fetch past itself in its blob, default 8M (0: none)',
       ),
   )
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')

@@ -31,7 +31,7 @@ export interface ReadAhead {
   maxBytes: number;
 }
 
-export const DEFAULT_READ_AHEAD: ReadAhead = { maxBytes: 4 << 20 };
+export const DEFAULT_READ_AHEAD: ReadAhead = { maxBytes: 8 << 20 };
 
 export class BlobCache implements RangeSource, ChunkDestination {
   private readonly state: ChunkState;
