@@ -45,9 +45,21 @@ export async function loadBlobIndex(
   if (expected) return loadVerified(read, blobSize, what, expected);
   const trailer = decodeTrailer(await read(blobSize - TRAILER_SIZE, TRAILER_SIZE), what);
   const tableSize = trailer.chunkCount * ENTRY_SIZE;
+  checkTableSize(tableSize, what);
   if (trailer.tableOffset + tableSize + TRAILER_SIZE !== blobSize)
     throw new Error(`${what}: chunk table does not end where the trailer starts`);
   return checked(trailer, decodeTable(await read(trailer.tableOffset, tableSize), what), what);
+}
+
+/**
+ * The most bytes a chunk table may take: more chunks than any image holds (over a million), so that
+ * what a manifest or trailer claims cannot make a mount read and hold an unbounded table.
+ */
+export const MAX_TABLE_BYTES = 64 << 20;
+
+function checkTableSize(bytes: number, what: string): void {
+  if (bytes > MAX_TABLE_BYTES)
+    throw new Error(`${what}: chunk table of ${bytes} bytes is over the bound of ${MAX_TABLE_BYTES} bytes`);
 }
 
 async function loadVerified(
@@ -65,6 +77,7 @@ async function loadVerified(
   ) {
     throw new Error(`${what}: chunk table offset ${offset} does not fit a blob of ${blobSize} bytes`);
   }
+  checkTableSize(blobSize - offset - TRAILER_SIZE, what);
   const mismatch = (data: Buffer): Error | null => {
     const got = tableDigest(data);
     return got === digest ? null : new Error(`${what}: chunk table digest mismatch: expected ${digest}, got ${got}`);

@@ -2,7 +2,8 @@
 // accepts, and its faults must be the ones asked for.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { loadBlobIndex } from '../../src/blob/blob-index';
+import { loadBlobIndex, MAX_TABLE_BYTES } from '../../src/blob/blob-index';
+import { ENTRY_SIZE, TRAILER_SIZE } from '../../src/blob/chunk-table';
 import { decodeChunk, makeFakeBlob, mirrored } from '../lib/fake-blob';
 
 describe('fake blob', () => {
@@ -47,5 +48,21 @@ describe('fake blob', () => {
     release();
     assert.ok((await pending).equals(blob.bytes.subarray(0, 64)));
     assert.equal(liar.requests.length, 1);
+  });
+});
+
+describe('loadBlobIndex bounds', () => {
+  it('refuses a chunk table the manifest or trailer makes larger than MAX_TABLE_BYTES, reading nothing of it', async () => {
+    const blob = await makeFakeBlob({ chunkSize: 16 << 10, size: 3 * (16 << 10) });
+    const r = blob.reader();
+    const table = (Math.floor(MAX_TABLE_BYTES / ENTRY_SIZE) + 1) * ENTRY_SIZE; // whole entries, past the bound
+    await assert.rejects(
+      loadBlobIndex(r.read, 1000 + table + TRAILER_SIZE, 'hostile', {
+        offset: 1000,
+        digest: blob.expectedTable.digest,
+      }),
+      /hostile: chunk table of \d+ bytes is over the bound/,
+    );
+    assert.equal(r.requests.length, 0, 'nothing fetched');
   });
 });
