@@ -128,6 +128,7 @@ class DecodeChunksWorker : public Napi::AsyncWorker {
     for (size_t done = 0; done < n;) {
       ssize_t w = ::pwrite(fd_, state.room.data() + done, n - done, c.fileOffset + static_cast<off_t>(done));
       if (w < 0 && errno == EINTR) continue;
+      // The prefix tells src/blob/chunk-codec.ts this is no fault of the chunk's bytes.
       if (w <= 0) return std::string("writing the cache file: ") + std::strerror(w < 0 ? errno : EIO);
       done += static_cast<size_t>(w);
     }

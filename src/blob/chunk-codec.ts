@@ -4,13 +4,17 @@ import type { ChunkEntry } from './chunk-table';
 
 export class ChunkVerificationError extends Error {}
 
+/** How the addon begins a fault of the cache file's write (native/chunk_decode.cc): not the chunk's. */
+const WRITE_FAULT = 'writing the cache file: ';
+
 /** Background decodes run one at a time: each holds a thread of the pool, which demand reads need too. */
 let backgroundQueue: Promise<unknown> = Promise.resolve();
 
 /**
  * Decompresses each chunk of `chunks` from `bytes` (compressed bytes from offset `start` of the blob),
  * checks its size and SHA-256 against the chunk table, and writes the chunks that pass to `fd` at their
- * uncompressed offsets; a chunk that fails is not written. One result per chunk: null when written.
+ * uncompressed offsets; a chunk that fails is not written. One result per chunk: null when written,
+ * a ChunkVerificationError for bytes that are not the chunk, another Error when the write failed.
  * `background`: at the lowest CPU priority, one at a time, so that a node's workload never waits for
  * a fetch nobody asked for.
  */
@@ -21,7 +25,7 @@ export function decodeChunksInto(
   chunks: readonly ChunkEntry[],
   what: string,
   opts: { background?: boolean } = {},
-): Promise<Array<ChunkVerificationError | null>> {
+): Promise<Array<Error | null>> {
   if (!opts.background) return decode(fd, bytes, start, chunks, what, false);
   const run = backgroundQueue.then(() => decode(fd, bytes, start, chunks, what, true));
   backgroundQueue = run.catch(() => undefined);
@@ -35,7 +39,7 @@ async function decode(
   chunks: readonly ChunkEntry[],
   what: string,
   background: boolean,
-): Promise<Array<ChunkVerificationError | null>> {
+): Promise<Array<Error | null>> {
   const layout = new Float64Array(chunks.length * 4);
   const digests = Buffer.alloc(chunks.length * 32);
   chunks.forEach((c, i) => {
@@ -43,7 +47,9 @@ async function decode(
     c.digest.copy(digests, i * 32);
   });
   const faults = await native.decodeChunks(fd, bytes, layout, digests, background);
-  return faults.map((fault, i) =>
-    fault === null ? null : new ChunkVerificationError(`${what}: chunk at ${chunks[i].uncompressedOffset}: ${fault}`),
-  );
+  return faults.map((fault, i) => {
+    if (fault === null) return null;
+    const message = `${what}: chunk at ${chunks[i].uncompressedOffset}: ${fault}`;
+    return fault.startsWith(WRITE_FAULT) ? new Error(message) : new ChunkVerificationError(message);
+  });
 }

@@ -2,6 +2,7 @@
 // destination, which verifies each chunk (zstd, SHA-256) and writes those that pass. One fetch per
 // chunk however many readers wait for it; a chunk resolves only once verified and written.
 import type { RangeReader } from '../blob/blob-index';
+import { ChunkVerificationError } from '../blob/chunk-codec';
 import type { ChunkEntry } from '../blob/chunk-table';
 import { Limiter, type Priority, type QueuedTask } from './limiter';
 import { planRanges } from './range-plan';
@@ -83,16 +84,6 @@ export class ChunkFetcher {
 
   get inFlight(): number {
     return this.inflight.size;
-  }
-
-  /** Resolves once every wanted chunk is verified and written to `dest`. */
-  async getChunks(
-    blob: RemoteBlob,
-    wanted: readonly ChunkEntry[],
-    dest: ChunkDestination,
-    priority: Priority = 'demand',
-  ): Promise<void> {
-    await Promise.all(this.getEachChunk(blob, wanted, dest, priority));
   }
 
   /**
@@ -185,14 +176,14 @@ export class ChunkFetcher {
       } catch (err) {
         out = some.map(() => err as Error);
       }
-      this.stats.verifyFailures += out.filter((f) => f !== null).length;
+      this.stats.verifyFailures += out.filter((f) => f instanceof ChunkVerificationError).length;
       return out;
     };
     const placeAll = (bytes: Buffer) => place(bytes, chunks);
     const verify = async (bytes: Buffer): Promise<Error | null> => {
       faults = await placeAll(bytes);
       checkedBytes = bytes;
-      return faults.find((f): f is Error => f !== null) ?? null;
+      return faults.find((f) => f instanceof ChunkVerificationError) ?? null; // a failed write is no reason to try another source
     };
     let data: Buffer;
     const t0 = process.hrtime.bigint();

@@ -269,7 +269,7 @@ export async function fetchChunkBytes(
   priority: Priority = 'demand',
 ): Promise<Buffer[]> {
   const dest = destinationFor(fetcher, remote);
-  await fetcher.getChunks(remote, wanted, dest, priority);
+  await Promise.all(fetcher.getEachChunk(remote, wanted, dest, priority));
   return wanted.map((c) => dest.chunk(c));
 }
 

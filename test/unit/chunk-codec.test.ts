@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { decodeChunksInto } from '../../src/blob/chunk-codec';
+import { ChunkVerificationError, decodeChunksInto } from '../../src/blob/chunk-codec';
 import type { ChunkEntry } from '../../src/blob/chunk-table';
 import { makeFakeBlob } from '../lib/fake-blob';
 
@@ -65,6 +65,32 @@ describe('decodeChunksInto', () => {
       assert.match(String(fault), /blob y: chunk at 0: 16384 bytes after decompression, expected 20480/);
     } finally {
       out.close();
+    }
+  });
+
+  it('tells a failed write from a chunk that is not what the table says', async () => {
+    const blob = await makeFakeBlob({ chunkSize: 16 << 10, size: 2 * (16 << 10) });
+    const [a] = blob.chunks;
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'eo-codec-'));
+    const file = path.join(dir, 'out');
+    fs.writeFileSync(file, '');
+    const readOnly = fs.openSync(file, 'r');
+    try {
+      const bytes = blob.bytes.subarray(a.compressedOffset, a.compressedOffset + a.compressedSize);
+      const [fault] = await decodeChunksInto(readOnly, bytes, a.compressedOffset, [a], 'blob z');
+      assert.match(String(fault), /blob z: chunk at 0: writing the cache file: /);
+      assert.ok(fault instanceof Error && !(fault instanceof ChunkVerificationError), 'not a fault of the bytes');
+      const [bad] = await decodeChunksInto(
+        readOnly,
+        bytes,
+        a.compressedOffset,
+        [{ ...a, digest: Buffer.alloc(32) }],
+        'z',
+      );
+      assert.ok(bad instanceof ChunkVerificationError, 'a wrong digest is checked before any write');
+    } finally {
+      fs.closeSync(readOnly);
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -83,6 +83,22 @@ describe('chunk fetcher with failing sources', () => {
     });
   }
 
+  it('a cache write that fails is an error of its own: no other source is tried, no lie is counted', async () => {
+    const first = blob.reader();
+    const second = blob.reader();
+    const f = new ChunkFetcher();
+    const full = {
+      place: async (_b: Buffer, _s: number, chunks: readonly unknown[]) => chunks.map(() => new Error('ENOSPC')),
+    };
+    await assert.rejects(
+      Promise.all(f.getEachChunk(blob.remote(mirrored(first.read, second.read)), [blob.chunks[2]], full)),
+      /ENOSPC/,
+    );
+    assert.equal(first.requests.length, 1);
+    assert.equal(second.requests.length, 0, 'the bytes were fine: the next source is not asked');
+    assert.equal(f.stats.verifyFailures, 0);
+  });
+
   it('a reader with sources that lie before an honest one gives the honest bytes, counting each lie', async () => {
     const liar = blob.reader().inject({ kind: 'corrupt' }, Infinity);
     const shifter = blob.reader().inject({ kind: 'shifted' }, Infinity);
