@@ -9,6 +9,8 @@ export const LOCK_FILE = 'daemon.lock';
 
 export interface CacheLock {
   readonly file: string;
+  /** The open file description that holds the lock (the holder process checks a daemon by it). */
+  readonly fd: number;
   release(): void;
 }
 
@@ -32,5 +34,5 @@ export function lockCacheDir(cacheDir: string): CacheLock {
   } finally {
     if (!taken) fs.closeSync(fd);
   }
-  return { file, release: () => fs.closeSync(fd) };
+  return { file, fd, release: () => fs.closeSync(fd) };
 }

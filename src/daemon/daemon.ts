@@ -20,7 +20,7 @@ import { transportModule } from '../transport/transports';
 import type { FuseBacking } from '../transport/fuse-backing';
 import { lockCacheDir, type CacheLock } from './cache-lock';
 import { serveControl, type ControlRequest } from './control';
-import { forgetListenEnv, inheritedFd } from './fd-store';
+import { openFdKeeper } from './fd-keeper';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
 import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
@@ -79,16 +79,11 @@ export class Daemon {
   constructor(private readonly opts: DaemonOptions) {
     // First: a second daemon on this cache directory leaves the first one's mounts and socket alone.
     this.lock = lockCacheDir(opts.cacheDir);
-    // Kernel-facing fds a daemon before us left in systemd's fd store: read once, then hidden from children.
-    const inherited = new Map<string, number>();
-    for (const name of (process.env.LISTEN_FDNAMES ?? '').split(':').filter(Boolean)) {
-      const fd = inheritedFd(name);
-      if (fd !== undefined) inherited.set(name, fd);
-    }
-    forgetListenEnv();
+    // Kernel-facing fds kept outside the daemon, with what a daemon before us left there.
+    const fds = openFdKeeper();
     const requested = opts.transport ?? 'auto';
     // Probed for real: fanotify on a filesystem that refuses marks would serve holes as zeros.
-    const features = probeKernel(opts.cacheDir, requested, (name) => inherited.get(name));
+    const features = probeKernel(opts.cacheDir, requested, fds);
     if (!features.chosen) throw new Error(`${features.refusal} for ${opts.cacheDir} (see \`erofs-ondemand doctor\`)`);
     this.metrics = new DaemonMetrics(
       () => this.fetcher,
@@ -122,7 +117,7 @@ export class Daemon {
           this.prefetcher.noteDemand();
         },
       },
-      inheritedFd: (name) => inherited.get(name),
+      fds,
     });
     log.info('cache-miss transport chosen', {
       transport: features.chosen,

@@ -3,7 +3,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { TRANSPORTS } from '../transport/transports';
-import { TRANSPORT_NAMES, type Probe, type TransportContext, type TransportName } from '../transport/transport';
+import { TRANSPORT_NAMES, type FdKeeper, type Probe, type TransportName } from '../transport/transport';
+import { NO_KEEPER } from './fd-keeper';
 
 export type { Probe, TransportName };
 
@@ -44,14 +45,14 @@ function filesystems(): string {
 }
 
 /**
- * `requested`: 'auto' (best first, TRANSPORT_NAMES) or one transport to insist on. `inheritedFd` gives
- * the kernel-facing fds a previous daemon left in the fd store: a transport holding one probes as
- * working (probing it afresh would only find its device busy).
+ * `requested`: 'auto' (best first, TRANSPORT_NAMES) or one transport to insist on. `fds` holds the
+ * kernel-facing fds a previous daemon left: a transport holding one probes as working (probing it
+ * afresh would only find its device busy).
  */
 export function probeKernel(
   cacheDir: string,
   requested: TransportName | 'auto' = 'auto',
-  inheritedFd: TransportContext['inheritedFd'] = () => undefined,
+  fds: FdKeeper = NO_KEEPER,
 ): KernelFeatures {
   fs.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   const known = filesystems();
@@ -59,7 +60,7 @@ export function probeKernel(
   const statfsType = Number(fs.statfsSync(cacheDir).type);
   const cacheType = FS_TYPES[statfsType] ?? `0x${statfsType.toString(16)}`;
   const markable = MARKABLE_FS.includes(cacheType);
-  const transports = Object.fromEntries(TRANSPORTS.map((t) => [t.name, t.probe({ cacheDir, inheritedFd })])) as Record<
+  const transports = Object.fromEntries(TRANSPORTS.map((t) => [t.name, t.probe({ cacheDir, fds })])) as Record<
     TransportName,
     Probe
   >;

@@ -15,7 +15,7 @@ import { MNT_DETACH, UMOUNT_NOFOLLOW, native, type CachefilesDevice, type Cachef
 import { digestHex } from '../oci/digest';
 import { LocalFileSource, type RangeSource } from '../storage/range-source';
 import { MissRequests, type MissOptions } from './miss-requests';
-import type { CacheMissTransport, MountableImage, MountState, Probe, TransportModule } from './transport';
+import type { CacheMissTransport, FdKeeper, MountableImage, MountState, Probe, TransportModule } from './transport';
 
 const run = promisify(execFile);
 const { ENOENT, EIO } = os.constants.errno;
@@ -79,11 +79,16 @@ export class CachefilesTransport implements CacheMissTransport {
   private readonly inherited: boolean;
 
   /**
-   * Binds the cache, or with `inheritedFd` takes over the still-bound device of a daemon that died
-   * (kept for us by systemd's fd store). A fresh binding is handed to the fd store, when there is one,
-   * so that the next daemon can resume without breaking mounts.
+   * Binds the cache, or takes over the still-bound device of a daemon that died (its copy kept by the
+   * fd keeper). A fresh binding is handed to the keeper, when there is one, so that the next daemon can
+   * resume without breaking mounts.
    */
-  constructor(cacheDir: string, opts: MissOptions = {}, inheritedFd?: number) {
+  constructor(
+    cacheDir: string,
+    opts: MissOptions,
+    private readonly fds: FdKeeper,
+  ) {
+    const inheritedFd = fds.inherited(FDNAME);
     this.misses = new MissRequests('cachefiles', opts);
     const dir = path.join(cacheDir, 'fscache');
     this.dev = new native.CachefilesDevice();
@@ -105,8 +110,7 @@ export class CachefilesTransport implements CacheMissTransport {
       this.dev.close();
       throw new Error(`cachefiles on-demand mode on ${dir}: ${(err as Error).message}`, { cause: err });
     }
-    if (native.sdNotify(`FDSTORE=1\nFDNAME=${FDNAME}`, [this.dev.fd]))
-      log.info("cachefiles device handed to the service manager's fd store");
+    if (fds.keep(FDNAME, this.dev.fd)) log.info('cachefiles device handed to the fd keeper', { keeper: fds.kind });
   }
 
   get requests(): number {
@@ -254,7 +258,7 @@ export class CachefilesTransport implements CacheMissTransport {
     this.misses.failAll();
     for (const id of [...this.objects.keys()]) this.onClose(id);
     for (const fsid of [...this.fsids.values()]) this.forgetFsid(fsid);
-    native.sdNotify(`FDSTOREREMOVE=1\nFDNAME=${FDNAME}`); // stopped on purpose: nothing to resume
+    this.fds.drop(FDNAME); // stopped on purpose: nothing to resume
     this.dev.close();
   }
 }
@@ -265,9 +269,9 @@ export const cachefilesTransport: TransportModule = {
   zerosWithoutDaemon: false,
   describe: () =>
     'READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; without the daemon, reads of data not cached fail with EIO (a daemon restarted by systemd resumes them)',
-  probe: ({ cacheDir, inheritedFd }) =>
-    inheritedFd(FDNAME) !== undefined
+  probe: ({ cacheDir, fds }) =>
+    fds.inherited(FDNAME) !== undefined
       ? { ok: true, detail: 'bound /dev/cachefiles inherited from the previous daemon' }
       : probeCachefiles(cacheDir),
-  create: (ctx) => new CachefilesTransport(ctx.cacheDir, ctx.misses, ctx.inheritedFd(FDNAME)),
+  create: (ctx) => new CachefilesTransport(ctx.cacheDir, ctx.misses, ctx.fds),
 };

@@ -55,8 +55,25 @@ export interface TransportContext {
   cacheDir: string;
   fuseBacking: FuseBacking;
   misses: MissOptions;
-  /** A kernel-facing fd a previous daemon left in the service manager's fd store, by name. */
-  inheritedFd(name: string): number | undefined;
+  /** Where kernel-facing fds outlive the daemon, and what a previous daemon left there. */
+  fds: FdKeeper;
+}
+
+/**
+ * Keeps copies of the kernel-facing fds (fanotify group, /dev/fuse session, /dev/cachefiles) outside
+ * the daemon's process, so that the kernel objects outlive a daemon that dies: readers wait instead of
+ * failing or reading holes, and the next daemon takes the fds over. Under systemd: its fd store; without:
+ * the holder process.
+ */
+export interface FdKeeper {
+  /** 'none': nothing outlives the daemon. */
+  readonly kind: 'systemd' | 'holder' | 'none';
+  /** The fd an earlier daemon kept under `name`, if any (now this daemon's own fd). */
+  inherited(name: string): number | undefined;
+  /** Keeps a copy of `fd` under `name`, replacing one kept before; false when there is no keeper. */
+  keep(name: string, fd: number): boolean;
+  /** Drops the copy kept under `name` (stopped on purpose: nothing to resume). */
+  drop(name: string): void;
 }
 
 export interface TransportModule {
@@ -71,6 +88,6 @@ export interface TransportModule {
   /** One line for `doctor`: how misses reach the daemon and what readers see when it is gone. */
   describe(): string;
   /** Whether this kernel and cache directory can run it, tried for real (never guessed from versions). */
-  probe(ctx: Pick<TransportContext, 'cacheDir' | 'inheritedFd'>): Probe;
+  probe(ctx: Pick<TransportContext, 'cacheDir' | 'fds'>): Probe;
   create(ctx: TransportContext): CacheMissTransport;
 }
