@@ -61,3 +61,42 @@ export function encodeDirBlocks(entries: readonly DirEntry[]): Buffer {
   });
   return out;
 }
+
+/**
+ * Whether `data` is byte for byte what `encodeDirBlocks(entries)` makes, checked in place: validating
+ * a bootstrap compares every directory, and encoding each one again was most of that walk's garbage.
+ */
+export function dirBlocksEqual(entries: readonly DirEntry[], data: Buffer): boolean {
+  let i = 0;
+  let base = 0;
+  while (i < entries.length) {
+    let count = 0;
+    let used = 0;
+    while (i + count < entries.length && used + DIRENT_SIZE + entries[i + count].name.length <= BLOCK_SIZE) {
+      used += DIRENT_SIZE + entries[i + count].name.length;
+      count++;
+    }
+    if (count === 0) return false; // a name longer than a block: the writer never makes one
+    const last = i + count === entries.length;
+    if (base + (last ? used : BLOCK_SIZE) !== (last ? data.length : Math.min(data.length, base + BLOCK_SIZE)))
+      return false;
+    let nameoff = count * DIRENT_SIZE;
+    for (let k = 0; k < count; k++, i++) {
+      const e = entries[i];
+      const at = base + k * DIRENT_SIZE;
+      if (
+        data.readUInt32LE(at) !== e.nid % 2 ** 32 ||
+        data.readUInt32LE(at + 4) !== Math.floor(e.nid / 2 ** 32) ||
+        data.readUInt16LE(at + 8) !== nameoff ||
+        data[at + 10] !== e.type ||
+        data[at + 11] !== 0 ||
+        e.name.compare(data, base + nameoff, base + nameoff + e.name.length) !== 0
+      )
+        return false;
+      nameoff += e.name.length;
+    }
+    for (let k = base + used; k < base + BLOCK_SIZE && k < data.length; k++) if (data[k] !== 0) return false;
+    base += BLOCK_SIZE;
+  }
+  return entries.length > 0 || data.length === 0;
+}

@@ -7,7 +7,7 @@
 // The walk is bounded by the image: each directory is expanded once, each structure's bytes are
 // claimed before they are read and may be claimed once, so the work grows with the image's size.
 import { displayPath } from '../tree/node';
-import { dirDataSize, encodeDirBlocks } from './dirent';
+import { dirBlocksEqual } from './dirent';
 import {
   BLOCK_SIZE,
   BLOCK_SIZE_BITS,
@@ -38,7 +38,7 @@ import {
   SUPERBLOCK_OFFSET,
   SUPERBLOCK_SIZE,
 } from './format';
-import { BootstrapError, BootstrapReader, type ChunkIndex, type DirEntryInfo, type InodeInfo } from './reader';
+import { BootstrapError, BootstrapReader, type DirEntryInfo, type InodeInfo } from './reader';
 import { deviceTableEnd, superblockChecksum } from './superblock';
 import { decodeXattrName, prepareXattrs, readXattrArea, xattrAreaSize, XattrError } from './xattr';
 
@@ -110,33 +110,25 @@ function layoutWritten(ifmt: number, size: number, layout: number): boolean {
   return layout === DataLayout.FlatPlain;
 }
 
-/** A name in the tree, linked to its parent: paths are put together only when asked for. */
-interface PathNode {
-  name: Buffer | null;
-  parent: PathNode | null;
-}
-
-function pathOf(node: PathNode): Buffer {
-  const names: Buffer[] = [];
-  for (let at: PathNode | null = node; at?.name; at = at.parent) names.push(at.name);
-  if (names.length === 0) return SLASH;
-  return Buffer.concat(names.reverse().flatMap((n) => [SLASH, n]));
-}
-
+/**
+ * A directory entry to visit, linked to the entry of its directory: paths are put together only when
+ * asked for. One object per entry: parentNid is the parent's nid, whose `..` must name it.
+ */
 interface Pending {
   nid: number;
   /** The dirent type that named it (null for the root). */
   type: DirentType | null;
-  node: PathNode;
-  /** The directory holding the entry: its `..` must name this. */
+  /** Null for the root. */
+  name: Buffer | null;
+  parent: Pending | null;
   parentNid: number;
 }
 
-interface Seen {
-  dir: boolean;
-  links: number;
-  nlink: number;
-  node: PathNode;
+function pathOf(entry: Pending): Buffer {
+  const names: Buffer[] = [];
+  for (let at: Pending | null = entry; at?.name; at = at.parent) names.push(at.name);
+  if (names.length === 0) return SLASH;
+  return Buffer.concat(names.reverse().flatMap((n) => [SLASH, n]));
 }
 
 /** Thrown inside the walk for the inode at hand; the walk adds its nid and path. */
@@ -164,7 +156,14 @@ class Validator {
   private readonly reader: BootstrapReader;
   /** Owner of each 32-byte slot of the image (nid + 1; ROOT_OWNER for block 0's headers; 0 free). */
   private readonly owner: Int32Array;
-  private readonly seen = new Map<number, Seen>();
+  // Inodes reached, by nid (typed arrays: an object per inode was much of the walk's garbage).
+  /** 0: not reached yet; 1: a non-directory; 2: a directory. */
+  private readonly reached: Uint8Array;
+  private readonly links: Uint32Array;
+  private readonly nlinks: Uint32Array;
+  /** Where each inode was first reached, for errors. */
+  private readonly firstNode: Pending[];
+  private readonly reachedNids: number[] = [];
   private chunkBits = -1;
   private entries = 0;
 
@@ -175,6 +174,11 @@ class Validator {
     this.what = opts.what ?? 'bootstrap';
     this.reader = new BootstrapReader(image, this.what);
     this.owner = new Int32Array(Math.ceil(image.length / INODE_SLOT_SIZE));
+    const slots = this.owner.length;
+    this.reached = new Uint8Array(slots);
+    this.links = new Uint32Array(slots);
+    this.nlinks = new Uint32Array(slots);
+    this.firstNode = new Array<Pending>(slots);
   }
 
   private fail(message: string): never {
@@ -184,7 +188,7 @@ class Validator {
   run(visit?: (entry: WalkEntry) => void): BootstrapSummary {
     this.checkSuperblock();
     const root = this.reader.sb.rootNid;
-    const stack: Pending[] = [{ nid: root, type: null, node: { name: null, parent: null }, parentNid: root }];
+    const stack: Pending[] = [{ nid: root, type: null, name: null, parent: null, parentNid: root }];
     while (stack.length > 0) {
       const p = stack.pop()!;
       try {
@@ -192,23 +196,24 @@ class Validator {
       } catch (err) {
         if (err instanceof Fault || (err instanceof BootstrapError && err.context.path === undefined)) {
           const detail = err instanceof BootstrapError ? err.detail : err.message;
-          throw new BootstrapError(detail, { bootstrap: this.what, nid: p.nid, path: displayPath(pathOf(p.node)) });
+          throw new BootstrapError(detail, { bootstrap: this.what, nid: p.nid, path: displayPath(pathOf(p)) });
         }
         throw err;
       }
     }
-    for (const [nid, s] of this.seen) {
-      if (!s.dir && s.links !== s.nlink) {
-        throw new BootstrapError(`nlink ${s.nlink}, but ${s.links} directory entries name the inode`, {
+    for (const nid of this.reachedNids) {
+      if (this.reached[nid] === 1 && this.links[nid] !== this.nlinks[nid]) {
+        throw new BootstrapError(`nlink ${this.nlinks[nid]}, but ${this.links[nid]} directory entries name the inode`, {
           bootstrap: this.what,
           nid,
-          path: displayPath(pathOf(s.node)),
+          path: displayPath(pathOf(this.firstNode[nid])),
         });
       }
     }
-    if (this.reader.sb.inodeCount !== BigInt(this.seen.size))
-      this.fail(`superblock counts ${this.reader.sb.inodeCount} inodes, the tree has ${this.seen.size}`);
-    return { reader: this.reader, inodes: this.seen.size, entries: this.entries };
+    const inodes = this.reachedNids.length;
+    if (this.reader.sb.inodeCount !== BigInt(inodes))
+      this.fail(`superblock counts ${this.reader.sb.inodeCount} inodes, the tree has ${inodes}`);
+    return { reader: this.reader, inodes, entries: this.entries };
   }
 
   private checkSuperblock(): void {
@@ -272,13 +277,14 @@ class Validator {
 
   private step(p: Pending, stack: Pending[], visit?: (entry: WalkEntry) => void): void {
     this.entries++;
-    const known = this.seen.get(p.nid);
-    if (known) {
-      if (known.dir) fault(`directory reached a second time (first at ${displayPath(pathOf(known.node))})`);
-      known.links++;
+    const known = p.nid < this.reached.length ? this.reached[p.nid] : 0;
+    if (known !== 0) {
+      if (known === 2)
+        fault(`directory reached a second time (first at ${displayPath(pathOf(this.firstNode[p.nid]))})`);
+      this.links[p.nid]++;
       const inode = this.reader.inode(p.nid);
       this.checkType(p, inode);
-      visit?.({ path: () => pathOf(p.node), inode, first: false, chunks: [] });
+      visit?.({ path: () => pathOf(p), inode, first: false, chunks: [] });
       return;
     }
     const inode = this.reader.inode(p.nid);
@@ -286,7 +292,11 @@ class Validator {
     if (p.type === null && ifmt !== S_IFDIR) fault('the root is not a directory');
     this.checkType(p, inode);
     this.checkInodeFields(inode);
-    this.seen.set(p.nid, { dir: ifmt === S_IFDIR, links: 1, nlink: inode.nlink, node: p.node });
+    this.reached[p.nid] = ifmt === S_IFDIR ? 2 : 1;
+    this.links[p.nid] = 1;
+    this.nlinks[p.nid] = inode.nlink;
+    this.firstNode[p.nid] = p;
+    this.reachedNids.push(p.nid);
 
     const head = inode.bodyStart + inode.xattrSize;
     let chunks: WalkEntry['chunks'] = [];
@@ -294,7 +304,7 @@ class Validator {
       const count = this.checkChunkFormat(inode);
       const indexAt = this.reader.chunkIndexesAt(inode);
       this.claim(inode.at, indexAt + count * CHUNK_INDEX_SIZE, p.nid, 'inode with its chunk index');
-      this.checkChunks(inode, this.reader.chunkIndexes(inode));
+      this.checkChunks(inode, indexAt, count);
       if (visit) chunks = this.reader.chunks(inode);
     } else {
       const { tailLen, tailAt } = this.reader.extents(inode);
@@ -305,7 +315,7 @@ class Validator {
     this.checkXattrs(inode);
     if (ifmt === S_IFDIR) this.expandDir(p, inode, stack);
     else if (ifmt === S_IFLNK) this.checkSymlink(p, inode);
-    visit?.({ path: () => pathOf(p.node), inode, first: true, chunks });
+    visit?.({ path: () => pathOf(p), inode, first: true, chunks });
   }
 
   private checkType(p: Pending, inode: InodeInfo): void {
@@ -354,22 +364,26 @@ class Validator {
     return Math.ceil(inode.size / this.reader.chunkSize(inode));
   }
 
-  private checkChunks(inode: InodeInfo, indexes: readonly ChunkIndex[]): void {
+  /** The `count` chunk indexes at `indexAt` (claimed already), read in place: no object per chunk. */
+  private checkChunks(inode: InodeInfo, indexAt: number, count: number): void {
+    const { image } = this;
     const devices = this.reader.sb.devices;
     const chunkSize = this.reader.chunkSize(inode);
-    for (let k = 0; k < indexes.length; k++) {
-      const c = indexes[k];
-      if (c.advise !== 0) fault(`chunk ${k} has advise bits 0x${c.advise.toString(16)}`);
-      if (c.blkaddr === NULL_ADDR) {
-        if (c.device !== 0) fault(`chunk ${k} is a hole on device ${c.device}`);
+    for (let k = 0, at = indexAt; k < count; k++, at += CHUNK_INDEX_SIZE) {
+      const advise = image.readUInt16LE(at);
+      const device = image.readUInt16LE(at + 2);
+      const blkaddr = image.readUInt32LE(at + 4);
+      if (advise !== 0) fault(`chunk ${k} has advise bits 0x${advise.toString(16)}`);
+      if (blkaddr === NULL_ADDR) {
+        if (device !== 0) fault(`chunk ${k} is a hole on device ${device}`);
         continue;
       }
-      if (c.device < 1 || c.device > devices.length)
-        fault(`chunk ${k} names device ${c.device}, the device table has ${devices.length}`);
+      if (device < 1 || device > devices.length)
+        fault(`chunk ${k} names device ${device}, the device table has ${devices.length}`);
       const blocks = Math.ceil(Math.min(chunkSize, inode.size - k * chunkSize) / BLOCK_SIZE);
-      const dev = devices[c.device - 1];
-      if (c.blkaddr + blocks > dev.blocks)
-        fault(`chunk ${k} at block ${c.blkaddr} (+${blocks}) lies beyond device ${c.device}'s ${dev.blocks} blocks`);
+      const dev = devices[device - 1];
+      if (blkaddr + blocks > dev.blocks)
+        fault(`chunk ${k} at block ${blkaddr} (+${blocks}) lies beyond device ${device}'s ${dev.blocks} blocks`);
     }
   }
 
@@ -421,17 +435,14 @@ class Validator {
       fault('`.` is missing or does not name the directory');
     if (!dotdot || dotdot.nid !== p.parentNid || dotdot.type !== DirentType.Dir)
       fault('`..` is missing or does not name the parent directory');
-    const lengths = entries.map((e) => e.name.length);
-    if (dirDataSize(lengths) !== inode.size)
-      fault(`directory size ${inode.size}, its entries take ${dirDataSize(lengths)} bytes`);
-    // Byte for byte what the writer makes of these entries: packing, offsets and padding included.
-    if (!encodeDirBlocks(entries).equals(this.reader.data(inode)))
+    // Byte for byte what the writer makes of these entries: packing, offsets, padding and size included.
+    if (!dirBlocksEqual(entries, this.reader.data(inode)))
       fault('directory blocks are not laid out as the writer lays them out');
     const subdirs = children.filter((c) => c.type === DirentType.Dir).length;
     if (inode.nlink !== 2 + subdirs) fault(`nlink ${inode.nlink}, expected ${2 + subdirs} (2 + subdirectories)`);
     for (let k = children.length - 1; k >= 0; k--) {
       const c = children[k];
-      stack.push({ nid: c.nid, type: c.type, node: { name: c.name, parent: p.node }, parentNid: p.nid });
+      stack.push({ nid: c.nid, type: c.type, name: c.name, parent: p, parentNid: p.nid });
     }
   }
 }

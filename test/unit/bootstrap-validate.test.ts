@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { inspectBootstrap } from '../../src/cli/inspect';
-import { BLOCK_SIZE, DIRENT_SIZE, SUPERBLOCK_OFFSET } from '../../src/erofs/format';
+import { dirBlocksEqual, encodeDirBlocks, type DirEntry } from '../../src/erofs/dirent';
+import { BLOCK_SIZE, DIRENT_SIZE, DirentType, SUPERBLOCK_OFFSET } from '../../src/erofs/format';
 import { BootstrapError, BootstrapReader } from '../../src/erofs/reader';
 import { sealSuperblock } from '../../src/erofs/superblock';
 import { validateBootstrap, type WalkEntry } from '../../src/erofs/validate';
@@ -333,5 +334,42 @@ describe('fuzz: mutated bootstraps are refused clearly or accepted, never a cras
     t.diagnostic(`${refused} refused, ${accepted} accepted, slowest ${slowest.ms} ms`);
     // A bound far above what one of these small images takes: a loop would blow through it.
     assert.ok(slowest.ms < 2000, `seed ${slowest.seed} took ${slowest.ms} ms`);
+  });
+});
+
+describe('dirBlocksEqual', () => {
+  // Directories of 1..300 entries with names of 1..255 bytes: several blocks, full and partial.
+  const dirs = fc
+    .array(fc.integer({ min: 1, max: 255 }), { minLength: 1, maxLength: 300, size: 'max' })
+    .map((lengths) =>
+      lengths
+        .map((len, i): DirEntry => ({
+          name: Buffer.from(`${i.toString().padStart(4, '0')}${'n'.repeat(len)}`.slice(0, Math.max(len, 4))),
+          nid: i * 3 + 7,
+          type: DirentType.RegFile,
+        }))
+        .sort((a, b) => Buffer.compare(a.name, b.name)),
+    );
+
+  it('accepts what encodeDirBlocks writes and nothing that differs by one byte or in size', () => {
+    fc.assert(
+      fc.property(dirs, fc.nat(), (entries, pick) => {
+        const data = encodeDirBlocks(entries);
+        assert.equal(dirBlocksEqual(entries, data), true);
+        const changed = Buffer.from(data);
+        changed[pick % changed.length] ^= 0x01;
+        assert.equal(dirBlocksEqual(entries, changed), false);
+        // The padding at the end of each full block: zeros, as the writer leaves them.
+        for (let end = BLOCK_SIZE; end < data.length; end += BLOCK_SIZE) {
+          if (data[end - 1] !== 0) continue;
+          const padded = Buffer.from(data);
+          padded[end - 1] = 1;
+          assert.equal(dirBlocksEqual(entries, padded), false);
+        }
+        assert.equal(dirBlocksEqual(entries, Buffer.concat([data, Buffer.alloc(1)])), false);
+        assert.equal(dirBlocksEqual(entries, data.subarray(0, data.length - 1)), false);
+      }),
+      { numRuns: 200 },
+    );
   });
 });
