@@ -136,6 +136,8 @@ export class HttpClient {
   private readonly namespace: string | undefined;
   private readonly agent: Agent;
   private readonly auth: RegistryAuth;
+  /** Whether the registry serves the referrers API, once it has answered (404: it does not). */
+  referrersApi: boolean | undefined = undefined;
 
   constructor(host: string, opts: HttpClientOptions) {
     this.host = host;

@@ -177,31 +177,43 @@ export async function referrers(
   artifactType?: string,
 ): Promise<Descriptor[]> {
   const ctx = digestContext(http.where(), repo, digest);
-  const url = http.url(`${repo}/referrers/${digest}`);
-  if (artifactType) url.searchParams.set('artifactType', artifactType);
-  const res = await http.send({
-    op: 'list referrers',
-    method: 'GET',
-    url,
-    headers: { accept: MediaType.ociIndex },
-    scopes: [pullScope(repo)],
-    ctx,
-    retry: true,
-  });
-  let index: ImageIndex;
-  if (res.status === 200) {
-    const raw = await readManifestBody(http, res, ctx);
-    index = parseIndex(raw, mediaTypeOf(header(res, 'content-type')), ctx);
-  } else if (res.status === 404) {
-    await res.body.dump();
-    log.debug('registry has no referrers API; using the tag schema', ctx);
-    const tag = referrersTag(digest);
-    const got = await fetchManifest(http, repo, tag, [MediaType.ociIndex]);
-    if (!got) return [];
-    index = parseIndex(got.raw, got.mediaType, refContext(http.where(), repo, tag));
+  const tag = referrersTag(digest);
+  const viaTag = () => fetchManifest(http, repo, tag, [MediaType.ociIndex]);
+  const fromTag = (got: ManifestResponse | null): ImageIndex | null =>
+    got ? parseIndex(got.raw, got.mediaType, refContext(http.where(), repo, tag)) : null;
+  let index: ImageIndex | null;
+  if (http.referrersApi === false) {
+    index = fromTag(await viaTag());
   } else {
-    throw await http.unexpected(res, 'list referrers', ctx);
+    // Until the registry has answered once, the tag schema is asked at the same time: a registry
+    // without the API then costs no second round trip on the way to a mount.
+    const early = http.referrersApi === undefined ? viaTag() : null;
+    early?.catch(() => undefined); // awaited below only when the API is missing
+    const url = http.url(`${repo}/referrers/${digest}`);
+    if (artifactType) url.searchParams.set('artifactType', artifactType);
+    const res = await http.send({
+      op: 'list referrers',
+      method: 'GET',
+      url,
+      headers: { accept: MediaType.ociIndex },
+      scopes: [pullScope(repo)],
+      ctx,
+      retry: true,
+    });
+    if (res.status === 200) {
+      http.referrersApi = true;
+      const raw = await readManifestBody(http, res, ctx);
+      index = parseIndex(raw, mediaTypeOf(header(res, 'content-type')), ctx);
+    } else if (res.status === 404) {
+      await res.body.dump();
+      log.debug('registry has no referrers API; using the tag schema', ctx);
+      http.referrersApi = false;
+      index = fromTag(await (early ?? viaTag()));
+    } else {
+      throw await http.unexpected(res, 'list referrers', ctx);
+    }
   }
+  if (!index) return [];
   return artifactType ? index.manifests.filter((m) => m.artifactType === artifactType) : index.manifests;
 }
 

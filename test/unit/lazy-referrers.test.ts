@@ -134,3 +134,26 @@ describe('finding the lazy image through referrers', () => {
     }
   });
 });
+
+describe('a registry without the referrers API', () => {
+  it('is asked through the tag schema at once, and after its first 404 through the tag schema alone', async () => {
+    await pushSmallImage(client, 'library/tags', '1', img);
+    await addReferrer('library/tags', `${reg.host}/lazy/tags:1@${img.digest}`);
+    const fresh = new RegistryClient(reg.host, { plainHttp: true, retries: 1 });
+    try {
+      reg.requests.length = 0;
+      const first = await fresh.referrers('library/tags', img.digest, LazyMediaType.referrer);
+      assert.equal(first.length, 1);
+      const paths = () => reg.requests.map((r) => r.path.replace(/\?.*$/, ''));
+      const tag = `/v2/library/tags/manifests/${img.digest.replace(':', '-')}`;
+      // Both asked on the first lookup: which one answers is not known yet.
+      assert.deepEqual(paths().sort(), [`/v2/library/tags/referrers/${img.digest}`, tag].sort());
+      reg.requests.length = 0;
+      const again = await fresh.referrers('library/tags', img.digest, LazyMediaType.referrer);
+      assert.deepEqual(again, first);
+      assert.deepEqual(paths(), [tag], 'the API that answered 404 is not asked again');
+    } finally {
+      await fresh.close();
+    }
+  });
+});
