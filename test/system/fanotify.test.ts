@@ -83,4 +83,25 @@ describe('fanotify pre-content transport primitives', () => {
       },
     );
   });
+
+  it('adopts only a fanotify group fd; sweeps only before reading', () => {
+    const file = path.join(work, 'not-a-group');
+    fs.writeFileSync(file, '');
+    const fd = fs.openSync(file, 'r');
+    try {
+      assert.throws(() => new native.FanotifyGroup(fd), /inherited fd \d+ is .*not-a-group, not a fanotify group/);
+    } finally {
+      fs.closeSync(fd);
+    }
+    const g = new native.FanotifyGroup();
+    try {
+      assert.ok(g.fd >= 0);
+      assert.equal(g.sweep(), 0, 'a new group has no event left unanswered');
+      g.start(() => undefined);
+      assert.throws(() => g.sweep(), /after the reader started/);
+    } finally {
+      g.close();
+    }
+    assert.equal(g.fd, -1);
+  });
 });
