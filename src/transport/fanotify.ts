@@ -30,6 +30,22 @@ export function readsWithoutDaemon(keeper: FdKeeper['kind']): 'wait' | 'zeros' {
   return keeper === 'none' ? 'zeros' : 'wait';
 }
 
+/** The group a daemon that died left with the keeper; one that is not a fanotify group is dropped. */
+function adopt(fds: FdKeeper | undefined): FanotifyGroup | undefined {
+  const fd = fds?.inherited(FDNAME);
+  if (fd === undefined) return undefined;
+  try {
+    const group = new native.FanotifyGroup(fd);
+    log.info('fanotify group inherited from the previous daemon', { fd });
+    return group;
+  } catch (err) {
+    log.error('inherited fanotify fd refused: starting a new group', { fd, error: (err as Error).message });
+    fds?.drop(FDNAME);
+    fs.closeSync(fd);
+    return undefined;
+  }
+}
+
 export class FanotifyTransport implements CacheMissTransport {
   readonly name = 'fanotify' as const;
   private readonly group: FanotifyGroup;
@@ -50,13 +66,10 @@ export class FanotifyTransport implements CacheMissTransport {
     private readonly fds?: FdKeeper,
   ) {
     this.misses = new MissRequests('fanotify', opts);
-    const inheritedFd = fds?.inherited(FDNAME);
-    this.inherited = inheritedFd !== undefined;
-    this.group = new native.FanotifyGroup(inheritedFd);
-    if (this.inherited) {
-      log.info('fanotify group inherited from the previous daemon', { fd: inheritedFd });
-      return;
-    }
+    const adopted = adopt(fds);
+    this.inherited = adopted !== undefined;
+    this.group = adopted ?? new native.FanotifyGroup();
+    if (this.inherited) return;
     if (fds?.keep(FDNAME, this.group.fd)) log.info('fanotify group handed to the fd keeper', { keeper: fds.kind });
     this.begin();
   }
@@ -123,7 +136,8 @@ export class FanotifyTransport implements CacheMissTransport {
     const answer = (errno: number) => this.group.respond(e.fd, errno);
     // The daemon's own writes (prefetch) raise events too; what it writes is already verified. Only
     // this process's own pid is trusted: a daemon that died took its waiting writes with it (the kernel
-    // drops the events of a killed writer), and anything else is served as a reader's miss.
+    // drops a killed writer's queued events; those read already are swept), and any other pid is served
+    // as a reader's miss.
     if (e.pid === process.pid) return answer(0);
     let blob: BlobCache | undefined;
     try {
