@@ -125,6 +125,8 @@ class DecodeChunksWorker : public Napi::AsyncWorker {
       return "sha256 failed";
     }
     if (std::memcmp(digest, c.digest, kDigestSize) != 0) return "sha256 " + Hex(digest) + " does not match " + Hex(c.digest);
+    // Only verified bytes, from the chunk's start forwards: a write cut short (the daemon killed) leaves
+    // a hole at the chunk's end, so the chunk is never taken as present (src/storage/blob-cache.ts).
     for (size_t done = 0; done < n;) {
       ssize_t w = ::pwrite(fd_, state.room.data() + done, n - done, c.fileOffset + static_cast<off_t>(done));
       if (w < 0 && errno == EINTR) continue;

@@ -1,5 +1,7 @@
 // fanotify pre-content events (Linux 6.14+): a reader thread delivers FAN_PRE_ACCESS events with
 // their byte range to JS; JS fills the range through the event's own fd and answers allow or deny.
+// A group outlives a daemon that dies while another process (the fd keeper) holds a copy of its fd:
+// the next daemon adopts that fd, sweeps the events the dead one had read but not answered, then reads.
 #include "fanotify.h"
 #include "errors.h"
 #include "reader_thread.h"
@@ -8,7 +10,9 @@
 #include <cstring>
 #include <fcntl.h>
 #include <linux/fanotify.h>
+#include <string>
 #include <sys/fanotify.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #ifndef FAN_PRE_ACCESS
@@ -43,12 +47,32 @@ class Group : public Napi::ObjectWrap<Group> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FanotifyGroup",
                        {InstanceMethod("mark", &Group::Mark), InstanceMethod("start", &Group::Start),
-                        InstanceMethod("respond", &Group::Respond), InstanceMethod("close", &Group::Close)});
+                        InstanceMethod("respond", &Group::Respond), InstanceMethod("sweep", &Group::Sweep),
+                        InstanceMethod("close", &Group::Close), InstanceAccessor("fd", &Group::GetFd, nullptr)});
   }
 
+  // new FanotifyGroup(): a new FAN_CLASS_PRE_CONTENT group. new FanotifyGroup(fd): adopts the group fd
+  // an earlier daemon left with the fd keeper (its marks and queued events come with it).
   explicit Group(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Group>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "FanotifyGroup(fd?): fd must be a number");
+      int fd = info[0].As<Napi::Number>().Int32Value();
+      std::string link = "/proc/self/fd/" + std::to_string(fd);
+      char target[64] = {0};
+      ssize_t n = readlink(link.c_str(), target, sizeof target - 1);
+      if (n < 0) ThrowErrno(env, errno, "readlink", link);
+      if (std::string(target, static_cast<size_t>(n)) != "anon_inode:[fanotify]") {
+        throw Napi::Error::New(env, "inherited fd " + std::to_string(fd) + " is " + std::string(target, static_cast<size_t>(n)) +
+                                        ", not a fanotify group");
+      }
+      // Inherited without close-on-exec: a child holding it would keep the group alive behind our back.
+      if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) ThrowErrno(env, errno, "fcntl(FD_CLOEXEC)", link);
+      fd_ = fd;
+      return;
+    }
     fd_ = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC, O_RDWR | O_LARGEFILE);
-    if (fd_ < 0) ThrowErrno(info.Env(), errno, "fanotify_init(FAN_CLASS_PRE_CONTENT)");
+    if (fd_ < 0) ThrowErrno(env, errno, "fanotify_init(FAN_CLASS_PRE_CONTENT)");
   }
 
   ~Group() override { Shutdown(); }
@@ -84,6 +108,42 @@ class Group : public Napi::ObjectWrap<Group> {
     if (n != static_cast<ssize_t>(sizeof r)) ThrowErrno(info.Env(), saved, "write(fanotify_response)");
     return info.Env().Undefined();
   }
+
+  // sweep(maxFd?): denies with EIO every event an earlier reader of this group took and left unanswered,
+  // by trying each fd number in [0, maxFd] (default: this process's hard RLIMIT_NOFILE, which the
+  // daemon's service shares). The kernel matches a response by fd number only, and a new event may be
+  // given the number of a stale one: so this runs before the first read. Returns how many were answered.
+  Napi::Value Sweep(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) throw Napi::Error::New(env, "fanotify group is closed");
+    if (reader_.running()) throw Napi::Error::New(env, "fanotify sweep after the reader started: stale and new events would mix");
+    int64_t maxFd;
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      maxFd = info[0].As<Napi::Number>().Int64Value();
+    } else {
+      struct rlimit rl;
+      if (getrlimit(RLIMIT_NOFILE, &rl) != 0) ThrowErrno(env, errno, "getrlimit(RLIMIT_NOFILE)");
+      maxFd = rl.rlim_max == RLIM_INFINITY ? INT32_MAX : static_cast<int64_t>(rl.rlim_max);
+    }
+    if (maxFd > INT32_MAX) maxFd = INT32_MAX;
+    uint32_t answered = 0;
+    for (int64_t n = 0; n <= maxFd; n++) {
+      struct fanotify_response r = {static_cast<int32_t>(n), FAN_DENY | (EIO << EO_FAN_ERRNO_SHIFT)};
+      if (write(fd_, &r, sizeof r) == static_cast<ssize_t>(sizeof r)) {
+        answered++;
+        continue;
+      }
+      if (errno == ENOENT) continue;  // no pending event with this number
+      if (errno == EINTR) {
+        n--;
+        continue;
+      }
+      ThrowErrno(env, errno, "write(fanotify_response) sweeping fd", std::to_string(n));
+    }
+    return Napi::Number::New(env, answered);
+  }
+
+  Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Shutdown();

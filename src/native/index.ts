@@ -20,6 +20,14 @@ export interface FanotifyGroup {
   start(onEvent: (e: PreAccessEvent) => void): void;
   /** errno 0 allows the access; any other value denies it with that errno. Closes the event fd. */
   respond(eventFd: number, errno: number): void;
+  /**
+   * Denies with EIO every event an earlier reader of an adopted group read and left unanswered, trying
+   * each fd number in 0..maxFd (default: the hard RLIMIT_NOFILE); returns how many it answered. Only
+   * before `start`: the kernel matches a response by fd number alone, and a new event may reuse one.
+   */
+  sweep(maxFd?: number): number;
+  /** The group's fd (-1 once closed): what the fd keeper holds a copy of. */
+  readonly fd: number;
   close(): void;
 }
 
@@ -98,7 +106,8 @@ export interface FuseSession {
 }
 
 interface NativeAddon {
-  FanotifyGroup: new () => FanotifyGroup;
+  /** A new FAN_CLASS_PRE_CONTENT group, or the one whose fd an earlier daemon left (checked to be one). */
+  FanotifyGroup: new (inheritedFd?: number) => FanotifyGroup;
   CachefilesDevice: new () => CachefilesDevice;
   /** The message CachefilesDevice.start would deliver for these bytes (for tests of the parser). */
   parseCachefilesMessage(message: Buffer): CachefilesMessage;

@@ -59,6 +59,16 @@ export class BlobCache implements RangeSource, ChunkDestination {
     private readonly fetcher: ChunkFetcher,
   ) {
     this.state = new ChunkState(index.chunks.length);
+    // Invariant: a chunk whose blocks are all allocated holds exactly its verified bytes, even after a
+    // daemon was killed in the middle of writing it (and the next one takes its mounts over). Why:
+    // - the only writes to a cache file are chunks decoded and verified in full first, each written
+    //   from its own (block-aligned) offset forwards (native/chunk_decode.cc); so every allocated block
+    //   of a chunk's range was written with that chunk's bytes (punches only free blocks);
+    // - SIGKILL stops a write(2) only between the page-cache pieces it copies, never within one, and a
+    //   write cut short leaves the rest of its range as it was: holes. So a chunk cut short has a hole
+    //   before alignedEnd, and the SEEK_HOLE test below counts it missing; it is fetched again.
+    // This needs a filesystem that allocates only the blocks written (ext4, xfs, btrfs; not tmpfs with
+    // huge pages, which would count a whole huge page written as soon as any part of it is).
     index.chunks.forEach((c, i) => {
       const found =
         native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&

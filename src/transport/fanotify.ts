@@ -2,13 +2,49 @@
 // reader is about to read from a blob's cache file; missing chunks are fetched, verified and written
 // (through the cache's own fd: its events are the daemon's own, allowed at once), then the read is
 // allowed. Any failure denies it with EIO.
+//
+// The group is handed to the fd keeper (systemd's fd store, or the holder): while the keeper holds a
+// copy, a daemon that dies leaves the group alive, readers of unfilled ranges wait (they never read
+// zeros) and the next daemon adopts the group with its marks and queued events, and resumes the mounts
+// as they are. Only the group's last close allows everything: without a keeper (and after a planned
+// stop, which drops the keeper's copy) unfilled ranges then read as zeros.
 import fs from 'node:fs';
 import path from 'node:path';
+import { log } from '../log';
 import { mountFileBacked, unmount } from '../mount/file-backed';
+import { mounts } from '../mount/mountinfo';
 import { native, type FanotifyGroup, type PreAccessEvent } from '../native';
 import type { BlobCache } from '../storage/blob-cache';
 import { MissRequests, type MissOptions } from './miss-requests';
-import type { CacheMissTransport, MountableImage, Probe, TransportModule } from './transport';
+import type { CacheMissTransport, FdKeeper, MountableImage, MountState, Probe, TransportModule } from './transport';
+
+/** The group fd's name in the fd keeper. */
+export const FDNAME = 'fanotify';
+
+/**
+ * What a reader of a range not cached gets while no daemon runs: with a keeper the group outlives the
+ * daemon and the read waits for the next one; without, the group dies with the daemon and the range
+ * reads as zeros.
+ */
+export function readsWithoutDaemon(keeper: FdKeeper['kind']): 'wait' | 'zeros' {
+  return keeper === 'none' ? 'zeros' : 'wait';
+}
+
+/** The group a daemon that died left with the keeper; one that is not a fanotify group is dropped. */
+function adopt(fds: FdKeeper | undefined): FanotifyGroup | undefined {
+  const fd = fds?.inherited(FDNAME);
+  if (fd === undefined) return undefined;
+  try {
+    const group = new native.FanotifyGroup(fd);
+    log.info('fanotify group inherited from the previous daemon', { fd });
+    return group;
+  } catch (err) {
+    log.error('inherited fanotify fd refused: starting a new group', { fd, error: (err as Error).message });
+    fds?.drop(FDNAME);
+    fs.closeSync(fd);
+    return undefined;
+  }
+}
 
 export class FanotifyTransport implements CacheMissTransport {
   readonly name = 'fanotify' as const;
@@ -17,11 +53,25 @@ export class FanotifyTransport implements CacheMissTransport {
   private readonly byInode = new Map<number, BlobCache>();
   /** Pending events by their fd. */
   private readonly misses: MissRequests<number>;
+  /** The group came from an earlier daemon: mounts are resumed, and `begin` sweeps before reading. */
+  private readonly inherited: boolean;
+  private started = false;
 
-  constructor(opts: MissOptions = {}) {
+  /**
+   * Creates a group, or adopts the one a daemon that died left with the keeper. A new group is handed to
+   * the keeper and read at once; an inherited one is read only from `begin`, once its mounts are resumed.
+   */
+  constructor(
+    opts: MissOptions = {},
+    private readonly fds?: FdKeeper,
+  ) {
     this.misses = new MissRequests('fanotify', opts);
-    this.group = new native.FanotifyGroup();
-    this.group.start((e) => this.onEvent(e));
+    const adopted = adopt(fds);
+    this.inherited = adopted !== undefined;
+    this.group = adopted ?? new native.FanotifyGroup();
+    if (this.inherited) return;
+    if (fds?.keep(FDNAME, this.group.fd)) log.info('fanotify group handed to the fd keeper', { keeper: fds.kind });
+    this.begin();
   }
 
   get requests(): number {
@@ -29,12 +79,44 @@ export class FanotifyTransport implements CacheMissTransport {
   }
 
   settings(): Record<string, unknown> {
-    return {};
+    return { inherited: this.inherited, withoutDaemon: readsWithoutDaemon(this.fds?.kind ?? 'none') };
   }
 
-  async mount(image: MountableImage, target: string): Promise<void> {
+  /**
+   * Starts reading events. An inherited group is swept first: events the dead daemon read and never
+   * answered are denied (EIO), by fd number, before any new event can be given one of their numbers
+   * (an answer to that number would release the stale reader instead, with zeros).
+   */
+  begin(): void {
+    if (this.started) return;
+    this.started = true;
+    if (this.inherited) {
+      const answered = this.group.sweep();
+      log.info('fanotify events left unanswered by the previous daemon denied', { events: answered });
+    }
+    this.group.start((e) => this.onEvent(e));
+  }
+
+  /**
+   * Takes over a mount of the daemon that died, as it is: its blobs are marked in the inherited group
+   * already (marks belong to the group). True only when the group is inherited, the mount is there
+   * and each cache file is still the inode that was marked and mounted.
+   */
+  resume(image: MountableImage, target: string, state: MountState): boolean {
+    if (!this.inherited || !state.inodes) return false;
+    if (!mounts().some((m) => m.target === target && m.fstype === 'erofs')) return false;
+    const inodes = state.inodes.split(',').map(Number);
+    const now = image.blobs.map((b) => fs.statSync(b.path).ino);
+    if (inodes.length !== now.length || inodes.some((ino, i) => ino !== now[i])) return false;
+    image.blobs.forEach((b, i) => this.byInode.set(now[i], b));
+    return true;
+  }
+
+  async mount(image: MountableImage, target: string): Promise<MountState> {
     this.attach(image.blobs); // before mounting: the kernel reports nothing on files marked after the mount
     mountFileBacked({ bootstrap: image.bootstrapPath, blobs: image.blobs.map((b) => b.path), target });
+    // What `resume` checks: the inodes marked and mounted are still the cache files.
+    return { inodes: image.blobs.map((b) => fs.statSync(b.path).ino).join(',') };
   }
 
   async unmount(target: string, opts: { lazy?: boolean } = {}): Promise<void> {
@@ -52,7 +134,10 @@ export class FanotifyTransport implements CacheMissTransport {
 
   private onEvent(e: PreAccessEvent): void {
     const answer = (errno: number) => this.group.respond(e.fd, errno);
-    // The daemon's own writes (prefetch) raise events too; what it writes is already verified.
+    // The daemon's own writes (prefetch) raise events too; what it writes is already verified. Only
+    // this process's own pid is trusted: a daemon that died took its waiting writes with it (the kernel
+    // drops a killed writer's queued events; those read already are swept), and any other pid is served
+    // as a reader's miss.
     if (e.pid === process.pid) return answer(0);
     let blob: BlobCache | undefined;
     try {
@@ -81,9 +166,14 @@ export class FanotifyTransport implements CacheMissTransport {
     });
   }
 
+  /**
+   * Stopping on purpose (mounts are gone): pending events are denied and the keeper's copy is dropped,
+   * so the group, its marks and the cache files' inodes are not kept alive after the daemon.
+   */
   async close(): Promise<void> {
     // A reader blocked on an unanswered event would hang: deny what is left before closing.
     this.misses.failAll();
+    this.fds?.drop(FDNAME);
     this.group.close();
   }
 }
@@ -108,9 +198,14 @@ function probe({ cacheDir }: { cacheDir: string }): Probe {
 export const fanotifyTransport: TransportModule = {
   name: 'fanotify',
   feature: 'fanotify pre-content',
+  // After a planned stop (the keeper's copy dropped) or without a keeper, unfilled ranges read as zeros.
   zerosWithoutDaemon: true,
-  describe: () =>
-    'pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+); without the daemon, unfilled ranges read as zeros',
+  describe: (keeper: FdKeeper['kind'] = 'none') =>
+    `pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+); ${
+      readsWithoutDaemon(keeper) === 'wait'
+        ? 'without the daemon, reads of data not cached wait for the next one (the fd keeper holds the group)'
+        : 'without the daemon, unfilled ranges read as zeros (no fd keeper holds the group)'
+    }`,
   probe,
-  create: (ctx) => new FanotifyTransport(ctx.misses),
+  create: (ctx) => new FanotifyTransport(ctx.misses, ctx.fds),
 };

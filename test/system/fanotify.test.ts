@@ -7,6 +7,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { native, type FanotifyGroup } from '../../src/native';
+import { FanotifyTransport } from '../../src/transport/fanotify';
+import type { FdKeeper } from '../../src/transport/transport';
 import { mountFileBacked, unmount } from '../../src/mount/file-backed';
 import { makeKitchenSink } from '../lib/fixtures';
 import { build, cleanup, tempDir } from '../lib/image';
@@ -82,5 +84,46 @@ describe('fanotify pre-content transport primitives', () => {
         assert.ok(fs.readdirSync(mnt).includes('one-chunk'));
       },
     );
+  });
+
+  it('adopts only a fanotify group fd; sweeps only before reading', () => {
+    const file = path.join(work, 'not-a-group');
+    fs.writeFileSync(file, '');
+    const fd = fs.openSync(file, 'r');
+    try {
+      assert.throws(() => new native.FanotifyGroup(fd), /inherited fd \d+ is .*not-a-group, not a fanotify group/);
+    } finally {
+      fs.closeSync(fd);
+    }
+    const g = new native.FanotifyGroup();
+    try {
+      assert.ok(g.fd >= 0);
+      assert.equal(g.sweep(), 0, 'a new group has no event left unanswered');
+      g.start(() => undefined);
+      assert.throws(() => g.sweep(), /after the reader started/);
+    } finally {
+      g.close();
+    }
+    assert.equal(g.fd, -1);
+  });
+
+  it('a transport handed an fd that is no fanotify group drops it and keeps a new group', async () => {
+    const file = path.join(work, 'not-a-group-either');
+    fs.writeFileSync(file, '');
+    const calls: string[] = [];
+    const keeper: FdKeeper = {
+      kind: 'systemd',
+      inherited: (name) => (name === 'fanotify' ? fs.openSync(file, 'r') : undefined),
+      keep: (name, fd) => (calls.push(`keep ${name} ${fd >= 0}`), true),
+      drop: (name) => void calls.push(`drop ${name}`),
+    };
+    const t = new FanotifyTransport({}, keeper);
+    try {
+      assert.deepEqual(t.settings(), { inherited: false, withoutDaemon: 'wait' });
+      assert.deepEqual(calls, ['drop fanotify', 'keep fanotify true']);
+    } finally {
+      await t.close();
+    }
+    assert.deepEqual(calls.slice(2), ['drop fanotify'], 'a planned stop drops the kept group');
   });
 });

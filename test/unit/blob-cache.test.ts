@@ -159,6 +159,27 @@ describe('BlobCache.serve', () => {
     }
   });
 
+  it('a chunk whose write was cut short (a daemon killed while writing it) is missing at the next open', async () => {
+    const blob = await makeFakeBlob();
+    const first = open(blob);
+    first.cache.close();
+    // What a killed daemon leaves: the chunk's first blocks written with its bytes, the rest holes.
+    const c = blob.chunks[2];
+    const fd = fs.openSync(first.file, 'r+');
+    fs.writeSync(fd, expected(blob, c.uncompressedOffset, c.uncompressedOffset + 8192), 0, 8192, c.uncompressedOffset);
+    fs.closeSync(fd);
+    const reader = blob.reader();
+    const again = BlobCache.open(first.file, blob.remote(reader.read), blob.index, new ChunkFetcher());
+    try {
+      assert.equal(again.presentChunks, 0, 'a chunk with a hole is not present');
+      const got = await serveBuffer(again, c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize);
+      assert.equal(got.fetched, 1, 'fetched again');
+      assert.ok(got.data.equals(expected(blob, c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize)));
+    } finally {
+      again.close();
+    }
+  });
+
   it('eviction punches out the oldest unpinned chunks; a chunk being served is never punched', async () => {
     const blob = await makeFakeBlob();
     const { cache, reader } = open(blob);
