@@ -47,6 +47,8 @@ const REPLY_BUFFER_SIZE = P.OUT_HEADER_SIZE + 256 * 4096;
 const MAX_POOLED_BUFFERS = 64;
 const NO_REPLY_OPCODES = new Set<number>([P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT]);
 const W_OK = 2;
+/** Set by the kernel in `unique` on a request sent again after FUSE_NOTIFY_RESEND. */
+const UNIQUE_RESEND = 1n << 63n;
 
 interface Node {
   ino: number;
@@ -88,6 +90,8 @@ export class BlobFs {
   private readonly misses: MissRequests<bigint>;
   private closed = false;
   private malformed = 0;
+  /** Requests the kernel sent again (FUSE_NOTIFY_RESEND): taken by a daemon that died before answering. */
+  resent = 0;
   private readonly started = Math.floor(Date.now() / 1000);
   readonly directIo: boolean;
   /** What INIT settled (by this daemon or, restored, by the one whose session it took over). */
@@ -174,6 +178,8 @@ export class BlobFs {
       return;
     }
     const { header, req } = parsed;
+    if (header.unique & UNIQUE_RESEND && this.resent++ === 0)
+      log.info('FUSE requests the previous daemon left unanswered are sent again', { opcode: header.opcode });
     if (P.expectsNoReply(req)) return; // FORGET/BATCH_FORGET: nodes live for the session; INTERRUPT: reads finish anyway
     if (req.op === 'read') return this.read(header, req);
     let out: Buffer;
@@ -578,7 +584,7 @@ export class FuseTransport implements CacheMissTransport {
   }
 
   settings(): Record<string, unknown> {
-    return { fuseBacking: this.backing, fuseDir: this.dir, inherited: this.inherited };
+    return { fuseBacking: this.backing, fuseDir: this.dir, inherited: this.inherited, fuseResent: this.fs.resent };
   }
 
   private send(reply: Buffer): void {

@@ -8,11 +8,7 @@ import { after, it } from 'node:test';
 import type { RangeSource } from '../../src/storage/range-source';
 import { BlobFs } from '../../src/transport/fuse';
 import * as P from '../../src/transport/fuse-protocol';
-import {
-  loadFuseSessionState,
-  saveFuseSessionState,
-  type BlobFsState,
-} from '../../src/transport/fuse-session-state';
+import { loadFuseSessionState, saveFuseSessionState, type BlobFsState } from '../../src/transport/fuse-session-state';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fuse-session-state-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -55,7 +51,7 @@ function session(restore?: BlobFsState) {
     const r = last();
     if (r.readInt32LE(4) !== 0) return [`error ${-r.readInt32LE(4)}`];
     const names: string[] = [];
-    for (let at = 16; at < r.length; ) {
+    for (let at = 16; at < r.length;) {
       const len = r.readUInt32LE(at + 16);
       names.push(r.subarray(at + 24, at + 24 + len).toString());
       at += (24 + len + 7) & ~7;
