@@ -149,7 +149,7 @@ export class Daemon {
 
   /**
    * Mounts left by a daemon that died. A transport that can take one over does (cachefiles with the
-   * inherited device: readers never notice). Otherwise the mount is no longer served (fanotify would
+   * inherited device, FUSE with the inherited session: readers never notice). Otherwise the mount is no longer served (fanotify would
    * read holes as zeros, FUSE gives EIO), so it is detached and mounted again. Cached chunks stay.
    */
   private async restore(): Promise<void> {

@@ -315,7 +315,12 @@ export class BlobFs {
     const flags = req.flags & wanted;
     const maxPages = flags & P.InitFlag.MAX_PAGES ? 256 : 32;
     this.negotiated = { minor, maxPages, flags };
-    this.persist?.(this.state());
+    try {
+      this.persist?.(this.state());
+    } catch (err) {
+      // Not fatal to the session: a daemon taking it over then only lacks the settings for `status`.
+      log.error('FUSE session state not saved after INIT', { error: (err as Error).message });
+    }
     log.debug('FUSE session initialised', {
       kernel: `${req.major}.${req.minor}`,
       minor,
