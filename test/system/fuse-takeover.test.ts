@@ -93,15 +93,81 @@ function holdOpen(file: string): { child: ChildProcess; lines: string[]; next():
   return { child, lines, next };
 }
 
+interface Status {
+  pid: number;
+  inherited?: boolean;
+  fuseResent?: number;
+}
+
+/** The daemon under fdstore.py (systemd's fd store, restarting it when it dies of a signal). */
+async function superviseDaemon(cacheDir: string, work: string) {
+  const socket = path.join(work, `control-${path.basename(cacheDir)}.sock`);
+  const supervisor = spawn(
+    'python3',
+    [
+      FDSTORE,
+      path.join(work, `notify-${path.basename(cacheDir)}.sock`),
+      process.execPath,
+      ...DAEMON_NODE_FLAGS,
+      CLI,
+      'daemon',
+      '--transport',
+      'fuse',
+      '--cache-dir',
+      cacheDir,
+      '--socket',
+      socket,
+      '--prefetch',
+      '0',
+      '--metrics-address',
+      '',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  const daemon = adoptDaemon(supervisor, socket);
+  const waitFor = async (what: RegExp, ms = 60_000) => {
+    for (const end = Date.now() + ms; !what.test(daemon.log) && Date.now() < end;) await sleep(100);
+    assert.match(daemon.log, what);
+  };
+  const status = async () => JSON.parse((await execCli('status', '--json', '--socket', socket)).stdout) as Status;
+  for (let i = 0; i < 600 && !fs.existsSync(socket); i++) await sleep(100);
+  assert.ok(fs.existsSync(socket), `daemon up:\n${daemon.log}`);
+  /** SIGKILLs the daemon; resolves once the next one has restored its mounts. */
+  const kill = async (restarts: number) => {
+    process.kill((await status()).pid, 'SIGKILL');
+    await waitFor(new RegExp(`(restarting[^]*){${restarts}}`));
+    await waitFor(new RegExp(`("message":"(resumed|restored) a mount after restart"[^]*){${restarts}}`));
+  };
+  return { daemon, socket, waitFor, status, kill };
+}
+
 describe('FUSE transport across a daemon crash (fd kept by the fd store)', () => {
   let registry: RegistryServer;
   let proxy: FaultProxy;
   let work: string;
   let reference: string;
   let lazy: string;
-  let supervised: Daemon | undefined;
+  const daemons: Daemon[] = [];
   const children: ChildProcess[] = [];
   const stalled: http.ServerResponse[] = [];
+
+  const expected = (name: string) => sha256(fs.readFileSync(path.join(reference, 'data', name)));
+
+  /** Starts `sha256sum` of `file` once its fetch is stalled at the proxy: a READ taken and not answered. */
+  async function readStalled(file: string): Promise<{ reading: Promise<{ stdout: string }> }> {
+    const before = stalled.length;
+    proxy.add({
+      method: 'GET',
+      path: /\/v2\/lazy\/rand\/blobs\//,
+      times: 1,
+      fault: { kind: 'respond', respond: (_req, res) => stalled.push(res) },
+    });
+    const reading = run('sha256sum', [file]);
+    reading.catch(() => undefined); // awaited by the caller
+    for (let i = 0; i < 300 && stalled.length === before; i++) await sleep(100);
+    assert.equal(stalled.length, before + 1, `the READ of ${file} is taken: its fetch is under way`);
+    return { reading };
+  }
 
   before(async () => {
     work = tempDir('fuse-takeover');
@@ -121,7 +187,7 @@ describe('FUSE transport across a daemon crash (fd kept by the fd store)', () =>
   after(async () => {
     for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
     for (const res of stalled) if (!res.writableEnded) res.destroy();
-    await supervised?.stop('SIGTERM');
+    for (const d of daemons) await d.stop('SIGTERM');
     await proxy?.stop();
     await registry?.stop();
     cleanup(work);
@@ -130,48 +196,11 @@ describe('FUSE transport across a daemon crash (fd kept by the fd store)', () =>
   it('the next daemon takes the session over: no remount, the held fd reads on, the READ in flight is resent', async () => {
     const cacheDir = path.join(work, 'cache');
     const fuseDir = path.join(cacheDir, 'fuse');
-    const socket = path.join(work, 'control.sock');
-    const supervisor = spawn(
-      'python3',
-      [
-        FDSTORE,
-        path.join(work, 'notify.sock'),
-        process.execPath,
-        ...DAEMON_NODE_FLAGS,
-        CLI,
-        'daemon',
-        '--transport',
-        'fuse',
-        '--cache-dir',
-        cacheDir,
-        '--socket',
-        socket,
-        '--prefetch',
-        '0',
-        '--metrics-address',
-        '',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    const daemon = adoptDaemon(supervisor, socket);
-    supervised = daemon;
-    const waitFor = async (what: RegExp, ms = 60_000) => {
-      for (const end = Date.now() + ms; !what.test(daemon.log) && Date.now() < end;) await sleep(100);
-      assert.match(daemon.log, what);
-    };
-    const status = async () =>
-      JSON.parse((await execCli('status', '--json', '--socket', socket)).stdout) as {
-        pid: number;
-        inherited?: boolean;
-        fuseResent?: number;
-        transportRequests: number;
-      };
-    for (let i = 0; i < 600 && !fs.existsSync(socket); i++) await sleep(100);
-    assert.ok(fs.existsSync(socket), `daemon up:\n${daemon.log}`);
+    const { daemon, socket, status, kill } = await superviseDaemon(cacheDir, work);
+    daemons.push(daemon);
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     await execCli('mount', '--socket', socket, lazy, mnt);
     const file = (name: string) => path.join(mnt, 'data', name);
-    const expected = (name: string) => sha256(fs.readFileSync(path.join(reference, 'data', name)));
 
     // A reader holding a file open, its first page read.
     const held = holdOpen(file('held'));
@@ -184,22 +213,10 @@ describe('FUSE transport across a daemon crash (fd kept by the fd store)', () =>
     assert.equal(erofsBefore.length, 1, 'one EROFS mount');
 
     // A READ the daemon takes and cannot answer yet: its range GET never gets a response.
-    proxy.add({
-      method: 'GET',
-      path: /\/v2\/lazy\/rand\/blobs\//,
-      times: 1,
-      fault: { kind: 'respond', respond: (_req, res) => stalled.push(res) },
-    });
-    const inFlight = run('sha256sum', [file('in-flight')]);
-    inFlight.catch(() => undefined); // awaited below
-    for (let i = 0; i < 300 && stalled.length === 0; i++) await sleep(100);
-    assert.equal(stalled.length, 1, 'the READ is taken: its fetch is under way');
-
+    const { reading: inFlight } = await readStalled(file('in-flight'));
     const { pid } = await status();
-    process.kill(pid, 'SIGKILL');
+    await kill(1);
     for (const res of stalled) res.destroy();
-    await waitFor(/fdstore: child died of signal 9: restarting/);
-    await waitFor(/"message":"(resumed|restored) a mount after restart"/);
 
     // The READ the dead daemon had taken comes again and is answered with the right bytes.
     const { stdout } = await within(inFlight, 60_000, 'READ in flight at the kill');
@@ -217,7 +234,18 @@ describe('FUSE transport across a daemon crash (fd kept by the fd store)', () =>
     assert.equal(s.inherited, true, 'the session was inherited');
     assert.ok((s.fuseResent ?? 0) >= 1, `the kernel sent the READ in flight again (${s.fuseResent} resent)`);
     assert.doesNotMatch(daemon.log, /FUSE_NOTIFY_RESEND refused/);
-    // Every byte of the image, through the new daemon.
+
+    // A daemon that took the session over is taken over in turn.
+    const { reading: again } = await readStalled(file('rest'));
+    await kill(2);
+    for (const res of stalled) res.destroy();
+    assert.equal(
+      (await within(again, 60_000, 'READ in flight at the second kill')).stdout.split(' ')[0],
+      expected('rest'),
+    );
+    assert.deepEqual(mountLines(fuseDir), fuseBefore, 'still the same FUSE mount');
+    assert.deepEqual(mountLines(mnt), erofsBefore, 'still the same EROFS mount');
+    // Every byte of the image, through the third daemon.
     assert.deepEqual(await compareTreesInChild(reference, mnt), []);
 
     // A planned stop unmounts and drops the kept fd: nothing is left for a next daemon.
@@ -225,5 +253,28 @@ describe('FUSE transport across a daemon crash (fd kept by the fd store)', () =>
     await daemon.stop('SIGTERM');
     assert.match(daemon.log, /fdstore: removed fuse/);
     assert.deepEqual(mountLines(fuseDir), [], 'FUSE mount gone');
+  });
+
+  it('a session whose state file is unusable is not taken over: its mounts are made again and read right', async () => {
+    const cacheDir = path.join(work, 'cache-bad-state');
+    const fuseDir = path.join(cacheDir, 'fuse');
+    const { daemon, socket, waitFor, kill } = await superviseDaemon(cacheDir, work);
+    daemons.push(daemon);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await execCli('mount', '--socket', socket, lazy, mnt);
+    const fuseBefore = mountLines(fuseDir);
+    fs.writeFileSync(path.join(cacheDir, 'fuse-session.json'), '{"dev": "0:0", "generation": 0, "nodes": {}}');
+    await kill(1);
+    await waitFor(/inherited FUSE session not taken over/);
+    assert.match(
+      daemon.log,
+      /fdstore: removed fuse[^]*fdstore: stored fuse/,
+      'the new session replaces the old in the store',
+    );
+    assert.match(daemon.log, /"message":"restored a mount after restart"/);
+    assert.notDeepEqual(mountLines(fuseDir), fuseBefore, 'a new FUSE mount');
+    assert.deepEqual(await compareTreesInChild(reference, mnt), []);
+    await execCli('umount', '--socket', socket, mnt);
+    await daemon.stop('SIGTERM');
   });
 });
