@@ -318,7 +318,7 @@ export class BlobFs {
     try {
       this.persist?.(this.state());
     } catch (err) {
-      // Not fatal to the session: a daemon taking it over then only lacks the settings for `status`.
+      // Not fatal to the session: nothing a daemon taking it over serves depends on these settings.
       log.error('FUSE session state not saved after INIT', { error: (err as Error).message });
     }
     log.debug('FUSE session initialised', {
