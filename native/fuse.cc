@@ -1,6 +1,8 @@
 // A minimal FUSE session: /dev/fuse opened, the filesystem mounted with mount(2), a reader thread
 // handing each request's bytes to JS, and replies written back. The protocol itself (parsing
-// requests, building replies) lives in TypeScript (src/transport/fuse-protocol.ts).
+// requests, building replies) lives in TypeScript (src/transport/fuse-protocol.ts). A session can also
+// take over the /dev/fuse fd of a connection an earlier daemon mounted (kept by an fd keeper): the
+// connection, its mount and the files open on it stay as they are.
 #include "fuse.h"
 #include "errors.h"
 #include "reader_thread.h"
@@ -19,12 +21,27 @@ namespace {
 // this size holds any request the kernel may send (it wants at least 8 KiB, FUSE_MIN_READ_BUFFER).
 constexpr size_t kReadBuffer = 256 * 1024;
 
+// FUSE_NOTIFY_RESEND (include/uapi/linux/fuse.h, Linux 6.9+; not in older headers): the kernel puts
+// every request read from the connection and not answered back in its input queue, with the top bit
+// of `unique` set.
+constexpr int32_t kNotifyResend = 7;
+
+// struct fuse_out_header: a notification has unique 0 and its code in `error`.
+struct OutHeader {
+  uint32_t len;
+  int32_t error;
+  uint64_t unique;
+};
+static_assert(sizeof(OutHeader) == 16, "fuse_out_header is 16 bytes");
+
 class Session : public Napi::ObjectWrap<Session> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FuseSession",
-                       {InstanceMethod("mount", &Session::Mount), InstanceMethod("start", &Session::Start),
-                        InstanceMethod("reply", &Session::Reply), InstanceMethod("close", &Session::Close)});
+                       {InstanceMethod("mount", &Session::Mount), InstanceMethod("adopt", &Session::Adopt),
+                        InstanceMethod("start", &Session::Start), InstanceMethod("reply", &Session::Reply),
+                        InstanceMethod("resend", &Session::Resend), InstanceMethod("close", &Session::Close),
+                        InstanceAccessor("fd", &Session::GetFd, nullptr)});
   }
 
   explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
@@ -54,6 +71,38 @@ class Session : public Napi::ObjectWrap<Session> {
     }
     target_ = target;
     return env.Undefined();
+  }
+
+  // adopt(fd, target): takes over the /dev/fuse fd of a connection mounted (and initialised) by an
+  // earlier daemon on `target`, instead of the one this session opened. Nothing is mounted and no INIT
+  // is exchanged; close() detaches `target` as for a session that mounted it.
+  Napi::Value Adopt(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) throw Napi::Error::New(env, "FUSE session is closed");
+    if (!target_.empty() || reader_.running()) throw Napi::Error::New(env, "FUSE session already in use");
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "adopt(fd, target): fd must be a number");
+    int fd = info[0].As<Napi::Number>().Int32Value();
+    std::string target = PathArg(info[1], "target");
+    int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0 || ::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+      ThrowErrno(env, errno, "fcntl(inherited /dev/fuse fd)");
+    }
+    close(fd_);
+    fd_ = fd;
+    target_ = target;
+    return env.Undefined();
+  }
+
+  Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+  // resend(): sends FUSE_NOTIFY_RESEND. Returns 0 or the write's errno (EINVAL: a kernel before 6.9).
+  Napi::Value Resend(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) return Napi::Number::New(env, ENODEV);
+    OutHeader h{sizeof(OutHeader), kNotifyResend, 0};
+    ssize_t n = write(fd_, &h, sizeof h);
+    if (n < 0) return Napi::Number::New(env, errno);
+    return Napi::Number::New(env, static_cast<size_t>(n) == sizeof h ? 0 : EIO);
   }
 
   // start(callback): callback(Buffer) for each request, on the JS thread; callback(null) once the

@@ -149,9 +149,9 @@ export class Daemon {
 
   /**
    * Mounts left by a daemon that died. A transport that can take one over does (cachefiles with the
-   * inherited device, fanotify with the inherited group: readers never notice). Otherwise the mount is
-   * no longer served (fanotify without a keeper reads holes as zeros, FUSE gives EIO), so it is
-   * detached and mounted again. Cached chunks stay.
+   * inherited device, fanotify with the inherited group, FUSE with the inherited session: readers
+   * never notice). Otherwise the mount is no longer served (fanotify without a keeper reads holes as
+   * zeros, FUSE gives EIO), so it is detached and mounted again. Cached chunks stay.
    */
   private async restore(): Promise<void> {
     const state = fs.existsSync(this.stateFile)

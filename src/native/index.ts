@@ -97,6 +97,18 @@ export interface CachefilesDevice {
 export interface FuseSession {
   /** mount(2) of this connection's filesystem: read-only, root-owned, allow_other, default_permissions. */
   mount(target: PathLike, fstype: string, flags: number, extraOptions?: string): void;
+  /**
+   * Takes over the /dev/fuse fd of a connection an earlier daemon mounted on `target` (no mount, no
+   * INIT): its mount and the files open on it keep working. `close` detaches `target`.
+   */
+  adopt(fd: number, target: PathLike): void;
+  /**
+   * FUSE_NOTIFY_RESEND: the kernel queues again every request read and not answered (Linux 6.9+).
+   * Returns 0 or the write's errno (EINVAL on older kernels).
+   */
+  resend(): number;
+  /** The /dev/fuse fd, -1 once closed. */
+  readonly fd: number;
   /** `onRequest(request)` for each request read from /dev/fuse; `onRequest(null)` when the connection ends. */
   start(onRequest: (request: Buffer | null) => void): void;
   /** Writes one reply; returns 0 or the write's errno (ENOENT: the request is gone, e.g. interrupted). */

@@ -4,6 +4,15 @@
 // loop devices over those files. Every read EROFS makes of a blob becomes a FUSE READ: the missing
 // chunks are fetched, verified and written to the blob's cache file, then the range is read from the
 // cache file and sent back. A failure is EIO, never other bytes; a dead daemon means EIO, not zeros.
+//
+// Surviving a daemon crash: the /dev/fuse fd is handed to the fd keeper (systemd's fd store) and the
+// session's node ids and INIT settings to a state file in the cache directory. While the keeper holds
+// the fd the connection lives on without a daemon: requests queue and readers wait. The next daemon
+// takes the fd over (no mount, no INIT), keeps the same node ids and handles, resumes the EROFS mounts
+// on top as they are, and sends FUSE_NOTIFY_RESEND so that the requests the dead daemon had read and
+// not answered come again (Linux 6.9+). On an older kernel those stay unanswered until the connection
+// is aborted (/sys/fs/fuse/connections/<minor>/abort, which fails every request of the mount): their
+// ids are not known to the new daemon, so it cannot answer them.
 import fs from 'node:fs';
 import path from 'node:path';
 import { log } from '../log';
@@ -15,10 +24,21 @@ import type { BlobCache } from '../storage/blob-cache';
 import { LocalFileSource, type RangeSource } from '../storage/range-source';
 import * as P from './fuse-protocol';
 import { kernelHasFileBackedErofs, type FuseBacking } from './fuse-backing';
+import {
+  loadFuseSessionState,
+  saveFuseSessionState,
+  type BlobFsState,
+  type FuseSessionState,
+  type NegotiatedInit,
+} from './fuse-session-state';
 import { MissRequests, type MissOptions } from './miss-requests';
-import type { CacheMissTransport, MountableImage, Probe, TransportModule } from './transport';
+import type { CacheMissTransport, FdKeeper, MountableImage, MountState, Probe, TransportModule } from './transport';
 
 export const FUSE_FSTYPE = 'fuse.erofs-ondemand';
+/** The /dev/fuse fd's name in the fd keeper. */
+export const FDNAME = 'fuse';
+/** Next to the FUSE mount point in the cache directory: what a daemon taking the session over needs. */
+export const SESSION_STATE_FILE = 'fuse-session.json';
 /** Names and attributes never change while a blob is attached: the kernel may cache them long. */
 const ENTRY_TTL_SECONDS = 3600;
 const O_ACCMODE = 3;
@@ -27,11 +47,14 @@ const REPLY_BUFFER_SIZE = P.OUT_HEADER_SIZE + 256 * 4096;
 const MAX_POOLED_BUFFERS = 64;
 const NO_REPLY_OPCODES = new Set<number>([P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT]);
 const W_OK = 2;
+/** Set by the kernel in `unique` on a request sent again after FUSE_NOTIFY_RESEND. */
+const UNIQUE_RESEND = 1n << 63n;
 
 interface Node {
   ino: number;
   name: Buffer;
-  file: RangeSource;
+  /** null: known from the session state of an earlier daemon, not attached since. */
+  file: RangeSource | null;
   size: number;
   /** Mounts using this blob; 0: not listed, not found by lookup, not opened. */
   refs: number;
@@ -40,6 +63,13 @@ interface Node {
 export interface BlobFsOptions extends MissOptions {
   /** FOPEN_DIRECT_IO on blob files (the default): no second copy of the data in the FUSE file's page cache. */
   directIo?: boolean;
+  /** The state of a session taken over from an earlier daemon: its node ids and INIT settings stay. */
+  restore?: BlobFsState;
+  /**
+   * Called with the new state whenever a node id or the INIT settings are settled, before the kernel
+   * can learn them: what the next daemon needs to take the session over.
+   */
+  persist?: (state: BlobFsState) => void;
 }
 
 /**
@@ -47,19 +77,25 @@ export interface BlobFsOptions extends MissOptions {
  * of /dev/fuse, so the protocol handling is testable with any bytes.
  */
 export class BlobFs {
+  /** By node id, in increasing order (restored sorted, then appended): the order directories list. */
   private readonly nodes = new Map<number, Node>();
   private readonly byName = new Map<string, Node>();
   private nextIno = P.ROOT_ID + 1;
   private readonly dirHandles = new Map<bigint, P.DirEntry[]>();
-  private nextDirHandle = 1n;
+  /** Directory handles: this daemon's generation in the high 32 bits, a counter in the low ones. */
+  private readonly generation: number;
+  private nextDirHandle: bigint;
+  private readonly persist?: (state: BlobFsState) => void;
   /** READs taken and not answered yet, by unique id. */
   private readonly misses: MissRequests<bigint>;
   private closed = false;
   private malformed = 0;
+  /** Requests the kernel sent again (FUSE_NOTIFY_RESEND): taken by a daemon that died before answering. */
+  resent = 0;
   private readonly started = Math.floor(Date.now() / 1000);
   readonly directIo: boolean;
-  /** What INIT settled: protocol minor and max request size. */
-  negotiated: { minor: number; maxPages: number; flags: number } | null = null;
+  /** What INIT settled (by this daemon or, restored, by the one whose session it took over). */
+  negotiated: NegotiatedInit | null = null;
 
   constructor(
     private readonly send: (reply: Buffer) => void,
@@ -67,6 +103,33 @@ export class BlobFs {
   ) {
     this.directIo = opts.directIo ?? true;
     this.misses = new MissRequests('fuse', opts);
+    this.persist = opts.persist;
+    const restore = opts.restore;
+    this.generation = restore?.generation ?? 0;
+    this.nextDirHandle = (BigInt(this.generation) << 32n) + 1n;
+    if (restore) {
+      this.negotiated = restore.init ?? null;
+      for (const [name, ino] of Object.entries(restore.nodes).sort((a, b) => a[1] - b[1])) {
+        const node: Node = { ino, name: Buffer.from(name), file: null, size: 0, refs: 0 };
+        this.nodes.set(ino, node);
+        this.byName.set(name, node);
+        this.nextIno = Math.max(this.nextIno, ino + 1);
+      }
+    }
+  }
+
+  /** What the next daemon needs to take this session over. */
+  state(): BlobFsState {
+    return {
+      ...(this.negotiated ? { init: this.negotiated } : {}),
+      generation: this.generation,
+      nodes: Object.fromEntries([...this.byName].map(([name, n]) => [name, n.ino])),
+    };
+  }
+
+  /** Whether `name` has a node id in this session (attached now or before, by this daemon or an earlier one). */
+  knows(name: string): boolean {
+    return this.byName.has(name);
   }
 
   /** READ requests received. */
@@ -85,6 +148,7 @@ export class BlobFs {
       node = { ino: this.nextIno++, name: Buffer.from(name), file, size: file.size, refs: 0 };
       this.nodes.set(node.ino, node);
       this.byName.set(name, node);
+      this.persist?.(this.state());
     }
     node.file = file; // after an eviction the same blob comes back as a new BlobCache
     node.size = file.size;
@@ -114,6 +178,8 @@ export class BlobFs {
       return;
     }
     const { header, req } = parsed;
+    if (header.unique & UNIQUE_RESEND && this.resent++ === 0)
+      log.info('FUSE requests the previous daemon left unanswered are sent again', { opcode: header.opcode });
     if (P.expectsNoReply(req)) return; // FORGET/BATCH_FORGET: nodes live for the session; INTERRUPT: reads finish anyway
     if (req.op === 'read') return this.read(header, req);
     let out: Buffer;
@@ -144,9 +210,18 @@ export class BlobFs {
     return { ino: n.ino, size: n.size, mode: P.S_IFREG | 0o444, nlink: 1, time: this.started };
   }
 
-  private attached(ino: number): Node | undefined {
+  private attached(ino: number): (Node & { file: RangeSource }) | undefined {
     const n = this.nodes.get(ino);
-    return n && n.refs > 0 ? n : undefined;
+    return n && n.refs > 0 && n.file ? (n as Node & { file: RangeSource }) : undefined;
+  }
+
+  /** The listing an OPENDIR snapshots: the attached files in node id order. */
+  private listing(): P.DirEntry[] {
+    return [
+      { ino: P.ROOT_ID, name: Buffer.from('.'), dir: true },
+      { ino: P.ROOT_ID, name: Buffer.from('..'), dir: true },
+      ...[...this.nodes.values()].filter((n) => n.refs > 0).map((n) => ({ ino: n.ino, name: n.name, dir: false })),
+    ];
   }
 
   private dispatch(h: P.RequestHeader, req: Exclude<P.Request, { op: 'read' }>): Buffer {
@@ -164,7 +239,7 @@ export class BlobFs {
       case 'getattr': {
         if (h.nodeid === P.ROOT_ID) return P.reply(u, 0, P.attrOut(this.rootAttr(), ENTRY_TTL_SECONDS));
         const n = this.nodes.get(h.nodeid);
-        return n ? P.reply(u, 0, P.attrOut(this.nodeAttr(n), ENTRY_TTL_SECONDS)) : err(P.Errno.ENOENT);
+        return n?.file ? P.reply(u, 0, P.attrOut(this.nodeAttr(n), ENTRY_TTL_SECONDS)) : err(P.Errno.ENOENT);
       }
       case 'open': {
         if (h.nodeid === P.ROOT_ID) return err(P.Errno.EISDIR);
@@ -184,17 +259,17 @@ export class BlobFs {
       case 'opendir': {
         if (h.nodeid !== P.ROOT_ID) return err(this.nodes.has(h.nodeid) ? P.Errno.ENOTDIR : P.Errno.ENOENT);
         // A snapshot per open directory: offsets stay meaningful however attachments change.
-        const entries: P.DirEntry[] = [
-          { ino: P.ROOT_ID, name: Buffer.from('.'), dir: true },
-          { ino: P.ROOT_ID, name: Buffer.from('..'), dir: true },
-          ...[...this.nodes.values()].filter((n) => n.refs > 0).map((n) => ({ ino: n.ino, name: n.name, dir: false })),
-        ];
         const fh = this.nextDirHandle++;
-        this.dirHandles.set(fh, entries);
+        this.dirHandles.set(fh, this.listing());
         return P.reply(u, 0, P.openOut(fh, 0));
       }
       case 'readdir': {
-        const entries = this.dirHandles.get(req.fh);
+        let entries = this.dirHandles.get(req.fh);
+        // A handle an earlier daemon gave out: its snapshot died with it; the listing now, in the same order.
+        if (!entries && req.fh >> 32n < BigInt(this.generation)) {
+          entries = this.listing();
+          this.dirHandles.set(req.fh, entries);
+        }
         if (!entries) return err(P.Errno.EBADF);
         return P.reply(u, 0, P.dirents(entries, Math.min(req.offset, entries.length), req.size));
       }
@@ -240,6 +315,12 @@ export class BlobFs {
     const flags = req.flags & wanted;
     const maxPages = flags & P.InitFlag.MAX_PAGES ? 256 : 32;
     this.negotiated = { minor, maxPages, flags };
+    try {
+      this.persist?.(this.state());
+    } catch (err) {
+      // Not fatal to the session: nothing a daemon taking it over serves depends on these settings.
+      log.error('FUSE session state not saved after INIT', { error: (err as Error).message });
+    }
     log.debug('FUSE session initialised', {
       kernel: `${req.major}.${req.minor}`,
       minor,
@@ -304,6 +385,13 @@ export interface FuseTransportOptions extends MissOptions {
   directIo?: boolean;
   /** EROFS read-ahead in KiB set on each mount (0: leave the kernel's default). */
   readAheadKb?: number;
+  /**
+   * Where the /dev/fuse fd outlives the daemon, and the fd an earlier daemon left there. Needs
+   * `stateFile`; without both, the session ends with the daemon.
+   */
+  fds?: FdKeeper;
+  /** The session's state (node ids, INIT settings) for a daemon taking it over. */
+  stateFile?: string;
 }
 
 /** The FUSE files one mount uses: blob names, and local files served for it alone. */
@@ -311,6 +399,11 @@ interface MountedImage {
   names: string[];
   /** Names of local files served through FUSE for it (bootstraps on tmpfs). */
   local: string[];
+}
+
+/** What `resume` needs of a mount: the FUSE files EROFS was mounted on, by name. */
+function mountState(used: MountedImage): MountState {
+  return { fuseFiles: used.names.join(','), ...(used.local.length > 0 ? { fuseBootstrap: used.local.join(',') } : {}) };
 }
 
 /** Detaches whatever is mounted on `dir` (a FUSE mount left by a daemon that died: its reads fail). */
@@ -335,6 +428,15 @@ export class FuseTransport implements CacheMissTransport {
   readonly fs: BlobFs;
   private readonly mounted = new Map<string, MountedImage>();
   private closed = false;
+  private reading = false;
+  private readonly fds?: FdKeeper;
+  private readonly stateFile?: string;
+  /** The FUSE filesystem's major:minor once mounted or taken over: the connection the state file names. */
+  private dev: string | null = null;
+  /** Taken over from an earlier daemon: reading starts in `begin`, after FUSE_NOTIFY_RESEND. */
+  readonly inherited: boolean;
+  /** A copy of the fd is kept outside this process: the connection must outlive an unplanned exit. */
+  private kept = false;
   private mounting: Promise<void> = Promise.resolve();
   private readonly localFiles = new Map<string, { file: LocalFileSource; refs: number }>();
   /** bdi directory of each mount whose read-ahead was raised (for tests and benchmarks). */
@@ -345,25 +447,94 @@ export class FuseTransport implements CacheMissTransport {
     const backing = opts.backing ?? 'auto';
     this.backing = backing === 'auto' ? (kernelHasFileBackedErofs() ? 'file' : 'loop') : backing;
     this.readAheadKb = opts.readAheadKb ?? 4096;
-    // First: a dead FUSE mount fails even a stat of its mount point (ENOTCONN).
-    const stale = detachStale(this.dir);
-    if (stale > 0) log.warn('detached a FUSE mount left by a daemon that is gone', { dir: this.dir });
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    this.session = new native.FuseSession();
-    this.fs = new BlobFs((reply) => this.send(reply), {
+    this.fds = opts.fds;
+    this.stateFile = opts.stateFile;
+    const fsOptions: BlobFsOptions = {
       directIo: opts.directIo,
       onMiss: opts.onMiss,
       deadlineMs: opts.deadlineMs,
-    });
-    try {
-      this.session.mount(this.dir, FUSE_FSTYPE, MS_RDONLY | MS_NOSUID | MS_NODEV);
-    } catch (err) {
-      this.session.close();
-      throw err;
+      persist: (state) => this.saveState(state),
+    };
+    const taken = this.takeOver();
+    this.inherited = taken !== null;
+    this.session = new native.FuseSession();
+    if (taken) {
+      this.session.adopt(taken.fd, this.dir);
+      this.dev = taken.state.dev;
+      this.kept = true;
+      this.fs = new BlobFs((reply) => this.send(reply), {
+        ...fsOptions,
+        restore: { ...taken.state, generation: taken.state.generation + 1 },
+      });
+      this.saveState(this.fs.state()); // the new generation: handles given out from now on are new ones
+      log.info('FUSE session inherited from the previous daemon', {
+        fd: taken.fd,
+        dev: taken.state.dev,
+        nodes: Object.keys(taken.state.nodes).length,
+      });
+    } else {
+      // First: a dead FUSE mount fails even a stat of its mount point (ENOTCONN).
+      const stale = detachStale(this.dir);
+      if (stale > 0) log.warn('detached a FUSE mount left by a daemon that is gone', { dir: this.dir });
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      this.fs = new BlobFs((reply) => this.send(reply), fsOptions);
+      try {
+        this.session.mount(this.dir, FUSE_FSTYPE, MS_RDONLY | MS_NOSUID | MS_NODEV);
+        this.dev = fuseMountDev(this.dir);
+        this.saveState(this.fs.state());
+      } catch (err) {
+        this.session.close();
+        throw err;
+      }
+      // The state is saved first: a kept fd is always one the state file describes.
+      if (this.stateFile && this.fds?.keep(FDNAME, this.session.fd)) {
+        this.kept = true;
+        log.info('FUSE session handed to the fd keeper', { keeper: this.fds.kind });
+      }
+      this.startReading();
     }
-    // A daemon that exits without close() (an uncaught error) still detaches its FUSE mount; only
-    // SIGKILL leaves one behind, which the next daemon detaches at start.
+    // A daemon that exits without close() (an uncaught error) still detaches its FUSE mount, unless the
+    // fd keeper holds the connection for the next daemon; SIGKILL leaves it, which the next daemon
+    // takes over, or detaches at start.
     process.on('exit', this.detachAtExit);
+  }
+
+  /**
+   * The fd an earlier daemon left with the keeper, with the state of its session, when both are there
+   * and agree with what is mounted on `dir`; otherwise that fd is closed and dropped from the keeper
+   * (its connection ends: readers of its mounts get errors, never wrong bytes) and null is returned.
+   */
+  private takeOver(): { fd: number; state: FuseSessionState } | null {
+    const fd = this.fds?.inherited(FDNAME);
+    if (fd === undefined) return null;
+    let why: string;
+    try {
+      if (!this.stateFile) throw new Error('no state file to take it over with');
+      const state = loadFuseSessionState(this.stateFile);
+      const dev = fuseMountDev(this.dir);
+      if (dev === state.dev) return { fd, state };
+      why = `${this.dir} holds ${dev ? `FUSE filesystem ${dev}` : 'no FUSE mount'}, the state file describes ${state.dev}`;
+    } catch (err) {
+      why = (err as Error).message;
+    }
+    log.warn('inherited FUSE session not taken over: its mounts are mounted again', { fd, reason: why });
+    try {
+      fs.closeSync(fd);
+    } catch {
+      // not ours after all: nothing to close
+    }
+    this.fds?.drop(FDNAME);
+    return null;
+  }
+
+  private saveState(state: BlobFsState): void {
+    if (!this.stateFile || !this.dev) return; // before the mount: saved once it exists
+    saveFuseSessionState(this.stateFile, { dev: this.dev, ...state });
+  }
+
+  private startReading(): void {
+    if (this.reading) return;
+    this.reading = true;
     this.session.start((req) => {
       if (req) this.fs.handle(req);
       else if (!this.closed)
@@ -371,8 +542,54 @@ export class FuseTransport implements CacheMissTransport {
     });
   }
 
+  /**
+   * After a takeover, once the mounts are resumed: FUSE_NOTIFY_RESEND puts the requests the dead
+   * daemon had read and not answered back in the queue, ahead of the new ones; then reading starts.
+   */
+  begin(): void {
+    if (this.closed || this.reading) return;
+    const errno = this.session.resend();
+    if (errno !== 0)
+      log.error(
+        'FUSE_NOTIFY_RESEND refused (a kernel before 6.9): reads the previous daemon had taken wait until the FUSE connection is aborted',
+        { errno, abort: this.dev ? `/sys/fs/fuse/connections/${this.dev.split(':')[1]}/abort` : undefined },
+      );
+    this.startReading();
+  }
+
+  /**
+   * Takes over a mount the previous daemon made on this session: the blob files it was mounted on
+   * are attached again under the node ids that daemon gave them (from the state file). False (the
+   * daemon then mounts again) when the session was not taken over or the image is no longer the one
+   * the mount uses.
+   */
+  resume(image: MountableImage, target: string, state: MountState): boolean {
+    if (!this.inherited || this.closed) return false;
+    const names = image.blobs.map((b) => path.basename(b.path));
+    const local = `bootstrap-${path.basename(image.bootstrapPath)}`;
+    const withLocal = state.fuseBootstrap !== undefined;
+    const unknown = [...names, ...(withLocal ? [local] : [])].find((n) => !this.fs.knows(n));
+    const problem =
+      state.fuseFiles !== names.join(',')
+        ? `mounted on FUSE files ${state.fuseFiles ?? '(none saved)'}, the image now has ${names.join(',')}`
+        : withLocal && state.fuseBootstrap !== local
+          ? `its bootstrap was served as ${state.fuseBootstrap}, the image's is ${local}`
+          : unknown !== undefined
+            ? `FUSE file ${unknown} has no node id in the session state`
+            : null;
+    if (problem) {
+      log.warn('FUSE mount not resumed', { target, image: image.ref, reason: problem });
+      return false;
+    }
+    const used: MountedImage = { names, local: [] };
+    names.forEach((n, i) => this.fs.attach(n, image.blobs[i]));
+    if (withLocal) this.attachLocal(local, image.bootstrapPath, used);
+    this.mounted.set(target, used);
+    return true;
+  }
+
   settings(): Record<string, unknown> {
-    return { fuseBacking: this.backing, fuseDir: this.dir };
+    return { fuseBacking: this.backing, fuseDir: this.dir, inherited: this.inherited, fuseResent: this.fs.resent };
   }
 
   private send(reply: Buffer): void {
@@ -387,7 +604,7 @@ export class FuseTransport implements CacheMissTransport {
     return path.join(this.dir, path.basename(blob.path));
   }
 
-  async mount(image: MountableImage, target: string): Promise<void> {
+  async mount(image: MountableImage, target: string): Promise<MountState> {
     if (this.closed) throw new Error('FUSE transport is closed');
     // One mount at a time: the file-backed EROFS bdi is found as the one that appears during the mount.
     const previous = this.mounting;
@@ -410,6 +627,7 @@ export class FuseTransport implements CacheMissTransport {
       }
       this.mounted.set(target, used);
       this.raiseReadAhead(target, bdi);
+      return mountState(used);
     } catch (err) {
       this.release(used);
       throw err;
@@ -430,17 +648,21 @@ export class FuseTransport implements CacheMissTransport {
       if ((err as { cause?: { code?: string } }).cause?.code !== 'ENOTBLK') throw err;
     }
     const name = `bootstrap-${path.basename(bootstrap)}`;
-    // One open file per bootstrap, however many mounts of the image use it.
+    this.attachLocal(name, bootstrap, used);
+    log.info('bootstrap served through FUSE: its filesystem cannot back an EROFS mount', { bootstrap });
+    await mountErofsAsync({ bootstrap: path.join(this.dir, name), blobs: files, target });
+  }
+
+  /** Serves the local file `file` as `name` for the mount `used`: one open file however many mounts use it. */
+  private attachLocal(name: string, file: string, used: MountedImage): void {
     let local = this.localFiles.get(name);
     if (!local) {
-      local = { file: new LocalFileSource(bootstrap), refs: 0 };
+      local = { file: new LocalFileSource(file), refs: 0 };
       this.localFiles.set(name, local);
     }
     local.refs++;
     this.fs.attach(name, local.file);
     used.local.push(name);
-    log.info('bootstrap served through FUSE: its filesystem cannot back an EROFS mount', { bootstrap });
-    await mountErofsAsync({ bootstrap: path.join(this.dir, name), blobs: files, target });
   }
 
   private release(used: MountedImage): void {
@@ -509,18 +731,31 @@ export class FuseTransport implements CacheMissTransport {
     if (used) this.release(used);
   }
 
-  /** Answers whatever is pending with EIO, detaches the FUSE mount, closes the connection. */
+  /**
+   * Stopping on purpose (mounts are gone): answers whatever is pending with EIO, drops the keeper's
+   * copy of the fd (nothing to resume), detaches the FUSE mount, closes the connection.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     process.off('exit', this.detachAtExit);
     this.fs.close();
+    if (this.kept) this.fds?.drop(FDNAME);
     this.session.close();
   }
 
   private readonly detachAtExit = (): void => {
-    if (!this.closed) this.session.close();
+    if (!this.closed && !this.kept) this.session.close();
   };
+}
+
+/** major:minor of the FUSE filesystem of this transport mounted on `dir` (the topmost), or null. */
+function fuseMountDev(dir: string): string | null {
+  return (
+    mounts()
+      .filter((m) => m.target === dir && m.fstype === FUSE_FSTYPE)
+      .pop()?.dev ?? null
+  );
 }
 
 /** bdi names of file-backed EROFS superblocks (erofs-<sequence number>). */
@@ -577,9 +812,16 @@ export const fuseTransport: TransportModule = {
   feature: 'FUSE',
   zerosWithoutDaemon: false,
   describe: () =>
-    'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; without it, reads fail with EIO',
+    'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; without it, reads wait for the daemon restarted with the /dev/fuse fd from the fd keeper (requests in flight resent: Linux 6.9+), and fail with EIO when there is no keeper',
   probe,
   // Inside the cache directory (root-only, 0700): one FUSE mount per daemon, found again at the same
   // place after a crash, and its files reachable by no one else.
-  create: (ctx) => new FuseTransport({ dir: path.join(ctx.cacheDir, 'fuse'), backing: ctx.fuseBacking, ...ctx.misses }),
+  create: (ctx) =>
+    new FuseTransport({
+      dir: path.join(ctx.cacheDir, 'fuse'),
+      backing: ctx.fuseBacking,
+      ...ctx.misses,
+      fds: ctx.fds,
+      stateFile: path.join(ctx.cacheDir, SESSION_STATE_FILE),
+    }),
 };
