@@ -3,7 +3,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { TRANSPORTS } from '../transport/transports';
-import { TRANSPORT_NAMES, type FdKeeper, type Probe, type TransportName } from '../transport/transport';
+import {
+  TRANSPORT_NAMES,
+  whenDaemonDies,
+  type CrashOutcome,
+  type FdKeeper,
+  type Probe,
+  type TransportName,
+} from '../transport/transport';
 import { NO_KEEPER } from './fd-keeper';
 
 export type { Probe, TransportName };
@@ -16,6 +23,10 @@ export interface KernelFeatures {
   /** Each transport's probe, in the order 'auto' tries them. */
   transports: Record<TransportName, Probe>;
   cacheFs: Probe & { type: string };
+  /** Where kernel-facing fds outlive the daemon ('none': they close with it). */
+  keeper: FdKeeper['kind'];
+  /** Per transport, what readers of data not cached see while the daemon is dead. */
+  whenDaemonDies: Record<TransportName, CrashOutcome>;
   /** What the daemon would use (the best that works, or the one requested); null when none works here. */
   chosen: TransportName | null;
   /** Why nothing was chosen, when nothing was. */
@@ -80,12 +91,28 @@ export function probeKernel(
         ? `${cacheDir} is on ${cacheType}`
         : `${cacheDir} is on ${cacheType} (fanotify needs ${MARKABLE_FS.join(', ')}; FUSE serves from any)`,
     },
+    keeper: fds.kind,
+    whenDaemonDies: Object.fromEntries(TRANSPORTS.map((t) => [t.name, whenDaemonDies(t, fds.kind)])) as Record<
+      TransportName,
+      CrashOutcome
+    >,
     chosen: null,
   };
-  const works = (name: TransportName) => transports[name].ok && features.erofs.ok;
+  // Never a transport that would serve wrong bytes if the daemon died, even when asked for by name.
+  const safe = (name: TransportName) => features.whenDaemonDies[name] !== 'zeros';
+  const works = (name: TransportName) => transports[name].ok && features.erofs.ok && safe(name);
   const why = (name: TransportName) =>
-    `${name}: ${!transports[name].ok ? transports[name].detail : features.erofs.detail}`;
-  const candidates: readonly TransportName[] = requested === 'auto' ? TRANSPORT_NAMES : [requested];
+    `${name}: ${
+      !transports[name].ok
+        ? transports[name].detail
+        : !features.erofs.ok
+          ? features.erofs.detail
+          : "with no fd keeper (systemd's fd store or the holder process), data not fetched yet would read as zeros after a daemon crash"
+    }`;
+  // A transport whose fd a dead daemon left comes first: its mounts wait for this daemon to take them over.
+  const inherited = TRANSPORT_NAMES.filter((name) => fds.inherited(name) !== undefined);
+  const candidates: readonly TransportName[] =
+    requested === 'auto' ? [...inherited, ...TRANSPORT_NAMES.filter((n) => !inherited.includes(n))] : [requested];
   features.chosen = candidates.find(works) ?? null;
   if (features.chosen && requested === 'auto') {
     const better = candidates.slice(0, candidates.indexOf(features.chosen));

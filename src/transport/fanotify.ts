@@ -21,15 +21,6 @@ import type { CacheMissTransport, FdKeeper, MountableImage, MountState, Probe, T
 /** The group fd's name in the fd keeper. */
 export const FDNAME = 'fanotify';
 
-/**
- * What a reader of a range not cached gets while no daemon runs: with a keeper the group outlives the
- * daemon and the read waits for the next one; without, the group dies with the daemon and the range
- * reads as zeros.
- */
-export function readsWithoutDaemon(keeper: FdKeeper['kind']): 'wait' | 'zeros' {
-  return keeper === 'none' ? 'zeros' : 'wait';
-}
-
 /** The group a daemon that died left with the keeper; one that is not a fanotify group is dropped. */
 function adopt(fds: FdKeeper | undefined): FanotifyGroup | undefined {
   const fd = fds?.inherited(FDNAME);
@@ -79,7 +70,7 @@ export class FanotifyTransport implements CacheMissTransport {
   }
 
   settings(): Record<string, unknown> {
-    return { inherited: this.inherited, withoutDaemon: readsWithoutDaemon(this.fds?.kind ?? 'none') };
+    return { inherited: this.inherited };
   }
 
   /**
@@ -200,12 +191,7 @@ export const fanotifyTransport: TransportModule = {
   feature: 'fanotify pre-content',
   // After a planned stop (the keeper's copy dropped) or without a keeper, unfilled ranges read as zeros.
   zerosWithoutDaemon: true,
-  describe: (keeper: FdKeeper['kind'] = 'none') =>
-    `pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+); ${
-      readsWithoutDaemon(keeper) === 'wait'
-        ? 'without the daemon, reads of data not cached wait for the next one (the fd keeper holds the group)'
-        : 'without the daemon, unfilled ranges read as zeros (no fd keeper holds the group)'
-    }`,
+  describe: () => 'pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+)',
   probe,
   create: (ctx) => new FanotifyTransport(ctx.misses, ctx.fds),
 };

@@ -66,7 +66,7 @@ export interface TransportContext {
  * the holder process.
  */
 export interface FdKeeper {
-  /** 'none': nothing outlives the daemon. */
+  /** 'none': nothing outlives the daemon. A transport keeps its fd under its own name. */
   readonly kind: 'systemd' | 'holder' | 'none';
   /** The fd an earlier daemon kept under `name`, if any (now this daemon's own fd). */
   inherited(name: string): number | undefined;
@@ -85,9 +85,21 @@ export interface TransportModule {
    * a transport's busy mounts are filled completely before the daemon leaves them.
    */
   readonly zerosWithoutDaemon: boolean;
-  /** One line for `doctor`: how misses reach the daemon and what readers see when it is gone. */
+  /** One line for `doctor`: how misses reach the daemon (what readers see without it: `whenDaemonDies`). */
   describe(): string;
   /** Whether this kernel and cache directory can run it, tried for real (never guessed from versions). */
   probe(ctx: Pick<TransportContext, 'cacheDir' | 'fds'>): Probe;
   create(ctx: TransportContext): CacheMissTransport;
+}
+
+/** What a reader of data not cached yet sees while the daemon is dead, until the next one starts. */
+export type CrashOutcome = 'blocks and resumes' | 'EIO' | 'zeros';
+
+/**
+ * With a keeper holding its kernel-facing fd, every transport's kernel object outlives the daemon:
+ * readers wait and the next daemon answers them. Without one, the object closes with the daemon.
+ */
+export function whenDaemonDies(t: Pick<TransportModule, 'zerosWithoutDaemon'>, keeper: FdKeeper['kind']): CrashOutcome {
+  if (keeper !== 'none') return 'blocks and resumes';
+  return t.zerosWithoutDaemon ? 'zeros' : 'EIO';
 }

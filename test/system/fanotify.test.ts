@@ -119,7 +119,7 @@ describe('fanotify pre-content transport primitives', () => {
     };
     const t = new FanotifyTransport({}, keeper);
     try {
-      assert.deepEqual(t.settings(), { inherited: false, withoutDaemon: 'wait' });
+      assert.deepEqual(t.settings(), { inherited: false });
       assert.deepEqual(calls, ['drop fanotify', 'keep fanotify true']);
     } finally {
       await t.close();
