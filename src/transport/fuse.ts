@@ -812,7 +812,7 @@ export const fuseTransport: TransportModule = {
   feature: 'FUSE',
   zerosWithoutDaemon: false,
   describe: () =>
-    'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; without it, reads wait for the daemon restarted with the /dev/fuse fd from the fd keeper (requests in flight resent: Linux 6.9+), and fail with EIO when there is no keeper',
+    'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; a restarted daemon takes the /dev/fuse session over (READs in flight are resent: Linux 6.9+)',
   probe,
   // Inside the cache directory (root-only, 0700): one FUSE mount per daemon, found again at the same
   // place after a crash, and its files reachable by no one else.
