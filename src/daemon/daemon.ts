@@ -6,6 +6,7 @@ import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
 import { unmount } from '../mount/file-backed';
+import { explainBusy } from '../mount/holders';
 import { mounts as mountTable } from '../mount/mountinfo';
 import { checkMountTarget, requireCanonical } from '../mount/target';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
@@ -318,7 +319,9 @@ export class Daemon {
   async umount(target: string): Promise<void> {
     requireCanonical(target);
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
-    await this.transport.unmount(target);
+    await this.transport.unmount(target).catch((err) => {
+      throw explainBusy(target, err);
+    });
     this.recorders.get(target)?.end('unmount');
     this.recorders.delete(target);
     this.mounts.delete(target);
