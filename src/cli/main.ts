@@ -106,7 +106,7 @@ export function program(): Command {
       .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET})`)
       .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
       .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
-      .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)')
+      .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 60; 0: no deadline)')
       .option(
         '--read-ahead <size>',
         'compressed bytes a cache miss may fetch past itself in its blob, default 8M (0: none)',

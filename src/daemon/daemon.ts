@@ -18,6 +18,7 @@ import { TraceRecorder, type AccessTrace, type EndReason } from '../storage/acce
 import { fetchMissing, Prefetcher } from '../storage/prefetcher';
 import type { CacheMissTransport, MountState, TransportModule, TransportName } from '../transport/transport';
 import { transportModule } from '../transport/transports';
+import { DEFAULT_READ_DEADLINE_MS } from '../transport/miss-requests';
 import type { FuseBacking } from '../transport/fuse-backing';
 import { lockCacheDir, type CacheLock } from './cache-lock';
 import { serveControl, type ControlRequest } from './control';
@@ -33,7 +34,10 @@ export interface DaemonOptions {
   /** Background prefetch workers per mounted image (0: none). */
   prefetch: number;
   concurrency: number;
-  /** A read not served within this many milliseconds gets EIO; 0: no deadline. */
+  /**
+   * A read not served within this many milliseconds gets EIO (default DEFAULT_READ_DEADLINE_MS); 0:
+   * no deadline. A Range GET gives up after as long, retries included: it holds no slot past it.
+   */
   readTimeoutMs?: number;
   /** Bytes a demand miss may fetch past itself in its blob (default 4 MiB; 0: none). */
   readAheadBytes?: number;
@@ -83,6 +87,7 @@ export class Daemon {
     // Kernel-facing fds kept outside the daemon, with what a daemon before us left there.
     const fds = openFdKeeper();
     const requested = opts.transport ?? 'auto';
+    const readDeadline = opts.readTimeoutMs ?? DEFAULT_READ_DEADLINE_MS;
     // Probed for real: fanotify on a filesystem that refuses marks would serve holes as zeros.
     const features = probeKernel(opts.cacheDir, requested, fds);
     if (!features.chosen) throw new Error(`${features.refusal} for ${opts.cacheDir} (see \`erofs-ondemand doctor\`)`);
@@ -102,7 +107,7 @@ export class Daemon {
     this.blobs = new BlobStore(path.join(opts.cacheDir, 'blobs'), this.fetcher, this.budget, {
       maxBytes: opts.readAheadBytes ?? DEFAULT_READ_AHEAD.maxBytes,
     });
-    this.store = new ImageStore(opts.cacheDir, this.blobs, opts.registries);
+    this.store = new ImageStore(opts.cacheDir, this.blobs, opts.registries, readDeadline || undefined);
     this.budget.resync(this.blobs.evictUnused([], Infinity).cacheBytes); // measures, evicts nothing
     this.prefetcher = new Prefetcher(opts.prefetch, this.budget);
     this.traces = new TraceStore(path.join(opts.cacheDir, 'traces'));
@@ -111,7 +116,7 @@ export class Daemon {
       cacheDir: opts.cacheDir,
       fuseBacking: opts.fuseBacking ?? 'auto',
       misses: {
-        deadlineMs: opts.readTimeoutMs ?? 0,
+        deadlineMs: readDeadline,
         onMiss: (seconds) => {
           this.metrics.misses.inc();
           this.metrics.miss.observe(seconds);

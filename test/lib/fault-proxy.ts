@@ -46,6 +46,8 @@ export interface FaultProxy {
   url: string;
   requests: ProxiedRequest[];
   add(rule: FaultRule): void;
+  /** Requests a stall holds now (their client has not given up). */
+  held(): number;
   /** Forgets recorded requests and unused faults. */
   reset(): void;
   stop(): Promise<void>;
@@ -158,6 +160,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     url: `http://127.0.0.1:${port}`,
     requests,
     add: (rule) => rules.push({ ...rule, left: rule.times ?? 1 }),
+    held: () => stalled.size,
     reset: () => {
       requests.length = 0;
       rules = [];
