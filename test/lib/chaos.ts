@@ -62,7 +62,12 @@ export interface RunnerOptions {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The daemon's pid once it answers `status` with a pid other than `not`; throws after `timeoutMs`. */
-async function waitForDaemon(socket: string, not: number | null, timeoutMs: number, log: () => string): Promise<number> {
+async function waitForDaemon(
+  socket: string,
+  not: number | null,
+  timeoutMs: number,
+  log: () => string,
+): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
@@ -245,7 +250,7 @@ export class Reader {
   }
 
   async whenOpened(timeoutMs: number): Promise<void> {
-    for (const deadline = Date.now() + timeoutMs; !this.opened && this.failure === null; ) {
+    for (const deadline = Date.now() + timeoutMs; !this.opened && this.failure === null;) {
       if (Date.now() > deadline) throw new Error('a reader did not open its files');
       await sleep(20);
     }
@@ -255,7 +260,7 @@ export class Reader {
   /** Asks for the full read through the fds opened at the start; waits for its answer at most `timeoutMs` (plus a margin). */
   async verify(timeoutMs: number): Promise<void> {
     this.child.send({ type: 'verify', timeoutMs } satisfies ReaderCommand);
-    for (const deadline = Date.now() + timeoutMs + 10_000; this.verified === null && this.failure === null; ) {
+    for (const deadline = Date.now() + timeoutMs + 10_000; this.verified === null && this.failure === null;) {
       if (Date.now() > deadline) {
         this.failure = `no answer to the verification within ${timeoutMs + 10_000} ms (a read blocked for good)`;
         break;

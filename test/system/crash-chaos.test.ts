@@ -82,9 +82,21 @@ describe('daemon crashes under random reads', () => {
         for (let i = 0; i < READERS; i++) readers.push(new Reader(files));
         for (const r of readers) await r.whenOpened(30_000);
         const blobs = /\/v2\/lazy\/chaos\/blobs\//;
-        proxy.add({ method: 'GET', path: blobs, times: Infinity, probability: 0.05, fault: { kind: 'status', status: 503 } });
+        proxy.add({
+          method: 'GET',
+          path: blobs,
+          times: Infinity,
+          probability: 0.05,
+          fault: { kind: 'status', status: 503 },
+        });
         proxy.add({ method: 'GET', path: blobs, times: Infinity, probability: 0.05, fault: { kind: 'reset' } });
-        proxy.add({ method: 'GET', path: blobs, times: Infinity, probability: 0.05, fault: { kind: 'stall', ms: 2000 } });
+        proxy.add({
+          method: 'GET',
+          path: blobs,
+          times: Infinity,
+          probability: 0.05,
+          fault: { kind: 'stall', ms: 2000 },
+        });
         for (let i = 0; i < CRASHES; i++) {
           await new Promise((r) => setTimeout(r, 200 + Math.random() * 1300));
           gaps.push(await runner.crash());
@@ -98,7 +110,9 @@ describe('daemon crashes under random reads', () => {
         await execCli('umount', '--socket', socket, mnt).catch(() => undefined);
         await runner.stop();
         // What a failed run leaves: detached, so that the next test and the cleanup go on.
-        for (const m of mounts().filter((e) => e.target.startsWith(dir)).reverse())
+        for (const m of mounts()
+          .filter((e) => e.target.startsWith(dir))
+          .reverse())
           try {
             unmount(m.target, { lazy: true });
           } catch {
