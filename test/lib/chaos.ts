@@ -287,6 +287,8 @@ export interface ChaosSummary {
   reads: number;
   wrong: number;
   wrongZeroPages: number;
+  /** Wrong reads through fds opened before the first crash, and through fresh opens. */
+  wrongVia: { oldFd: number; newFd: number };
   /** Reads that returned fewer bytes than asked, every one right. */
   short: number;
   errors: Record<string, number>;
@@ -331,6 +333,10 @@ export function tally(
     reads: readers.reduce((n, r) => n + r.counts.ok + r.counts.short + r.counts.wrong + r.counts.errors, 0),
     wrong: wrong.length + readers.reduce((n, r) => n + (r.verified ?? []).reduce((m, v) => m + v.wrongReads, 0), 0),
     wrongZeroPages: wrong.reduce((n, e) => n + (e.outcome.kind === 'wrong' ? e.outcome.zeroPages : 0), 0),
+    wrongVia: {
+      oldFd: wrong.filter((e) => e.via === 'old-fd').length,
+      newFd: wrong.filter((e) => e.via === 'new-fd').length,
+    },
     short: events.filter((e) => e.outcome.kind === 'short').length,
     errors,
     gap: {
@@ -340,7 +346,8 @@ export function tally(
       wrong: gapEvents.filter((e) => e.outcome.kind === 'wrong').length,
     },
     oldFds: { right, files, failures: oldFailures },
-    wrongSamples: wrong.slice(0, 5),
+    // Those outside any gap first: a daemon was up when they were read.
+    wrongSamples: [...wrong.filter((e) => !inGap(e)), ...wrong.filter(inGap)].slice(0, 5),
   };
 }
 
@@ -348,9 +355,10 @@ export function summaryLine(s: ChaosSummary): string {
   const errors = Object.entries(s.errors)
     .map(([code, n]) => `${code}=${n}`)
     .join(',');
+  const wrong = `${s.wrong} wrong (${s.wrongZeroPages} zero pages; ${s.wrongVia.oldFd} via old fds, ${s.wrongVia.newFd} via new)`;
+  const gap = `${s.gap.blocked} blocked then served, ${s.gap.failed} failed, ${s.gap.short} short, ${s.gap.wrong} wrong`;
   return (
-    `chaos ${s.transport} (${s.restart}, ${s.crashes} SIGKILLs): ${s.reads} reads, ${s.wrong} wrong ` +
-    `(${s.wrongZeroPages} zero pages), ${s.short} short, errors {${errors}}; during gaps: ` +
-    `${s.gap.blocked} blocked then served, ${s.gap.failed} failed, ${s.gap.short} short, ${s.gap.wrong} wrong; old fds after the last restart: ${s.oldFds.right}/${s.oldFds.files} files right`
+    `chaos ${s.transport} (${s.restart}, ${s.crashes} SIGKILLs): ${s.reads} reads, ${wrong}, ${s.short} short, ` +
+    `errors {${errors}}; during gaps: ${gap}; old fds after the last restart: ${s.oldFds.right}/${s.oldFds.files} right`
   );
 }
