@@ -160,8 +160,17 @@ export function program(): Command {
     .option('--local', 'unmount directly, without the daemon')
     .option('--lazy', 'with --local: detach now, clean up when no longer busy')
     .action(async (target: string, opts: { socket: string; local?: boolean; lazy?: boolean }) => {
-      if (opts.local) (await import('../mount/file-backed')).unmount(target, opts);
-      else await callControl(opts.socket, { op: 'umount', target: path.resolve(target) });
+      if (opts.local) {
+        const [{ unmount }, { explainBusy }] = await Promise.all([
+          import('../mount/file-backed'),
+          import('../mount/holders'),
+        ]);
+        try {
+          unmount(target, opts);
+        } catch (err) {
+          throw explainBusy(path.resolve(target), err);
+        }
+      } else await callControl(opts.socket, { op: 'umount', target: path.resolve(target) });
     });
   cli
     .command('status')

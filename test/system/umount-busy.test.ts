@@ -76,4 +76,23 @@ describe('umount of a busy image', () => {
     }
     await execCli('umount', '--socket', socket, mnt);
   });
+
+  it('umount --local of an image mounted by mount-local names the holder too', async () => {
+    const out = path.join(work, 'built');
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await execCli('build', path.join(work, 'tree'), out);
+    await execCli('mount-local', out, mnt);
+    const holder = spawn('sleep', ['600'], { cwd: mnt, stdio: 'ignore' });
+    try {
+      await assert.rejects(execCli('umount', '--local', mnt), (err: { stderr: string }) => {
+        assert.match(err.stderr, new RegExp(`${mnt} is busy: pid ${holder.pid} \\(sleep: cwd\\)`));
+        return true;
+      });
+    } finally {
+      const exited = new Promise((r) => holder.once('exit', r));
+      holder.kill('SIGKILL');
+      await exited;
+    }
+    await execCli('umount', '--local', mnt);
+  });
 });
