@@ -10,6 +10,7 @@ import { checkRegistries, registriesSchema, type RegistriesConfig } from './oci/
 
 import { DEFAULT_CACHE_DIR, DEFAULT_SOCKET } from './defaults';
 import { DEFAULT_READ_AHEAD } from './storage/blob-cache';
+import { DEFAULT_READ_DEADLINE_MS } from './transport/miss-requests';
 
 export { DEFAULT_CONFIG, DEFAULT_SOCKET } from './defaults';
 
@@ -43,7 +44,11 @@ export const DEFAULTS: Config = {
   transport: 'auto',
   fuseBacking: 'auto',
   logLevel: 'info',
-  fetch: { concurrency: 8, readTimeoutSeconds: 120, readAheadKiB: DEFAULT_READ_AHEAD.maxBytes / 1024 },
+  fetch: {
+    concurrency: 8,
+    readTimeoutSeconds: DEFAULT_READ_DEADLINE_MS / 1000,
+    readAheadKiB: DEFAULT_READ_AHEAD.maxBytes / 1024,
+  },
   registries: { plainHttp: [], insecure: [], hosts: {} },
   metrics: { address: '127.0.0.1:9543' },
 };

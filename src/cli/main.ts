@@ -106,7 +106,7 @@ export function program(): Command {
       .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET})`)
       .option('--prefetch <n>', 'background prefetch workers per blob (default 0: off)')
       .option('--concurrency <n>', 'concurrent Range GETs (default 8)')
-      .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 120; 0: no deadline)')
+      .option('--read-timeout <seconds>', 'a read not served within this gets EIO (default 60; 0: no deadline)')
       .option(
         '--read-ahead <size>',
         'compressed bytes a cache miss may fetch past itself in its blob, default 8M (0: none)',
@@ -160,8 +160,17 @@ export function program(): Command {
     .option('--local', 'unmount directly, without the daemon')
     .option('--lazy', 'with --local: detach now, clean up when no longer busy')
     .action(async (target: string, opts: { socket: string; local?: boolean; lazy?: boolean }) => {
-      if (opts.local) (await import('../mount/file-backed')).unmount(target, opts);
-      else await callControl(opts.socket, { op: 'umount', target: path.resolve(target) });
+      if (opts.local) {
+        const [{ unmount }, { explainBusy }] = await Promise.all([
+          import('../mount/file-backed'),
+          import('../mount/holders'),
+        ]);
+        try {
+          unmount(target, opts);
+        } catch (err) {
+          throw explainBusy(path.resolve(target), err);
+        }
+      } else await callControl(opts.socket, { op: 'umount', target: path.resolve(target) });
     });
   cli
     .command('status')

@@ -6,6 +6,7 @@ import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
 import { unmount } from '../mount/file-backed';
+import { explainBusy } from '../mount/holders';
 import { mounts as mountTable } from '../mount/mountinfo';
 import { checkMountTarget, requireCanonical } from '../mount/target';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
@@ -17,6 +18,7 @@ import { TraceRecorder, type AccessTrace, type EndReason } from '../storage/acce
 import { fetchMissing, Prefetcher } from '../storage/prefetcher';
 import type { CacheMissTransport, MountState, TransportModule, TransportName } from '../transport/transport';
 import { transportModule } from '../transport/transports';
+import { DEFAULT_READ_DEADLINE_MS } from '../transport/miss-requests';
 import type { FuseBacking } from '../transport/fuse-backing';
 import { lockCacheDir, type CacheLock } from './cache-lock';
 import { serveControl, type ControlRequest } from './control';
@@ -32,7 +34,10 @@ export interface DaemonOptions {
   /** Background prefetch workers per mounted image (0: none). */
   prefetch: number;
   concurrency: number;
-  /** A read not served within this many milliseconds gets EIO; 0: no deadline. */
+  /**
+   * A read not served within this many milliseconds gets EIO (default DEFAULT_READ_DEADLINE_MS); 0:
+   * no deadline. A Range GET gives up after as long, retries included: it holds no slot past it.
+   */
   readTimeoutMs?: number;
   /** Bytes a demand miss may fetch past itself in its blob (default 4 MiB; 0: none). */
   readAheadBytes?: number;
@@ -82,6 +87,7 @@ export class Daemon {
     // Kernel-facing fds kept outside the daemon, with what a daemon before us left there.
     const fds = openFdKeeper();
     const requested = opts.transport ?? 'auto';
+    const readDeadline = opts.readTimeoutMs ?? DEFAULT_READ_DEADLINE_MS;
     // Probed for real: fanotify on a filesystem that refuses marks would serve holes as zeros.
     const features = probeKernel(opts.cacheDir, requested, fds);
     if (!features.chosen) throw new Error(`${features.refusal} for ${opts.cacheDir} (see \`erofs-ondemand doctor\`)`);
@@ -101,7 +107,7 @@ export class Daemon {
     this.blobs = new BlobStore(path.join(opts.cacheDir, 'blobs'), this.fetcher, this.budget, {
       maxBytes: opts.readAheadBytes ?? DEFAULT_READ_AHEAD.maxBytes,
     });
-    this.store = new ImageStore(opts.cacheDir, this.blobs, opts.registries);
+    this.store = new ImageStore(opts.cacheDir, this.blobs, opts.registries, readDeadline || undefined);
     this.budget.resync(this.blobs.evictUnused([], Infinity).cacheBytes); // measures, evicts nothing
     this.prefetcher = new Prefetcher(opts.prefetch, this.budget);
     this.traces = new TraceStore(path.join(opts.cacheDir, 'traces'));
@@ -110,7 +116,7 @@ export class Daemon {
       cacheDir: opts.cacheDir,
       fuseBacking: opts.fuseBacking ?? 'auto',
       misses: {
-        deadlineMs: opts.readTimeoutMs ?? 0,
+        deadlineMs: readDeadline,
         onMiss: (seconds) => {
           this.metrics.misses.inc();
           this.metrics.miss.observe(seconds);
@@ -319,7 +325,9 @@ export class Daemon {
   async umount(target: string): Promise<void> {
     requireCanonical(target);
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
-    await this.transport.unmount(target);
+    await this.transport.unmount(target).catch((err) => {
+      throw explainBusy(target, err);
+    });
     this.recorders.get(target)?.end('unmount');
     this.recorders.delete(target);
     this.mounts.delete(target);

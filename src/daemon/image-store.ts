@@ -111,10 +111,11 @@ export async function openLazyBlob(
   client: HostClient,
   repo: string,
   desc: Descriptor,
+  rangeBudgetMs?: number,
 ): Promise<{ remote: RemoteBlob; index: BlobIndex }> {
   const what = `image ${ref}, blob ${desc.digest}`;
   const read: RangeReader = (offset, length, verify, priority) =>
-    client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority });
+    client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority, budgetMs: rangeBudgetMs });
   const table = expectedTable(desc);
   const readTable: RangeReader = table
     ? read
@@ -148,6 +149,8 @@ export class ImageStore {
     /** The blob cache files, shared by every image. */
     readonly blobs: BlobStore,
     private readonly registries: OpenOptions = {},
+    /** Milliseconds a Range GET of a data blob may take, retries included (default: attempts alone bound it). */
+    private readonly rangeBudgetMs?: number,
   ) {
     fs.mkdirSync(path.join(cacheDir, 'bootstraps'), { recursive: true, mode: 0o700 });
   }
@@ -158,7 +161,7 @@ export class ImageStore {
     // The chunk tables are fetched while the bootstrap is: a mount waits for one round trip, not one
     // per blob. Nothing is opened in the cache before the bootstrap passed its check.
     const tables = blobDescs.map((desc) => {
-      const table = this.blobs.get(desc.digest) ? null : openLazyBlob(ref, client, repo, desc);
+      const table = this.blobs.get(desc.digest) ? null : openLazyBlob(ref, client, repo, desc, this.rangeBudgetMs);
       table?.catch(() => undefined); // awaited below, unless the bootstrap fails first
       return table;
     });
@@ -189,7 +192,7 @@ export class ImageStore {
         blobs.push(known);
         continue;
       }
-      const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc)); // evicted meanwhile
+      const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc, this.rangeBudgetMs)); // evicted meanwhile
       blobs.push(this.blobs.add(remote, index));
     }
     return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs, client, repo, subject };

@@ -7,10 +7,12 @@ export interface MountEntry {
   target: string;
   fstype: string;
   source: string;
+  /** The filesystem's own options (an overlay's lowerdir=...), as mountinfo shows them: see `unescape`. */
+  options: string;
 }
 
-/** mountinfo escapes space, tab, newline and backslash as \ooo. */
-function unescape(s: string): string {
+/** mountinfo escapes space, tab, newline and backslash as \ooo (and commas in options). */
+export function unescape(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
@@ -21,7 +23,7 @@ export function mounts(): MountEntry[] {
     const [left, right] = line.split(' - ');
     const f = left.split(' ');
     const r = (right ?? '').split(' ');
-    out.push({ dev: f[2], target: unescape(f[4]), fstype: r[0], source: unescape(r[1] ?? '') });
+    out.push({ dev: f[2], target: unescape(f[4]), fstype: r[0], source: unescape(r[1] ?? ''), options: r[2] ?? '' });
   }
   return out;
 }

@@ -80,7 +80,8 @@ export async function getBlob(
 
 /**
  * Bytes `start..endInclusive` of a blob. The registry must honour Range (206); the bytes are not
- * verifiable against the digest. `priority` says how hard a transient failure is retried.
+ * verifiable against the digest. `priority` says how hard a transient failure is retried; `budgetMs`
+ * bounds the request's time, retries included.
  */
 export async function getBlobRange(
   http: HttpClient,
@@ -88,7 +89,7 @@ export async function getBlobRange(
   digest: string,
   start: number,
   endInclusive: number,
-  priority: Priority = 'demand',
+  { priority = 'demand', budgetMs }: { priority?: Priority; budgetMs?: number } = {},
 ): Promise<Buffer> {
   const ctx = { ...digestContext(http.where(), repo, digest), range: `${start}-${endInclusive}` };
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(endInclusive) || start < 0 || endInclusive < start) {
@@ -103,6 +104,7 @@ export async function getBlobRange(
     ctx,
     retry: true,
     priority,
+    budgetMs,
     followRedirects: true,
   });
   if (res.status === 200) {

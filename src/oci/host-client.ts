@@ -39,6 +39,8 @@ export interface RangeOptions {
   mirrors?: boolean;
   /** How hard each endpoint is retried (default 'demand'); a mirror another endpoint follows gets one attempt either way. */
   priority?: Priority;
+  /** Milliseconds each endpoint's request may take, retries included (default: attempts alone bound it). */
+  budgetMs?: number;
 }
 
 interface Slot {
@@ -198,7 +200,10 @@ export class HostClient {
       'pull',
       { op: 'get blob range', ctx, quiet: true },
       async (c, slot, more) => {
-        const data = await c.getBlobRange(repo, digest, start, endInclusive, { priority: opts.priority });
+        const data = await c.getBlobRange(repo, digest, start, endInclusive, {
+          priority: opts.priority,
+          budgetMs: opts.budgetMs,
+        });
         const bad = opts.verify ? await opts.verify(data) : null;
         if (bad && slot.endpoint.mirror) {
           this.distrust(digest, slot, bad);

@@ -55,6 +55,8 @@ export interface Call {
   retry: boolean;
   /** How hard a transient failure is retried (default 'demand'). */
   priority?: Priority;
+  /** Milliseconds the request may take, retries and waits included (see RetryPolicy.budgetMs). */
+  budgetMs?: number;
   followRedirects?: boolean;
 }
 
@@ -136,6 +138,7 @@ export class HttpClient {
   private readonly namespace: string | undefined;
   private readonly agent: Agent;
   private readonly auth: RegistryAuth;
+  private readonly timeoutMs: number;
   /** Whether the registry serves the referrers API, once it has answered (404: it does not). */
   referrersApi: boolean | undefined = undefined;
 
@@ -146,6 +149,7 @@ export class HttpClient {
     this.origin = opts.api.origin;
     this.apiPath = opts.api.pathname.replace(/\/+$/, '');
     this.namespace = opts.namespace;
+    this.timeoutMs = opts.timeoutMs;
     this.agent = newAgent({
       connections: opts.connections,
       keepAliveTimeout: 30_000,
@@ -187,7 +191,9 @@ export class HttpClient {
    */
   send(call: Call): Promise<Response> {
     const policy = call.retry ? forPriority(this.policy, call.priority) : once(this.policy);
-    return withRetries(policy, call, () => this.sendOnce(call));
+    return withRetries({ ...policy, budgetMs: call.budgetMs ?? policy.budgetMs }, call, (_n, _last, leftMs) =>
+      this.sendOnce(call, leftMs),
+    );
   }
 
   /**
@@ -235,12 +241,13 @@ export class HttpClient {
       : new InputError(text, ctx, { cause: err });
   }
 
-  private async sendOnce(call: Call): Promise<Response> {
-    let res = await this.sendFollowing(call);
+  /** One attempt; `leftMs`, when given, bounds the wait for headers and between body bytes. */
+  private async sendOnce(call: Call, leftMs?: number): Promise<Response> {
+    let res = await this.sendFollowing(call, leftMs);
     if (res.status === 401) {
       await res.body.dump();
       await this.auth.challenge(res.headers['www-authenticate'], call.scopes, call.ctx);
-      res = await this.sendFollowing(call);
+      res = await this.sendFollowing(call, leftMs);
     }
     if (res.status === 401 || res.status === 403) {
       const detail = await this.errorDetail(res);
@@ -260,7 +267,7 @@ export class HttpClient {
     return res;
   }
 
-  private async sendFollowing(call: Call): Promise<Response> {
+  private async sendFollowing(call: Call, leftMs?: number): Promise<Response> {
     let url = call.url;
     for (let hop = 0; ; hop++) {
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...call.headers };
@@ -271,7 +278,7 @@ export class HttpClient {
       }
       // undici sends an async iterable chunk by chunk (its types leave that case out).
       const body = (call.body ? call.body() : null) as Buffer | Readable | null;
-      const res = await this.request(url, call.method, headers, body, call.op, call.ctx);
+      const res = await this.request(url, call.method, headers, body, call.op, call.ctx, leftMs);
       const location = header(res, 'location');
       if (!call.followRedirects || !REDIRECT_STATUSES.has(res.status) || !location) return res;
       await res.body.dump();
@@ -289,8 +296,10 @@ export class HttpClient {
     body: Buffer | Readable | null,
     op: string,
     ctx: ErrorContext,
+    leftMs?: number,
   ): Promise<Response> {
     let data: Dispatcher.ResponseData;
+    const bound = leftMs === undefined ? this.timeoutMs : Math.min(this.timeoutMs, leftMs);
     try {
       data = await this.agent.request({
         origin: url.origin,
@@ -298,6 +307,8 @@ export class HttpClient {
         method,
         headers,
         body,
+        headersTimeout: bound,
+        bodyTimeout: bound,
       });
     } catch (err) {
       throw this.networkError(err, op, ctx);

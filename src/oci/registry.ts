@@ -153,9 +153,9 @@ export class RegistryClient {
     digest: string,
     start: number,
     endInclusive: number,
-    opts: { priority?: Priority } = {},
+    opts: { priority?: Priority; budgetMs?: number } = {},
   ): Promise<Buffer> {
-    return getBlobRange(this.http, repo, digest, start, endInclusive, opts.priority);
+    return getBlobRange(this.http, repo, digest, start, endInclusive, opts);
   }
 
   // ---- blobs pushed (./blob-upload) ----

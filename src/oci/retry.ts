@@ -19,6 +19,11 @@ export interface RetryPolicy {
   baseMs: number;
   /** Cap on any one wait, a registry's Retry-After included. */
   maxDelayMs: number;
+  /**
+   * Time from the first attempt after which no wait begins and no attempt starts; each attempt is
+   * told what is left, to bound its own waiting (undefined: attempts alone bound the request).
+   */
+  budgetMs?: number;
 }
 
 export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = { attempts: 4, baseMs: 500, maxDelayMs: 30_000 };
@@ -115,24 +120,30 @@ export interface RetriedJob {
 
 /**
  * Runs `attempt` until it succeeds, throws something other than a TransientError, or has been run
- * `policy.attempts` times. A transient failure of the last of several attempts becomes a plain
- * InputError saying how many were made, so that an enclosing `withRetries` does not multiply them;
- * with a single attempt it is thrown as it is, transient, for the caller to decide.
+ * `policy.attempts` times or its budget is spent. A transient failure of the last of several attempts
+ * becomes a plain InputError saying how many were made, so that an enclosing `withRetries` does not
+ * multiply them; with a single attempt it is thrown as it is, transient, for the caller to decide.
+ * `attempt` gets the milliseconds left of the budget (undefined without one).
  */
 export async function withRetries<T>(
   policy: RetryPolicy,
   job: RetriedJob,
-  attempt: (n: number, last: boolean) => Promise<T>,
+  attempt: (n: number, last: boolean, leftMs: number | undefined) => Promise<T>,
 ): Promise<T> {
   const attempts = Math.max(1, policy.attempts);
+  const end = policy.budgetMs === undefined ? undefined : Date.now() + policy.budgetMs;
   for (let n = 1; ; n++) {
     try {
-      return await attempt(n, n >= attempts);
+      return await attempt(n, n >= attempts, end === undefined ? undefined : Math.max(1, end - Date.now()));
     } catch (err) {
       if (!(err instanceof TransientError)) throw err;
-      if (n >= attempts)
-        throw n > 1 ? new InputError(`${err.detail} (after ${n} attempts)`, job.ctx, { cause: err }) : err;
       const delayMs = retryDelay(policy, n, err.retryAfterMs);
+      const spent = end !== undefined && Date.now() + delayMs >= end;
+      if (n >= attempts || spent) {
+        const tried = `after ${n} attempt${n > 1 ? 's' : ''}`;
+        const why = spent ? `${tried} in ${policy.budgetMs! / 1000} s` : tried;
+        throw n > 1 || spent ? new InputError(`${err.detail} (${why})`, job.ctx, { cause: err }) : err;
+      }
       log.warn('registry request failed; retrying', {
         ...job.ctx,
         op: job.op,

@@ -8,8 +8,15 @@ import type { RangeSink, RangeSource } from '../storage/range-source';
 
 const { EIO } = os.constants.errno;
 
+/**
+ * How long a reader waits for a miss by default before it gets EIO: as long as the registry client
+ * waits for one silent request (DEFAULT_TIMEOUT_MS), so a stuck registry fails a read where a
+ * program and its user would still wait for it, never one stalled request after another.
+ */
+export const DEFAULT_READ_DEADLINE_MS = 60_000;
+
 export interface MissOptions {
-  /** A request not served within this many milliseconds is answered EIO; 0: no deadline. */
+  /** A request not served within this many milliseconds is answered EIO (default DEFAULT_READ_DEADLINE_MS); 0: no deadline. */
   deadlineMs?: number;
   /** Called for each request that needed chunks fetched, with the seconds from taking it to its answer. */
   onMiss?: (seconds: number) => void;
@@ -104,7 +111,7 @@ export class MissRequests<Id> {
 
   private take(id: Id, answer: Answer, context: Record<string, unknown>): void {
     this.requests++;
-    const deadline = this.opts.deadlineMs ?? 0;
+    const deadline = this.opts.deadlineMs ?? DEFAULT_READ_DEADLINE_MS;
     const timer =
       deadline > 0
         ? setTimeout(() => {

@@ -1,6 +1,6 @@
 // An HTTP proxy on 127.0.0.1 in front of a test registry that records every request and, on the
 // requests a fault matches, answers with an error status, resets the connection, drops Range,
-// flips a byte of the body, or answers by itself.
+// flips a byte of the body, holds the request (a stalled registry), or answers by itself.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -9,6 +9,8 @@ export type Fault =
   | { kind: 'reset' }
   | { kind: 'ignore-range' }
   | { kind: 'corrupt' }
+  /** Holds the request `ms` milliseconds, then forwards it; without `ms`, until the proxy stops. */
+  | { kind: 'stall'; ms?: number }
   | { kind: 'respond'; respond: (req: http.IncomingMessage, res: http.ServerResponse) => void };
 
 export interface FaultRule {
@@ -16,6 +18,8 @@ export interface FaultRule {
   path: RegExp;
   /** How many matching requests get the fault (default 1). */
   times?: number;
+  /** The share of matching requests that get the fault (default 1); the others go on to later rules. */
+  probability?: number;
   fault: Fault;
 }
 
@@ -42,6 +46,8 @@ export interface FaultProxy {
   url: string;
   requests: ProxiedRequest[];
   add(rule: FaultRule): void;
+  /** Requests a stall holds now (their client has not given up). */
+  held(): number;
   /** Forgets recorded requests and unused faults. */
   reset(): void;
   stop(): Promise<void>;
@@ -53,6 +59,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
   const requests: ProxiedRequest[] = [];
   let bytesIn = 0;
   const agent = new http.Agent({ keepAlive: true });
+  const stalled = new Set<http.ServerResponse>();
 
   const server = http.createServer((req, res) => {
     const method = req.method ?? 'GET';
@@ -75,7 +82,13 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       record.bytesIn += b.length;
       bytesIn += b.length;
     });
-    const rule = rules.find((r) => r.left > 0 && (!r.method || r.method === method) && r.path.test(url));
+    const rule = rules.find(
+      (r) =>
+        r.left > 0 &&
+        (!r.method || r.method === method) &&
+        r.path.test(url) &&
+        (r.probability === undefined || Math.random() < r.probability),
+    );
     if (rule) rule.left--;
     const fault = rule?.fault;
 
@@ -100,32 +113,45 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       return;
     }
 
-    const headers = { ...req.headers };
-    if (fault?.kind === 'ignore-range') delete headers.range;
-    // The Host header stays the proxy's: the registry builds its Location URLs from it.
-    const upstream = http.request(
-      { host: targetHost, port: Number(targetPort), method, path: url, headers, agent },
-      (up) => {
-        record.status = up.statusCode ?? 0;
-        res.writeHead(up.statusCode ?? 502, up.headers);
-        if (fault?.kind === 'corrupt') {
-          let flipped = false;
-          up.on('data', (b: Buffer) => {
-            if (!flipped && b.length > 0) {
-              b = Buffer.from(b);
-              b[0] ^= 0xff;
-              flipped = true;
-            }
-            res.write(b);
-          });
-          up.on('end', () => res.end());
-        } else {
-          up.pipe(res);
-        }
-      },
-    );
-    upstream.on('error', () => res.destroy());
-    req.pipe(upstream);
+    const forward = () => {
+      const headers = { ...req.headers };
+      if (fault?.kind === 'ignore-range') delete headers.range;
+      // The Host header stays the proxy's: the registry builds its Location URLs from it.
+      const upstream = http.request(
+        { host: targetHost, port: Number(targetPort), method, path: url, headers, agent },
+        (up) => {
+          record.status = up.statusCode ?? 0;
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          if (fault?.kind === 'corrupt') {
+            let flipped = false;
+            up.on('data', (b: Buffer) => {
+              if (!flipped && b.length > 0) {
+                b = Buffer.from(b);
+                b[0] ^= 0xff;
+                flipped = true;
+              }
+              res.write(b);
+            });
+            up.on('end', () => res.end());
+          } else {
+            up.pipe(res);
+          }
+        },
+      );
+      upstream.on('error', () => res.destroy());
+      req.pipe(upstream);
+    };
+    if (fault?.kind === 'stall') {
+      // Held: the request body is buffered by the socket until the stall ends.
+      stalled.add(res);
+      const timer = fault.ms === undefined ? undefined : setTimeout(() => (stalled.delete(res), forward()), fault.ms);
+      res.on('close', () => {
+        clearTimeout(timer);
+        stalled.delete(res);
+      });
+      return;
+    }
+    forward();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
@@ -134,11 +160,13 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     url: `http://127.0.0.1:${port}`,
     requests,
     add: (rule) => rules.push({ ...rule, left: rule.times ?? 1 }),
+    held: () => stalled.size,
     reset: () => {
       requests.length = 0;
       rules = [];
     },
     stop: async () => {
+      for (const res of stalled) res.destroy();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       agent.destroy();

@@ -24,8 +24,8 @@ const BLOB = Buffer.from('0123456789abcdefghijklmnopqrstuvwxyz');
 const DIGEST = sha256Digest(BLOB);
 const FAST: RetryPolicy = { attempts: 4, baseMs: 1, maxDelayMs: 5 };
 
-/** How a fake registry answers one request: a status (with headers), the range asked for, or a dropped connection. */
-type Answer = { status: number; headers?: Record<string, string> } | 'range' | 'reset';
+/** How a fake registry answers one request: a status (with headers), the range asked for, a dropped connection, or nothing ever. */
+type Answer = { status: number; headers?: Record<string, string> } | 'range' | 'reset' | 'stall';
 
 interface FakeRegistry {
   host: string;
@@ -43,6 +43,7 @@ async function fakeRegistry(): Promise<FakeRegistry> {
     fake.requests++;
     const answer = fake.script.shift() ?? fake.otherwise;
     if (answer === 'reset') return void req.socket.destroy();
+    if (answer === 'stall') return;
     if (answer !== 'range')
       return void res.writeHead(answer.status, { 'content-length': '0', ...answer.headers }).end();
     const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range));
@@ -230,6 +231,25 @@ describe('retry policy as requests meet it', () => {
     reg.otherwise = { status: 404 };
     await assert.rejects(client().getBlobRange('app', DIGEST, 0, 9), /blob unknown \(404\)/);
     assert.equal(reg.requests, 1);
+  });
+
+  it('ends a request that has a time budget when it is spent, a stalled attempt and the waits included', async () => {
+    reg.otherwise = 'stall';
+    const t0 = Date.now();
+    await assert.rejects(
+      client().getBlobRange('app', DIGEST, 0, 9, { budgetMs: 300 }),
+      /get blob range: .*\(UND_ERR_HEADERS_TIMEOUT\) \(after 1 attempt in 0.3 s\)/,
+    );
+    assert.ok(Date.now() - t0 < 2000, `gave up after ${Date.now() - t0} ms, not after the 5 s request timeout`);
+    reg.otherwise = { status: 503 };
+    reg.requests = 0;
+    await assert.rejects(
+      client({ retryBaseMs: 200 }).getBlobRange('app', DIGEST, 0, 9, { budgetMs: 300 }),
+      /registry answered 503 \(after [12] attempts? in 0.3 s\)/,
+    );
+    assert.ok(reg.requests < 4, `${reg.requests} attempts: no wait begins past the budget`);
+    reg.otherwise = 'range';
+    assert.deepEqual(await client().getBlobRange('app', DIGEST, 0, 9, { budgetMs: 300 }), BLOB.subarray(0, 10));
   });
 
   it('retries a dropped connection', async () => {
