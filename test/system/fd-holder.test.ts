@@ -9,7 +9,7 @@ import type { Readable } from 'node:stream';
 import { after, describe, it } from 'node:test';
 import { lockCacheDir, LOCK_FILE } from '../../src/daemon/cache-lock';
 import { HOLDER_LOG, HOLDER_SOCKET, HolderProcess } from '../../src/daemon/fd-holder';
-import { native } from '../../src/native';
+import { native, type Packet } from '../../src/native';
 import { until } from '../lib/assertions';
 import { runCliAsync, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
@@ -153,7 +153,7 @@ describe('fd holder', () => {
     assert.match(fs.readFileSync(path.join(cacheDir, HOLDER_LOG), 'utf8'), /exiting: no fd kept and no client/);
   });
 
-  it('a client whose holder dies starts another and keeps its fds there again', async () => {
+  it('a client whose holder dies starts another and keeps its fds there again; EXIT ends a holder', async () => {
     const cacheDir = path.join(work, 'respawn');
     const socket = path.join(cacheDir, HOLDER_SOCKET);
     const client = await startClient(cacheDir);
@@ -173,12 +173,21 @@ describe('fd holder', () => {
       assert.ok(fd !== undefined, 'the new holder got the fd again');
       await samePipe(fd, client.pipe);
       fs.closeSync(fd);
-      holder.drop('test-pipe');
+      holder.close();
+      // EXIT ends it though it still keeps the fd.
+      const sock = native.seqpacketConnect(socket);
+      native.sendPacket(sock, 'HELLO', [lock.fd]);
+      assert.match((native.recvPacket(sock, 5000) as Packet).text, /^OK pid \d+$/);
+      native.sendPacket(sock, 'EXIT');
+      assert.equal((native.recvPacket(sock, 5000) as Packet).text, 'OK');
+      fs.closeSync(sock);
     } finally {
       holder.close();
       lock.release();
     }
     await until(() => holderPids(socket).length === 0, 'the holder to exit', 5000);
+    assert.equal(fs.existsSync(socket), false);
+    assert.match(fs.readFileSync(path.join(cacheDir, HOLDER_LOG), 'utf8'), /exiting: asked to exit \(1 fds closed\)/);
   });
 
   it('a daemon starts a holder, refuses others the fds, starts another when it dies; a stop ends it', async () => {
