@@ -192,6 +192,7 @@ export class Daemon {
       }
     }
     this.transport.begin?.();
+    this.fds.releaseUnclaimed();
     for (const { ref, target } of remount) {
       try {
         if (mounted.has(target)) unmount(target, { lazy: true });

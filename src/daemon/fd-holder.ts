@@ -11,6 +11,7 @@ import { native } from '../native';
 import { executablePath } from '../native/addon-path';
 import type { FdKeeper } from '../transport/transport';
 import type { CacheLock } from './cache-lock';
+import { HandedFds } from './handed-fds';
 
 export const HOLDER_SOCKET = 'holder.sock';
 export const HOLDER_LOG = 'holder.log';
@@ -32,7 +33,7 @@ export class HolderProcess implements FdKeeper {
   /** Every fd the holder should have, by name: kept again in a new holder when this one dies. */
   private readonly kept = new Map<string, number>();
   /** What the holder had when this daemon came: an earlier daemon's fds, now this process's. */
-  private readonly handed = new Map<string, number>();
+  private handed = new HandedFds(new Map());
   private sock = -1;
   private watch: NodeJS.Timeout | undefined;
   /** The holder's pid, from its answer to HELLO. */
@@ -54,21 +55,20 @@ export class HolderProcess implements FdKeeper {
     const dir = path.resolve(cacheDir);
     const holder = new HolderProcess(path.join(dir, HOLDER_SOCKET), lock, path.join(dir, HOLDER_LOG));
     holder.connect();
-    for (const [name, fd] of holder.list()) {
-      holder.handed.set(name, fd);
-      holder.kept.set(name, fd);
-    }
+    const handed = holder.list();
+    holder.handed = new HandedFds(handed);
+    for (const [name, fd] of handed) holder.kept.set(name, fd);
     log.info('fd holder serves this daemon', {
       pid: holder.pid,
       socket: holder.socket,
-      inherited: [...holder.handed.keys()],
+      inherited: holder.handed.names(),
     });
     holder.watch = setInterval(() => holder.check(), WATCH_INTERVAL_MS).unref();
     return holder;
   }
 
   inherited(name: string): number | undefined {
-    return this.handed.get(name);
+    return this.handed.take(name);
   }
 
   keep(name: string, fd: number): boolean {
@@ -85,6 +85,13 @@ export class HolderProcess implements FdKeeper {
     const reply = this.ask(`DROP ${name}`);
     if (reply !== 'OK' && reply !== `ERR nothing kept as ${name}`)
       log.warn('fd holder did not drop an fd', { name, reply });
+  }
+
+  releaseUnclaimed(): string[] {
+    const names = this.handed.closeUnclaimed();
+    for (const name of names) this.drop(name);
+    if (names.length) log.info('fds no transport took over: dropped from the fd holder', { names });
+    return names;
   }
 
   /** Disconnects (the fds stay kept; a holder that keeps nothing then exits) and stops watching it. */

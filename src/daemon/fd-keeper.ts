@@ -8,6 +8,7 @@ import type { FdKeeperChoice } from '../transport/fd-keepers';
 import type { FdKeeper } from '../transport/transport';
 import type { CacheLock } from './cache-lock';
 import { HolderProcess } from './fd-holder';
+import { HandedFds } from './handed-fds';
 
 const SD_LISTEN_FDS_START = 3;
 
@@ -28,16 +29,25 @@ export function takeListenFds(env: NodeJS.ProcessEnv = process.env): Map<string,
 
 /** The daemon's keeper; `close` at its stop leaves the kept fds where they are. */
 export interface OpenFdKeeper extends FdKeeper {
+  /**
+   * Once restored mounts are resumed: drops the fds an earlier daemon kept that no transport asked
+   * for (`inherited`), which would otherwise be kept for ever. Their names.
+   */
+  releaseUnclaimed(): string[];
   close(): void;
 }
 
 export class SystemdFdStore implements OpenFdKeeper {
   readonly kind = 'systemd' as const;
 
-  constructor(private readonly handed: Map<string, number>) {}
+  private readonly handed: HandedFds;
+
+  constructor(handed: Map<string, number>) {
+    this.handed = new HandedFds(handed);
+  }
 
   inherited(name: string): number | undefined {
-    return this.handed.get(name);
+    return this.handed.take(name);
   }
 
   keep(name: string, fd: number): boolean {
@@ -50,6 +60,13 @@ export class SystemdFdStore implements OpenFdKeeper {
     native.sdNotify(`FDSTOREREMOVE=1\nFDNAME=${name}`);
   }
 
+  releaseUnclaimed(): string[] {
+    const names = this.handed.closeUnclaimed();
+    for (const name of names) this.drop(name);
+    if (names.length) log.info('fds no transport took over: dropped from the fd store', { names });
+    return names;
+  }
+
   close(): void {}
 }
 
@@ -59,6 +76,7 @@ export const NO_KEEPER: OpenFdKeeper = {
   inherited: () => undefined,
   keep: () => false,
   drop: () => undefined,
+  releaseUnclaimed: () => [],
   close: () => undefined,
 };
 

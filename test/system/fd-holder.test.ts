@@ -43,7 +43,7 @@ function alive(pid: number): boolean {
 
 /**
  * A client in its own process: takes the cache lock, keeps its fd 3 (a pipe whose other end is
- * `pipe` here) in the holder as "test-pipe" and stays. Resolves once kept, with the holder's pid.
+ * `pipe` here) in the holder as "test-pipe" and as "spare", and stays. Resolves once kept, with the holder's pid.
  */
 async function startClient(cacheDir: string): Promise<{ child: ChildProcess; pipe: Readable; holderPid: number }> {
   const src = path.resolve(__dirname, '..', '..', 'src');
@@ -51,7 +51,7 @@ async function startClient(cacheDir: string): Promise<{ child: ChildProcess; pip
     const { lockCacheDir } = require(${JSON.stringify(path.join(src, 'daemon', 'cache-lock.js'))});
     const { HolderProcess } = require(${JSON.stringify(path.join(src, 'daemon', 'fd-holder.js'))});
     const holder = HolderProcess.open(process.argv[1], lockCacheDir(process.argv[1]));
-    if (!holder.keep('test-pipe', 3)) process.exit(1);
+    if (!holder.keep('test-pipe', 3) || !holder.keep('spare', 3)) process.exit(1);
     process.stdout.write(holder.pid + '\\n');
     setInterval(() => {}, 1 << 30);`;
   const child = spawn(process.execPath, ['-e', script, cacheDir], { stdio: ['ignore', 'pipe', 'inherit', 'pipe'] });
@@ -133,6 +133,7 @@ describe('fd holder', () => {
       assert.ok(fd !== undefined, 'the fd kept by the killed client is handed over');
       await samePipe(fd, client.pipe);
       fs.closeSync(fd);
+      assert.deepEqual(holder.releaseUnclaimed(), ['spare'], 'what no one asked for goes');
 
       // A request before HELLO is refused, and the connection closed.
       const sock = native.seqpacketConnect(socket);
@@ -173,6 +174,7 @@ describe('fd holder', () => {
       assert.ok(fd !== undefined, 'the new holder got the fd again');
       await samePipe(fd, client.pipe);
       fs.closeSync(fd);
+      assert.deepEqual(holder.releaseUnclaimed(), ['spare']);
       holder.close();
       // EXIT ends it though it still keeps the fd.
       const sock = native.seqpacketConnect(socket);
