@@ -38,8 +38,6 @@ export class HolderProcess implements FdKeeper {
   private watch: NodeJS.Timeout | undefined;
   /** The holder's pid, from its answer to HELLO. */
   pid = 0;
-  /** Holders started again because the one before died while this daemon ran. */
-  restarts = 0;
 
   private constructor(
     readonly socket: string,
@@ -55,7 +53,13 @@ export class HolderProcess implements FdKeeper {
     const dir = path.resolve(cacheDir);
     const holder = new HolderProcess(path.join(dir, HOLDER_SOCKET), lock, path.join(dir, HOLDER_LOG));
     holder.connect();
-    const handed = holder.list();
+    let handed: Map<string, number>;
+    try {
+      handed = holder.list();
+    } catch (err) {
+      holder.disconnect();
+      throw err;
+    }
     holder.handed = new HandedFds(handed);
     for (const [name, fd] of handed) holder.kept.set(name, fd);
     log.info('fd holder serves this daemon', {
@@ -204,7 +208,6 @@ export class HolderProcess implements FdKeeper {
   private revive(why: string): string[] {
     this.disconnect();
     this.connect();
-    this.restarts++;
     const failed: string[] = [];
     for (const [name, fd] of this.kept) if (this.request(this.sock, `KEEP ${name}`, [fd]) !== 'OK') failed.push(name);
     log.warn('fd holder gone: a new one keeps the fds again', {
