@@ -160,9 +160,10 @@ describe('fd holder', () => {
     const client = await startClient(cacheDir);
     children.push(client.child);
     process.kill(client.holderPid, 'SIGKILL');
+    const holderLog = path.join(cacheDir, HOLDER_LOG);
     await until(
-      () => holderPids(socket).some((p) => p !== client.holderPid),
-      'the client to start another holder',
+      () => (fs.readFileSync(holderLog, 'utf8').match(/keeping spare/g) ?? []).length === 2,
+      'the client to keep its fds again in a new holder',
       5000,
     );
     await kill(client.child);
