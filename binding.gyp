@@ -8,6 +8,7 @@
         "native/chunk_decode.cc",
         "native/errors.cc",
         "native/fanotify.cc",
+        "native/fd_passing.cc",
         "native/fs_calls.cc",
         "native/fuse.cc",
         "native/reader_thread.cc"
@@ -31,6 +32,12 @@
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
       "cflags_cc!": ["-fno-exceptions"],
       "libraries": ["-lzstd", "-lisal"]
+    },
+    {
+      "target_name": "erofs-ondemand-holder",
+      "type": "executable",
+      "sources": ["native/holder/holder.cc"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -3,6 +3,7 @@
 #include "cachefiles.h"
 #include "chunk_decode.h"
 #include "fanotify.h"
+#include "fd_passing.h"
 #include "fs_calls.h"
 #include "fuse.h"
 
@@ -24,6 +25,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitCachefiles(env, exports);
   InitChunkDecode(env, exports);
   InitFuse(env, exports);
+  InitFdPassing(env, exports);
   exports.Set("mapLargeAllocations", Napi::Function::New(env, MapLargeAllocations));
   return exports;
 }

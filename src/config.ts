@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import type { ErrorObject, JSONSchemaType, SchemaObject, ValidateFunction } from 'ajv';
 import { InputError, type ErrorContext } from './errors';
+import { FD_KEEPER_CHOICES, type FdKeeperChoice } from './transport/fd-keepers';
 import { FUSE_BACKINGS, type FuseBacking } from './transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from './transport/transport';
 import { checkRegistries, registriesSchema, type RegistriesConfig } from './oci/hosts';
@@ -24,6 +25,8 @@ export interface Config {
   transport: TransportName | 'auto';
   /** FUSE transport: how EROFS reaches the FUSE files ('auto': file-backed on 6.12+, loop devices before). */
   fuseBacking: FuseBacking;
+  /** Where kernel-facing fds outlive the daemon ('auto': systemd's fd store under systemd, else the holder process). */
+  fdKeeper: FdKeeperChoice;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   /**
    * concurrency: Range GETs at once; readTimeoutSeconds: a read not served by then gets EIO (0: no
@@ -43,6 +46,7 @@ export const DEFAULTS: Config = {
   prefetch: 0,
   transport: 'auto',
   fuseBacking: 'auto',
+  fdKeeper: 'auto',
   logLevel: 'info',
   fetch: {
     concurrency: 8,
@@ -70,6 +74,7 @@ const schema: JSONSchemaType<FileConfig> = {
     prefetch: { type: 'integer', minimum: 0, maximum: 64, nullable: true },
     transport: { type: 'string', enum: ['auto', ...TRANSPORT_NAMES], nullable: true },
     fuseBacking: { type: 'string', enum: [...FUSE_BACKINGS], nullable: true },
+    fdKeeper: { type: 'string', enum: [...FD_KEEPER_CHOICES], nullable: true },
     logLevel: { type: 'string', enum: ['error', 'warn', 'info', 'debug'], nullable: true },
     fetch: {
       type: 'object',

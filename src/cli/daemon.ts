@@ -23,6 +23,7 @@ export interface DaemonFlags {
   cacheMaxBytes?: string;
   transport?: string;
   fuseBacking?: string;
+  fdKeeper?: string;
 }
 
 /** A numeric flag as a number; anything else stays text, which the schema then refuses naming the flag. */
@@ -55,6 +56,7 @@ const FLAG_OF_KEY: Record<string, keyof DaemonFlags> = {
   '/metrics/address': 'metricsAddress',
   '/transport': 'transport',
   '/fuseBacking': 'fuseBacking',
+  '/fdKeeper': 'fdKeeper',
 };
 
 /** The file's settings, overridden by flags given on the command line; both pass the same schema. */
@@ -69,6 +71,7 @@ export function effectiveConfig(flags: DaemonFlags, configRequired: boolean): Co
     cacheMaxBytes: sizeFlag('cacheMaxBytes', flags.cacheMaxBytes),
     transport: flags.transport,
     fuseBacking: flags.fuseBacking,
+    fdKeeper: flags.fdKeeper,
     fetch: {
       concurrency: numberFlag(flags.concurrency),
       readTimeoutSeconds: numberFlag(flags.readTimeout),
@@ -115,6 +118,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     cacheMaxBytes: config.cacheMaxBytes,
     transport: config.transport,
     fuseBacking: config.fuseBacking,
+    fdKeeper: config.fdKeeper,
   });
   await daemon.start();
   native.sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
@@ -122,9 +126,9 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     try {
       const next = effectiveConfig(flags, configRequired);
       log.level = next.logLevel;
-      const restartOnly: string[] = (['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking'] as const).filter(
-        (k) => next[k] !== config[k],
-      );
+      const restartOnly: string[] = (
+        ['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking', 'fdKeeper'] as const
+      ).filter((k) => next[k] !== config[k]);
       if (JSON.stringify(next.registries) !== JSON.stringify(config.registries)) restartOnly.push('registries');
       log.info('configuration reloaded', {
         logLevel: next.logLevel,

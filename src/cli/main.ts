@@ -13,6 +13,7 @@ import { Interrupted } from '../errors';
 import type { DaemonFlags } from './daemon';
 import { bytes, mountPointOrImage, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
+import { FD_KEEPER_CHOICES } from '../transport/fd-keepers';
 import { FUSE_BACKINGS } from '../transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
@@ -125,6 +126,12 @@ export function program(): Command {
         '--fuse-backing <mode>',
         'FUSE transport: EROFS over the FUSE files directly (file, Linux 6.12+) or through loop devices (default auto: by kernel version)',
       ).choices([...FUSE_BACKINGS]),
+    )
+    .addOption(
+      new Option(
+        '--fd-keeper <keeper>',
+        "where kernel-facing fds outlive the daemon (default auto: systemd's fd store under systemd, else a holder process)",
+      ).choices([...FD_KEEPER_CHOICES]),
     )
     .action(async (opts: DaemonFlags, cmd: Command) => (await import('./daemon')).daemonCommand(opts, cmd));
   cli

@@ -20,9 +20,10 @@ import type { CacheMissTransport, MountState, TransportModule, TransportName } f
 import { transportModule } from '../transport/transports';
 import { DEFAULT_READ_DEADLINE_MS } from '../transport/miss-requests';
 import type { FuseBacking } from '../transport/fuse-backing';
+import type { FdKeeperChoice } from '../transport/fd-keepers';
 import { lockCacheDir, type CacheLock } from './cache-lock';
 import { serveControl, type ControlRequest } from './control';
-import { openFdKeeper } from './fd-keeper';
+import { openFdKeeper, type OpenFdKeeper } from './fd-keeper';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
 import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
@@ -50,6 +51,8 @@ export interface DaemonOptions {
   transport?: TransportName | 'auto';
   /** FUSE transport only: file-backed EROFS or loop devices ('auto': by kernel version). */
   fuseBacking?: FuseBacking;
+  /** Where kernel-facing fds outlive the daemon ('auto': systemd's fd store under systemd, else the holder). */
+  fdKeeper?: FdKeeperChoice;
 }
 
 /** The answer to a `trace` request. */
@@ -80,16 +83,17 @@ export class Daemon {
   metricsPort: number | null = null;
   private stopping = false;
   private readonly lock: CacheLock;
+  private readonly fds: OpenFdKeeper;
 
   constructor(private readonly opts: DaemonOptions) {
     // First: a second daemon on this cache directory leaves the first one's mounts and socket alone.
     this.lock = lockCacheDir(opts.cacheDir);
     // Kernel-facing fds kept outside the daemon, with what a daemon before us left there.
-    const fds = openFdKeeper();
+    this.fds = openFdKeeper({ cacheDir: opts.cacheDir, lock: this.lock, choice: opts.fdKeeper });
     const requested = opts.transport ?? 'auto';
     const readDeadline = opts.readTimeoutMs ?? DEFAULT_READ_DEADLINE_MS;
     // Probed for real: fanotify on a filesystem that refuses marks would serve holes as zeros.
-    const features = probeKernel(opts.cacheDir, requested, fds);
+    const features = probeKernel(opts.cacheDir, requested, this.fds);
     if (!features.chosen) throw new Error(`${features.refusal} for ${opts.cacheDir} (see \`erofs-ondemand doctor\`)`);
     this.metrics = new DaemonMetrics(
       () => this.fetcher,
@@ -123,7 +127,7 @@ export class Daemon {
           this.prefetcher.noteDemand();
         },
       },
-      fds,
+      fds: this.fds,
     });
     log.info('cache-miss transport chosen', {
       transport: features.chosen,
@@ -195,6 +199,7 @@ export class Daemon {
       }
     }
     this.transport.begin?.();
+    this.fds.releaseUnclaimed();
     for (const { ref, target } of remount) {
       try {
         if (mounted.has(target)) unmount(target, { lazy: true });
@@ -392,6 +397,7 @@ export class Daemon {
     return {
       pid: process.pid,
       transport: this.transport.name,
+      fdKeeper: this.fds.kind,
       transportRequests: this.transport.requests,
       memory: process.memoryUsage(),
       ...this.transport.settings(),
@@ -456,6 +462,7 @@ export class Daemon {
     this.mounts.clear();
     if (!opts.keepState) this.saveState(); // stopped on purpose: nothing to restore at the next start
     await this.transport.close();
+    this.fds.close();
     if (this.server) {
       await new Promise<void>((resolve) => this.server?.close(() => resolve()));
       fs.rmSync(this.opts.socket, { force: true });

@@ -1,9 +1,14 @@
 // Where kernel-facing fds outlive the daemon (`FdKeeper`, transport.ts). Under systemd: its fd store
 // (`FileDescriptorStoreMax=` in the unit), through the sd_notify protocol: FDSTORE=1/FDNAME= to keep,
 // FDSTOREREMOVE=1 to drop, and a restarted daemon gets them back from 3 up with
-// LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES.
+// LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES. Without systemd: the holder process (fd-holder.ts).
+import { log } from '../log';
 import { native } from '../native';
+import type { FdKeeperChoice } from '../transport/fd-keepers';
 import type { FdKeeper } from '../transport/transport';
+import type { CacheLock } from './cache-lock';
+import { HolderProcess } from './fd-holder';
+import { HandedFds } from './handed-fds';
 
 const SD_LISTEN_FDS_START = 3;
 
@@ -22,13 +27,27 @@ export function takeListenFds(env: NodeJS.ProcessEnv = process.env): Map<string,
   return fds;
 }
 
-export class SystemdFdStore implements FdKeeper {
+/** The daemon's keeper; `close` at its stop leaves the kept fds where they are. */
+export interface OpenFdKeeper extends FdKeeper {
+  /**
+   * Once restored mounts are resumed: drops the fds an earlier daemon kept that no transport asked
+   * for (`inherited`), which would otherwise be kept for ever. Their names.
+   */
+  releaseUnclaimed(): string[];
+  close(): void;
+}
+
+export class SystemdFdStore implements OpenFdKeeper {
   readonly kind = 'systemd' as const;
 
-  constructor(private readonly handed: Map<string, number>) {}
+  private readonly handed: HandedFds;
+
+  constructor(handed: Map<string, number>) {
+    this.handed = new HandedFds(handed);
+  }
 
   inherited(name: string): number | undefined {
-    return this.handed.get(name);
+    return this.handed.take(name);
   }
 
   keep(name: string, fd: number): boolean {
@@ -40,18 +59,55 @@ export class SystemdFdStore implements FdKeeper {
   drop(name: string): void {
     native.sdNotify(`FDSTOREREMOVE=1\nFDNAME=${name}`);
   }
+
+  releaseUnclaimed(): string[] {
+    const names = this.handed.closeUnclaimed();
+    for (const name of names) this.drop(name);
+    if (names.length) log.info('fds no transport took over: dropped from the fd store', { names });
+    return names;
+  }
+
+  close(): void {}
 }
 
 /** Nothing outlives the daemon: its kernel objects close with it. */
-export const NO_KEEPER: FdKeeper = {
+export const NO_KEEPER: OpenFdKeeper = {
   kind: 'none',
   inherited: () => undefined,
   keep: () => false,
   drop: () => undefined,
+  releaseUnclaimed: () => [],
+  close: () => undefined,
 };
 
-/** systemd's fd store when the daemon runs under systemd (NOTIFY_SOCKET), else none. */
-export function openFdKeeper(env: NodeJS.ProcessEnv = process.env): FdKeeper {
+export interface FdKeeperOptions {
+  cacheDir: string;
+  /** The cache directory's lock, taken: the holder hands its fds only to the process holding it. */
+  lock: CacheLock;
+  /** 'auto' (default): systemd's fd store under systemd (NOTIFY_SOCKET), else the holder process. */
+  choice?: FdKeeperChoice;
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * The keeper chosen, with what a daemon before this one left there. 'auto' falls back to none when the
+ * holder cannot be started (logged; `kind` then says so); a keeper asked for by name throws instead.
+ */
+export function openFdKeeper(opts: FdKeeperOptions): OpenFdKeeper {
+  const env = opts.env ?? process.env;
   const handed = takeListenFds(env);
-  return env.NOTIFY_SOCKET ? new SystemdFdStore(handed) : NO_KEEPER;
+  const choice = opts.choice ?? 'auto';
+  if (choice === 'none') return NO_KEEPER;
+  if (choice === 'systemd' || (choice === 'auto' && env.NOTIFY_SOCKET)) {
+    if (!env.NOTIFY_SOCKET)
+      throw new Error('fdKeeper "systemd" needs NOTIFY_SOCKET: run the daemon under systemd (FileDescriptorStoreMax=)');
+    return new SystemdFdStore(handed);
+  }
+  try {
+    return HolderProcess.open(opts.cacheDir, opts.lock);
+  } catch (err) {
+    if (choice === 'holder') throw err;
+    log.error('no fd holder: kernel-facing fds close with the daemon', { error: (err as Error).message });
+    return NO_KEEPER;
+  }
 }

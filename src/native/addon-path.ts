@@ -14,6 +14,11 @@ export function addonPath(name: string): string {
   return path.join(packageRoot(), 'build', 'Release', `${name}.node`);
 }
 
+/** An executable built with the addons (binding.gyp), e.g. erofs-ondemand-holder. */
+export function executablePath(name: string): string {
+  return path.join(packageRoot(), 'build', 'Release', name);
+}
+
 /** Loads a built addon (process.dlopen: a .node file is no module for the TypeScript import syntax). */
 export function loadAddon<T>(name: string): T {
   const module = { exports: {} as T };

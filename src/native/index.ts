@@ -117,6 +117,12 @@ export interface FuseSession {
   close(): void;
 }
 
+/** One packet received with `recvPacket`; its fds are this process's own (close-on-exec). */
+export interface Packet {
+  text: string;
+  fds: number[];
+}
+
 interface NativeAddon {
   /** A new FAN_CLASS_PRE_CONTENT group, or the one whose fd an earlier daemon left (checked to be one). */
   FanotifyGroup: new (inheritedFd?: number) => FanotifyGroup;
@@ -172,6 +178,12 @@ interface NativeAddon {
   mapLargeAllocations(bytes: number): boolean;
   /** flock(2) exclusive without waiting: false when another open file holds it. The lock goes with the fd. */
   tryLock(fd: number): boolean;
+  /** A connected close-on-exec SOCK_SEQPACKET unix socket (ENOENT, ECONNREFUSED when nobody listens). */
+  seqpacketConnect(path: PathLike): number;
+  /** Sends one packet: `text`, and copies of `fds` (SCM_RIGHTS, at most 8). */
+  sendPacket(fd: number, text: string, fds?: readonly number[]): void;
+  /** Waits up to `timeoutMs` (0: only what is there; -1: forever) for one packet, or says why none came. */
+  recvPacket(fd: number, timeoutMs: number): Packet | 'timeout' | 'closed';
 }
 
 export const native: NativeAddon = loadAddon<NativeAddon>('erofs_ondemand_native');

@@ -44,6 +44,7 @@ describe('daemon flags', () => {
     [{ cacheDir: '' }, /--cache-dir "": must NOT have fewer than 1 characters/],
     [{ socket: '' }, /--socket "": must NOT have fewer than 1 characters/],
     [{ plainHttp: ['a/b'] }, /\/registries\/plainHttp\/0: "a\/b" is not a registry host/],
+    [{ fdKeeper: 'docker' }, /--fd-keeper "docker": must be one of "auto", "holder", "systemd", "none"/],
   ];
   for (const [flags, message] of refused) {
     it(`refuses ${JSON.stringify(flags)}, naming the flag`, () => assert.match(refusal(flags), message));
