@@ -1,11 +1,31 @@
 // `erofs-ondemand doctor`: what the kernel supports, what the daemon would choose, and why.
+import { NO_KEEPER } from '../daemon/fd-keeper';
 import { probeKernel } from '../daemon/kernel-features';
-import type { TransportName } from '../transport/transport';
+import type { FdKeeperChoice } from '../transport/fd-keepers';
+import type { CrashOutcome, FdKeeper, TransportName } from '../transport/transport';
 import { TRANSPORTS } from '../transport/transports';
 import { table } from './format';
 
-export function doctorCommand(opts: { cacheDir: string; transport?: TransportName | 'auto'; json?: boolean }): number {
-  const f = probeKernel(opts.cacheDir, opts.transport ?? 'auto');
+const KEEPER_DETAIL: Record<FdKeeper['kind'], string> = {
+  systemd: "systemd's fd store (the unit's FileDescriptorStoreMax)",
+  holder: 'the holder process (<cache-dir>/holder.sock), when not run by systemd',
+  none: 'none: the kernel objects close with the daemon',
+};
+
+/** The keeper a daemon with this setting uses; 'auto' as run by the unit or by hand, whose outcomes are the same. */
+function keeperFor(choice: FdKeeperChoice): FdKeeper {
+  const kind = choice === 'auto' ? (process.env.NOTIFY_SOCKET ? 'systemd' : 'holder') : choice;
+  return { ...NO_KEEPER, kind };
+}
+
+export function doctorCommand(opts: {
+  cacheDir: string;
+  transport?: TransportName | 'auto';
+  fdKeeper?: FdKeeperChoice;
+  json?: boolean;
+}): number {
+  const keeper = keeperFor(opts.fdKeeper ?? 'auto');
+  const f = probeKernel(opts.cacheDir, opts.transport ?? 'auto', keeper);
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(f)}\n`);
   } else {
@@ -18,6 +38,8 @@ export function doctorCommand(opts: { cacheDir: string; transport?: TransportNam
       ['overlayfs', mark(f.overlay.ok), f.overlay.detail],
       ...TRANSPORTS.map((t) => [t.feature, mark(f.transports[t.name].ok), f.transports[t.name].detail]),
       ['cache filesystem', mark(f.cacheFs.ok), f.cacheFs.detail],
+      ['fd keeper', mark(keeper.kind !== 'none'), KEEPER_DETAIL[keeper.kind]],
+      ...TRANSPORTS.map((t) => [`${t.name}: daemon dies`, '', readerSees(f.whenDaemonDies[t.name])]),
       ['transport chosen', f.chosen ? 'yes' : 'no', f.chosen ?? f.refusal ?? 'none'],
     ];
     process.stdout.write(`${table(rows)}\n`);
@@ -27,4 +49,15 @@ export function doctorCommand(opts: { cacheDir: string; transport?: TransportNam
     }
   }
   return f.chosen ? 0 : 1;
+}
+
+function readerSees(outcome: CrashOutcome): string {
+  switch (outcome) {
+    case 'blocks and resumes':
+      return 'reads of data not cached wait; the next daemon takes the mounts over and answers them';
+    case 'EIO':
+      return 'reads of data not cached fail with EIO, also after a new daemon started (remounted)';
+    case 'zeros':
+      return 'reads of data not cached return ZEROS: never chosen';
+  }
 }

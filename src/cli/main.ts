@@ -13,7 +13,7 @@ import { Interrupted } from '../errors';
 import type { DaemonFlags } from './daemon';
 import { bytes, mountPointOrImage, parseSize } from './format';
 import { formatStatus, type DaemonStatus } from './status';
-import { FD_KEEPER_CHOICES } from '../transport/fd-keepers';
+import { FD_KEEPER_CHOICES, type FdKeeperChoice } from '../transport/fd-keepers';
 import { FUSE_BACKINGS } from '../transport/fuse-backing';
 import { TRANSPORT_NAMES, type TransportName } from '../transport/transport';
 
@@ -143,10 +143,22 @@ export function program(): Command {
         .choices(['auto', ...TRANSPORT_NAMES])
         .default('auto'),
     )
+    .addOption(
+      new Option('--fd-keeper <keeper>', 'where the daemon keeps its kernel fds (as its own flag)')
+        .choices([...FD_KEEPER_CHOICES])
+        .default('auto'),
+    )
     .option('--json', 'print the findings as JSON')
-    .action(async (opts: { cacheDir: string; transport: TransportName | 'auto'; json?: boolean }) => {
-      process.exitCode = (await import('./doctor')).doctorCommand(opts);
-    });
+    .action(
+      async (opts: {
+        cacheDir: string;
+        transport: TransportName | 'auto';
+        fdKeeper: FdKeeperChoice;
+        json?: boolean;
+      }) => {
+        process.exitCode = (await import('./doctor')).doctorCommand(opts);
+      },
+    );
   cli
     .command('mount')
     .description('mount an image lazily (asks the daemon)')

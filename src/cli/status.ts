@@ -3,6 +3,8 @@ import { bytes, table } from './format';
 
 export interface DaemonStatus {
   transport: string;
+  fdKeeper?: string;
+  whenDaemonDies?: string;
   fetch: {
     requests: number;
     bytesFetched: number;
@@ -28,7 +30,7 @@ export function formatStatus(s: DaemonStatus): string {
     ? `p50 ${ms(s.fetch.latency.p50)}, p90 ${ms(s.fetch.latency.p90)}, p99 ${ms(s.fetch.latency.p99)}`
     : 'no fetches yet';
   const head = [
-    `transport ${s.transport}; cache ${bytes(s.cacheBytes)} on disk${s.cacheBoundBytes ? ` (bound ${bytes(s.cacheBoundBytes)}, ${bytes(s.evictedBytes)} evicted)` : ''}; in-flight chunks ${s.inFlight}`,
+    `transport ${s.transport}${s.fdKeeper ? ` (fds kept by: ${s.fdKeeper}; if the daemon dies, reads ${s.whenDaemonDies === 'blocks and resumes' ? 'wait for the next one' : `get ${s.whenDaemonDies}`})` : ''}; cache ${bytes(s.cacheBytes)} on disk${s.cacheBoundBytes ? ` (bound ${bytes(s.cacheBoundBytes)}, ${bytes(s.evictedBytes)} evicted)` : ''}; in-flight chunks ${s.inFlight}`,
     `fetched ${bytes(s.fetch.bytesFetched)} in ${s.fetch.requests} requests (${s.fetch.verifyFailures} verification failures); latency ${lat}`,
   ];
   if (s.mounts.length === 0) return [...head, 'no mounts'].join('\n');

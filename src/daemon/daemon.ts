@@ -16,7 +16,13 @@ import { CacheBudget } from '../storage/cache-budget';
 import { ChunkFetcher } from '../storage/chunk-fetcher';
 import { TraceRecorder, type AccessTrace, type EndReason } from '../storage/access-trace';
 import { fetchMissing, Prefetcher } from '../storage/prefetcher';
-import type { CacheMissTransport, MountState, TransportModule, TransportName } from '../transport/transport';
+import {
+  whenDaemonDies,
+  type CacheMissTransport,
+  type MountState,
+  type TransportModule,
+  type TransportName,
+} from '../transport/transport';
 import { transportModule } from '../transport/transports';
 import { DEFAULT_READ_DEADLINE_MS } from '../transport/miss-requests';
 import type { FuseBacking } from '../transport/fuse-backing';
@@ -398,6 +404,7 @@ export class Daemon {
       pid: process.pid,
       transport: this.transport.name,
       fdKeeper: this.fds.kind,
+      whenDaemonDies: whenDaemonDies(this.transportModule, this.fds.kind),
       transportRequests: this.transport.requests,
       memory: process.memoryUsage(),
       ...this.transport.settings(),

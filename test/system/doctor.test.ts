@@ -25,6 +25,27 @@ it('chooses fanotify on a disk filesystem of this 6.18 kernel, and reports what 
   assert.equal(report.chosen, 'fanotify');
 });
 
+it('says what readers see when the daemon dies, and never chooses fanotify without an fd keeper', () => {
+  const { report } = doctor(disk);
+  assert.equal(report.keeper, 'holder');
+  assert.deepEqual(report.whenDaemonDies, {
+    cachefiles: 'blocks and resumes',
+    fanotify: 'blocks and resumes',
+    fuse: 'blocks and resumes',
+  });
+  const none = runCli(['doctor', '--json', '--cache-dir', disk, '--fd-keeper', 'none']);
+  const bare = JSON.parse(none.stdout);
+  assert.deepEqual(bare.whenDaemonDies, { cachefiles: 'EIO', fanotify: 'zeros', fuse: 'EIO' });
+  assert.equal(bare.chosen, 'fuse');
+  assert.match(bare.passedOver.fanotify, /read as zeros after a daemon crash/);
+  const text = runCli(['doctor', '--cache-dir', disk, '--fd-keeper', 'none']).stdout;
+  assert.match(text, /fanotify: daemon dies +reads of data not cached return ZEROS: never chosen/);
+  // Asked for by name, it is refused too: the daemon would not start with it.
+  const named = runCli(['doctor', '--json', '--cache-dir', disk, '--fd-keeper', 'none', '--transport', 'fanotify']);
+  assert.equal(named.status, 1);
+  assert.equal(JSON.parse(named.stdout).chosen, null);
+});
+
 // FUSE serves the blob files from the cache files whatever filesystem holds them; lazy-fuse.test.ts
 // mounts and reads an image with its cache on tmpfs for real.
 it('chooses FUSE for a cache on tmpfs, where fanotify marks answer EOPNOTSUPP', () => {
