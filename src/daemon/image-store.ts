@@ -1,5 +1,6 @@
 // The node's image cache: lazy manifests resolved (directly or through the source image's referrer),
-// bootstraps downloaded and verified, one sparse cache file per blob shared by every image using it.
+// bootstraps downloaded and verified, one sparse cache file per blob shared by every image using it,
+// and what a mounted image is prepared again from after a restart (./image-metadata).
 import fs from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
