@@ -30,7 +30,7 @@ import type { FdKeeperChoice } from '../transport/fd-keepers';
 import { lockCacheDir, type CacheLock } from './cache-lock';
 import { serveControl, type ControlRequest } from './control';
 import { openFdKeeper, type OpenFdKeeper } from './fd-keeper';
-import { ImageStore, type PreparedImage } from './image-store';
+import { ImageStore, lazyReference, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
 import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
 import { DaemonMetrics } from './metrics';
@@ -157,6 +157,7 @@ export class Daemon {
     const state = [...this.mounts].map(([target, img]) => ({
       ref: img.ref,
       target,
+      lazy: lazyReference(img),
       state: this.mountStates.get(target),
     }));
     fs.writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
@@ -174,6 +175,8 @@ export class Daemon {
       ? (JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Array<{
           ref: string;
           target: string;
+          /** The image mounted, pinned (absent in files of older daemons: `ref` is resolved again). */
+          lazy?: string;
           state?: MountState;
         }>)
       : [];
@@ -182,7 +185,8 @@ export class Daemon {
     for (const entry of state) {
       try {
         if (mounted.has(entry.target) && this.transport.resume && entry.state) {
-          const image = await this.store.prepare(entry.ref);
+          // Exactly the image mounted, from the cache: the registry may be down, or the tag moved.
+          const image = await this.store.prepare(entry.ref, entry.lazy);
           if (this.transport.resume(image, entry.target, entry.state)) {
             this.mounts.set(entry.target, image);
             this.mountStates.set(entry.target, entry.state);
@@ -206,10 +210,10 @@ export class Daemon {
     }
     this.transport.begin?.();
     this.fds.releaseUnclaimed();
-    for (const { ref, target } of remount) {
+    for (const { ref, target, lazy } of remount) {
       try {
         if (mounted.has(target)) unmount(target, { lazy: true });
-        await this.mount(ref, target);
+        await this.mount(ref, target, lazy);
         log.info('restored a mount after restart', { image: ref, target });
       } catch (err) {
         log.error('could not restore a mount', { image: ref, target, error: (err as Error).message });
@@ -262,11 +266,12 @@ export class Daemon {
     }
   }
 
-  async mount(ref: string, target: string): Promise<{ digest: string }> {
+  /** Mounts what `ref` names now, or with `lazy` (a restored mount's), exactly that image. */
+  async mount(ref: string, target: string, lazy?: string): Promise<{ digest: string }> {
     if (this.stopping) throw new Error('daemon is stopping');
     checkMountTarget(target, this.opts.cacheDir);
     if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
-    const image = await this.store.prepare(ref);
+    const image = await this.store.prepare(ref, lazy);
     const state = await this.transport.mount(image, target);
     this.mounts.set(target, image);
     if (state) this.mountStates.set(target, state);

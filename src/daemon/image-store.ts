@@ -1,5 +1,6 @@
 // The node's image cache: lazy manifests resolved (directly or through the source image's referrer),
-// bootstraps downloaded and verified, one sparse cache file per blob shared by every image using it.
+// bootstraps downloaded and verified, one sparse cache file per blob shared by every image using it,
+// and what a mounted image is prepared again from after a restart (./image-metadata).
 import fs from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -13,10 +14,11 @@ import { registryClient, registryReference, type OpenOptions } from '../oci/open
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
 import type { ResolvedImage } from '../oci/image-io';
-import { hostPlatform, type Descriptor, type ImageManifest } from '../oci/types';
+import { hostPlatform, parseManifestOrIndex, type Descriptor, type ImageManifest } from '../oci/types';
 import type { BlobCache } from '../storage/blob-cache';
 import type { RemoteBlob } from '../storage/chunk-fetcher';
 import type { BlobStore } from '../storage/blob-store';
+import { ImageMetadata } from './image-metadata';
 
 export interface PreparedImage {
   ref: string;
@@ -37,6 +39,8 @@ export interface LazyImage {
   client: HostClient;
   repo: string;
   manifest: ImageManifest;
+  /** The manifest's bytes, which `digest` names. */
+  raw: Buffer;
   digest: string;
   /** The lazy manifest's descriptor (a referrer's subject). */
   subject: Descriptor;
@@ -44,7 +48,12 @@ export interface LazyImage {
 
 function lazyImage(client: HostClient, repo: string, resolved: ResolvedImage): LazyImage {
   const { manifest, digest, mediaType, raw } = resolved;
-  return { client, repo, manifest, digest, subject: { mediaType, digest, size: raw.length } };
+  return { client, repo, manifest, raw, digest, subject: { mediaType, digest, size: raw.length } };
+}
+
+/** Where a prepared image's lazy manifest lives, pinned by its digest: what `ImageStore.prepare` takes as `lazy`. */
+export function lazyReference(image: Pick<PreparedImage, 'client' | 'repo' | 'digest'>): string {
+  return `${image.client.host}/${image.repo}@${image.digest}`;
 }
 
 /**
@@ -111,8 +120,14 @@ export async function openLazyBlob(
   client: HostClient,
   repo: string,
   desc: Descriptor,
-  rangeBudgetMs?: number,
+  opts: {
+    /** How long one Range GET may take, retries included (the read deadline). */
+    rangeBudgetMs?: number;
+    /** Where chunk tables are kept: one kept there is read from there, one fetched is kept there. */
+    kept?: ImageMetadata;
+  } = {},
 ): Promise<{ remote: RemoteBlob; index: BlobIndex }> {
+  const { rangeBudgetMs, kept } = opts;
   const what = `image ${ref}, blob ${desc.digest}`;
   const read: RangeReader = (offset, length, verify, priority) =>
     client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority, budgetMs: rangeBudgetMs });
@@ -121,7 +136,20 @@ export async function openLazyBlob(
     ? read
     : (offset, length, verify) =>
         client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, mirrors: false });
-  const index = await loadBlobIndex(readTable, desc.size, what, table);
+  const fetched: Array<{ offset: number; data: Buffer }> = [];
+  const keptIndex = await kept?.table(desc, table, what);
+  const index =
+    keptIndex ??
+    (await loadBlobIndex(
+      async (offset, length, verify, priority) => {
+        const data = await readTable(offset, length, verify, priority);
+        fetched.push({ offset, data });
+        return data;
+      },
+      desc.size,
+      what,
+      table,
+    ));
   const expected = Number(desc.annotations?.[Annotation.uncompressedSize] ?? index.trailer.uncompressedSize);
   if (expected !== index.trailer.uncompressedSize)
     throw new InputError(
@@ -131,6 +159,11 @@ export async function openLazyBlob(
         layer: desc.digest,
       },
     );
+  if (kept && !keptIndex) {
+    // What loadBlobIndex read and checked, in the blob's order: its bytes from the table to the end.
+    const bytes = Buffer.concat(fetched.sort((a, b) => a.offset - b.offset).map((f) => f.data));
+    if (bytes.length === desc.size - index.trailer.tableOffset) kept.keepTable(desc, bytes, table);
+  }
   return { remote: { digest: desc.digest, what, read }, index };
 }
 
@@ -144,6 +177,8 @@ async function writeFile(file: string, body: AsyncIterable<Buffer>): Promise<voi
 }
 
 export class ImageStore {
+  private readonly kept: ImageMetadata;
+
   constructor(
     readonly cacheDir: string,
     /** The blob cache files, shared by every image. */
@@ -153,15 +188,54 @@ export class ImageStore {
     private readonly rangeBudgetMs?: number,
   ) {
     fs.mkdirSync(path.join(cacheDir, 'bootstraps'), { recursive: true, mode: 0o700 });
+    this.kept = new ImageMetadata(cacheDir);
   }
 
-  async prepare(ref: string): Promise<PreparedImage> {
-    const { client, repo, manifest, digest, subject } = await findLazyImage(ref, this.registries);
+  private get blobOptions(): { rangeBudgetMs?: number; kept: ImageMetadata } {
+    return { rangeBudgetMs: this.rangeBudgetMs, kept: this.kept };
+  }
+
+  /**
+   * The lazy image `ref` names at the registry now (a tag is resolved), ready to mount. With `lazy`
+   * (a mount's `lazyReference`), the image that mount was made of: exactly that one, whatever `ref`
+   * names now, from what was kept in the cache when it was mounted, so without a registry request
+   * when all of it is there; what is not is fetched by digest.
+   */
+  async prepare(ref: string, lazy?: string): Promise<PreparedImage> {
+    if (lazy !== undefined) return this.prepareKept(ref, lazy);
+    const found = await findLazyImage(ref, this.registries);
+    this.kept.keepManifest(found.digest, found.raw);
+    return this.open(ref, found);
+  }
+
+  private async prepareKept(ref: string, lazy: string): Promise<PreparedImage> {
+    const pinned = registryReference(lazy);
+    const digest = pinned.digest;
+    if (!digest) throw new InputError('the lazy image of a mount is not pinned by a digest', { image: ref, lazy });
+    const client = registryClient(pinned.registry, this.registries);
+    const repo = pinned.repository;
+    const raw = this.kept.manifest(digest);
+    let image: LazyImage;
+    if (raw) {
+      const parsed = parseManifestOrIndex(raw, undefined, { image: ref, lazy });
+      if (parsed.kind !== 'manifest') throw new InputError('the kept lazy manifest is an index', { image: ref, lazy });
+      const subject = { mediaType: parsed.mediaType, digest, size: raw.length };
+      image = { client, repo, manifest: parsed.manifest, raw, digest, subject };
+    } else {
+      image = lazyImage(client, repo, await client.resolveManifest(repo, digest, hostPlatform()));
+      this.kept.keepManifest(digest, image.raw);
+    }
+    if (image.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
+      throw new InputError('it is not a lazy image', { image: ref, lazy });
+    return this.open(ref, image);
+  }
+
+  private async open(ref: string, { client, repo, manifest, digest, subject }: LazyImage): Promise<PreparedImage> {
     const [boot, ...blobDescs] = manifest.layers;
     // The chunk tables are fetched while the bootstrap is: a mount waits for one round trip, not one
     // per blob. Nothing is opened in the cache before the bootstrap passed its check.
     const tables = blobDescs.map((desc) => {
-      const table = this.blobs.get(desc.digest) ? null : openLazyBlob(ref, client, repo, desc, this.rangeBudgetMs);
+      const table = this.blobs.get(desc.digest) ? null : openLazyBlob(ref, client, repo, desc, this.blobOptions);
       table?.catch(() => undefined); // awaited below, unless the bootstrap fails first
       return table;
     });
@@ -192,7 +266,7 @@ export class ImageStore {
         blobs.push(known);
         continue;
       }
-      const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc, this.rangeBudgetMs)); // evicted meanwhile
+      const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc, this.blobOptions)); // evicted meanwhile
       blobs.push(this.blobs.add(remote, index));
     }
     return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs, client, repo, subject };

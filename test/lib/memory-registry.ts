@@ -1,6 +1,6 @@
 // A registry in this process that keeps what is pushed in memory and answers as the distribution spec
-// says (uploads in one PUT, in PATCH chunks or streamed, manifests by tag and digest, no referrers
-// API), unless a test's `misanswer` answers a request in its place: for pushes against registries that
+// says (uploads in one PUT, in PATCH chunks or streamed, manifests by tag and digest, blob Range
+// reads, no referrers API), unless a test's `misanswer` answers a request in its place: for pushes against registries that
 // answer wrongly, without root or a registry binary. And an OCI layout written from a TestImage.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -48,7 +48,7 @@ export async function startMemoryRegistry(): Promise<MemoryRegistry> {
     res.writeHead(a.status, { 'content-length': String(body.length), ...a.headers }).end(body);
   };
 
-  function handle(seen: SeenRequest, data: Buffer, contentType: string | undefined): Answer {
+  function handle(seen: SeenRequest, data: Buffer, headers: http.IncomingHttpHeaders): Answer {
     const m = API.exec(seen.path);
     if (seen.path === '/v2/') return { status: 200 };
     if (!m) return { status: 404 };
@@ -85,12 +85,22 @@ export async function startMemoryRegistry(): Promise<MemoryRegistry> {
     if (blobDigest !== undefined) {
       const blob = reg.blobs.get(blobDigest);
       if (!blob) return { status: 404 };
+      const range = /^bytes=(\d+)-(\d+)$/.exec(headers.range ?? '');
+      if (range) {
+        const [start, end] = [Number(range[1]), Math.min(Number(range[2]), blob.length - 1)];
+        if (start > end) return { status: 416, headers: { 'content-range': `bytes */${blob.length}` } };
+        return {
+          status: 206,
+          headers: { 'content-range': `bytes ${start}-${end}/${blob.length}` },
+          body: blob.subarray(start, end + 1),
+        };
+      }
       return { status: 200, headers: { 'docker-content-digest': blobDigest }, body: blob };
     }
     if (manifestRef !== undefined) {
       if (seen.method === 'PUT') {
         const digest = sha256Digest(data);
-        const stored = { raw: data, mediaType: contentType ?? MediaType.ociManifest };
+        const stored = { raw: data, mediaType: headers['content-type'] ?? MediaType.ociManifest };
         reg.manifests.set(`${repo}@${digest}`, stored);
         if (!manifestRef.startsWith('sha256:')) reg.manifests.set(`${repo}:${manifestRef}`, stored);
         return {
@@ -118,7 +128,7 @@ export async function startMemoryRegistry(): Promise<MemoryRegistry> {
     const parts: Buffer[] = [];
     req.on('data', (b: Buffer) => parts.push(b));
     req.on('end', () => {
-      const a = reg.misanswer?.(seen) ?? handle(seen, Buffer.concat(parts), req.headers['content-type']);
+      const a = reg.misanswer?.(seen) ?? handle(seen, Buffer.concat(parts), req.headers);
       answer(res, a);
     });
   });
