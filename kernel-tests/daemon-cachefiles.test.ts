@@ -37,6 +37,35 @@ function cacheFilesNamed(root: string, key: string): string[] {
   return out;
 }
 
+/** Bytes of data the daemon's own blob files hold: none under cachefiles, whose objects keep the blobs. */
+function blobFileBytes(cacheDir: string): number {
+  const dir = path.join(cacheDir, 'blobs');
+  if (!fs.existsSync(dir)) return 0;
+  return fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).blocks * 512, 0);
+}
+
+/** The pids of `parent`'s children (the daemon that fdstore.py runs now). */
+function childrenOf(parent: number): number[] {
+  return fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .flatMap((d) => {
+      try {
+        const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === parent ? [Number(d)] : [];
+      } catch {
+        return []; // gone meanwhile
+      }
+    });
+}
+
+/** `size` random bytes in which no 4 KiB page is all zeros (a page read as zeros is then always wrong). */
+function randomPages(size: number): Buffer {
+  const b = crypto.randomBytes(size);
+  for (let at = 0; at < size; at += 4096) b[at] |= 1;
+  return b;
+}
+
 describe(
   'cachefiles on-demand transport (VM)',
   { skip: !fs.existsSync('/dev/cachefiles') && 'no /dev/cachefiles on this kernel' },
@@ -65,11 +94,47 @@ describe(
     }
 
     async function status(): Promise<{
+      pid: number;
       transport: string;
       transportRequests: number;
       fetch: { bytesFetched: number; verifyFailures: number };
     }> {
       return JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
+    }
+
+    /** The daemon under fdstore.py, which plays systemd (FileDescriptorStoreMax=, Restart=on-failure). */
+    async function superviseDaemon(cacheDir: string, ...extra: string[]): Promise<{ pid: number; daemon: Daemon }> {
+      const supervisor = spawn(
+        'python3',
+        [
+          path.join(__dirname, '..', '..', 'kernel-tests', 'fdstore.py'),
+          path.join(work, 'notify.sock'),
+          process.execPath,
+          CLI,
+          'daemon',
+          '--transport',
+          'cachefiles',
+          '--cache-dir',
+          cacheDir,
+          '--socket',
+          socket,
+          '--metrics-address',
+          '',
+          ...extra,
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      const supervised = adoptDaemon(supervisor, socket);
+      daemon = supervised;
+      await waitForLog(supervised, /fdstore: stored cachefiles/);
+      for (let i = 0; i < 600 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 100));
+      return { pid: supervisor.pid!, daemon: supervised };
+    }
+
+    async function waitForLog(d: Daemon, what: RegExp, count = 1): Promise<void> {
+      const seen = () => d.log.match(new RegExp(what.source, 'g'))?.length ?? 0;
+      for (let i = 0; i < 1800 && seen() < count; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.ok(seen() >= count, `${count} x ${what} in the daemon's log:\n${d.log.slice(-4000)}`);
     }
 
     before(async () => {
@@ -130,7 +195,26 @@ describe(
       const s = await status();
       assert.equal(s.transport, 'cachefiles');
       assert.ok(s.transportRequests > 0 && s.fetch.bytesFetched > 0 && s.fetch.verifyFailures === 0);
+      assert.equal(blobFileBytes(path.join(work, 'cache')), 0, 'chunks went into the kernel objects only');
       await cli('umount', '--socket', socket, mnt);
+    });
+
+    it('prefetch writes into the kernel objects: reads afterwards fetch nothing', async () => {
+      const cacheDir = path.join(work, 'cache-prefetch');
+      await stopDaemon();
+      await startDaemon(cacheDir);
+      const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+      await cli('mount', '--socket', socket, refs.b, mnt);
+      try {
+        await cli('prefetch', '--socket', socket, mnt);
+        const before = await status();
+        assert.ok(before.fetch.bytesFetched > 2 * MiB);
+        assert.deepEqual(await compareTreesInChild(trees.b, mnt), []);
+        assert.equal((await status()).fetch.bytesFetched, before.fetch.bytesFetched, 'every chunk was in the objects');
+        assert.equal(blobFileBytes(cacheDir), 0);
+      } finally {
+        await cli('umount', '--socket', socket, mnt);
+      }
     });
 
     it('after a restart, a warm cache sends no READ for data already present', async () => {
@@ -227,36 +311,8 @@ describe(
 
     it('a daemon killed with SIGKILL comes back with the device from the fd store: the mount never breaks', async () => {
       await stopDaemon();
-      // fdstore.py plays systemd (FileDescriptorStoreMax=, Restart=on-failure).
-      const supervisor = spawn(
-        'python3',
-        [
-          path.join(__dirname, '..', '..', 'kernel-tests', 'fdstore.py'),
-          path.join(work, 'notify.sock'),
-          process.execPath,
-          CLI,
-          'daemon',
-          '--transport',
-          'cachefiles',
-          '--cache-dir',
-          path.join(work, 'cache-restore'),
-          '--socket',
-          socket,
-          '--metrics-address',
-          '',
-        ],
-        {
-          stdio: ['ignore', 'ignore', 'pipe'],
-        },
-      );
-      const supervised = adoptDaemon(supervisor, socket);
-      daemon = supervised;
-      const waitFor = async (what: RegExp) => {
-        for (let i = 0; i < 1200 && !what.test(supervised.log); i++) await new Promise((r) => setTimeout(r, 100));
-        assert.match(supervised.log, what);
-      };
-      await waitFor(/fdstore: stored cachefiles/);
-      for (let i = 0; i < 600 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 100));
+      const { daemon: supervised } = await superviseDaemon(path.join(work, 'cache-restore'));
+      const waitFor = (what: RegExp) => waitForLog(supervised, what);
       const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
       await cli('mount', '--socket', socket, refs.a, mnt);
       assert.equal(fs.readFileSync(path.join(mnt, 'etc', 'deep', 'er', 'small'), 'utf8'), 'small file\n');
@@ -282,6 +338,100 @@ describe(
       await cli('umount', '--socket', socket, mnt);
       await stopDaemon();
       assert.match(daemon!.log, /fdstore: removed cachefiles/, 'a clean stop unbinds the cache');
+    });
+
+    it('chaos: readers of random data get no wrong byte while the daemon is SIGKILLed again and again behind a faulty registry', async () => {
+      const kills = Number(process.env.CHAOS_KILLS ?? 12);
+      await stopDaemon();
+      // An image of random data in which no page is zeros: a hole read as data would show.
+      const dir = path.join(work, 'chaos');
+      fs.mkdirSync(dir);
+      const names = ['r0', 'r1', 'r2', 'r3'];
+      names.forEach((name, i) => fs.writeFileSync(path.join(dir, name), randomPages(6 * MiB + i * 4099)));
+      const img = new UmociImage(path.join(work, 'layout-chaos'), 'chaos').create().rawLayer(dir);
+      execFileSync('skopeo', [
+        'copy',
+        '-q',
+        '--dest-tls-verify=false',
+        `oci:${img.ref}`,
+        `docker://${registry.host}/src/chaos:1`,
+      ]);
+      await cli('convert', '-q', `${registry.host}/src/chaos:1`, `${registry.host}/lazy/chaos:1`);
+      const cacheDir = path.join(work, 'cache-chaos');
+      // No read-ahead: every read of data not yet fetched stays a READ of its own, crash after crash.
+      const { pid: supervisor, daemon: supervised } = await superviseDaemon(
+        cacheDir,
+        '--read-ahead',
+        '0',
+        '--read-timeout',
+        '15',
+      );
+      const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+      await cli('mount', '--socket', socket, `${proxy.host}/lazy/chaos:1`, mnt);
+      const stop = path.join(work, 'chaos-stop');
+      const readers = [0, 1, 2, 3].map((seed) =>
+        run(
+          'python3',
+          [
+            path.join(__dirname, '..', '..', 'kernel-tests', 'chaos-reader.py'),
+            stop,
+            String(seed),
+            ...names.map((n) => `${path.join(mnt, n)}:${path.join(dir, n)}`),
+          ],
+          { maxBuffer: 1 << 24 },
+        ),
+      );
+      const blobs = /\/v2\/lazy\/chaos\/blobs\//;
+      const stall = (ms: number) => ({
+        kind: 'respond' as const,
+        respond: (_req: unknown, res: { destroy(): void }) => void setTimeout(() => res.destroy(), ms),
+      });
+      // Faults met by the fetches of reads (not by a restarted daemon's chunk tables, which a resume needs).
+      const met = { reset: 0, status: 0 };
+      try {
+        for (let k = 0; k < kills; k++) {
+          // Each round: a server error, a reset, a stall and altered bytes for the next fetches.
+          proxy.add({ method: 'GET', path: blobs, fault: { kind: 'status', status: 503 } });
+          proxy.add({ method: 'GET', path: blobs, fault: { kind: 'reset' } });
+          proxy.add({ method: 'GET', path: blobs, fault: stall(3000) });
+          proxy.add({ method: 'GET', path: blobs, fault: { kind: 'corrupt' } });
+          await new Promise((r) => setTimeout(r, 1000 + Math.random() * 2000));
+          met.reset += proxy.requests.filter((r) => r.status === 'reset').length;
+          met.status += proxy.requests.filter((r) => r.status === 503).length;
+          proxy.reset();
+          const [pid] = childrenOf(supervisor);
+          assert.ok(pid, 'a daemon runs under the fd store');
+          process.kill(pid, 'SIGKILL');
+          await waitForLog(supervised, /resumed a mount after restart/, k + 1);
+        }
+        await new Promise((r) => setTimeout(r, 2000));
+      } finally {
+        fs.writeFileSync(stop, '');
+      }
+      const results = (await Promise.all(readers)).map(
+        (r) =>
+          JSON.parse(r.stdout) as { reads: number; wrong: number; failed: number; unresolved: number; slowest: number },
+      );
+      const total = results.reduce(
+        (t, r) => ({
+          reads: t.reads + r.reads,
+          wrong: t.wrong + r.wrong,
+          failed: t.failed + r.failed,
+          unresolved: t.unresolved + r.unresolved,
+          slowest: Math.max(t.slowest, r.slowest),
+        }),
+        { reads: 0, wrong: 0, failed: 0, unresolved: 0, slowest: 0 },
+      );
+      const s = await status();
+      console.log(
+        `chaos: ${kills} kills, readers ${JSON.stringify(total)}, faults met ${JSON.stringify(met)}, verify failures (last daemon) ${s.fetch.verifyFailures}`,
+      );
+      assert.equal(total.wrong, 0, 'no read returned wrong bytes');
+      assert.equal(total.unresolved, 0, 'every read through an fd opened before the crashes came right');
+      assert.ok(total.reads > 0);
+      assert.equal(blobFileBytes(cacheDir), 0, 'chunks went into the kernel objects only');
+      assert.ok(met.reset > 0 && met.status > 0, `the faults were met: ${JSON.stringify(met)}`);
+      await cli('umount', '--socket', socket, mnt);
     });
   },
 );

@@ -2,7 +2,10 @@
 // buffer kept per thread, its size and SHA-256 checked, and only then written at its offset. The
 // uncompressed bytes never become JavaScript buffers: each would be fresh memory (a page fault per
 // 4 KiB) for the garbage collector to find, and its hash would run on the event loop that answers
-// the kernel's requests.
+// the kernel's requests. A direct destination (a cachefiles object's anonymous fd, O_DIRECT underneath)
+// is written from page-aligned memory at page-aligned offsets, each chunk padded with zeros to whole
+// pages: chunks start on block boundaries, so the padding lies in the chunk's own last block (or past
+// the object's end, inside the backing file's last page).
 #include "chunk_decode.h"
 
 #include <openssl/evp.h>
@@ -13,6 +16,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -32,11 +36,28 @@ struct Chunk {
   const uint8_t* digest;
 };
 
-// Per pool thread, kept: a decompression context and the room chunks are decompressed into.
+constexpr size_t kPage = 4096;
+
+size_t RoundUp(size_t n) { return (n + kPage - 1) / kPage * kPage; }
+
+// Per pool thread, kept: a decompression context and the room chunks are decompressed into, page-aligned
+// and a whole number of pages (what a direct write needs).
 struct ThreadState {
   ZSTD_DCtx* ctx = ZSTD_createDCtx();
   EVP_MD_CTX* md = EVP_MD_CTX_new();
-  std::vector<uint8_t> room;
+  uint8_t* room = nullptr;
+  size_t roomSize = 0;
+
+  bool Reserve(size_t n) {
+    if (roomSize >= n && roomSize > 0) return true;
+    size_t size = RoundUp(n == 0 ? 1 : n);
+    void* mem = nullptr;
+    if (posix_memalign(&mem, kPage, size) != 0) return false;
+    std::free(room);
+    room = static_cast<uint8_t*>(mem);
+    roomSize = size;
+    return true;
+  }
 };
 
 ThreadState& State() {
@@ -57,8 +78,8 @@ std::string Hex(const uint8_t* d) {
 class DecodeChunksWorker : public Napi::AsyncWorker {
  public:
   DecodeChunksWorker(Napi::Env env, int fd, Napi::Buffer<uint8_t> bytes, Napi::Float64Array layout, Napi::Buffer<uint8_t> digests,
-                     bool idle)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), idle_(idle) {
+                     bool idle, bool direct)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), idle_(idle), direct_(direct) {
     keepBytes_ = Napi::Persistent(bytes.As<Napi::Object>());
     keepDigests_ = Napi::Persistent(digests.As<Napi::Object>());
     bytes_ = bytes.Data();
@@ -111,28 +132,36 @@ class DecodeChunksWorker : public Napi::AsyncWorker {
   // Empty when the chunk was verified and written; else what was wrong with it.
   std::string Decode(ThreadState& state, const Chunk& c) {
     if (c.at > length_ || c.compressedSize > length_ - c.at) return "compressed bytes out of the fetched range";
-    if (state.room.size() < c.uncompressedSize) state.room.resize(c.uncompressedSize);
+    if (!state.Reserve(c.uncompressedSize)) return "out of memory for " + std::to_string(c.uncompressedSize) + " bytes";
     // Room for exactly the expected size: a frame holding more fails instead of writing past it.
-    size_t n = ZSTD_decompressDCtx(state.ctx, state.room.data(), c.uncompressedSize, bytes_ + c.at, c.compressedSize);
+    size_t n = ZSTD_decompressDCtx(state.ctx, state.room, c.uncompressedSize, bytes_ + c.at, c.compressedSize);
     if (ZSTD_isError(n)) return std::string("zstd: ") + ZSTD_getErrorName(n);
     if (n != c.uncompressedSize) {
       return std::to_string(n) + " bytes after decompression, expected " + std::to_string(c.uncompressedSize);
     }
     uint8_t digest[kDigestSize];
     unsigned int digestLength = 0;
-    if (EVP_DigestInit_ex(state.md, EVP_sha256(), nullptr) != 1 || EVP_DigestUpdate(state.md, state.room.data(), n) != 1 ||
+    if (EVP_DigestInit_ex(state.md, EVP_sha256(), nullptr) != 1 || EVP_DigestUpdate(state.md, state.room, n) != 1 ||
         EVP_DigestFinal_ex(state.md, digest, &digestLength) != 1 || digestLength != kDigestSize) {
       return "sha256 failed";
     }
     if (std::memcmp(digest, c.digest, kDigestSize) != 0) return "sha256 " + Hex(digest) + " does not match " + Hex(c.digest);
+    // The prefix tells src/blob/chunk-codec.ts this is no fault of the chunk's bytes.
+    const std::string writeFault = "writing the cache file: ";
+    size_t length = n;
+    if (direct_) {
+      if (c.fileOffset % kPage != 0) return writeFault + "offset " + std::to_string(c.fileOffset) + " is not page-aligned";
+      length = RoundUp(n);
+      std::memset(state.room + n, 0, length - n);
+    }
     // Only verified bytes, from the chunk's start forwards: a write cut short (the daemon killed) leaves
     // a hole at the chunk's end, so the chunk is never taken as present (src/storage/blob-cache.ts).
-    for (size_t done = 0; done < n;) {
-      ssize_t w = ::pwrite(fd_, state.room.data() + done, n - done, c.fileOffset + static_cast<off_t>(done));
+    for (size_t done = 0; done < length;) {
+      ssize_t w = ::pwrite(fd_, state.room + done, length - done, c.fileOffset + static_cast<off_t>(done));
       if (w < 0 && errno == EINTR) continue;
-      // The prefix tells src/blob/chunk-codec.ts this is no fault of the chunk's bytes.
-      if (w <= 0) return std::string("writing the cache file: ") + std::strerror(w < 0 ? errno : EIO);
+      if (w <= 0) return writeFault + std::strerror(w < 0 ? errno : EIO);
       done += static_cast<size_t>(w);
+      if (direct_ && done < length && done % kPage != 0) return writeFault + "short direct write off a page boundary";
     }
     return "";
   }
@@ -143,6 +172,7 @@ class DecodeChunksWorker : public Napi::AsyncWorker {
   Napi::ObjectReference keepDigests_;
   int fd_;
   bool idle_;
+  bool direct_;
   const uint8_t* bytes_ = nullptr;
   size_t length_ = 0;
   std::vector<Chunk> chunks_;
@@ -153,11 +183,12 @@ Napi::Value DecodeChunks(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsBuffer() || !info[2].IsTypedArray() ||
       info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array || !info[3].IsBuffer()) {
-    throw Napi::TypeError::New(env, "decodeChunks(fd, bytes: Buffer, layout: Float64Array, digests: Buffer, idle?: boolean)");
+    throw Napi::TypeError::New(env, "decodeChunks(fd, bytes: Buffer, layout: Float64Array, digests: Buffer, idle?: boolean, direct?: boolean)");
   }
   bool idle = info.Length() > 4 && info[4].ToBoolean().Value();
+  bool direct = info.Length() > 5 && info[5].ToBoolean().Value();
   auto* worker = new DecodeChunksWorker(env, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Buffer<uint8_t>>(),
-                                        info[2].As<Napi::Float64Array>(), info[3].As<Napi::Buffer<uint8_t>>(), idle);
+                                        info[2].As<Napi::Float64Array>(), info[3].As<Napi::Buffer<uint8_t>>(), idle, direct);
   worker->Queue();
   return worker->Promise();
 }

@@ -16,7 +16,8 @@ let backgroundQueue: Promise<unknown> = Promise.resolve();
  * uncompressed offsets; a chunk that fails is not written. One result per chunk: null when written,
  * a ChunkVerificationError for bytes that are not the chunk, another Error when the write failed.
  * `background`: at the lowest CPU priority, one at a time, so that a node's workload never waits for
- * a fetch nobody asked for.
+ * a fetch nobody asked for. `direct`: `fd` takes only direct I/O (a cachefiles object's anonymous fd):
+ * chunks, which start on block boundaries, are written zero-padded to whole pages.
  */
 export function decodeChunksInto(
   fd: number,
@@ -24,10 +25,11 @@ export function decodeChunksInto(
   start: number,
   chunks: readonly ChunkEntry[],
   what: string,
-  opts: { background?: boolean } = {},
+  opts: { background?: boolean; direct?: boolean } = {},
 ): Promise<Array<Error | null>> {
-  if (!opts.background) return decode(fd, bytes, start, chunks, what, false);
-  const run = backgroundQueue.then(() => decode(fd, bytes, start, chunks, what, true));
+  const direct = opts.direct ?? false;
+  if (!opts.background) return decode(fd, bytes, start, chunks, what, false, direct);
+  const run = backgroundQueue.then(() => decode(fd, bytes, start, chunks, what, true, direct));
   backgroundQueue = run.catch(() => undefined);
   return run;
 }
@@ -39,6 +41,7 @@ async function decode(
   chunks: readonly ChunkEntry[],
   what: string,
   background: boolean,
+  direct: boolean,
 ): Promise<Array<Error | null>> {
   const layout = new Float64Array(chunks.length * 4);
   const digests = Buffer.alloc(chunks.length * 32);
@@ -46,7 +49,7 @@ async function decode(
     layout.set([c.compressedOffset - start, c.compressedSize, c.uncompressedSize, c.uncompressedOffset], i * 4);
     c.digest.copy(digests, i * 32);
   });
-  const faults = await native.decodeChunks(fd, bytes, layout, digests, background);
+  const faults = await native.decodeChunks(fd, bytes, layout, digests, background, direct);
   return faults.map((fault, i) => {
     if (fault === null) return null;
     const message = `${what}: chunk at ${chunks[i].uncompressedOffset}: ${fault}`;

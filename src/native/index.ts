@@ -162,7 +162,9 @@ interface NativeAddon {
    * On the thread pool, for each chunk i: decompresses the zstd frame at `bytes[layout[4i]]` of
    * `layout[4i+1]` bytes, checks that it is `layout[4i+2]` bytes whose SHA-256 is `digests[32i..]`, and
    * only then writes it to `fd` at `layout[4i+3]`. One result per chunk: null when written, else the fault.
-   * `idle`: the pool thread runs it at the lowest priority (nice 19).
+   * `idle`: the pool thread runs it at the lowest priority (nice 19). `direct`: `fd` takes only direct
+   * I/O (a cachefiles object): offsets must be page-aligned; each chunk is written from page-aligned
+   * memory, zero-padded to whole pages.
    */
   decodeChunks(
     fd: number,
@@ -170,6 +172,7 @@ interface NativeAddon {
     layout: Float64Array,
     digests: Buffer,
     idle?: boolean,
+    direct?: boolean,
   ): Promise<Array<string | null>>;
   /**
    * mallopt(M_MMAP_THRESHOLD): allocations of `bytes` or more get their own mapping, returned to the

@@ -1,6 +1,7 @@
 // The persistent cache of one data blob: a sparse file of the blob's uncompressed size holding each
 // chunk at its offset. What is present is whatever is allocated (SEEK_DATA/SEEK_HOLE), so a restarted
-// daemon reuses it without fetching again. `serve` is the one path of a cache miss.
+// daemon reuses it without fetching again. `serve` is the one path of a cache miss. Under cachefiles
+// the kernel's cache object of the blob takes the cache file's place (`keepInKernelObject`).
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { BlobIndex } from '../blob/blob-index';
@@ -18,6 +19,18 @@ import type { RangeSink, RangeSource } from './range-source';
 /** Room on disk for new chunks: `reserve` may evict other chunks or blobs first (cache-budget.ts). */
 export interface SpaceReserver {
   reserve(bytes: number, forBlob: BlobCache): Promise<void>;
+}
+
+/**
+ * The kernel's own cache file of a blob (a cachefiles object), reached through the anonymous fds the
+ * kernel hands the daemon; writes through them are direct I/O, and the daemon cannot read them back.
+ */
+export interface KernelObject {
+  /**
+   * Runs `op` with an fd of the object, kept open until `op` settles; rejects when the kernel has no
+   * object of the blob open now.
+   */
+  use<T>(op: (fd: number) => T | Promise<T>): Promise<T>;
 }
 
 /** The bytes a chunk takes in the cache file: chunks start on block boundaries. */
@@ -50,6 +63,8 @@ export class BlobCache implements RangeSource, ChunkDestination {
   misses = 0;
   evictedChunks = 0;
   space: SpaceReserver | null = null;
+  /** Set under cachefiles: where chunks go instead of the cache file, which then stays empty. */
+  private object: KernelObject | null = null;
 
   private constructor(
     readonly path: string,
@@ -114,6 +129,43 @@ export class BlobCache implements RangeSource, ChunkDestination {
   }
 
   /**
+   * cachefiles: from now on the kernel's cache object holds the blob, so that each chunk is stored once.
+   * Verified chunks are written straight into it, never into the cache file, which is emptied (it
+   * stays as the blob's entry in the store: its mtime orders the removal of unused blobs). What is
+   * present is what the object holds (`syncWithObject`). The kernel culls its cache itself: chunks of
+   * an object are never evicted by the daemon.
+   */
+  keepInKernelObject(object: KernelObject): void {
+    if (this.object === object) return;
+    if (this.object) throw new Error(`${this.what}: already kept in another kernel cache object`);
+    this.object = object;
+    fs.ftruncateSync(this.fd, 0);
+    fs.ftruncateSync(this.fd, this.size);
+    for (let i = 0; i < this.state.count; i++) this.state.markAbsent(i);
+  }
+
+  /**
+   * Reads which chunks of [first, last) the kernel's object holds (SEEK_DATA/SEEK_HOLE through its fd):
+   * after an OPEN (the kernel may have culled the file meanwhile), and before serving a READ, which the
+   * kernel sends only for a hole. A chunk counts only when all its bytes are there.
+   */
+  async syncWithObject(first = 0, last = this.state.count): Promise<void> {
+    const object = this.object;
+    if (!object) return;
+    await object.use((fd) => {
+      for (let i = first; i < last; i++) {
+        const c = this.index.chunks[i];
+        const end = Math.min(alignedEnd(c), this.size);
+        const held =
+          native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&
+          native.seekHole(fd, c.uncompressedOffset) >= end;
+        if (held && !this.state.isPresent(i)) this.state.markPresent(i);
+        else if (!held && this.state.isPresent(i)) this.state.markAbsent(i);
+      }
+    });
+  }
+
+  /**
    * Serves [start, end) into `sink`: the chunks of the range are pinned throughout (an eviction cannot
    * turn them into holes between being made present and being read), missing ones are fetched,
    * verified and written, then the bytes are delivered. Resolves to the number of chunks fetched.
@@ -124,12 +176,15 @@ export class BlobCache implements RangeSource, ChunkDestination {
     if (priority === 'demand') for (const l of this.demandListeners) l(pinned);
     this.state.pin(pinned);
     try {
+      if (priority === 'demand') await this.syncWithObject(first, last);
       const missing = this.state.missing(first, last);
       if (missing.length === 0) this.hits++;
       else if (priority === 'demand') this.misses++;
       const ahead =
         priority === 'demand' && missing.length > 0 ? this.aheadOf(missing[0], missing[missing.length - 1]) : [];
       const fetched = await this.fill(missing, priority, ahead);
+      if (sink.kind === 'buffer' && this.object)
+        throw new Error(`${this.what}: held in the kernel's cache object, which the daemon cannot read back`);
       if (sink.kind === 'buffer')
         await this.io(() =>
           readAt(this.fd, sink.buf, sink.offset, end - start, start, `cache file ${this.path}`, () => !this.closed),
@@ -203,8 +258,8 @@ export class BlobCache implements RangeSource, ChunkDestination {
   }
 
   /**
-   * The fetcher's destination: verifies and writes fetched chunks through the cache's own fd, on the
-   * thread pool (under fanotify such a write raises an event of its own, which the event loop must
+   * The fetcher's destination: verifies and writes fetched chunks into the cache file (under cachefiles,
+   * the kernel's object), on the thread pool (under fanotify such a write raises an event of its own, which the event loop must
    * stay free to answer); background fetches with the CPU the node leaves idle. Room is reserved, and
    * punches of the same chunks awaited, first; a chunk present already is left as it is.
    */
@@ -224,12 +279,39 @@ export class BlobCache implements RangeSource, ChunkDestination {
       return this.state.isPresent(i) ? [] : [{ k, i, c }];
     });
     if (todo.length === 0) return faults;
+    const object = this.object;
+    const written = object
+      ? await object.use((fd) =>
+          decodeChunksInto(
+            fd,
+            bytes,
+            start,
+            todo.map((t) => t.c),
+            this.what,
+            { background: priority === 'background', direct: true },
+          ),
+        )
+      : await this.writeToFile(bytes, start, todo, priority);
+    todo.forEach((t, j) => {
+      faults[t.k] = written[j];
+      if (written[j] === null) this.state.markPresent(t.i);
+    });
+    return faults;
+  }
+
+  /** Writes chunks that passed into the cache file, room reserved and punches awaited first. */
+  private async writeToFile(
+    bytes: Buffer,
+    start: number,
+    todo: ReadonlyArray<{ i: number; c: ChunkEntry }>,
+    priority: Priority,
+  ): Promise<Array<Error | null>> {
     await this.space?.reserve(
       todo.reduce((n, t) => n + alignedEnd(t.c) - t.c.uncompressedOffset, 0),
       this,
     );
     await Promise.all(todo.map((t) => this.punching.get(t.i)?.catch(() => undefined)));
-    const written = await this.io(() =>
+    return this.io(() =>
       decodeChunksInto(
         this.fd,
         bytes,
@@ -239,11 +321,6 @@ export class BlobCache implements RangeSource, ChunkDestination {
         { background: priority === 'background' },
       ),
     );
-    todo.forEach((t, j) => {
-      faults[t.k] = written[j];
-      if (written[j] === null) this.state.markPresent(t.i);
-    });
-    return faults;
   }
 
   /**
@@ -252,6 +329,8 @@ export class BlobCache implements RangeSource, ChunkDestination {
    * an event that this process's event loop has to answer (a blocking read would deadlock).
    */
   async verify(): Promise<Array<{ offset: number; expected: string; got: string }>> {
+    if (this.object)
+      throw new Error(`${this.what}: held in the kernel's cachefiles object, which the daemon cannot read back`);
     const bad: Array<{ offset: number; expected: string; got: string }> = [];
     for (const [i, c] of this.index.chunks.entries()) {
       if (!this.state.isPresent(i)) continue;
@@ -284,7 +363,7 @@ export class BlobCache implements RangeSource, ChunkDestination {
 
   /** Write time of the oldest chunk that could be evicted now, or Infinity. */
   oldestEvictable(): number {
-    return this.state.oldestEvictable();
+    return this.object ? Infinity : this.state.oldestEvictable();
   }
 
   /**
@@ -293,6 +372,7 @@ export class BlobCache implements RangeSource, ChunkDestination {
    */
   async evictOldest(bytes: number): Promise<number> {
     let freed = 0;
+    if (this.object) return freed;
     for (const i of this.state.evictionOrder()) {
       if (freed >= bytes) break;
       if (!this.state.evictable(i)) continue; // pinned by a reader that arrived during an earlier punch

@@ -1,9 +1,10 @@
 // cachefiles on-demand transport (kernels 5.19-7.1 built with CONFIG_CACHEFILES_ONDEMAND and
 // CONFIG_EROFS_FS_ONDEMAND): EROFS is mounted in fscache mode (`fsid=`, `domain_id=`), the kernel's
-// cachefiles backend keeps the data, and every miss arrives here as a READ on /dev/cachefiles. A READ
-// is answered from the blob cache (fetching and verifying missing chunks first), written into the
-// object's anonymous fd, then completed; a READ that cannot be served is completed unfilled, which
-// the reader sees as EIO. Cache hits never leave the kernel.
+// cachefiles backend keeps the data, and every miss arrives here as a READ on /dev/cachefiles. The
+// kernel's cache object of a blob is the blob's cache: chunks are fetched, verified and written straight
+// into it through its anonymous fd (stored once: the daemon's own cache file stays empty); a bootstrap
+// object is copied from the local bootstrap. Then the READ is completed; a READ that cannot be served
+// is completed unfilled, which the reader sees as EIO. Cache hits never leave the kernel.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -13,7 +14,8 @@ import { BLOCK_SIZE } from '../erofs/format';
 import { log } from '../log';
 import { MNT_DETACH, UMOUNT_NOFOLLOW, native, type CachefilesDevice, type CachefilesMessage } from '../native';
 import { digestHex } from '../oci/digest';
-import { LocalFileSource, type RangeSource } from '../storage/range-source';
+import type { BlobCache, KernelObject } from '../storage/blob-cache';
+import { LocalFileSource, type RangeSink } from '../storage/range-source';
 import { MissRequests, type MissOptions } from './miss-requests';
 import type { CacheMissTransport, FdKeeper, MountableImage, MountState, Probe, TransportModule } from './transport';
 
@@ -29,11 +31,18 @@ const CULLING = ['brun 10%', 'bcull 7%', 'bstop 3%', 'frun 10%', 'fcull 7%', 'fs
 /** Longest cookie key accepted: fsids we hand out are shorter, device tags are 64 hex digits. */
 const MAX_KEY = 256;
 
+/** What a cookie key names: a mount's bootstrap, copied from the local file, or a blob, fetched. */
+type Named = { kind: 'bootstrap'; source: LocalFileSource } | { kind: 'blob'; source: BlobCache };
+
 interface CacheObject {
   key: string;
-  source: RangeSource;
+  named: Named;
   /** Anonymous fds the kernel handed over for this object (one per OPEN); written through the newest. */
   fds: number[];
+  /** Writes into it under way on the thread pool: its fds are closed only once they are done. */
+  busy: number;
+  /** The kernel sent CLOSE: no new write starts. */
+  closed: boolean;
 }
 
 /** `bind ondemand` on a throwaway cache directory: the one definitive test of kernel support. */
@@ -67,8 +76,12 @@ export class CachefilesTransport implements CacheMissTransport {
   readonly name = 'cachefiles' as const;
   private readonly dev: CachefilesDevice;
   /** What each cookie key names: a mount's bootstrap (by fsid) or a data blob (by device tag). */
-  private readonly byKey = new Map<string, RangeSource>();
+  private readonly byKey = new Map<string, Named>();
   private readonly objects = new Map<number, CacheObject>();
+  /** The open object of each cookie key. */
+  private readonly openByKey = new Map<string, CacheObject>();
+  /** Each blob's kernel object as its BlobCache writes it (one per device tag, for the daemon's life). */
+  private readonly kernelObjects = new Map<string, KernelObject>();
   /** Per mount target: the fsid it was mounted with. */
   private readonly fsids = new Map<string, string>();
   /** Pending READs by message id. */
@@ -135,13 +148,39 @@ export class CachefilesTransport implements CacheMissTransport {
   }
 
   private register(image: MountableImage, fsid: string): void {
-    this.byKey.set(fsid, new LocalFileSource(image.bootstrapPath));
-    for (const blob of image.blobs) this.byKey.set(digestHex(blob.remote.digest), blob);
+    this.byKey.set(fsid, { kind: 'bootstrap', source: new LocalFileSource(image.bootstrapPath) });
+    for (const blob of image.blobs) {
+      const key = digestHex(blob.remote.digest);
+      blob.keepInKernelObject(this.kernelObject(key));
+      this.byKey.set(key, { kind: 'blob', source: blob });
+    }
+  }
+
+  /** The object of cookie `key` as a blob cache writes it: through the newest fd of the open object. */
+  private kernelObject(key: string): KernelObject {
+    let object = this.kernelObjects.get(key);
+    if (!object) {
+      object = {
+        use: async (op) => {
+          const obj = this.openByKey.get(key);
+          if (!obj || obj.closed || obj.fds.length === 0)
+            throw new Error(`cachefiles object ${key} is not open (no mount reads it now)`);
+          obj.busy++;
+          try {
+            return await op(obj.fds[obj.fds.length - 1]);
+          } finally {
+            if (--obj.busy === 0 && obj.closed) this.closeFds(obj);
+          }
+        },
+      };
+      this.kernelObjects.set(key, object);
+    }
+    return object;
   }
 
   private forgetFsid(fsid: string): void {
-    const source = this.byKey.get(fsid);
-    if (source instanceof LocalFileSource) source.close();
+    const named = this.byKey.get(fsid);
+    if (named?.kind === 'bootstrap') named.source.close();
     this.byKey.delete(fsid);
   }
   async mount(image: MountableImage, target: string): Promise<MountState> {
@@ -206,8 +245,8 @@ export class CachefilesTransport implements CacheMissTransport {
 
   private onOpen(m: Extract<CachefilesMessage, { opcode: 'open' }>): void {
     const key = m.cookieKey.toString('latin1');
-    const source = key.length <= MAX_KEY ? this.byKey.get(key) : undefined;
-    if (!source) {
+    const named = key.length <= MAX_KEY ? this.byKey.get(key) : undefined;
+    if (!named) {
       log.warn('cachefiles OPEN of an object no mount of this daemon names: refused', {
         volume: m.volumeKey.toString('latin1').slice(0, MAX_KEY),
         key: key.slice(0, MAX_KEY),
@@ -216,18 +255,32 @@ export class CachefilesTransport implements CacheMissTransport {
       this.dev.closeFd(m.fd);
       return;
     }
-    const obj = this.objects.get(m.objectId) ?? { key, source, fds: [] };
+    const obj = this.objects.get(m.objectId) ?? { key, named, fds: [], busy: 0, closed: false };
     obj.fds.push(m.fd);
     this.objects.set(m.objectId, obj);
-    this.dev.copen(m.msgId, source.size);
-    log.debug('cachefiles object opened', { objectId: m.objectId, key, size: source.size });
+    this.openByKey.set(key, obj);
+    const { size } = named.source;
+    this.dev.copen(m.msgId, size);
+    log.debug('cachefiles object opened', { objectId: m.objectId, key, size });
+    // What the object holds is what is cached: the kernel may have culled it while it was closed.
+    if (named.kind === 'blob')
+      named.source
+        .syncWithObject()
+        .catch((err: Error) => log.warn('cachefiles object not read', { key, error: err.message }));
   }
 
   private onClose(objectId: number): void {
     const obj = this.objects.get(objectId);
     if (!obj) return;
-    for (const fd of obj.fds) this.dev.closeFd(fd);
+    obj.closed = true;
     this.objects.delete(objectId);
+    if (this.openByKey.get(obj.key) === obj) this.openByKey.delete(obj.key);
+    if (obj.busy === 0) this.closeFds(obj);
+  }
+
+  /** Closes an object's fds, once: a closed fd's number may name another file at once. */
+  private closeFds(obj: CacheObject): void {
+    for (const fd of obj.fds.splice(0)) this.dev.closeFd(fd);
   }
 
   private onRead(m: Extract<CachefilesMessage, { opcode: 'read' }>): void {
@@ -237,18 +290,21 @@ export class CachefilesTransport implements CacheMissTransport {
       return this.misses.refuse(() => undefined, 'READ for an unknown object', { objectId: m.objectId });
     }
     const fd = obj.fds[obj.fds.length - 1];
-    const { source } = obj;
+    const { source } = obj.named;
     // Whole blocks: writes into the anonymous fd are direct I/O (the addon pads the object's last one).
     const start = Math.floor(m.offset / BLOCK_SIZE) * BLOCK_SIZE;
     const end = Math.min(source.size, Math.ceil((m.offset + m.length) / BLOCK_SIZE) * BLOCK_SIZE);
-    const buf = Buffer.alloc(Math.max(0, end - start));
+    // A blob's chunks go straight into its object (its blob cache writes them there); a bootstrap's
+    // bytes are copied out of the local file.
+    const buf = obj.named.kind === 'bootstrap' ? Buffer.alloc(Math.max(0, end - start)) : undefined;
+    const sink: RangeSink = buf ? { kind: 'buffer', buf, offset: 0 } : { kind: 'cache' };
     const answer = (errno: number) => {
       // An object closed meanwhile took its fds with it: their numbers may name other files by now.
       if (this.objects.get(m.objectId) !== obj || !obj.fds.includes(fd)) return;
-      if (errno === 0 && buf.length > 0) this.dev.writeAligned(fd, start, buf, source.size);
+      if (errno === 0 && buf && buf.length > 0) this.dev.writeAligned(fd, start, buf, source.size);
       this.dev.readComplete(fd, m.msgId);
     };
-    void this.misses.serve(m.msgId, { source, start, end, sink: { kind: 'buffer', buf, offset: 0 }, answer });
+    void this.misses.serve(m.msgId, { source, start, end, sink, answer });
   }
 
   /** Stopping on purpose (mounts are gone): the fd store's copy is dropped too, so the cache is unbound. */

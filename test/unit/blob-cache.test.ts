@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { native } from '../../src/native';
-import { BlobCache } from '../../src/storage/blob-cache';
+import { BlobCache, type KernelObject } from '../../src/storage/blob-cache';
 import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
 import { fetchMissing } from '../../src/storage/prefetcher';
 import { makeFakeBlob, type FakeBlob, type FakeRangeReader } from '../lib/fake-blob';
@@ -338,5 +338,74 @@ describe('BlobCache.serve', () => {
       );
     }
     await assert.rejects(cache.serve(0, 1, { kind: 'buffer', buf: Buffer.alloc(1), offset: 0 }), /closed/);
+  });
+});
+
+describe('BlobCache kept in a kernel cache object (cachefiles)', () => {
+  /** Stands in for a cachefiles object: a file that takes only direct I/O, as the anonymous fd does. */
+  function directObject(size: number): { fd: number; file: string; use: KernelObject['use']; close(): void } {
+    const file = path.join(work, `object-${n++}`);
+    fs.writeFileSync(file, '');
+    fs.truncateSync(file, Math.ceil(size / 4096) * 4096); // cachefiles sizes the backing file in whole pages
+    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_DIRECT);
+    return { fd, file, use: async (op) => op(fd), close: () => fs.closeSync(fd) };
+  }
+
+  it('writes verified chunks straight into the object, the last one padded, and nothing into the cache file', async () => {
+    const blob = await makeFakeBlob(); // its last chunk ends off a page boundary
+    const object = directObject(blob.content.length);
+    const { cache, file } = open(blob);
+    try {
+      cache.keepInKernelObject(object);
+      const last = blob.chunks[blob.chunks.length - 1];
+      assert.notEqual(last.uncompressedSize % 4096, 0);
+      const fetched = await cache.serve(blob.chunks[1].uncompressedOffset, blob.content.length, { kind: 'cache' });
+      assert.equal(fetched, blob.chunks.length - 1);
+      const held = fs.readFileSync(object.file);
+      assert.ok(
+        held
+          .subarray(blob.chunks[1].uncompressedOffset, blob.content.length)
+          .equals(blob.content.subarray(blob.chunks[1].uncompressedOffset)),
+      );
+      assert.ok(held.subarray(blob.content.length).equals(Buffer.alloc(held.length - blob.content.length)));
+      assert.equal(fs.statSync(file).blocks, 0, 'the cache file holds no data');
+      assert.equal(cache.presentChunks, blob.chunks.length - 1);
+      await assert.rejects(cache.verify(), /cannot read back/);
+      await assert.rejects(cache.serve(0, 1, { kind: 'buffer', buf: Buffer.alloc(1), offset: 0 }), /cannot read back/);
+    } finally {
+      cache.close();
+      object.close();
+    }
+  });
+
+  it('takes what the object holds as present, and fetches again what the kernel lost', async () => {
+    const blob = await makeFakeBlob();
+    const object = directObject(blob.content.length);
+    const { cache, reader } = open(blob);
+    try {
+      cache.keepInKernelObject(object);
+      await cache.serve(0, blob.content.length, { kind: 'cache' });
+      const requests = reader.requests.length;
+      // The kernel culled the file while the object was closed: it comes back empty.
+      fs.ftruncateSync(object.fd, 0);
+      fs.ftruncateSync(object.fd, Math.ceil(blob.content.length / 4096) * 4096);
+      await cache.syncWithObject();
+      assert.equal(cache.presentChunks, 0);
+      const c = blob.chunks[2];
+      assert.equal(await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, { kind: 'cache' }), 1);
+      assert.ok(reader.requests.length > requests);
+      const held = fs.readFileSync(object.file);
+      assert.ok(
+        held.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize).equals(blob.chunkData(c)),
+      );
+      // A READ comes only for a hole: a chunk taken as present but gone is fetched again, not skipped.
+      await cache.syncWithObject();
+      fs.ftruncateSync(object.fd, 0);
+      fs.ftruncateSync(object.fd, Math.ceil(blob.content.length / 4096) * 4096);
+      assert.equal(await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, { kind: 'cache' }), 1);
+    } finally {
+      cache.close();
+      object.close();
+    }
   });
 });
