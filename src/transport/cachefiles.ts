@@ -324,7 +324,7 @@ export const cachefilesTransport: TransportModule = {
   feature: 'cachefiles on-demand',
   zerosWithoutDaemon: false,
   describe: () =>
-    'READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; without the daemon, reads of data not cached fail with EIO (a daemon restarted by systemd resumes them)',
+    "READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; verified chunks are written into the kernel's cache objects, stored once",
   probe: ({ cacheDir, fds }) =>
     fds.inherited(FDNAME) !== undefined
       ? { ok: true, detail: 'bound /dev/cachefiles inherited from the previous daemon' }
