@@ -112,7 +112,8 @@ export class Daemon {
     });
     this.budget = new CacheBudget(opts.cacheMaxBytes ?? 0, 0, {
       evictUnused: (target) => this.blobs.evictUnused(this.mountedBlobs(), target).freedBytes,
-      mounted: () => this.mountedBlobs(),
+      // Under fanotify a punched chunk could race a read the kernel was already allowed to make.
+      mounted: () => (this.transportModule.kernelReadsAfterAnswer ? [] : this.mountedBlobs()),
     });
     this.blobs = new BlobStore(path.join(opts.cacheDir, 'blobs'), this.fetcher, this.budget, {
       maxBytes: opts.readAheadBytes ?? DEFAULT_READ_AHEAD.maxBytes,
@@ -142,6 +143,11 @@ export class Daemon {
       ...(features.passedOver ? { unavailable: features.passedOver } : {}),
       ...this.transport.settings(),
     });
+    if (opts.cacheMaxBytes && this.transportModule.kernelReadsAfterAnswer)
+      log.warn('the cache bound applies to blobs no mounted image uses: chunks of mounted images are not evicted', {
+        transport: features.chosen,
+        bound: opts.cacheMaxBytes,
+      });
   }
 
   /** Blobs of mounted images, each once. */

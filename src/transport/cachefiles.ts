@@ -323,6 +323,7 @@ export const cachefilesTransport: TransportModule = {
   name: 'cachefiles',
   feature: 'cachefiles on-demand',
   zerosWithoutDaemon: false,
+  kernelReadsAfterAnswer: false,
   describe: () =>
     "READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; verified chunks are written into the kernel's cache objects, stored once",
   probe: ({ cacheDir, fds }) =>

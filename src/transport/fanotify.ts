@@ -191,6 +191,7 @@ export const fanotifyTransport: TransportModule = {
   feature: 'fanotify pre-content',
   // After a planned stop (the keeper's copy dropped) or without a keeper, unfilled ranges read as zeros.
   zerosWithoutDaemon: true,
+  kernelReadsAfterAnswer: true,
   describe: () => 'pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+)',
   probe,
   create: (ctx) => new FanotifyTransport(ctx.misses, ctx.fds),

@@ -85,6 +85,12 @@ export interface TransportModule {
    * a transport's busy mounts are filled completely before the daemon leaves them.
    */
   readonly zerosWithoutDaemon: boolean;
+  /**
+   * The kernel reads the cache file itself once a miss is answered (fanotify): nothing orders that read
+   * after a hole punched meanwhile, which it would read as zeros. So the chunks of mounted blobs are
+   * never evicted under such a transport; the cache bound then applies to blobs no mount uses.
+   */
+  readonly kernelReadsAfterAnswer: boolean;
   /** One line for `doctor`: how misses reach the daemon (what readers see without it: `whenDaemonDies`). */
   describe(): string;
   /** Whether this kernel and cache directory can run it, tried for real (never guessed from versions). */
