@@ -183,3 +183,19 @@ export interface ConvertJson {
   uploadedBlobs: number;
   skippedBlobs: number;
 }
+
+/** Pids of the fd holder processes serving `socket` (a cache directory's holder.sock). */
+export function holderPids(socket: string): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let argv: string[];
+    try {
+      argv = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue; // gone meanwhile
+    }
+    if (path.basename(argv[0]) === 'erofs-ondemand-holder' && argv[1] === socket) pids.push(Number(entry));
+  }
+  return pids;
+}

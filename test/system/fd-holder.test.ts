@@ -11,26 +11,10 @@ import { lockCacheDir, LOCK_FILE } from '../../src/daemon/cache-lock';
 import { HOLDER_LOG, HOLDER_SOCKET, HolderProcess } from '../../src/daemon/fd-holder';
 import { native, type Packet } from '../../src/native';
 import { until } from '../lib/assertions';
-import { runCliAsync, startDaemon, type Daemon } from '../lib/harness';
+import { holderPids, runCliAsync, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 
 const DAEMON_FLAGS = ['--transport', 'fuse', '--metrics-address', ''];
-
-/** Pids of holders serving `socket` (its first argument). */
-function holderPids(socket: string): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let argv: string[];
-    try {
-      argv = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-    } catch {
-      continue; // gone meanwhile
-    }
-    if (path.basename(argv[0]) === 'erofs-ondemand-holder' && argv[1] === socket) pids.push(Number(entry));
-  }
-  return pids;
-}
 
 function alive(pid: number): boolean {
   try {
