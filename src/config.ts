@@ -33,6 +33,11 @@ export interface Config {
   registries: RegistriesConfig;
   /** Prometheus metrics on host:port; empty: off. */
   metrics: { address: string };
+  /**
+   * containerd's snapshots API on this unix socket (a proxy snapshotter); empty: off; absent:
+   * `snapshotter.sock` next to the control socket (by default DEFAULT_SNAPSHOTTER_SOCKET).
+   */
+  snapshotter: { socket?: string };
 }
 
 export const DEFAULTS: Config = {
@@ -46,13 +51,15 @@ export const DEFAULTS: Config = {
   fetch: { concurrency: 8, readTimeoutSeconds: 120, readAheadKiB: DEFAULT_READ_AHEAD.maxBytes / 1024 },
   registries: { plainHttp: [], insecure: [], hosts: {} },
   metrics: { address: '127.0.0.1:9543' },
+  snapshotter: {},
 };
 
 /** What a configuration file may hold, and what command-line flags may override: every key optional. */
-export type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
+export type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics' | 'snapshotter'>> & {
   fetch?: Partial<Config['fetch']>;
   registries?: RegistriesConfig;
   metrics?: Partial<Config['metrics']>;
+  snapshotter?: Partial<Config['snapshotter']>;
 };
 
 const schema: JSONSchemaType<FileConfig> = {
@@ -84,6 +91,14 @@ const schema: JSONSchemaType<FileConfig> = {
       additionalProperties: false,
       properties: {
         address: { type: 'string', pattern: '^(|.+:[0-9]+)$', description: 'host:port (empty: off)', nullable: true },
+      },
+    },
+    snapshotter: {
+      type: 'object',
+      nullable: true,
+      additionalProperties: false,
+      properties: {
+        socket: { type: 'string', pattern: '^(|/.*)$', description: 'an absolute path (empty: off)', nullable: true },
       },
     },
   },
@@ -179,6 +194,7 @@ export function overridden(
     fetch: { ...base.fetch, ...c.fetch },
     registries: { ...base.registries, ...c.registries },
     metrics: { ...base.metrics, ...c.metrics },
+    snapshotter: { ...base.snapshotter, ...c.snapshotter },
   } as Config;
 }
 

@@ -25,6 +25,9 @@ import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
 import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
 import { DaemonMetrics } from './metrics';
+import { lazySnapshots } from './lazy-snapshots';
+import { serveSnapshotter, type SnapshotterServer } from '../snapshotter/server';
+import { Snapshotter } from '../snapshotter/snapshotter';
 
 export interface DaemonOptions {
   cacheDir: string;
@@ -45,6 +48,8 @@ export interface DaemonOptions {
   transport?: TransportName | 'auto';
   /** FUSE transport only: file-backed EROFS or loop devices ('auto': by kernel version). */
   fuseBacking?: FuseBacking;
+  /** containerd's snapshots API on this unix socket; none when undefined. */
+  snapshotterSocket?: string;
 }
 
 /** The answer to a `trace` request. */
@@ -71,6 +76,7 @@ export class Daemon {
   private readonly mountStates = new Map<string, MountState>();
   private server: net.Server | null = null;
   private metricsServer: http.Server | null = null;
+  private snapshotter: SnapshotterServer | null = null;
   readonly metrics: DaemonMetrics;
   metricsPort: number | null = null;
   private stopping = false;
@@ -210,6 +216,14 @@ export class Daemon {
       }
       await this.restore();
       this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
+      const sock = this.opts.snapshotterSocket;
+      if (sock) {
+        const lazy = lazySnapshots(this.opts.registries ?? {}, path.join(path.dirname(sock), 'snapshots'), this);
+        this.snapshotter = await serveSnapshotter(
+          sock,
+          new Snapshotter(path.join(this.opts.cacheDir, 'snapshots'), lazy),
+        );
+      }
     } catch (err) {
       await this.stop({ keepState: true });
       throw err;
@@ -417,6 +431,7 @@ export class Daemon {
   async stop(opts: { keepState?: boolean } = {}): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    await this.snapshotter?.close();
     this.prefetcher.stop();
     for (const [target, image] of this.mounts) {
       try {
