@@ -1,0 +1,195 @@
+// The daemon as containerd's proxy snapshotter: Debian's containerd started with its own root and
+// the `erofs-ondemand` proxy plugin, images from a real registry, containers run by runc.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startContainerd, SNAPSHOTTER, type Containerd } from '../lib/containerd';
+import * as grpc from '@grpc/grpc-js';
+import { publishLazy, startDaemon, type Daemon } from '../lib/harness';
+import { snapshotsApi } from '../../src/snapshotter/proto';
+import type { SnapshotsClient } from '../../src/snapshotter/generated/containerd/services/snapshots/v1/Snapshots';
+import type { Info__Output } from '../../src/snapshotter/generated/containerd/services/snapshots/v1/Info';
+import type { Mount__Output } from '../../src/snapshotter/generated/containerd/types/Mount';
+import { cleanup, tempDir } from '../lib/image';
+import { startRegistry, type RegistryServer } from '../lib/registry-server';
+import { compareTreesInChild } from '../lib/tree-compare';
+import { minbaseImage } from '../lib/test-images';
+
+describe('containerd with the erofs-ondemand snapshotter', () => {
+  let registry: RegistryServer;
+  let work: string;
+  let daemon: Daemon;
+  let containerd: Containerd;
+  let reference: string;
+  let plain: string;
+  const sock = () => path.join(work, 'snapshotter.sock');
+  const start = () =>
+    startDaemon({
+      cacheDir: path.join(work, 'cache'),
+      socket: path.join(work, 'control.sock'),
+      flags: ['--metrics-address', ''],
+    });
+  const sn = (...args: string[]) => containerd.ctr('snapshots', '--snapshotter', SNAPSHOTTER, ...args);
+
+  /** Mounts snapshot `key` of `snapshotter` as containerd says to, on a new directory `name` in the work directory. */
+  async function mountSnapshot(snapshotter: string, key: string, name: string): Promise<string> {
+    const target = path.join(work, name);
+    fs.mkdirSync(target);
+    const mount = (await containerd.ctr('snapshots', '--snapshotter', snapshotter, 'mounts', target, key)).trim();
+    assert.match(mount, /^mount -t overlay overlay .*lowerdir=/);
+    execFileSync('sh', ['-c', mount]);
+    return target;
+  }
+
+  let image: ReturnType<typeof minbaseImage>;
+
+  before(async () => {
+    image = minbaseImage();
+    work = tempDir('snapshotter');
+    reference = image.unpack(path.join(work, 'reference'));
+    registry = await startRegistry();
+    plain = `${registry.host}/library/plain:1`;
+    execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${image.ref}`, `docker://${plain}`]);
+    daemon = await start();
+    assert.equal(fs.statSync(sock()).mode & 0o777, 0o600, 'the snapshotter socket is root-only');
+    containerd = await startContainerd(path.join(work, 'containerd'), sock());
+  });
+  after(async () => {
+    await containerd?.ctr('containers', 'rm', 'cmp').catch(() => undefined);
+    await containerd?.stop();
+    await daemon?.stop();
+    await registry?.stop();
+    if (work) cleanup(work);
+  });
+
+  it('runs an image without a lazy form as an overlayfs snapshotter would', async () => {
+    const started = BigInt(Date.now() - 1000) * 1_000_000n;
+    await containerd.ctr('images', 'pull', '--plain-http', '--snapshotter', SNAPSHOTTER, plain);
+    const out = await containerd.ctr('run', '--rm', '--snapshotter', SNAPSHOTTER, plain, 'hello');
+    assert.equal(out.trim(), 'lazy hello');
+    // The container's root filesystem as containerd mounts it: every file as containerd's own overlayfs
+    // snapshotter gives it (umoci's unpack differs from containerd's in directory times).
+    await containerd.ctr('images', 'pull', '--plain-http', '--snapshotter', 'overlayfs', plain);
+    await containerd.ctr('containers', 'create', '--snapshotter', SNAPSHOTTER, plain, 'cmp');
+    await containerd.ctr('containers', 'create', '--snapshotter', 'overlayfs', plain, 'cmp-overlayfs');
+    const ours = await mountSnapshot(SNAPSHOTTER, 'cmp', 'rootfs');
+    const theirs = await mountSnapshot('overlayfs', 'cmp-overlayfs', 'rootfs-overlayfs');
+    try {
+      // Times containerd's unpack gave directories as it went (after `started`) differ between two unpacks.
+      const unpackTime = (diff: string) =>
+        [...diff.matchAll(/mtimeNs (\d+) != (\d+)$/g)].some((m) => BigInt(m[1]) >= started && BigInt(m[2]) >= started);
+      assert.deepEqual(
+        (await compareTreesInChild(theirs, ours)).filter((d) => !unpackTime(d)),
+        [],
+      );
+    } finally {
+      for (const m of [ours, theirs]) execFileSync('umount', [m]);
+      await containerd.ctr('containers', 'rm', 'cmp-overlayfs');
+    }
+  });
+
+  it('answers List, Stat and Mounts after a daemon restart as before', async () => {
+    const list = await sn('ls');
+    const info = await sn('info', 'cmp');
+    const mounts = await sn('mounts', '/x', 'cmp');
+    assert.match(list, /cmp\s/);
+    await daemon.stop();
+    daemon = await start();
+    // containerd's client reconnects on its own, after its back-off.
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 200)))
+      if (
+        await sn('ls').then(
+          () => true,
+          () => false,
+        )
+      )
+        break;
+    assert.equal(await sn('ls'), list);
+    assert.equal(await sn('info', 'cmp'), info);
+    assert.equal(await sn('mounts', '/x', 'cmp'), mounts);
+  });
+
+  it('removes snapshots with their directories when containerd lets go of them', async () => {
+    await containerd.ctr('containers', 'rm', 'cmp');
+    await containerd.ctr('images', 'rm', '--sync', plain);
+    assert.equal((await sn('ls')).trim().split('\n').length, 1, 'only the header line is left');
+    const dirs = fs.readdirSync(path.join(work, 'cache', 'snapshots')).filter((e) => /^\d+$/.test(e));
+    assert.deepEqual(dirs, []);
+  });
+
+  it('commits the layers of an image with a lazy form at once, and mounts it under a view', async () => {
+    const { source } = publishLazy(image.ref, registry.host, 'minbase');
+    const raw = execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${source}`]);
+    const manifestDigest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    const layers = (JSON.parse(raw.toString()) as { layers: Array<{ digest: string }> }).layers.map((l) => l.digest);
+    const client = new (snapshotsApi().containerd.services.snapshots.v1.Snapshots)(
+      `unix://${sock()}`,
+      grpc.credentials.createInsecure(),
+    ) as SnapshotsClient;
+    const list = (filter: string) =>
+      new Promise<Info__Output[]>((resolve, reject) => {
+        const out: Info__Output[] = [];
+        const call = client.List({ filters: [filter] });
+        call.on('data', (r: { info: Info__Output[] }) => out.push(...r.info));
+        call.on('end', () => resolve(out));
+        call.on('error', reject);
+      });
+    const unary = <Res>(method: 'Prepare' | 'View' | 'Remove', req: object) =>
+      new Promise<Res>((resolve, reject) =>
+        (client[method] as (r: object, cb: (e: grpc.ServiceError | null, r?: Res) => void) => void).call(
+          client,
+          req,
+          (e, r) => (e ? reject(e) : resolve(r as Res)),
+        ),
+      );
+    try {
+      // As containerd's unpacker does for a CRI pull: each layer prepared with the CRI labels.
+      let parent = '';
+      const placeholders: string[] = [];
+      for (const [i, layer] of layers.entries()) {
+        const chain = `sha256:${createHash('sha256').update(`${parent} ${layer}`).digest('hex')}`;
+        const labels = {
+          'containerd.io/snapshot.ref': chain,
+          'containerd.io/snapshot/cri.image-ref': source,
+          'containerd.io/snapshot/cri.manifest-digest': manifestDigest,
+          'containerd.io/snapshot/cri.layer-digest': layer,
+          'containerd.io/snapshot/cri.image-layers': layers.slice(i).join(','),
+        };
+        await assert.rejects(
+          unary('Prepare', { key: `default/${i}/extract ${chain}`, parent, labels }),
+          (e: grpc.ServiceError) => {
+            assert.equal(e.code, grpc.status.ALREADY_EXISTS, e.message);
+            return true;
+          },
+        );
+        const found = await list(`labels."containerd.io/snapshot.ref"==${chain},parent==${JSON.stringify(parent)}`);
+        assert.equal(found.length, 1, `one committed snapshot for layer ${i}`);
+        assert.equal(found[0].kind, 'COMMITTED');
+        parent = found[0].name;
+        placeholders.push(parent);
+      }
+      const { mounts } = await unary<{ mounts: Mount__Output[] }>('View', { key: 'default/view', parent });
+      assert.equal(mounts.length, 1);
+      assert.equal(mounts[0].type, 'bind');
+      assert.deepEqual(mounts[0].options, ['ro', 'rbind']);
+      const lazyMount = mounts[0].source;
+      assert.ok(
+        fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${lazyMount} `),
+        'the lazy image is mounted',
+      );
+      assert.deepEqual(await compareTreesInChild(reference, lazyMount), []);
+      await unary('Remove', { key: 'default/view' });
+      assert.ok(
+        !fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${lazyMount} `),
+        'unmounted with its last user',
+      );
+      for (const name of placeholders.reverse()) await unary('Remove', { key: name });
+      assert.deepEqual(await list(''), []);
+    } finally {
+      client.close();
+    }
+  });
+});
