@@ -241,7 +241,7 @@ export class Snapshotter {
         'FAILED_PRECONDITION',
         `snapshot ${JSON.stringify(top.name)} is a lazy layer below the top of ${top.lazy?.image}: its files are only in the whole image's mount`,
       );
-    if (top.mountedAt && fs.existsSync(top.mountedAt)) return;
+    if (top.mountedAt) return; // the daemon restores its own mounts after a restart
     if (!this.lazy) throw new SnapshotError('FAILED_PRECONDITION', 'lazy images are not served');
     const target = await this.lazy.mount(top.lazy.image, top.id);
     this.meta.update((m) => m.set(top.name, { ...top, mountedAt: target }));
