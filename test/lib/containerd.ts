@@ -18,8 +18,18 @@ export interface Containerd {
   stop(): Promise<void>;
 }
 
-/** containerd with `snapshotterSocket` as the `erofs-ondemand` proxy snapshotter; CRI off unless `cri`. */
-export async function startContainerd(dir: string, snapshotterSocket: string, cri = false): Promise<Containerd> {
+export interface ContainerdOptions {
+  /** Serve CRI (image pulls through the snapshotter, as the kubelet makes them) for these plain-HTTP registries. */
+  cri?: { plainHttp: string[] };
+}
+
+/** containerd with `snapshotterSocket` as the `erofs-ondemand` proxy snapshotter; CRI off unless asked for. */
+export async function startContainerd(
+  dir: string,
+  snapshotterSocket: string,
+  opts: ContainerdOptions = {},
+): Promise<Containerd> {
+  const cri = opts.cri;
   fs.mkdirSync(dir, { recursive: true });
   const address = path.join(dir, 'containerd.sock');
   const config = path.join(dir, 'config.toml');
@@ -38,6 +48,10 @@ export async function startContainerd(dir: string, snapshotterSocket: string, cr
       '[plugins."io.containerd.grpc.v1.cri".containerd]',
       `  snapshotter = "${SNAPSHOTTER}"`,
       '  disable_snapshot_annotations = false',
+      ...(cri?.plainHttp ?? []).flatMap((host) => [
+        `[plugins."io.containerd.grpc.v1.cri".registry.mirrors."${host}"]`,
+        `  endpoint = ["http://${host}"]`,
+      ]),
       '',
     ].join('\n'),
   );

@@ -1,11 +1,13 @@
 // The daemon as containerd's proxy snapshotter: Debian's containerd started with its own root and
-// the `erofs-ondemand` proxy plugin, images from a real registry, containers run by runc.
+// the `erofs-ondemand` proxy plugin, images from a real registry, containers run by runc, and CRI
+// pulls as the kubelet makes them.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 import { startContainerd, SNAPSHOTTER, type Containerd } from '../lib/containerd';
 import * as grpc from '@grpc/grpc-js';
 import { publishLazy, startDaemon, type Daemon } from '../lib/harness';
@@ -15,8 +17,12 @@ import type { Info__Output } from '../../src/snapshotter/generated/containerd/se
 import type { Mount__Output } from '../../src/snapshotter/generated/containerd/types/Mount';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
+import { criPullImage } from '../lib/cri';
+import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { compareTreesInChild } from '../lib/tree-compare';
 import { minbaseImage } from '../lib/test-images';
+
+const run = promisify(execFile);
 
 describe('containerd with the erofs-ondemand snapshotter', () => {
   let registry: RegistryServer;
@@ -190,6 +196,75 @@ describe('containerd with the erofs-ondemand snapshotter', () => {
       assert.deepEqual(await list(''), []);
     } finally {
       client.close();
+    }
+  });
+});
+
+describe('a Kubernetes-style pull through CRI', () => {
+  let registry: RegistryServer;
+  let proxy: FaultProxy;
+  let work: string;
+  let daemon: Daemon;
+  let containerd: Containerd;
+  let reference: string;
+
+  before(async () => {
+    const image = minbaseImage();
+    work = tempDir('snapshotter-cri');
+    reference = image.unpack(path.join(work, 'reference'));
+    registry = await startRegistry();
+    publishLazy(image.ref, registry.host, 'minbase');
+    proxy = await startFaultProxy(registry.host);
+    daemon = await startDaemon({
+      cacheDir: path.join(work, 'cache'),
+      socket: path.join(work, 'control.sock'),
+      flags: ['--metrics-address', ''],
+    });
+    containerd = await startContainerd(path.join(work, 'containerd'), path.join(work, 'snapshotter.sock'), {
+      cri: { plainHttp: [proxy.host] },
+    });
+  });
+  after(async () => {
+    await containerd?.ctr('-n', 'k8s.io', 'containers', 'rm', 'cmp').catch(() => undefined);
+    await containerd?.stop();
+    await daemon?.stop();
+    await proxy?.stop();
+    await registry?.stop();
+    if (work) cleanup(work);
+  });
+
+  it('pulls the original reference without a layer download and runs it from the lazy image', async () => {
+    // The original reference, as a pod spec names it; its layers go through the proxy if anything fetches them.
+    const original = `${proxy.host}/library/minbase:1`;
+    // Not execFileSync: the proxy serving skopeo runs in this process.
+    const { stdout: raw } = await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${original}`]);
+    const layers = (JSON.parse(raw) as { layers: Array<{ digest: string }> }).layers.map((l) => l.digest);
+    proxy.reset();
+    await criPullImage(containerd.address, original);
+    const fetched = proxy.requests.filter((r) => layers.some((l) => r.path.endsWith(`/blobs/${l}`)));
+    assert.ok(
+      proxy.requests.some((r) => r.path.includes('/manifests/')),
+      'containerd pulled through the proxy',
+    );
+    assert.deepEqual(fetched, [], 'no layer blob was fetched');
+
+    const k8s = (...args: string[]) => containerd.ctr('-n', 'k8s.io', ...args);
+    const out = await k8s('run', '--rm', '--snapshotter', SNAPSHOTTER, original, 'hello');
+    assert.equal(out.trim(), 'lazy hello');
+    // The container's root as runc gets it: every file as umoci unpacks the image, but the root
+    // directory itself, which is the container's fresh writable upper directory.
+    await k8s('containers', 'create', '--snapshotter', SNAPSHOTTER, original, 'cmp');
+    const target = path.join(work, 'rootfs');
+    fs.mkdirSync(target);
+    execFileSync('sh', ['-c', (await k8s('snapshots', '--snapshotter', SNAPSHOTTER, 'mounts', target, 'cmp')).trim()]);
+    try {
+      const diffs = await compareTreesInChild(reference, target);
+      assert.deepEqual(
+        diffs.filter((d) => !d.startsWith('"/": ')),
+        [],
+      );
+    } finally {
+      execFileSync('umount', [target]);
     }
   });
 });
