@@ -2,9 +2,11 @@
 // form mounted (through the daemon's transport, like any mount) where containers' overlays find it.
 import fs from 'node:fs';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { Annotation } from '../convert/lazy-image';
 import { log } from '../log';
-import type { OpenOptions } from '../oci/open-image';
+import { registryClient, type OpenOptions } from '../oci/open-image';
+import { parseReference } from '../oci/reference';
 import type { LazyImages } from '../snapshotter/snapshotter';
 import { findLazyImage } from './image-store';
 
@@ -32,6 +34,12 @@ export function lazySnapshots(registries: OpenOptions, mountDir: string, daemon:
       fs.mkdirSync(target, { recursive: true, mode: 0o755 });
       await daemon.mount(image, target);
       return target;
+    },
+    async fetchLayer(ref, digest, file) {
+      const parsed = parseReference(ref);
+      await registryClient(parsed.registry, registries).readBlob(parsed.repository, digest, undefined, (body) =>
+        pipeline(body, fs.createWriteStream(file)),
+      );
     },
     async unmount(target) {
       await daemon.umount(target);

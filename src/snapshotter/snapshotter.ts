@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { log } from '../log';
 import { compileFilters, type FieldOf } from './filters';
+import { applyLayer } from './layer-unpack';
 import { SnapshotMetadata, type Kind, type LazyLayer, type Snapshot } from './metadata';
 
 /** What the snapshotter needs of the daemon: lazy images found and mounted. */
@@ -18,6 +19,8 @@ export interface LazyImages {
   /** Mounts the lazy image; returns where (a directory the caller does not choose). */
   mount(image: string, id: number): Promise<string>;
   unmount(target: string): Promise<void>;
+  /** Downloads layer `digest` of image `ref` (verified) to `file`. */
+  fetchLayer(ref: string, digest: string, file: string): Promise<void>;
 }
 
 export type SnapshotErrorCode = 'NOT_FOUND' | 'ALREADY_EXISTS' | 'FAILED_PRECONDITION' | 'INVALID_ARGUMENT';
@@ -162,6 +165,7 @@ export class Snapshotter {
     if (kind === 'ACTIVE') fs.mkdirSync(path.join(this.dir(s), 'work'), { mode: 0o700 });
     try {
       this.meta.update((m) => m.set(key, s));
+      await this.materializeBelow(s);
       const lower = this.lazyBelow(s);
       if (lower) await this.ensureMounted(lower);
       return this.mountsOf(s);
@@ -187,7 +191,6 @@ export class Snapshotter {
     const manifest = labels[Label.manifestDigest];
     const layer = labels[Label.layerDigest];
     if (!imageRef || !manifest || !layer || !this.lazy) return null;
-    if (parent && !this.meta.get(parent)?.lazy) return null; // below it, the chain is unpacked
     const lookupKey = `${imageRef}@${manifest}`;
     let lookup = this.lookups.get(lookupKey);
     if (!lookup) {
@@ -225,6 +228,35 @@ export class Snapshotter {
     this.meta.update((m) => m.set(key, s));
     log.info('lazy layer committed without download', { image: imageRef, layer, chain: chainId, top: lazy.top });
     return key;
+  }
+
+  /**
+   * A chain that reaches lazy layers below a lazy image's top (an image without a lazy form sharing
+   * base layers with one: containerd found the placeholders by chain id) needs their files: each is
+   * downloaded and unpacked into its directory, and is an ordinary layer from then on.
+   */
+  private async materializeBelow(s: Snapshot): Promise<void> {
+    for (const a of this.meta.chain(s.name).slice(1)) {
+      if (a.lazy?.top) return; // the whole chain below is in the image's mount
+      if (!a.lazy) continue;
+      if (!this.lazy) throw new SnapshotError('FAILED_PRECONDITION', 'lazy images are not served');
+      const ref = a.labels[Label.imageRef];
+      const digest = a.labels[Label.layerDigest];
+      const fsDir = path.join(this.dir(a), 'fs');
+      const tmp = path.join(this.root, `layer-${a.id}.tmp`);
+      try {
+        await this.lazy.fetchLayer(ref, digest, tmp);
+        fs.rmSync(fsDir, { recursive: true, force: true });
+        fs.mkdirSync(fsDir, { mode: 0o755 });
+        await applyLayer(tmp, fsDir);
+      } finally {
+        fs.rmSync(tmp, { force: true });
+      }
+      const labels = { ...a.labels };
+      delete labels[Label.lazyImage];
+      this.meta.update((m) => m.set(a.name, { ...a, labels, lazy: undefined, updated: Date.now() }));
+      log.info('lazy layer unpacked for a chain that shares it', { image: ref, layer: digest, snapshot: a.name });
+    }
   }
 
   /** The nearest lazy placeholder in `s`'s ancestry (not `s` itself), if any. */

@@ -20,7 +20,7 @@ import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { criPullImage } from '../lib/cri';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { compareTreesInChild } from '../lib/tree-compare';
-import { minbaseImage } from '../lib/test-images';
+import { minbaseImage, UmociImage } from '../lib/test-images';
 
 const run = promisify(execFile);
 
@@ -267,4 +267,76 @@ describe('a Kubernetes-style pull through CRI', () => {
       execFileSync('umount', [target]);
     }
   });
+
+  it('gives an image without a lazy form that shares base layers with a lazy one its own rootfs', async () => {
+    const started = BigInt(Date.now() - 1000) * 1_000_000n;
+    // The lazy image's first two layers alone (the second deletes files of the first): containerd
+    // finds both as the lazy image's placeholders by chain id and downloads nothing.
+    const shared = sharedBaseImage(path.join(work, 'shared-layout'));
+    const sharedRootfs = shared.unpack(path.join(work, 'shared-reference'));
+    const ref = `${proxy.host}/library/shared:1`;
+    await run('skopeo', ['copy', '-q', '--dest-tls-verify=false', `oci:${shared.ref}`, `docker://${ref}`]);
+    await criPullImage(containerd.address, ref);
+    const k8s = (...args: string[]) => containerd.ctr('-n', 'k8s.io', ...args);
+    await k8s('containers', 'create', '--snapshotter', SNAPSHOTTER, ref, 'shared');
+    const target = path.join(work, 'shared-rootfs');
+    fs.mkdirSync(target);
+    execFileSync('sh', [
+      '-c',
+      (await k8s('snapshots', '--snapshotter', SNAPSHOTTER, 'mounts', target, 'shared')).trim(),
+    ]);
+    try {
+      const diffs = await compareTreesInChild(sharedRootfs, target);
+      // The root directory is the container's fresh upper directory. A directory a layer changes
+      // under without listing it (/usr over a deletion below it) is created at extraction, as
+      // containerd's own applier creates it: its time is then the extraction's.
+      const extracted = (d: string) => /mtimeNs \d+ != (\d+)$/.test(d) && BigInt(/(\d+)$/.exec(d)![1]) >= started;
+      assert.deepEqual(
+        diffs.filter((d) => !d.startsWith('"/": ') && !extracted(d)),
+        [],
+      );
+    } finally {
+      execFileSync('umount', [target]);
+      await k8s('containers', 'rm', 'shared');
+    }
+    // The lazy image's containers still see the whole lazy image.
+    assert.equal(
+      (await k8s('run', '--rm', '--snapshotter', SNAPSHOTTER, `${proxy.host}/library/minbase:1`, 'again')).trim(),
+      'lazy hello',
+    );
+  });
 });
+
+/** The minbase image's first `layers` layers, as tag `shared` of a copy of its layout in `dir`. */
+function sharedBaseImage(dir: string, layers = 2): UmociImage {
+  const from = minbaseImage();
+  execFileSync('cp', ['-al', from.layout, dir]); // hard links: the cached layout itself is never written
+  const blob = (d: string) => path.join(dir, 'blobs', 'sha256', d.slice('sha256:'.length));
+  const put = (doc: unknown) => {
+    const bytes = Buffer.from(JSON.stringify(doc));
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    fs.writeFileSync(blob(digest), bytes);
+    return { digest, size: bytes.length };
+  };
+  const indexFile = path.join(dir, 'index.json');
+  const index = JSON.parse(fs.readFileSync(indexFile, 'utf8')) as {
+    manifests: Array<{ mediaType: string; digest: string; size: number; annotations?: Record<string, string> }>;
+  };
+  const desc = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === from.tag);
+  assert.ok(desc, `tag ${from.tag} in ${from.layout}`);
+  const manifest = JSON.parse(fs.readFileSync(blob(desc.digest), 'utf8'));
+  const config = JSON.parse(fs.readFileSync(blob(manifest.config.digest), 'utf8'));
+  config.rootfs.diff_ids = config.rootfs.diff_ids.slice(0, layers);
+  config.history = (config.history ?? []).filter((h: { empty_layer?: boolean }) => !h.empty_layer).slice(0, layers);
+  manifest.config = { ...manifest.config, ...put(config) };
+  manifest.layers = manifest.layers.slice(0, layers);
+  const m = put(manifest);
+  index.manifests.push({
+    mediaType: desc.mediaType,
+    ...m,
+    annotations: { 'org.opencontainers.image.ref.name': 'shared' },
+  });
+  fs.rmSync(indexFile); // a link to the cached layout's
+  fs.writeFileSync(indexFile, JSON.stringify(index));
+  return new UmociImage(dir, 'shared');
+}

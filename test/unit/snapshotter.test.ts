@@ -1,6 +1,7 @@
 // The snapshotter's model without containerd or mounts: containerd's filter syntax, the snapshot
 // lifecycle and its error codes, metadata surviving a restart, lazy layers with a fake daemon.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -114,6 +115,7 @@ describe('snapshotter', () => {
         find: async (ref) => (calls.push(`find ${ref}`), { image: 'reg/lazy@sha256:z', sourceDigest }),
         mount: async (image, id) => (calls.push(`mount ${image}`), `/mnt/lazy-${id}`),
         unmount: async (target) => void calls.push(`unmount ${target}`),
+        fetchLayer: async () => assert.fail('no layer is downloaded'),
       };
       return { lazy, calls };
     }
@@ -152,11 +154,23 @@ describe('snapshotter', () => {
       assert.equal((await sn.stat('x0')).kind, 'ACTIVE');
     });
 
-    it('refuses a layer unpacked over a lazy layer below the top instead of giving a wrong root', async () => {
-      const { lazy } = fake();
+    it('unpacks lazy layers below the top when an image without a lazy form is built on them', async () => {
+      const { lazy, calls } = fake();
+      const layer = path.join(path.dirname(root()), 'layer');
+      fs.mkdirSync(layer);
+      fs.writeFileSync(path.join(layer, 'base-file'), 'from layer 0\n');
+      lazy.fetchLayer = async (ref, digest, file) => {
+        calls.push(`fetch ${ref} ${digest}`);
+        execFileSync('tar', ['-cf', file, '-C', layer, '.']);
+      };
       const sn = new Snapshotter(root(), lazy);
       await code(sn.prepare('x0', '', labels(0)));
-      assert.equal(await code(sn.prepare('other', 'x0', {})), 'FAILED_PRECONDITION');
+      const [m] = await sn.prepare('other', 'x0', {});
+      assert.deepEqual(calls.slice(1), ['fetch reg/app:1 sha256:l1'], 'the layer, from the image that placed it');
+      assert.equal(m.type, 'overlay');
+      const lower = (m.options.at(-1) as string).slice('lowerdir='.length);
+      assert.equal(fs.readFileSync(path.join(lower, 'base-file'), 'utf8'), 'from layer 0\n');
+      assert.equal((await sn.stat('x0')).labels[Label.lazyImage], undefined, 'an ordinary layer now');
     });
   });
 });
