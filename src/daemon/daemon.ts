@@ -274,6 +274,10 @@ export class Daemon {
     return { digest: image.digest };
   }
 
+  isMounted(target: string): boolean {
+    return this.mounts.has(target);
+  }
+
   /** Records the mount's access trace until its window closes; kept on this node for the next mount. */
   private recordTrace(target: string, image: PreparedImage): void {
     this.recorders.get(target)?.end('unmount');

@@ -13,6 +13,7 @@ import { findLazyImage } from './image-store';
 export interface Mounter {
   mount(ref: string, target: string): Promise<unknown>;
   umount(target: string): Promise<void>;
+  isMounted(target: string): boolean;
 }
 
 /** Lazy images mounted under `mountDir` (outside the cache directory, where the daemon mounts nothing). */
@@ -35,6 +36,7 @@ export function lazySnapshots(registries: OpenOptions, mountDir: string, daemon:
       await daemon.mount(image, target);
       return target;
     },
+    mounted: (target) => daemon.isMounted(target),
     async fetchLayer(ref, digest, file) {
       const parsed = parseReference(ref);
       await registryClient(parsed.registry, registries).readBlob(parsed.repository, digest, undefined, (body) =>

@@ -19,6 +19,8 @@ export interface LazyImages {
   /** Mounts the lazy image; returns where (a directory the caller does not choose). */
   mount(image: string, id: number): Promise<string>;
   unmount(target: string): Promise<void>;
+  /** Whether the daemon has a mount at `target` (it restores them after a restart, has none after a stop). */
+  mounted(target: string): boolean;
   /** Downloads layer `digest` of image `ref` (verified) to `file`. */
   fetchLayer(ref: string, digest: string, file: string): Promise<void>;
 }
@@ -273,8 +275,9 @@ export class Snapshotter {
         'FAILED_PRECONDITION',
         `snapshot ${JSON.stringify(top.name)} is a lazy layer below the top of ${top.lazy?.image}: its files are only in the whole image's mount`,
       );
-    if (top.mountedAt) return; // the daemon restores its own mounts after a restart
+    // After a restart the daemon has restored its mounts; after a stop it has none.
     if (!this.lazy) throw new SnapshotError('FAILED_PRECONDITION', 'lazy images are not served');
+    if (top.mountedAt && this.lazy.mounted(top.mountedAt)) return;
     const target = await this.lazy.mount(top.lazy.image, top.id);
     this.meta.update((m) => m.set(top.name, { ...top, mountedAt: target }));
   }
@@ -358,10 +361,10 @@ export class Snapshotter {
     });
   }
 
-  /** Unmounts a lazy image no snapshot uses any more. */
+  /** Unmounts a lazy image no snapshot uses any more (if the daemon still has it mounted). */
   private async release(top: Snapshot): Promise<void> {
     if (!top.mountedAt || !this.lazy) return;
-    await this.lazy.unmount(top.mountedAt);
+    if (this.lazy.mounted(top.mountedAt)) await this.lazy.unmount(top.mountedAt);
     if (this.meta.get(top.name)) this.meta.update((m) => m.set(top.name, { ...top, mountedAt: undefined }));
   }
 

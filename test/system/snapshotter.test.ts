@@ -305,6 +305,27 @@ describe('a Kubernetes-style pull through CRI', () => {
       'lazy hello',
     );
   });
+
+  it('leaves no mount and no snapshot once images and containers are removed', async () => {
+    const k8s = (...args: string[]) => containerd.ctr('-n', 'k8s.io', ...args);
+    await k8s('containers', 'rm', 'cmp');
+    // CRI names each image three ways (tag, digest, id): all go.
+    const images = (await k8s('images', 'ls', '-q')).split('\n').filter(Boolean);
+    assert.ok(images.length >= 2);
+    await k8s('images', 'rm', '--sync', ...images);
+    // containerd's garbage collector removes the snapshotter's snapshots after the images, on its own time.
+    const metadata = path.join(work, 'cache', 'snapshots', 'metadata.json');
+    const left = () => (JSON.parse(fs.readFileSync(metadata, 'utf8')) as { snapshots: unknown[] }).snapshots;
+    for (const deadline = Date.now() + 30_000; left().length > 0 && Date.now() < deadline;)
+      await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(left(), [], 'containerd removed every snapshot, placeholders too');
+    const lazyMounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
+    assert.deepEqual(
+      lazyMounts.filter((l) => l.includes(` ${path.join(work, 'snapshots')}/`)),
+      [],
+      'the lazy image is unmounted',
+    );
+  });
 });
 
 /** The minbase image's first `layers` layers, as tag `shared` of a copy of its layout in `dir`. */

@@ -111,13 +111,22 @@ describe('snapshotter', () => {
     const layers = ['sha256:l1', 'sha256:l2'];
     function fake(sourceDigest = manifest) {
       const calls: string[] = [];
+      const mounted = new Set<string>();
       const lazy: LazyImages = {
         find: async (ref) => (calls.push(`find ${ref}`), { image: 'reg/lazy@sha256:z', sourceDigest }),
-        mount: async (image, id) => (calls.push(`mount ${image}`), `/mnt/lazy-${id}`),
-        unmount: async (target) => void calls.push(`unmount ${target}`),
+        mount: async (image, id) => {
+          calls.push(`mount ${image}`);
+          mounted.add(`/mnt/lazy-${id}`);
+          return `/mnt/lazy-${id}`;
+        },
+        unmount: async (target) => {
+          calls.push(`unmount ${target}`);
+          mounted.delete(target);
+        },
+        mounted: (target) => mounted.has(target),
         fetchLayer: async () => assert.fail('no layer is downloaded'),
       };
-      return { lazy, calls };
+      return { lazy, calls, mounted };
     }
     const labels = (i: number) => ({
       [Label.ref]: `chain-${i}`,
@@ -144,6 +153,21 @@ describe('snapshotter', () => {
       assert.equal(calls.length, 2);
       await sn.remove('c2');
       assert.deepEqual(calls.slice(2), ['unmount /mnt/lazy-2']);
+    });
+
+    it('mounts the image again when the daemon no longer has it (stopped and started)', async () => {
+      const { lazy, calls, mounted } = fake();
+      const sn = new Snapshotter(root(), lazy);
+      await code(sn.prepare('x0', '', labels(0)));
+      await code(sn.prepare('x1', 'x0', labels(1)));
+      await sn.prepare('c1', 'x1', {});
+      mounted.clear();
+      await sn.prepare('c2', 'x1', {});
+      assert.deepEqual(calls.slice(1), ['mount reg/lazy@sha256:z', 'mount reg/lazy@sha256:z']);
+      mounted.clear();
+      await sn.remove('c1');
+      await sn.remove('c2');
+      assert.equal(calls.length, 3, 'nothing to unmount: the daemon has no mount there');
     });
 
     it('unpacks as usual when the lazy image was converted from another manifest', async () => {
