@@ -215,6 +215,7 @@ export class Daemon {
         this.metricsPort = port;
       }
       await this.restore();
+      this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
       const sock = this.opts.snapshotterSocket;
       if (sock) {
         const lazy = lazySnapshots(this.opts.registries ?? {}, path.join(path.dirname(sock), 'snapshots'), this);
@@ -223,8 +224,6 @@ export class Daemon {
           new Snapshotter(path.join(this.opts.cacheDir, 'snapshots'), lazy),
         );
       }
-      // Last: its socket tells supervisors and tests the daemon is ready.
-      this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
     } catch (err) {
       await this.stop({ keepState: true });
       throw err;

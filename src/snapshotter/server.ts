@@ -98,13 +98,17 @@ export async function serveSnapshotter(socket: string, sn: Snapshotter): Promise
   };
   const server = new grpc.Server();
   server.addService(snapshotsApi().containerd.services.snapshots.v1.Snapshots.service, handlers);
-  fs.mkdirSync(path.dirname(socket), { recursive: true, mode: 0o755 });
-  fs.rmSync(socket, { force: true }); // left by a daemon that died: nothing listens on it
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) =>
-      err ? reject(new Error(`snapshotter socket ${socket}: ${err.message}`, { cause: err })) : resolve(),
-    ),
-  );
+  try {
+    fs.mkdirSync(path.dirname(socket), { recursive: true, mode: 0o755 });
+    fs.rmSync(socket, { force: true }); // left by a daemon that died: nothing listens on it
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
+  } catch (err) {
+    throw new Error(`snapshotter socket ${socket}: ${(err as Error).message}`, { cause: err });
+  }
   fs.chmodSync(socket, 0o600); // root only: snapshots are root's filesystems
   log.info('snapshotter serving', { socket, root: sn.root });
   return {

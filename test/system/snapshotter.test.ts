@@ -24,6 +24,20 @@ import { minbaseImage, UmociImage } from '../lib/test-images';
 
 const run = promisify(execFile);
 
+/** The daemon of `work` with its snapshotter, which listens once the control socket does. */
+async function startWithSnapshotter(work: string): Promise<Daemon> {
+  const daemon = await startDaemon({
+    cacheDir: path.join(work, 'cache'),
+    socket: path.join(work, 'control.sock'),
+    flags: ['--metrics-address', ''],
+  });
+  const sock = path.join(work, 'snapshotter.sock');
+  for (const deadline = Date.now() + 10_000; !fs.existsSync(sock) && Date.now() < deadline;)
+    await new Promise((r) => setTimeout(r, 20));
+  assert.ok(fs.existsSync(sock), `no ${sock}:\n${daemon.log}`);
+  return daemon;
+}
+
 describe('containerd with the erofs-ondemand snapshotter', () => {
   let registry: RegistryServer;
   let work: string;
@@ -32,12 +46,7 @@ describe('containerd with the erofs-ondemand snapshotter', () => {
   let reference: string;
   let plain: string;
   const sock = () => path.join(work, 'snapshotter.sock');
-  const start = () =>
-    startDaemon({
-      cacheDir: path.join(work, 'cache'),
-      socket: path.join(work, 'control.sock'),
-      flags: ['--metrics-address', ''],
-    });
+  const start = () => startWithSnapshotter(work);
   const sn = (...args: string[]) => containerd.ctr('snapshots', '--snapshotter', SNAPSHOTTER, ...args);
 
   /** Mounts snapshot `key` of `snapshotter` as containerd says to, on a new directory `name` in the work directory. */
@@ -215,11 +224,7 @@ describe('a Kubernetes-style pull through CRI', () => {
     registry = await startRegistry();
     publishLazy(image.ref, registry.host, 'minbase');
     proxy = await startFaultProxy(registry.host);
-    daemon = await startDaemon({
-      cacheDir: path.join(work, 'cache'),
-      socket: path.join(work, 'control.sock'),
-      flags: ['--metrics-address', ''],
-    });
+    daemon = await startWithSnapshotter(work);
     containerd = await startContainerd(path.join(work, 'containerd'), path.join(work, 'snapshotter.sock'), {
       cri: { plainHttp: [proxy.host] },
     });
