@@ -19,7 +19,7 @@ import type { CacheMissTransport, MountState, TransportModule, TransportName } f
 import { transportModule } from '../transport/transports';
 import type { FuseBacking } from '../transport/fuse-backing';
 import { lockCacheDir, type CacheLock } from './cache-lock';
-import { serveControl, type ControlRequest } from './control';
+import { claimSocket, serveControl, type ControlRequest } from './control';
 import { openFdKeeper } from './fd-keeper';
 import { ImageStore, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
@@ -215,15 +215,19 @@ export class Daemon {
         this.metricsPort = port;
       }
       await this.restore();
-      this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
       const sock = this.opts.snapshotterSocket;
       if (sock) {
+        // The control socket's problems first: they are the ones the user asked about.
+        await claimSocket(this.opts.socket, 'control');
+        await claimSocket(sock, 'snapshotter');
         const lazy = lazySnapshots(this.opts.registries ?? {}, path.join(path.dirname(sock), 'snapshots'), this);
         this.snapshotter = await serveSnapshotter(
           sock,
           new Snapshotter(path.join(this.opts.cacheDir, 'snapshots'), lazy),
         );
       }
+      // Last: its socket tells supervisors and tests the daemon is ready.
+      this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
     } catch (err) {
       await this.stop({ keepState: true });
       throw err;

@@ -1,7 +1,6 @@
 // The snapshots gRPC service on a unix socket only root may connect to: containerd's proxy plugin
 // (`[proxy_plugins.NAME] type = "snapshot"`) calls it.
 import fs from 'node:fs';
-import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { log } from '../log';
 import type { SnapshotsHandlers } from './generated/containerd/services/snapshots/v1/Snapshots';
@@ -59,6 +58,7 @@ export interface SnapshotterServer {
   close(): Promise<void>;
 }
 
+/** Serves `sn` on `socket`, whose directory exists (root's only) and where no file is. */
 export async function serveSnapshotter(socket: string, sn: Snapshotter): Promise<SnapshotterServer> {
   const handlers: SnapshotsHandlers = {
     Prepare: unary('Prepare', async (r) => ({ mounts: await sn.prepare(r.key, r.parent, r.labels) })),
@@ -99,8 +99,6 @@ export async function serveSnapshotter(socket: string, sn: Snapshotter): Promise
   const server = new grpc.Server();
   server.addService(snapshotsApi().containerd.services.snapshots.v1.Snapshots.service, handlers);
   try {
-    fs.mkdirSync(path.dirname(socket), { recursive: true, mode: 0o755 });
-    fs.rmSync(socket, { force: true }); // left by a daemon that died: nothing listens on it
     await new Promise<void>((resolve, reject) =>
       server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) =>
         err ? reject(err) : resolve(),
@@ -112,12 +110,10 @@ export async function serveSnapshotter(socket: string, sn: Snapshotter): Promise
   fs.chmodSync(socket, 0o600); // root only: snapshots are root's filesystems
   log.info('snapshotter serving', { socket, root: sn.root });
   return {
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.tryShutdown(() => {
-          fs.rmSync(socket, { force: true });
-          resolve();
-        });
-      }),
+    // Calls in flight are cancelled: the daemon is about to unmount what they would hand out.
+    close: async () => {
+      server.forceShutdown();
+      fs.rmSync(socket, { force: true });
+    },
   };
 }

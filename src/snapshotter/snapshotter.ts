@@ -155,6 +155,7 @@ export class Snapshotter {
   }
 
   private async create(kind: Kind, key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    if (!key) throw new SnapshotError('INVALID_ARGUMENT', 'a snapshot needs a key');
     if (this.meta.get(key)) throw new SnapshotError('ALREADY_EXISTS', `snapshot ${JSON.stringify(key)} already exists`);
     if (parent) {
       const p = this.need(parent);
@@ -324,6 +325,7 @@ export class Snapshotter {
   commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
     return this.serial(() => {
       const s = this.need(key);
+      if (!name) throw new SnapshotError('INVALID_ARGUMENT', `committing ${JSON.stringify(key)} needs a name`);
       if (s.kind !== 'ACTIVE')
         throw new SnapshotError('FAILED_PRECONDITION', `snapshot ${JSON.stringify(key)} is not active`);
       if (this.meta.get(name))

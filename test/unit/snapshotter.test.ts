@@ -82,6 +82,8 @@ describe('snapshotter', () => {
     assert.equal(await code(sn.remove('A')), 'FAILED_PRECONDITION', 'has a child');
     assert.equal(await code(sn.mounts('A')), 'FAILED_PRECONDITION', 'committed');
     assert.equal(await code(sn.list(['name~=('])), 'INVALID_ARGUMENT');
+    assert.equal(await code(sn.prepare('', '', {})), 'INVALID_ARGUMENT');
+    assert.equal(await code(sn.commit('', 'b', {})), 'INVALID_ARGUMENT');
   });
 
   it('keeps its snapshots across a restart, and Update changes labels only', async () => {
