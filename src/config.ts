@@ -35,7 +35,7 @@ export interface Config {
   metrics: { address: string };
   /**
    * containerd's snapshots API on this unix socket (a proxy snapshotter); empty: off; absent:
-   * `snapshotter.sock` next to the control socket (by default DEFAULT_SNAPSHOTTER_SOCKET).
+   * DEFAULT_SNAPSHOTTER_SOCKET for a daemon on the default control socket, off for others.
    */
   snapshotter: { socket?: string };
 }

@@ -1,11 +1,13 @@
 // Default paths, apart from the config schema so that commands which only need a path load no validator.
 export const DEFAULT_CONFIG = '/etc/erofs-ondemand/config.json';
 export const DEFAULT_SOCKET = '/run/erofs-ondemand/control.sock';
-/** Next to the control socket, by default: see `snapshotterSocket`. */
+export const DEFAULT_CACHE_DIR = '/var/lib/erofs-ondemand';
 export const DEFAULT_SNAPSHOTTER_SOCKET = '/run/erofs-ondemand/snapshotter.sock';
 
-/** The snapshotter's socket: the configured one ('' : none), else `snapshotter.sock` beside the control socket. */
+/**
+ * The snapshotter's socket: the configured one ('': none); unconfigured, the default one for the
+ * daemon on the default control socket, none for any other (two daemons never contend for it).
+ */
 export function snapshotterSocket(configured: string | undefined, controlSocket: string): string {
-  return configured ?? `${controlSocket.replace(/\/[^/]*$/, '')}/snapshotter.sock`;
+  return configured ?? (controlSocket === DEFAULT_SOCKET ? DEFAULT_SNAPSHOTTER_SOCKET : '');
 }
-export const DEFAULT_CACHE_DIR = '/var/lib/erofs-ondemand';

@@ -116,7 +116,7 @@ export function program(): Command {
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
     .option(
       '--snapshotter-socket <path>',
-      `containerd snapshotter socket ("" turns it off; default snapshotter.sock beside --socket, ${DEFAULT_SNAPSHOTTER_SOCKET})`,
+      `containerd snapshotter socket ("" turns it off; default ${DEFAULT_SNAPSHOTTER_SOCKET} with the default --socket, else off)`,
     )
     .addOption(
       new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices([

@@ -24,14 +24,14 @@ import { minbaseImage, UmociImage } from '../lib/test-images';
 
 const run = promisify(execFile);
 
-/** The daemon of `work` with its snapshotter, which listens once the control socket does. */
+/** The daemon of `work` with its snapshotter on `work`/snapshotter.sock. */
 async function startWithSnapshotter(work: string): Promise<Daemon> {
+  const sock = path.join(work, 'snapshotter.sock');
   const daemon = await startDaemon({
     cacheDir: path.join(work, 'cache'),
     socket: path.join(work, 'control.sock'),
-    flags: ['--metrics-address', ''],
+    flags: ['--metrics-address', '', '--snapshotter-socket', sock],
   });
-  const sock = path.join(work, 'snapshotter.sock');
   for (const deadline = Date.now() + 10_000; !fs.existsSync(sock) && Date.now() < deadline;)
     await new Promise((r) => setTimeout(r, 20));
   assert.ok(fs.existsSync(sock), `no ${sock}:\n${daemon.log}`);

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { DEFAULT_SNAPSHOTTER_SOCKET, DEFAULT_SOCKET, snapshotterSocket } from '../../src/defaults';
 import { compileFilters } from '../../src/snapshotter/filters';
 import { Label, Snapshotter, SnapshotError, type LazyImages } from '../../src/snapshotter/snapshotter';
 
@@ -26,6 +27,13 @@ async function code(p: Promise<unknown>): Promise<string> {
   }
   return 'OK';
 }
+
+it('serves the default snapshotter socket only for the daemon on the default control socket', () => {
+  assert.equal(snapshotterSocket(undefined, DEFAULT_SOCKET), DEFAULT_SNAPSHOTTER_SOCKET);
+  assert.equal(snapshotterSocket(undefined, '/tmp/other.sock'), '', 'two daemons never contend for it');
+  assert.equal(snapshotterSocket('', DEFAULT_SOCKET), '');
+  assert.equal(snapshotterSocket('/x/sn.sock', '/tmp/other.sock'), '/x/sn.sock');
+});
 
 describe('containerd filters', () => {
   const fields = (f: Record<string, string>) => (p: readonly string[]) =>
