@@ -4,7 +4,7 @@ import { defineConfig } from 'eslint/config';
 import tseslint from 'typescript-eslint';
 
 export default defineConfig(
-  { ignores: ['dist/', 'build/', 'node_modules/'] },
+  { ignores: ['dist/', 'build/', 'node_modules/', 'src/snapshotter/generated/'] },
   eslint.configs.recommended,
   tseslint.configs.recommended,
   {

@@ -37,6 +37,11 @@ export interface Config {
   registries: RegistriesConfig;
   /** Prometheus metrics on host:port; empty: off. */
   metrics: { address: string };
+  /**
+   * containerd's snapshots API on this unix socket (a proxy snapshotter); empty: off; absent:
+   * DEFAULT_SNAPSHOTTER_SOCKET for a daemon on the default control socket, off for others.
+   */
+  snapshotter: { socket?: string };
 }
 
 export const DEFAULTS: Config = {
@@ -55,13 +60,15 @@ export const DEFAULTS: Config = {
   },
   registries: { plainHttp: [], insecure: [], hosts: {} },
   metrics: { address: '127.0.0.1:9543' },
+  snapshotter: {},
 };
 
 /** What a configuration file may hold, and what command-line flags may override: every key optional. */
-export type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics'>> & {
+export type FileConfig = Partial<Omit<Config, 'fetch' | 'registries' | 'metrics' | 'snapshotter'>> & {
   fetch?: Partial<Config['fetch']>;
   registries?: RegistriesConfig;
   metrics?: Partial<Config['metrics']>;
+  snapshotter?: Partial<Config['snapshotter']>;
 };
 
 const schema: JSONSchemaType<FileConfig> = {
@@ -94,6 +101,14 @@ const schema: JSONSchemaType<FileConfig> = {
       additionalProperties: false,
       properties: {
         address: { type: 'string', pattern: '^(|.+:[0-9]+)$', description: 'host:port (empty: off)', nullable: true },
+      },
+    },
+    snapshotter: {
+      type: 'object',
+      nullable: true,
+      additionalProperties: false,
+      properties: {
+        socket: { type: 'string', pattern: '^(|/.*)$', description: 'an absolute path (empty: off)', nullable: true },
       },
     },
   },
@@ -189,6 +204,7 @@ export function overridden(
     fetch: { ...base.fetch, ...c.fetch },
     registries: { ...base.registries, ...c.registries },
     metrics: { ...base.metrics, ...c.metrics },
+    snapshotter: { ...base.snapshotter, ...c.snapshotter },
   } as Config;
 }
 

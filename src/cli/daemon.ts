@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { DEFAULTS, loadConfig, loadRegistriesFile, overridden, type Config } from '../config';
 import { Daemon } from '../daemon/daemon';
+import { snapshotterSocket } from '../defaults';
 import { InputError } from '../errors';
 import { log } from '../log';
 import { native } from '../native';
@@ -20,6 +21,7 @@ export interface DaemonFlags {
   insecure?: string[];
   registriesConfig?: string;
   metricsAddress?: string;
+  snapshotterSocket?: string;
   cacheMaxBytes?: string;
   transport?: string;
   fuseBacking?: string;
@@ -54,6 +56,7 @@ const FLAG_OF_KEY: Record<string, keyof DaemonFlags> = {
   '/fetch/readAheadKiB': 'readAhead',
   '/cacheMaxBytes': 'cacheMaxBytes',
   '/metrics/address': 'metricsAddress',
+  '/snapshotter/socket': 'snapshotterSocket',
   '/transport': 'transport',
   '/fuseBacking': 'fuseBacking',
   '/fdKeeper': 'fdKeeper',
@@ -87,6 +90,7 @@ export function effectiveConfig(flags: DaemonFlags, configRequired: boolean): Co
           }
         : undefined,
     metrics: { address: flags.metricsAddress },
+    snapshotter: { socket: flags.snapshotterSocket },
   };
   // Flags not given leave the file's settings (JSON drops the undefined ones).
   return overridden(file, JSON.parse(JSON.stringify(settings)), {}, (pointer) => {
@@ -115,6 +119,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     readAheadBytes: config.fetch.readAheadKiB * 1024,
     registries: config.registries,
     metricsAddress: config.metrics.address || undefined,
+    snapshotterSocket: snapshotterSocket(config.snapshotter.socket, config.socket) || undefined,
     cacheMaxBytes: config.cacheMaxBytes,
     transport: config.transport,
     fuseBacking: config.fuseBacking,
@@ -129,6 +134,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
       const restartOnly: string[] = (
         ['cacheDir', 'socket', 'prefetch', 'transport', 'fuseBacking', 'fdKeeper'] as const
       ).filter((k) => next[k] !== config[k]);
+      if (next.snapshotter.socket !== config.snapshotter.socket) restartOnly.push('snapshotter');
       if (JSON.stringify(next.registries) !== JSON.stringify(config.registries)) restartOnly.push('registries');
       log.info('configuration reloaded', {
         logLevel: next.logLevel,

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, MIN_ZSTD_LEVEL } from '../blob/zstd-level';
-import { DEFAULT_CACHE_DIR, DEFAULT_CONFIG } from '../defaults';
+import { DEFAULT_CACHE_DIR, DEFAULT_CONFIG, DEFAULT_SNAPSHOTTER_SOCKET } from '../defaults';
 import { callControl, DEFAULT_SOCKET } from '../daemon/control';
 import { Interrupted } from '../errors';
 import type { DaemonFlags } from './daemon';
@@ -115,6 +115,10 @@ export function program(): Command {
   )
     .option('--cache-max-bytes <size>', 'bound on the cache, e.g. 50G (default 0: unbounded)')
     .option('--metrics-address <host:port>', 'Prometheus metrics address ("" turns them off; default 127.0.0.1:9543)')
+    .option(
+      '--snapshotter-socket <path>',
+      `containerd snapshotter socket ("" turns it off; default ${DEFAULT_SNAPSHOTTER_SOCKET} with the default --socket, else off)`,
+    )
     .addOption(
       new Option('--transport <name>', 'cache-miss transport (default auto: the best this kernel supports)').choices([
         'auto',

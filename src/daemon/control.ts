@@ -89,15 +89,20 @@ function answering(socketPath: string): Promise<boolean> {
   });
 }
 
-/** Serves the socket, replacing a file a daemon left behind; never one a running daemon serves. */
-export async function serveControl(socketPath: string, handle: ControlHandler): Promise<net.Server> {
-  if (await answering(socketPath)) throw new Error(`control socket ${socketPath} is served by another daemon`);
+/** Makes way for a socket of this daemon (`what`: control, snapshotter): a file a daemon left behind goes; never one a running daemon serves. */
+export async function claimSocket(socketPath: string, what: string): Promise<void> {
+  if (await answering(socketPath)) throw new Error(`${what} socket ${socketPath} is served by another daemon`);
   try {
     fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
     fs.rmSync(socketPath, { force: true });
   } catch (err) {
-    throw new Error(`control socket ${socketPath}: ${(err as Error).message}`);
+    throw new Error(`${what} socket ${socketPath}: ${(err as Error).message}`);
   }
+}
+
+/** Serves the socket, replacing a file a daemon left behind; never one a running daemon serves. */
+export async function serveControl(socketPath: string, handle: ControlHandler): Promise<net.Server> {
+  await claimSocket(socketPath, 'control');
   const server = net.createServer((conn) => {
     let buf = Buffer.alloc(0);
     conn.on('data', (d: Buffer) => {

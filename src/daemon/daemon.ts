@@ -28,12 +28,15 @@ import { DEFAULT_READ_DEADLINE_MS } from '../transport/miss-requests';
 import type { FuseBacking } from '../transport/fuse-backing';
 import type { FdKeeperChoice } from '../transport/fd-keepers';
 import { lockCacheDir, type CacheLock } from './cache-lock';
-import { serveControl, type ControlRequest } from './control';
+import { claimSocket, serveControl, type ControlRequest } from './control';
 import { openFdKeeper, type OpenFdKeeper } from './fd-keeper';
 import { ImageStore, lazyReference, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
 import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
 import { DaemonMetrics } from './metrics';
+import { lazySnapshots } from './lazy-snapshots';
+import { serveSnapshotter, type SnapshotterServer } from '../snapshotter/server';
+import { Snapshotter } from '../snapshotter/snapshotter';
 
 export interface DaemonOptions {
   cacheDir: string;
@@ -59,6 +62,8 @@ export interface DaemonOptions {
   fuseBacking?: FuseBacking;
   /** Where kernel-facing fds outlive the daemon ('auto': systemd's fd store under systemd, else the holder). */
   fdKeeper?: FdKeeperChoice;
+  /** containerd's snapshots API on this unix socket; none when undefined. */
+  snapshotterSocket?: string;
 }
 
 /** The answer to a `trace` request. */
@@ -85,6 +90,7 @@ export class Daemon {
   private readonly mountStates = new Map<string, MountState>();
   private server: net.Server | null = null;
   private metricsServer: http.Server | null = null;
+  private snapshotter: SnapshotterServer | null = null;
   readonly metrics: DaemonMetrics;
   metricsPort: number | null = null;
   private stopping = false;
@@ -237,6 +243,18 @@ export class Daemon {
         this.metricsPort = port;
       }
       await this.restore();
+      const sock = this.opts.snapshotterSocket;
+      if (sock) {
+        // The control socket's problems first: they are the ones the user asked about.
+        await claimSocket(this.opts.socket, 'control');
+        await claimSocket(sock, 'snapshotter');
+        const lazy = lazySnapshots(this.opts.registries ?? {}, path.join(path.dirname(sock), 'snapshots'), this);
+        this.snapshotter = await serveSnapshotter(
+          sock,
+          new Snapshotter(path.join(this.opts.cacheDir, 'snapshots'), lazy),
+        );
+      }
+      // Last: its socket tells supervisors and tests the daemon is ready.
       this.server = await serveControl(this.opts.socket, (req) => this.handle(req));
     } catch (err) {
       await this.stop({ keepState: true });
@@ -286,6 +304,10 @@ export class Daemon {
     this.recordTrace(target, image);
     void this.prefetch(image);
     return { digest: image.digest };
+  }
+
+  isMounted(target: string): boolean {
+    return this.mounts.has(target);
   }
 
   /** Records the mount's access trace until its window closes; kept on this node for the next mount. */
@@ -450,6 +472,7 @@ export class Daemon {
   async stop(opts: { keepState?: boolean } = {}): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    await this.snapshotter?.close();
     this.prefetcher.stop();
     for (const [target, image] of this.mounts) {
       try {

@@ -13,6 +13,7 @@ const RANK: Record<string, number> = {
   config: 6,
   daemon: 6,
   transport: 5,
+  snapshotter: 5,
   storage: 4,
   convert: 3,
   builder: 3,

@@ -1,0 +1,5 @@
+// Original file: null
+
+export interface Empty {}
+
+export interface Empty__Output {}
