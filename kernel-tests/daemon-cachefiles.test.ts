@@ -341,7 +341,7 @@ describe(
     });
 
     it('chaos: readers of random data get no wrong byte while the daemon is SIGKILLed again and again behind a faulty registry', async () => {
-      const kills = Number(process.env.CHAOS_KILLS ?? 12);
+      const kills = Number(process.env.CHAOS_KILLS ?? 30);
       await stopDaemon();
       // An image of random data in which no page is zeros: a hole read as data would show.
       const dir = path.join(work, 'chaos');
