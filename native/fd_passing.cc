@@ -2,6 +2,7 @@
 // talks to the fd holder (native/holder/holder.cc), which Node's net module cannot do.
 #include "fd_passing.h"
 #include "errors.h"
+#include "scm_rights.h"
 
 #include <cerrno>
 #include <cstring>
@@ -55,23 +56,7 @@ Napi::Value SendPacket(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < arr.Length(); i++) fds.push_back(FdArg(arr.Get(i), "fds[i]"));
   }
   if (fds.size() > kMaxFds) throw Napi::RangeError::New(env, "at most 8 fds per packet");
-  struct iovec iov = {const_cast<char*>(text.data()), text.size()};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ssize_t n;
-  do n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
+  ssize_t n = scm::Send(sock, text, fds);
   if (n < 0) ThrowErrno(env, errno, "sendmsg");
   return env.Undefined();
 }
@@ -88,39 +73,20 @@ Napi::Value RecvPacket(const Napi::CallbackInfo& info) {
   while (ready < 0 && errno == EINTR);
   if (ready < 0) ThrowErrno(env, errno, "poll");
   if (ready == 0) return Napi::String::New(env, "timeout");
-  char buf[kMaxPacket];
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  struct iovec iov = {buf, sizeof buf};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n;
-  do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Napi::String::New(env, "timeout");
-  std::vector<int> fds;
-  for (struct cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; i++) {
-      int fd;
-      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      fds.push_back(fd);
-    }
-  }
-  if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
-    for (int fd : fds) close(fd);
+  scm::Received r = scm::Receive(sock, kMaxPacket, kMaxFds);
+  if (r.n < 0 && (r.error == EAGAIN || r.error == EWOULDBLOCK)) return Napi::String::New(env, "timeout");
+  if (r.n == 0 || (r.n < 0 && (r.error == ECONNRESET || r.error == EPIPE))) {
+    for (int fd : r.fds) close(fd);
     return Napi::String::New(env, "closed");
   }
-  if (n < 0) ThrowErrno(env, errno, "recvmsg");
-  if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
-    for (int fd : fds) close(fd);
+  if (r.n < 0) ThrowErrno(env, r.error, "recvmsg");
+  if (r.truncated) {
+    for (int fd : r.fds) close(fd);
     throw Napi::Error::New(env, "recvmsg: packet truncated (text or fds)");
   }
+  const std::vector<int>& fds = r.fds;
   Napi::Object out = Napi::Object::New(env);
-  out.Set("text", Napi::String::New(env, buf, static_cast<size_t>(n)));
+  out.Set("text", Napi::String::New(env, r.text));
   Napi::Array arr = Napi::Array::New(env, fds.size());
   for (size_t i = 0; i < fds.size(); i++) arr.Set(static_cast<uint32_t>(i), Napi::Number::New(env, fds[i]));
   out.Set("fds", arr);

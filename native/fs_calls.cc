@@ -3,6 +3,7 @@
 // with SEEK_DATA/SEEK_HOLE, fallocate(2) hole punching, flock(2).
 #include "fs_calls.h"
 #include "errors.h"
+#include "scm_rights.h"
 
 #include <cerrno>
 #include <fcntl.h>
@@ -388,23 +389,7 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
     Napi::Array arr = info[1].As<Napi::Array>();
     for (uint32_t i = 0; i < arr.Length(); i++) fds.push_back(arr.Get(i).As<Napi::Number>().Int32Value());
   }
-  struct iovec iov = {const_cast<char*>(message.data()), message.size()};
-  struct msghdr msg = {};
-  msg.msg_name = &addr;
-  msg.msg_namelen = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + len);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * (fds.empty() ? 1 : fds.size())));
-  if (!fds.empty()) {
-    msg.msg_control = control.data();
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  ssize_t n = scm::Send(fd, message, fds, &addr, static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + len));
   int saved = errno;
   close(fd);
   if (n < 0) ThrowErrno(env, saved, "sendto(NOTIFY_SOCKET)", path);

@@ -43,6 +43,8 @@
 #include <string>
 #include <vector>
 
+#include "../scm_rights.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -90,60 +92,27 @@ void CloseAll(std::vector<int>& fds) {
 
 Packet Receive(int conn) {
   Packet p;
-  char buf[kMaxPacket];
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
-  struct iovec iov = {buf, sizeof buf};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n;
-  do n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+  scm::Received r = scm::Receive(conn, kMaxPacket, kMaxFdsPerPacket);
+  if (r.n < 0 && (r.error == EAGAIN || r.error == EWOULDBLOCK)) {
     p.none = true;
     return p;
   }
-  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; i++) {
-      int fd;
-      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      p.fds.push_back(fd);
-    }
-  }
-  if (n <= 0) {
+  p.fds = std::move(r.fds);
+  if (r.n <= 0) {
     CloseAll(p.fds);
     p.closed = true;
     return p;
   }
-  p.text.assign(buf, static_cast<size_t>(n));
-  if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) p.invalid = true;
+  p.text = std::move(r.text);
+  p.invalid = r.truncated;
   return p;
 }
 
 // False when the peer is gone.
 bool Send(int conn, const std::string& text, int fd = -1) {
-  struct iovec iov = {const_cast<char*>(text.data()), text.size()};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  ssize_t n;
-  do n = sendmsg(conn, &msg, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
-  return n == static_cast<ssize_t>(text.size());
+  std::vector<int> fds;
+  if (fd >= 0) fds.push_back(fd);
+  return scm::Send(conn, text, fds) == static_cast<ssize_t>(text.size());
 }
 
 // A name is one printable word: it travels in a text packet and shows in the log.
