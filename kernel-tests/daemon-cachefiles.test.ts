@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
+import { mountInfoLine } from '../test/lib/assertions';
 import { startFaultProxy, type FaultProxy } from '../test/lib/fault-proxy';
 import { adoptDaemon, CLI, execCli, startDaemon as launchDaemon, type Daemon } from '../test/lib/harness';
 import { MiB } from '../test/lib/fixtures';
@@ -316,11 +317,7 @@ describe(
       const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
       await cli('mount', '--socket', socket, refs.a, mnt);
       assert.equal(fs.readFileSync(path.join(mnt, 'etc', 'deep', 'er', 'small'), 'utf8'), 'small file\n');
-      const mountLine = () =>
-        fs
-          .readFileSync('/proc/self/mountinfo', 'utf8')
-          .split('\n')
-          .find((l) => l.split(' ')[4] === mnt);
+      const mountLine = () => mountInfoLine(mnt);
       const before = mountLine();
       assert.ok(before, 'mounted');
       const { pid } = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout) as { pid: number };

@@ -26,3 +26,22 @@ export async function until(cond: () => boolean, what: string, timeoutMs: number
 export function bytesRead(): number {
   return Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
 }
+
+/** The /proc/self/mountinfo line of the mount on `target` (its mount id first): equal lines, the same mount. */
+export function mountInfoLine(target: string): string | undefined {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' ')[4] === target);
+}
+
+/** Reads `length` bytes at `start` through `handle`, short only at the end of the file. */
+export async function readRange(handle: fs.promises.FileHandle, start: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  for (let done = 0; done < length;) {
+    const { bytesRead } = await handle.read(buf, done, length - done, start + done);
+    if (bytesRead === 0) return buf.subarray(0, done);
+    done += bytesRead;
+  }
+  return buf;
+}

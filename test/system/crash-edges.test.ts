@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { until } from '../lib/assertions';
+import { mountInfoLine, until } from '../lib/assertions';
 import { writeRandomTree } from '../lib/chaos';
 import { execCli, holderPids, publishLazy, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
@@ -20,14 +20,6 @@ import { HOLDER_SOCKET } from '../../src/daemon/fd-holder';
 
 const MiB = 1 << 20;
 const SIZE = 8 * MiB;
-
-/** The mountinfo line of `target` (its mount id included): equal lines mean the same mount. */
-function mountLine(target: string): string | undefined {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .find((l) => l.split(' ')[4] === target);
-}
 
 /** sha256 of a file read by a child process (a read that waits never blocks the test), or its error. */
 function sha256In(file: string, timeoutSec = 30): { hash?: string; error?: string } {
@@ -117,10 +109,10 @@ describe('crash edges with the fd holder', () => {
           15_000,
         );
         assert.equal(sha256In(path.join(mnt, names[0])).hash, want.get(names[0]), 'served while the holder changed');
-        const line = mountLine(mnt);
+        const line = mountInfoLine(mnt);
         await daemon.stop('SIGKILL');
         daemon = await start();
-        assert.equal(mountLine(mnt), line, 'taken over in place: the fds were kept by the new holder');
+        assert.equal(mountInfoLine(mnt), line, 'taken over in place: the fds were kept by the new holder');
         assert.equal(sha256In(path.join(mnt, names[1])).hash, want.get(names[1]));
       });
 
@@ -128,7 +120,7 @@ describe('crash edges with the fd holder', () => {
         await daemon.stop('SIGKILL');
         unmount(mnt, { lazy: true });
         daemon = await start();
-        await until(() => mountLine(mnt) !== undefined, 'the mount restored', 30_000);
+        await until(() => mountInfoLine(mnt) !== undefined, 'the mount restored', 30_000);
         const s = await status();
         assert.deepEqual(
           s.mounts.map((m: { target: string }) => m.target),
@@ -152,7 +144,7 @@ describe('crash edges with the fd holder', () => {
           assert.equal(dead.hash, undefined, 'no bytes without a daemon');
           assert.match(dead.error ?? '', /Input\/output error|not connected/);
           daemon = await start();
-          await until(() => mountLine(mnt) !== undefined, 'mounted again', 30_000);
+          await until(() => mountInfoLine(mnt) !== undefined, 'mounted again', 30_000);
           assert.equal(sha256In(path.join(mnt, names[2])).hash, want.get(names[2]));
         });
     });

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { until } from '../lib/assertions';
+import { mountInfoLine, until } from '../lib/assertions';
 import { execCli, publishLazy, startDaemon as launchDaemon, type Daemon } from '../lib/harness';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { cleanup, tempDir } from '../lib/image';
@@ -222,11 +222,7 @@ function daemonSuite(transport: Transport, extraFlags: string[], full: boolean) 
       const before = JSON.parse((await cli('status', '--json', '--socket', socket)).stdout);
       const cachedBefore = cachedChunks(before);
 
-      const mountId = () =>
-        fs
-          .readFileSync('/proc/self/mountinfo', 'utf8')
-          .split('\n')
-          .find((l) => l.split(' ')[4] === mnt);
+      const mountId = () => mountInfoLine(mnt);
       const mountLine = mountId();
       await daemon!.stop('SIGKILL');
       // The fd holder the daemon started keeps its kernel fds: the next daemon takes the mount over in

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import type http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { until } from '../lib/assertions';
+import { mountInfoLine, readRange, until } from '../lib/assertions';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { adoptDaemon, CLI, DAEMON_NODE_FLAGS, execCli, publishLazy, type Daemon } from '../lib/harness';
 import { MiB } from '../lib/fixtures';
@@ -80,16 +80,6 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-async function readAll(handle: fs.promises.FileHandle, start: number, length: number): Promise<Buffer> {
-  const buf = Buffer.alloc(length);
-  for (let done = 0; done < length;) {
-    const { bytesRead } = await handle.read(buf, done, length - done, start + done);
-    if (bytesRead === 0) return buf.subarray(0, done);
-    done += bytesRead;
-  }
-  return buf;
 }
 
 describe('fanotify transport: a daemon killed with SIGKILL is taken over by the next one', () => {
@@ -172,18 +162,14 @@ describe('fanotify transport: a daemon killed with SIGKILL is taken over by the 
 
       mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
       await cli('mount', lazyRef, mnt);
-      const mountLine = () =>
-        fs
-          .readFileSync('/proc/self/mountinfo', 'utf8')
-          .split('\n')
-          .find((l) => l.split(' ')[4] === mnt);
+      const mountLine = () => mountInfoLine(mnt);
       const before = mountLine();
       assert.ok(before, 'mounted');
 
       // An fd opened before the kill, with its first MiB read (fetched) through it.
       const early = await fs.promises.open(path.join(mnt, 'a.bin'));
       try {
-        assertSameBytes(await readAll(early, 0, MiB), source['a.bin'].subarray(0, MiB), 'a.bin, first MiB');
+        assertSameBytes(await readRange(early, 0, MiB), source['a.bin'].subarray(0, MiB), 'a.bin, first MiB');
 
         // The next Range GET stalls: a reader of b.bin has its event taken by the daemon, not answered.
         const stalled: http.ServerResponse[] = [];
@@ -209,7 +195,7 @@ describe('fanotify transport: a daemon killed with SIGKILL is taken over by the 
         const late = startReader(path.join(mnt, 'c.bin'));
         readers.push(late);
         let earlySettled = false;
-        const earlyRest = readAll(early, MiB, source['a.bin'].length - MiB).finally(() => (earlySettled = true));
+        const earlyRest = readRange(early, MiB, source['a.bin'].length - MiB).finally(() => (earlySettled = true));
         await new Promise((r) => setTimeout(r, 2000));
         for (const [r, name] of [
           [late, 'c.bin'],

@@ -11,7 +11,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { until } from '../lib/assertions';
+import { mountInfoLine, readRange, until } from '../lib/assertions';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { adoptDaemon, CLI, DAEMON_NODE_FLAGS, execCli, execCliSync, publishLazy, type Daemon } from '../lib/harness';
 import { MiB } from '../lib/fixtures';
@@ -34,16 +34,6 @@ function publish(work: string, registry: string, name: string): { files: Files; 
   }
   const image = new UmociImage(path.join(work, `layout-${name}`), 'v1').create().rawLayer(tree);
   return { files, ...publishLazy(image.ref, registry, name) };
-}
-
-async function readAt(handle: fs.promises.FileHandle, start: number, length: number): Promise<Buffer> {
-  const buf = Buffer.alloc(length);
-  for (let done = 0; done < length;) {
-    const { bytesRead } = await handle.read(buf, done, length - done, start + done);
-    if (bytesRead === 0) return buf.subarray(0, done);
-    done += bytesRead;
-  }
-  return buf;
 }
 
 describe('a daemon killed while the registry is down resumes its mounts from the cache', () => {
@@ -116,11 +106,7 @@ describe('a daemon killed while the registry is down resumes its mounts from the
       const lazyRef = first.lazy.replace(registry.host, proxy.host);
       mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
       await cli('mount', lazyRef, mnt);
-      const mountLine = () =>
-        fs
-          .readFileSync('/proc/self/mountinfo', 'utf8')
-          .split('\n')
-          .find((l) => l.split(' ')[4] === mnt);
+      const mountLine = () => mountInfoLine(mnt);
       const mountedLine = mountLine();
       assert.ok(mountedLine, 'mounted');
       const killed = await status();
@@ -129,7 +115,7 @@ describe('a daemon killed while the registry is down resumes its mounts from the
       const a = await fs.promises.open(path.join(mnt, 'a.bin'));
       const b = await fs.promises.open(path.join(mnt, 'b.bin'));
       try {
-        assert.ok((await readAt(a, 0, MiB)).equals(first.files['a.bin'].subarray(0, MiB)), 'a.bin, first MiB');
+        assert.ok((await readRange(a, 0, MiB)).equals(first.files['a.bin'].subarray(0, MiB)), 'a.bin, first MiB');
 
         // The tag moves to another image, then the registry goes down and the daemon is killed.
         execCliSync(['convert', '-q', second.source, first.lazy]);
@@ -155,11 +141,11 @@ describe('a daemon killed while the registry is down resumes its mounts from the
         );
 
         // Cached: read through the fd opened before the kill. Not cached: EIO, or a wait; never zeros.
-        assert.ok((await readAt(a, 0, MiB)).equals(first.files['a.bin'].subarray(0, MiB)), 'a.bin, cached MiB');
+        assert.ok((await readRange(a, 0, MiB)).equals(first.files['a.bin'].subarray(0, MiB)), 'a.bin, cached MiB');
         const notCached = first.files['a.bin'].subarray(3 * MiB, 4 * MiB);
         let registryDown = true;
         let failed = false;
-        const down = readAt(a, 3 * MiB, MiB).then(
+        const down = readRange(a, 3 * MiB, MiB).then(
           (got) => {
             assert.ok(!registryDown, `read ${got.length} bytes not cached while the registry was down`);
             assert.ok(got.equals(notCached), 'a.bin, a read that waited for the registry');
@@ -177,10 +163,10 @@ describe('a daemon killed while the registry is down resumes its mounts from the
         await down;
         t.diagnostic(`the read not cached, while the registry was down: ${failed ? 'EIO' : 'waited'}`);
         assert.ok(
-          (await readAt(a, 3 * MiB, MiB)).equals(notCached),
+          (await readRange(a, 3 * MiB, MiB)).equals(notCached),
           'a.bin, the MiB not cached, once the registry is back',
         );
-        assert.ok((await readAt(b, 0, 7 * MiB)).equals(first.files['b.bin']), 'b.bin through the fd opened before');
+        assert.ok((await readRange(b, 0, 7 * MiB)).equals(first.files['b.bin']), 'b.bin through the fd opened before');
         // Never a synchronous read of the mount here: the proxy answering the daemon runs on this thread.
         for (const f of FILES)
           assert.ok((await fs.promises.readFile(path.join(mnt, f))).equals(first.files[f]), `${f} afresh`);
