@@ -35,7 +35,7 @@ import { probeKernel } from './kernel-features';
 import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
 import { DaemonMetrics } from './metrics';
 import { lazySnapshots } from './lazy-snapshots';
-import { serveSnapshotter, type SnapshotterServer } from '../snapshotter/server';
+import type { SnapshotterServer } from '../snapshotter/server';
 import { Snapshotter } from '../snapshotter/snapshotter';
 
 export interface DaemonOptions {
@@ -249,6 +249,8 @@ export class Daemon {
         await claimSocket(this.opts.socket, 'control');
         await claimSocket(sock, 'snapshotter');
         const lazy = lazySnapshots(this.opts.registries ?? {}, path.join(path.dirname(sock), 'snapshots'), this);
+        // Loaded only when served: gRPC and its protos are a sizeable part of an idle daemon's memory.
+        const { serveSnapshotter } = await import('../snapshotter/server');
         this.snapshotter = await serveSnapshotter(
           sock,
           new Snapshotter(path.join(this.opts.cacheDir, 'snapshots'), lazy),
