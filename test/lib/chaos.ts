@@ -1,12 +1,12 @@
 // The chaos test's parts: an image of random data files (no page of it reads as zeros), a daemon
 // that is SIGKILLed and comes back (how it comes back is pluggable), readers in child processes
 // (./chaos-reader) comparing every byte they read, and the tally of what they saw.
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { callControl } from '../../src/daemon/control';
-import { adoptDaemon, CLI, DAEMON_NODE_FLAGS, startDaemon, type Daemon } from './harness';
+import { startDaemon, superviseDaemon, type Daemon } from './harness';
 
 const PAGE = 4096;
 
@@ -91,24 +91,12 @@ class FdStoreRunner implements DaemonRunner {
   constructor(private readonly opts: RunnerOptions) {}
 
   async start(): Promise<void> {
-    const child = spawn(
-      'python3',
-      [
-        path.resolve(__dirname, '..', '..', '..', 'kernel-tests', 'fdstore.py'),
-        path.join(this.opts.work, 'notify.sock'),
-        process.execPath,
-        ...DAEMON_NODE_FLAGS,
-        CLI,
-        'daemon',
-        '--cache-dir',
-        this.opts.cacheDir,
-        '--socket',
-        this.opts.socket,
-        ...this.opts.flags,
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    this.supervisor = adoptDaemon(child, this.opts.socket);
+    this.supervisor = superviseDaemon({
+      cacheDir: this.opts.cacheDir,
+      socket: this.opts.socket,
+      notifySocket: path.join(this.opts.work, 'notify.sock'),
+      flags: this.opts.flags,
+    });
     this.pid = await waitForDaemon(this.opts.socket, null, 30_000, () => this.log());
   }
 

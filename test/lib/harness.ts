@@ -199,3 +199,41 @@ export function holderPids(socket: string): number[] {
   }
   return pids;
 }
+
+export interface SupervisedDaemonOptions {
+  cacheDir: string;
+  socket: string;
+  /** Where fdstore.py's notify socket goes. */
+  notifySocket: string;
+  /** Further `daemon` flags. */
+  flags?: readonly string[];
+  /** A restarted daemon (it has LISTEN_FDS) waits to start while this file exists: a window with no daemon. */
+  gate?: string;
+}
+
+/**
+ * `erofs-ondemand daemon` under kernel-tests/fdstore.py, which plays systemd: it keeps the fds the
+ * daemon hands its fd store and starts the daemon again with them when it dies of a signal. The
+ * returned Daemon is the supervisor; its `log` holds every daemon's stderr.
+ */
+export function superviseDaemon(opts: SupervisedDaemonOptions): Daemon {
+  const fdstore = path.resolve(__dirname, '..', '..', '..', 'kernel-tests', 'fdstore.py');
+  const daemonArgs = [
+    process.execPath,
+    ...DAEMON_NODE_FLAGS,
+    CLI,
+    'daemon',
+    '--cache-dir',
+    opts.cacheDir,
+    '--socket',
+    opts.socket,
+    ...(opts.flags ?? []),
+  ];
+  const gated = 'if [ -n "$LISTEN_FDS" ]; then while [ -e "$GATE" ]; do sleep 0.05; done; fi; exec "$@"';
+  const command = opts.gate ? ['sh', '-c', gated, 'gated', ...daemonArgs] : daemonArgs;
+  const child = spawn('python3', [fdstore, opts.notifySocket, ...command], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: opts.gate ? { ...process.env, GATE: opts.gate } : process.env,
+  });
+  return adoptDaemon(child, opts.socket);
+}

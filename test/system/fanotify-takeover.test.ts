@@ -12,13 +12,12 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { mountInfoLine, readRange, until } from '../lib/assertions';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
-import { adoptDaemon, CLI, DAEMON_NODE_FLAGS, execCli, publishLazy, type Daemon } from '../lib/harness';
+import { type Daemon, execCli, publishLazy, superviseDaemon } from '../lib/harness';
 import { MiB } from '../lib/fixtures';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { UmociImage } from '../lib/test-images';
 
-const FDSTORE = path.resolve(__dirname, '..', '..', '..', 'kernel-tests', 'fdstore.py');
 const FILES = ['a.bin', 'b.bin', 'c.bin'] as const;
 type FileName = (typeof FILES)[number];
 
@@ -126,35 +125,13 @@ describe('fanotify transport: a daemon killed with SIGKILL is taken over by the 
       const socket = path.join(work, 'control.sock');
       const gate = path.join(work, 'gate');
       const cli = (...args: string[]) => execCli(...args, '--socket', socket);
-      // A restarted daemon (it has LISTEN_FDS) waits while the gate exists: the window with no daemon.
-      const gated = 'if [ -n "$LISTEN_FDS" ]; then while [ -e "$GATE" ]; do sleep 0.05; done; fi; exec "$@"';
-      const child = spawn(
-        'python3',
-        [
-          FDSTORE,
-          path.join(work, 'notify.sock'),
-          'sh',
-          '-c',
-          gated,
-          'gated',
-          process.execPath,
-          ...DAEMON_NODE_FLAGS,
-          CLI,
-          'daemon',
-          '--transport',
-          'fanotify',
-          '--cache-dir',
-          path.join(work, 'cache'),
-          '--socket',
-          socket,
-          '--metrics-address',
-          '',
-          '--read-ahead',
-          '0',
-        ],
-        { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GATE: gate } },
-      );
-      const daemon = adoptDaemon(child, socket);
+      const daemon = superviseDaemon({
+        cacheDir: path.join(work, 'cache'),
+        socket,
+        notifySocket: path.join(work, 'notify.sock'),
+        flags: ['--transport', 'fanotify', '--metrics-address', '', '--read-ahead', '0'],
+        gate,
+      });
       supervisor = daemon;
       const waitForLog = (what: RegExp) =>
         until(() => what.test(daemon.log), `${what} in the log:\n${daemon.log}`, 120_000);

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
-import { adoptDaemon, CLI, DAEMON_NODE_FLAGS, execCli, publishLazy, type Daemon } from '../lib/harness';
+import { type Daemon, execCli, publishLazy, superviseDaemon } from '../lib/harness';
 import { MiB } from '../lib/fixtures';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
@@ -20,7 +20,6 @@ import { UmociImage } from '../lib/test-images';
 import { compareTreesInChild } from '../lib/tree-compare';
 
 const run = promisify(execFile);
-const FDSTORE = path.resolve(__dirname, '..', '..', '..', 'kernel-tests', 'fdstore.py');
 /** Larger than the daemon's read-ahead: reading the first file never fetches the second. */
 const FILE_BYTES = 24 * MiB;
 
@@ -100,31 +99,14 @@ interface Status {
 }
 
 /** The daemon under fdstore.py (systemd's fd store, restarting it when it dies of a signal). */
-async function superviseDaemon(cacheDir: string, work: string) {
+async function startSupervised(cacheDir: string, work: string) {
   const socket = path.join(work, `control-${path.basename(cacheDir)}.sock`);
-  const supervisor = spawn(
-    'python3',
-    [
-      FDSTORE,
-      path.join(work, `notify-${path.basename(cacheDir)}.sock`),
-      process.execPath,
-      ...DAEMON_NODE_FLAGS,
-      CLI,
-      'daemon',
-      '--transport',
-      'fuse',
-      '--cache-dir',
-      cacheDir,
-      '--socket',
-      socket,
-      '--prefetch',
-      '0',
-      '--metrics-address',
-      '',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  const daemon = adoptDaemon(supervisor, socket);
+  const daemon = superviseDaemon({
+    cacheDir,
+    socket,
+    notifySocket: path.join(work, `notify-${path.basename(cacheDir)}.sock`),
+    flags: ['--transport', 'fuse', '--prefetch', '0', '--metrics-address', ''],
+  });
   const waitFor = async (what: RegExp, ms = 60_000) => {
     for (const end = Date.now() + ms; !what.test(daemon.log) && Date.now() < end;) await sleep(100);
     assert.match(daemon.log, what);
@@ -196,7 +178,7 @@ describe('FUSE transport across a daemon crash (fd kept by the fd store)', () =>
   it('the next daemon takes the session over: no remount, the held fd reads on, the READ in flight is resent', async () => {
     const cacheDir = path.join(work, 'cache');
     const fuseDir = path.join(cacheDir, 'fuse');
-    const { daemon, socket, status, kill } = await superviseDaemon(cacheDir, work);
+    const { daemon, socket, status, kill } = await startSupervised(cacheDir, work);
     daemons.push(daemon);
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     await execCli('mount', '--socket', socket, lazy, mnt);
@@ -258,7 +240,7 @@ describe('FUSE transport across a daemon crash (fd kept by the fd store)', () =>
   it('a session whose state file is unusable is not taken over: its mounts are made again and read right', async () => {
     const cacheDir = path.join(work, 'cache-bad-state');
     const fuseDir = path.join(cacheDir, 'fuse');
-    const { daemon, socket, waitFor, kill } = await superviseDaemon(cacheDir, work);
+    const { daemon, socket, waitFor, kill } = await startSupervised(cacheDir, work);
     daemons.push(daemon);
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
     await execCli('mount', '--socket', socket, lazy, mnt);

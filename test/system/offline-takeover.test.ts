@@ -13,13 +13,12 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { mountInfoLine, readRange, until } from '../lib/assertions';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
-import { adoptDaemon, CLI, DAEMON_NODE_FLAGS, execCli, execCliSync, publishLazy, type Daemon } from '../lib/harness';
+import { type Daemon, execCli, execCliSync, publishLazy, superviseDaemon } from '../lib/harness';
 import { MiB } from '../lib/fixtures';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { UmociImage } from '../lib/test-images';
 
-const FDSTORE = path.resolve(__dirname, '..', '..', '..', 'kernel-tests', 'fdstore.py');
 const FILES = ['a.bin', 'b.bin'] as const;
 type Files = Record<(typeof FILES)[number], Buffer>;
 
@@ -72,29 +71,12 @@ describe('a daemon killed while the registry is down resumes its mounts from the
     async (t) => {
       const socket = path.join(work, 'control.sock');
       const cli = (...args: string[]) => execCli(...args, '--socket', socket);
-      const child = spawn(
-        'python3',
-        [
-          FDSTORE,
-          path.join(work, 'notify.sock'),
-          process.execPath,
-          ...DAEMON_NODE_FLAGS,
-          CLI,
-          'daemon',
-          '--transport',
-          'fanotify',
-          '--cache-dir',
-          path.join(work, 'cache'),
-          '--socket',
-          socket,
-          '--metrics-address',
-          '',
-          '--read-ahead',
-          '0',
-        ],
-        { stdio: ['ignore', 'ignore', 'pipe'] },
-      );
-      const daemon = adoptDaemon(child, socket);
+      const daemon = superviseDaemon({
+        cacheDir: path.join(work, 'cache'),
+        socket,
+        notifySocket: path.join(work, 'notify.sock'),
+        flags: ['--transport', 'fanotify', '--metrics-address', '', '--read-ahead', '0'],
+      });
       supervisor = daemon;
       const waitForLog = (what: RegExp) =>
         until(() => what.test(daemon.log), `${what} in the log:\n${daemon.log}`, 120_000);
