@@ -110,7 +110,7 @@ describe('fanotify transport: a daemon killed with SIGKILL is taken over by the 
     fs.rmSync(path.join(work, 'gate'), { force: true });
     for (const r of readers) if (!r.finished) r.child.kill('SIGKILL');
     await supervisor?.stop('SIGTERM');
-    if (mnt && fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${mnt} `)) {
+    if (mnt && mountInfoLine(mnt)) {
       spawn('umount', ['-l', mnt], { stdio: 'ignore' });
     }
     await proxy?.stop();

@@ -55,7 +55,7 @@ describe('a daemon killed while the registry is down resumes its mounts from the
   after(async () => {
     if (process.env.OFFLINE_TAKEOVER_LOG) fs.writeFileSync(process.env.OFFLINE_TAKEOVER_LOG, supervisor?.log ?? '');
     await supervisor?.stop('SIGTERM');
-    if (mnt && fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${mnt} `)) {
+    if (mnt && mountInfoLine(mnt)) {
       spawn('umount', ['-l', mnt], { stdio: 'ignore' });
     }
     await proxy?.stop();
