@@ -157,6 +157,7 @@ class Group : public Napi::ObjectWrap<Group> {
   }
 
   void ReadLoop() {
+    const pid_t self = getpid();
     alignas(struct fanotify_event_metadata) char buf[8192];
     for (;;) {
       short revents;
@@ -168,6 +169,17 @@ class Group : public Napi::ObjectWrap<Group> {
       }
       auto* meta = reinterpret_cast<struct fanotify_event_metadata*>(buf);
       while (FAN_EVENT_OK(meta, len)) {
+        if (meta->pid == self) {
+          // The daemon's own writes (chunks verified before they are written) raise events too: they
+          // are allowed here, so that a writing thread never waits for a busy JS thread. Only this
+          // process's pid is trusted: a daemon that died took its waiting writes with it (the kernel
+          // drops a killed writer's queued events; those read already are swept).
+          struct fanotify_response r = {meta->fd, FAN_ALLOW};
+          if (write(fd_, &r, sizeof r) < 0) { /* only when the group is closing, which answers it */ }
+          close(meta->fd);
+          meta = FAN_EVENT_NEXT(meta, len);
+          continue;
+        }
         auto* ev = new Event{meta->fd, meta->pid, meta->mask, false, 0, 0};
         size_t off = meta->metadata_len;
         while (off + sizeof(struct fanotify_event_info_header) <= meta->event_len) {

@@ -125,11 +125,7 @@ export class FanotifyTransport implements CacheMissTransport {
 
   private onEvent(e: PreAccessEvent): void {
     const answer = (errno: number) => this.group.respond(e.fd, errno);
-    // The daemon's own writes (prefetch) raise events too; what it writes is already verified. Only
-    // this process's own pid is trusted: a daemon that died took its waiting writes with it (the kernel
-    // drops a killed writer's queued events; those read already are swept), and any other pid is served
-    // as a reader's miss.
-    if (e.pid === process.pid) return answer(0);
+    // The daemon's own writes are allowed by the addon's reader thread; any other pid is a reader's miss.
     let blob: BlobCache | undefined;
     try {
       blob = this.byInode.get(fs.fstatSync(e.fd).ino);
