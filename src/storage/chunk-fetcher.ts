@@ -50,6 +50,21 @@ export interface FetcherOptions {
   observeLatency?: (seconds: number, bytes: number) => void;
 }
 
+/** Compressed bytes decoded at a time of a request's chunks no reader waits for. */
+const BATCH_BYTES = 1 << 20;
+
+/** The first chunks of `chunks` up to `bytes` compressed bytes, at least one. */
+function nextBatch(chunks: readonly ChunkEntry[], bytes: number): ChunkEntry[] {
+  const out: ChunkEntry[] = [];
+  let sum = 0;
+  for (const c of chunks) {
+    if (out.length > 0 && sum + c.compressedSize > bytes) break;
+    out.push(c);
+    sum += c.compressedSize;
+  }
+  return out;
+}
+
 export class ChunkFetcher {
   readonly stats: FetchStats = {
     requests: 0,
@@ -179,9 +194,31 @@ export class ChunkFetcher {
       this.stats.verifyFailures += out.filter((f) => f instanceof ChunkVerificationError).length;
       return out;
     };
-    const placeAll = (bytes: Buffer) => place(bytes, chunks);
+    // Chunks readers wait for are decoded first and settled as soon as they are written; the others
+    // (read-ahead, prefetch) a batch at a time, so that a reader who comes to wait for one of them
+    // meanwhile is next. A chunk that failed is settled only once no other source is left to try.
+    const settled = new Set<ChunkEntry>();
+    const urgent = (c: ChunkEntry) => (priority === 'demand' && !flags(c)?.ahead) || flags(c)?.readerWaits;
+    const placeInOrder = async (bytes: Buffer): Promise<Array<Error | null>> => {
+      const got = new Map<ChunkEntry, Error | null>();
+      let todo: readonly ChunkEntry[] = chunks;
+      while (todo.length > 0) {
+        const waited = todo.filter(urgent);
+        const batch = waited.length > 0 ? waited : nextBatch(todo, BATCH_BYTES);
+        const out = await place(bytes, batch);
+        batch.forEach((c, i) => {
+          got.set(c, out[i]);
+          if (out[i] !== null || settled.has(c)) return;
+          settled.add(c);
+          this.stats.chunksFetched++;
+          settle(c, null);
+        });
+        todo = todo.filter((c) => !got.has(c));
+      }
+      return chunks.map((c) => got.get(c)!);
+    };
     const verify = async (bytes: Buffer): Promise<Error | null> => {
-      faults = await placeAll(bytes);
+      faults = await placeInOrder(bytes);
       checkedBytes = bytes;
       return faults.find((f) => f instanceof ChunkVerificationError) ?? null; // a failed write is no reason to try another source
     };
@@ -197,19 +234,12 @@ export class ChunkFetcher {
       const e = new Error(`${blob.what}: fetching bytes ${start}-${end - 1}: ${(err as Error).message}`, {
         cause: err,
       });
-      for (const c of chunks) settle(c, e);
+      for (const c of chunks) if (!settled.has(c)) settle(c, e);
       return;
     }
-    const done = (some: readonly ChunkEntry[], got: ReadonlyArray<Error | null>) =>
-      some.forEach((c, i) => {
-        if (got[i] === null) this.stats.chunksFetched++;
-        settle(c, got[i]);
-      });
-    if (checkedBytes === data) return done(chunks, faults);
-    // The chunks readers wait for first, settled at once; the read-ahead behind them.
-    const first = chunks.filter((c) => !flags(c)?.ahead || flags(c)?.readerWaits);
-    const rest = chunks.filter((c) => !first.includes(c));
-    done(first, await place(data, first));
-    if (rest.length > 0) done(rest, await place(data, rest));
+    if (checkedBytes !== data) faults = await placeInOrder(data);
+    chunks.forEach((c, i) => {
+      if (faults[i] !== null) settle(c, faults[i]);
+    });
   }
 }

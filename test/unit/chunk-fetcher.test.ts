@@ -38,18 +38,22 @@ function readAt(fd: number, offset: number, length: number): Buffer {
   return b;
 }
 
-function remote(opts: { corrupt?: boolean; delayMs?: number } = {}): RemoteBlob & { calls: Array<[number, number]> } {
+function remote(
+  opts: { corrupt?: boolean; delayMs?: number; verifies?: boolean } = {},
+): RemoteBlob & { calls: Array<[number, number]> } {
   const fd = fs.openSync(blobFile, 'r');
   const calls: Array<[number, number]> = [];
   return {
     digest: `sha256:${path.basename(blobFile, '.blob')}`,
     what: 'test blob',
     calls,
-    read: async (offset, length) => {
+    read: async (offset, length, verify) => {
       calls.push([offset, length]);
       if (opts.delayMs) await new Promise((r) => setTimeout(r, opts.delayMs));
       const data = readAt(fd, offset, length);
       if (opts.corrupt) data[data.length >> 1] ^= 1;
+      // As the registry client does: the bytes are checked (placed) before the read returns.
+      if (opts.verifies) await verify?.(data);
       return data;
     },
   };
@@ -105,6 +109,35 @@ describe('chunk fetcher', () => {
     await Promise.all(ahead);
     assert.deepEqual(placed, [[10], [11, 12, 13]]);
     assert.equal(r.calls.length, 1, 'one request for both');
+    file.close();
+  });
+
+  it('settles the chunks a reader waits for before the read-ahead is placed, also when the reader verifies', async () => {
+    const r = remote({ verifies: true });
+    const f = new ChunkFetcher();
+    const file = new FileDestination();
+    let releaseAhead!: () => void;
+    const aheadHeld = new Promise<void>((resolve) => (releaseAhead = resolve));
+    const placed: number[][] = [];
+    const dest = {
+      place: async (bytes: Buffer, start: number, chunks: readonly (typeof index.chunks)[number][]) => {
+        const which = chunks.map((c) => index.chunks.indexOf(c));
+        placed.push(which);
+        if (!which.includes(10)) await aheadHeld;
+        return file.place(bytes, start, chunks);
+      },
+    };
+    const [wanted, ...ahead] = f.getEachChunk(r, index.chunks.slice(10, 14), dest, 'demand', 1);
+    await wanted; // would never resolve if the read-ahead had to be written first
+    assert.deepEqual(placed[0], [10]);
+    releaseAhead();
+    await Promise.all(ahead);
+    assert.deepEqual(
+      placed.flat().sort((a, b) => a - b),
+      [10, 11, 12, 13],
+    );
+    assert.equal(r.calls.length, 1, 'one request for both');
+    assert.equal(f.stats.chunksFetched, 4);
     file.close();
   });
 
