@@ -298,11 +298,19 @@ export class Daemon {
     checkMountTarget(target, this.opts.cacheDir);
     if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
     const image = await this.store.prepare(ref, lazy);
+    const kernelStart = performance.now();
     const state = await this.transport.mount(image, target);
+    const kernel = Math.round(performance.now() - kernelStart);
     this.mounts.set(target, image);
     if (state) this.mountStates.set(target, state);
     this.saveState();
-    log.info('mounted', { image: ref, digest: image.digest, target, blobs: image.blobs.length });
+    log.info('mounted', {
+      image: ref,
+      digest: image.digest,
+      target,
+      blobs: image.blobs.length,
+      ms: { ...image.preparedMs, kernel },
+    });
     this.recordTrace(target, image);
     void this.prefetch(image);
     return { digest: image.digest };

@@ -33,6 +33,18 @@ export interface PreparedImage {
   repo: string;
   /** The lazy manifest's descriptor (a referrer's subject). */
   subject: Descriptor;
+  /** Where preparing it spent its time, in milliseconds: what a slow mount waited on. */
+  preparedMs: PrepareTimings;
+}
+
+export interface PrepareTimings {
+  /** Resolving the reference to the lazy manifest (with its referrer lookup). */
+  find: number;
+  /** Downloading the bootstrap (0 when cached). */
+  bootstrap: number;
+  validate: number;
+  /** Waiting for the chunk tables after the bootstrap was checked. */
+  tables: number;
 }
 
 export interface LazyImage {
@@ -202,13 +214,14 @@ export class ImageStore {
    * when all of it is there; what is not is fetched by digest.
    */
   async prepare(ref: string, lazy?: string): Promise<PreparedImage> {
-    if (lazy !== undefined) return this.prepareKept(ref, lazy);
+    const start = performance.now();
+    if (lazy !== undefined) return this.prepareKept(ref, lazy, start);
     const found = await findLazyImage(ref, this.registries);
     this.kept.keepManifest(found.digest, found.raw);
-    return this.open(ref, found);
+    return this.open(ref, found, start);
   }
 
-  private async prepareKept(ref: string, lazy: string): Promise<PreparedImage> {
+  private async prepareKept(ref: string, lazy: string, start: number): Promise<PreparedImage> {
     const pinned = registryReference(lazy);
     const digest = pinned.digest;
     if (!digest) throw new InputError('the lazy image of a mount is not pinned by a digest', { image: ref, lazy });
@@ -227,10 +240,15 @@ export class ImageStore {
     }
     if (image.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
       throw new InputError('it is not a lazy image', { image: ref, lazy });
-    return this.open(ref, image);
+    return this.open(ref, image, start);
   }
 
-  private async open(ref: string, { client, repo, manifest, digest, subject }: LazyImage): Promise<PreparedImage> {
+  private async open(
+    ref: string,
+    { client, repo, manifest, digest, subject }: LazyImage,
+    start: number,
+  ): Promise<PreparedImage> {
+    const found = performance.now();
     const [boot, ...blobDescs] = manifest.layers;
     // The chunk tables are fetched while the bootstrap is: a mount waits for one round trip, not one
     // per blob. Nothing is opened in the cache before the bootstrap passed its check.
@@ -251,12 +269,14 @@ export class ImageStore {
         throw InputError.wrap(err, { image: ref, layer: boot.digest });
       }
     }
+    const downloaded = performance.now();
     // Every mount path comes through here: no bootstrap reaches the kernel unchecked, cached or not.
     try {
       validateBootstrap(fs.readFileSync(bootstrapPath), { what: boot.digest, devices: blobDescs.map(expectedDevice) });
     } catch (err) {
       throw InputError.wrap(err, { image: ref });
     }
+    const validated = performance.now();
     const blobs: BlobCache[] = [];
     for (const [i, desc] of blobDescs.entries()) {
       const table = await tables[i];
@@ -269,6 +289,13 @@ export class ImageStore {
       const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc, this.blobOptions)); // evicted meanwhile
       blobs.push(this.blobs.add(remote, index));
     }
-    return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs, client, repo, subject };
+    const ms = (from: number, to: number) => Math.round(to - from);
+    const preparedMs = {
+      find: ms(start, found),
+      bootstrap: ms(found, downloaded),
+      validate: ms(downloaded, validated),
+      tables: ms(validated, performance.now()),
+    };
+    return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs, client, repo, subject, preparedMs };
   }
 }
