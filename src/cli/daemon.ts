@@ -7,6 +7,7 @@ import { snapshotterSocket } from '../defaults';
 import { InputError } from '../errors';
 import { log } from '../log';
 import { native } from '../native';
+import { preloadHttpClient } from '../oci/http-client';
 import { parseSize } from './format';
 
 export interface DaemonFlags {
@@ -107,6 +108,7 @@ const MAPPED_ALLOCATION_BYTES = 256 << 10;
 
 export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<void> {
   native.mapLargeAllocations(MAPPED_ALLOCATION_BYTES);
+  preloadHttpClient();
   const configRequired = cmd.getOptionValueSource('config') === 'cli';
   const config = effectiveConfig(flags, configRequired);
   log.level = process.env.EROFS_ONDEMAND_LOG_LEVEL ?? config.logLevel;

@@ -122,9 +122,20 @@ function errorCode(err: unknown): string | undefined {
  * to a registry do not pay for loading all of it.
  */
 function newAgent(options: Agent.Options): Agent {
+  return new (loadUndici().Agent)(options);
+}
+
+function loadUndici(): typeof import('undici') {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { Agent: AgentClass } = require('undici') as typeof import('undici');
-  return new AgentClass(options);
+  return require('undici') as typeof import('undici');
+}
+
+/**
+ * Loads undici now. The daemon, which talks to registries all its life, does so at start: its first
+ * mount would otherwise wait for it.
+ */
+export function preloadHttpClient(): void {
+  loadUndici();
 }
 
 export class HttpClient {
