@@ -1,5 +1,6 @@
-// Registry authentication: docker config credentials, WWW-Authenticate parsing, the token flow, and
-// real registries behind htpasswd (Basic) and token (Bearer) auth. Secrets never reach messages or logs.
+// Registry authentication: WWW-Authenticate parsing, the token flow, and real registries behind
+// htpasswd (Basic) and token (Bearer) auth, credentials from the config file or a credential helper.
+// Secrets never reach messages or logs.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -11,11 +12,9 @@ import { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, before, describe, it } from 'node:test';
 import winston from 'winston';
-import { InputError } from '../../src/errors';
 import { log } from '../../src/log';
 import {
   basicAuthorization,
-  loadDockerCredentials,
   mergeScopes,
   parseWwwAuthenticate,
   redact,
@@ -127,65 +126,6 @@ describe('WWW-Authenticate parsing', () => {
 
   it('redacts secrets', () => {
     assert.equal(redact('user pw s3cret and s3cret', ['s3cret', undefined, '']), 'user pw *** and ***');
-  });
-});
-
-describe('docker config credentials', () => {
-  it('reads auth (base64 user:pass, a ":" in the password), with or without a scheme in the key', (t) => {
-    const dir = writeDockerConfig(tempDir(t), {
-      'https://reg.example:5000': { auth: b64('alice:pa:ss') },
-      'http://other.example/v2/': { username: 'bob', password: 'pw' },
-      'plain.example': { auth: b64('carol:x') },
-    });
-    const env = { DOCKER_CONFIG: dir };
-    assert.deepEqual(loadDockerCredentials('reg.example:5000', { env }), { username: 'alice', password: 'pa:ss' });
-    assert.deepEqual(loadDockerCredentials('other.example', { env }), { username: 'bob', password: 'pw' });
-    assert.deepEqual(loadDockerCredentials('PLAIN.example', { env }), { username: 'carol', password: 'x' });
-    assert.equal(loadDockerCredentials('reg.example', { env }), undefined, 'the port is part of the host');
-    assert.equal(loadDockerCredentials('nowhere.example', { env }), undefined);
-  });
-
-  it("matches Docker Hub's aliases, preferring the exact host", (t) => {
-    const dir = writeDockerConfig(tempDir(t), { 'https://index.docker.io/v1/': { auth: b64('hub:one') } });
-    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), {
-      username: 'hub',
-      password: 'one',
-    });
-    writeDockerConfig(dir, {
-      'https://index.docker.io/v1/': { auth: b64('hub:one') },
-      'registry-1.docker.io': { auth: b64('hub:two') },
-    });
-    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), {
-      username: 'hub',
-      password: 'two',
-    });
-  });
-
-  it('falls back to ~/.docker/config.json and to nothing', (t) => {
-    const home = tempDir(t);
-    assert.equal(loadDockerCredentials('h.example', { env: { HOME: home } }), undefined);
-    fs.mkdirSync(path.join(home, '.docker'));
-    writeDockerConfig(path.join(home, '.docker'), { 'h.example': { auth: b64('u:p') } });
-    assert.deepEqual(loadDockerCredentials('h.example', { env: { HOME: home } }), { username: 'u', password: 'p' });
-  });
-
-  it('reports a broken config without quoting it', (t) => {
-    const dir = tempDir(t);
-    fs.writeFileSync(path.join(dir, 'config.json'), '{"auths": {"h": {"auth": "c2VjcmV0LXBhc3N3b3Jk"');
-    const err = (() => {
-      try {
-        loadDockerCredentials('h', { env: { DOCKER_CONFIG: dir } });
-      } catch (e) {
-        return e as Error;
-      }
-      return undefined;
-    })();
-    assert.ok(err instanceof InputError);
-    assert.match(err.message, /docker config is not valid JSON/);
-    assert.match(err.message, /config\.json/);
-    assertNoSecrets(err.message, ['c2VjcmV0LXBhc3N3b3Jk']);
-    writeDockerConfig(dir, { h: { auth: b64('no-colon') } });
-    assert.throws(() => loadDockerCredentials('h', { env: { DOCKER_CONFIG: dir } }), /not base64 of user:password/);
   });
 });
 
