@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { execFileSync } from 'node:child_process';
 import { after, afterEach, before, describe, it } from 'node:test';
 import winston from 'winston';
 import { log } from '../../src/log';
@@ -27,7 +28,9 @@ import { RegistryClient, type RegistryClientOptions } from '../../src/oci/regist
 import { parseRetryAfter } from '../../src/oci/retry';
 import { MediaType } from '../../src/oci/types';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
+import { runCliAsync, startDaemon, type Daemon } from '../lib/harness';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
+import { pushSmallImage, smallImage } from '../lib/small-image';
 import { startTokenServer, type TokenServer } from '../lib/token-server';
 import { rejectsWith } from '../lib/assertions';
 
@@ -500,5 +503,108 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       // Tokens are JWTs: base64url JSON objects start with "eyJ".
       assert.doesNotMatch(text, /eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+\./);
     });
+  });
+});
+
+describe('a lazy mount whose registry credentials come from a credential helper only', { timeout: 180_000 }, () => {
+  const PASSWORD = 'helper-pw-3b8e';
+  const img = smallImage();
+  let reg: RegistryServer;
+  let work: string;
+  let lazy: string;
+  const daemons: Daemon[] = [];
+  const mounted: string[] = [];
+
+  /** A docker config dir naming `config`, with `docker-credential-test` answering alice for the registry. */
+  function helperEnv(name: string, config: object): NodeJS.ProcessEnv {
+    const dir = path.join(work, name);
+    const bin = path.join(dir, 'bin');
+    fs.mkdirSync(bin, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+    fs.writeFileSync(
+      path.join(bin, 'docker-credential-test'),
+      [
+        '#!/bin/sh',
+        'url=$(cat)',
+        `echo "$url" >> '${path.join(dir, 'calls')}'`,
+        `[ "$url" = '${reg.host}' ] || { echo "credentials not found in native keychain"; exit 1; }`,
+        `printf '{"ServerURL":"%s","Username":"alice","Secret":"${PASSWORD}"}' "$url"`,
+      ].join('\n') + '\n',
+      { mode: 0o755 },
+    );
+    return { DOCKER_CONFIG: dir, PATH: `${bin}:${process.env.PATH}`, XDG_CACHE_HOME: work };
+  }
+
+  async function daemonWith(name: string, env: NodeJS.ProcessEnv): Promise<string> {
+    const socket = path.join(work, `${name}.sock`);
+    daemons.push(
+      await startDaemon({
+        cacheDir: path.join(work, `cache-${name}`),
+        socket,
+        flags: ['--transport', 'fanotify', '--metrics-address', ''],
+        env,
+      }),
+    );
+    return socket;
+  }
+
+  before(async () => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'erofs-auth-mount-'));
+    reg = await startRegistry({ auth: 'htpasswd', users: { alice: PASSWORD } });
+    const pusher = new RegistryClient(reg.host, {
+      plainHttp: true,
+      credentials: { username: 'alice', password: PASSWORD },
+    });
+    await pushSmallImage(pusher, 'app', '1', img);
+    await pusher.close();
+    lazy = `${reg.host}/lazy/app:1`;
+    const convert = await runCliAsync(['convert', '-q', `${reg.host}/app:1`, lazy], {
+      env: helperEnv('convert', { credHelpers: { [reg.host]: 'test' } }),
+    });
+    assert.equal(convert.status, 0, convert.stderr);
+  });
+  after(async () => {
+    for (const mnt of mounted.reverse()) execFileSync('umount', ['-l', mnt]);
+    for (const d of daemons) await d.stop();
+    await reg?.stop();
+    if (work) fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it('mounts and reads every byte, the daemon asking the helper named by credsStore', async () => {
+    const env = helperEnv('daemon', { auths: { [reg.host]: {} }, credsStore: 'test' });
+    const socket = await daemonWith('ok', env);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const r = await runCliAsync(['mount', '--socket', socket, lazy, mnt]);
+    assert.equal(r.status, 0, r.stderr);
+    mounted.push(mnt);
+    assert.equal(fs.readFileSync(path.join(mnt, 'app', 'hello.txt'), 'utf8'), 'hello through a mirror\n');
+    assert.deepEqual(
+      fs.readFileSync(path.join(mnt, 'app', 'data.bin')),
+      img.payload,
+      'cache misses fetched with credentials',
+    );
+    const calls = fs.readFileSync(path.join(env.DOCKER_CONFIG!, 'calls'), 'utf8').split('\n').filter(Boolean);
+    assert.ok(calls.length >= 1 && calls.every((c) => c === reg.host), calls.join(', '));
+    assertNoSecrets(daemons[0].log, [PASSWORD, b64(`alice:${PASSWORD}`)]);
+    const u = await runCliAsync(['umount', '--socket', socket, mnt]);
+    assert.equal(u.status, 0, u.stderr);
+    mounted.pop();
+  });
+
+  it('fails the mount naming the helper and the registry when the helper is not installed', async () => {
+    const env = helperEnv('absent', { credHelpers: { [reg.host]: 'absent' } });
+    const socket = await daemonWith('absent', env);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const r = await runCliAsync(['mount', '--socket', socket, lazy, mnt]);
+    assert.notEqual(r.status, 0);
+    assert.match(
+      r.stderr,
+      /credential helper docker-credential-absent \(credHelpers\[".*"\] in .*config\.json\) is not on PATH/,
+    );
+    assert.match(r.stderr, new RegExp(`registry "${reg.host}"`));
+    const daemon = daemons[daemons.length - 1];
+    assert.ok(daemon.running, 'the daemon carries on');
+    const s = await runCliAsync(['status', '--json', '--socket', socket]);
+    assert.equal(s.status, 0, s.stderr);
   });
 });
