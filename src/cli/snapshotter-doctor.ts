@@ -116,7 +116,20 @@ async function listSnapshots(socket: string): Promise<SnapshotterCheck> {
 }
 
 export async function snapshotterDoctor(opts: SnapshotterDoctorOptions): Promise<SnapshotterReport> {
-  const { socket, from } = await socketInUse(opts);
+  let socket: string;
+  let from: string;
+  try {
+    ({ socket, from } = await socketInUse(opts));
+  } catch (err) {
+    // A configuration the daemon would refuse: the kernel's findings still stand.
+    const detail = `cannot tell which socket the daemon serves: ${(err as Error).message}`;
+    return {
+      socket: '',
+      from: opts.config,
+      checks: [{ name: 'configured', ok: false, detail }],
+      containerdConfig: null,
+    };
+  }
   if (!socket)
     return {
       socket,
