@@ -184,7 +184,14 @@ export async function runCredentialHelper(
       const child = execFile(
         program,
         ['get'],
-        { env: opts.env ?? process.env, timeout: timeoutMs, maxBuffer: MAX_HELPER_OUTPUT, encoding: 'utf8' },
+        {
+          env: opts.env ?? process.env,
+          timeout: timeoutMs,
+          // A helper stuck in the cloud's API may ignore SIGTERM.
+          killSignal: 'SIGKILL',
+          maxBuffer: MAX_HELPER_OUTPUT,
+          encoding: 'utf8',
+        },
         (err, stdout, stderr) => resolve({ stdout, stderr, err: err as (Error & Record<string, unknown>) | null }),
       );
       // A helper that exits without reading its input makes the write fail; its exit says what happened.
@@ -201,13 +208,10 @@ export async function runCredentialHelper(
       );
     if (err.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER')
       throw new InputError(`credential helper ${program} wrote more than ${MAX_HELPER_OUTPUT} bytes`, ctx);
-    if (err.killed || err.signal)
-      throw new InputError(
-        err.killed && err.signal === 'SIGTERM'
-          ? `credential helper ${program} did not answer within ${timeoutMs / 1000} s`
-          : `credential helper ${program} was killed by ${String(err.signal)}`,
-        ctx,
-      );
+    // Only the timeout kills it here (the output bound was checked above).
+    if (err.killed)
+      throw new InputError(`credential helper ${program} did not answer within ${timeoutMs / 1000} s`, ctx);
+    if (err.signal) throw new InputError(`credential helper ${program} was killed by ${String(err.signal)}`, ctx);
     if (NOT_FOUND.test(stdout.trim())) {
       log.debug('the credential helper holds no credentials for the registry', ctx);
       return undefined;

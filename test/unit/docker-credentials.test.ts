@@ -234,7 +234,7 @@ describe('credential helpers', () => {
       runCredentialHelper(name, 'reg.example', { env, host: 'reg.example', origin: 'credsStore', timeoutMs });
     helper(dir, 'fails', 'echo "error getting credentials: keychain locked"; exit 1');
     helper(dir, 'quiet', 'echo "no D-Bus session" >&2; exit 4');
-    helper(dir, 'hangs', 'exec sleep 30');
+    helper(dir, 'hangs', 'trap "" TERM; exec sleep 30'); // deaf to SIGTERM
     helper(dir, 'talks', `head -c ${MAX_HELPER_OUTPUT + 1} /dev/zero | tr '\\0' x`);
     helper(dir, 'garbled', 'echo "{\\"Secret\\": hunter2-secret"');
     helper(dir, 'numeric', 'echo \'{"Username":"u","Secret":7}\'');
