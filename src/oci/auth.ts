@@ -262,10 +262,11 @@ export class RegistryAuth {
 
   private keep(credentials: Credentials | undefined, until: number): void {
     this.known = { credentials, until };
-    if (!credentials) return;
-    this.secrets.add(credentials.password);
-    this.secrets.add(basicAuthorization(credentials).slice('Basic '.length));
-    if (credentials.identityToken) this.secrets.add(credentials.identityToken);
+    if (credentials?.username) {
+      this.secrets.add(credentials.password);
+      this.secrets.add(basicAuthorization(credentials).slice('Basic '.length));
+    }
+    if (credentials?.identityToken) this.secrets.add(credentials.identityToken);
   }
 
   private token(key: string, scopes: string[], ctx: ErrorContext): Promise<CachedToken> {
