@@ -497,9 +497,40 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       );
     });
 
+    it('exchanges an identity token from a credential helper (username <token>) by OAuth2 POST', async (t) => {
+      const REFRESH = 'refresh-7c1d9a';
+      tokens.settings.refreshTokens = { [REFRESH]: 'bob' };
+      t.after(() => (tokens.settings.refreshTokens = undefined));
+      const dir = tempDir(t);
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ credHelpers: { [reg.host]: 'idtoken' } }));
+      fs.writeFileSync(
+        path.join(dir, 'docker-credential-idtoken'),
+        `#!/bin/sh\nprintf '{"ServerURL":"%s","Username":"<token>","Secret":"${REFRESH}"}' "$(cat)"\n`,
+        { mode: 0o755 },
+      );
+      const savedPath = process.env.PATH;
+      process.env.DOCKER_CONFIG = dir;
+      process.env.PATH = `${dir}:${savedPath}`;
+      t.after(() => (process.env.PATH = savedPath));
+      tokens.requests.length = 0;
+      assert.equal((await client(reg.host).getManifest('bearer/app', 'v1')).mediaType, MediaType.ociManifest);
+      assert.deepEqual(
+        tokens.requests.map((r) => [r.grant, r.user, r.service]),
+        [['refresh_token', 'bob', 'erofs-test-registry']],
+      );
+      assert.deepEqual(tokens.requests[0].scopes, ['repository:bearer/app:pull']);
+      tokens.settings.refreshTokens = {};
+      const err = await rejectsWith(
+        () => client(reg.host).getManifest('bearer/app', 'v1'),
+        /the token server refused the identity token \(401\)/,
+        new RegExp(`registry "${reg.host}"`),
+      );
+      assertNoSecrets(err.message, [REFRESH]);
+    });
+
     it('never logs the password or a token', () => {
       const text = logged.join('\n');
-      assertNoSecrets(text, [PASSWORD, b64(`bob:${PASSWORD}`)]);
+      assertNoSecrets(text, [PASSWORD, b64(`bob:${PASSWORD}`), 'refresh-7c1d9a']);
       // Tokens are JWTs: base64url JSON objects start with "eyJ".
       assert.doesNotMatch(text, /eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+\./);
     });
