@@ -1,10 +1,12 @@
-// `erofs-ondemand doctor`: what the kernel supports, what the daemon would choose, and why.
+// `erofs-ondemand doctor`: what the kernel supports, what the daemon would choose, and why; the
+// snapshotter socket containerd is to use, and the containerd configuration for it.
 import { NO_KEEPER } from '../daemon/fd-keeper';
 import { probeKernel } from '../daemon/kernel-features';
 import type { FdKeeperChoice } from '../transport/fd-keepers';
 import type { CrashOutcome, FdKeeper, TransportName } from '../transport/transport';
 import { TRANSPORTS } from '../transport/transports';
 import { table } from './format';
+import { snapshotterDoctor, type SnapshotterDoctorOptions } from './snapshotter-doctor';
 
 const KEEPER_DETAIL: Record<FdKeeper['kind'], string> = {
   systemd: "systemd's fd store (the unit's FileDescriptorStoreMax)",
@@ -18,16 +20,24 @@ function keeperFor(choice: FdKeeperChoice): FdKeeper {
   return { ...NO_KEEPER, kind };
 }
 
-export function doctorCommand(opts: {
-  cacheDir: string;
-  transport?: TransportName | 'auto';
-  fdKeeper?: FdKeeperChoice;
-  json?: boolean;
-}): number {
+/**
+ * 0 when the daemon can serve misses here (a transport is chosen) and a snapshotter socket that
+ * exists is root's only; else 1.
+ */
+export async function doctorCommand(
+  opts: {
+    cacheDir: string;
+    transport?: TransportName | 'auto';
+    fdKeeper?: FdKeeperChoice;
+    json?: boolean;
+  } & SnapshotterDoctorOptions,
+): Promise<number> {
   const keeper = keeperFor(opts.fdKeeper ?? 'auto');
   const f = probeKernel(opts.cacheDir, opts.transport ?? 'auto', keeper);
+  const snapshotter = await snapshotterDoctor(opts);
+  const exposed = snapshotter.checks.some((c) => c.name === 'root only' && !c.ok);
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify(f)}\n`);
+    process.stdout.write(`${JSON.stringify({ ...f, snapshotter })}\n`);
   } else {
     const mark = (ok: boolean) => (ok ? 'yes' : 'no');
     const rows = [
@@ -41,14 +51,19 @@ export function doctorCommand(opts: {
       ['fd keeper', mark(keeper.kind !== 'none'), KEEPER_DETAIL[keeper.kind]],
       ...TRANSPORTS.map((t) => [`${t.name}: daemon dies`, '', readerSees(f.whenDaemonDies[t.name])]),
       ['transport chosen', f.chosen ? 'yes' : 'no', f.chosen ?? f.refusal ?? 'none'],
+      ...snapshotter.checks.map((c) => [`snapshotter: ${c.name}`, mark(c.ok), c.detail]),
     ];
     process.stdout.write(`${table(rows)}\n`);
     if (f.chosen) {
       const chosen = TRANSPORTS.find((t) => t.name === f.chosen);
       process.stdout.write(`\n${f.chosen}: ${chosen?.describe()}\n`);
     }
+    if (snapshotter.containerdConfig)
+      process.stdout.write(
+        `\ncontainerd 1.6/1.7, /etc/containerd/config.toml (then restart containerd):\n\n${snapshotter.containerdConfig}\n`,
+      );
   }
-  return f.chosen ? 0 : 1;
+  return f.chosen && !exposed ? 0 : 1;
 }
 
 function readerSees(outcome: CrashOutcome): string {

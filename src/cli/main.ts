@@ -140,7 +140,9 @@ export function program(): Command {
     .action(async (opts: DaemonFlags, cmd: Command) => (await import('./daemon')).daemonCommand(opts, cmd));
   cli
     .command('doctor')
-    .description('kernel features, the transport the daemon would choose, permissions, cache filesystem')
+    .description(
+      'kernel features, the transport the daemon would choose, permissions, cache filesystem, snapshotter socket',
+    )
     .option('--cache-dir <dir>', 'cache directory to check', DEFAULT_CACHE_DIR)
     .addOption(
       new Option('--transport <name>', 'check one transport instead of choosing the best')
@@ -152,15 +154,25 @@ export function program(): Command {
         .choices([...FD_KEEPER_CHOICES])
         .default('auto'),
     )
+    .option('--config <file>', "the daemon's configuration file", DEFAULT_CONFIG)
+    .option('--socket <path>', "the daemon's control socket (default: the configuration's)")
+    .option('--snapshotter-socket <path>', 'check this snapshotter socket instead of the one the daemon uses')
     .option('--json', 'print the findings as JSON')
     .action(
-      async (opts: {
-        cacheDir: string;
-        transport: TransportName | 'auto';
-        fdKeeper: FdKeeperChoice;
-        json?: boolean;
-      }) => {
-        process.exitCode = (await import('./doctor')).doctorCommand(opts);
+      async (
+        opts: {
+          cacheDir: string;
+          transport: TransportName | 'auto';
+          fdKeeper: FdKeeperChoice;
+          config: string;
+          socket?: string;
+          snapshotterSocket?: string;
+          json?: boolean;
+        },
+        cmd: Command,
+      ) => {
+        const configRequired = cmd.getOptionValueSource('config') === 'cli';
+        process.exitCode = await (await import('./doctor')).doctorCommand({ ...opts, configRequired });
       },
     );
   cli

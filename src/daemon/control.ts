@@ -78,7 +78,7 @@ export type ControlResponse = { ok: true; result?: unknown } | { ok: false; erro
 export type ControlHandler = (req: ControlRequest) => Promise<unknown>;
 
 /** Whether something accepts connections on the socket: a daemon serving it, not a file one left behind. */
-function answering(socketPath: string): Promise<boolean> {
+export function answering(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = net.createConnection(socketPath);
     probe.once('connect', () => {

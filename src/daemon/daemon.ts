@@ -458,6 +458,7 @@ export class Daemon {
       cacheBoundBytes: this.budget.limit,
       evictedBytes: this.budget.evictedBytes,
       metricsPort: this.metricsPort,
+      snapshotterSocket: this.opts.snapshotterSocket ?? null,
       mounts: [...this.mounts].map(([target, img]) => {
         const hits = img.blobs.reduce((n, b) => n + b.hits, 0);
         const misses = img.blobs.reduce((n, b) => n + b.misses, 0);

@@ -1,16 +1,10 @@
-// Registry authentication: credentials from docker's config.json, WWW-Authenticate challenges, and
-// the Bearer token flow (distribution's token spec). Secrets stay in this module's objects: messages
+// Registry authentication: WWW-Authenticate challenges, the Bearer token flow (distribution's token
+// spec, and OAuth2's refresh-token grant for identity tokens), with credentials looked up when a
+// registry first asks for them (./docker-credentials). Secrets stay in this module's objects: messages
 // and log lines name hosts, realms and scopes, never usernames, passwords or tokens.
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
-
-export interface Credentials {
-  username: string;
-  password: string;
-}
+import type { Credentials } from './docker-credentials';
 
 export interface Challenge {
   /** Lowercased: `basic`, `bearer`, ... */
@@ -19,76 +13,16 @@ export interface Challenge {
   params: Record<string, string>;
 }
 
-const DOCKER_HUB_HOSTS = ['registry-1.docker.io', 'index.docker.io', 'docker.io'];
-
-/** `host[:port]` of a config.json `auths` key, which may be a URL (`https://index.docker.io/v1/`). */
-function authKeyHost(key: string): string {
-  return key
-    .replace(/^[a-z][a-z0-9+.-]*:\/\//i, '')
-    .replace(/\/.*$/, '')
-    .toLowerCase();
-}
-
-function sameRegistry(a: string, b: string): boolean {
-  return a === b || (DOCKER_HUB_HOSTS.includes(a) && DOCKER_HUB_HOSTS.includes(b));
-}
-
-export function dockerConfigPath(env: NodeJS.ProcessEnv = process.env): string {
-  return path.join(env.DOCKER_CONFIG || path.join(env.HOME || os.homedir(), '.docker'), 'config.json');
-}
-
-interface DockerConfigAuth {
-  auth?: string;
-  username?: string;
-  password?: string;
-}
+/** Finds the credentials for a registry when it first asks for them (a credential helper may run). */
+export type CredentialLookup = () => Promise<Credentials | undefined>;
 
 /**
- * The credentials docker's config.json holds for `host` (`auths[key].auth` as base64 `user:pass`, or
- * `username`/`password`), or undefined. Credential helpers (`credsStore`, `credHelpers`) are not run.
+ * How long credentials that were looked up are used before they are looked up again, so that the
+ * short-lived passwords cloud registries' helpers hand out are renewed while the daemon runs.
  */
-export function loadDockerCredentials(
-  host: string,
-  opts: { env?: NodeJS.ProcessEnv; file?: string } = {},
-): Credentials | undefined {
-  const file = opts.file ?? dockerConfigPath(opts.env);
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new InputError(`cannot read docker config: ${(err as Error).message}`, { path: file });
-  }
-  let config: { auths?: Record<string, DockerConfigAuth>; credsStore?: string; credHelpers?: Record<string, string> };
-  try {
-    config = JSON.parse(text);
-  } catch (err) {
-    // The JSON parser's message can quote the text around the error, which may be a secret.
-    throw new InputError('docker config is not valid JSON', { path: file }, { cause: (err as Error).name });
-  }
-  const wanted = host.toLowerCase();
-  const entries = Object.entries(config?.auths ?? {}).filter(([key]) => sameRegistry(authKeyHost(key), wanted));
-  // An exact host match wins over a Docker Hub alias.
-  entries.sort(([a], [b]) => Number(authKeyHost(b) === wanted) - Number(authKeyHost(a) === wanted));
-  for (const [, entry] of entries) {
-    if (typeof entry?.auth === 'string' && entry.auth) {
-      const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
-      const colon = decoded.indexOf(':');
-      if (colon <= 0)
-        throw new InputError(`docker config entry for ${host} has an "auth" that is not base64 of user:password`, {
-          path: file,
-        });
-      return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
-    }
-    if (typeof entry?.username === 'string' && typeof entry.password === 'string')
-      return { username: entry.username, password: entry.password };
-  }
-  if (config?.credHelpers?.[host] || config?.credsStore)
-    log.debug('docker config names a credential helper; helpers are not supported', { registry: host, path: file });
-  return undefined;
-}
+export const CREDENTIALS_REUSE_MS = 5 * 60_000;
 
-export function basicAuthorization(c: Credentials): string {
+export function basicAuthorization(c: Pick<Credentials, 'username' | 'password'>): string {
   return `Basic ${Buffer.from(`${c.username}:${c.password}`, 'utf8').toString('base64')}`;
 }
 
@@ -176,8 +110,11 @@ export interface TokenResponse {
   body: Buffer | null;
 }
 
-/** Fetches a token endpoint URL: the registry client's transport, with its TLS settings and retries. */
-export type TokenFetch = (url: URL, headers: Record<string, string>) => Promise<TokenResponse>;
+/**
+ * Fetches a token endpoint URL (GET, or POST with a form `body`): the registry client's transport,
+ * with its TLS settings and retries.
+ */
+export type TokenFetch = (url: URL, headers: Record<string, string>, body?: string) => Promise<TokenResponse>;
 
 interface CachedToken {
   token: string;
@@ -191,6 +128,8 @@ interface BearerParams {
 
 /** The token spec's default lifetime when `expires_in` is absent. */
 const DEFAULT_TOKEN_SECONDS = 60;
+/** The client an identity token's OAuth2 request names. */
+const OAUTH_CLIENT_ID = 'erofs-ondemand';
 /** Bound on a token endpoint's answer that is read. */
 export const MAX_TOKEN_BYTES = 1 << 20;
 
@@ -204,21 +143,29 @@ export class RegistryAuth {
   private readonly tokens = new Map<string, CachedToken>();
   private readonly inflight = new Map<string, Promise<CachedToken>>();
   private readonly secrets = new Set<string>();
+  private readonly lookup: CredentialLookup | null;
+  /** The credentials in use and until when; null before the first lookup. */
+  private known: { credentials: Credentials | undefined; until: number } | null = null;
+  private pendingLookup: Promise<Credentials | undefined> | null = null;
 
+  /** `credentials`: fixed ones, none, or how to look them up when the registry asks for them. */
   constructor(
     readonly host: string,
-    private readonly credentials: Credentials | undefined,
+    credentials: Credentials | undefined | CredentialLookup,
     private readonly fetchToken: TokenFetch,
     private readonly now: () => number = Date.now,
   ) {
-    if (credentials) {
-      this.secrets.add(credentials.password);
-      this.secrets.add(basicAuthorization(credentials).slice('Basic '.length));
+    if (typeof credentials === 'function') {
+      this.lookup = credentials;
+    } else {
+      this.lookup = null;
+      this.keep(credentials, Infinity);
     }
   }
 
+  /** Whether the credentials last looked up (or given) hold anything. */
   get hasCredentials(): boolean {
-    return this.credentials !== undefined;
+    return this.known?.credentials !== undefined;
   }
 
   /** Removes anything secret this object knows from a text bound for a message or a log line. */
@@ -231,7 +178,10 @@ export class RegistryAuth {
    * registry has asked for authentication; an expired token is renewed first.
    */
   async authorization(scopes: string[], ctx: ErrorContext): Promise<string | undefined> {
-    if (this.scheme === 'basic') return this.credentials ? basicAuthorization(this.credentials) : undefined;
+    if (this.scheme === 'basic') {
+      const credentials = await this.credentials(ctx);
+      return credentials?.username ? basicAuthorization(credentials) : undefined;
+    }
     if (this.scheme !== 'bearer') return undefined;
     const key = scopeKey(scopes);
     const cached = this.tokens.get(key);
@@ -260,9 +210,15 @@ export class RegistryAuth {
       return;
     }
     if (basic) {
-      if (!this.credentials)
+      const credentials = await this.credentials(ctx);
+      if (!credentials)
         throw new InputError(
           'the registry requires authentication (Basic) and there are no credentials for it in the docker config',
+          ctx,
+        );
+      if (!credentials.username)
+        throw new InputError(
+          'the registry requires authentication (Basic) and the docker config holds only an identity token for it',
           ctx,
         );
       this.scheme = 'basic';
@@ -273,6 +229,44 @@ export class RegistryAuth {
       `the registry answered 401 with ${value ? `an unsupported challenge (${schemes || 'unparsable'})` : 'no WWW-Authenticate challenge'}`,
       ctx,
     );
+  }
+
+  /** The credentials to use now: looked up again once CREDENTIALS_REUSE_MS have passed, one lookup at a time. */
+  private credentials(ctx: ErrorContext): Promise<Credentials | undefined> {
+    if (this.known && this.known.until > this.now()) return Promise.resolve(this.known.credentials);
+    if (!this.pendingLookup) {
+      const previous = this.known;
+      this.pendingLookup = this.lookup!()
+        .then(
+          (credentials) => {
+            this.keep(credentials, this.now() + CREDENTIALS_REUSE_MS);
+            return credentials;
+          },
+          (err: unknown) => {
+            // Credentials that worked may well still work: a failing helper does not fail every request.
+            if (!previous?.credentials) throw err;
+            log.warn('cannot look the registry credentials up again; using the previous ones', {
+              registry: this.host,
+              error: (err as Error).message,
+            });
+            this.known = { credentials: previous.credentials, until: this.now() + CREDENTIALS_REUSE_MS };
+            return previous.credentials;
+          },
+        )
+        .finally(() => (this.pendingLookup = null));
+    }
+    return this.pendingLookup.catch((err) => {
+      throw InputError.wrap(err, ctx);
+    });
+  }
+
+  private keep(credentials: Credentials | undefined, until: number): void {
+    this.known = { credentials, until };
+    if (credentials?.username) {
+      this.secrets.add(credentials.password);
+      this.secrets.add(basicAuthorization(credentials).slice('Basic '.length));
+    }
+    if (credentials?.identityToken) this.secrets.add(credentials.identityToken);
   }
 
   private token(key: string, scopes: string[], ctx: ErrorContext): Promise<CachedToken> {
@@ -295,21 +289,37 @@ export class RegistryAuth {
     } catch {
       throw new InputError('the registry names a Bearer realm that is not a URL', ctx);
     }
-    if (service) url.searchParams.set('service', service);
-    for (const scope of scopes) url.searchParams.append('scope', scope);
-    const headers: Record<string, string> = { accept: 'application/json' };
-    if (this.credentials) headers.authorization = basicAuthorization(this.credentials);
     const where = { ...ctx, realm: printableUrl(url) };
+    const credentials = await this.credentials(ctx);
+    const headers: Record<string, string> = { accept: 'application/json' };
+    let form: string | undefined;
+    if (credentials?.identityToken) {
+      // An identity token is an OAuth2 refresh token: POSTed as a form (what docker and containerd do).
+      const params = new URLSearchParams({
+        grant_type: 'refresh_token',
+        refresh_token: credentials.identityToken,
+        client_id: OAUTH_CLIENT_ID,
+      });
+      if (service) params.set('service', service);
+      if (scopes.length) params.set('scope', scopes.join(' '));
+      form = params.toString();
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+    } else {
+      if (service) url.searchParams.set('service', service);
+      for (const scope of scopes) url.searchParams.append('scope', scope);
+      if (credentials) headers.authorization = basicAuthorization(credentials);
+    }
     log.debug('requesting a registry token', {
       ...where,
       scopes: scopes.join(' '),
-      withCredentials: this.hasCredentials,
+      withCredentials: credentials !== undefined,
+      identityToken: form !== undefined,
     });
-    const res = await this.fetchToken(url, headers);
+    const res = await this.fetchToken(url, headers, form);
     if (res.status === 401 || res.status === 403) {
       throw new InputError(
-        this.credentials
-          ? `the token server refused the credentials (${res.status})`
+        credentials
+          ? `the token server refused the ${form ? 'identity token' : 'credentials'} (${res.status})`
           : `the token server refused an anonymous token (${res.status}); log in first`,
         where,
       );

@@ -8,15 +8,9 @@ import v8 from 'node:v8';
 import type { Agent, Dispatcher } from 'undici';
 import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
-import {
-  loadDockerCredentials,
-  MAX_TOKEN_BYTES,
-  printableUrl,
-  RegistryAuth,
-  type Credentials,
-  type TokenResponse,
-} from './auth';
+import { MAX_TOKEN_BYTES, printableUrl, RegistryAuth, type TokenResponse } from './auth';
 import { readAtMost } from './byte-stream';
+import { lookupDockerCredentials, type Credentials } from './docker-credentials';
 import {
   forPriority,
   isTransientCode,
@@ -173,9 +167,11 @@ export class HttpClient {
       },
     });
     // A mirror's credentials are its own, never the upstream's.
+    // The docker config is read, and a credential helper run, only once the registry asks.
+    const authHost = opts.api.host;
     const credentials =
-      opts.credentials === null ? undefined : (opts.credentials ?? loadDockerCredentials(opts.api.host));
-    this.auth = new RegistryAuth(opts.api.host, credentials, (url, headers) => this.fetchToken(url, headers));
+      opts.credentials === null ? undefined : (opts.credentials ?? (() => lookupDockerCredentials(authHost)));
+    this.auth = new RegistryAuth(authHost, credentials, (url, headers, form) => this.fetchToken(url, headers, form));
   }
 
   /** Closes the connections; the client is unusable afterwards. */
@@ -331,10 +327,12 @@ export class HttpClient {
   }
 
   /** A token endpoint's answer, retried like any request; the last attempt's answer is returned whatever its status. */
-  private fetchToken(url: URL, headers: Record<string, string>): Promise<TokenResponse> {
+  private fetchToken(url: URL, headers: Record<string, string>, form?: string): Promise<TokenResponse> {
     const job = { op: 'get token', ctx: { ...this.where(), realm: printableUrl(url) } };
     return withRetries(this.policy, job, async (_n, last) => {
-      const res = await this.request(url, 'GET', { 'user-agent': USER_AGENT, ...headers }, null, job.op, job.ctx);
+      const method = form === undefined ? 'GET' : 'POST';
+      const body = form === undefined ? null : Buffer.from(form);
+      const res = await this.request(url, method, { 'user-agent': USER_AGENT, ...headers }, body, job.op, job.ctx);
       if (isTransientStatus(res.status) && !last) {
         await res.body.dump();
         throw new TransientError(`${job.op}: token server answered ${res.status}`, job.ctx, {

@@ -3,7 +3,8 @@
 // (./http-client) with one retry policy (./retry). Every error names the registry, the repository
 // and the digest or reference involved.
 import type { Readable } from 'node:stream';
-import { printableUrl, pullScope, type Credentials } from './auth';
+import { printableUrl, pullScope } from './auth';
+import type { Credentials } from './docker-credentials';
 import {
   blobExists,
   cancelUpload,

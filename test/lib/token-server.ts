@@ -14,6 +14,8 @@ export interface TokenServerOptions {
   issuer?: string;
   /** Users allowed to get tokens; anonymous requests get tokens too unless `requireLogin`. */
   users?: Record<string, string>;
+  /** OAuth2 refresh tokens (docker's identity tokens) and the user each stands for, POSTed as a form. */
+  refreshTokens?: Record<string, string>;
   requireLogin?: boolean;
   expiresIn?: number;
   /** Tokens that grant no access at all (the registry then refuses them). */
@@ -23,8 +25,10 @@ export interface TokenServerOptions {
 }
 
 export interface TokenRequest {
-  /** The Basic user, or undefined for anonymous. */
+  /** The Basic user (or the refresh token's), or undefined for anonymous. */
   user: string | undefined;
+  /** How the client authenticated. */
+  grant: 'basic' | 'refresh_token' | 'anonymous';
   service: string | null;
   scopes: string[];
 }
@@ -98,9 +102,33 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
   const settings = { ...opts };
 
   const server = http.createServer((req, res) => {
+    if (req.method === 'POST') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => answer(req, res, new URLSearchParams(Buffer.concat(chunks).toString('utf8'))));
+      return;
+    }
+    answer(req, res, null);
+  });
+
+  /** Answers a GET (query parameters, Basic credentials) or a POSTed OAuth2 refresh-token form. */
+  function answer(req: http.IncomingMessage, res: http.ServerResponse, form: URLSearchParams | null): void {
     const opts = settings;
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+    const params = form ?? url.searchParams;
     let user: string | undefined;
+    let grant: TokenRequest['grant'] = 'anonymous';
+    if (form) {
+      const known = opts.refreshTokens?.[form.get('refresh_token') ?? ''];
+      if (form.get('grant_type') !== 'refresh_token' || known === undefined) {
+        res
+          .writeHead(401, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ details: 'bad refresh token' }));
+        return;
+      }
+      user = known;
+      grant = 'refresh_token';
+    }
     const authz = req.headers.authorization;
     if (authz?.startsWith('Basic ')) {
       const decoded = Buffer.from(authz.slice(6), 'base64').toString('utf8');
@@ -111,12 +139,13 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
         return;
       }
       user = u;
+      grant = 'basic';
     }
-    const scopes = url.searchParams
+    const scopes = params
       .getAll('scope')
       .flatMap((s) => s.split(' '))
       .filter(Boolean);
-    requests.push({ user, service: url.searchParams.get('service'), scopes });
+    requests.push({ user, grant, service: params.get('service'), scopes });
     if (url.pathname !== '/token') {
       res.writeHead(404).end();
       return;
@@ -142,7 +171,7 @@ export async function startTokenServer(opts: TokenServerOptions): Promise<TokenS
       .end(
         JSON.stringify({ [opts.field ?? 'token']: token, expires_in: expiresIn, issued_at: new Date().toISOString() }),
       );
-  });
+  }
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {

@@ -1,10 +1,12 @@
-// `doctor` probes the kernel for real; the daemon refuses a cache where misses cannot be served.
+// `doctor` probes the kernel for real; the daemon refuses a cache where misses cannot be served;
+// `doctor` checks the snapshotter socket of a real daemon and prints containerd's configuration for it.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, it } from 'node:test';
 import { cleanup, tempDir } from '../lib/image';
-import { runCli } from '../lib/harness';
+import { runCli, startDaemon } from '../lib/harness';
 
 const disk = tempDir('doctor');
 const shm = fs.mkdtempSync('/dev/shm/eo-doctor-');
@@ -112,4 +114,63 @@ it('an unknown transport name is a usage error', () => {
   const r = runCli(['daemon', '--transport', 'nfs']);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /nfs.*Allowed choices are auto, cachefiles, fanotify, fuse/);
+});
+
+it("checks the socket the daemon serves containerd on, and prints containerd's configuration for it", async () => {
+  const work = fs.mkdtempSync(path.join(disk, 'snapshotter-'));
+  const control = path.join(work, 'control.sock');
+  const sock = path.join(work, 'snapshotter.sock');
+  const daemon = await startDaemon({
+    cacheDir: path.join(work, 'cache'),
+    socket: control,
+    flags: ['--metrics-address', '', '--fd-keeper', 'none', '--snapshotter-socket', sock],
+  });
+  try {
+    const r = runCli(['doctor', '--json', '--cache-dir', disk, '--socket', control]);
+    assert.equal(r.status, 0, r.stderr);
+    const { snapshotter } = JSON.parse(r.stdout);
+    assert.equal(snapshotter.socket, sock);
+    assert.match(snapshotter.from, /what the daemon on .*control\.sock serves/);
+    const check = (name: string) => snapshotter.checks.find((c: { name: string }) => c.name === name);
+    for (const name of ['configured', 'exists', 'root only', 'daemon listening', 'answers Snapshots.List'])
+      assert.equal(check(name)?.ok, true, `${name}: ${JSON.stringify(check(name))}`);
+    assert.match(check('root only').detail, /socket 0600/);
+    assert.equal(check('answers Snapshots.List').detail, '0 snapshots');
+
+    const text = runCli(['doctor', '--cache-dir', disk, '--socket', control]).stdout;
+    assert.match(text, /snapshotter: answers Snapshots\.List +yes +0 snapshots/);
+    const toml = text.slice(text.indexOf('version = 2'));
+    assert.match(
+      toml,
+      new RegExp(`\\[proxy_plugins\\.erofs-ondemand\\]\\n  type = "snapshot"\\n  address = "${sock}"`),
+    );
+    assert.match(toml, /\[plugins\."io\.containerd\.grpc\.v1\.cri"\.containerd\]\n {2}snapshotter = "erofs-ondemand"/);
+    assert.match(toml, /disable_snapshot_annotations = false/);
+
+    // Reachable by others: a failure.
+    fs.chmodSync(sock, 0o666);
+    const open = runCli(['doctor', '--json', '--cache-dir', disk, '--socket', control]);
+    assert.equal(open.status, 1);
+    assert.match(
+      JSON.parse(open.stdout).snapshotter.checks.find((c: { name: string }) => c.name === 'root only').detail,
+      /the socket's mode is 0666, others may connect/,
+    );
+    fs.chmodSync(sock, 0o600);
+  } finally {
+    await daemon.stop();
+  }
+  // The daemon is gone and a socket file left behind: nothing listens; and no daemon answers on the
+  // control socket to say which socket it serves, so one on another control socket serves none.
+  execFileSync('python3', ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', sock]);
+  const left = JSON.parse(runCli(['doctor', '--json', '--cache-dir', disk, '--snapshotter-socket', sock]).stdout);
+  const listening = left.snapshotter.checks.find((c: { name: string }) => c.name === 'daemon listening');
+  assert.equal(listening.ok, false);
+  assert.match(listening.detail, /left behind/);
+  const off = JSON.parse(runCli(['doctor', '--json', '--cache-dir', disk, '--socket', control]).stdout).snapshotter;
+  assert.equal(off.socket, '');
+  assert.equal(off.containerdConfig, null);
+  assert.match(
+    off.checks[0].detail,
+    /off \(the default; no daemon answers on .*control\.sock\); serve it with --snapshotter-socket/,
+  );
 });

@@ -1,5 +1,6 @@
-// Registry authentication: docker config credentials, WWW-Authenticate parsing, the token flow, and
-// real registries behind htpasswd (Basic) and token (Bearer) auth. Secrets never reach messages or logs.
+// Registry authentication: WWW-Authenticate parsing, the token flow, and real registries behind
+// htpasswd (Basic) and token (Bearer) auth, credentials from the config file or a credential helper.
+// Secrets never reach messages or logs.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -9,13 +10,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { execFileSync } from 'node:child_process';
 import { after, afterEach, before, describe, it } from 'node:test';
 import winston from 'winston';
-import { InputError } from '../../src/errors';
 import { log } from '../../src/log';
 import {
   basicAuthorization,
-  loadDockerCredentials,
   mergeScopes,
   parseWwwAuthenticate,
   redact,
@@ -28,7 +28,9 @@ import { RegistryClient, type RegistryClientOptions } from '../../src/oci/regist
 import { parseRetryAfter } from '../../src/oci/retry';
 import { MediaType } from '../../src/oci/types';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
+import { runCliAsync, startDaemon, type Daemon } from '../lib/harness';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
+import { pushSmallImage, smallImage } from '../lib/small-image';
 import { startTokenServer, type TokenServer } from '../lib/token-server';
 import { rejectsWith } from '../lib/assertions';
 
@@ -127,65 +129,6 @@ describe('WWW-Authenticate parsing', () => {
 
   it('redacts secrets', () => {
     assert.equal(redact('user pw s3cret and s3cret', ['s3cret', undefined, '']), 'user pw *** and ***');
-  });
-});
-
-describe('docker config credentials', () => {
-  it('reads auth (base64 user:pass, a ":" in the password), with or without a scheme in the key', (t) => {
-    const dir = writeDockerConfig(tempDir(t), {
-      'https://reg.example:5000': { auth: b64('alice:pa:ss') },
-      'http://other.example/v2/': { username: 'bob', password: 'pw' },
-      'plain.example': { auth: b64('carol:x') },
-    });
-    const env = { DOCKER_CONFIG: dir };
-    assert.deepEqual(loadDockerCredentials('reg.example:5000', { env }), { username: 'alice', password: 'pa:ss' });
-    assert.deepEqual(loadDockerCredentials('other.example', { env }), { username: 'bob', password: 'pw' });
-    assert.deepEqual(loadDockerCredentials('PLAIN.example', { env }), { username: 'carol', password: 'x' });
-    assert.equal(loadDockerCredentials('reg.example', { env }), undefined, 'the port is part of the host');
-    assert.equal(loadDockerCredentials('nowhere.example', { env }), undefined);
-  });
-
-  it("matches Docker Hub's aliases, preferring the exact host", (t) => {
-    const dir = writeDockerConfig(tempDir(t), { 'https://index.docker.io/v1/': { auth: b64('hub:one') } });
-    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), {
-      username: 'hub',
-      password: 'one',
-    });
-    writeDockerConfig(dir, {
-      'https://index.docker.io/v1/': { auth: b64('hub:one') },
-      'registry-1.docker.io': { auth: b64('hub:two') },
-    });
-    assert.deepEqual(loadDockerCredentials('registry-1.docker.io', { env: { DOCKER_CONFIG: dir } }), {
-      username: 'hub',
-      password: 'two',
-    });
-  });
-
-  it('falls back to ~/.docker/config.json and to nothing', (t) => {
-    const home = tempDir(t);
-    assert.equal(loadDockerCredentials('h.example', { env: { HOME: home } }), undefined);
-    fs.mkdirSync(path.join(home, '.docker'));
-    writeDockerConfig(path.join(home, '.docker'), { 'h.example': { auth: b64('u:p') } });
-    assert.deepEqual(loadDockerCredentials('h.example', { env: { HOME: home } }), { username: 'u', password: 'p' });
-  });
-
-  it('reports a broken config without quoting it', (t) => {
-    const dir = tempDir(t);
-    fs.writeFileSync(path.join(dir, 'config.json'), '{"auths": {"h": {"auth": "c2VjcmV0LXBhc3N3b3Jk"');
-    const err = (() => {
-      try {
-        loadDockerCredentials('h', { env: { DOCKER_CONFIG: dir } });
-      } catch (e) {
-        return e as Error;
-      }
-      return undefined;
-    })();
-    assert.ok(err instanceof InputError);
-    assert.match(err.message, /docker config is not valid JSON/);
-    assert.match(err.message, /config\.json/);
-    assertNoSecrets(err.message, ['c2VjcmV0LXBhc3N3b3Jk']);
-    writeDockerConfig(dir, { h: { auth: b64('no-colon') } });
-    assert.throws(() => loadDockerCredentials('h', { env: { DOCKER_CONFIG: dir } }), /not base64 of user:password/);
   });
 });
 
@@ -554,11 +497,145 @@ describe('registries with authentication', { timeout: 180_000 }, () => {
       );
     });
 
+    it('exchanges an identity token from a credential helper (username <token>) by OAuth2 POST', async (t) => {
+      const REFRESH = 'refresh-7c1d9a';
+      tokens.settings.refreshTokens = { [REFRESH]: 'bob' };
+      t.after(() => (tokens.settings.refreshTokens = undefined));
+      const dir = tempDir(t);
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ credHelpers: { [reg.host]: 'idtoken' } }));
+      fs.writeFileSync(
+        path.join(dir, 'docker-credential-idtoken'),
+        `#!/bin/sh\nprintf '{"ServerURL":"%s","Username":"<token>","Secret":"${REFRESH}"}' "$(cat)"\n`,
+        { mode: 0o755 },
+      );
+      const savedPath = process.env.PATH;
+      process.env.DOCKER_CONFIG = dir;
+      process.env.PATH = `${dir}:${savedPath}`;
+      t.after(() => (process.env.PATH = savedPath));
+      tokens.requests.length = 0;
+      assert.equal((await client(reg.host).getManifest('bearer/app', 'v1')).mediaType, MediaType.ociManifest);
+      assert.deepEqual(
+        tokens.requests.map((r) => [r.grant, r.user, r.service]),
+        [['refresh_token', 'bob', 'erofs-test-registry']],
+      );
+      assert.deepEqual(tokens.requests[0].scopes, ['repository:bearer/app:pull']);
+      tokens.settings.refreshTokens = {};
+      const err = await rejectsWith(
+        () => client(reg.host).getManifest('bearer/app', 'v1'),
+        /the token server refused the identity token \(401\)/,
+        new RegExp(`registry "${reg.host}"`),
+      );
+      assertNoSecrets(err.message, [REFRESH]);
+    });
+
     it('never logs the password or a token', () => {
       const text = logged.join('\n');
-      assertNoSecrets(text, [PASSWORD, b64(`bob:${PASSWORD}`)]);
+      assertNoSecrets(text, [PASSWORD, b64(`bob:${PASSWORD}`), 'refresh-7c1d9a']);
       // Tokens are JWTs: base64url JSON objects start with "eyJ".
       assert.doesNotMatch(text, /eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+\./);
     });
+  });
+});
+
+describe('a lazy mount whose registry credentials come from a credential helper only', { timeout: 180_000 }, () => {
+  const PASSWORD = 'helper-pw-3b8e';
+  const img = smallImage();
+  let reg: RegistryServer;
+  let work: string;
+  let lazy: string;
+  const daemons: Daemon[] = [];
+  const mounted: string[] = [];
+
+  /** A docker config dir naming `config`, with `docker-credential-test` answering alice for the registry. */
+  function helperEnv(name: string, config: object): NodeJS.ProcessEnv {
+    const dir = path.join(work, name);
+    const bin = path.join(dir, 'bin');
+    fs.mkdirSync(bin, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+    fs.writeFileSync(
+      path.join(bin, 'docker-credential-test'),
+      [
+        '#!/bin/sh',
+        'url=$(cat)',
+        `echo "$url" >> '${path.join(dir, 'calls')}'`,
+        `[ "$url" = '${reg.host}' ] || { echo "credentials not found in native keychain"; exit 1; }`,
+        `printf '{"ServerURL":"%s","Username":"alice","Secret":"${PASSWORD}"}' "$url"`,
+      ].join('\n') + '\n',
+      { mode: 0o755 },
+    );
+    return { DOCKER_CONFIG: dir, PATH: `${bin}:${process.env.PATH}`, XDG_CACHE_HOME: work };
+  }
+
+  async function daemonWith(name: string, env: NodeJS.ProcessEnv): Promise<string> {
+    const socket = path.join(work, `${name}.sock`);
+    daemons.push(
+      await startDaemon({
+        cacheDir: path.join(work, `cache-${name}`),
+        socket,
+        flags: ['--transport', 'fanotify', '--metrics-address', ''],
+        env,
+      }),
+    );
+    return socket;
+  }
+
+  before(async () => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'erofs-auth-mount-'));
+    reg = await startRegistry({ auth: 'htpasswd', users: { alice: PASSWORD } });
+    const pusher = new RegistryClient(reg.host, {
+      plainHttp: true,
+      credentials: { username: 'alice', password: PASSWORD },
+    });
+    await pushSmallImage(pusher, 'app', '1', img);
+    await pusher.close();
+    lazy = `${reg.host}/lazy/app:1`;
+    const convert = await runCliAsync(['convert', '-q', `${reg.host}/app:1`, lazy], {
+      env: helperEnv('convert', { credHelpers: { [reg.host]: 'test' } }),
+    });
+    assert.equal(convert.status, 0, convert.stderr);
+  });
+  after(async () => {
+    for (const mnt of mounted.reverse()) execFileSync('umount', ['-l', mnt]);
+    for (const d of daemons) await d.stop();
+    await reg?.stop();
+    if (work) fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  it('mounts and reads every byte, the daemon asking the helper named by credsStore', async () => {
+    const env = helperEnv('daemon', { auths: { [reg.host]: {} }, credsStore: 'test' });
+    const socket = await daemonWith('ok', env);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const r = await runCliAsync(['mount', '--socket', socket, lazy, mnt]);
+    assert.equal(r.status, 0, r.stderr);
+    mounted.push(mnt);
+    assert.equal(fs.readFileSync(path.join(mnt, 'app', 'hello.txt'), 'utf8'), 'hello through a mirror\n');
+    assert.deepEqual(
+      fs.readFileSync(path.join(mnt, 'app', 'data.bin')),
+      img.payload,
+      'cache misses fetched with credentials',
+    );
+    const calls = fs.readFileSync(path.join(env.DOCKER_CONFIG!, 'calls'), 'utf8').split('\n').filter(Boolean);
+    assert.ok(calls.length >= 1 && calls.every((c) => c === reg.host), calls.join(', '));
+    assertNoSecrets(daemons[0].log, [PASSWORD, b64(`alice:${PASSWORD}`)]);
+    const u = await runCliAsync(['umount', '--socket', socket, mnt]);
+    assert.equal(u.status, 0, u.stderr);
+    mounted.pop();
+  });
+
+  it('fails the mount naming the helper and the registry when the helper is not installed', async () => {
+    const env = helperEnv('absent', { credHelpers: { [reg.host]: 'absent' } });
+    const socket = await daemonWith('absent', env);
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    const r = await runCliAsync(['mount', '--socket', socket, lazy, mnt]);
+    assert.notEqual(r.status, 0);
+    assert.match(
+      r.stderr,
+      /credential helper docker-credential-absent \(credHelpers\[".*"\] in .*config\.json\) is not on PATH/,
+    );
+    assert.match(r.stderr, new RegExp(`registry "${reg.host}"`));
+    const daemon = daemons[daemons.length - 1];
+    assert.ok(daemon.running, 'the daemon carries on');
+    const s = await runCliAsync(['status', '--json', '--socket', socket]);
+    assert.equal(s.status, 0, s.stderr);
   });
 });
