@@ -311,12 +311,17 @@ export class BlobCache implements RangeSource, ChunkDestination {
       ahead.filter((i) => !local.has(i)),
     );
     fetching.catch(() => undefined); // awaited below, after the copies
-    const copied = await Promise.all([...local].map(async (i) => ((await this.copyOne(i, priority)) ? -1 : i)));
-    const failed = new Set(copied.filter((i) => i >= 0));
+    // Read-ahead copies: nobody waits for them; one that fails is fetched as read-ahead.
+    for (const i of ahead.filter((j) => local.has(j)))
+      void this.copyOne(i, priority)
+        .then((ok) => (ok ? 0 : this.fetch([], priority, [i])))
+        .catch((err: Error) => log.debug('read-ahead not stored', { blob: this.what, error: err.message }));
+    const copied = await Promise.all(
+      slots.filter((i) => local.has(i)).map(async (i) => ((await this.copyOne(i, priority)) ? -1 : i)),
+    );
     const again = this.fetch(
-      slots.filter((i) => failed.has(i)),
+      copied.filter((i) => i >= 0),
       priority,
-      ahead.filter((i) => failed.has(i)),
     );
     again.catch(() => undefined);
     return (await fetching) + (await again);
