@@ -99,6 +99,10 @@ for (const transport of ['fanotify', 'fuse'] as const) {
         assert.equal(afterB.localCopies.bytes, FILES * FILE_BYTES);
         assert.ok(afterB.localCopies.savedBytes >= FILES * FILE_BYTES, JSON.stringify(afterB.localCopies));
         assert.equal(afterB.fetch.verifyFailures, 0);
+        assert.match(
+          (await cli('status')).stdout,
+          new RegExp(`^copied ${FILES * CHUNKS_PER_FILE} chunks from other cached blobs instead of fetching `, 'm'),
+        );
         const metrics = await (await fetch(`http://127.0.0.1:${afterB.metricsPort}/metrics`)).text();
         assert.match(metrics, new RegExp(`^erofs_ondemand_local_copy_chunks_total ${FILES * CHUNKS_PER_FILE}$`, 'm'));
         assert.match(
