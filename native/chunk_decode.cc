@@ -6,6 +6,9 @@
 // is written from page-aligned memory at page-aligned offsets, each chunk padded with zeros to whole
 // pages: chunks start on block boundaries, so the padding lies in the chunk's own last block (or past
 // the object's end, inside the backing file's last page).
+// `copyChunks` does the same with chunks already decoded in another cache file of the node: each read
+// into the same per-thread room, checked, and only then written. The bytes written are the ones
+// checked: a source punched, truncated or corrupt meanwhile fails the check, never reaches the file.
 #include "chunk_decode.h"
 
 #include <openssl/evp.h>
@@ -26,6 +29,7 @@ namespace {
 constexpr size_t kDigestSize = 32;
 // Per chunk in the layout array: offset of its frame in the bytes, frame size, uncompressed size,
 // offset in the file.
+// For a copy: offset of the chunk in the source file, 0, size, offset in the file.
 constexpr uint32_t kLayoutFields = 4;
 
 struct Chunk {
@@ -77,9 +81,10 @@ std::string Hex(const uint8_t* d) {
 
 class DecodeChunksWorker : public Napi::AsyncWorker {
  public:
+  // `source` >= 0: chunks are copied from that file (decoded already) rather than decompressed from `bytes`.
   DecodeChunksWorker(Napi::Env env, int fd, Napi::Buffer<uint8_t> bytes, Napi::Float64Array layout, Napi::Buffer<uint8_t> digests,
-                     bool idle, bool direct)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), idle_(idle), direct_(direct) {
+                     bool idle, bool direct, int source = -1)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), source_(source), idle_(idle), direct_(direct) {
     keepBytes_ = Napi::Persistent(bytes.As<Napi::Object>());
     keepDigests_ = Napi::Persistent(digests.As<Napi::Object>());
     bytes_ = bytes.Data();
@@ -114,7 +119,7 @@ class DecodeChunksWorker : public Napi::AsyncWorker {
       before = ::getpriority(PRIO_PROCESS, tid);
       if (errno == 0) ::setpriority(PRIO_PROCESS, tid, 19);
     }
-    for (size_t i = 0; i < chunks_.size(); i++) errors_[i] = Decode(state, chunks_[i]);
+    for (size_t i = 0; i < chunks_.size(); i++) errors_[i] = source_ >= 0 ? Copy(state, chunks_[i]) : Decode(state, chunks_[i]);
     if (idle_) ::setpriority(PRIO_PROCESS, tid, before);
   }
 
@@ -139,6 +144,25 @@ class DecodeChunksWorker : public Napi::AsyncWorker {
     if (n != c.uncompressedSize) {
       return std::to_string(n) + " bytes after decompression, expected " + std::to_string(c.uncompressedSize);
     }
+    return CheckAndWrite(state, c);
+  }
+
+  // Empty when the chunk was read from the source file, verified and written; else what was wrong.
+  std::string Copy(ThreadState& state, const Chunk& c) {
+    if (!state.Reserve(c.uncompressedSize)) return "out of memory for " + std::to_string(c.uncompressedSize) + " bytes";
+    for (size_t got = 0; got < c.uncompressedSize;) {
+      ssize_t r = ::pread(source_, state.room + got, c.uncompressedSize - got, static_cast<off_t>(c.at + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return std::string("reading the source: ") + std::strerror(errno);
+      if (r == 0) return "the source ends at " + std::to_string(c.at + got);
+      got += static_cast<size_t>(r);
+    }
+    return CheckAndWrite(state, c);
+  }
+
+  // The chunk's `uncompressedSize` bytes in the room: checked against its SHA-256, then written.
+  std::string CheckAndWrite(ThreadState& state, const Chunk& c) {
+    size_t n = c.uncompressedSize;
     uint8_t digest[kDigestSize];
     unsigned int digestLength = 0;
     if (EVP_DigestInit_ex(state.md, EVP_sha256(), nullptr) != 1 || EVP_DigestUpdate(state.md, state.room, n) != 1 ||
@@ -171,6 +195,7 @@ class DecodeChunksWorker : public Napi::AsyncWorker {
   Napi::ObjectReference keepBytes_;
   Napi::ObjectReference keepDigests_;
   int fd_;
+  int source_;
   bool idle_;
   bool direct_;
   const uint8_t* bytes_ = nullptr;
@@ -193,6 +218,25 @@ Napi::Value DecodeChunks(const Napi::CallbackInfo& info) {
   return worker->Promise();
 }
 
+Napi::Value CopyChunks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsTypedArray() ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array || !info[3].IsBuffer()) {
+    throw Napi::TypeError::New(env, "copyChunks(source, fd, layout: Float64Array, digests: Buffer, idle?: boolean, direct?: boolean)");
+  }
+  int source = info[0].As<Napi::Number>().Int32Value();
+  if (source < 0) throw Napi::RangeError::New(env, "copyChunks: the source is not an fd");
+  bool idle = info.Length() > 4 && info[4].ToBoolean().Value();
+  bool direct = info.Length() > 5 && info[5].ToBoolean().Value();
+  auto* worker = new DecodeChunksWorker(env, info[1].As<Napi::Number>().Int32Value(), Napi::Buffer<uint8_t>::New(env, 0),
+                                        info[2].As<Napi::Float64Array>(), info[3].As<Napi::Buffer<uint8_t>>(), idle, direct, source);
+  worker->Queue();
+  return worker->Promise();
+}
+
 }  // namespace
 
-void InitChunkDecode(Napi::Env env, Napi::Object exports) { exports.Set("decodeChunks", Napi::Function::New(env, DecodeChunks)); }
+void InitChunkDecode(Napi::Env env, Napi::Object exports) {
+  exports.Set("decodeChunks", Napi::Function::New(env, DecodeChunks));
+  exports.Set("copyChunks", Napi::Function::New(env, CopyChunks));
+}

@@ -34,6 +34,28 @@ export function decodeChunksInto(
   return run;
 }
 
+/**
+ * The same for one chunk decoded already in another file (`source`, at `sourceOffset`: a cache file of
+ * another blob holding a chunk of the same digest): read there, checked against `chunk`'s size and
+ * SHA-256, and only then written to `fd`. A ChunkVerificationError when the source's bytes are not the
+ * chunk (evicted, corrupt), another Error when the write failed.
+ */
+export async function copyChunkInto(
+  source: number,
+  sourceOffset: number,
+  fd: number,
+  chunk: ChunkEntry,
+  what: string,
+  opts: { background?: boolean; direct?: boolean } = {},
+): Promise<Error | null> {
+  const layout = new Float64Array([sourceOffset, 0, chunk.uncompressedSize, chunk.uncompressedOffset]);
+  const copy = () =>
+    native.copyChunks(source, fd, layout, chunk.digest, opts.background ?? false, opts.direct ?? false);
+  const run = opts.background ? backgroundQueue.then(copy) : copy();
+  if (opts.background) backgroundQueue = run.catch(() => undefined);
+  return faultsOf(await run, [chunk], what)[0];
+}
+
 async function decode(
   fd: number,
   bytes: Buffer,
@@ -49,7 +71,10 @@ async function decode(
     layout.set([c.compressedOffset - start, c.compressedSize, c.uncompressedSize, c.uncompressedOffset], i * 4);
     c.digest.copy(digests, i * 32);
   });
-  const faults = await native.decodeChunks(fd, bytes, layout, digests, background, direct);
+  return faultsOf(await native.decodeChunks(fd, bytes, layout, digests, background, direct), chunks, what);
+}
+
+function faultsOf(faults: Array<string | null>, chunks: readonly ChunkEntry[], what: string): Array<Error | null> {
   return faults.map((fault, i) => {
     if (fault === null) return null;
     const message = `${what}: chunk at ${chunks[i].uncompressedOffset}: ${fault}`;

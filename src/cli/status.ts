@@ -15,6 +15,8 @@ export interface DaemonStatus {
   cacheBytes: number;
   cacheBoundBytes: number;
   evictedBytes: number;
+  /** Chunks copied from another cached blob instead of fetched (the node's chunk index). */
+  localCopies?: { chunks: number; savedBytes: number };
   mounts: Array<{
     target: string;
     image: string;
@@ -33,6 +35,10 @@ export function formatStatus(s: DaemonStatus): string {
     `transport ${s.transport}${s.fdKeeper ? ` (fds kept by: ${s.fdKeeper}; if the daemon dies, reads ${s.whenDaemonDies === 'blocks and resumes' ? 'wait for the next one' : `get ${s.whenDaemonDies}`})` : ''}; cache ${bytes(s.cacheBytes)} on disk${s.cacheBoundBytes ? ` (bound ${bytes(s.cacheBoundBytes)}, ${bytes(s.evictedBytes)} evicted)` : ''}; in-flight chunks ${s.inFlight}`,
     `fetched ${bytes(s.fetch.bytesFetched)} in ${s.fetch.requests} requests (${s.fetch.verifyFailures} verification failures); latency ${lat}`,
   ];
+  if (s.localCopies?.chunks)
+    head.push(
+      `copied ${s.localCopies.chunks} chunks from other cached blobs instead of fetching ${bytes(s.localCopies.savedBytes)}`,
+    );
   if (s.mounts.length === 0) return [...head, 'no mounts'].join('\n');
   const rows = [
     ['mount', 'image', 'cached', 'chunks', 'hit ratio'],

@@ -111,6 +111,7 @@ export class Daemon {
       () => this.fetcher,
       () => this.blobs.cacheBytes(),
       () => this.budget.evictedBytes,
+      () => this.blobs.chunks.stats,
     );
     this.fetcher = new ChunkFetcher({
       concurrency: opts.concurrency,
@@ -125,6 +126,8 @@ export class Daemon {
       maxBytes: opts.readAheadBytes ?? DEFAULT_READ_AHEAD.maxBytes,
     });
     this.store = new ImageStore(opts.cacheDir, this.blobs, opts.registries, readDeadline || undefined);
+    const indexed = this.blobs.indexCacheFiles((blob) => this.store.kept.keptChunks(blob));
+    log.info('chunk index rebuilt from the cache files', { chunks: indexed });
     this.budget.resync(this.blobs.evictUnused([], Infinity).cacheBytes); // measures, evicts nothing
     this.prefetcher = new Prefetcher(opts.prefetch, this.budget);
     this.traces = new TraceStore(path.join(opts.cacheDir, 'traces'));
@@ -457,6 +460,7 @@ export class Daemon {
       cacheBytes: this.blobs.cacheBytes(),
       cacheBoundBytes: this.budget.limit,
       evictedBytes: this.budget.evictedBytes,
+      localCopies: { ...this.blobs.chunks.stats, indexedChunks: this.blobs.chunks.size },
       metricsPort: this.metricsPort,
       snapshotterSocket: this.opts.snapshotterSocket ?? null,
       mounts: [...this.mounts].map(([target, img]) => {

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { loadBlobIndex, tableDigest, type BlobIndex, type ExpectedTable } from '../blob/blob-index';
+import { decodeTable, decodeTrailer, ENTRY_SIZE, TRAILER_SIZE, type ChunkEntry } from '../blob/chunk-table';
 import { log } from '../log';
 import { digestHex, sha256Digest } from '../oci/digest';
 import type { Descriptor } from '../oci/types';
@@ -72,6 +73,20 @@ export class ImageMetadata {
 
   private tableFile(blob: Descriptor): string {
     return path.join(this.tables, digestHex(blob.digest));
+  }
+
+  /**
+   * The chunks of the kept table of `blob` (a digest), read without the manifest: for the node's chunk
+   * index, a hint that every copy checks against its destination's table. Null when none is kept.
+   */
+  keptChunks(blob: string): ChunkEntry[] | null {
+    const what = `kept chunk table of ${blob}`;
+    const bytes = readIfThere(path.join(this.tables, digestHex(blob)));
+    if (!bytes) return null;
+    const trailer = decodeTrailer(bytes.subarray(Math.max(0, bytes.length - TRAILER_SIZE)), what);
+    if (trailer.chunkCount * ENTRY_SIZE + TRAILER_SIZE !== bytes.length)
+      throw new Error(`${what}: ${bytes.length} bytes do not hold ${trailer.chunkCount} chunks and the trailer`);
+    return decodeTable(bytes.subarray(0, bytes.length - TRAILER_SIZE), what);
   }
 
   /**

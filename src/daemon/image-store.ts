@@ -189,7 +189,8 @@ async function writeFile(file: string, body: AsyncIterable<Buffer>): Promise<voi
 }
 
 export class ImageStore {
-  private readonly kept: ImageMetadata;
+  /** Manifests and chunk tables kept in the cache. */
+  readonly kept: ImageMetadata;
 
   constructor(
     readonly cacheDir: string,

@@ -3,6 +3,7 @@
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ChunkFetcher } from '../storage/chunk-fetcher';
+import type { LocalCopyStats } from '../storage/chunk-index';
 
 /** A latency as a Prometheus histogram, and its recent values for the percentiles `status` prints. */
 export class Timing {
@@ -49,7 +50,12 @@ export class DaemonMetrics {
     "From the kernel's request to its answer, for reads that needed chunks fetched",
   );
 
-  constructor(fetcher: () => ChunkFetcher, cacheBytes: () => number, evictedBytes: () => number) {
+  constructor(
+    fetcher: () => ChunkFetcher,
+    cacheBytes: () => number,
+    evictedBytes: () => number,
+    localCopies: () => LocalCopyStats,
+  ) {
     const stat = (name: string, help: string, read: () => number) =>
       new Gauge({
         name,
@@ -76,6 +82,16 @@ export class DaemonMetrics {
       'erofs_ondemand_evicted_bytes_total',
       'Bytes of cached chunks evicted to keep the cache within its bound',
       evictedBytes,
+    );
+    stat(
+      'erofs_ondemand_local_copy_chunks_total',
+      'Chunks copied from another cached blob holding the same SHA-256 instead of fetched',
+      () => localCopies().chunks,
+    );
+    stat(
+      'erofs_ondemand_local_copy_saved_bytes_total',
+      'Compressed bytes not fetched thanks to chunks copied from another cached blob',
+      () => localCopies().savedBytes,
     );
   }
 

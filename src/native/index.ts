@@ -175,6 +175,19 @@ interface NativeAddon {
     direct?: boolean,
   ): Promise<Array<string | null>>;
   /**
+   * decodeChunks for chunks decoded already in another file: for each chunk i, reads `layout[4i+2]`
+   * bytes of `source` at `layout[4i]` (`layout[4i+1]` is unused), checks their SHA-256, and only then
+   * writes those very bytes to `fd` at `layout[4i+3]`. Results, `idle` and `direct` as decodeChunks'.
+   */
+  copyChunks(
+    source: number,
+    fd: number,
+    layout: Float64Array,
+    digests: Buffer,
+    idle?: boolean,
+    direct?: boolean,
+  ): Promise<Array<string | null>>;
+  /**
    * mallopt(M_MMAP_THRESHOLD): allocations of `bytes` or more get their own mapping, returned to the
    * kernel when freed (false if glibc refused the value).
    */

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { BlobIndex } from '../blob/blob-index';
-import { decodeChunksInto } from '../blob/chunk-codec';
+import { copyChunkInto, decodeChunksInto } from '../blob/chunk-codec';
 import { chunkIndexRange, type ChunkEntry } from '../blob/chunk-table';
 import { BLOCK_SIZE } from '../erofs/format';
 import { native } from '../native';
@@ -33,9 +33,40 @@ export interface KernelObject {
   use<T>(op: (fd: number) => T | Promise<T>): Promise<T>;
 }
 
+/**
+ * The node's other cache files as sources of chunks (blob-store.ts keeps the index of their chunks by
+ * SHA-256): a missing chunk another blob holds is copied from there, checked like a fetched one.
+ */
+export interface NodeChunks {
+  /** Chunk `c` of `blob` became present in its cache file (true), or left it (false). */
+  noted(blob: BlobCache, c: ChunkEntry, present: boolean): void;
+  /** Whether another cache file of the node is known to hold a chunk of `c`'s digest. */
+  holds(blob: BlobCache, c: ChunkEntry): boolean;
+  /**
+   * Calls `copy` with an fd and offset of each known copy of `c`'s digest elsewhere until one was written
+   * into `blob`; false when none was (a source gone or corrupt is dropped from the index).
+   */
+  copyFromNode(
+    blob: BlobCache,
+    c: ChunkEntry,
+    copy: (fd: number, offset: number) => Promise<Error | null>,
+  ): Promise<boolean>;
+}
+
 /** The bytes a chunk takes in the cache file: chunks start on block boundaries. */
 function alignedEnd(c: ChunkEntry): number {
   return c.uncompressedOffset + Math.ceil(c.uncompressedSize / BLOCK_SIZE) * BLOCK_SIZE;
+}
+
+/**
+ * Whether the file `fd` (of `size` bytes) holds chunk `c`: every block of it allocated (SEEK_DATA and
+ * SEEK_HOLE). Why that means its verified bytes: the invariant in BlobCache's constructor.
+ */
+export function chunkHeld(fd: number, c: ChunkEntry, size: number): boolean {
+  return (
+    native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&
+    native.seekHole(fd, c.uncompressedOffset) >= Math.min(alignedEnd(c), size)
+  );
 }
 
 /** How far a demand miss reads ahead in its blob. */
@@ -55,6 +86,8 @@ export class BlobCache implements RangeSource, ChunkDestination {
   readAhead: ReadAhead = DEFAULT_READ_AHEAD;
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
   private readonly punching = new Map<number, Promise<void>>();
+  /** Copies from another cache file under way, each resolving to whether it was written. */
+  private readonly copying = new Map<number, Promise<boolean>>();
   private closed = false;
   /** I/O on the fd under way on the thread pool: the fd is closed only once it is done. */
   private busy = 0;
@@ -72,6 +105,8 @@ export class BlobCache implements RangeSource, ChunkDestination {
     readonly remote: RemoteBlob,
     readonly index: BlobIndex,
     private readonly fetcher: ChunkFetcher,
+    /** Told of each chunk present or gone, and asked for copies before fetching; none: fetch alone. */
+    private readonly node: NodeChunks | null,
   ) {
     this.state = new ChunkState(index.chunks.length);
     // Invariant: a chunk whose blocks are all allocated holds exactly its verified bytes, even after a
@@ -84,23 +119,27 @@ export class BlobCache implements RangeSource, ChunkDestination {
     //   before alignedEnd, and the SEEK_HOLE test below counts it missing; it is fetched again.
     // This needs a filesystem that allocates only the blocks written (ext4, xfs, btrfs; not tmpfs with
     // huge pages, which would count a whole huge page written as soon as any part of it is).
+    const size = index.trailer.uncompressedSize;
     index.chunks.forEach((c, i) => {
-      const found =
-        native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&
-        native.seekHole(fd, c.uncompressedOffset) >= alignedEnd(c);
-      if (found) this.state.markPresent(i); // found at start: older than anything written from now on
+      if (chunkHeld(fd, c, size)) this.nowPresent(i); // found at start: older than anything written from now on
     });
   }
 
   /** Opens (or creates, sparse) the cache file; one of another size is started afresh. */
-  static open(path: string, remote: RemoteBlob, index: BlobIndex, fetcher: ChunkFetcher): BlobCache {
+  static open(
+    path: string,
+    remote: RemoteBlob,
+    index: BlobIndex,
+    fetcher: ChunkFetcher,
+    node: NodeChunks | null = null,
+  ): BlobCache {
     const size = index.trailer.uncompressedSize;
     const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     if (fs.fstatSync(fd).size !== size) {
       fs.ftruncateSync(fd, 0);
       fs.ftruncateSync(fd, size);
     }
-    return new BlobCache(path, fd, remote, index, fetcher);
+    return new BlobCache(path, fd, remote, index, fetcher, node);
   }
 
   get size(): number {
@@ -141,7 +180,34 @@ export class BlobCache implements RangeSource, ChunkDestination {
     this.object = object;
     fs.ftruncateSync(this.fd, 0);
     fs.ftruncateSync(this.fd, this.size);
-    for (let i = 0; i < this.state.count; i++) this.state.markAbsent(i);
+    for (let i = 0; i < this.state.count; i++) this.nowAbsent(i);
+  }
+
+  /** Chunk `i` is present now: the newest for eviction, and a copy source for other blobs unless in an object. */
+  private nowPresent(i: number): void {
+    this.state.markPresent(i);
+    if (!this.object) this.node?.noted(this, this.index.chunks[i], true);
+  }
+
+  private nowAbsent(i: number): void {
+    this.state.markAbsent(i);
+    this.node?.noted(this, this.index.chunks[i], false);
+  }
+
+  /**
+   * Runs `op` with the cache file's fd while the chunk at `offset` is pinned (no eviction punches it
+   * meanwhile), when it is present here; undefined when it is not (or only in the kernel's object).
+   */
+  async lend<T>(offset: number, op: (fd: number) => Promise<T>): Promise<T | undefined> {
+    if (this.object || this.closed) return undefined;
+    const [i] = chunkIndexRange(this.index.chunks, offset, offset + 1);
+    if (this.index.chunks[i]?.uncompressedOffset !== offset || !this.state.isPresent(i)) return undefined;
+    this.state.pin([i]);
+    try {
+      return await this.io(() => op(this.fd));
+    } finally {
+      this.state.unpin([i]);
+    }
   }
 
   /**
@@ -154,11 +220,7 @@ export class BlobCache implements RangeSource, ChunkDestination {
     if (!object) return;
     await object.use((fd) => {
       for (let i = first; i < last; i++) {
-        const c = this.index.chunks[i];
-        const end = Math.min(alignedEnd(c), this.size);
-        const held =
-          native.seekData(fd, c.uncompressedOffset) === c.uncompressedOffset &&
-          native.seekHole(fd, c.uncompressedOffset) >= end;
+        const held = chunkHeld(fd, this.index.chunks[i], this.size);
         if (held && !this.state.isPresent(i)) this.state.markPresent(i);
         else if (!held && this.state.isPresent(i)) this.state.markAbsent(i);
       }
@@ -235,12 +297,79 @@ export class BlobCache implements RangeSource, ChunkDestination {
   }
 
   /**
-   * Fetches, verifies and writes the chunks `slots` (indexes into the chunk table); resolves to their
-   * count. `ahead` are asked for in the same call, so that they share its Range GETs: nobody waits
-   * for them.
+   * Makes the chunks `slots` (indexes into the chunk table) present: copied from another cache file of
+   * the node holding the same digest, else fetched; resolves to the number fetched. `ahead` likewise,
+   * and nobody waits for them. Copies run beside the fetch of the others; a copy that fails is fetched.
    */
   private async fill(slots: number[], priority: Priority, ahead: readonly number[] = []): Promise<number> {
     if (slots.length === 0) return 0;
+    const node = this.node;
+    const local = new Set(node ? [...slots, ...ahead].filter((i) => node.holds(this, this.index.chunks[i])) : []);
+    const fetching = this.fetch(
+      slots.filter((i) => !local.has(i)),
+      priority,
+      ahead.filter((i) => !local.has(i)),
+    );
+    fetching.catch(() => undefined); // awaited below, after the copies
+    // Read-ahead copies: nobody waits for them; one that fails is fetched as read-ahead.
+    for (const i of ahead.filter((j) => local.has(j)))
+      void this.copyOne(i, priority)
+        .then((ok) => (ok ? 0 : this.fetch([], priority, [i])))
+        .catch((err: Error) => log.debug('read-ahead not stored', { blob: this.what, error: err.message }));
+    const copied = await Promise.all(
+      slots.filter((i) => local.has(i)).map(async (i) => ((await this.copyOne(i, priority)) ? -1 : i)),
+    );
+    const again = this.fetch(
+      copied.filter((i) => i >= 0),
+      priority,
+    );
+    again.catch(() => undefined);
+    return (await fetching) + (await again);
+  }
+
+  /** Writes chunk `i` from another cache file of the node; resolves to whether it is present now. */
+  private copyOne(i: number, priority: Priority): Promise<boolean> {
+    if (this.state.isPresent(i)) return Promise.resolve(true);
+    const node = this.node;
+    if (!node) return Promise.resolve(false);
+    const known = this.copying.get(i);
+    if (known) return known;
+    const c = this.index.chunks[i];
+    const run = node
+      .copyFromNode(this, c, (fd, offset) => this.writeCopy(fd, offset, i, priority))
+      .catch((err: Error) => {
+        log.warn('chunk not copied from the node: fetching it', { blob: this.what, error: err.message });
+        return false;
+      })
+      .finally(() => this.copying.delete(i));
+    this.copying.set(i, run);
+    return run;
+  }
+
+  /** Chunk `i` from `source` at `offset`: checked against this blob's table, then written (as `place`). */
+  private async writeCopy(source: number, offset: number, i: number, priority: Priority): Promise<Error | null> {
+    if (this.state.isPresent(i)) return null;
+    const c = this.index.chunks[i];
+    const background = priority === 'background';
+    const object = this.object;
+    let fault: Error | null;
+    if (object) {
+      fault = await object.use((fd) => copyChunkInto(source, offset, fd, c, this.what, { background, direct: true }));
+    } else {
+      await this.space?.reserve(alignedEnd(c) - c.uncompressedOffset, this);
+      await this.punching.get(i)?.catch(() => undefined);
+      fault = await this.io(() => copyChunkInto(source, offset, this.fd, c, this.what, { background }));
+    }
+    if (fault === null && !this.state.isPresent(i)) this.nowPresent(i);
+    return fault;
+  }
+
+  /**
+   * Fetches, verifies and writes the chunks `slots`; resolves to their count. `ahead` are asked for in
+   * the same call, so that they share its Range GETs: nobody waits for them.
+   */
+  private async fetch(slots: number[], priority: Priority, ahead: readonly number[] = []): Promise<number> {
+    if (slots.length === 0 && ahead.length === 0) return 0;
     const done = this.fetcher.getEachChunk(
       this.remote,
       [...slots, ...ahead].map((i) => this.index.chunks[i]),
@@ -294,7 +423,7 @@ export class BlobCache implements RangeSource, ChunkDestination {
       : await this.writeToFile(bytes, start, todo, priority);
     todo.forEach((t, j) => {
       faults[t.k] = written[j];
-      if (written[j] === null) this.state.markPresent(t.i);
+      if (written[j] === null) this.nowPresent(t.i);
     });
     return faults;
   }
@@ -377,7 +506,7 @@ export class BlobCache implements RangeSource, ChunkDestination {
       if (freed >= bytes) break;
       if (!this.state.evictable(i)) continue; // pinned by a reader that arrived during an earlier punch
       const c = this.index.chunks[i];
-      this.state.markAbsent(i); // first: a reader arriving meanwhile fetches it again rather than trusting it
+      this.nowAbsent(i); // first: a reader arriving meanwhile fetches it again rather than trusting it
       const punch = this.io(() =>
         native.punchHole(this.fd, c.uncompressedOffset, alignedEnd(c) - c.uncompressedOffset),
       );
