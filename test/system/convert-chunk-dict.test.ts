@@ -19,7 +19,7 @@ import { FanotifyTransport } from '../../src/transport/fanotify';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { runCliAsync, type ConvertJson } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
-import { startRegistry, type RegistryServer } from '../lib/registry-server';
+import { startRegistry, storedBytes, type RegistryServer } from '../lib/registry-server';
 import { imageOf, pushSmallImage, smallImage } from '../lib/small-image';
 import { makeTar, type TestTarEntry } from '../lib/tar-writer';
 import { UmociImage } from '../lib/test-images';
@@ -27,15 +27,6 @@ import { compareTreesInChild } from '../lib/tree-compare';
 
 const FILES = 12;
 const FILE_BYTES = 3_000_000;
-
-/** Bytes the registry stores: every blob file under its storage root. */
-function storedBytes(registry: RegistryServer): number {
-  const root = path.join(registry.dir, 'data', 'docker', 'registry', 'v2', 'blobs');
-  let total = 0;
-  for (const entry of fs.readdirSync(root, { recursive: true, withFileTypes: true }))
-    if (entry.isFile() && entry.name === 'data') total += fs.statSync(path.join(entry.parentPath, entry.name)).size;
-  return total;
-}
 
 describe('convert --chunk-dict: a rebuild stores only its new chunks', { timeout: 600_000 }, () => {
   let registry: RegistryServer;
