@@ -3,10 +3,11 @@
 // repository when that is another one), it mounts on a fresh node equal to `umoci unpack`, and a
 // chunk-dict image that cannot be loaded stops the run before anything is pushed.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { Annotation, LazyMediaType } from '../../src/convert/lazy-image';
 import { ImageStore } from '../../src/daemon/image-store';
@@ -16,16 +17,20 @@ import type { ImageManifest } from '../../src/oci/types';
 import { BlobStore } from '../../src/storage/blob-store';
 import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
 import { FanotifyTransport } from '../../src/transport/fanotify';
+import { FuseTransport } from '../../src/transport/fuse';
+import type { CacheMissTransport } from '../../src/transport/transport';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { runCliAsync, type ConvertJson } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, storedBytes, type RegistryServer } from '../lib/registry-server';
-import { imageOf, pushSmallImage, smallImage } from '../lib/small-image';
+import { imageOf, layeredImage, layerText, pushSmallImage, smallImage } from '../lib/small-image';
 import { makeTar, type TestTarEntry } from '../lib/tar-writer';
 import { UmociImage } from '../lib/test-images';
 import { compareTreesInChild } from '../lib/tree-compare';
 
+const run = promisify(execFile);
 const FILES = 12;
+const LAYERS = 100;
 const FILE_BYTES = 3_000_000;
 
 describe('convert --chunk-dict: a rebuild stores only its new chunks', { timeout: 600_000 }, () => {
@@ -152,6 +157,47 @@ describe('convert --chunk-dict: a rebuild stores only its new chunks', { timeout
     assert.ok(b.bytesPushed < 256 << 10, `${b.bytesPushed} bytes pushed`);
     assert.ok(storedBytes(registry) - before < 256 << 10);
     assert.deepEqual((await manifest('other/app', '2')).layers[1], blobA);
+  });
+
+  it(`a chunk-dict image of ${LAYERS} layers: each of its blobs a device of the new image, which mounts`, async () => {
+    // v2 is v1 and one more layer: v1's layers (the same bytes) give no blob of v2's own.
+    await pushSmallImage(client, 'library/layers', '1', layeredImage(LAYERS));
+    await pushSmallImage(client, 'library/layers', '2', layeredImage(LAYERS + 1));
+    const v1 = await convert(`${host}/library/layers:1`, `${host}/lazy/layers:1`);
+    assert.equal(v1.status, 0, v1.stderr);
+    const v2 = await convert(
+      '--chunk-dict',
+      `${host}/lazy/layers:1`,
+      `${host}/library/layers:2`,
+      `${host}/lazy/layers:2`,
+    );
+    assert.equal(v2.status, 0, v2.stderr);
+    const out: ConvertJson = JSON.parse(v2.stdout);
+    assert.equal(out.chunkDictBlobs.length, LAYERS);
+    assert.equal(out.blobs.length, 1);
+    const transports: Record<string, (cache: string) => CacheMissTransport> = {
+      fanotify: () => new FanotifyTransport(),
+      fuse: (cache) => new FuseTransport({ dir: path.join(cache, 'fuse'), backing: 'file' }),
+    };
+    for (const [name, create] of Object.entries(transports)) {
+      const cache = path.join(work, `layers-cache-${name}`);
+      const store = new ImageStore(cache, new BlobStore(path.join(cache, 'blobs'), new ChunkFetcher()));
+      const image = await store.prepare(`${host}/lazy/layers:2`);
+      assert.equal(image.blobs.length, LAYERS + 1, name);
+      const transport = create(cache);
+      const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+      await transport.mount(image, mnt);
+      try {
+        // Read by another process: with FUSE this one answers the reads.
+        for (const i of [0, LAYERS - 1, LAYERS]) {
+          const { stdout } = await run('cat', [path.join(mnt, 'layers', `${i}.txt`)]);
+          assert.equal(stdout, layerText(i), `${name}: layers/${i}.txt`);
+        }
+      } finally {
+        await transport.unmount(mnt);
+        await transport.close();
+      }
+    }
   });
 
   for (const [what, ref, message] of [
