@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
@@ -42,13 +43,17 @@ describe('convert --chunk-dict: a rebuild stores only its new chunks', { timeout
   let lazyA: ImageManifest;
   let host: string;
 
-  /** The CLI through the proxy, with a memo of converted layers of this test's own. */
+  /**
+   * The CLI through the proxy (the requests of this run, then the proxy's rules are forgotten), with
+   * a memo of converted layers of this test's own.
+   */
   async function convert(...args: string[]) {
-    proxy.reset();
+    proxy.requests.length = 0;
     const r = await runCliAsync(['convert', '--json', ...args], {
       env: { XDG_CACHE_HOME: work, EROFS_ONDEMAND_LOG_LEVEL: 'error' },
     });
     const pushed = proxy.requests.filter((q) => q.method !== 'GET' && q.method !== 'HEAD');
+    proxy.reset();
     return { ...r, pushed, bytesPushed: pushed.reduce((n, q) => n + q.bytesIn, 0) };
   }
 
@@ -157,6 +162,36 @@ describe('convert --chunk-dict: a rebuild stores only its new chunks', { timeout
     assert.ok(b.bytesPushed < 256 << 10, `${b.bytesPushed} bytes pushed`);
     assert.ok(storedBytes(registry) - before < 256 << 10);
     assert.deepEqual((await manifest('other/app', '2')).layers[1], blobA);
+  });
+
+  it('copies the blob into the target repository when the registry declines the mount', async () => {
+    const blobA = lazyA.layers[1];
+    // The proxy opens a plain upload session instead, as a registry that does not mount would.
+    proxy.add({
+      method: 'POST',
+      path: new RegExp(`^/v2/declined/app/blobs/uploads/\\?.*mount=${encodeURIComponent(blobA.digest)}`),
+      fault: {
+        kind: 'respond',
+        respond: (req, res) => {
+          const [hostname, port] = registry.host.split(':');
+          const headers = { host: req.headers.host ?? host, 'content-length': '0' };
+          const upstream = http.request(
+            { hostname, port: Number(port), method: 'POST', path: '/v2/declined/app/blobs/uploads/', headers },
+            (up) => {
+              res.writeHead(up.statusCode ?? 502, up.headers);
+              up.pipe(res);
+            },
+          );
+          req.resume();
+          upstream.end();
+        },
+      },
+    });
+    const b = await convert('--chunk-dict', `${host}/lazy/app:1`, `${host}/library/app:2`, `${host}/declined/app:2`);
+    assert.equal(b.status, 0, b.stderr);
+    assert.ok(b.bytesPushed >= blobA.size, `${b.bytesPushed} bytes pushed: the blob was copied`);
+    assert.equal(await client.headBlob('declined/app', blobA.digest), blobA.size);
+    assert.deepEqual((await manifest('declined/app', '2')).layers[1], blobA);
   });
 
   it(`a chunk-dict image of ${LAYERS} layers: each of its blobs a device of the new image, which mounts`, async () => {
