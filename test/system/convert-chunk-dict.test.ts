@@ -107,6 +107,8 @@ describe('convert --chunk-dict: a rebuild stores only its new chunks', { timeout
     assert.deepEqual(m.layers[1], blobA, "A's blob, its descriptor unchanged, before B's own");
     assert.equal(m.layers[2].digest, out.blobs[0].digest);
     assert.equal(m.annotations?.[Annotation.chunkDict], (await client.getManifest('lazy/app', '1')).digest);
+    const check = await runCliAsync(['inspect', '--check', `${host}/lazy/app:2`]);
+    assert.equal(check.status, 0, check.stderr);
 
     // The control: the same conversion without the chunk dict stores all of it again.
     const plainBefore = storedBytes(registry);
