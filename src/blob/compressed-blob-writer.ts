@@ -49,6 +49,27 @@ interface Batch {
 // The digests an image's blobs hold, for the pool to skip: one set per dictionary (shared by its layers).
 const storedDigests = new WeakMap<ChunkDictionary, DigestSet>();
 
+function knownDigests(dict: ChunkDictionary): DigestSet {
+  let known = storedDigests.get(dict);
+  if (!known) storedDigests.set(dict, (known = new (convertAddon().DigestSet)()));
+  return known;
+}
+
+/**
+ * Takes the chunks another blob stores (device `device` of the image being written, e.g. a blob of an
+ * older image) as stored: chunks with these digests are neither compressed nor stored again, they
+ * point into that blob. The first location given for a digest stands.
+ */
+export function addStoredChunks(dict: ChunkDictionary, device: number, chunks: readonly ChunkEntry[]): void {
+  const added: Buffer[] = [];
+  for (const c of chunks) {
+    if (dict.get(c.digest)) continue;
+    dict.set(c.digest, { device, blkaddr: c.uncompressedOffset / BLOCK_SIZE });
+    added.push(c.digest);
+  }
+  if (added.length > 0) knownDigests(dict).add(Buffer.concat(added));
+}
+
 function newBatch(): Batch {
   return { from: Infinity, chunks: [], slots: [], lengths: [], bytes: 0 };
 }
@@ -78,9 +99,7 @@ export class CompressedBlobWriter {
     private readonly chunkSize: number,
     private readonly level: number = DEFAULT_ZSTD_LEVEL,
   ) {
-    let known = storedDigests.get(dict);
-    if (!known) storedDigests.set(dict, (known = new (convertAddon().DigestSet)()));
-    this.known = known;
+    this.known = knownDigests(dict);
   }
 
   /**

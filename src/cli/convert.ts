@@ -3,17 +3,21 @@
 import os from 'node:os';
 import type { SingleBar } from 'cli-progress';
 import { registriesFromFlags, type RegistryFlags } from '../config';
-import { Interrupted } from '../errors';
+import { InputError, Interrupted } from '../errors';
+import type { ChunkDictImage } from '../convert/chunk-dict-images';
 import type { ConvertProgress, ConvertResult } from '../convert/convert';
-import { closeRegistryClients, openSource, openTarget } from '../oci/open-image';
+import { findLazyImage, openLazyBlob } from '../daemon/image-store';
+import { closeRegistryClients, openSource, openTarget, type OpenOptions } from '../oci/open-image';
 import { convertAddon } from '../native/convert-addon';
-import { hostPlatform, parsePlatform } from '../oci/types';
+import { hostPlatform, parsePlatform, type Platform } from '../oci/types';
 import { bytes, chunkBitsOf, zstdLevelOf } from './format';
 
 export interface ConvertCommandOptions extends RegistryFlags {
   chunkSize: string;
   compressionLevel: string;
   platform?: string;
+  /** Lazy images (or images converted to one) whose stored chunks are referenced, not stored again. */
+  chunkDict?: string[];
   json?: boolean;
   quiet?: boolean;
 }
@@ -56,6 +60,24 @@ async function progressBars(): Promise<{ onProgress: (e: ConvertProgress) => voi
   };
 }
 
+/**
+ * A `--chunk-dict` image as `mount` finds it (a lazy image, or the one an original image's referrer
+ * names), with its chunk tables: any failure names the image, before anything is converted or pushed.
+ */
+async function chunkDictImage(ref: string, registries: OpenOptions, platform: Platform): Promise<ChunkDictImage> {
+  try {
+    const lazy = await findLazyImage(ref, registries, platform);
+    const blobs = await Promise.all(
+      lazy.manifest.layers
+        .slice(1)
+        .map(async (desc) => ({ desc, index: (await openLazyBlob(ref, lazy.client, lazy.repo, desc)).index })),
+    );
+    return { ref, registry: lazy.client.host, repository: lazy.repo, digest: lazy.digest, blobs };
+  } catch (err) {
+    throw InputError.wrap(err, { 'chunk-dict': ref });
+  }
+}
+
 export async function convertCommand(
   source: string,
   target: string,
@@ -84,9 +106,11 @@ export async function convertCommand(
     const resolved = src.resolve(platform);
     resolved.catch(() => undefined); // awaited by convertImage
     await new Promise((resolve) => setImmediate(resolve)); // the request goes out first
+    const chunkDicts = await Promise.all((opts.chunkDict ?? []).map((r) => chunkDictImage(r, registries, platform)));
     const { convertImage } = await import('../convert/convert');
     const result = await convertImage(src, await openTarget(target, registries, src), {
       chunkBits,
+      chunkDicts,
       zstdLevel,
       platform,
       resolved,
@@ -119,13 +143,16 @@ export async function convertCommand(
           fileBytes,
           tarBytes,
           referrer: result.referrer,
+          chunkDictBlobs: result.chunkDictBlobs.map((b) => ({ digest: b.desc.digest, from: b.image.ref })),
           uploadedBlobs: result.uploadedBlobs,
           skippedBlobs: result.skippedBlobs,
         })}\n`,
       );
     } else if (!opts.quiet) {
+      const borrowed = result.chunkDictBlobs.length;
       process.stdout.write(
         `${result.target.ref}@${result.target.digest}: bootstrap ${bytes(c.bootstrapSize)}, ${c.blobs.length} blobs ${bytes(blobBytes)} ` +
+          (borrowed > 0 ? `(and ${borrowed} of the chunk-dict images) ` : '') +
           `(source layers ${bytes(result.sourceLayerBytes)}, files ${bytes(fileBytes)}), ${result.uploadedBlobs} blobs uploaded, ` +
           `${result.skippedBlobs} already there, ${seconds.toFixed(1)} s\n`,
       );

@@ -85,7 +85,12 @@ export function program(): Command {
         `zstd level of the chunks, ${MIN_ZSTD_LEVEL} (fastest) to ${MAX_ZSTD_LEVEL} (smallest blobs)`,
         String(DEFAULT_ZSTD_LEVEL),
       )
-      .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)'),
+      .option('--platform <os/arch[/variant]>', 'platform to pick from an image index (default: this machine)')
+      .option(
+        '--chunk-dict <image>',
+        'a lazy image in the target registry (e.g. the previous version): chunks it stores are not stored again (repeat for more)',
+        collect,
+      ),
   )
     .option('--json', 'print the result as one JSON line')
     .option('-q, --quiet', 'print nothing on success')

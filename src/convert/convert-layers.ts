@@ -4,10 +4,12 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChunkDictionary } from '../blob/chunk-dict';
-import { CompressedBlobWriter, type CompressedBlob } from '../blob/compressed-blob-writer';
+import type { ChunkEntry } from '../blob/chunk-table';
+import { addStoredChunks, CompressedBlobWriter, type CompressedBlob } from '../blob/compressed-blob-writer';
 import { writeBootstrap } from '../erofs/writer';
 import { InputError, type ErrorContext } from '../errors';
 import type { OpenedBlob } from '../oci/image-io';
+import type { Directory } from '../tree/node';
 import { compressionOf, convertLayer, decompressLayer, type LayerStats } from './layer-converter';
 import { MergedTree } from './layer-merge';
 
@@ -28,10 +30,23 @@ export interface ConvertedBlob extends CompressedBlob {
   sourceLayer: string;
 }
 
+/** A data blob stored already (an older image's): chunks it holds are referenced there, not stored again. */
+export interface StoredBlob {
+  /** sha256 hex of the blob: its device tag. */
+  id: string;
+  uncompressedSize: number;
+  chunks: readonly ChunkEntry[];
+}
+
 export interface ConvertedLayers {
   bootstrapPath: string;
   bootstrapSize: number;
   bootstrapDigest: string;
+  /**
+   * Indexes into `ConvertLayersOptions.stored` of the blobs the bootstrap references: its devices
+   * 1..n, in that order, before the image's own `blobs`.
+   */
+  storedUsed: number[];
   blobs: ConvertedBlob[];
   layers: Array<LayerStats & { digest: string; blob: string | null }>;
   chunkSize: number;
@@ -53,6 +68,8 @@ export interface ConvertLayersOptions {
   blobProgress?: (layer: number, file: string) => { written(bytes: number): void } | undefined;
   /** Downloads of these same layers, started earlier by the caller (beside its own requests); by default started here. */
   downloads?: LayerDownloads;
+  /** Blobs stored already whose chunks are referenced, not stored again; the first holding a digest wins. */
+  stored?: readonly StoredBlob[];
   signal?: AbortSignal;
 }
 
@@ -151,9 +168,13 @@ export async function convertLayers(
   const dict = new ChunkDictionary();
   const blobs: ConvertedBlob[] = [];
   const layerStats: ConvertedLayers['layers'] = [];
-  // Chunks are first numbered by layer (device = layer + 1); layers without new chunks get no blob,
-  // so devices are renumbered once all layers are read.
+  // Chunks are first numbered by layer (device = layer + 1), stored blobs after the layers; layers
+  // without new chunks get no blob and stored blobs no file uses are not listed, so devices are
+  // renumbered once all layers are read: the stored blobs used first, then the layers' blobs.
   const deviceOfLayer = new Map<number, number>();
+  const stored = opts.stored ?? [];
+  const firstStored = layers.length + 1;
+  stored.forEach((b, k) => addStoredChunks(dict, firstStored + k, b.chunks));
   const downloads = opts.downloads ?? new LayerDownloads(layers);
   let current = 0;
   try {
@@ -206,12 +227,18 @@ export async function convertLayers(
     downloads.discardFrom(current + 1);
   }
 
-  for (const location of dict.locations()) location.device = deviceOfLayer.get(location.device)!;
+  const used = stored.length > 0 ? devicesUsed(tree.root) : new Set<number>();
+  const storedUsed = stored.flatMap((_, k) => (used.has(firstStored + k) ? [k] : []));
+  const final = new Map<number, number>();
+  storedUsed.forEach((k, n) => final.set(firstStored + k, n + 1));
+  for (const [device, n] of deviceOfLayer) final.set(device, storedUsed.length + n);
+  // Locations of stored blobs no file uses keep their number: nothing in the tree names them.
+  for (const location of dict.locations()) location.device = final.get(location.device) ?? location.device;
   const { image, inodeCount } = (() => {
     try {
       return writeBootstrap(tree.root, {
         chunkBits: opts.chunkBits,
-        devices: blobs.map((b) => ({ id: b.id, size: b.uncompressedSize })),
+        devices: [...storedUsed.map((k) => stored[k]), ...blobs].map((b) => ({ id: b.id, size: b.uncompressedSize })),
       });
     } catch (err) {
       throw InputError.wrap(err, { image: opts.image });
@@ -223,9 +250,23 @@ export async function convertLayers(
     bootstrapPath,
     bootstrapSize: image.length,
     bootstrapDigest: `sha256:${createHash('sha256').update(image).digest('hex')}`,
+    storedUsed,
     blobs,
     layers: layerStats,
     chunkSize,
     inodes: inodeCount,
   };
+}
+
+/** The devices the files of the tree take chunks from (a file deleted by a later layer is not in it). */
+function devicesUsed(root: Directory): Set<number> {
+  const used = new Set<number>();
+  const dirs: Directory[] = [root];
+  for (let dir = dirs.pop(); dir; dir = dirs.pop()) {
+    for (const inode of dir.entries.values()) {
+      if (inode.type === 'dir') dirs.push(inode);
+      else if (inode.type === 'file') for (const c of inode.chunks) if (c) used.add(c.device);
+    }
+  }
+  return used;
 }

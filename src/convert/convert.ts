@@ -7,8 +7,10 @@ import { sha256Digest } from '../oci/digest';
 import { readAll, type ImageSource, type ImageTarget, type ResolvedImage, type StreamedBlob } from '../oci/image-io';
 import { MediaType, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import { DEFAULT_ZSTD_LEVEL } from '../blob/zstd-level';
+import { InputError } from '../errors';
 import { log } from '../log';
 import { convertAddon } from '../native/convert-addon';
+import { chunkDictBlobs, type ChunkDictBlob, type ChunkDictImage } from './chunk-dict-images';
 import { convertLayers, LayerDownloads, type ConvertedBlob, type ConvertedLayers } from './convert-layers';
 import { Annotation, LazyMediaType } from './lazy-image';
 import { ConvertedLayerMemo, defaultMemoPath } from './layer-memo';
@@ -26,6 +28,11 @@ export interface ConvertOptions {
   /** The source already being resolved for `platform` by the caller, so that it overlaps other start-up work. */
   resolved?: Promise<ResolvedImage>;
   workDir?: string;
+  /**
+   * Lazy images in the target's registry whose chunks are referenced, not stored again: the blobs
+   * used are listed in the new manifest as its own (`convert --chunk-dict`).
+   */
+  chunkDicts?: readonly ChunkDictImage[];
   /** Where to remember which blob each layer chain gave (default: under ~/.cache); null: nowhere. */
   memoFile?: string | null;
   onProgress?: (e: ConvertProgress) => void;
@@ -39,6 +46,8 @@ export interface ConvertResult {
   converted: ConvertedLayers;
   /** Digest of the referrer pushed next to the source, when the source and the target are in registries. */
   referrer: string | null;
+  /** The chunk-dict images' blobs the new image references, listed in its manifest before its own. */
+  chunkDictBlobs: ChunkDictBlob[];
   sourceLayerBytes: number;
   uploadedBlobs: number;
   skippedBlobs: number;
@@ -59,7 +68,21 @@ export function blobDescriptor(b: ConvertedBlob): Descriptor {
   };
 }
 
-export function lazyManifest(config: Descriptor, sourceDigest: string, c: ConvertedLayers): ImageManifest {
+/**
+ * The lazy image's manifest. With chunk-dict images, the blobs of theirs the bootstrap uses come first
+ * (devices 1..n), their descriptors as those images list them, and the manifest names the images.
+ */
+export function lazyManifest(
+  config: Descriptor,
+  sourceDigest: string,
+  c: ConvertedLayers,
+  chunkDict: { blobs: readonly Descriptor[]; images: readonly string[] } = { blobs: [], images: [] },
+): ImageManifest {
+  const annotations: Record<string, string> = {
+    [Annotation.sourceDigest]: sourceDigest,
+    [Annotation.chunkSize]: String(c.chunkSize),
+  };
+  if (chunkDict.images.length > 0) annotations[Annotation.chunkDict] = chunkDict.images.join(',');
   return {
     schemaVersion: 2,
     mediaType: MediaType.ociManifest,
@@ -71,9 +94,10 @@ export function lazyManifest(config: Descriptor, sourceDigest: string, c: Conver
         size: c.bootstrapSize,
         annotations: { [Annotation.inodes]: String(c.inodes), [Annotation.chunkSize]: String(c.chunkSize) },
       },
+      ...chunkDict.blobs,
       ...c.blobs.map(blobDescriptor),
     ],
-    annotations: { [Annotation.sourceDigest]: sourceDigest, [Annotation.chunkSize]: String(c.chunkSize) },
+    annotations,
   };
 }
 
@@ -90,6 +114,16 @@ export async function convertImage(
   let manifestStored = false;
   const pushes: Array<Promise<boolean>> = [];
   try {
+    const chunkDicts = opts.chunkDicts ?? [];
+    // Checked before anything is pushed: a chunk-dict blob the target cannot hold makes no image.
+    for (const image of chunkDicts) {
+      if (!target.linkBlob || target.registry !== image.registry)
+        throw new InputError(
+          `chunk-dict image is in registry ${image.registry}, the target ${target.registry ? `in ${target.registry}` : 'is not in a registry'}: its blobs cannot be shared`,
+          { 'chunk-dict': image.ref, image: target.ref },
+        );
+    }
+    const stored = chunkDictBlobs(chunkDicts, 2 ** opts.chunkBits);
     const resolved = await (opts.resolved ?? source.resolve(opts.platform));
     const { manifest } = resolved;
     opts.onProgress?.({ kind: 'resolved', digest: resolved.digest, layers: manifest.layers });
@@ -117,7 +151,10 @@ export async function convertImage(
     // The compressor's version and level are part of what a converted blob depends on.
     const zstdLevel = opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
     const compressor = `zstd/${convertAddon().zstdVersion}/level-${zstdLevel}`;
-    const memoKeys = layerDigests.map((_, i) => ConvertedLayerMemo.key(layerDigests, i, opts.chunkBits, compressor));
+    const dictDigests = chunkDicts.map((d) => d.digest);
+    const memoKeys = layerDigests.map((_, i) =>
+      ConvertedLayerMemo.key(layerDigests, i, opts.chunkBits, compressor, dictDigests),
+    );
     const expectedInTarget = target.streamBlob ? await expectedBlobs(target, memo, memoKeys) : new Set<number>();
     const streams = new Map<number, StreamedBlob>();
     const abandoned: Array<Promise<void>> = [];
@@ -126,6 +163,7 @@ export async function convertImage(
       chunkBits: opts.chunkBits,
       zstdLevel,
       image: source.ref,
+      stored,
       signal: opts.signal,
       onBytes: (layer, bytes) => opts.onProgress?.({ kind: 'layer-bytes', layer, bytes }),
       blobProgress: (layer, file) => {
@@ -156,7 +194,14 @@ export async function convertImage(
       memo.save();
     }
 
-    const lazy = lazyManifest(manifest.config, resolved.digest, converted);
+    const used = converted.storedUsed.map((k) => stored[k]);
+    // Listed whole in the new manifest, so the target's repository must hold them: the registry's
+    // garbage collection keeps a blob while a manifest lists it.
+    for (const b of used) track(b.desc, target.linkBlob!(b.desc, b.image.repository));
+    const lazy = lazyManifest(manifest.config, resolved.digest, converted, {
+      blobs: used.map((b) => b.desc),
+      images: dictDigests,
+    });
     push(lazy.layers[0], converted.bootstrapPath);
     const uploaded = (await Promise.all(pushes)).filter(Boolean).length;
     opts.signal?.throwIfAborted();
@@ -188,6 +233,7 @@ export async function convertImage(
       converted,
       sourceLayerBytes: manifest.layers.reduce((n, l) => n + l.size, 0),
       referrer,
+      chunkDictBlobs: used,
       uploadedBlobs: uploaded,
       skippedBlobs: 1 + lazy.layers.length - uploaded,
     };

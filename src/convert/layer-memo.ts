@@ -36,11 +36,19 @@ export class ConvertedLayerMemo {
 
   /**
    * The key of layer `index` of an image: its blob depends on that layer and on every layer below
-   * (chunks stored lower are not stored again), on the chunk size and on the compressor.
+   * (chunks stored lower are not stored again), on the chunk size, on the compressor and on the
+   * chunk-dict images (chunks they store are not stored again either).
    */
-  static key(layers: readonly string[], index: number, chunkBits: number, compressor: string): string {
+  static key(
+    layers: readonly string[],
+    index: number,
+    chunkBits: number,
+    compressor: string,
+    chunkDicts: readonly string[] = [],
+  ): string {
+    const chain = [VERSION, compressor, chunkBits, layers.slice(0, index + 1)];
     return createHash('sha256')
-      .update(JSON.stringify([VERSION, compressor, chunkBits, layers.slice(0, index + 1)]))
+      .update(JSON.stringify(chunkDicts.length > 0 ? [...chain, chunkDicts] : chain))
       .digest('hex');
   }
 

@@ -18,4 +18,6 @@ export const Annotation = {
   chunks: 'io.erofs-ondemand.blob.chunks',
   inodes: 'io.erofs-ondemand.bootstrap.inodes',
   image: 'io.erofs-ondemand.image',
+  /** The lazy manifests (digests, comma-separated) given as chunk-dict images to the conversion. */
+  chunkDict: 'io.erofs-ondemand.chunk-dict',
 } as const;

@@ -14,7 +14,7 @@ import { registryClient, registryReference, type OpenOptions } from '../oci/open
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
 import type { ResolvedImage } from '../oci/image-io';
-import { hostPlatform, parseManifestOrIndex, type Descriptor, type ImageManifest } from '../oci/types';
+import { hostPlatform, parseManifestOrIndex, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import type { BlobCache } from '../storage/blob-cache';
 import type { RemoteBlob } from '../storage/chunk-fetcher';
 import type { BlobStore } from '../storage/blob-store';
@@ -74,10 +74,14 @@ export function lazyReference(image: Pick<PreparedImage, 'client' | 'repo' | 'di
  * older convert), or one that does not lead to a lazy image, is passed over: one bad referrer must not
  * hide a good one from every node.
  */
-export async function findLazyImage(ref: string, registries: OpenOptions = {}): Promise<LazyImage> {
+export async function findLazyImage(
+  ref: string,
+  registries: OpenOptions = {},
+  platform: Platform = hostPlatform(),
+): Promise<LazyImage> {
   const parsed = parseReference(ref);
   const client = registryClient(parsed.registry, registries);
-  const resolved = await client.resolveManifest(parsed.repository, manifestReference(parsed), hostPlatform());
+  const resolved = await client.resolveManifest(parsed.repository, manifestReference(parsed), platform);
   if (resolved.manifest.layers[0]?.mediaType === LazyMediaType.bootstrap) {
     return lazyImage(client, parsed.repository, resolved);
   }
@@ -89,7 +93,7 @@ export async function findLazyImage(ref: string, registries: OpenOptions = {}): 
       const lazy = registryReference(target);
       if (!lazy.digest) throw new InputError('the reference is not pinned by a digest', { image: target });
       const lazyClient = registryClient(lazy.registry, registries);
-      const got = await lazyClient.resolveManifest(lazy.repository, lazy.digest, hostPlatform());
+      const got = await lazyClient.resolveManifest(lazy.repository, lazy.digest, platform);
       if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
         throw new InputError('it is not a lazy image', { image: target });
       log.info('found the lazy image through a referrer', { image: ref, lazy: target });

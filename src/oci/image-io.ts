@@ -35,6 +35,14 @@ export interface ImageTarget {
    * as the file grows), or returns undefined when the target gains nothing from it.
    */
   streamBlob?(file: string): StreamedBlob | undefined;
+  /** The registry host, for a target in a registry. */
+  readonly registry?: string;
+  /**
+   * Makes a blob that another repository of the target's registry holds part of the target's
+   * repository: there already, mounted from `repository`, or copied from it when the registry
+   * declines the mount; returns whether bytes were uploaded. Registries only.
+   */
+  linkBlob?(desc: Descriptor, repository: string): Promise<boolean>;
   /** Whether the target holds this blob (false when it cannot tell). */
   hasBlob?(digest: string): Promise<boolean>;
   /** Stores a manifest under the target's tag; returns its digest. */

@@ -1,7 +1,9 @@
 // Registry images as convert's source and target, and the referrer that lets a node find the lazy
 // image from the original reference.
 import fs from 'node:fs';
+import { Readable } from 'node:stream';
 import { InputError } from '../errors';
+import { log } from '../log';
 import { pushArtifact } from './artifacts';
 import type { HostClient } from './host-client';
 import type { ImageSource, ImageTarget, ResolvedImage, StreamedBlob } from './image-io';
@@ -58,6 +60,27 @@ export class RegistryTarget implements ImageTarget {
         mountFrom: this.mountFrom,
       },
     );
+    return result === 'uploaded';
+  }
+
+  get registry(): string {
+    return this.parsed.registry;
+  }
+
+  async linkBlob(desc: Descriptor, repository: string): Promise<boolean> {
+    const repo = this.parsed.repository;
+    const copy = async function* (client: RegistryClient): AsyncIterable<Buffer> {
+      yield* await client.getBlob(repository, desc.digest, desc.size);
+    };
+    const result = await this.client.pushBlob(repo, desc.digest, desc.size, () => Readable.from(copy(this.client)), {
+      mountFrom: repository,
+    });
+    if (result === 'uploaded')
+      log.warn('the registry did not mount the blob from the other repository: copied it', {
+        image: this.ref,
+        layer: desc.digest,
+        from: repository,
+      });
     return result === 'uploaded';
   }
 

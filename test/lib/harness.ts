@@ -180,6 +180,7 @@ export interface ConvertJson {
   fileBytes: number;
   tarBytes: number;
   referrer: string | null;
+  chunkDictBlobs: Array<{ digest: string; from: string }>;
   uploadedBlobs: number;
   skippedBlobs: number;
 }

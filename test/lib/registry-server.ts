@@ -144,6 +144,16 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Re
   return { host, url: `${opts.tls ? 'https' : 'http'}://${host}`, dir, pid: child.pid!, stop };
 }
 
+/** Bytes the registry stores: its blob files (each digest once, whichever repositories list it). */
+export function storedBytes(registry: RegistryServer): number {
+  const root = path.join(registry.dir, 'data', 'docker', 'registry', 'v2', 'blobs');
+  if (!fs.existsSync(root)) return 0;
+  let total = 0;
+  for (const entry of fs.readdirSync(root, { recursive: true, withFileTypes: true }))
+    if (entry.isFile() && entry.name === 'data') total += fs.statSync(path.join(entry.parentPath, entry.name)).size;
+  return total;
+}
+
 /** The status of a GET over TLS, the certificate not verified: is the server up yet? */
 function httpsStatus(url: string): Promise<number> {
   return new Promise((resolve, reject) => {

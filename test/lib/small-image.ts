@@ -24,7 +24,7 @@ export interface SmallImage extends TestImage {
 }
 
 /** An OCI image of these uncompressed layer tars, gzipped. */
-function imageOf(tars: readonly Buffer[]): TestImage {
+export function imageOf(tars: readonly Buffer[]): TestImage {
   const layers = tars.map((t) => gzipSync(t));
   const config = Buffer.from(
     JSON.stringify({
