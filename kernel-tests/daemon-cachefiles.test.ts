@@ -310,6 +310,45 @@ describe(
       assert.equal((await status()).transport, 'cachefiles', 'the daemon still answers');
     });
 
+    it('mounts on the directory it checked: a symbolic link as TARGET, or swapped into it or a parent, is refused', async () => {
+      await stopDaemon();
+      await startDaemon(path.join(work, 'cache-swap'));
+      const victim = fs.mkdtempSync(path.join(work, 'victim-'));
+      fs.mkdirSync(path.join(victim, 'mnt'));
+      fs.writeFileSync(path.join(victim, 'mnt', 'kept'), 'still here\n');
+      const link = path.join(work, 'link-to-victim');
+      fs.symlinkSync(path.join(victim, 'mnt'), link);
+      await assert.rejects(cli('mount', '--socket', socket, refs.a, link), /symbolic link/);
+      fs.symlinkSync(victim, `${link}-parent`);
+      await assert.rejects(
+        cli('mount', '--socket', socket, refs.a, path.join(`${link}-parent`, 'mnt')),
+        /symbolic link/,
+      );
+      // Swapped in after the daemon's check, while the proxy holds the image's first request: the
+      // mount itself resolves the target again, never through a symbolic link.
+      for (const [swapped, image] of [
+        ['target', 'a'],
+        ['parent', 'b'],
+      ] as const) {
+        const parent = fs.mkdtempSync(path.join(work, 'swap-'));
+        const mnt = path.join(parent, 'mnt');
+        fs.mkdirSync(mnt);
+        proxy.add({ path: new RegExp(`/v2/lazy/${image}/`), fault: { kind: 'stall', ms: 8000 } });
+        const mounting = cli('mount', '--socket', socket, `${proxy.host}/lazy/${image}:1`, mnt);
+        for (let i = 0; i < 1200 && proxy.held() === 0; i++) await new Promise((r) => setTimeout(r, 50));
+        assert.equal(proxy.held(), 1, 'the daemon is fetching the image, its target checked');
+        const [real, dest] = swapped === 'target' ? [mnt, path.join(victim, 'mnt')] : [parent, victim];
+        fs.renameSync(real, `${real}-real`);
+        fs.symlinkSync(dest, real);
+        await assert.rejects(mounting, /ELOOP|symbolic link/);
+        proxy.reset();
+        for (const dir of [path.join(victim, 'mnt'), `${real}-real`, path.join(`${parent}-real`, 'mnt')])
+          assert.equal(mountInfoLine(dir), undefined, `nothing mounted on ${dir} (${swapped} swapped)`);
+        assert.equal(fs.readFileSync(path.join(victim, 'mnt', 'kept'), 'utf8'), 'still here\n');
+      }
+      assert.equal((await status()).transport, 'cachefiles', 'the daemon still answers');
+    });
+
     it('a daemon killed with SIGKILL comes back with the device from the fd store: the mount never breaks', async () => {
       await stopDaemon();
       const { daemon: supervised } = await superviseDaemon(path.join(work, 'cache-restore'));

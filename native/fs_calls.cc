@@ -113,10 +113,12 @@ class Fd {
   int fd_;
 };
 
-// A read-only EROFS: `source` the bootstrap (file or block device), one `device` per blob.
+// A read-only EROFS: `source` the bootstrap (file or block device), one `device` per blob; or, in
+// fscache mode, `source` "none" and the `fsid` and `domain_id` string options.
 struct ErofsMount {
   std::string source;
   std::vector<std::string> devices;
+  std::vector<std::pair<std::string, std::string>> options;
   std::string target;
 };
 
@@ -157,6 +159,10 @@ MountFailure MountErofsAt(const ErofsMount& m) {
     if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "device", device.c_str(), 0) != 0)
       return fail("fsconfig(device=" + device + ")", fs.get());
   }
+  for (const auto& [key, value] : m.options) {
+    if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, key.c_str(), value.c_str(), 0) != 0)
+      return fail("fsconfig(" + key + "=" + value + ")", fs.get());
+  }
   if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "source", m.source.c_str(), 0) != 0)
     return fail("fsconfig(source)", fs.get());
   if (::fsconfig(fs.get(), FSCONFIG_SET_FLAG, "ro", nullptr, 0) != 0) return fail("fsconfig(ro)", fs.get());
@@ -184,6 +190,15 @@ ErofsMount ErofsMountArgs(const Napi::CallbackInfo& info) {
   Napi::Array devices = info[1].As<Napi::Array>();
   for (uint32_t i = 0; i < devices.Length(); i++) m.devices.push_back(PathArg(devices.Get(i), "device"));
   m.target = PathArg(info[2], "target");
+  if (!info[3].IsUndefined()) {
+    if (!info[3].IsObject()) throw Napi::TypeError::New(info.Env(), "options must be an object of strings");
+    Napi::Object options = info[3].As<Napi::Object>();
+    Napi::Array keys = options.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); i++) {
+      std::string key = PathArg(keys.Get(i), "option name");
+      m.options.emplace_back(key, PathArg(options.Get(key), "option value"));
+    }
+  }
   return m;
 }
 

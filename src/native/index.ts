@@ -133,11 +133,22 @@ interface NativeAddon {
   /**
    * A read-only EROFS through the new mount API: `source` the bootstrap, one `device` option per
    * entry of `devices` (no bound on their number), attached to `target` resolved without following
-   * any symbolic link (ELOOP). The error's `syscall` names the step; the kernel's log is in its message.
+   * any symbolic link (ELOOP). Each of `options` is one more string option (fscache mode: `fsid`,
+   * `domain_id`, with source "none"). The error's `syscall` names the step; the kernel's log is in its message.
    */
-  mountErofs(source: PathLike, devices: readonly PathLike[], target: PathLike): void;
-  /** The same on the thread pool: for mounts whose devices this process serves (FUSE). */
-  mountErofsAsync(source: PathLike, devices: readonly PathLike[], target: PathLike): Promise<void>;
+  mountErofs(
+    source: PathLike,
+    devices: readonly PathLike[],
+    target: PathLike,
+    options?: Readonly<Record<string, string>>,
+  ): void;
+  /** The same on the thread pool: for mounts whose devices or objects this process serves (FUSE, cachefiles). */
+  mountErofsAsync(
+    source: PathLike,
+    devices: readonly PathLike[],
+    target: PathLike,
+    options?: Readonly<Record<string, string>>,
+  ): Promise<void>;
   /** An O_PATH fd of a directory whose path holds no symbolic link (ELOOP if it does, ENOTDIR). */
   openDirNoSymlinks(path: PathLike): number;
   umountAsync(target: PathLike, flags?: number): Promise<void>;

@@ -5,13 +5,12 @@
 // into it through its anonymous fd (stored once: the daemon's own cache file stays empty); a bootstrap
 // object is copied from the local bootstrap. Then the READ is completed; a READ that cannot be served
 // is completed unfilled, which the reader sees as EIO. Cache hits never leave the kernel.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { BLOCK_SIZE } from '../erofs/format';
 import { log } from '../log';
+import { mountFscache } from '../mount/fscache';
 import { MNT_DETACH, UMOUNT_NOFOLLOW, native, type CachefilesDevice, type CachefilesMessage } from '../native';
 import { digestHex } from '../oci/digest';
 import type { BlobCache, KernelObject } from '../storage/blob-cache';
@@ -19,7 +18,6 @@ import { LocalFileSource, type RangeSink } from '../storage/range-source';
 import { MissRequests, type MissOptions } from './miss-requests';
 import type { CacheMissTransport, FdKeeper, MountableImage, MountState, Probe, TransportModule } from './transport';
 
-const run = promisify(execFile);
 const { ENOENT, EIO } = os.constants.errno;
 
 /** Images sharing blobs share their cache files: one domain for everything this daemon mounts. */
@@ -191,16 +189,11 @@ export class CachefilesTransport implements CacheMissTransport {
     let fsid = base;
     for (let n = 2; taken.has(fsid); n++) fsid = `${base}-${n}`;
     this.register(image, fsid);
-    // mount(2) waits for the bootstrap's OPEN and first READs, which this event loop answers: so the
-    // mount runs in a child process, never as a blocking call here.
     try {
-      await run('mount', ['-t', 'erofs', '-o', `ro,fsid=${fsid},domain_id=${DOMAIN_ID}`, 'none', target]);
+      await mountFscache({ fsid, domainId: DOMAIN_ID, target });
     } catch (err) {
       this.forgetFsid(fsid);
-      throw new Error(
-        `mount -t erofs -o fsid=${fsid},domain_id=${DOMAIN_ID} none ${target}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`,
-        { cause: err },
-      );
+      throw err;
     }
     this.fsids.set(target, fsid);
     return { fsid };

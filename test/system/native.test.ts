@@ -44,6 +44,12 @@ it('mounts EROFS only on a target reached without a symbolic link, naming the st
   assert.throws(() => native.mountErofs(notErofs, [notErofs], path.join(dir, 'not-erofs')), { code: 'ENOTDIR' });
   assert.throws(() => native.mountErofs(notErofs, [], target), { syscall: 'fsconfig(create)' });
   await assert.rejects(native.mountErofsAsync(notErofs, [], path.join(dir, 'target-link')), { code: 'ELOOP' });
+  // Options go to fsconfig one by one, each named in the error (fscache mode passes fsid and domain_id).
+  await assert.rejects(native.mountErofsAsync('none', [], target, { 'no-such-option': 'x' }), {
+    code: 'EINVAL',
+    syscall: 'fsconfig(no-such-option=x)',
+  });
+  assert.throws(() => native.mountErofs('none', [], target, { fsid: Buffer.from('a\0b') as never }), /NUL/);
   assert.throws(() => native.openDirNoSymlinks(path.join(dir, 'target-link')), { code: 'ELOOP' });
   fs.closeSync(native.openDirNoSymlinks(target));
 });
