@@ -74,6 +74,11 @@ export interface TraceAnswer {
   ended: EndReason | null;
 }
 
+/** Where the snapshotter served on `sock` has the daemon mount lazy images. */
+function snapshotMountDir(sock: string): string {
+  return path.join(path.dirname(sock), 'snapshots');
+}
+
 export class Daemon {
   private readonly fetcher: ChunkFetcher;
   private readonly blobs: BlobStore;
@@ -248,7 +253,7 @@ export class Daemon {
         // The control socket's problems first: they are the ones the user asked about.
         await claimSocket(this.opts.socket, 'control');
         await claimSocket(sock, 'snapshotter');
-        const lazy = lazySnapshots(this.opts.registries ?? {}, path.join(path.dirname(sock), 'snapshots'), this);
+        const lazy = lazySnapshots(this.opts.registries ?? {}, snapshotMountDir(sock), this);
         // Loaded only when served: gRPC and its protos are a sizeable part of an idle daemon's memory.
         const { serveSnapshotter } = await import('../snapshotter/server');
         this.snapshotter = await serveSnapshotter(
@@ -466,20 +471,14 @@ export class Daemon {
     };
   }
 
-  /** Where the snapshotter has the daemon mount lazy images (none when it is not served). */
-  private get snapshotMountDir(): string | null {
-    const sock = this.opts.snapshotterSocket;
-    return sock ? path.join(path.dirname(sock), 'snapshots') : null;
-  }
-
   /**
    * A mount of the snapshotter's: containerd's overlays use it, and an overlay holds its lower layers
    * through private clones, so an unmount succeeds while containers still read it. Its lifetime is
    * containerd's (`Remove`), never the daemon's.
    */
   private isSnapshotMount(target: string): boolean {
-    const dir = this.snapshotMountDir;
-    return dir !== null && target.startsWith(`${dir}${path.sep}`);
+    const sock = this.opts.snapshotterSocket;
+    return !!sock && target.startsWith(`${snapshotMountDir(sock)}${path.sep}`);
   }
 
   /** Fills every chunk of `image` not cached yet: its readers then need no daemon. */
