@@ -6,7 +6,7 @@ import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
 import { unmount } from '../mount/file-backed';
-import { explainBusy } from '../mount/holders';
+import { explainBusy, overlaysOn } from '../mount/holders';
 import { mounts as mountTable } from '../mount/mountinfo';
 import { checkMountTarget, requireCanonical } from '../mount/target';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
@@ -72,6 +72,11 @@ export interface TraceAnswer {
   summary: TraceSummary;
   /** Why its window closed; null while it records. */
   ended: EndReason | null;
+}
+
+/** The EBUSY an unmount of `target` would give if overlays did not hold their layers by private clones. */
+function overlayBusy(target: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${target} is a layer of an overlay`), { code: 'EBUSY' });
 }
 
 /** Where the snapshotter served on `sock` has the daemon mount lazy images. */
@@ -376,6 +381,7 @@ export class Daemon {
   async umount(target: string): Promise<void> {
     requireCanonical(target);
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
+    if (overlaysOn(target).length > 0) throw explainBusy(target, overlayBusy(target));
     await this.transport.unmount(target).catch((err) => {
       throw explainBusy(target, err);
     });
@@ -517,8 +523,9 @@ export class Daemon {
         continue;
       }
       try {
-        // An overlay's lower layer unmounts while in use: the snapshotter's are taken as busy.
+        // An overlay's layer unmounts while in use: the snapshotter's are taken as busy.
         if (snapshot) throw new Error('a containerd snapshot mount, maybe under running containers');
+        if (overlaysOn(target).length > 0) throw explainBusy(target, overlayBusy(target));
         await this.transport.unmount(target);
       } catch (err) {
         if (!this.transportModule.zerosWithoutDaemon) {
