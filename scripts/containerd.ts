@@ -1,11 +1,22 @@
 // A private containerd (Debian's containerd + runc) for the benchmarks: its own root, state, socket
 // and configuration under one directory, so it shares nothing with a containerd the host may run.
+// With a snapshotter it also serves CRI and pulls as the kubelet does, through erofs-ondemand.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { criPullImage } from '../test/lib/cri';
 
 const NAMESPACE = 'erofs-ondemand-bench';
-const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** Where CRI keeps what it pulls (containerd's namespace for Kubernetes). */
+const CRI_NAMESPACE = 'k8s.io';
+/** The proxy plugin's name: what `ctr run --snapshotter` and CRI's `snapshotter` name it by. */
+export const SNAPSHOTTER = 'erofs-ondemand';
+
+/** erofs-ondemand's snapshotter as containerd's proxy plugin, and the registries CRI pulls from over plain HTTP. */
+export interface SnapshotterConfig {
+  socket: string;
+  plainHttp: readonly string[];
+}
 
 export class Containerd {
   private exited: Promise<void>;
@@ -14,13 +25,15 @@ export class Containerd {
     readonly dir: string,
     readonly socket: string,
     private readonly child: ChildProcess,
+    /** CRI's when it serves CRI: `ctr` then sees the images CRI pulled. */
+    readonly namespace: string = NAMESPACE,
   ) {
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
   }
 
   /** Runs `ctr` against this containerd; its stdout. */
   ctr(...args: string[]): string {
-    return execFileSync('ctr', ['--address', this.socket, '--namespace', NAMESPACE, ...args], {
+    return execFileSync('ctr', ['--address', this.socket, '--namespace', this.namespace, ...args], {
       encoding: 'utf8',
       maxBuffer: 1 << 26,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -32,17 +45,39 @@ export class Containerd {
     this.ctr('image', 'pull', '--plain-http', ref);
   }
 
-  /** Runs `cmd` in a new container of an image already pulled, removes the container; its stdout. */
-  runImage(ref: string, id: string, cmd: readonly string[]): string {
-    return this.ctr('run', '--rm', ref, id, ...cmd);
+  /** A pull as the kubelet makes it (CRI PullImage), unpacked by the configured snapshotter. */
+  async criPull(ref: string): Promise<void> {
+    await criPullImage(this.socket, ref);
   }
 
   /**
-   * Runs `cmd` in a new container on a root filesystem containerd does not manage; its stdout. No image
-   * config comes with it, so PATH is the one Debian's images set.
+   * Runs `cmd` in a new container of an image already pulled (into `snapshotter`'s snapshots), its
+   * stdout; the container is removed, unless `keep` (then `removeContainer` does it).
    */
-  runRootfs(rootfs: string, id: string, cmd: readonly string[]): string {
-    return this.ctr('run', '--rm', '--env', `PATH=${DEFAULT_PATH}`, '--rootfs', rootfs, id, ...cmd);
+  runImage(
+    ref: string,
+    id: string,
+    cmd: readonly string[],
+    opts: { snapshotter?: string; keep?: boolean } = {},
+  ): string {
+    return this.ctr(
+      'run',
+      ...(opts.keep ? [] : ['--rm']),
+      ...(opts.snapshotter ? ['--snapshotter', opts.snapshotter] : []),
+      ref,
+      id,
+      ...cmd,
+    );
+  }
+
+  /** Removes container `id` with its snapshot (and its task, if `ctr run` left one). */
+  removeContainer(id: string): void {
+    try {
+      this.ctr('tasks', 'rm', '-f', id);
+    } catch {
+      // `ctr run` deletes the task it waited for: usually there is none
+    }
+    this.ctr('containers', 'rm', id);
   }
 
   /** Stops containerd, unmounts whatever is left under its directory and removes the directory. */
@@ -70,14 +105,28 @@ export function unmountUnder(dir: string): void {
   for (const t of targets) execFileSync('umount', ['-l', t]);
 }
 
-function config(dir: string, socket: string): string {
+function config(dir: string, socket: string, snapshotter?: SnapshotterConfig): string {
   const q = (p: string) => JSON.stringify(p);
+  const cri = snapshotter
+    ? [
+        `[proxy_plugins.${SNAPSHOTTER}]`,
+        '  type = "snapshot"',
+        `  address = ${q(snapshotter.socket)}`,
+        '[plugins."io.containerd.grpc.v1.cri".containerd]',
+        `  snapshotter = ${q(SNAPSHOTTER)}`,
+        '  disable_snapshot_annotations = false',
+        ...snapshotter.plainHttp.flatMap((host) => [
+          `[plugins."io.containerd.grpc.v1.cri".registry.mirrors.${q(host)}]`,
+          `  endpoint = [${q(`http://${host}`)}]`,
+        ]),
+      ]
+    : // Nothing here speaks CRI; leaving the plugin out keeps its CNI errors out of the log.
+      ['disabled_plugins = ["io.containerd.grpc.v1.cri"]'];
   return [
     'version = 2',
     `root = ${q(path.join(dir, 'root'))}`,
     `state = ${q(path.join(dir, 'state'))}`,
-    // Nothing here speaks CRI; leaving the plugin out keeps its CNI errors out of the log.
-    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+    ...(snapshotter ? [] : cri),
     '[grpc]',
     `  address = ${q(socket)}`,
     '[ttrpc]',
@@ -88,21 +137,29 @@ function config(dir: string, socket: string): string {
     '  address = ""',
     '[plugins."io.containerd.internal.v1.opt"]',
     `  path = ${q(path.join(dir, 'opt'))}`,
+    ...(snapshotter ? cri : []),
     '',
   ].join('\n');
 }
 
-/** Starts containerd in `dir` (created, must not exist) and waits until it answers on its socket. */
-export async function startContainerd(dir: string, timeoutMs = 30_000): Promise<Containerd> {
+/**
+ * Starts containerd in `dir` (created, must not exist) and waits until it answers on its socket; with
+ * `snapshotter`, serving CRI with erofs-ondemand's snapshotter as its proxy plugin.
+ */
+export async function startContainerd(
+  dir: string,
+  opts: { snapshotter?: SnapshotterConfig; timeoutMs?: number } = {},
+): Promise<Containerd> {
+  const timeoutMs = opts.timeoutMs ?? 30_000;
   fs.mkdirSync(dir, { recursive: true });
   const socket = path.join(dir, 'containerd.sock');
   const configFile = path.join(dir, 'config.toml');
-  fs.writeFileSync(configFile, config(dir, socket));
+  fs.writeFileSync(configFile, config(dir, socket, opts.snapshotter));
   const logFile = path.join(dir, 'containerd.log');
   const log = fs.openSync(logFile, 'w');
   const child = spawn('containerd', ['--config', configFile], { stdio: ['ignore', log, log] });
   fs.closeSync(log);
-  const containerd = new Containerd(dir, socket, child);
+  const containerd = new Containerd(dir, socket, child, opts.snapshotter ? CRI_NAMESPACE : NAMESPACE);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) {

@@ -147,7 +147,7 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     }
   };
   process.on('SIGHUP', onHup);
-  await new Promise<void>((resolve) => {
+  const { leftMounted } = await new Promise<{ leftMounted: number }>((resolve) => {
     const stop = () => {
       native.sdNotify('STOPPING=1');
       void daemon.stop().then(resolve);
@@ -156,4 +156,6 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     process.once('SIGINT', stop);
   });
   process.off('SIGHUP', onHup);
+  // Mounts left for the next daemon keep their transport open, and its reader thread the process alive.
+  if (leftMounted > 0) process.stderr.write('', () => process.exit(0));
 }

@@ -6,7 +6,7 @@ import path from 'node:path';
 import type net from 'node:net';
 import { log } from '../log';
 import { unmount } from '../mount/file-backed';
-import { explainBusy } from '../mount/holders';
+import { explainBusy, overlaysOn } from '../mount/holders';
 import { mounts as mountTable } from '../mount/mountinfo';
 import { checkMountTarget, requireCanonical } from '../mount/target';
 import { closeRegistryClients, type OpenOptions } from '../oci/open-image';
@@ -72,6 +72,16 @@ export interface TraceAnswer {
   summary: TraceSummary;
   /** Why its window closed; null while it records. */
   ended: EndReason | null;
+}
+
+/** The EBUSY an unmount of `target` would give if overlays did not hold their layers by private clones. */
+function overlayBusy(target: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${target} is a layer of an overlay`), { code: 'EBUSY' });
+}
+
+/** Where the snapshotter served on `sock` has the daemon mount lazy images. */
+function snapshotMountDir(sock: string): string {
+  return path.join(path.dirname(sock), 'snapshots');
 }
 
 export class Daemon {
@@ -251,7 +261,7 @@ export class Daemon {
         // The control socket's problems first: they are the ones the user asked about.
         await claimSocket(this.opts.socket, 'control');
         await claimSocket(sock, 'snapshotter');
-        const lazy = lazySnapshots(this.opts.registries ?? {}, path.join(path.dirname(sock), 'snapshots'), this);
+        const lazy = lazySnapshots(this.opts.registries ?? {}, snapshotMountDir(sock), this);
         // Loaded only when served: gRPC and its protos are a sizeable part of an idle daemon's memory.
         const { serveSnapshotter } = await import('../snapshotter/server');
         this.snapshotter = await serveSnapshotter(
@@ -382,6 +392,7 @@ export class Daemon {
   async umount(target: string): Promise<void> {
     requireCanonical(target);
     if (!this.mounts.has(target)) throw new Error(`${target} is not mounted by this daemon`);
+    if (overlaysOn(target).length > 0) throw explainBusy(target, overlayBusy(target));
     await this.transport.unmount(target).catch((err) => {
       throw explainBusy(target, err);
     });
@@ -480,17 +491,54 @@ export class Daemon {
   }
 
   /**
+   * A mount of the snapshotter's: containerd's overlays use it, and an overlay holds its lower layers
+   * through private clones, so an unmount succeeds while containers still read it. Its lifetime is
+   * containerd's (`Remove`), never the daemon's.
+   */
+  private isSnapshotMount(target: string): boolean {
+    const sock = this.opts.snapshotterSocket;
+    return !!sock && target.startsWith(`${snapshotMountDir(sock)}${path.sep}`);
+  }
+
+  /** Fills every chunk of `image` not cached yet: its readers then need no daemon. */
+  private async fill(image: PreparedImage): Promise<void> {
+    for (const blob of image.blobs)
+      await fetchMissing(blob, {
+        priority: 'demand',
+        onError: (e) => log.error('fill at shutdown failed', { blob: blob.what, error: e.message }),
+      });
+  }
+
+  /**
    * Unmounts everything, answers pending misses, closes the socket. With fanotify a hole read after
    * the daemon is gone reads as zeros, so a mount still in use is first filled completely, then
    * detached: its readers keep correct data. Other transports fail such reads with EIO: detached.
+   * The snapshotter's mounts stay, served by the next daemon as after a crash (their kernel-facing fd
+   * stays with the keeper): containers keep running across a planned restart, and their snapshots'
+   * mounts still name a mounted image. Under systemd's fd store, which a stop (not a restart) flushes,
+   * fanotify's are filled first, so that a flushed group leaves no hole to read as zeros.
    */
-  async stop(opts: { keepState?: boolean } = {}): Promise<void> {
-    if (this.stopping) return;
+  async stop(opts: { keepState?: boolean } = {}): Promise<{ leftMounted: number }> {
+    if (this.stopping) return { leftMounted: 0 };
     this.stopping = true;
     await this.snapshotter?.close();
     this.prefetcher.stop();
+    const kept = new Set<string>();
     for (const [target, image] of this.mounts) {
+      const snapshot = this.isSnapshotMount(target);
+      if (snapshot && this.fds.kind !== 'none') {
+        if (this.transportModule.zerosWithoutDaemon && this.fds.kind === 'systemd') await this.fill(image);
+        log.info('snapshotter mount left for the next daemon: containers may be using it', {
+          target,
+          fdKeeper: this.fds.kind,
+        });
+        kept.add(target);
+        continue;
+      }
       try {
+        // An overlay's layer unmounts while in use: the snapshotter's are taken as busy.
+        if (snapshot) throw new Error('a containerd snapshot mount, maybe under running containers');
+        if (overlaysOn(target).length > 0) throw explainBusy(target, overlayBusy(target));
         await this.transport.unmount(target);
       } catch (err) {
         if (!this.transportModule.zerosWithoutDaemon) {
@@ -504,20 +552,25 @@ export class Daemon {
           continue;
         }
         log.warn('mount busy at shutdown: filling it before detaching', { target, error: (err as Error).message });
-        for (const blob of image.blobs) {
-          await fetchMissing(blob, {
-            priority: 'demand',
-            onError: (e) => log.error('fill at shutdown failed', { blob: blob.what, error: e.message }),
-          });
-        }
+        await this.fill(image);
         await this.transport.unmount(target, { lazy: true });
       }
     }
     for (const r of this.recorders.values()) r.end('unmount');
     this.recorders.clear();
+    for (const target of this.mounts.keys()) {
+      if (kept.has(target)) continue;
+      this.mounts.delete(target);
+      this.mountStates.delete(target);
+    }
+    // Stopped on purpose: only the mounts left in place are restored at the next start.
+    if (!opts.keepState) this.saveState();
+    if (kept.size > 0) {
+      // Misses being fetched are answered before the daemon goes; later ones wait for the next daemon.
+      for (const deadline = Date.now() + 10_000; this.fetcher.inFlight > 0 && Date.now() < deadline;)
+        await new Promise((r) => setTimeout(r, 20));
+    } else await this.transport.close();
     this.mounts.clear();
-    if (!opts.keepState) this.saveState(); // stopped on purpose: nothing to restore at the next start
-    await this.transport.close();
     this.fds.close();
     if (this.server) {
       await new Promise<void>((resolve) => this.server?.close(() => resolve()));
@@ -526,6 +579,7 @@ export class Daemon {
     await new Promise<void>((resolve) => (this.metricsServer ? this.metricsServer.close(() => resolve()) : resolve()));
     await closeRegistryClients();
     this.lock.release();
-    log.info('daemon stopped');
+    log.info('daemon stopped', kept.size ? { leftMounted: kept.size } : {});
+    return { leftMounted: kept.size };
   }
 }

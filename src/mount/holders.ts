@@ -74,12 +74,21 @@ export function mountHolders(target: string): MountHolders {
     }
     processes.push({ pid: Number(pid), command, uses: [...uses] });
   }
-  const stacked: string[] = [];
-  for (const m of mounts()) {
-    if (m.target !== target && under(m.target, target)) stacked.push(m.target);
-    else if (m.fstype === 'overlay' && overlayLayers(m.options).some((l) => under(l, target))) stacked.push(m.target);
-  }
-  return { processes, mounts: stacked };
+  const below = mounts()
+    .filter((m) => m.target !== target && under(m.target, target))
+    .map((m) => m.target);
+  return { processes, mounts: [...below, ...overlaysOn(target)] };
+}
+
+/**
+ * Overlays with a layer in `target`, a canonical mount point. An overlay holds its layers through
+ * private clones: `target` unmounts under it without EBUSY, and its readers are left with a mount that
+ * nothing serves any more.
+ */
+export function overlaysOn(target: string): string[] {
+  return mounts()
+    .filter((m) => m.fstype === 'overlay' && overlayLayers(m.options).some((l) => under(l, target)))
+    .map((m) => m.target);
 }
 
 const OVERLAY_LAYER_OPTIONS = new Set(['lowerdir', 'upperdir', 'workdir', 'lowerdir+', 'datadir+']);

@@ -315,11 +315,22 @@ export class Snapshotter {
     return [{ type: 'overlay', source: 'overlay', target: '', options }];
   }
 
-  async mounts(key: string): Promise<Mount[]> {
-    const s = this.need(key);
-    if (s.kind === 'COMMITTED')
-      throw new SnapshotError('FAILED_PRECONDITION', `snapshot ${JSON.stringify(key)} is committed: it has no mounts`);
-    return this.mountsOf(s);
+  /**
+   * containerd asks again when it starts a container's task: a daemon that lost the lazy image's mount
+   * since the Prepare (stopped without an fd keeper) mounts it again, never naming an empty directory.
+   */
+  mounts(key: string): Promise<Mount[]> {
+    return this.serial(async () => {
+      const s = this.need(key);
+      if (s.kind === 'COMMITTED')
+        throw new SnapshotError(
+          'FAILED_PRECONDITION',
+          `snapshot ${JSON.stringify(key)} is committed: it has no mounts`,
+        );
+      const lower = this.lazyBelow(s);
+      if (lower) await this.ensureMounted(lower);
+      return this.mountsOf(s);
+    });
   }
 
   commit(name: string, key: string, labels: Record<string, string>): Promise<void> {

@@ -4,6 +4,8 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { holderPids, startDaemon, type Daemon } from './harness';
+import { HOLDER_SOCKET } from '../../src/daemon/fd-holder';
 
 const execFileAsync = promisify(execFile);
 
@@ -84,4 +86,35 @@ export async function startContainerd(
       await exited;
     },
   };
+}
+
+/** The daemon of `work` (cache `work`/cache, control socket `work`/control.sock) with its snapshotter on `work`/snapshotter.sock. */
+export async function startDaemonWithSnapshotter(work: string, flags: readonly string[] = []): Promise<Daemon> {
+  const sock = path.join(work, 'snapshotter.sock');
+  const daemon = await startDaemon({
+    cacheDir: path.join(work, 'cache'),
+    socket: path.join(work, 'control.sock'),
+    flags: ['--metrics-address', '', '--snapshotter-socket', sock, ...flags],
+  });
+  // The snapshotter socket is served before the control socket; a restarted daemon's replaces the one left behind.
+  for (const deadline = Date.now() + 10_000; !fs.existsSync(sock) && Date.now() < deadline;)
+    await new Promise((r) => setTimeout(r, 20));
+  if (!fs.existsSync(sock)) throw new Error(`no ${sock}:\n${daemon.log}`);
+  return daemon;
+}
+
+/**
+ * Ends a test's daemon of `work` and what it may leave: a planned stop leaves the snapshotter's mounts
+ * (and the holder keeping their fds) for a next daemon; they are detached and the holder killed.
+ */
+export async function stopDaemonWithSnapshotter(work: string, daemon: Daemon | undefined): Promise<void> {
+  await daemon?.stop();
+  for (const pid of holderPids(path.join(work, 'cache', HOLDER_SOCKET))) process.kill(pid, 'SIGKILL');
+  const targets = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((t) => t?.startsWith(`${work}/`))
+    .sort((a, b) => b.length - a.length);
+  for (const t of targets) await execFileAsync('umount', ['-l', t]);
 }

@@ -8,9 +8,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { startContainerd, SNAPSHOTTER, type Containerd } from '../lib/containerd';
+import {
+  startContainerd,
+  startDaemonWithSnapshotter,
+  stopDaemonWithSnapshotter,
+  SNAPSHOTTER,
+  type Containerd,
+} from '../lib/containerd';
 import * as grpc from '@grpc/grpc-js';
-import { publishLazy, startDaemon, type Daemon } from '../lib/harness';
+import { publishLazy, type Daemon } from '../lib/harness';
 import { snapshotsApi } from '../../src/snapshotter/proto';
 import type { SnapshotsClient } from '../../src/snapshotter/generated/containerd/services/snapshots/v1/Snapshots';
 import type { Info__Output } from '../../src/snapshotter/generated/containerd/services/snapshots/v1/Info';
@@ -24,20 +30,6 @@ import { minbaseImage, UmociImage } from '../lib/test-images';
 
 const run = promisify(execFile);
 
-/** The daemon of `work` with its snapshotter on `work`/snapshotter.sock. */
-async function startWithSnapshotter(work: string): Promise<Daemon> {
-  const sock = path.join(work, 'snapshotter.sock');
-  const daemon = await startDaemon({
-    cacheDir: path.join(work, 'cache'),
-    socket: path.join(work, 'control.sock'),
-    flags: ['--metrics-address', '', '--snapshotter-socket', sock],
-  });
-  for (const deadline = Date.now() + 10_000; !fs.existsSync(sock) && Date.now() < deadline;)
-    await new Promise((r) => setTimeout(r, 20));
-  assert.ok(fs.existsSync(sock), `no ${sock}:\n${daemon.log}`);
-  return daemon;
-}
-
 describe('containerd with the erofs-ondemand snapshotter', () => {
   let registry: RegistryServer;
   let work: string;
@@ -46,7 +38,7 @@ describe('containerd with the erofs-ondemand snapshotter', () => {
   let reference: string;
   let plain: string;
   const sock = () => path.join(work, 'snapshotter.sock');
-  const start = () => startWithSnapshotter(work);
+  const start = () => startDaemonWithSnapshotter(work);
   const sn = (...args: string[]) => containerd.ctr('snapshots', '--snapshotter', SNAPSHOTTER, ...args);
 
   /** Mounts snapshot `key` of `snapshotter` as containerd says to, on a new directory `name` in the work directory. */
@@ -75,7 +67,7 @@ describe('containerd with the erofs-ondemand snapshotter', () => {
   after(async () => {
     await containerd?.ctr('containers', 'rm', 'cmp').catch(() => undefined);
     await containerd?.stop();
-    await daemon?.stop();
+    if (work) await stopDaemonWithSnapshotter(work, daemon);
     await registry?.stop();
     if (work) cleanup(work);
   });
@@ -224,7 +216,7 @@ describe('a Kubernetes-style pull through CRI', () => {
     registry = await startRegistry();
     publishLazy(image.ref, registry.host, 'minbase');
     proxy = await startFaultProxy(registry.host);
-    daemon = await startWithSnapshotter(work);
+    daemon = await startDaemonWithSnapshotter(work);
     containerd = await startContainerd(path.join(work, 'containerd'), path.join(work, 'snapshotter.sock'), {
       cri: { plainHttp: [proxy.host] },
     });
@@ -232,7 +224,7 @@ describe('a Kubernetes-style pull through CRI', () => {
   after(async () => {
     await containerd?.ctr('-n', 'k8s.io', 'containers', 'rm', 'cmp').catch(() => undefined);
     await containerd?.stop();
-    await daemon?.stop();
+    if (work) await stopDaemonWithSnapshotter(work, daemon);
     await proxy?.stop();
     await registry?.stop();
     if (work) cleanup(work);

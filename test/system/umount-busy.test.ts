@@ -95,4 +95,48 @@ describe('umount of a busy image', () => {
     }
     await execCli('umount', '--local', mnt);
   });
+
+  /** A new lazy mount of the image, and an overlay using it as its lower layer. */
+  async function mountUnderOverlay(): Promise<{ mnt: string; merged: string }> {
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    await execCli('mount', '--socket', socket, ref, mnt);
+    const merged = fs.mkdtempSync(path.join(work, 'merged-'));
+    const upper = fs.mkdtempSync(path.join(work, 'upper-'));
+    const workdir = fs.mkdtempSync(path.join(work, 'work-'));
+    mountOverlay({ lower: mnt, upper, work: workdir, target: merged });
+    return { mnt, merged };
+  }
+
+  // An overlay holds its layers by private clones: unmounting one under it succeeds, which left the
+  // overlay's readers with a mount nothing served.
+  it('refuses while only an overlay uses the mount as a layer', async () => {
+    const { mnt, merged } = await mountUnderOverlay();
+    try {
+      await assert.rejects(execCli('umount', '--socket', socket, mnt), (err: { stderr: string }) => {
+        assert.match(err.stderr, new RegExp(`${mnt} is busy: mounted on it: ${merged}`));
+        return true;
+      });
+    } finally {
+      unmount(merged);
+    }
+    await execCli('umount', '--socket', socket, mnt);
+  });
+
+  // Last: it stops the daemon.
+  it('a planned stop fills a mount only an overlay uses before detaching it', async () => {
+    // A daemon on an empty cache: what the overlay reads after the stop was never fetched before it.
+    await daemon.stop();
+    daemon = await startDaemon({ cacheDir: path.join(work, 'cache-2'), socket, flags: ['--metrics-address', ''] });
+    const { merged } = await mountUnderOverlay();
+    try {
+      await daemon.stop();
+      const file = path.join('data', 'random-0');
+      assert.ok(
+        fs.readFileSync(path.join(merged, file)).equals(fs.readFileSync(path.join(work, 'tree', file))),
+        'read right through the overlay after the daemon stopped',
+      );
+    } finally {
+      unmount(merged);
+    }
+  });
 });

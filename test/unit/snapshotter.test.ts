@@ -180,6 +180,20 @@ describe('snapshotter', () => {
       assert.equal(calls.length, 3, 'nothing to unmount: the daemon has no mount there');
     });
 
+    it('mounts the image again for Mounts of a container prepared before the daemon lost it', async () => {
+      const { lazy, calls, mounted } = fake();
+      const sn = new Snapshotter(root(), lazy);
+      await code(sn.prepare('x0', '', labels(0)));
+      await code(sn.prepare('x1', 'x0', labels(1)));
+      await sn.prepare('c1', 'x1', {});
+      // A daemon that could not keep the mount was restarted; containerd now starts c1's task.
+      mounted.clear();
+      const [m] = await sn.mounts('c1');
+      assert.equal(m.options.at(-1), 'lowerdir=/mnt/lazy-2');
+      assert.ok(mounted.has('/mnt/lazy-2'), 'never a lower directory with nothing mounted on it');
+      assert.deepEqual(calls.slice(1), ['mount reg/lazy@sha256:z', 'mount reg/lazy@sha256:z']);
+    });
+
     it('unpacks as usual when the lazy image was converted from another manifest', async () => {
       const { lazy } = fake('sha256:other');
       const sn = new Snapshotter(root(), lazy);
