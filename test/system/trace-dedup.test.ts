@@ -2,7 +2,8 @@
 // A's one layer with one more file, converted with `--chunk-dict A` (B's manifest lists A's blob) and
 // without it (the same chunks in a blob of B's own). A trace recorded on the chunk-dict B names A's
 // blob and replays on a fresh node; on a node that has read A, replaying plain B's trace and the
-// background prefetch of plain B copy the chunks A's cache file holds instead of fetching them.
+// background prefetch of plain B copy the chunks A's cache file holds instead of fetching them; and
+// `trace rebase` carries A's trace over to plain B by chunk digest.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -12,7 +13,7 @@ import { RegistryClient } from '../../src/oci/registry';
 import type { ImageManifest } from '../../src/oci/types';
 import type { AccessTrace } from '../../src/storage/access-trace';
 import { until } from '../lib/assertions';
-import { execCli, execCliSync, publishLazy, startDaemon, type Daemon } from '../lib/harness';
+import { execCli, execCliSync, publishLazy, runCliAsync, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { UmociImage } from '../lib/test-images';
@@ -178,6 +179,36 @@ describe('access traces and prefetch across images sharing chunks', { timeout: 6
     } finally {
       await cli('umount', b);
       await cli('umount', a);
+    }
+  });
+
+  it("`trace rebase` carries A's trace over to plain B by chunk digest, and B replays it", async () => {
+    const none = await runCliAsync(['trace', 'rebase', lazyA, lazyB]);
+    assert.equal(none.status, 1);
+    assert.match(none.stderr, /the registry holds no access trace of this image/);
+    const traceA = await recordTrace(lazyA, 'cache-rebase-record');
+    const r = await runCliAsync(['trace', 'rebase', '--json', lazyA, lazyB]);
+    assert.equal(r.status, 0, r.stderr);
+    const result = JSON.parse(r.stdout) as { entries: number; leftOut: number; image: string };
+    assert.equal(result.entries, traceA.entries.length, 'every chunk of A read is in B');
+    assert.equal(result.leftOut, 0);
+    const shown = JSON.parse((await execCli('trace', 'show', '--json', lazyB)).stdout) as AccessTrace;
+    assert.equal(shown.image, result.image);
+    assert.deepEqual(
+      shown.entries.map((e) => e.digest),
+      traceA.entries.map((e) => e.digest),
+      "A's trace, in its order",
+    );
+    const d = await freshDaemon('cache-rebase-replay');
+    const mnt = await mount(lazyB);
+    try {
+      await until(() => /"message":"access trace replayed"/.test(d.log), 'the trace replayed', 60_000);
+      const replayed = await status();
+      assert.equal(cachedOf(replayed, mnt), traceA.entries.length);
+      readFiles(mnt, 0, READ);
+      assert.equal((await status()).fetch.chunksFetched, replayed.fetch.chunksFetched, 'nothing fetched on demand');
+    } finally {
+      await cli('umount', mnt);
     }
   });
 });
