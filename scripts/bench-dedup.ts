@@ -6,9 +6,10 @@
 //   chunk-dict    `convert --chunk-dict <lazy v1>` of v2
 // A v2 is a rebuild of v1's last layer: the same entries plus one more Debian package's files (the
 // .deb from the test images' apt cache, unpacked with dpkg-deb: this script needs no network), or
-// for an image with no such package cached, one new small file; so a new layer digest. BENCH_IMAGES: comma-separated, of
-// `synthetic` (one layer of 12 files of 3 MB of random bytes, the case of issue 20), `small`
-// (minbase + python3) and `ml` (Debian's torch and friends); default `synthetic,small`.
+// for an image with no such package cached, one new small file; so a new layer digest.
+// BENCH_IMAGES: comma-separated, of `synthetic` (one layer of 12 files of 3 MB of random bytes, the
+// case of issue 20), `small` (minbase + python3) and `ml` (Debian's torch and friends); default
+// `synthetic,small`.
 // Then what one node fetches for v2 after v1 (a daemon on a fresh cache mounts lazy v1 and reads
 // every file, then mounts v2 and reads every file; registry bytes fetched for v2: its bootstrap and
 // the chunks it fetched):

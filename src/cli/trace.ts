@@ -111,7 +111,11 @@ export async function rebaseCommand(from: string, to: string, opts: RegistryFlag
     process.stdout.write(
       opts.json
         ? `${JSON.stringify({ artifact, from: source.digest, leftOut, ...summary })}\n`
-        : `${describe(summary)}\nfrom     ${source.digest} (${leftOut} of its ${trace.entries.length} entries left out)\npushed   ${artifact}\n`,
+        : [
+            describe(summary),
+            `from     ${source.digest} (${leftOut} of its ${trace.entries.length} entries left out)`,
+            `pushed   ${artifact}\n`,
+          ].join('\n'),
     );
   } finally {
     await closeRegistryClients();

@@ -192,7 +192,7 @@ describe('rebaseTrace', () => {
   const CHUNK = 64 << 10;
   const REBUILT = `sha256:${'b'.repeat(64)}`;
 
-  it('carries a trace over to a rebuild by chunk digest: other blobs, other indexes, entries it lacks left out', async () => {
+  it('carries a trace over to a rebuild by digest: other blobs, other indexes, what it lacks left out', async () => {
     const content = randomBytes(8 * CHUNK);
     const old = await makeFakeBlob({ content });
     // The rebuild: a new chunk, then chunks 2..5 of the old blob; and `b`, in the other device slot.
