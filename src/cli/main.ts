@@ -279,6 +279,14 @@ export function program(): Command {
     .action(async (target: string, opts: { socket: string; json?: boolean }) =>
       (await import('./trace')).pushCommand(target, opts),
     );
+  withRegistryOptions(
+    trace
+      .command('rebase')
+      .description("push an image's newest trace as a trace of another (a rebuild), its chunks found by digest")
+      .argument('<from>', 'the image whose trace the registry holds (the version before)')
+      .argument('<to>', 'the image to push it for')
+      .option('--json', 'print the result as JSON'),
+  ).action(async (from: string, to: string, opts) => (await import('./trace')).rebaseCommand(from, to, opts));
   trace
     .command('record')
     .description('mount an image, run a command chrooted into it (over a writable overlay), push the trace')

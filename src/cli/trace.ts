@@ -4,16 +4,18 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { BlobIndex } from '../blob/blob-index';
 import { registriesFromFlags, type RegistryFlags } from '../config';
 import { callControl } from '../daemon/control';
 import type { TraceAnswer } from '../daemon/daemon';
-import { findLazyImage, openLazyBlob } from '../daemon/image-store';
-import { registryTrace, summarizeTrace, type TraceSummary } from '../daemon/trace-store';
+import { findLazyImage, openLazyBlob, type LazyImage } from '../daemon/image-store';
+import { pushTrace, registryTrace, summarizeTrace, type TraceSummary } from '../daemon/trace-store';
 import { InputError } from '../errors';
 import { unmount } from '../mount/file-backed';
 import { mountOverlay, mountRuntimeFilesystems } from '../mount/overlay';
 import { closeRegistryClients } from '../oci/open-image';
-import { checkTrace, type AccessTrace } from '../storage/access-trace';
+import { checkTrace, rebaseTrace, type AccessTrace } from '../storage/access-trace';
+import type { RemoteBlob } from '../storage/chunk-fetcher';
 import { bytes, mountPointOrImage } from './format';
 
 function describe(s: TraceSummary): string {
@@ -24,14 +26,20 @@ function describe(s: TraceSummary): string {
   ].join('\n');
 }
 
+/** The data blobs of a lazy image, with their chunk tables, in device order. */
+async function lazyBlobs(ref: string, lazy: LazyImage): Promise<Array<{ remote: RemoteBlob; index: BlobIndex }>> {
+  const blobs = [];
+  for (const desc of lazy.manifest.layers.slice(1)) blobs.push(await openLazyBlob(ref, lazy.client, lazy.repo, desc));
+  return blobs;
+}
+
 /** The newest trace in the registry of the lazy image `ref` names (the image itself or through its referrer). */
 async function registryShow(ref: string, flags: RegistryFlags): Promise<{ trace: AccessTrace; summary: TraceSummary }> {
   try {
     const lazy = await findLazyImage(ref, registriesFromFlags(flags));
     const found = await registryTrace(lazy.client, lazy.repo, lazy.digest);
     if (!found) throw new InputError('the registry holds no access trace of this image', { image: ref });
-    const blobs = [];
-    for (const desc of lazy.manifest.layers.slice(1)) blobs.push(await openLazyBlob(ref, lazy.client, lazy.repo, desc));
+    const blobs = await lazyBlobs(ref, lazy);
     const indexes = blobs.map((b) => b.index);
     let trace: AccessTrace;
     try {
@@ -75,6 +83,43 @@ export async function pushCommand(target: string, opts: { socket: string; json?:
       ? `${JSON.stringify({ artifact: r.artifact, ...r.summary })}\n`
       : `${describe(r.summary)}\npushed   ${r.artifact}\n`,
   );
+}
+
+/**
+ * `trace rebase FROM TO`: the registry's newest trace of FROM (checked against FROM), carried over to
+ * TO by chunk digest (`rebaseTrace`) and pushed as a trace of TO: a rebuilt image starts with the
+ * trace of the version before it.
+ */
+export async function rebaseCommand(from: string, to: string, opts: RegistryFlags & { json?: boolean }): Promise<void> {
+  try {
+    const registries = registriesFromFlags(opts);
+    const source = await findLazyImage(from, registries);
+    const dest = await findLazyImage(to, registries);
+    const found = await registryTrace(source.client, source.repo, source.digest);
+    if (!found) throw new InputError('the registry holds no access trace of this image', { image: from });
+    const trace = checkTrace(found.doc, source.digest, await lazyBlobs(from, source));
+    const blobs = await lazyBlobs(to, dest);
+    const rebased = rebaseTrace(trace, dest.digest, blobs);
+    if (rebased.entries.length === 0)
+      throw new InputError(`no chunk its trace names is in ${to}: nothing to push`, { image: from });
+    const artifact = await pushTrace(rebased, dest);
+    const summary = summarizeTrace(
+      rebased,
+      blobs.map((b) => b.index),
+    );
+    const leftOut = trace.entries.length - rebased.entries.length;
+    process.stdout.write(
+      opts.json
+        ? `${JSON.stringify({ artifact, from: source.digest, leftOut, ...summary })}\n`
+        : [
+            describe(summary),
+            `from     ${source.digest} (${leftOut} of its ${trace.entries.length} entries left out)`,
+            `pushed   ${artifact}\n`,
+          ].join('\n'),
+    );
+  } finally {
+    await closeRegistryClients();
+  }
 }
 
 /** Runs `cmd` chrooted into `root`; resolves to its exit status (a signal or the timeout: non-zero). */

@@ -145,18 +145,26 @@ export class TraceStore {
   }
 
   /** Pushes a trace as an artifact whose subject is the lazy image; returns the artifact's digest. */
-  async push(trace: AccessTrace, image: TracedImage): Promise<string> {
-    if (trace.image !== image.digest) throw new Error(`the trace of ${trace.image} is not one of ${image.digest}`);
-    const data = Buffer.from(JSON.stringify(trace));
-    const digest = await pushArtifact(
-      image.client.upstream,
-      image.repo,
-      image.subject,
-      TRACE_ARTIFACT_TYPE,
-      { [CREATED_ANNOTATION]: new Date().toISOString() },
-      { mediaType: TRACE_MEDIA_TYPE, data },
-    );
-    log.info('access trace pushed', { image: trace.image, artifact: digest, chunks: trace.entries.length });
-    return digest;
+  push(trace: AccessTrace, image: TracedImage): Promise<string> {
+    return pushTrace(trace, image);
   }
+}
+
+/** Pushes a trace as an artifact whose subject is the lazy image; returns the artifact's digest. */
+export async function pushTrace(
+  trace: AccessTrace,
+  image: Pick<TracedImage, 'digest' | 'client' | 'repo' | 'subject'>,
+): Promise<string> {
+  if (trace.image !== image.digest) throw new Error(`the trace of ${trace.image} is not one of ${image.digest}`);
+  const data = Buffer.from(JSON.stringify(trace));
+  const digest = await pushArtifact(
+    image.client.upstream,
+    image.repo,
+    image.subject,
+    TRACE_ARTIFACT_TYPE,
+    { [CREATED_ANNOTATION]: new Date().toISOString() },
+    { mediaType: TRACE_MEDIA_TYPE, data },
+  );
+  log.info('access trace pushed', { image: trace.image, artifact: digest, chunks: trace.entries.length });
+  return digest;
 }

@@ -148,3 +148,31 @@ export function checkTrace(
   }
   return t as AccessTrace;
 }
+
+/**
+ * A checked trace of one image carried over to another (a rebuild: the same files in other blobs) by
+ * chunk digest: each entry goes to the first chunk of `blobs` with its digest, in the trace's order;
+ * entries whose digest `blobs` lack, or whose chunk an earlier entry took, are left out. The result
+ * is a trace of `image`, checked again like any other where it is used.
+ */
+export function rebaseTrace(
+  trace: AccessTrace,
+  image: string,
+  blobs: ReadonlyArray<Pick<BlobCache, 'remote' | 'index'>>,
+): AccessTrace {
+  const places = new Map<string, { blob: number; chunk: number }>();
+  blobs.forEach((b, blob) =>
+    b.index.chunks.forEach((c, chunk) => {
+      const digest = c.digest.toString('hex');
+      if (!places.has(digest)) places.set(digest, { blob, chunk });
+    }),
+  );
+  const entries: TraceEntry[] = [];
+  for (const e of trace.entries) {
+    const place = places.get(e.digest);
+    if (!place) continue;
+    places.delete(e.digest); // the chunk is in the trace now
+    entries.push({ ...place, ms: e.ms, digest: e.digest });
+  }
+  return { version: 1, image, blobs: blobs.map((b) => b.remote.digest), entries };
+}

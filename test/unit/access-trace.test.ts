@@ -1,11 +1,18 @@
 // Access traces without a registry or a mount: TraceRecorder over real BlobCaches of in-memory blobs,
 // checkTrace refusing each fault, and a trace turned into fetch runs and replayed.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { checkTrace, TraceRecorder, type AccessTrace, type EndReason } from '../../src/storage/access-trace';
+import {
+  checkTrace,
+  rebaseTrace,
+  TraceRecorder,
+  type AccessTrace,
+  type EndReason,
+} from '../../src/storage/access-trace';
 import { BlobCache } from '../../src/storage/blob-cache';
 import { CacheBudget } from '../../src/storage/cache-budget';
 import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
@@ -178,6 +185,66 @@ describe('checkTrace', () => {
   it('refuses what is not a trace at all', () => {
     assert.throws(() => checkTrace(null, IMAGE, blobs), /not an object/);
     assert.throws(() => checkTrace('trace', IMAGE, blobs), /not an object/);
+  });
+});
+
+describe('rebaseTrace', () => {
+  const CHUNK = 64 << 10;
+  const REBUILT = `sha256:${'b'.repeat(64)}`;
+
+  it('carries a trace over to a rebuild by digest: other blobs, other indexes, what it lacks left out', async () => {
+    const content = randomBytes(8 * CHUNK);
+    const old = await makeFakeBlob({ content });
+    // The rebuild: a new chunk, then chunks 2..5 of the old blob; and `b`, in the other device slot.
+    const rebuilt = await makeFakeBlob({
+      content: Buffer.concat([randomBytes(CHUNK), content.subarray(2 * CHUNK, 6 * CHUNK)]),
+    });
+    const from = [open(old), open(b)];
+    const to = [open(b), open(rebuilt)];
+    const entry = (blob: number, chunk: number) => ({
+      blob,
+      chunk,
+      ms: 0,
+      digest: from[blob].index.chunks[chunk].digest.toString('hex'),
+    });
+    const trace: AccessTrace = {
+      version: 1,
+      image: IMAGE,
+      blobs: [old.digest, b.digest],
+      entries: [entry(0, 3), entry(1, 2), entry(0, 7), entry(0, 2), entry(1, 0)].map((e, ms) => ({ ...e, ms })),
+    };
+    const rebased = rebaseTrace(checkTrace(trace, IMAGE, from), REBUILT, to);
+    assert.equal(rebased.image, REBUILT);
+    assert.deepEqual(rebased.blobs, [b.digest, rebuilt.digest]);
+    assert.deepEqual(
+      rebased.entries.map((e) => [e.blob, e.chunk, e.ms]),
+      [
+        [1, 2, 0], // old chunk 3 is the rebuild's chunk 2
+        [0, 2, 1],
+        // old chunk 7 is not in the rebuild: left out
+        [1, 1, 3],
+        [0, 0, 4],
+      ],
+    );
+    assert.deepEqual(checkTrace(structuredClone(rebased), REBUILT, to), rebased, 'a trace of the rebuild');
+  });
+
+  it('names a chunk once when the trace has its digest twice', () => {
+    const blobs = [open(a)];
+    const digest = blobs[0].index.chunks[4].digest.toString('hex');
+    const twice: AccessTrace = {
+      version: 1,
+      image: IMAGE,
+      blobs: [a.digest],
+      entries: [
+        { blob: 0, chunk: 4, ms: 0, digest },
+        { blob: 0, chunk: 4, ms: 1, digest },
+      ],
+    };
+    assert.deepEqual(
+      rebaseTrace(twice, REBUILT, blobs).entries.map((e) => [e.chunk, e.ms]),
+      [[4, 0]],
+    );
   });
 });
 
