@@ -84,6 +84,9 @@ function snapshotMountDir(sock: string): string {
   return path.join(path.dirname(sock), 'snapshots');
 }
 
+/** How long an image prepared ahead of its mount is kept for that mount. */
+const WARM_KEPT_MS = 10 * 60_000;
+
 export class Daemon {
   private readonly fetcher: ChunkFetcher;
   private readonly blobs: BlobStore;
@@ -95,6 +98,9 @@ export class Daemon {
   private readonly mounts = new Map<string, PreparedImage>();
   /** The access trace being recorded for each mount. */
   private readonly recorders = new Map<string, TraceRecorder>();
+  /** Images prepared (and their prefetch started) ahead of a mount expected soon, by reference. */
+  private readonly warmed = new Map<string, Promise<PreparedImage>>();
+  private readonly warmedImages = new Set<PreparedImage>();
   private readonly traces: TraceStore;
   /** What the transport needs to resume each mount after a restart. */
   private readonly mountStates = new Map<string, MountState>();
@@ -128,7 +134,7 @@ export class Daemon {
       observeLatency: (s) => this.metrics.fetch.observe(s),
     });
     this.budget = new CacheBudget(opts.cacheMaxBytes ?? 0, 0, {
-      evictUnused: (target) => this.blobs.evictUnused(this.mountedBlobs(), target).freedBytes,
+      evictUnused: (target) => this.blobs.evictUnused(this.blobsInUse(), target).freedBytes,
       // Under fanotify a punched chunk could race a read the kernel was already allowed to make.
       mounted: () => (this.transportModule.kernelReadsAfterAnswer ? [] : this.mountedBlobs()),
     });
@@ -172,6 +178,11 @@ export class Daemon {
   /** Blobs of mounted images, each once. */
   private mountedBlobs(): BlobCache[] {
     return [...new Set([...this.mounts.values()].flatMap((m) => m.blobs))];
+  }
+
+  /** Blobs eviction must leave: those of mounts, and of images prepared for a mount. */
+  private blobsInUse(): BlobCache[] {
+    return [...new Set([...this.mounts.values(), ...this.warmedImages].flatMap((m) => m.blobs))];
   }
 
   private get stateFile(): string {
@@ -310,7 +321,11 @@ export class Daemon {
     if (this.stopping) throw new Error('daemon is stopping');
     checkMountTarget(target, this.opts.cacheDir);
     if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
-    const image = await this.store.prepare(ref, lazy);
+    const warm = lazy === undefined ? this.warmed.get(ref) : undefined;
+    this.warmed.delete(ref);
+    const warmed = await warm?.catch(() => undefined);
+    if (warmed) this.warmedImages.delete(warmed);
+    const image = warmed ?? (await this.store.prepare(ref, lazy));
     const kernelStart = performance.now();
     const state = await this.transport.mount(image, target);
     const kernel = Math.round(performance.now() - kernelStart);
@@ -325,8 +340,32 @@ export class Daemon {
       ms: { ...image.preparedMs, kernel },
     });
     this.recordTrace(target, image);
-    void this.prefetch(image);
+    if (!warmed) void this.prefetch(image);
     return { digest: image.digest };
+  }
+
+  /**
+   * Prepares `ref` for a mount expected soon (the snapshotter's pull of an image with a lazy form):
+   * the bootstrap downloaded and checked, the chunk tables, and the access trace's prefetch started,
+   * so that the mount waits for the kernel only. Kept for a while; a mount of `ref` takes it.
+   */
+  warm(ref: string): void {
+    if (this.stopping || this.warmed.has(ref)) return;
+    const prepared = this.store.prepare(ref).then((image) => {
+      log.info('image prepared ahead of its mount', { image: ref, ms: image.preparedMs });
+      if (this.warmed.get(ref) === prepared) this.warmedImages.add(image);
+      void this.prefetch(image);
+      return image;
+    });
+    prepared.catch((err: Error) =>
+      log.info('image not prepared ahead of its mount', { image: ref, error: err.message }),
+    );
+    this.warmed.set(ref, prepared);
+    setTimeout(() => {
+      if (this.warmed.get(ref) !== prepared) return;
+      this.warmed.delete(ref);
+      void prepared.then((image) => this.warmedImages.delete(image)).catch(() => undefined);
+    }, WARM_KEPT_MS).unref();
   }
 
   isMounted(target: string): boolean {
@@ -431,7 +470,7 @@ export class Daemon {
     maxBytes = this.opts.cacheMaxBytes ?? 0,
   ): Promise<{ removed: string[]; freedBytes: number; evictedChunkBytes: number; cacheBytes: number }> {
     return this.budget.exclusive(async () => {
-      const r = this.blobs.evictUnused(this.mountedBlobs(), maxBytes);
+      const r = this.blobs.evictUnused(this.blobsInUse(), maxBytes);
       this.budget.release(r.freedBytes);
       const evictedChunkBytes =
         maxBytes > 0 && this.budget.usedBytes > maxBytes ? await this.budget.evictChunks(maxBytes) : 0;

@@ -12,6 +12,7 @@ import { findLazyImage } from './image-store';
 
 export interface Mounter {
   mount(ref: string, target: string): Promise<unknown>;
+  warm(ref: string): void;
   umount(target: string): Promise<void>;
   isMounted(target: string): boolean;
 }
@@ -36,6 +37,7 @@ export function lazySnapshots(registries: OpenOptions, mountDir: string, daemon:
       await daemon.mount(image, target);
       return target;
     },
+    warm: (image) => daemon.warm(image),
     mounted: (target) => daemon.isMounted(target),
     async fetchLayer(ref, digest, file) {
       const parsed = parseReference(ref);

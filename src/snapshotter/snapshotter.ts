@@ -18,6 +18,8 @@ export interface LazyImages {
   find(ref: string): Promise<{ image: string; sourceDigest: string } | null>;
   /** Mounts the lazy image; returns where (a directory the caller does not choose). */
   mount(image: string, id: number): Promise<string>;
+  /** Prepares the lazy image for a mount expected soon, in the background. */
+  warm(image: string): void;
   unmount(target: string): Promise<void>;
   /** Whether the daemon has a mount at `target` (it restores them after a restart, has none after a stop). */
   mounted(target: string): boolean;
@@ -214,6 +216,8 @@ export class Snapshotter {
       });
       return null;
     }
+    // A pull of an image is followed by a container of it: its mount is prepared meanwhile.
+    this.lazy.warm(found.image);
     const layers = (labels[Label.imageLayers] ?? '').split(',').filter(Boolean);
     const lazy: LazyLayer = { image: found.image, top: layers.length === 1 && layers[0] === layer };
     const now = Date.now();

@@ -237,6 +237,7 @@ describe('a Kubernetes-style pull through CRI', () => {
     const { stdout: raw } = await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${original}`]);
     const layers = (JSON.parse(raw) as { layers: Array<{ digest: string }> }).layers.map((l) => l.digest);
     proxy.reset();
+    const logFrom = daemon.log.length;
     await criPullImage(containerd.address, original);
     const fetched = proxy.requests.filter((r) => layers.some((l) => r.path.endsWith(`/blobs/${l}`)));
     assert.ok(
@@ -244,6 +245,11 @@ describe('a Kubernetes-style pull through CRI', () => {
       'containerd pulled through the proxy',
     );
     assert.deepEqual(fetched, [], 'no layer blob was fetched');
+    // The pull had the daemon prepare the lazy image's mount (bootstrap, check, tables) meanwhile.
+    const prepared = () => daemon.log.slice(logFrom).includes('"message":"image prepared ahead of its mount"');
+    for (const deadline = Date.now() + 10_000; !prepared() && Date.now() < deadline;)
+      await new Promise((r) => setTimeout(r, 50));
+    assert.ok(prepared(), 'the lazy image was prepared during the pull');
 
     const k8s = (...args: string[]) => containerd.ctr('-n', 'k8s.io', ...args);
     const out = await k8s('run', '--rm', '--snapshotter', SNAPSHOTTER, original, 'hello');

@@ -121,8 +121,10 @@ describe('snapshotter', () => {
     const layers = ['sha256:l1', 'sha256:l2'];
     function fake(sourceDigest = manifest) {
       const calls: string[] = [];
+      const warmed: string[] = [];
       const mounted = new Set<string>();
       const lazy: LazyImages = {
+        warm: (image) => void warmed.push(image),
         find: async (ref) => (calls.push(`find ${ref}`), { image: 'reg/lazy@sha256:z', sourceDigest }),
         mount: async (image, id) => {
           calls.push(`mount ${image}`);
@@ -136,7 +138,7 @@ describe('snapshotter', () => {
         mounted: (target) => mounted.has(target),
         fetchLayer: async () => assert.fail('no layer is downloaded'),
       };
-      return { lazy, calls, mounted };
+      return { lazy, calls, mounted, warmed };
     }
     const labels = (i: number) => ({
       [Label.ref]: `chain-${i}`,
@@ -147,9 +149,10 @@ describe('snapshotter', () => {
     });
 
     it('commits every layer at once, mounts the image under a container, unmounts after the last', async () => {
-      const { lazy, calls } = fake();
+      const { lazy, calls, warmed } = fake();
       const sn = new Snapshotter(root(), lazy);
       assert.equal(await code(sn.prepare('x0', '', labels(0))), 'ALREADY_EXISTS');
+      assert.equal(warmed[0], 'reg/lazy@sha256:z', 'the mount is prepared while the pull goes on');
       assert.equal(await code(sn.prepare('x1', 'x0', labels(1))), 'ALREADY_EXISTS');
       assert.equal(await code(sn.prepare('y1', 'x0', labels(1))), 'ALREADY_EXISTS', 'a second pull');
       assert.deepEqual(calls, ['find reg/app:1'], 'one lookup per image');
