@@ -169,13 +169,13 @@ export class Snapshotter {
     fs.mkdirSync(path.join(this.dir(s), 'fs'), { recursive: true, mode: 0o755 });
     if (kind === 'ACTIVE') fs.mkdirSync(path.join(this.dir(s), 'work'), { mode: 0o700 });
     try {
-      this.meta.update((m) => m.set(key, s));
+      await this.meta.update((m) => m.set(key, s));
       await this.materializeBelow(s);
       const lower = this.lazyBelow(s);
       if (lower) await this.ensureMounted(lower);
       return this.mountsOf(s);
     } catch (err) {
-      if (this.meta.get(key) === s) this.meta.update((m) => m.delete(key));
+      if (this.meta.get(key) === s) await this.meta.update((m) => m.delete(key));
       fs.rmSync(this.dir(s), { recursive: true, force: true });
       throw err;
     }
@@ -232,7 +232,7 @@ export class Snapshotter {
       lazy,
     };
     fs.mkdirSync(path.join(this.dir(s), 'fs'), { recursive: true, mode: 0o755 });
-    this.meta.update((m) => m.set(key, s));
+    await this.meta.update((m) => m.set(key, s));
     log.info('lazy layer committed without download', { image: imageRef, layer, chain: chainId, top: lazy.top });
     return key;
   }
@@ -261,7 +261,7 @@ export class Snapshotter {
       }
       const labels = { ...a.labels };
       delete labels[Label.lazyImage];
-      this.meta.update((m) => m.set(a.name, { ...a, labels, lazy: undefined, updated: Date.now() }));
+      await this.meta.update((m) => m.set(a.name, { ...a, labels, lazy: undefined, updated: Date.now() }));
       log.info('lazy layer unpacked for a chain that shares it', { image: ref, layer: digest, snapshot: a.name });
     }
   }
@@ -284,7 +284,7 @@ export class Snapshotter {
     if (!this.lazy) throw new SnapshotError('FAILED_PRECONDITION', 'lazy images are not served');
     if (top.mountedAt && this.lazy.mounted(top.mountedAt)) return;
     const target = await this.lazy.mount(top.lazy.image, top.id);
-    this.meta.update((m) => m.set(top.name, { ...top, mountedAt: target }));
+    await this.meta.update((m) => m.set(top.name, { ...top, mountedAt: target }));
   }
 
   /** The lower directories of `s`, nearest first: parents' directories, down to a lazy image's mount. */
@@ -338,7 +338,7 @@ export class Snapshotter {
   }
 
   commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
-    return this.serial(() => {
+    return this.serial(async () => {
       const s = this.need(key);
       if (!name) throw new SnapshotError('INVALID_ARGUMENT', `committing ${JSON.stringify(key)} needs a name`);
       if (s.kind !== 'ACTIVE')
@@ -352,7 +352,7 @@ export class Snapshotter {
         updated: Date.now(),
         labels: { ...s.labels, ...labels },
       };
-      this.meta.update((m) => {
+      await this.meta.update((m) => {
         m.delete(key);
         m.set(name, committed);
       });
@@ -370,7 +370,7 @@ export class Snapshotter {
           `snapshot ${JSON.stringify(key)} has children: ${children.map((c) => c.name).join(', ')}`,
         );
       const lower = this.lazyBelow(s);
-      this.meta.update((m) => m.delete(key));
+      await this.meta.update((m) => m.delete(key));
       fs.rmSync(this.dir(s), { recursive: true, force: true });
       if (s.mountedAt) await this.release(s);
       if (lower?.mountedAt && !this.meta.all().some((o) => !o.lazy && this.lazyBelow(o)?.name === lower.name))
@@ -382,7 +382,7 @@ export class Snapshotter {
   private async release(top: Snapshot): Promise<void> {
     if (!top.mountedAt || !this.lazy) return;
     if (this.lazy.mounted(top.mountedAt)) await this.lazy.unmount(top.mountedAt);
-    if (this.meta.get(top.name)) this.meta.update((m) => m.set(top.name, { ...top, mountedAt: undefined }));
+    if (this.meta.get(top.name)) await this.meta.update((m) => m.set(top.name, { ...top, mountedAt: undefined }));
   }
 
   async stat(key: string): Promise<Info> {
@@ -391,7 +391,7 @@ export class Snapshotter {
 
   /** Labels are all that may change; `paths` as containerd's field mask (`labels`, `labels.<key>`; none: all). */
   update(next: Info, paths: readonly string[]): Promise<Info> {
-    return this.serial(() => {
+    return this.serial(async () => {
       const s = this.need(next.name);
       let labels = { ...s.labels };
       if (paths.length === 0) labels = { ...next.labels };
@@ -408,7 +408,7 @@ export class Snapshotter {
           );
       }
       const updated = { ...s, labels, updated: Date.now() };
-      this.meta.update((m) => m.set(s.name, updated));
+      await this.meta.update((m) => m.set(s.name, updated));
       return info(updated);
     });
   }
