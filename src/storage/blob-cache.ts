@@ -69,6 +69,26 @@ export function chunkHeld(fd: number, c: ChunkEntry, size: number): boolean {
   );
 }
 
+/**
+ * The indexes of `chunks` (in offset order) that the file `fd` (of `size` bytes) holds, each exactly as
+ * `chunkHeld` would tell, found by walking the file's data extents: a few calls for a file that is
+ * mostly holes or mostly data, not two per chunk.
+ */
+export function heldChunks(fd: number, chunks: readonly ChunkEntry[], size: number): number[] {
+  const held: number[] = [];
+  let i = 0;
+  for (let data = native.seekData(fd, 0); data >= 0 && data < size && i < chunks.length;) {
+    const hole = native.seekHole(fd, data);
+    const extentEnd = hole < 0 ? size : hole;
+    for (; i < chunks.length && chunks[i].uncompressedOffset < extentEnd; i++) {
+      const c = chunks[i];
+      if (c.uncompressedOffset >= data && Math.min(alignedEnd(c), size) <= extentEnd) held.push(i);
+    }
+    data = extentEnd >= size ? -1 : native.seekData(fd, extentEnd);
+  }
+  return held;
+}
+
 /** How far a demand miss reads ahead in its blob. */
 export interface ReadAhead {
   /** The most compressed bytes fetched past a miss, reached by doubling on near misses; 0: none. */
@@ -119,10 +139,8 @@ export class BlobCache implements RangeSource, ChunkDestination {
     //   before alignedEnd, and the SEEK_HOLE test below counts it missing; it is fetched again.
     // This needs a filesystem that allocates only the blocks written (ext4, xfs, btrfs; not tmpfs with
     // huge pages, which would count a whole huge page written as soon as any part of it is).
-    const size = index.trailer.uncompressedSize;
-    index.chunks.forEach((c, i) => {
-      if (chunkHeld(fd, c, size)) this.nowPresent(i); // found at start: older than anything written from now on
-    });
+    // Found at start: older than anything written from now on.
+    for (const i of heldChunks(fd, index.chunks, index.trailer.uncompressedSize)) this.nowPresent(i);
   }
 
   /** Opens (or creates, sparse) the cache file; one of another size is started afresh. */

@@ -11,7 +11,7 @@ import { log } from '../log';
 import { digestHex } from '../oci/digest';
 import {
   BlobCache,
-  chunkHeld,
+  heldChunks,
   DEFAULT_READ_AHEAD,
   type NodeChunks,
   type ReadAhead,
@@ -124,9 +124,9 @@ export class BlobStore implements NodeChunks {
         const fd = fs.openSync(path.join(this.dir, name), fs.constants.O_RDONLY);
         try {
           const size = fs.fstatSync(fd).size;
-          for (const c of chunks) {
-            if (c.uncompressedOffset + c.uncompressedSize > size || !chunkHeld(fd, c, size)) continue;
-            this.chunks.add(blob, c);
+          for (const i of heldChunks(fd, chunks, size)) {
+            if (chunks[i].uncompressedOffset + chunks[i].uncompressedSize > size) continue;
+            this.chunks.add(blob, chunks[i]);
             listed++;
           }
         } finally {

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { native } from '../../src/native';
-import { BlobCache, type KernelObject } from '../../src/storage/blob-cache';
+import { BlobCache, chunkHeld, heldChunks, type KernelObject } from '../../src/storage/blob-cache';
 import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
 import { fetchMissing } from '../../src/storage/prefetcher';
 import { makeFakeBlob, type FakeBlob, type FakeRangeReader } from '../lib/fake-blob';
@@ -407,5 +407,48 @@ describe('BlobCache kept in a kernel cache object (cachefiles)', () => {
       cache.close();
       object.close();
     }
+  });
+});
+
+describe('heldChunks', () => {
+  it('finds by walking extents exactly the chunks chunkHeld finds one by one', async () => {
+    const chunkSize = 16 << 10;
+    const blob = await makeFakeBlob({ size: 40 * chunkSize + 777, chunkSize });
+    const chunks = blob.index.chunks;
+    const size = blob.index.trailer.uncompressedSize;
+    let seed = 7;
+    const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+    for (let trial = 0; trial < 40; trial++) {
+      const file = path.join(work, `held-${trial}`);
+      const fd = fs.openSync(file, 'w+');
+      try {
+        fs.ftruncateSync(fd, size);
+        for (const c of chunks) {
+          const r = random();
+          const part = (from: number, length: number) =>
+            fs.writeSync(
+              fd,
+              blob.content,
+              c.uncompressedOffset + from,
+              Math.min(length, c.uncompressedSize - from),
+              c.uncompressedOffset + from,
+            );
+          // Whole chunks, a chunk cut short, or one block somewhere inside it (holes around).
+          if (r < 0.4) part(0, c.uncompressedSize);
+          else if (r < 0.55) part(0, 4096);
+          else if (r < 0.65 && c.uncompressedSize > 8192) part(8192, 4096);
+        }
+        const oneByOne = chunks.flatMap((c, i) => (chunkHeld(fd, c, size) ? [i] : []));
+        assert.deepEqual(heldChunks(fd, chunks, size), oneByOne, `trial ${trial}`);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    const empty = path.join(work, 'held-empty');
+    fs.writeFileSync(empty, '');
+    fs.truncateSync(empty, size);
+    const fd = fs.openSync(empty, 'r');
+    assert.deepEqual(heldChunks(fd, chunks, size), []);
+    fs.closeSync(fd);
   });
 });
