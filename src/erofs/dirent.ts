@@ -88,18 +88,20 @@ export function newDirColumns(capacity = 64): DirColumns {
   };
 }
 
+/** A copy of `a` with room for at least `length` elements (doubling). */
+export function grown<T extends Int16Array | Int32Array | Float64Array | Uint8Array>(a: T, length: number): T {
+  const b = new (a.constructor as new (n: number) => T)(Math.max(2 * a.length, length));
+  b.set(a);
+  return b;
+}
+
 /** Makes room for entry `index` (the columns grow by doubling, entries kept). */
 export function reserveDirColumns(cols: DirColumns, index: number): void {
   if (index < cols.nids.length) return;
-  const grow = <T extends Int32Array | Float64Array | Uint8Array>(a: T): T => {
-    const b = new (a.constructor as new (n: number) => T)(Math.max(2 * a.length, index + 1));
-    b.set(a);
-    return b;
-  };
-  cols.nameStart = grow(cols.nameStart);
-  cols.nameEnd = grow(cols.nameEnd);
-  cols.nids = grow(cols.nids);
-  cols.types = grow(cols.types);
+  cols.nameStart = grown(cols.nameStart, index + 1);
+  cols.nameEnd = grown(cols.nameEnd, index + 1);
+  cols.nids = grown(cols.nids, index + 1);
+  cols.types = grown(cols.types, index + 1);
 }
 
 /** The columns of `entries`, their names copied into one buffer. */
@@ -125,7 +127,6 @@ export function dirColumns(entries: readonly DirEntry[]): DirColumns {
  */
 export function dirBlocksEqual(cols: DirColumns, data: Buffer): boolean {
   const { count: total, names, nameStart, nameEnd, nids, types } = cols;
-  const view = new DataView(data.buffer, data.byteOffset, data.length);
   let i = 0;
   let base = 0;
   while (i < total) {
@@ -146,9 +147,9 @@ export function dirBlocksEqual(cols: DirColumns, data: Buffer): boolean {
       const from = nameStart[i];
       const len = nameEnd[i] - from;
       if (
-        view.getUint32(at, true) !== nid % 2 ** 32 ||
-        view.getUint32(at + 4, true) !== Math.floor(nid / 2 ** 32) ||
-        view.getUint16(at + 8, true) !== nameoff ||
+        le32(data, at) !== nid % 2 ** 32 ||
+        le32(data, at + 4) !== Math.floor(nid / 2 ** 32) ||
+        (data[at + 8] | (data[at + 9] << 8)) !== nameoff ||
         data[at + 10] !== types[i] ||
         data[at + 11] !== 0
       )
@@ -161,4 +162,9 @@ export function dirBlocksEqual(cols: DirColumns, data: Buffer): boolean {
     base += BLOCK_SIZE;
   }
   return total > 0 || data.length === 0;
+}
+
+/** The little-endian u32 at `at` (which the caller knows to lie inside `buf`). */
+function le32(buf: Uint8Array, at: number): number {
+  return (buf[at] | (buf[at + 1] << 8) | (buf[at + 2] << 16)) + buf[at + 3] * 2 ** 24;
 }

@@ -201,13 +201,16 @@ export class BootstrapReader {
    */
   readDir(ino: InodeInfo, cols: DirColumns): DirColumns {
     const data = this.data(ino);
-    const view = data === this.image ? this.view : new DataView(data.buffer, data.byteOffset, data.length);
+    // Read through the image's view where the data is a view of the image (all but split directories).
+    const shared = data.buffer === this.image.buffer;
+    const view = shared ? this.view : new DataView(data.buffer, data.byteOffset, data.length);
+    const d = shared ? data.byteOffset - this.image.byteOffset : 0;
     let n = 0;
     for (let block = 0; block < data.length; block += BLOCK_SIZE) {
       const len = Math.min(BLOCK_SIZE, data.length - block);
       if (len < DIRENT_SIZE)
         throw this.fail(`directory block ${block / BLOCK_SIZE} holds ${len} bytes, less than one entry`);
-      const first = view.getUint16(block + 8, true);
+      const first = view.getUint16(d + block + 8, true);
       if (first < DIRENT_SIZE || first % DIRENT_SIZE !== 0 || first > len)
         throw this.fail(
           `directory block ${block / BLOCK_SIZE}: first name offset ${first} is not a whole number of entries inside the block`,
@@ -215,9 +218,9 @@ export class BootstrapReader {
       const count = first / DIRENT_SIZE;
       for (let k = 0; k < count; k++) {
         const at = block + k * DIRENT_SIZE;
-        const nameoff = view.getUint16(at + 8, true);
+        const nameoff = view.getUint16(d + at + 8, true);
         const last = k + 1 === count;
-        let nameEnd = last ? len : view.getUint16(at + DIRENT_SIZE + 8, true);
+        let nameEnd = last ? len : view.getUint16(d + at + DIRENT_SIZE + 8, true);
         if (nameoff < first || nameEnd < nameoff || nameEnd > len)
           throw this.fail(
             `directory block ${block / BLOCK_SIZE}, entry ${k}: name at ${nameoff}..${nameEnd} lies outside the block's names`,
@@ -231,11 +234,11 @@ export class BootstrapReader {
             }
           }
         }
-        const hi = view.getUint32(at + 4, true);
+        const hi = view.getUint32(d + at + 4, true);
         reserveDirColumns(cols, n);
         cols.nameStart[n] = block + nameoff;
         cols.nameEnd[n] = block + nameEnd;
-        cols.nids[n] = hi > MAX_NID_HIGH ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + view.getUint32(at, true);
+        cols.nids[n] = hi > MAX_NID_HIGH ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + view.getUint32(d + at, true);
         cols.types[n] = data[at + 10];
         n++;
       }

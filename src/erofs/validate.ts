@@ -7,7 +7,7 @@
 // The walk is bounded by the image: each directory is expanded once, each structure's bytes are
 // claimed before they are read and may be claimed once, so the work grows with the image's size.
 import { displayPath } from '../tree/node';
-import { dirBlocksEqual, newDirColumns } from './dirent';
+import { dirBlocksEqual, grown, newDirColumns } from './dirent';
 import {
   BLOCK_SIZE,
   BLOCK_SIZE_BITS,
@@ -124,16 +124,11 @@ class Entries {
 
   add(nid: number, type: number, nameStart: number, nameEnd: number, parent: number): number {
     if (this.size === this.nid.length) {
-      const grow = <T extends Float64Array | Int16Array | Int32Array>(a: T): T => {
-        const b = new (a.constructor as new (n: number) => T)(2 * a.length);
-        b.set(a);
-        return b;
-      };
-      this.nid = grow(this.nid);
-      this.type = grow(this.type);
-      this.nameStart = grow(this.nameStart);
-      this.nameEnd = grow(this.nameEnd);
-      this.parent = grow(this.parent);
+      this.nid = grown(this.nid, this.size + 1);
+      this.type = grown(this.type, this.size + 1);
+      this.nameStart = grown(this.nameStart, this.size + 1);
+      this.nameEnd = grown(this.nameEnd, this.size + 1);
+      this.parent = grown(this.parent, this.size + 1);
     }
     const e = this.size++;
     this.nid[e] = nid;
