@@ -98,22 +98,6 @@ export interface ChunkIndex {
 /** By i_u's block bits: `2 **` per file was a visible part of the walk. */
 const CHUNK_SIZES = Array.from({ length: CHUNK_FORMAT_BLKBITS_MASK + 1 }, (_, bits) => 2 ** (bits + BLOCK_SIZE_BITS));
 
-const NO_INODE: InodeInfo = {
-  nid: 0,
-  at: 0,
-  format: 0,
-  extended: false,
-  mode: 0,
-  size: 0,
-  nlink: 0,
-  uid: 0,
-  gid: 0,
-  layout: 0,
-  iU: 0,
-  bodyStart: 0,
-  xattrSize: 0,
-};
-
 /** Largest high half of a dirent's nid read as it is: beyond it (no image is that large) nids saturate. */
 const MAX_NID_HIGH = 0x1fffff;
 
@@ -144,8 +128,7 @@ export class BootstrapReader {
       throw this.fail(`${what} at byte ${start} (${length} bytes) lies beyond the image's ${this.image.length}`);
   }
 
-  /** The inode at `nid`; its fields are written into `into` when given (a walk's one scratch object). */
-  inode(nid: number, into?: InodeInfo): InodeInfo {
+  inode(nid: number): InodeInfo {
     const at = this.metaBase + nid * INODE_SLOT_SIZE;
     this.within(at, COMPACT_INODE_SIZE, 'inode');
     const v = this.view;
@@ -153,23 +136,24 @@ export class BootstrapReader {
     const extended = (format & 1) === 1;
     if (extended) this.within(at, EXTENDED_INODE_SIZE, 'extended inode');
     const icount = v.getUint16(at + 2, true);
+    const xattrSize = icount === 0 ? 0 : XATTR_HEADER_SIZE + 4 * (icount - 1);
     // One object shape for both inode formats: a spread of shared fields made this the walk's hot spot.
-    const ino = into ?? { ...NO_INODE };
-    ino.nid = nid;
-    ino.at = at;
-    ino.format = format;
-    ino.extended = extended;
-    ino.layout = (format >> 1) & 7;
-    ino.mode = v.getUint16(at + 4, true);
-    // The two halves rounded once, as Number(BigInt) rounds: the same value, without a BigInt per inode.
-    ino.size = extended ? v.getUint32(at + 12, true) * 2 ** 32 + v.getUint32(at + 8, true) : v.getUint32(at + 8, true);
-    ino.nlink = extended ? v.getUint32(at + 44, true) : v.getUint16(at + 6, true);
-    ino.uid = extended ? v.getUint32(at + 24, true) : v.getUint16(at + 24, true);
-    ino.gid = extended ? v.getUint32(at + 28, true) : v.getUint16(at + 26, true);
-    ino.iU = v.getUint32(at + 16, true);
-    ino.bodyStart = at + (extended ? EXTENDED_INODE_SIZE : COMPACT_INODE_SIZE);
-    ino.xattrSize = icount === 0 ? 0 : XATTR_HEADER_SIZE + 4 * (icount - 1);
-    return ino;
+    return {
+      nid,
+      at,
+      format,
+      extended,
+      layout: (format >> 1) & 7,
+      mode: v.getUint16(at + 4, true),
+      // The two halves rounded once, as Number(BigInt) rounds: the same value, without a BigInt per inode.
+      size: extended ? v.getUint32(at + 12, true) * 2 ** 32 + v.getUint32(at + 8, true) : v.getUint32(at + 8, true),
+      nlink: extended ? v.getUint32(at + 44, true) : v.getUint16(at + 6, true),
+      uid: extended ? v.getUint32(at + 24, true) : v.getUint16(at + 24, true),
+      gid: extended ? v.getUint32(at + 28, true) : v.getUint16(at + 26, true),
+      iU: v.getUint32(at + 16, true),
+      bodyStart: at + (extended ? EXTENDED_INODE_SIZE : COMPACT_INODE_SIZE),
+      xattrSize,
+    };
   }
 
   /** Where FLAT_PLAIN / FLAT_INLINE data lies: whole blocks from i_u, then (inline) the tail after the xattrs. */

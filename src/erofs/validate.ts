@@ -175,8 +175,6 @@ class Validator {
   /** The entry by which each inode was first reached, for errors. */
   private readonly firstEntry: Int32Array;
   private readonly entryTable = new Entries();
-  /** The inode at hand, when no visitor keeps it: one object for the walk. */
-  private scratch: InodeInfo | undefined;
   private readonly dirCols = newDirColumns();
   private readonly reachedNids: number[] = [];
   private chunkBits = -1;
@@ -307,12 +305,12 @@ class Validator {
       if (known === 2)
         fault(`directory reached a second time (first at ${displayPath(this.pathOf(this.firstEntry[nid]))})`);
       this.links[nid]++;
-      const inode = visit ? this.reader.inode(nid) : (this.scratch = this.reader.inode(nid, this.scratch));
+      const inode = this.reader.inode(nid);
       this.checkType(p, inode);
       visit?.({ path: () => this.pathOf(p), inode, first: false, chunks: [] });
       return;
     }
-    const inode = visit ? this.reader.inode(nid) : (this.scratch = this.reader.inode(nid, this.scratch));
+    const inode = this.reader.inode(nid);
     const ifmt = inode.mode & S_IFMT;
     if (p === 0 && ifmt !== S_IFDIR) fault('the root is not a directory');
     this.checkType(p, inode);
