@@ -105,9 +105,11 @@ const MAX_NID_HIGH = 0x1fffff;
 export class BootstrapReader {
   readonly sb: SuperblockInfo;
   private readonly metaBase: number;
-  // DataView's getters are builtins, fast before the optimizing compiler has seen this code: the
-  // daemon validates each bootstrap once, in a cold process.
-  private readonly view: DataView;
+  /**
+   * The image's fields, for readers and the validator: DataView's getters are builtins, fast before the
+   * optimizing compiler has seen this code (the daemon validates each bootstrap once, in a cold process).
+   */
+  readonly view: DataView;
 
   constructor(
     private readonly image: Buffer,

@@ -352,14 +352,15 @@ class Validator {
   /** Per file type, the layouts and field values writer.ts writes. */
   private checkInodeFields(inode: InodeInfo): void {
     const { image } = this;
+    const { view } = this.reader;
     const ifmt = inode.mode & S_IFMT;
     if (inode.format & ~0xf) fault(`inode format 0x${inode.format.toString(16)} has unknown bits`);
     if (inode.extended) {
-      if (image.readUInt16LE(inode.at + 6) !== 0 || !isZero(image, inode.at + 48, inode.at + EXTENDED_INODE_SIZE))
+      if (view.getUint16(inode.at + 6, true) !== 0 || !isZero(image, inode.at + 48, inode.at + EXTENDED_INODE_SIZE))
         fault('extended inode has reserved fields set');
-      if (image.readUInt32LE(inode.at + 40) >= 1e9) fault('mtime nanoseconds out of range');
+      if (view.getUint32(inode.at + 40, true) >= 1e9) fault('mtime nanoseconds out of range');
       if (!Number.isSafeInteger(inode.size)) fault(`size ${inode.size} is not representable`);
-    } else if (image.readUInt32LE(inode.at + 12) !== 0 || image.readUInt32LE(inode.at + 28) !== 0) {
+    } else if (view.getUint32(inode.at + 12, true) !== 0 || view.getUint32(inode.at + 28, true) !== 0) {
       fault('compact inode has reserved fields set');
     }
     if (!layoutWritten(ifmt, inode.size, inode.layout))
@@ -390,13 +391,13 @@ class Validator {
 
   /** The `count` chunk indexes at `indexAt` (claimed already), read in place: no object per chunk. */
   private checkChunks(inode: InodeInfo, indexAt: number, count: number): void {
-    const { image } = this;
+    const { view } = this.reader;
     const devices = this.reader.sb.devices;
     const chunkSize = this.reader.chunkSize(inode);
     for (let k = 0, at = indexAt; k < count; k++, at += CHUNK_INDEX_SIZE) {
-      const advise = image.readUInt16LE(at);
-      const device = image.readUInt16LE(at + 2);
-      const blkaddr = image.readUInt32LE(at + 4);
+      const advise = view.getUint16(at, true);
+      const device = view.getUint16(at + 2, true);
+      const blkaddr = view.getUint32(at + 4, true);
       if (advise !== 0) fault(`chunk ${k} has advise bits 0x${advise.toString(16)}`);
       if (blkaddr === NULL_ADDR) {
         if (device !== 0) fault(`chunk ${k} is a hole on device ${device}`);
