@@ -79,6 +79,7 @@ const DOT = 0x2e;
 const SLASH = Buffer.from('/');
 const MAX_SYMLINK_LEN = 4095;
 const ROOT_OWNER = -1;
+const NO_CHUNKS: WalkEntry['chunks'] = Object.freeze([]);
 
 /** The dirent type of a mode's file type; undefined for a mode that is no file type. */
 function direntOf(mode: number): DirentType | undefined {
@@ -307,7 +308,7 @@ class Validator {
       this.links[nid]++;
       const inode = this.reader.inode(nid);
       this.checkType(p, inode);
-      visit?.({ path: () => this.pathOf(p), inode, first: false, chunks: [] });
+      visit?.({ path: () => this.pathOf(p), inode, first: false, chunks: NO_CHUNKS });
       return;
     }
     const inode = this.reader.inode(nid);
@@ -322,7 +323,7 @@ class Validator {
     this.reachedNids.push(nid);
 
     const head = inode.bodyStart + inode.xattrSize;
-    let chunks: WalkEntry['chunks'] = [];
+    let chunks = NO_CHUNKS;
     if (ifmt === S_IFREG && inode.layout === DataLayout.ChunkBased) {
       const count = this.checkChunkFormat(inode);
       const indexAt = this.reader.chunkIndexesAt(inode);
