@@ -63,40 +63,108 @@ export function encodeDirBlocks(entries: readonly DirEntry[]): Buffer {
 }
 
 /**
- * Whether `data` is byte for byte what `encodeDirBlocks(entries)` makes, checked in place: validating
- * a bootstrap compares every directory, and encoding each one again was most of that walk's garbage.
+ * A directory's entries in columns, names as ranges of one buffer: reading a bootstrap's directories
+ * made an object and a Buffer per entry, most of that walk's garbage. Entry i is named
+ * names[nameStart[i], nameEnd[i]).
  */
-export function dirBlocksEqual(entries: readonly DirEntry[], data: Buffer): boolean {
+export interface DirColumns {
+  count: number;
+  names: Buffer;
+  nameStart: Int32Array;
+  nameEnd: Int32Array;
+  nids: Float64Array;
+  types: Uint8Array;
+}
+
+/** Empty columns with room for `capacity` entries. */
+export function newDirColumns(capacity = 64): DirColumns {
+  return {
+    count: 0,
+    names: Buffer.alloc(0),
+    nameStart: new Int32Array(capacity),
+    nameEnd: new Int32Array(capacity),
+    nids: new Float64Array(capacity),
+    types: new Uint8Array(capacity),
+  };
+}
+
+/** A copy of `a` with room for at least `length` elements (doubling). */
+export function grown<T extends Int16Array | Int32Array | Float64Array | Uint8Array>(a: T, length: number): T {
+  const b = new (a.constructor as new (n: number) => T)(Math.max(2 * a.length, length));
+  b.set(a);
+  return b;
+}
+
+/** Makes room for entry `index` (the columns grow by doubling, entries kept). */
+export function reserveDirColumns(cols: DirColumns, index: number): void {
+  if (index < cols.nids.length) return;
+  cols.nameStart = grown(cols.nameStart, index + 1);
+  cols.nameEnd = grown(cols.nameEnd, index + 1);
+  cols.nids = grown(cols.nids, index + 1);
+  cols.types = grown(cols.types, index + 1);
+}
+
+/** The columns of `entries`, their names copied into one buffer. */
+export function dirColumns(entries: readonly DirEntry[]): DirColumns {
+  const cols = newDirColumns(Math.max(1, entries.length));
+  cols.names = Buffer.concat(entries.map((e) => e.name));
+  let at = 0;
+  entries.forEach((e, i) => {
+    cols.nameStart[i] = at;
+    at += e.name.length;
+    cols.nameEnd[i] = at;
+    cols.nids[i] = e.nid;
+    cols.types[i] = e.type;
+  });
+  cols.count = entries.length;
+  return cols;
+}
+
+/**
+ * Whether `data` is byte for byte what `encodeDirBlocks` makes of the entries, checked in place:
+ * validating a bootstrap compares every directory, and encoding each one again was most of that walk's
+ * garbage.
+ */
+export function dirBlocksEqual(cols: DirColumns, data: Buffer): boolean {
+  const { count: total, names, nameStart, nameEnd, nids, types } = cols;
   let i = 0;
   let base = 0;
-  while (i < entries.length) {
+  while (i < total) {
     let count = 0;
     let used = 0;
-    while (i + count < entries.length && used + DIRENT_SIZE + entries[i + count].name.length <= BLOCK_SIZE) {
-      used += DIRENT_SIZE + entries[i + count].name.length;
+    while (i + count < total && used + DIRENT_SIZE + (nameEnd[i + count] - nameStart[i + count]) <= BLOCK_SIZE) {
+      used += DIRENT_SIZE + (nameEnd[i + count] - nameStart[i + count]);
       count++;
     }
     if (count === 0) return false; // a name longer than a block: the writer never makes one
-    const last = i + count === entries.length;
+    const last = i + count === total;
     if (base + (last ? used : BLOCK_SIZE) !== (last ? data.length : Math.min(data.length, base + BLOCK_SIZE)))
       return false;
     let nameoff = count * DIRENT_SIZE;
     for (let k = 0; k < count; k++, i++) {
-      const e = entries[i];
       const at = base + k * DIRENT_SIZE;
+      const nid = nids[i];
+      const from = nameStart[i];
+      const len = nameEnd[i] - from;
       if (
-        data.readUInt32LE(at) !== e.nid % 2 ** 32 ||
-        data.readUInt32LE(at + 4) !== Math.floor(e.nid / 2 ** 32) ||
-        data.readUInt16LE(at + 8) !== nameoff ||
-        data[at + 10] !== e.type ||
-        data[at + 11] !== 0 ||
-        e.name.compare(data, base + nameoff, base + nameoff + e.name.length) !== 0
+        le32(data, at) !== nid % 2 ** 32 ||
+        le32(data, at + 4) !== Math.floor(nid / 2 ** 32) ||
+        (data[at + 8] | (data[at + 9] << 8)) !== nameoff ||
+        data[at + 10] !== types[i] ||
+        data[at + 11] !== 0
       )
         return false;
-      nameoff += e.name.length;
+      const to = base + nameoff;
+      for (let b = 0; b < len; b++) if (data[to + b] !== names[from + b]) return false;
+      nameoff += len;
     }
     for (let k = base + used; k < base + BLOCK_SIZE && k < data.length; k++) if (data[k] !== 0) return false;
     base += BLOCK_SIZE;
   }
-  return entries.length > 0 || data.length === 0;
+  return total > 0 || data.length === 0;
+}
+
+/** The little-endian u32 at `at` (which the caller knows to lie inside `buf`). */
+function le32(buf: Uint8Array, at: number): number {
+  return (buf[at] | (buf[at + 1] << 8) | (buf[at + 2] << 16)) + buf[at + 3] * 2 ** 24;
 }

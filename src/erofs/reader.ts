@@ -3,6 +3,7 @@
 // never a RangeError or a short buffer. The tree walk and the rules a bootstrap must follow are in
 // validate.ts.
 import { InputError, type ErrorContext } from '../errors';
+import { reserveDirColumns, type DirColumns } from './dirent';
 import {
   BLOCK_SIZE,
   BLOCK_SIZE_BITS,
@@ -86,12 +87,6 @@ export interface InodeInfo {
   xattrSize: number;
 }
 
-export interface DirEntryInfo {
-  name: Buffer;
-  nid: number;
-  type: number;
-}
-
 export interface ChunkIndex {
   advise: number;
   /** 1-based data blob; 0 for a hole as the writer writes it. */
@@ -110,12 +105,18 @@ const MAX_NID_HIGH = 0x1fffff;
 export class BootstrapReader {
   readonly sb: SuperblockInfo;
   private readonly metaBase: number;
+  /**
+   * The image's fields, for readers and the validator: DataView's getters are builtins, fast before the
+   * optimizing compiler has seen this code (the daemon validates each bootstrap once, in a cold process).
+   */
+  readonly view: DataView;
 
   constructor(
     private readonly image: Buffer,
     readonly what = 'bootstrap',
   ) {
     this.sb = readSuperblock(image, what);
+    this.view = new DataView(image.buffer, image.byteOffset, image.length);
     this.metaBase = image.readUInt32LE(SUPERBLOCK_OFFSET + 40) * BLOCK_SIZE;
   }
 
@@ -132,11 +133,11 @@ export class BootstrapReader {
   inode(nid: number): InodeInfo {
     const at = this.metaBase + nid * INODE_SLOT_SIZE;
     this.within(at, COMPACT_INODE_SIZE, 'inode');
-    const i = this.image;
-    const format = i.readUInt16LE(at);
+    const v = this.view;
+    const format = v.getUint16(at, true);
     const extended = (format & 1) === 1;
     if (extended) this.within(at, EXTENDED_INODE_SIZE, 'extended inode');
-    const icount = i.readUInt16LE(at + 2);
+    const icount = v.getUint16(at + 2, true);
     const xattrSize = icount === 0 ? 0 : XATTR_HEADER_SIZE + 4 * (icount - 1);
     // One object shape for both inode formats: a spread of shared fields made this the walk's hot spot.
     return {
@@ -145,12 +146,13 @@ export class BootstrapReader {
       format,
       extended,
       layout: (format >> 1) & 7,
-      mode: i.readUInt16LE(at + 4),
-      size: extended ? Number(i.readBigUInt64LE(at + 8)) : i.readUInt32LE(at + 8),
-      nlink: extended ? i.readUInt32LE(at + 44) : i.readUInt16LE(at + 6),
-      uid: extended ? i.readUInt32LE(at + 24) : i.readUInt16LE(at + 24),
-      gid: extended ? i.readUInt32LE(at + 28) : i.readUInt16LE(at + 26),
-      iU: i.readUInt32LE(at + 16),
+      mode: v.getUint16(at + 4, true),
+      // The two halves rounded once, as Number(BigInt) rounds: the same value, without a BigInt per inode.
+      size: extended ? v.getUint32(at + 12, true) * 2 ** 32 + v.getUint32(at + 8, true) : v.getUint32(at + 8, true),
+      nlink: extended ? v.getUint32(at + 44, true) : v.getUint16(at + 6, true),
+      uid: extended ? v.getUint32(at + 24, true) : v.getUint16(at + 24, true),
+      gid: extended ? v.getUint32(at + 28, true) : v.getUint16(at + 26, true),
+      iU: v.getUint32(at + 16, true),
       bodyStart: at + (extended ? EXTENDED_INODE_SIZE : COMPACT_INODE_SIZE),
       xattrSize,
     };
@@ -166,7 +168,7 @@ export class BootstrapReader {
     return { blocksAt: ino.iU * BLOCK_SIZE, blocksLen, tailAt: ino.bodyStart + ino.xattrSize, tailLen };
   }
 
-  /** The bytes of a directory or symlink (FLAT_PLAIN or FLAT_INLINE). */
+  /** The bytes of a directory or symlink (FLAT_PLAIN or FLAT_INLINE): a view of the image when in one extent. */
   data(ino: InodeInfo): Buffer {
     if (!Number.isSafeInteger(ino.size)) throw this.fail(`size ${ino.size} is not representable`);
     const e = this.extents(ino);
@@ -174,42 +176,62 @@ export class BootstrapReader {
     if (dataLen > 0) this.within(e.blocksAt, e.blocksLen, 'data blocks');
     if (e.tailLen > 0) this.within(e.tailAt, e.tailLen, 'inline data');
     const blocks = this.image.subarray(e.blocksAt, e.blocksAt + dataLen);
-    return e.tailLen > 0 ? Buffer.concat([blocks, this.image.subarray(e.tailAt, e.tailAt + e.tailLen)]) : blocks;
+    const tail = this.image.subarray(e.tailAt, e.tailAt + e.tailLen);
+    if (e.tailLen === 0) return blocks;
+    return dataLen === 0 ? tail : Buffer.concat([blocks, tail]);
   }
 
-  /** Entries of a directory, block by block as the kernel reads them; offsets that leave a block are refused. */
-  readDir(ino: InodeInfo): DirEntryInfo[] {
+  /**
+   * Entries of a directory into `cols` (names as ranges of `data(ino)`), block by block as the kernel
+   * reads them; offsets that leave a block are refused.
+   */
+  readDir(ino: InodeInfo, cols: DirColumns): DirColumns {
     const data = this.data(ino);
-    const out: DirEntryInfo[] = [];
+    // Read through the image's view where the data is a view of the image (all but split directories).
+    const shared = data.buffer === this.image.buffer;
+    const view = shared ? this.view : new DataView(data.buffer, data.byteOffset, data.length);
+    const d = shared ? data.byteOffset - this.image.byteOffset : 0;
+    let n = 0;
     for (let block = 0; block < data.length; block += BLOCK_SIZE) {
       const len = Math.min(BLOCK_SIZE, data.length - block);
-      const where = `directory block ${block / BLOCK_SIZE}`;
-      if (len < DIRENT_SIZE) throw this.fail(`${where} holds ${len} bytes, less than one entry`);
-      const first = data.readUInt16LE(block + 8);
+      if (len < DIRENT_SIZE)
+        throw this.fail(`directory block ${block / BLOCK_SIZE} holds ${len} bytes, less than one entry`);
+      const first = view.getUint16(d + block + 8, true);
       if (first < DIRENT_SIZE || first % DIRENT_SIZE !== 0 || first > len)
-        throw this.fail(`${where}: first name offset ${first} is not a whole number of entries inside the block`);
+        throw this.fail(
+          `directory block ${block / BLOCK_SIZE}: first name offset ${first} is not a whole number of entries inside the block`,
+        );
       const count = first / DIRENT_SIZE;
       for (let k = 0; k < count; k++) {
         const at = block + k * DIRENT_SIZE;
-        const nameoff = data.readUInt16LE(at + 8);
+        const nameoff = view.getUint16(d + at + 8, true);
         const last = k + 1 === count;
-        let nameEnd = last ? len : data.readUInt16LE(at + DIRENT_SIZE + 8);
+        let nameEnd = last ? len : view.getUint16(d + at + DIRENT_SIZE + 8, true);
         if (nameoff < first || nameEnd < nameoff || nameEnd > len)
-          throw this.fail(`${where}, entry ${k}: name at ${nameoff}..${nameEnd} lies outside the block's names`);
+          throw this.fail(
+            `directory block ${block / BLOCK_SIZE}, entry ${k}: name at ${nameoff}..${nameEnd} lies outside the block's names`,
+          );
         if (last) {
           // The kernel reads the last name of a block up to the first NUL: the rest is padding.
-          const nul = data.subarray(block + nameoff, block + nameEnd).indexOf(0);
-          if (nul !== -1) nameEnd = nameoff + nul;
+          for (let b = nameoff; b < nameEnd; b++) {
+            if (data[block + b] === 0) {
+              nameEnd = b;
+              break;
+            }
+          }
         }
-        const hi = data.readUInt32LE(at + 4);
-        out.push({
-          name: data.subarray(block + nameoff, block + nameEnd),
-          nid: hi > MAX_NID_HIGH ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + data.readUInt32LE(at),
-          type: data[at + 10],
-        });
+        const hi = view.getUint32(d + at + 4, true);
+        reserveDirColumns(cols, n);
+        cols.nameStart[n] = block + nameoff;
+        cols.nameEnd[n] = block + nameEnd;
+        cols.nids[n] = hi > MAX_NID_HIGH ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + view.getUint32(d + at, true);
+        cols.types[n] = data[at + 10];
+        n++;
       }
     }
-    return out;
+    cols.names = data;
+    cols.count = n;
+    return cols;
   }
 
   /** Chunk size in bytes of a chunk-based file (from i_u's block bits). */

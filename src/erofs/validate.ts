@@ -7,7 +7,7 @@
 // The walk is bounded by the image: each directory is expanded once, each structure's bytes are
 // claimed before they are read and may be claimed once, so the work grows with the image's size.
 import { displayPath } from '../tree/node';
-import { dirBlocksEqual } from './dirent';
+import { dirBlocksEqual, grown, newDirColumns } from './dirent';
 import {
   BLOCK_SIZE,
   BLOCK_SIZE_BITS,
@@ -38,7 +38,7 @@ import {
   SUPERBLOCK_OFFSET,
   SUPERBLOCK_SIZE,
 } from './format';
-import { BootstrapError, BootstrapReader, type DirEntryInfo, type InodeInfo } from './reader';
+import { BootstrapError, BootstrapReader, type InodeInfo } from './reader';
 import { deviceTableEnd, superblockChecksum } from './superblock';
 import { decodeXattrName, prepareXattrs, readXattrArea, xattrAreaSize, XattrError } from './xattr';
 
@@ -75,11 +75,11 @@ export interface BootstrapSummary {
   entries: number;
 }
 
-const DOT = Buffer.from('.');
-const DOTDOT = Buffer.from('..');
+const DOT = 0x2e;
 const SLASH = Buffer.from('/');
 const MAX_SYMLINK_LEN = 4095;
 const ROOT_OWNER = -1;
+const NO_CHUNKS: WalkEntry['chunks'] = Object.freeze([]);
 
 /** The dirent type of a mode's file type; undefined for a mode that is no file type. */
 function direntOf(mode: number): DirentType | undefined {
@@ -111,25 +111,37 @@ function layoutWritten(ifmt: number, size: number, layout: number): boolean {
 }
 
 /**
- * A directory entry to visit, linked to the entry of its directory: paths are put together only when
- * asked for. One object per entry: parentNid is the parent's nid, whose `..` must name it.
+ * The directory entries to visit, in columns: an object and a name Buffer per entry, each kept for
+ * errors, were much of the walk's garbage. Entry e names inode nid[e] by image[nameStart[e], nameEnd[e])
+ * in the directory of entry parent[e]; entry 0 is the root (type ROOT_TYPE, no name, its own parent).
  */
-interface Pending {
-  nid: number;
-  /** The dirent type that named it (null for the root). */
-  type: DirentType | null;
-  /** Null for the root. */
-  name: Buffer | null;
-  parent: Pending | null;
-  parentNid: number;
+class Entries {
+  size = 0;
+  nid = new Float64Array(1024);
+  type = new Int16Array(1024);
+  nameStart = new Int32Array(1024);
+  nameEnd = new Int32Array(1024);
+  parent = new Int32Array(1024);
+
+  add(nid: number, type: number, nameStart: number, nameEnd: number, parent: number): number {
+    if (this.size === this.nid.length) {
+      this.nid = grown(this.nid, this.size + 1);
+      this.type = grown(this.type, this.size + 1);
+      this.nameStart = grown(this.nameStart, this.size + 1);
+      this.nameEnd = grown(this.nameEnd, this.size + 1);
+      this.parent = grown(this.parent, this.size + 1);
+    }
+    const e = this.size++;
+    this.nid[e] = nid;
+    this.type[e] = type;
+    this.nameStart[e] = nameStart;
+    this.nameEnd[e] = nameEnd;
+    this.parent[e] = parent;
+    return e;
+  }
 }
 
-function pathOf(entry: Pending): Buffer {
-  const names: Buffer[] = [];
-  for (let at: Pending | null = entry; at?.name; at = at.parent) names.push(at.name);
-  if (names.length === 0) return SLASH;
-  return Buffer.concat(names.reverse().flatMap((n) => [SLASH, n]));
-}
+const ROOT_TYPE = -1;
 
 /** Thrown inside the walk for the inode at hand; the walk adds its nid and path. */
 class Fault extends Error {}
@@ -161,8 +173,10 @@ class Validator {
   private readonly reached: Uint8Array;
   private readonly links: Uint32Array;
   private readonly nlinks: Uint32Array;
-  /** Where each inode was first reached, for errors. */
-  private readonly firstNode: Pending[];
+  /** The entry by which each inode was first reached, for errors. */
+  private readonly firstEntry: Int32Array;
+  private readonly entryTable = new Entries();
+  private readonly dirCols = newDirColumns();
   private readonly reachedNids: number[] = [];
   private chunkBits = -1;
   private entries = 0;
@@ -178,7 +192,15 @@ class Validator {
     this.reached = new Uint8Array(slots);
     this.links = new Uint32Array(slots);
     this.nlinks = new Uint32Array(slots);
-    this.firstNode = new Array<Pending>(slots);
+    this.firstEntry = new Int32Array(slots);
+  }
+
+  private pathOf(entry: number): Buffer {
+    const { nameStart, nameEnd, parent } = this.entryTable;
+    const names: Buffer[] = [];
+    for (let at = entry; at !== 0; at = parent[at]) names.push(this.image.subarray(nameStart[at], nameEnd[at]));
+    if (names.length === 0) return SLASH;
+    return Buffer.concat(names.reverse().flatMap((n) => [SLASH, n]));
   }
 
   private fail(message: string): never {
@@ -188,7 +210,7 @@ class Validator {
   run(visit?: (entry: WalkEntry) => void): BootstrapSummary {
     this.checkSuperblock();
     const root = this.reader.sb.rootNid;
-    const stack: Pending[] = [{ nid: root, type: null, name: null, parent: null, parentNid: root }];
+    const stack = [this.entryTable.add(root, ROOT_TYPE, 0, 0, 0)];
     while (stack.length > 0) {
       const p = stack.pop()!;
       try {
@@ -196,7 +218,8 @@ class Validator {
       } catch (err) {
         if (err instanceof Fault || (err instanceof BootstrapError && err.context.path === undefined)) {
           const detail = err instanceof BootstrapError ? err.detail : err.message;
-          throw new BootstrapError(detail, { bootstrap: this.what, nid: p.nid, path: displayPath(pathOf(p)) });
+          const nid = this.entryTable.nid[p];
+          throw new BootstrapError(detail, { bootstrap: this.what, nid, path: displayPath(this.pathOf(p)) });
         }
         throw err;
       }
@@ -206,7 +229,7 @@ class Validator {
         throw new BootstrapError(`nlink ${this.nlinks[nid]}, but ${this.links[nid]} directory entries name the inode`, {
           bootstrap: this.what,
           nid,
-          path: displayPath(pathOf(this.firstNode[nid])),
+          path: displayPath(this.pathOf(this.firstEntry[nid])),
         });
       }
     }
@@ -275,67 +298,70 @@ class Validator {
     }
   }
 
-  private step(p: Pending, stack: Pending[], visit?: (entry: WalkEntry) => void): void {
+  private step(p: number, stack: number[], visit?: (entry: WalkEntry) => void): void {
     this.entries++;
-    const known = p.nid < this.reached.length ? this.reached[p.nid] : 0;
+    const nid = this.entryTable.nid[p];
+    const known = nid < this.reached.length ? this.reached[nid] : 0;
     if (known !== 0) {
       if (known === 2)
-        fault(`directory reached a second time (first at ${displayPath(pathOf(this.firstNode[p.nid]))})`);
-      this.links[p.nid]++;
-      const inode = this.reader.inode(p.nid);
+        fault(`directory reached a second time (first at ${displayPath(this.pathOf(this.firstEntry[nid]))})`);
+      this.links[nid]++;
+      const inode = this.reader.inode(nid);
       this.checkType(p, inode);
-      visit?.({ path: () => pathOf(p), inode, first: false, chunks: [] });
+      visit?.({ path: () => this.pathOf(p), inode, first: false, chunks: NO_CHUNKS });
       return;
     }
-    const inode = this.reader.inode(p.nid);
+    const inode = this.reader.inode(nid);
     const ifmt = inode.mode & S_IFMT;
-    if (p.type === null && ifmt !== S_IFDIR) fault('the root is not a directory');
+    if (p === 0 && ifmt !== S_IFDIR) fault('the root is not a directory');
     this.checkType(p, inode);
     this.checkInodeFields(inode);
-    this.reached[p.nid] = ifmt === S_IFDIR ? 2 : 1;
-    this.links[p.nid] = 1;
-    this.nlinks[p.nid] = inode.nlink;
-    this.firstNode[p.nid] = p;
-    this.reachedNids.push(p.nid);
+    this.reached[nid] = ifmt === S_IFDIR ? 2 : 1;
+    this.links[nid] = 1;
+    this.nlinks[nid] = inode.nlink;
+    this.firstEntry[nid] = p;
+    this.reachedNids.push(nid);
 
     const head = inode.bodyStart + inode.xattrSize;
-    let chunks: WalkEntry['chunks'] = [];
+    let chunks = NO_CHUNKS;
     if (ifmt === S_IFREG && inode.layout === DataLayout.ChunkBased) {
       const count = this.checkChunkFormat(inode);
       const indexAt = this.reader.chunkIndexesAt(inode);
-      this.claim(inode.at, indexAt + count * CHUNK_INDEX_SIZE, p.nid, 'inode with its chunk index');
+      this.claim(inode.at, indexAt + count * CHUNK_INDEX_SIZE, nid, 'inode with its chunk index');
       this.checkChunks(inode, indexAt, count);
       if (visit) chunks = this.reader.chunks(inode);
     } else {
       const { tailLen, tailAt } = this.reader.extents(inode);
-      this.claim(inode.at, head + tailLen, p.nid, 'inode');
+      this.claim(inode.at, head + tailLen, nid, 'inode');
       if (tailLen > 0 && Math.floor(tailAt / BLOCK_SIZE) !== Math.floor((tailAt + tailLen - 1) / BLOCK_SIZE))
         fault('inline data crosses a block boundary');
     }
     this.checkXattrs(inode);
     if (ifmt === S_IFDIR) this.expandDir(p, inode, stack);
-    else if (ifmt === S_IFLNK) this.checkSymlink(p, inode);
-    visit?.({ path: () => pathOf(p), inode, first: true, chunks });
+    else if (ifmt === S_IFLNK) this.checkSymlink(nid, inode);
+    visit?.({ path: () => this.pathOf(p), inode, first: true, chunks });
   }
 
-  private checkType(p: Pending, inode: InodeInfo): void {
+  private checkType(p: number, inode: InodeInfo): void {
     const type = direntOf(inode.mode);
     if (type === undefined) fault(`mode 0${inode.mode.toString(8)} is not a file type`);
-    if (p.type !== null && p.type !== type)
-      fault(`directory entry says type ${p.type}, the inode's mode 0${inode.mode.toString(8)} says ${type}`);
+    const named = this.entryTable.type[p];
+    if (named !== ROOT_TYPE && named !== type)
+      fault(`directory entry says type ${named}, the inode's mode 0${inode.mode.toString(8)} says ${type}`);
   }
 
   /** Per file type, the layouts and field values writer.ts writes. */
   private checkInodeFields(inode: InodeInfo): void {
     const { image } = this;
+    const { view } = this.reader;
     const ifmt = inode.mode & S_IFMT;
     if (inode.format & ~0xf) fault(`inode format 0x${inode.format.toString(16)} has unknown bits`);
     if (inode.extended) {
-      if (image.readUInt16LE(inode.at + 6) !== 0 || !isZero(image, inode.at + 48, inode.at + EXTENDED_INODE_SIZE))
+      if (view.getUint16(inode.at + 6, true) !== 0 || !isZero(image, inode.at + 48, inode.at + EXTENDED_INODE_SIZE))
         fault('extended inode has reserved fields set');
-      if (image.readUInt32LE(inode.at + 40) >= 1e9) fault('mtime nanoseconds out of range');
+      if (view.getUint32(inode.at + 40, true) >= 1e9) fault('mtime nanoseconds out of range');
       if (!Number.isSafeInteger(inode.size)) fault(`size ${inode.size} is not representable`);
-    } else if (image.readUInt32LE(inode.at + 12) !== 0 || image.readUInt32LE(inode.at + 28) !== 0) {
+    } else if (view.getUint32(inode.at + 12, true) !== 0 || view.getUint32(inode.at + 28, true) !== 0) {
       fault('compact inode has reserved fields set');
     }
     if (!layoutWritten(ifmt, inode.size, inode.layout))
@@ -366,13 +392,13 @@ class Validator {
 
   /** The `count` chunk indexes at `indexAt` (claimed already), read in place: no object per chunk. */
   private checkChunks(inode: InodeInfo, indexAt: number, count: number): void {
-    const { image } = this;
+    const { view } = this.reader;
     const devices = this.reader.sb.devices;
     const chunkSize = this.reader.chunkSize(inode);
     for (let k = 0, at = indexAt; k < count; k++, at += CHUNK_INDEX_SIZE) {
-      const advise = image.readUInt16LE(at);
-      const device = image.readUInt16LE(at + 2);
-      const blkaddr = image.readUInt32LE(at + 4);
+      const advise = view.getUint16(at, true);
+      const device = view.getUint16(at + 2, true);
+      const blkaddr = view.getUint32(at + 4, true);
       if (advise !== 0) fault(`chunk ${k} has advise bits 0x${advise.toString(16)}`);
       if (blkaddr === NULL_ADDR) {
         if (device !== 0) fault(`chunk ${k} is a hole on device ${device}`);
@@ -401,59 +427,91 @@ class Validator {
     }
   }
 
-  private checkSymlink(p: Pending, inode: InodeInfo): void {
+  private checkSymlink(nid: number, inode: InodeInfo): void {
     if (inode.size === 0 || inode.size > MAX_SYMLINK_LEN)
       fault(`symlink target of ${inode.size} bytes (1..${MAX_SYMLINK_LEN} allowed)`);
-    this.claimBlocks(p, inode);
+    this.claimBlocks(nid, inode);
     if (this.reader.data(inode).includes(0)) fault('symlink target contains a NUL byte');
   }
 
-  private claimBlocks(p: Pending, inode: InodeInfo): void {
+  private claimBlocks(nid: number, inode: InodeInfo): void {
     const { blocksAt, blocksLen } = this.reader.extents(inode);
-    if (blocksLen > 0) this.claim(blocksAt, blocksAt + blocksLen, p.nid, 'data blocks');
+    if (blocksLen > 0) this.claim(blocksAt, blocksAt + blocksLen, nid, 'data blocks');
     else if (inode.layout === DataLayout.FlatPlain && inode.iU !== 0) fault('no data blocks, yet a block address');
   }
 
-  private expandDir(p: Pending, inode: InodeInfo, stack: Pending[]): void {
-    this.claimBlocks(p, inode);
-    const entries = this.reader.readDir(inode);
-    let dot: DirEntryInfo | undefined;
-    let dotdot: DirEntryInfo | undefined;
-    const children: DirEntryInfo[] = [];
-    for (let i = 0; i < entries.length; i++) {
-      const e = entries[i];
-      if (i > 0 && Buffer.compare(entries[i - 1].name, e.name) >= 0)
-        fault(`entry "${displayPath(e.name)}" is not in strictly ascending name order`);
-      if (e.name.equals(DOT)) dot = e;
-      else if (e.name.equals(DOTDOT)) dotdot = e;
+  private expandDir(p: number, inode: InodeInfo, stack: number[]): void {
+    const nid = this.entryTable.nid[p];
+    this.claimBlocks(nid, inode);
+    const cols = this.reader.readDir(inode, this.dirCols);
+    const { count, names, nameStart, nameEnd, nids, types } = cols;
+    let dot = -1;
+    let dotdot = -1;
+    let subdirs = 0;
+    for (let i = 0; i < count; i++) {
+      const from = nameStart[i];
+      const len = nameEnd[i] - from;
+      if (i > 0 && compareNames(names, nameStart[i - 1], nameEnd[i - 1], from, nameEnd[i]) >= 0)
+        fault(`entry "${displayPath(names.subarray(from, nameEnd[i]))}" is not in strictly ascending name order`);
+      if (len === 1 && names[from] === DOT) dot = i;
+      else if (len === 2 && names[from] === DOT && names[from + 1] === DOT) dotdot = i;
       else {
-        checkName(e.name);
-        children.push(e);
+        checkName(names, from, nameEnd[i]);
+        if (types[i] === DirentType.Dir) subdirs++;
       }
     }
-    if (!dot || dot.nid !== p.nid || dot.type !== DirentType.Dir)
+    if (dot === -1 || nids[dot] !== nid || types[dot] !== DirentType.Dir)
       fault('`.` is missing or does not name the directory');
-    if (!dotdot || dotdot.nid !== p.parentNid || dotdot.type !== DirentType.Dir)
+    if (
+      dotdot === -1 ||
+      nids[dotdot] !== this.entryTable.nid[this.entryTable.parent[p]] ||
+      types[dotdot] !== DirentType.Dir
+    )
       fault('`..` is missing or does not name the parent directory');
     // Byte for byte what the writer makes of these entries: packing, offsets, padding and size included.
-    if (!dirBlocksEqual(entries, this.reader.data(inode)))
-      fault('directory blocks are not laid out as the writer lays them out');
-    const subdirs = children.filter((c) => c.type === DirentType.Dir).length;
+    if (!dirBlocksEqual(cols, names)) fault('directory blocks are not laid out as the writer lays them out');
     if (inode.nlink !== 2 + subdirs) fault(`nlink ${inode.nlink}, expected ${2 + subdirs} (2 + subdirectories)`);
-    for (let k = children.length - 1; k >= 0; k--) {
-      const c = children[k];
-      stack.push({ nid: c.nid, type: c.type, name: c.name, parent: p, parentNid: p.nid });
+    // Names are kept as ranges of the image: a directory's data is its whole blocks, then its inline
+    // tail, and no name crosses a block.
+    const { blocksAt, blocksLen, tailAt } = this.reader.extents(inode);
+    const inBlocks = Math.min(inode.size, blocksLen);
+    const first = this.entryTable.size;
+    for (let i = 0; i < count; i++) {
+      if (i === dot || i === dotdot) continue;
+      const at = nameStart[i] < inBlocks ? blocksAt + nameStart[i] : tailAt + nameStart[i] - inBlocks;
+      this.entryTable.add(nids[i], types[i], at, at + nameEnd[i] - nameStart[i], p);
     }
+    for (let e = this.entryTable.size - 1; e >= first; e--) stack.push(e);
   }
 }
 
-/** Names the kernel accepts and a path can hold. */
-function checkName(name: Buffer): void {
-  const shown = () => `"${displayPath(name)}"`;
-  if (name.length === 0) fault('empty file name');
-  if (name.length > MAX_NAME_LEN) fault(`file name ${shown()} of ${name.length} bytes exceeds ${MAX_NAME_LEN}`);
-  if (name.includes(0x2f)) fault(`file name ${shown()} contains '/'`);
-  if (name.includes(0)) fault(`file name ${shown()} contains a NUL byte`);
+/** Bytewise order of two names held in `buf`, as Buffer.compare orders them. */
+function compareNames(buf: Buffer, aFrom: number, aTo: number, bFrom: number, bTo: number): number {
+  const aLen = aTo - aFrom;
+  const bLen = bTo - bFrom;
+  const n = aLen < bLen ? aLen : bLen;
+  for (let k = 0; k < n; k++) {
+    const d = buf[aFrom + k] - buf[bFrom + k];
+    if (d !== 0) return d;
+  }
+  return aLen - bLen;
+}
+
+/** Names the kernel accepts and a path can hold: buf[from, to). */
+function checkName(buf: Buffer, from: number, to: number): void {
+  const len = to - from;
+  const shown = () => `"${displayPath(buf.subarray(from, to))}"`;
+  if (len === 0) fault('empty file name');
+  if (len > MAX_NAME_LEN) fault(`file name ${shown()} of ${len} bytes exceeds ${MAX_NAME_LEN}`);
+  let slash = false;
+  let nul = false;
+  for (let k = from; k < to; k++) {
+    const c = buf[k];
+    if (c === 0x2f) slash = true;
+    else if (c === 0) nul = true;
+  }
+  if (slash) fault(`file name ${shown()} contains '/'`);
+  if (nul) fault(`file name ${shown()} contains a NUL byte`);
 }
 
 function isZero(buf: Buffer, from: number, to: number): boolean {
