@@ -4,20 +4,14 @@
 // file of B is what `umoci unpack` gives. Also with A's blob evicted while B is mounted (B fetches
 // again), and after a daemon restart (the index rebuilt from the cache files).
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { execCli, publishLazy, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
-import { UmociImage } from '../lib/test-images';
+import { CHUNKS_PER_FILE, FILE_BYTES, FILES, NEW_FILE_BYTES, rebuiltPair } from '../lib/rebuilt-images';
 import { compareTreesInChild } from '../lib/tree-compare';
-
-const FILES = 12;
-const FILE_BYTES = 3_000_000; // not a whole number of chunks: each file's last chunk is a short one
-const CHUNKS_PER_FILE = Math.ceil(FILE_BYTES / (1 << 20));
-const NEW_FILE_BYTES = 100_000;
 
 interface Status {
   fetch: { bytesFetched: number; verifyFailures: number };
@@ -38,16 +32,7 @@ for (const transport of ['fanotify', 'fuse'] as const) {
 
     before(async () => {
       work = tempDir(`chunk-copies-${transport}`);
-      const files = path.join(work, 'files');
-      fs.mkdirSync(files);
-      for (let i = 0; i < FILES; i++) fs.writeFileSync(path.join(files, `data-${i}`), randomBytes(FILE_BYTES));
-      const layout = path.join(work, 'layout');
-      const put = (rootfs: string) => fs.cpSync(files, path.join(rootfs, 'data'), { recursive: true });
-      const a = new UmociImage(layout, 'a').create().layer(put);
-      const b = new UmociImage(layout, 'b').create().layer((rootfs) => {
-        put(rootfs);
-        fs.writeFileSync(path.join(rootfs, 'data', 'new'), randomBytes(NEW_FILE_BYTES));
-      });
+      const { a, b } = rebuiltPair(work);
       refA = a.unpack(path.join(work, 'ref-a'));
       refB = b.unpack(path.join(work, 'ref-b'));
       registry = await startRegistry();

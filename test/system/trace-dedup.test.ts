@@ -5,7 +5,6 @@
 // background prefetch of plain B copy the chunks A's cache file holds instead of fetching them; and
 // `trace rebase` carries A's trace over to plain B by chunk digest.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,13 +15,9 @@ import { until } from '../lib/assertions';
 import { execCli, execCliSync, publishLazy, runCliAsync, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
-import { UmociImage } from '../lib/test-images';
+import { CHUNKS_PER_FILE, FILES, NEW_FILE_BYTES, rebuiltPair } from '../lib/rebuilt-images';
 import { compareTreesInChild } from '../lib/tree-compare';
 
-const FILES = 12;
-const FILE_BYTES = 3_000_000;
-const CHUNKS_PER_FILE = Math.ceil(FILE_BYTES / (1 << 20));
-const NEW_FILE_BYTES = 100_000;
 /** The files a workload reads: a trace of them is a part of the image, not all of it. */
 const READ = 4;
 
@@ -47,16 +42,7 @@ describe('access traces and prefetch across images sharing chunks', { timeout: 6
   before(async () => {
     work = tempDir('trace-dedup');
     socket = path.join(work, 'control.sock');
-    const files = path.join(work, 'files');
-    fs.mkdirSync(files);
-    for (let i = 0; i < FILES; i++) fs.writeFileSync(path.join(files, `data-${i}`), randomBytes(FILE_BYTES));
-    const layout = path.join(work, 'layout');
-    const put = (rootfs: string) => fs.cpSync(files, path.join(rootfs, 'data'), { recursive: true });
-    const a = new UmociImage(layout, 'a').create().layer(put);
-    const b = new UmociImage(layout, 'b').create().layer((rootfs) => {
-      put(rootfs);
-      fs.writeFileSync(path.join(rootfs, 'data', 'new'), randomBytes(NEW_FILE_BYTES));
-    });
+    const { a, b } = rebuiltPair(work);
     refB = b.unpack(path.join(work, 'ref-b'));
     registry = await startRegistry();
     lazyA = publishLazy(a.ref, registry.host, 'a').lazy;
