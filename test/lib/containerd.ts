@@ -118,3 +118,19 @@ export async function stopDaemonWithSnapshotter(work: string, daemon: Daemon | u
     .sort((a, b) => b.length - a.length);
   for (const t of targets) await execFileAsync('umount', ['-l', t]);
 }
+
+/**
+ * Waits until containerd's client has reconnected to a restarted snapshotter (it does so on its own,
+ * after its back-off): until `ls` (a `ctr snapshots` command) answers, at most 30 s.
+ */
+export async function snapshotterReconnected(ls: () => Promise<string>): Promise<void> {
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 200)))
+    if (
+      await ls().then(
+        () => true,
+        () => false,
+      )
+    )
+      return;
+  await ls();
+}

@@ -12,6 +12,7 @@ import {
   startDaemonWithSnapshotter,
   stopDaemonWithSnapshotter,
   SNAPSHOTTER,
+  snapshotterReconnected,
   type Containerd,
 } from '../lib/containerd';
 import { criPullImage } from '../lib/cri';
@@ -117,18 +118,7 @@ for (const transport of ['fanotify', 'fuse'] as const)
             break;
         await k8s('containers', 'rm', id);
       };
-      /** Waits until containerd's client has reconnected to the restarted snapshotter. */
-      const reconnected = async () => {
-        for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 200)))
-          if (
-            await sn('ls').then(
-              () => true,
-              () => false,
-            )
-          )
-            return;
-        await sn('ls');
-      };
+      const reconnected = () => snapshotterReconnected(() => sn('ls'));
 
       before(async () => {
         const image = minbaseImage();

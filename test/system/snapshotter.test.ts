@@ -13,6 +13,7 @@ import {
   startDaemonWithSnapshotter,
   stopDaemonWithSnapshotter,
   SNAPSHOTTER,
+  snapshotterReconnected,
   type Containerd,
 } from '../lib/containerd';
 import * as grpc from '@grpc/grpc-js';
@@ -105,15 +106,7 @@ describe('containerd with the erofs-ondemand snapshotter', () => {
     assert.match(list, /cmp\s/);
     await daemon.stop();
     daemon = await start();
-    // containerd's client reconnects on its own, after its back-off.
-    for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 200)))
-      if (
-        await sn('ls').then(
-          () => true,
-          () => false,
-        )
-      )
-        break;
+    await snapshotterReconnected(() => sn('ls'));
     assert.equal(await sn('ls'), list);
     assert.equal(await sn('info', 'cmp'), info);
     assert.equal(await sn('mounts', '/x', 'cmp'), mounts);
