@@ -4,12 +4,12 @@
 
 export interface ChunkEntry {
   /** Offset in the uncompressed address space (4 KiB aligned): blkaddr * 4096. */
-  uncompressedOffset: number;
-  uncompressedSize: number;
-  compressedOffset: number;
-  compressedSize: number;
+  readonly uncompressedOffset: number;
+  readonly uncompressedSize: number;
+  readonly compressedOffset: number;
+  readonly compressedSize: number;
   /** SHA-256 of the uncompressed bytes. */
-  digest: Buffer;
+  readonly digest: Buffer;
 }
 
 export interface BlobTrailer {
@@ -37,25 +37,73 @@ export function encodeTable(entries: readonly ChunkEntry[]): Buffer {
   return out;
 }
 
+/** A little-endian u64 that the table's bounds keep below 2^53, read without a BigInt. */
+function readU64(data: Buffer, at: number): number {
+  return data.readUInt32LE(at) + data.readUInt32LE(at + 4) * 2 ** 32;
+}
+
+/**
+ * One chunk of a decoded table, read in place from the table's bytes: a mount holds a table of many
+ * chunks as one buffer and one small object per chunk, not five fields and a digest buffer per chunk.
+ */
+class TableEntry implements ChunkEntry {
+  readonly #table: Buffer;
+  readonly #at: number;
+
+  constructor(table: Buffer, at: number) {
+    this.#table = table;
+    this.#at = at;
+  }
+
+  get uncompressedOffset(): number {
+    return readU64(this.#table, this.#at);
+  }
+
+  get uncompressedSize(): number {
+    return this.#table.readUInt32LE(this.#at + 8);
+  }
+
+  get compressedOffset(): number {
+    return readU64(this.#table, this.#at + 12);
+  }
+
+  get compressedSize(): number {
+    return this.#table.readUInt32LE(this.#at + 20);
+  }
+
+  /** A view of the table's bytes: read-only by contract. */
+  get digest(): Buffer {
+    return this.#table.subarray(this.#at + 24, this.#at + ENTRY_SIZE);
+  }
+
+  toJSON(): object {
+    const { uncompressedOffset, uncompressedSize, compressedOffset, compressedSize, digest } = this;
+    return { uncompressedOffset, uncompressedSize, compressedOffset, compressedSize, digest };
+  }
+}
+
+/** The entries of an encoded table, read in place from a copy of `data` (so a caller's larger buffer is not kept). */
 export function decodeTable(data: Buffer, what: string): ChunkEntry[] {
   if (data.length % ENTRY_SIZE !== 0)
     throw new Error(`${what}: chunk table of ${data.length} bytes is not a multiple of ${ENTRY_SIZE}`);
+  const table = Buffer.alloc(data.length);
+  data.copy(table);
   const out: ChunkEntry[] = [];
-  for (let at = 0; at < data.length; at += ENTRY_SIZE) {
-    const e: ChunkEntry = {
-      uncompressedOffset: Number(data.readBigUInt64LE(at)),
-      uncompressedSize: data.readUInt32LE(at + 8),
-      compressedOffset: Number(data.readBigUInt64LE(at + 12)),
-      compressedSize: data.readUInt32LE(at + 20),
-      digest: Buffer.from(data.subarray(at + 24, at + 56)),
-    };
-    const prev = out[out.length - 1];
-    if (e.uncompressedOffset % 4096 !== 0) throw new Error(`${what}: chunk ${out.length} is not 4 KiB aligned`);
-    if (prev && e.uncompressedOffset < prev.uncompressedOffset + prev.uncompressedSize)
-      throw new Error(`${what}: chunk ${out.length} overlaps the one before`);
-    if (prev && e.compressedOffset < prev.compressedOffset + prev.compressedSize)
-      throw new Error(`${what}: compressed chunk ${out.length} overlaps the one before`);
-    out.push(e);
+  let prevEnd = 0;
+  let prevCompressedEnd = 0;
+  for (let at = 0; at < table.length; at += ENTRY_SIZE) {
+    const i = out.length;
+    const uncompressedOffset = readU64(table, at);
+    const compressedOffset = readU64(table, at + 12);
+    if (!Number.isSafeInteger(uncompressedOffset) || !Number.isSafeInteger(compressedOffset))
+      throw new Error(`${what}: chunk ${i} has an offset beyond 2^53`);
+    if (uncompressedOffset % 4096 !== 0) throw new Error(`${what}: chunk ${i} is not 4 KiB aligned`);
+    if (i > 0 && uncompressedOffset < prevEnd) throw new Error(`${what}: chunk ${i} overlaps the one before`);
+    if (i > 0 && compressedOffset < prevCompressedEnd)
+      throw new Error(`${what}: compressed chunk ${i} overlaps the one before`);
+    prevEnd = uncompressedOffset + table.readUInt32LE(at + 8);
+    prevCompressedEnd = compressedOffset + table.readUInt32LE(at + 20);
+    out.push(new TableEntry(table, at));
   }
   return out;
 }

@@ -180,6 +180,9 @@ export async function openLazyBlob(
     const bytes = Buffer.concat(fetched.sort((a, b) => a.offset - b.offset).map((f) => f.data));
     if (bytes.length === desc.size - index.trailer.tableOffset) kept.keepTable(desc, bytes, table);
   }
+  // The closures here share one context with `read`, which the mount keeps for its life: the table's
+  // bytes as fetched, decoded into `index` already, must not stay with it.
+  fetched.length = 0;
   return { remote: { digest: desc.digest, what, read }, index };
 }
 

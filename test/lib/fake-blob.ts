@@ -144,6 +144,17 @@ export class FakeRangeReader {
  * A reader with several sources, as a registry client with mirrors is: each source in turn until
  * one answers and `verify` accepts its bytes; failing that, the last bytes got (or the last error).
  */
+/** The entries as plain objects, to compare a decoded table (read in place) with what was written. */
+export function plainChunks(chunks: readonly ChunkEntry[] | null | undefined): ChunkEntry[] | undefined {
+  return chunks?.map(({ uncompressedOffset, uncompressedSize, compressedOffset, compressedSize, digest }) => ({
+    uncompressedOffset,
+    uncompressedSize,
+    compressedOffset,
+    compressedSize,
+    digest,
+  }));
+}
+
 export function mirrored(...sources: RangeReader[]): RangeReader {
   return async (offset, length, verify) => {
     let last: { data: Buffer } | { error: unknown } = { error: new Error('no sources') };

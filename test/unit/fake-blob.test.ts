@@ -4,14 +4,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadBlobIndex, MAX_TABLE_BYTES } from '../../src/blob/blob-index';
 import { ENTRY_SIZE, TRAILER_SIZE } from '../../src/blob/chunk-table';
-import { decodeChunk, makeFakeBlob, mirrored } from '../lib/fake-blob';
+import { decodeChunk, makeFakeBlob, mirrored, plainChunks } from '../lib/fake-blob';
 
 describe('fake blob', () => {
   it('serves a blob whose chunk table loadBlobIndex verifies and whose chunks decode to the content', async () => {
     const blob = await makeFakeBlob({ chunkSize: 16 << 10, size: 5 * (16 << 10) + 7 });
     const r = blob.reader();
     const index = await loadBlobIndex(r.read, blob.bytes.length, 'fake', blob.expectedTable);
-    assert.deepEqual(index, blob.index);
+    assert.deepEqual({ ...index, chunks: plainChunks(index.chunks) }, blob.index);
     assert.equal(blob.chunks.length, 6);
     const decoded: Buffer[] = [];
     for (const c of blob.chunks) {
