@@ -101,6 +101,8 @@ export class Daemon {
   /** Images prepared (and their prefetch started) ahead of a mount expected soon, by reference. */
   private readonly warmed = new Map<string, Promise<PreparedImage>>();
   private readonly warmedImages = new Set<PreparedImage>();
+  /** The access-trace replay a prepared image's warm-up started. */
+  private readonly replays = new WeakMap<PreparedImage, Promise<void>>();
   private readonly traces: TraceStore;
   /** What the transport needs to resume each mount after a restart. */
   private readonly mountStates = new Map<string, MountState>();
@@ -340,21 +342,22 @@ export class Daemon {
       ms: { ...image.preparedMs, kernel },
     });
     this.recordTrace(target, image);
-    if (!warmed) void this.prefetch(image);
+    void this.prefetch(image, warmed && this.replays.get(warmed));
     return { digest: image.digest };
   }
 
   /**
    * Prepares `ref` for a mount expected soon (the snapshotter's pull of an image with a lazy form):
    * the bootstrap downloaded and checked, the chunk tables, and the access trace's prefetch started,
-   * so that the mount waits for the kernel only. Kept for a while; a mount of `ref` takes it.
+   * so that the mount waits for the kernel only. Blind prefetch waits for the mount: an image pulled is
+   * not always run. Kept for a while; a mount of `ref` takes it.
    */
   warm(ref: string): void {
     if (this.stopping || this.warmed.has(ref)) return;
     const prepared = this.store.prepare(ref).then((image) => {
       log.info('image prepared ahead of its mount', { image: ref, ms: image.preparedMs });
       if (this.warmed.get(ref) === prepared) this.warmedImages.add(image);
-      void this.prefetch(image);
+      this.replays.set(image, this.replayTrace(image));
       return image;
     });
     prepared.catch((err: Error) =>
@@ -389,18 +392,25 @@ export class Daemon {
     }
   }
 
-  /** The image's access trace first, if there is one, then the background prefetch of every blob. */
-  private async prefetch(image: PreparedImage): Promise<void> {
-    const found = await this.traces.find(image);
-    if (found) {
-      log.info('replaying an access trace', {
-        image: image.ref,
-        source: found.source,
-        chunks: found.trace.entries.length,
-      });
-      await this.prefetcher.replay(found.trace, image.blobs);
-    }
+  /**
+   * The image's access trace first, if there is one (`replayed`: a replay a warm-up started), then the
+   * background prefetch of every blob.
+   */
+  private async prefetch(image: PreparedImage, replayed = this.replayTrace(image)): Promise<void> {
+    await replayed;
     for (const blob of image.blobs) this.prefetcher.start(blob);
+  }
+
+  /** Replays the image's access trace as prefetch, if it has one. */
+  private async replayTrace(image: PreparedImage): Promise<void> {
+    const found = await this.traces.find(image);
+    if (!found) return;
+    log.info('replaying an access trace', {
+      image: image.ref,
+      source: found.source,
+      chunks: found.trace.entries.length,
+    });
+    await this.prefetcher.replay(found.trace, image.blobs);
   }
 
   private recorder(target: string): { image: PreparedImage; recorder: TraceRecorder } {
