@@ -54,12 +54,7 @@ describe('umount of a busy image', () => {
   });
 
   it('names an open file and an overlay using the mount as a layer', async () => {
-    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
-    await execCli('mount', '--socket', socket, ref, mnt);
-    const merged = fs.mkdtempSync(path.join(work, 'merged-'));
-    const upper = fs.mkdtempSync(path.join(work, 'upper-'));
-    const workdir = fs.mkdtempSync(path.join(work, 'work-'));
-    mountOverlay({ lower: mnt, upper, work: workdir, target: merged });
+    const { mnt, merged } = await mountUnderOverlay();
     const holder = spawn('tail', ['-f', path.join(mnt, 'data', 'random-0')], { stdio: 'ignore' });
     try {
       await new Promise((r) => setTimeout(r, 300)); // tail has opened the file
