@@ -84,6 +84,13 @@ function snapshotMountDir(sock: string): string {
   return path.join(path.dirname(sock), 'snapshots');
 }
 
+/** An image being prepared ahead of its mount; `image` and `replayed` once it is prepared. */
+interface Warm {
+  prepared: Promise<PreparedImage>;
+  image?: PreparedImage;
+  replayed?: Promise<void>;
+}
+
 /** How long an image prepared ahead of its mount is kept for that mount. */
 const WARM_KEPT_MS = 10 * 60_000;
 
@@ -98,11 +105,8 @@ export class Daemon {
   private readonly mounts = new Map<string, PreparedImage>();
   /** The access trace being recorded for each mount. */
   private readonly recorders = new Map<string, TraceRecorder>();
-  /** Images prepared (and their prefetch started) ahead of a mount expected soon, by reference. */
-  private readonly warmed = new Map<string, Promise<PreparedImage>>();
-  private readonly warmedImages = new Set<PreparedImage>();
-  /** The access-trace replay a prepared image's warm-up started. */
-  private readonly replays = new WeakMap<PreparedImage, Promise<void>>();
+  /** Images prepared (and their trace's replay started) ahead of a mount expected soon, by reference. */
+  private readonly warmed = new Map<string, Warm>();
   private readonly traces: TraceStore;
   /** What the transport needs to resume each mount after a restart. */
   private readonly mountStates = new Map<string, MountState>();
@@ -184,7 +188,8 @@ export class Daemon {
 
   /** Blobs eviction must leave: those of mounts, and of images prepared for a mount. */
   private blobsInUse(): BlobCache[] {
-    return [...new Set([...this.mounts.values(), ...this.warmedImages].flatMap((m) => m.blobs))];
+    const warmed = [...this.warmed.values()].flatMap((w) => w.image ?? []);
+    return [...new Set([...this.mounts.values(), ...warmed].flatMap((m) => m.blobs))];
   }
 
   private get stateFile(): string {
@@ -325,8 +330,7 @@ export class Daemon {
     if (this.mounts.has(target)) throw new Error(`${target} is already a mount of this daemon`);
     const warm = lazy === undefined ? this.warmed.get(ref) : undefined;
     this.warmed.delete(ref);
-    const warmed = await warm?.catch(() => undefined);
-    if (warmed) this.warmedImages.delete(warmed);
+    const warmed = await warm?.prepared.catch(() => undefined);
     const image = warmed ?? (await this.store.prepare(ref, lazy));
     const kernelStart = performance.now();
     const state = await this.transport.mount(image, target);
@@ -342,7 +346,7 @@ export class Daemon {
       ms: { ...image.preparedMs, kernel },
     });
     this.recordTrace(target, image);
-    void this.prefetch(image, warmed && this.replays.get(warmed));
+    void this.prefetch(image, warmed && warm?.replayed);
     return { digest: image.digest };
   }
 
@@ -354,20 +358,20 @@ export class Daemon {
    */
   warm(ref: string): void {
     if (this.stopping || this.warmed.has(ref)) return;
-    const prepared = this.store.prepare(ref).then((image) => {
-      log.info('image prepared ahead of its mount', { image: ref, ms: image.preparedMs });
-      if (this.warmed.get(ref) === prepared) this.warmedImages.add(image);
-      this.replays.set(image, this.replayTrace(image));
-      return image;
-    });
-    prepared.catch((err: Error) =>
+    const warm: Warm = {
+      prepared: this.store.prepare(ref).then((image) => {
+        log.info('image prepared ahead of its mount', { image: ref, ms: image.preparedMs });
+        warm.image = image;
+        warm.replayed = this.replayTrace(image);
+        return image;
+      }),
+    };
+    warm.prepared.catch((err: Error) =>
       log.info('image not prepared ahead of its mount', { image: ref, error: err.message }),
     );
-    this.warmed.set(ref, prepared);
+    this.warmed.set(ref, warm);
     setTimeout(() => {
-      if (this.warmed.get(ref) !== prepared) return;
-      this.warmed.delete(ref);
-      void prepared.then((image) => this.warmedImages.delete(image)).catch(() => undefined);
+      if (this.warmed.get(ref) === warm) this.warmed.delete(ref);
     }, WARM_KEPT_MS).unref();
   }
 
