@@ -284,6 +284,12 @@ export class BlobCache implements RangeSource, ChunkDestination {
     return this.fill(missing, priority);
   }
 
+  /** The chunks `indexes` (no two alike) grouped as prefetch fetches them: a Range GET each. */
+  prefetchRequests(indexes: readonly number[]): number[][] {
+    const indexOf = new Map(indexes.map((i) => [this.index.chunks[i], i]));
+    return this.fetcher.plan([...indexOf.keys()], 'prefetch').map((r) => r.chunks.map((c) => indexOf.get(c)!));
+  }
+
   /** Calls `listener` with the chunk indexes of every demand read; returns the unsubscribe. */
   onDemand(listener: (chunks: readonly number[]) => void): () => void {
     this.demandListeners.add(listener);

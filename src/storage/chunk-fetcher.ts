@@ -5,7 +5,7 @@ import type { RangeReader } from '../blob/blob-index';
 import { ChunkVerificationError } from '../blob/chunk-codec';
 import type { ChunkEntry } from '../blob/chunk-table';
 import { Limiter, type Priority, type QueuedTask } from './limiter';
-import { planRanges } from './range-plan';
+import { planRanges, type FetchRange } from './range-plan';
 
 export interface RemoteBlob {
   /** The blob digest: chunks are identified by blob and uncompressed offset. */
@@ -140,8 +140,7 @@ export class ChunkFetcher {
       this.inflight.set(key, { data, priority, ahead: i >= aheadFrom });
       result.push(data);
     }
-    const gap = priority === 'demand' ? this.maxGap : this.prefetchGap;
-    for (const range of planRanges(missing, this.maxRequestBytes, gap)) {
+    for (const range of this.plan(missing, priority)) {
       const keys = range.chunks.map((c) => `${blob.digest}@${c.uncompressedOffset}`);
       void this.limiter.run(
         priority,
@@ -159,6 +158,11 @@ export class ChunkFetcher {
       );
     }
     return result;
+  }
+
+  /** The Range GETs `chunks` of one blob take when fetched at `priority`. */
+  plan(chunks: readonly ChunkEntry[], priority: Priority): FetchRange[] {
+    return planRanges(chunks, this.maxRequestBytes, priority === 'demand' ? this.maxGap : this.prefetchGap);
   }
 
   private async fetchRange(

@@ -94,9 +94,9 @@ export class Prefetcher {
   }
 
   /**
-   * Fetches what a checked access trace names, in its order: a window of entries at a time, each
-   * window's chunks of a blob asked for together so that neighbours share a Range GET, `workers`
-   * windows at once, behind demand reads. Resolves to the chunks fetched once the trace is replayed.
+   * Fetches what a checked access trace names as the fetcher's prefetch requests would take it, the
+   * request the trace wants first going first, `workers` requests at once, behind demand reads.
+   * Resolves to the chunks fetched once the trace is replayed.
    */
   async replay(trace: AccessTrace, blobs: readonly BlobCache[], workers = TRACE_WORKERS): Promise<number> {
     const batches = traceBatches(trace, blobs);
@@ -107,9 +107,7 @@ export class Prefetcher {
         const { blob, chunks } = batches[next++];
         if (this.budget.nearBound(chunks.length * blob.index.trailer.chunkSize)) return;
         try {
-          const n = await blob.fetchChunks(chunks, 'prefetch');
-          fetched += n;
-          log.debug('trace batch fetched', { blob: blob.what, chunks: chunks.length, fetched: n });
+          fetched += await blob.fetchChunks(chunks, 'prefetch');
         } catch (err) {
           log.warn('trace prefetch failed', { blob: blob.what, chunks: chunks.length, error: (err as Error).message });
         }
@@ -125,25 +123,24 @@ export class Prefetcher {
   }
 }
 
-/** Trace prefetch requests in flight at once: enough to fill the link, few enough to leave demand its slots. */
+/** Trace prefetch requests in flight at once: enough to keep the link busy, few enough to leave demand its slots. */
 const TRACE_WORKERS = 4;
 /**
- * Trace entries replayed together: close enough in the trace to be wanted at about the same time,
- * many enough that a package's neighbouring chunks meet in one request.
+ * The trace's chunks as the Range GETs prefetch merges them into (one blob each), in the order the
+ * trace first wants any of a request's chunks.
  */
-const TRACE_WINDOW = 1024;
-
-/** The trace's chunks in windows of TRACE_WINDOW entries, in trace order; each window's chunks grouped by blob. */
 export function traceBatches(
   trace: AccessTrace,
   blobs: readonly BlobCache[],
-  window = TRACE_WINDOW,
 ): Array<{ blob: BlobCache; chunks: number[] }> {
-  const out: Array<{ blob: BlobCache; chunks: number[] }> = [];
-  for (let w = 0; w < trace.entries.length; w += window) {
-    const byBlob = new Map<number, number[]>();
-    for (const e of trace.entries.slice(w, w + window)) byBlob.set(e.blob, [...(byBlob.get(e.blob) ?? []), e.chunk]);
-    for (const [b, chunks] of byBlob) out.push({ blob: blobs[b], chunks });
-  }
-  return out;
+  const first = blobs.map(() => new Map<number, number>());
+  trace.entries.forEach((e, i) => {
+    if (!first[e.blob].has(e.chunk)) first[e.blob].set(e.chunk, i);
+  });
+  const out: Array<{ blob: BlobCache; chunks: number[]; at: number }> = [];
+  blobs.forEach((blob, b) => {
+    for (const chunks of blob.prefetchRequests([...first[b].keys()]))
+      out.push({ blob, chunks, at: Math.min(...chunks.map((c) => first[b].get(c)!)) });
+  });
+  return out.sort((x, y) => x.at - y.at).map(({ blob, chunks }) => ({ blob, chunks }));
 }

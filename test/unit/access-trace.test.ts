@@ -249,7 +249,7 @@ describe('rebaseTrace', () => {
 });
 
 describe('traceBatches and replay', () => {
-  it('takes the trace in windows, in order, each window grouped by blob', async () => {
+  it('takes the trace as prefetch requests, the one the trace wants first going first', async () => {
     const big = await makeFakeBlob({ size: 6 << 20, chunkSize: 1 << 20 });
     const blobs = [open(a), open(big)];
     const e = (blob: number, chunk: number) => ({ blob, chunk, ms: 0, digest: '' });
@@ -257,20 +257,15 @@ describe('traceBatches and replay', () => {
       version: 1,
       image: IMAGE,
       blobs: [a.digest, big.digest],
-      entries: [e(0, 2), e(1, 5), e(0, 3), e(1, 0), e(0, 7), e(0, 6), e(1, 1)],
+      entries: [e(1, 5), e(0, 2), e(0, 7), e(1, 0), e(0, 3), e(0, 6), e(1, 1), e(1, 5)],
     };
-    const batches = (window: number) =>
-      traceBatches(trace, blobs, window).map((x) => [blobs.indexOf(x.blob), ...x.chunks]);
-    assert.deepEqual(batches(64), [
-      [0, 2, 3, 7, 6],
-      [1, 5, 0, 1],
-    ]);
-    assert.deepEqual(batches(3), [
-      [0, 2, 3],
+    const requests = traceBatches(trace, blobs).map((x) => [blobs.indexOf(x.blob), ...x.chunks]);
+    // Prefetch merges only neighbours here (`open`): a request is a run of consecutive chunks.
+    assert.deepEqual(requests, [
       [1, 5],
-      [1, 0],
-      [0, 7, 6],
-      [1, 1],
+      [0, 2, 3],
+      [0, 6, 7],
+      [1, 0, 1],
     ]);
   });
 
@@ -291,8 +286,8 @@ describe('traceBatches and replay', () => {
     assert.equal(cache.presentChunks, 3);
     assert.deepEqual(
       reader.requests.map((r) => r.offset),
-      [cache.index.chunks[1].compressedOffset, cache.index.chunks[6].compressedOffset],
-      'neighbours 1 and 2 share a request; 6 has its own',
+      [cache.index.chunks[6].compressedOffset, cache.index.chunks[1].compressedOffset],
+      'trace order: 6 first, in a request of its own; neighbours 1 and 2 share one',
     );
     assert.equal(rec.size, 0);
     rec.end('unmount');
