@@ -1,5 +1,7 @@
 // fanotify pre-content events (Linux 6.14+): a reader thread delivers FAN_PRE_ACCESS events with
 // their byte range to JS; JS fills the range through the event's own fd and answers allow or deny.
+// A watched file's events whose chunks are all present are allowed by the reader thread itself: JS
+// shares the chunks' extents and its present flags, and learns later which chunks were first read so.
 // A group outlives a daemon that dies while another process (the fd keeper) holds a copy of its fd:
 // the next daemon adopts that fd, sweeps the events the dead one had read but not answered, then reads.
 #include "fanotify.h"
@@ -8,6 +10,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sys/stat.h>
+#include <utility>
+#include <vector>
 #include <fcntl.h>
 #include <linux/fanotify.h>
 #include <string>
@@ -42,12 +50,26 @@ struct Event {
   uint64_t count;
 };
 
+// A cache file whose hits the reader thread answers: its chunks' [start, end) extents, sorted, and
+// the byte per chunk JS sets to 1 once the chunk is verified and written (and to 0 before punching it).
+struct WatchedFile {
+  uint32_t id;
+  Napi::ObjectReference extentsRef;
+  Napi::ObjectReference presentRef;
+  const double* extents;
+  const uint8_t* present;
+  size_t count;
+  std::vector<uint8_t> touched;
+  double hits = 0;
+};
+
 class Group : public Napi::ObjectWrap<Group> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FanotifyGroup",
                        {InstanceMethod("mark", &Group::Mark), InstanceMethod("start", &Group::Start),
                         InstanceMethod("respond", &Group::Respond), InstanceMethod("sweep", &Group::Sweep),
+                        InstanceMethod("watch", &Group::Watch), InstanceMethod("drain", &Group::Drain),
                         InstanceMethod("close", &Group::Close), InstanceAccessor("fd", &Group::GetFd, nullptr)});
   }
 
@@ -87,6 +109,65 @@ class Group : public Napi::ObjectWrap<Group> {
       ThrowErrno(info.Env(), errno, "fanotify_mark(FAN_PRE_ACCESS)", path);
     }
     return info.Env().Undefined();
+  }
+
+  // watch(path, id, extents, present): events on the file at `path` for a range whose chunks are all
+  // present are allowed here. `extents` holds each chunk's start and end (Float64Array, 2 per chunk,
+  // sorted), `present` a byte per chunk that JS owns. Watching a file again replaces its watch.
+  Napi::Value Watch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string path = PathArg(info[0], "path");
+    if (!info[1].IsNumber() || !info[2].IsTypedArray() || !info[3].IsTypedArray())
+      throw Napi::TypeError::New(env, "watch(path, id, extents: Float64Array, present: Uint8Array)");
+    auto extents = info[2].As<Napi::TypedArray>();
+    auto present = info[3].As<Napi::TypedArray>();
+    if (extents.TypedArrayType() != napi_float64_array || present.TypedArrayType() != napi_uint8_array ||
+        extents.ElementLength() != 2 * present.ElementLength())
+      throw Napi::TypeError::New(env, "watch: extents must be a Float64Array of two entries per byte of present");
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) ThrowErrno(env, errno, "stat", path);
+    auto w = std::make_shared<WatchedFile>();
+    w->id = info[1].As<Napi::Number>().Uint32Value();
+    w->extentsRef = Napi::Persistent(extents.As<Napi::Object>());
+    w->presentRef = Napi::Persistent(present.As<Napi::Object>());
+    w->extents = extents.As<Napi::Float64Array>().Data();
+    w->present = present.As<Napi::Uint8Array>().Data();
+    w->count = present.ElementLength();
+    w->touched.assign(w->count, 0);
+    std::shared_ptr<WatchedFile> old;
+    {
+      std::lock_guard<std::mutex> lock(watchMu_);
+      auto& slot = watches_[{st.st_dev, st.st_ino}];
+      old = std::move(slot);  // its references are released here, on the JS thread, outside the lock
+      slot = std::move(w);
+    }
+    return env.Undefined();
+  }
+
+  // drain(): what the reader thread allowed since the last call: `touches` (id, chunk) pairs for
+  // chunks read for the first time, in that order, and `hits` (id, count) pairs.
+  Napi::Value Drain(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::vector<double> touches, hits;
+    {
+      std::lock_guard<std::mutex> lock(watchMu_);
+      touches.swap(touches_);
+      for (auto& [key, w] : watches_) {
+        if (w->hits == 0) continue;
+        hits.push_back(w->id);
+        hits.push_back(w->hits);
+        w->hits = 0;
+      }
+    }
+    auto toArray = [&](const std::vector<double>& v) {
+      auto a = Napi::Float64Array::New(env, v.size());
+      std::copy(v.begin(), v.end(), a.Data());
+      return a;
+    };
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("touches", toArray(touches));
+    out.Set("hits", toArray(hits));
+    return out;
   }
 
   // start(callback): callback({fd, pid, offset, count}) for each event, on the JS thread.
@@ -150,6 +231,37 @@ class Group : public Napi::ObjectWrap<Group> {
     return info.Env().Undefined();
   }
 
+  // On the reader thread: whether every chunk the event's range [offset, offset + count) overlaps is
+  // present in a watched file; if so its first reads are noted for `drain`.
+  bool AllPresent(int eventFd, uint64_t offset, uint64_t count) {
+    struct stat st;
+    if (count == 0 || fstat(eventFd, &st) != 0) return false;
+    std::lock_guard<std::mutex> lock(watchMu_);
+    auto it = watches_.find({st.st_dev, st.st_ino});
+    if (it == watches_.end()) return false;
+    WatchedFile& w = *it->second;
+    const double start = static_cast<double>(offset), end = static_cast<double>(offset + count);
+    size_t lo = 0, hi = w.count;  // the first chunk ending after start
+    while (lo < hi) {
+      size_t mid = (lo + hi) / 2;
+      if (w.extents[2 * mid + 1] <= start) lo = mid + 1;
+      else hi = mid;
+    }
+    size_t last = lo;
+    for (; last < w.count && w.extents[2 * last] < end; last++) {
+      if (__atomic_load_n(&w.present[last], __ATOMIC_ACQUIRE) != 1) return false;
+    }
+    if (lo == last && lo == w.count) return false;  // beyond the blob: JS refuses or serves it
+    for (size_t i = lo; i < last; i++) {
+      if (w.touched[i]) continue;
+      w.touched[i] = 1;
+      touches_.push_back(w.id);
+      touches_.push_back(static_cast<double>(i));
+    }
+    w.hits++;
+    return true;
+  }
+
   void Shutdown() {
     reader_.Stop();
     if (fd_ >= 0) close(fd_);
@@ -193,6 +305,14 @@ class Group : public Napi::ObjectWrap<Group> {
           }
           off += hdr->len;
         }
+        if (ev->hasRange && AllPresent(meta->fd, ev->offset, ev->count)) {
+          struct fanotify_response r = {meta->fd, FAN_ALLOW};
+          if (write(fd_, &r, sizeof r) < 0) { /* only when the group is closing, which answers it */ }
+          close(meta->fd);
+          delete ev;
+          meta = FAN_EVENT_NEXT(meta, len);
+          continue;
+        }
         napi_status st = reader_.tsfn().BlockingCall(ev, [](Napi::Env env, Napi::Function cb, Event* e) {
           Napi::Object o = Napi::Object::New(env);
           o.Set("fd", e->fd);
@@ -217,6 +337,9 @@ class Group : public Napi::ObjectWrap<Group> {
 
   int fd_ = -1;
   ReaderThread reader_;
+  std::mutex watchMu_;
+  std::map<std::pair<dev_t, ino_t>, std::shared_ptr<WatchedFile>> watches_;
+  std::vector<double> touches_;
 };
 
 }  // namespace

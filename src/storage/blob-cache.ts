@@ -290,6 +290,29 @@ export class BlobCache implements RangeSource, ChunkDestination {
     return this.fetcher.plan([...indexOf.keys()], 'prefetch').map((r) => r.chunks.map((c) => indexOf.get(c)!));
   }
 
+  /** See ChunkState.presentFlags. */
+  get presentFlags(): Uint8Array {
+    return this.state.presentFlags;
+  }
+
+  /** Each chunk's [start, end) in the uncompressed blob, two numbers per chunk, in order. */
+  chunkExtents(): Float64Array {
+    const out = new Float64Array(this.index.chunks.length * 2);
+    this.index.chunks.forEach((c, i) =>
+      out.set([c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize], i * 2),
+    );
+    return out;
+  }
+
+  /**
+   * Reads a transport served without the daemon (`hits` of them, all of present chunks): `firstRead`
+   * are the chunks they read for the first time, in order, told to `onDemand`'s listeners.
+   */
+  servedElsewhere(hits: number, firstRead: readonly number[]): void {
+    this.hits += hits;
+    if (firstRead.length > 0) for (const l of this.demandListeners) l(firstRead);
+  }
+
   /** Calls `listener` with the chunk indexes of every demand read; returns the unsubscribe. */
   onDemand(listener: (chunks: readonly number[]) => void): () => void {
     this.demandListeners.add(listener);

@@ -16,6 +16,14 @@ export class ChunkState {
     this.pins = new Uint16Array(count);
   }
 
+  /**
+   * The byte per chunk, 1 when present, for a transport that answers hits without the daemon's thread
+   * (fanotify): set only once a chunk is written, cleared before it is punched.
+   */
+  get presentFlags(): Uint8Array {
+    return this.present;
+  }
+
   isPresent(i: number): boolean {
     return this.present[i] === 1;
   }

@@ -1,7 +1,8 @@
 // fanotify pre-content transport (Linux 6.14+, file-backed EROFS): the kernel reports the range a
 // reader is about to read from a blob's cache file; missing chunks are fetched, verified and written
 // (through the cache's own fd: its events are the daemon's own, allowed at once), then the read is
-// allowed. Any failure denies it with EIO.
+// allowed. Any failure denies it with EIO. Reads of chunks present already are allowed by the addon's
+// reader thread (`watch`): only misses wait for the daemon's thread.
 //
 // The group is handed to the fd keeper (systemd's fd store, or the holder): while the keeper holds a
 // copy, a daemon that dies leaves the group alive, readers of unfilled ranges wait (they never read
@@ -42,6 +43,11 @@ export class FanotifyTransport implements CacheMissTransport {
   private readonly group: FanotifyGroup;
   /** Cache files by inode: the event names its file only by an fd. */
   private readonly byInode = new Map<number, BlobCache>();
+  /** Cache files by their id in the group's watches. */
+  private readonly watched = new Map<number, BlobCache>();
+  private nextWatch = 0;
+  /** Hands the reader thread's first reads to the blobs while mounts are served. */
+  private drainTimer: NodeJS.Timeout | undefined;
   /** Pending events by their fd. */
   private readonly misses: MissRequests<number>;
   /** The group came from an earlier daemon: mounts are resumed, and `begin` sweeps before reading. */
@@ -86,6 +92,23 @@ export class FanotifyTransport implements CacheMissTransport {
       log.info('fanotify events left unanswered by the previous daemon denied', { events: answered });
     }
     this.group.start((e) => this.onEvent(e));
+    this.drainTimer = setInterval(() => this.drain(), DRAIN_MS);
+    this.drainTimer.unref();
+  }
+
+  /** Tells each blob what the reader thread allowed without the daemon since the last time. */
+  private drain(): void {
+    const { touches, hits } = this.group.drain();
+    const firstRead = new Map<number, number[]>();
+    for (let i = 0; i < touches.length; i += 2) {
+      const list = firstRead.get(touches[i]) ?? [];
+      list.push(touches[i + 1]);
+      firstRead.set(touches[i], list);
+    }
+    const counted = new Map<number, number>();
+    for (let i = 0; i < hits.length; i += 2) counted.set(hits[i], hits[i + 1]);
+    for (const id of new Set([...firstRead.keys(), ...counted.keys()]))
+      this.watched.get(id)?.servedElsewhere(counted.get(id) ?? 0, firstRead.get(id) ?? []);
   }
 
   /**
@@ -99,7 +122,10 @@ export class FanotifyTransport implements CacheMissTransport {
     const inodes = state.inodes.split(',').map(Number);
     const now = image.blobs.map((b) => fs.statSync(b.path).ino);
     if (inodes.length !== now.length || inodes.some((ino, i) => ino !== now[i])) return false;
-    image.blobs.forEach((b, i) => this.byInode.set(now[i], b));
+    image.blobs.forEach((b, i) => {
+      this.byInode.set(now[i], b);
+      this.watch(b);
+    });
     return true;
   }
 
@@ -120,10 +146,18 @@ export class FanotifyTransport implements CacheMissTransport {
     for (const b of blobs) {
       this.group.mark(b.path);
       this.byInode.set(fs.statSync(b.path).ino, b);
+      this.watch(b);
     }
   }
 
+  private watch(b: BlobCache): void {
+    const id = this.nextWatch++;
+    this.group.watch(b.path, id, b.chunkExtents(), b.presentFlags);
+    this.watched.set(id, b);
+  }
+
   private onEvent(e: PreAccessEvent): void {
+    this.drain(); // first: the reader thread's earlier first reads come before this one in a trace
     const answer = (errno: number) => this.group.respond(e.fd, errno);
     // The daemon's own writes are allowed by the addon's reader thread; any other pid is a reader's miss.
     let blob: BlobCache | undefined;
@@ -160,10 +194,15 @@ export class FanotifyTransport implements CacheMissTransport {
   async close(): Promise<void> {
     // A reader blocked on an unanswered event would hang: deny what is left before closing.
     this.misses.failAll();
+    clearInterval(this.drainTimer);
+    this.drain();
     this.fds?.drop(FDNAME);
     this.group.close();
   }
 }
+
+/** How often the reader thread's first reads reach the blobs (their access traces) when no miss brings them. */
+const DRAIN_MS = 100;
 
 /** A FAN_CLASS_PRE_CONTENT group marking a file in the cache directory: the filesystem must take the mark. */
 function probe({ cacheDir }: { cacheDir: string }): Probe {

@@ -16,10 +16,9 @@ export async function rejectsWith(fn: () => Promise<unknown>, ...patterns: RegEx
 }
 
 /** Waits until `cond` holds, checking every 10 ms; fails naming `what` after `timeoutMs`. */
-export async function until(cond: () => boolean, what: string, timeoutMs: number): Promise<void> {
-  for (const deadline = Date.now() + timeoutMs; !cond() && Date.now() < deadline;)
-    await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), `timed out after ${timeoutMs} ms waiting for ${what}`);
+export async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; !(await cond()); await new Promise((r) => setTimeout(r, 10)))
+    if (Date.now() >= deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
 
 /** Bytes this process has read so far (`rchar` of /proc/self/io): how much a piece of code read. */

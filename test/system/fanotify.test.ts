@@ -86,6 +86,46 @@ describe('fanotify pre-content transport primitives', () => {
     );
   });
 
+  it("allows in the reader thread the reads of a watched file's present chunks, and reports their first reads", async () => {
+    const cache = fs.mkdtempSync(path.join(work, 'cache-'));
+    const blob = path.join(cache, 'blob');
+    fs.copyFileSync(built.blobPath!, blob); // the bytes are right whoever allows the read
+    const size = built.blob!.size;
+    const CHUNK = 64 << 10;
+    const count = Math.ceil(size / CHUNK);
+    const extents = new Float64Array(count * 2);
+    for (let i = 0; i < count; i++) extents.set([i * CHUNK, Math.min(size, (i + 1) * CHUNK)], i * 2);
+    const present = new Uint8Array(count).fill(1);
+    present[0] = 0; // only reads touching chunk 0 reach JS
+    const g = new native.FanotifyGroup();
+    const toJs: Array<{ offset: number; count: number }> = [];
+    g.mark(blob);
+    g.watch(blob, 7, extents, present);
+    g.start((e) => {
+      toJs.push({ offset: e.offset, count: e.count });
+      g.respond(e.fd, 0);
+    });
+    const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+    mountFileBacked({ bootstrap: built.bootstrapPath, blobs: [blob], target: mnt });
+    try {
+      assert.deepEqual(await compareTreesInChild(src, mnt), []);
+    } finally {
+      unmount(mnt);
+    }
+    const { touches, hits } = g.drain();
+    g.close();
+    assert.ok(toJs.length > 0, 'chunk 0 was read');
+    for (const e of toJs) assert.ok(e.offset < CHUNK, `event at ${e.offset} (${e.count} bytes) touches chunk 0`);
+    assert.equal(hits[0], 7);
+    assert.ok(hits[1] > 0, 'reads allowed in the reader thread');
+    const firstReads = [...touches].filter((_, i) => i % 2 === 1);
+    assert.ok(firstReads.length > 0);
+    assert.ok([...touches].filter((_, i) => i % 2 === 0).every((id) => id === 7));
+    assert.equal(new Set(firstReads).size, firstReads.length, 'each chunk reported once');
+    assert.ok(!firstReads.includes(0));
+    assert.equal(g.drain().touches.length, 0, 'drained');
+  });
+
   it('adopts only a fanotify group fd; sweeps only before reading', () => {
     const file = path.join(work, 'not-a-group');
     fs.writeFileSync(file, '');

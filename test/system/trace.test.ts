@@ -22,8 +22,9 @@ import { minbaseImage } from '../lib/test-images';
 const run = promisify(execFile);
 
 interface Status {
+  transportRequests: number;
   fetch: { chunksFetched: number };
-  mounts: Array<{ target: string; blobs: Array<{ cached: number }> }>;
+  mounts: Array<{ target: string; hitRatio: number | null; blobs: Array<{ cached: number }> }>;
 }
 
 describe('access traces through the registry', () => {
@@ -151,6 +152,29 @@ describe('access traces through the registry', () => {
       assert.equal((await run('chroot', [mnt, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
       const afterRun = await status();
       assert.equal(afterRun.fetch.chunksFetched, before.fetch.chunksFetched, 'nothing fetched on demand');
+    } finally {
+      await execCli('umount', '--socket', socket, mnt);
+    }
+  });
+
+  it('records the chunks a program reads from the cache, which the kernel side allows without the daemon', async () => {
+    await freshDaemon('cache-hits');
+    const mnt = await mount(image);
+    try {
+      await execCli('prefetch', '--socket', socket, mnt);
+      const before = await status();
+      assert.equal((await run('chroot', [mnt, '/opt/app/run.sh'])).stdout, 'lazy hello\n');
+      const afterRun = await status();
+      assert.equal(afterRun.transportRequests, before.transportRequests, 'no read reached the daemon');
+      assert.equal(afterRun.fetch.chunksFetched, before.fetch.chunksFetched);
+      await until(async () => ((await status()).mounts[0].hitRatio ?? 0) > 0, 'the hits counted', 5_000);
+      const chunks = (t: AccessTrace) => new Set(t.entries.map((e) => `${e.blob}:${e.chunk}`));
+      await until(
+        async () => chunks(await traceOf(mnt)).size >= chunks(pushed).size,
+        'the reads reported to the trace',
+        5_000,
+      );
+      assert.deepEqual(chunks(await traceOf(mnt)), chunks(pushed), 'the same chunks as when each was a miss');
     } finally {
       await execCli('umount', '--socket', socket, mnt);
     }
