@@ -428,6 +428,7 @@ export class Daemon {
   /** The access trace of a mount, with what it amounts to; `end` closes its window first. */
   trace(target: string, action: 'show' | 'end'): TraceAnswer {
     const { image, recorder } = this.recorder(target);
+    this.transport.flushReads?.();
     if (action === 'end') recorder.end('command');
     const trace = recorder.trace();
     const indexes = image.blobs.map((b) => b.index);
@@ -449,6 +450,7 @@ export class Daemon {
     await this.transport.unmount(target).catch((err) => {
       throw explainBusy(target, err);
     });
+    this.transport.flushReads?.();
     this.recorders.get(target)?.end('unmount');
     this.recorders.delete(target);
     this.mounts.delete(target);
@@ -609,6 +611,7 @@ export class Daemon {
         await this.transport.unmount(target, { lazy: true });
       }
     }
+    this.transport.flushReads?.();
     for (const r of this.recorders.values()) r.end('unmount');
     this.recorders.clear();
     for (const target of this.mounts.keys()) {

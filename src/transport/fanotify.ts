@@ -92,12 +92,12 @@ export class FanotifyTransport implements CacheMissTransport {
       log.info('fanotify events left unanswered by the previous daemon denied', { events: answered });
     }
     this.group.start((e) => this.onEvent(e));
-    this.drainTimer = setInterval(() => this.drain(), DRAIN_MS);
+    this.drainTimer = setInterval(() => this.flushReads(), DRAIN_MS);
     this.drainTimer.unref();
   }
 
   /** Tells each blob what the reader thread allowed without the daemon since the last time. */
-  private drain(): void {
+  flushReads(): void {
     const { touches, hits } = this.group.drain();
     const firstRead = new Map<number, number[]>();
     for (let i = 0; i < touches.length; i += 2) {
@@ -157,7 +157,7 @@ export class FanotifyTransport implements CacheMissTransport {
   }
 
   private onEvent(e: PreAccessEvent): void {
-    this.drain(); // first: the reader thread's earlier first reads come before this one in a trace
+    this.flushReads(); // first: the reader thread's earlier first reads come before this one in a trace
     const answer = (errno: number) => this.group.respond(e.fd, errno);
     // The daemon's own writes are allowed by the addon's reader thread; any other pid is a reader's miss.
     let blob: BlobCache | undefined;
@@ -195,7 +195,7 @@ export class FanotifyTransport implements CacheMissTransport {
     // A reader blocked on an unanswered event would hang: deny what is left before closing.
     this.misses.failAll();
     clearInterval(this.drainTimer);
-    this.drain();
+    this.flushReads();
     this.fds?.drop(FDNAME);
     this.group.close();
   }

@@ -46,6 +46,11 @@ export interface CacheMissTransport {
   begin?(): void;
   /** Unmounts `target` (detached when `lazy`); throws (EBUSY) when it is in use and not lazy. */
   unmount(target: string, opts?: { lazy?: boolean }): Promise<void>;
+  /**
+   * Tells the blobs of the reads served without the daemon's thread (fanotify hits) that they have not
+   * heard of yet, so that an access trace read now is whole.
+   */
+  flushReads?(): void;
   /** Answers every pending miss (EIO) and stops. */
   close(): Promise<void>;
 }
