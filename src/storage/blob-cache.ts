@@ -104,6 +104,11 @@ export class BlobCache implements RangeSource, ChunkDestination {
   /** The last demand miss's first chunk, the chunk after its read-ahead, and the window (compressed bytes) it had. */
   private sequential = { from: -1, next: -1, window: 0 };
   readAhead: ReadAhead = DEFAULT_READ_AHEAD;
+  /**
+   * An access trace of this blob is being replayed: it names what readers will want, so a demand miss
+   * fetches its own chunks only; read-ahead would fetch what the trace does not name, beside it.
+   */
+  followingTrace = false;
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
   private readonly punching = new Map<number, Promise<void>>();
   /** Copies from another cache file under way, each resolving to whether it was written. */
@@ -327,7 +332,7 @@ export class BlobCache implements RangeSource, ChunkDestination {
    */
   private aheadOf(first: number, last: number): number[] {
     const max = this.readAhead.maxBytes;
-    if (max <= 0) return [];
+    if (max <= 0 || this.followingTrace) return [];
     const w = this.sequential;
     const near = w.next >= 0 && first >= w.from && first <= w.next + (w.next - w.from);
     w.window = near ? Math.min(max, w.window * 2) : Math.max(1, max >> 2);

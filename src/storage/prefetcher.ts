@@ -100,6 +100,8 @@ export class Prefetcher {
    */
   async replay(trace: AccessTrace, blobs: readonly BlobCache[], workers = TRACE_WORKERS): Promise<number> {
     const batches = traceBatches(trace, blobs);
+    const traced = new Set(trace.entries.map((e) => blobs[e.blob]));
+    for (const blob of traced) blob.followingTrace = true;
     let next = 0;
     let fetched = 0;
     const worker = async () => {
@@ -113,7 +115,11 @@ export class Prefetcher {
         }
       }
     };
-    await Promise.all(Array.from({ length: workers }, worker));
+    try {
+      await Promise.all(Array.from({ length: workers }, worker));
+    } finally {
+      for (const blob of traced) blob.followingTrace = false;
+    }
     log.info('access trace replayed', { image: trace.image, chunks: trace.entries.length, fetched });
     return fetched;
   }

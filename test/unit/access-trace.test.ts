@@ -17,6 +17,7 @@ import { BlobCache } from '../../src/storage/blob-cache';
 import { CacheBudget } from '../../src/storage/cache-budget';
 import { ChunkFetcher } from '../../src/storage/chunk-fetcher';
 import { Prefetcher, traceBatches } from '../../src/storage/prefetcher';
+import { until } from '../lib/assertions';
 import { makeFakeBlob, type FakeBlob, type FakeRangeReader } from '../lib/fake-blob';
 
 const IMAGE = `sha256:${'a'.repeat(64)}`;
@@ -267,6 +268,37 @@ describe('traceBatches and replay', () => {
       [0, 6, 7],
       [1, 0, 1],
     ]);
+  });
+
+  it('while a trace is replayed, a demand miss fetches its own chunks only: the trace names what comes next', async () => {
+    const reader = a.reader();
+    const cache = open(a, reader);
+    cache.readAhead = { maxBytes: 1 << 20 };
+    const trace: AccessTrace = {
+      version: 1,
+      image: IMAGE,
+      blobs: [a.digest],
+      entries: [{ blob: 0, chunk: 7, ms: 0, digest: cache.index.chunks[7].digest.toString('hex') }],
+    };
+    const prefetcher = new Prefetcher(0, new CacheBudget(0, 0, { evictUnused: () => 0, mounted: () => [cache] }));
+    const release = reader.hold();
+    const replay = prefetcher.replay(trace, [cache], 1);
+    await reader.started(1);
+    const miss = read(cache, 1);
+    release();
+    await Promise.all([miss, replay]);
+    const c1 = cache.index.chunks[1];
+    assert.deepEqual(
+      reader.requests.map((r) => [r.offset, r.length]),
+      [
+        [cache.index.chunks[7].compressedOffset, cache.index.chunks[7].compressedSize],
+        [c1.compressedOffset, c1.compressedSize],
+      ],
+      'the traced chunk, then the miss alone: no read-ahead',
+    );
+    await read(cache, 3);
+    // Read-ahead lands after the reader's own chunk.
+    await until(() => cache.presentChunks > 3, 'read-ahead, back once the trace is replayed', 5_000);
   });
 
   it('replays a trace as prefetch: its chunks cached, in trace order, none recorded as a reader access', async () => {
