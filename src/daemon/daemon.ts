@@ -30,7 +30,7 @@ import type { FdKeeperChoice } from '../transport/fd-keepers';
 import { lockCacheDir, type CacheLock } from './cache-lock';
 import { claimSocket, serveControl, type ControlRequest } from './control';
 import { openFdKeeper, type OpenFdKeeper } from './fd-keeper';
-import { ImageStore, lazyReference, type PreparedImage } from './image-store';
+import { ImageStore, lazyReference, type FoundImage, type PreparedImage } from './image-store';
 import { probeKernel } from './kernel-features';
 import { summarizeTrace, TraceStore, type TraceSummary } from './trace-store';
 import { DaemonMetrics } from './metrics';
@@ -84,10 +84,10 @@ function snapshotMountDir(sock: string): string {
   return path.join(path.dirname(sock), 'snapshots');
 }
 
-/** An image being prepared ahead of its mount; `image` and `replayed` once it is prepared. */
+/** An image being prepared ahead of its mount; `replayed` once it is found, `blobs` once they are open. */
 interface Warm {
   prepared: Promise<PreparedImage>;
-  image?: PreparedImage;
+  blobs?: BlobCache[];
   replayed?: Promise<void>;
 }
 
@@ -188,8 +188,8 @@ export class Daemon {
 
   /** Blobs eviction must leave: those of mounts, and of images prepared for a mount. */
   private blobsInUse(): BlobCache[] {
-    const warmed = [...this.warmed.values()].flatMap((w) => w.image ?? []);
-    return [...new Set([...this.mounts.values(), ...warmed].flatMap((m) => m.blobs))];
+    const warmed = [...this.warmed.values()].flatMap((w) => w.blobs ?? []);
+    return [...new Set([...[...this.mounts.values()].flatMap((m) => m.blobs), ...warmed])];
   }
 
   private get stateFile(): string {
@@ -358,11 +358,15 @@ export class Daemon {
    */
   warm(ref: string): void {
     if (this.stopping || this.warmed.has(ref)) return;
+    // The trace is looked up as soon as the lazy image is found, and replayed once its blobs are open,
+    // while the bootstrap is fetched and checked.
+    const found = (image: FoundImage) => {
+      image.blobs.then((blobs) => (warm.blobs = blobs)).catch(() => undefined);
+      warm.replayed = this.replayTrace(ref, image);
+    };
     const warm: Warm = {
-      prepared: this.store.prepare(ref).then((image) => {
+      prepared: this.store.prepare(ref, undefined, found).then((image) => {
         log.info('image prepared ahead of its mount', { image: ref, ms: image.preparedMs });
-        warm.image = image;
-        warm.replayed = this.replayTrace(image);
         return image;
       }),
     };
@@ -400,21 +404,27 @@ export class Daemon {
    * The image's access trace first, if there is one (`replayed`: a replay a warm-up started), then the
    * background prefetch of every blob.
    */
-  private async prefetch(image: PreparedImage, replayed = this.replayTrace(image)): Promise<void> {
+  private async prefetch(image: PreparedImage, replayed = this.replayTrace(image.ref, image)): Promise<void> {
     await replayed;
     for (const blob of image.blobs) this.prefetcher.start(blob);
   }
 
-  /** Replays the image's access trace as prefetch, if it has one. */
-  private async replayTrace(image: PreparedImage): Promise<void> {
-    const found = await this.traces.find(image);
+  /** Replays the access trace of `ref`'s lazy image as prefetch, if it has one. */
+  private async replayTrace(ref: string, image: PreparedImage | FoundImage): Promise<void> {
+    let found: Awaited<ReturnType<TraceStore['find']>>;
+    let blobs: BlobCache[];
+    try {
+      [found, blobs] = await Promise.all([this.traces.find(image), image.blobs]);
+    } catch {
+      return; // the blobs did not open: the mount fails, saying why
+    }
     if (!found) return;
     log.info('replaying an access trace', {
-      image: image.ref,
+      image: ref,
       source: found.source,
       chunks: found.trace.entries.length,
     });
-    await this.prefetcher.replay(found.trace, image.blobs);
+    await this.prefetcher.replay(found.trace, blobs);
   }
 
   private recorder(target: string): { image: PreparedImage; recorder: TraceRecorder } {

@@ -20,19 +20,24 @@ import type { RemoteBlob } from '../storage/chunk-fetcher';
 import type { BlobStore } from '../storage/blob-store';
 import { ImageMetadata } from './image-metadata';
 
-export interface PreparedImage {
-  ref: string;
+/** A lazy image found, its blobs being opened (its bootstrap not checked yet). */
+export interface FoundImage {
   /** The lazy image's manifest digest. */
   digest: string;
-  /** sha256:... of the bootstrap, verified when it was downloaded. */
-  bootstrapDigest: string;
-  bootstrapPath: string;
-  blobs: BlobCache[];
+  blobs: Promise<BlobCache[]>;
   /** Where the lazy image lives: its access traces are its referrers there. */
   client: HostClient;
   repo: string;
   /** The lazy manifest's descriptor (a referrer's subject). */
   subject: Descriptor;
+}
+
+export interface PreparedImage extends Omit<FoundImage, 'blobs'> {
+  blobs: BlobCache[];
+  ref: string;
+  /** sha256:... of the bootstrap, verified when it was downloaded. */
+  bootstrapDigest: string;
+  bootstrapPath: string;
   /** Where preparing it spent its time, in milliseconds: what a slow mount waited on. */
   preparedMs: PrepareTimings;
 }
@@ -43,7 +48,7 @@ export interface PrepareTimings {
   /** Downloading the bootstrap (0 when cached). */
   bootstrap: number;
   validate: number;
-  /** Waiting for the chunk tables after the bootstrap was checked. */
+  /** Opening the blobs (their chunk tables), from when the image was found: alongside the bootstrap. */
   tables: number;
 }
 
@@ -221,15 +226,21 @@ export class ImageStore {
    * names now, from what was kept in the cache when it was mounted, so without a registry request
    * when all of it is there; what is not is fetched by digest.
    */
-  async prepare(ref: string, lazy?: string): Promise<PreparedImage> {
+  /**
+   * Finds, fetches and checks what a mount of `ref` (with `lazy`, exactly that lazy image) needs.
+   * `onFound` is called as soon as the lazy image is found, with its blobs still being opened and its
+   * bootstrap not checked yet: each chunk is checked against its blob's table, so fetching early is safe.
+   */
+  async prepare(ref: string, lazy?: string, onFound?: (image: FoundImage) => void): Promise<PreparedImage> {
     const start = performance.now();
-    if (lazy !== undefined) return this.prepareKept(ref, lazy, start);
+    if (lazy !== undefined) return this.open(ref, await this.keptImage(ref, lazy), start, onFound);
     const found = await findLazyImage(ref, this.registries);
     this.kept.keepManifest(found.digest, found.raw);
-    return this.open(ref, found, start);
+    return this.open(ref, found, start, onFound);
   }
 
-  private async prepareKept(ref: string, lazy: string, start: number): Promise<PreparedImage> {
+  /** The lazy image a restored mount names, from the manifest kept in the cache when there is one. */
+  private async keptImage(ref: string, lazy: string): Promise<LazyImage> {
     const pinned = registryReference(lazy);
     const digest = pinned.digest;
     if (!digest) throw new InputError('the lazy image of a mount is not pinned by a digest', { image: ref, lazy });
@@ -248,23 +259,53 @@ export class ImageStore {
     }
     if (image.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
       throw new InputError('it is not a lazy image', { image: ref, lazy });
-    return this.open(ref, image, start);
+    return image;
+  }
+
+  /** Each blob's cache, opened with its chunk table (fetched once for all blobs, in parallel). */
+  private async openBlobs(
+    ref: string,
+    client: HostClient,
+    repo: string,
+    descs: readonly Descriptor[],
+  ): Promise<BlobCache[]> {
+    const tables = descs.map((desc) => {
+      const table = this.blobs.get(desc.digest) ? null : openLazyBlob(ref, client, repo, desc, this.blobOptions);
+      table?.catch(() => undefined); // awaited below, in order
+      return table;
+    });
+    const blobs: BlobCache[] = [];
+    for (const [i, desc] of descs.entries()) {
+      const table = await tables[i];
+      // Known already, or opened meanwhile by another mount of an image sharing the blob.
+      const known = this.blobs.get(desc.digest);
+      if (known) {
+        blobs.push(known);
+        continue;
+      }
+      const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc, this.blobOptions)); // evicted meanwhile
+      blobs.push(this.blobs.add(remote, index));
+    }
+    return blobs;
   }
 
   private async open(
     ref: string,
     { client, repo, manifest, digest, subject }: LazyImage,
     start: number,
+    onFound?: (image: FoundImage) => void,
   ): Promise<PreparedImage> {
     const found = performance.now();
     const [boot, ...blobDescs] = manifest.layers;
-    // The chunk tables are fetched while the bootstrap is: a mount waits for one round trip, not one
-    // per blob. Nothing is opened in the cache before the bootstrap passed its check.
-    const tables = blobDescs.map((desc) => {
-      const table = this.blobs.get(desc.digest) ? null : openLazyBlob(ref, client, repo, desc, this.blobOptions);
-      table?.catch(() => undefined); // awaited below, unless the bootstrap fails first
-      return table;
+    // The blobs are opened while the bootstrap is fetched and checked: a mount waits for one round
+    // trip, not one per blob, and their chunks can be fetched meanwhile (each checked against its table).
+    let tablesMs = 0;
+    const opened = this.openBlobs(ref, client, repo, blobDescs).then((blobs) => {
+      tablesMs = performance.now() - found;
+      return blobs;
     });
+    opened.catch(() => undefined); // awaited below, unless the bootstrap fails first
+    onFound?.({ digest, blobs: opened, client, repo, subject });
     const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
     if (!fs.existsSync(bootstrapPath)) {
       const tmp = `${bootstrapPath}.tmp-${process.pid}`;
@@ -285,24 +326,13 @@ export class ImageStore {
       throw InputError.wrap(err, { image: ref });
     }
     const validated = performance.now();
-    const blobs: BlobCache[] = [];
-    for (const [i, desc] of blobDescs.entries()) {
-      const table = await tables[i];
-      // Known already, or opened meanwhile by another mount of an image sharing the blob.
-      const known = this.blobs.get(desc.digest);
-      if (known) {
-        blobs.push(known);
-        continue;
-      }
-      const { remote, index } = table ?? (await openLazyBlob(ref, client, repo, desc, this.blobOptions)); // evicted meanwhile
-      blobs.push(this.blobs.add(remote, index));
-    }
+    const blobs = await opened;
     const ms = (from: number, to: number) => Math.round(to - from);
     const preparedMs = {
       find: ms(start, found),
       bootstrap: ms(found, downloaded),
       validate: ms(downloaded, validated),
-      tables: ms(validated, performance.now()),
+      tables: Math.round(tablesMs),
     };
     return { ref, digest, bootstrapDigest: boot.digest, bootstrapPath, blobs, client, repo, subject, preparedMs };
   }

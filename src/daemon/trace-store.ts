@@ -22,7 +22,8 @@ export const MAX_TRACE_BYTES = MAX_TRACE_ENTRIES * 256;
 export interface TracedImage {
   /** The lazy manifest's digest. */
   digest: string;
-  blobs: readonly BlobCache[];
+  /** A trace is checked against them: the registry's is fetched while they are still being opened. */
+  blobs: readonly BlobCache[] | PromiseLike<readonly BlobCache[]>;
   client: HostClient;
   repo: string;
   subject: Descriptor;
@@ -111,9 +112,12 @@ export class TraceStore {
 
   /** The registry's newest trace of the image, checked; null (with a warning saying why) when there is none fit for use. */
   async remote(image: TracedImage): Promise<DatedTrace | null> {
+    const fetching = registryTrace(image.client, image.repo, image.digest);
+    fetching.catch(() => undefined); // awaited below, once the blobs are open
+    const blobs = await image.blobs;
     let found: Awaited<ReturnType<typeof registryTrace>>;
     try {
-      found = await registryTrace(image.client, image.repo, image.digest);
+      found = await fetching;
     } catch (err) {
       log.warn('access trace in the registry not read', { image: image.digest, error: (err as Error).message });
       return null;
@@ -121,7 +125,7 @@ export class TraceStore {
     if (!found) return null;
     try {
       return {
-        trace: checkTrace(found.doc, image.digest, image.blobs),
+        trace: checkTrace(found.doc, image.digest, blobs),
         createdMs: found.createdMs,
         source: found.digest,
       };
@@ -137,8 +141,10 @@ export class TraceStore {
 
   /** The trace to replay for an image: the newer of this node's and the registry's (this node's when as new), or null. */
   async find(image: TracedImage): Promise<DatedTrace | null> {
-    const mine = this.local(image.digest, image.blobs);
-    const theirs = await this.remote(image);
+    const remote = this.remote(image);
+    remote.catch(() => undefined); // the blobs failed to open: rejected below
+    const mine = this.local(image.digest, await image.blobs);
+    const theirs = await remote;
     if (mine && (!theirs || mine.mtimeMs >= theirs.createdMs))
       return { trace: mine.trace, createdMs: mine.mtimeMs, source: 'local' };
     return theirs;
