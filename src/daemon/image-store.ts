@@ -224,12 +224,9 @@ export class ImageStore {
    * The lazy image `ref` names at the registry now (a tag is resolved), ready to mount. With `lazy`
    * (a mount's `lazyReference`), the image that mount was made of: exactly that one, whatever `ref`
    * names now, from what was kept in the cache when it was mounted, so without a registry request
-   * when all of it is there; what is not is fetched by digest.
-   */
-  /**
-   * Finds, fetches and checks what a mount of `ref` (with `lazy`, exactly that lazy image) needs.
-   * `onFound` is called as soon as the lazy image is found, with its blobs still being opened and its
-   * bootstrap not checked yet: each chunk is checked against its blob's table, so fetching early is safe.
+   * when all of it is there; what is not is fetched by digest. `onFound` is called as soon as the lazy
+   * image is found, with its blobs still being opened and its bootstrap not checked yet: each chunk is
+   * checked against its blob's table, so fetching early is safe.
    */
   async prepare(ref: string, lazy?: string, onFound?: (image: FoundImage) => void): Promise<PreparedImage> {
     const start = performance.now();

@@ -43,8 +43,9 @@ export class FanotifyTransport implements CacheMissTransport {
   private readonly group: FanotifyGroup;
   /** Cache files by inode: the event names its file only by an fd. */
   private readonly byInode = new Map<number, BlobCache>();
-  /** Cache files by their id in the group's watches. */
+  /** Cache files by their id in the group's watches, and each watched inode's id. */
   private readonly watched = new Map<number, BlobCache>();
+  private readonly watchOf = new Map<number, number>();
   private nextWatch = 0;
   /** Hands the reader thread's first reads to the blobs while mounts are served. */
   private drainTimer: NodeJS.Timeout | undefined;
@@ -122,10 +123,7 @@ export class FanotifyTransport implements CacheMissTransport {
     const inodes = state.inodes.split(',').map(Number);
     const now = image.blobs.map((b) => fs.statSync(b.path).ino);
     if (inodes.length !== now.length || inodes.some((ino, i) => ino !== now[i])) return false;
-    image.blobs.forEach((b, i) => {
-      this.byInode.set(now[i], b);
-      this.watch(b);
-    });
+    image.blobs.forEach((b, i) => this.serve(b, now[i]));
     return true;
   }
 
@@ -145,13 +143,20 @@ export class FanotifyTransport implements CacheMissTransport {
     // file after an eviction must never be mistaken for one already marked (unmarked holes read as zeros).
     for (const b of blobs) {
       this.group.mark(b.path);
-      this.byInode.set(fs.statSync(b.path).ino, b);
-      this.watch(b);
+      this.serve(b, fs.statSync(b.path).ino);
     }
   }
 
-  private watch(b: BlobCache): void {
+  /**
+   * Takes the events of cache file `b` (inode `ino`, marked): its misses here, its hits in the reader
+   * thread. A new watch of the inode replaces the last one.
+   */
+  private serve(b: BlobCache, ino: number): void {
+    this.byInode.set(ino, b);
     const id = this.nextWatch++;
+    const replaced = this.watchOf.get(ino);
+    if (replaced !== undefined) this.watched.delete(replaced);
+    this.watchOf.set(ino, id);
     this.group.watch(b.path, id, b.chunkExtents(), b.presentFlags);
     this.watched.set(id, b);
   }
