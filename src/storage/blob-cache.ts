@@ -97,6 +97,9 @@ export interface ReadAhead {
 
 export const DEFAULT_READ_AHEAD: ReadAhead = { maxBytes: 8 << 20 };
 
+/** The read-ahead window of a first miss in a blob whose trace was replayed: about one chunk. */
+const FIRST_WINDOW_AFTER_TRACE = 256 << 10;
+
 export class BlobCache implements RangeSource, ChunkDestination {
   private readonly state: ChunkState;
   /** Observers of demand reads (access traces): the chunk indexes of each range served. */
@@ -105,10 +108,12 @@ export class BlobCache implements RangeSource, ChunkDestination {
   private sequential = { from: -1, next: -1, window: 0 };
   readAhead: ReadAhead = DEFAULT_READ_AHEAD;
   /**
-   * An access trace of this blob is being replayed: it names what readers will want, so a demand miss
-   * fetches its own chunks only; read-ahead would fetch what the trace does not name, beside it.
+   * Whether an access trace of this blob is being replayed, or was. It names what readers will want:
+   * while it replays a demand miss fetches its own chunks only (read-ahead would fetch what the trace
+   * does not name, beside it); after it, a miss is most likely a read the trace did not foresee, and
+   * read-ahead starts from its smallest window, growing only if misses turn out sequential.
    */
-  followingTrace = false;
+  trace: 'none' | 'replaying' | 'replayed' = 'none';
   /** Hole punches under way: a chunk fetched again meanwhile is written only after its punch. */
   private readonly punching = new Map<number, Promise<void>>();
   /** Copies from another cache file under way, each resolving to whether it was written. */
@@ -332,10 +337,11 @@ export class BlobCache implements RangeSource, ChunkDestination {
    */
   private aheadOf(first: number, last: number): number[] {
     const max = this.readAhead.maxBytes;
-    if (max <= 0 || this.followingTrace) return [];
+    if (max <= 0 || this.trace === 'replaying') return [];
     const w = this.sequential;
     const near = w.next >= 0 && first >= w.from && first <= w.next + (w.next - w.from);
-    w.window = near ? Math.min(max, w.window * 2) : Math.max(1, max >> 2);
+    const initial = this.trace === 'replayed' ? FIRST_WINDOW_AFTER_TRACE : max >> 2;
+    w.window = near ? Math.min(max, w.window * 2) : Math.max(1, Math.min(max, initial));
     const out: number[] = [];
     let bytes = 0;
     for (let i = last + 1; i < this.state.count && !this.state.isPresent(i); i++) {

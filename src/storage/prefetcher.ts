@@ -101,7 +101,7 @@ export class Prefetcher {
   async replay(trace: AccessTrace, blobs: readonly BlobCache[], workers = TRACE_WORKERS): Promise<number> {
     const batches = traceBatches(trace, blobs);
     const traced = new Set(trace.entries.map((e) => blobs[e.blob]));
-    for (const blob of traced) blob.followingTrace = true;
+    for (const blob of traced) blob.trace = 'replaying';
     let next = 0;
     let fetched = 0;
     const worker = async () => {
@@ -118,7 +118,7 @@ export class Prefetcher {
     try {
       await Promise.all(Array.from({ length: workers }, worker));
     } finally {
-      for (const blob of traced) blob.followingTrace = false;
+      for (const blob of traced) blob.trace = 'replayed';
     }
     log.info('access trace replayed', { image: trace.image, chunks: trace.entries.length, fetched });
     return fetched;

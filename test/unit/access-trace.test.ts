@@ -301,6 +301,25 @@ describe('traceBatches and replay', () => {
     await until(() => cache.presentChunks > 3, 'read-ahead, back once the trace is replayed', 5_000);
   });
 
+  it("after a blob's trace is replayed, a miss starts read-ahead from its smallest window", async () => {
+    const big = await makeFakeBlob({ size: 40 * (64 << 10) });
+    const missAfter = async (trace: boolean): Promise<number> => {
+      const reader = big.reader();
+      const cache = open(big, reader);
+      cache.readAhead = { maxBytes: 8 << 20 };
+      const last = cache.index.chunks.length - 1;
+      const entries = [{ blob: 0, chunk: last, ms: 0, digest: cache.index.chunks[last].digest.toString('hex') }];
+      const prefetcher = new Prefetcher(0, new CacheBudget(0, 0, { evictUnused: () => 0, mounted: () => [cache] }));
+      if (trace) await prefetcher.replay({ version: 1, image: IMAGE, blobs: [big.digest], entries }, [cache], 1);
+      await read(cache, 0);
+      return reader.requests.find((r) => r.offset === cache.index.chunks[0].compressedOffset)!.length;
+    };
+    const untraced = await missAfter(false);
+    const traced = await missAfter(true);
+    assert.ok(traced <= (256 << 10) + (66 << 10), `a first window of about one chunk: ${traced} bytes`);
+    assert.ok(untraced >= 2 << 20, `a quarter of the bound without a trace: ${untraced} bytes`);
+  });
+
   it('replays a trace as prefetch: its chunks cached, in trace order, none recorded as a reader access', async () => {
     const reader = a.reader();
     const cache = open(a, reader);
