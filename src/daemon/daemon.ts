@@ -189,7 +189,7 @@ export class Daemon {
   /** Blobs eviction must leave: those of mounts, and of images prepared for a mount. */
   private blobsInUse(): BlobCache[] {
     const warmed = [...this.warmed.values()].flatMap((w) => w.blobs ?? []);
-    return [...new Set([...[...this.mounts.values()].flatMap((m) => m.blobs), ...warmed])];
+    return [...new Set([...this.mountedBlobs(), ...warmed])];
   }
 
   private get stateFile(): string {
