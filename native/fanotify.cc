@@ -53,7 +53,7 @@ struct Event {
 // A cache file whose hits the reader thread answers: its chunks' [start, end) extents, sorted, and
 // the byte per chunk JS sets to 1 once the chunk is verified and written (and to 0 before punching it).
 struct WatchedFile {
-  uint32_t id;
+  double ino;  // names the file in drain(): what JS knows it by (fstat's st_ino, as a number)
   Napi::ObjectReference extentsRef;
   Napi::ObjectReference presentRef;
   const double* extents;
@@ -111,23 +111,23 @@ class Group : public Napi::ObjectWrap<Group> {
     return info.Env().Undefined();
   }
 
-  // watch(path, id, extents, present): events on the file at `path` for a range whose chunks are all
+  // watch(path, extents, present): events on the file at `path` for a range whose chunks are all
   // present are allowed here. `extents` holds each chunk's start and end (Float64Array, 2 per chunk,
   // sorted), `present` a byte per chunk that JS owns. Watching a file again replaces its watch.
   Napi::Value Watch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::string path = PathArg(info[0], "path");
-    if (!info[1].IsNumber() || !info[2].IsTypedArray() || !info[3].IsTypedArray())
-      throw Napi::TypeError::New(env, "watch(path, id, extents: Float64Array, present: Uint8Array)");
-    auto extents = info[2].As<Napi::TypedArray>();
-    auto present = info[3].As<Napi::TypedArray>();
+    if (!info[1].IsTypedArray() || !info[2].IsTypedArray())
+      throw Napi::TypeError::New(env, "watch(path, extents: Float64Array, present: Uint8Array)");
+    auto extents = info[1].As<Napi::TypedArray>();
+    auto present = info[2].As<Napi::TypedArray>();
     if (extents.TypedArrayType() != napi_float64_array || present.TypedArrayType() != napi_uint8_array ||
         extents.ElementLength() != 2 * present.ElementLength())
       throw Napi::TypeError::New(env, "watch: extents must be a Float64Array of two entries per byte of present");
     struct stat st;
     if (stat(path.c_str(), &st) != 0) ThrowErrno(env, errno, "stat", path);
     auto w = std::make_shared<WatchedFile>();
-    w->id = info[1].As<Napi::Number>().Uint32Value();
+    w->ino = static_cast<double>(st.st_ino);
     w->extentsRef = Napi::Persistent(extents.As<Napi::Object>());
     w->presentRef = Napi::Persistent(present.As<Napi::Object>());
     w->extents = extents.As<Napi::Float64Array>().Data();
@@ -144,8 +144,8 @@ class Group : public Napi::ObjectWrap<Group> {
     return env.Undefined();
   }
 
-  // drain(): what the reader thread allowed since the last call: `touches` (id, chunk) pairs for
-  // chunks read for the first time, in that order, and `hits` (id, count) pairs.
+  // drain(): what the reader thread allowed since the last call: `touches` (inode, chunk) pairs for
+  // chunks read for the first time, in that order, and `hits` (inode, count) pairs.
   Napi::Value Drain(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::vector<double> touches, hits;
@@ -154,7 +154,7 @@ class Group : public Napi::ObjectWrap<Group> {
       touches.swap(touches_);
       for (auto& [key, w] : watches_) {
         if (w->hits == 0) continue;
-        hits.push_back(w->id);
+        hits.push_back(w->ino);
         hits.push_back(w->hits);
         w->hits = 0;
       }
@@ -255,7 +255,7 @@ class Group : public Napi::ObjectWrap<Group> {
     for (size_t i = lo; i < last; i++) {
       if (w.touched[i]) continue;
       w.touched[i] = 1;
-      touches_.push_back(w.id);
+      touches_.push_back(w.ino);
       touches_.push_back(static_cast<double>(i));
     }
     w.hits++;

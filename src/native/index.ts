@@ -29,13 +29,13 @@ export interface FanotifyGroup {
   /**
    * Events on the file at `path` for a range whose chunks are all present are allowed by the reader
    * thread, never reaching JS: `extents` holds each chunk's [start, end) (sorted), `present` a byte per
-   * chunk, 1 once it is verified and written; both are kept and read as they change. `id` names the file
-   * in `drain`. Watching a file again replaces its watch.
+   * chunk, 1 once it is verified and written; both are kept and read as they change. Watching a file
+   * again replaces its watch.
    */
-  watch(path: PathLike, id: number, extents: Float64Array, present: Uint8Array): void;
+  watch(path: PathLike, extents: Float64Array, present: Uint8Array): void;
   /**
-   * What the reader thread allowed since the last call: `touches` pairs (id, chunk) of chunks read
-   * for the first time, in order; `hits` pairs (id, events allowed).
+   * What the reader thread allowed since the last call: `touches` pairs (inode, chunk) of chunks read
+   * for the first time, in order; `hits` pairs (inode, events allowed). The inode is the file's `ino`.
    */
   drain(): { touches: Float64Array; hits: Float64Array };
   /** The group's fd (-1 once closed): what the fd keeper holds a copy of. */

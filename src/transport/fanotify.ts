@@ -41,12 +41,8 @@ function adopt(fds: FdKeeper | undefined): FanotifyGroup | undefined {
 export class FanotifyTransport implements CacheMissTransport {
   readonly name = 'fanotify' as const;
   private readonly group: FanotifyGroup;
-  /** Cache files by inode: the event names its file only by an fd. */
+  /** Cache files by inode: the event names its file only by an fd, `drain` by its inode. */
   private readonly byInode = new Map<number, BlobCache>();
-  /** Cache files by their id in the group's watches, and each watched inode's id. */
-  private readonly watched = new Map<number, BlobCache>();
-  private readonly watchOf = new Map<number, number>();
-  private nextWatch = 0;
   /** Hands the reader thread's first reads to the blobs while mounts are served. */
   private drainTimer: NodeJS.Timeout | undefined;
   /** Pending events by their fd. */
@@ -108,8 +104,8 @@ export class FanotifyTransport implements CacheMissTransport {
     }
     const counted = new Map<number, number>();
     for (let i = 0; i < hits.length; i += 2) counted.set(hits[i], hits[i + 1]);
-    for (const id of new Set([...firstRead.keys(), ...counted.keys()]))
-      this.watched.get(id)?.servedElsewhere(counted.get(id) ?? 0, firstRead.get(id) ?? []);
+    for (const ino of new Set([...firstRead.keys(), ...counted.keys()]))
+      this.byInode.get(ino)?.servedElsewhere(counted.get(ino) ?? 0, firstRead.get(ino) ?? []);
   }
 
   /**
@@ -149,16 +145,11 @@ export class FanotifyTransport implements CacheMissTransport {
 
   /**
    * Takes the events of cache file `b` (inode `ino`, marked): its misses here, its hits in the reader
-   * thread. A new watch of the inode replaces the last one.
+   * thread. A new cache file of the same inode replaces the last one in both.
    */
   private serve(b: BlobCache, ino: number): void {
     this.byInode.set(ino, b);
-    const id = this.nextWatch++;
-    const replaced = this.watchOf.get(ino);
-    if (replaced !== undefined) this.watched.delete(replaced);
-    this.watchOf.set(ino, id);
-    this.group.watch(b.path, id, b.chunkExtents(), b.presentFlags);
-    this.watched.set(id, b);
+    this.group.watch(b.path, b.chunkExtents(), b.presentFlags);
   }
 
   private onEvent(e: PreAccessEvent): void {
