@@ -3,7 +3,6 @@
 // and what a mounted image is prepared again from after a restart (./image-metadata).
 import fs from 'node:fs';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { loadBlobIndex, type BlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
 import { Annotation, LazyMediaType } from '../convert/lazy-image';
 import { validateBootstrap, type ExpectedDevice } from '../erofs/validate';
@@ -13,6 +12,7 @@ import { digestHex } from '../oci/digest';
 import { registryClient, registryReference, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
+import { readAtMost } from '../oci/byte-stream';
 import type { ResolvedImage } from '../oci/image-io';
 import { hostPlatform, parseManifestOrIndex, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import type { BlobCache } from '../storage/blob-cache';
@@ -191,15 +191,6 @@ export async function openLazyBlob(
   return { remote: { digest: desc.digest, what, read }, index };
 }
 
-/**
- * Through pipeline(), which owns the file stream's errors: destroying it by hand when the body fails
- * (a mirror's bytes that do not match) left a write in flight, whose ERR_STREAM_DESTROYED was then an
- * unhandled 'error' event that ended the daemon.
- */
-async function writeFile(file: string, body: AsyncIterable<Buffer>): Promise<void> {
-  await pipeline(body, fs.createWriteStream(file));
-}
-
 export class ImageStore {
   /** Manifests and chunk tables kept in the cache. */
   readonly kept: ImageMetadata;
@@ -304,11 +295,16 @@ export class ImageStore {
     opened.catch(() => undefined); // awaited below, unless the bootstrap fails first
     onFound?.({ digest, blobs: opened, client, repo, subject });
     const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
+    let bytes: Buffer | undefined;
     if (!fs.existsSync(bootstrapPath)) {
       const tmp = `${bootstrapPath}.tmp-${process.pid}`;
       try {
-        // Written afresh on each attempt: a mirror whose bytes fail the digest check is followed by the next endpoint.
-        await client.readBlob(repo, boot.digest, boot.size, (body) => writeFile(tmp, body));
+        bytes = await client.readBlob(repo, boot.digest, boot.size, async (body) => {
+          const got = await readAtMost(body, boot.size, boot.size);
+          if (!got) throw new InputError(`bootstrap larger than its descriptor's ${boot.size} bytes`);
+          return got;
+        });
+        fs.writeFileSync(tmp, bytes);
         fs.renameSync(tmp, bootstrapPath);
       } catch (err) {
         fs.rmSync(tmp, { force: true });
@@ -318,7 +314,10 @@ export class ImageStore {
     const downloaded = performance.now();
     // Every mount path comes through here: no bootstrap reaches the kernel unchecked, cached or not.
     try {
-      validateBootstrap(fs.readFileSync(bootstrapPath), { what: boot.digest, devices: blobDescs.map(expectedDevice) });
+      validateBootstrap(bytes ?? fs.readFileSync(bootstrapPath), {
+        what: boot.digest,
+        devices: blobDescs.map(expectedDevice),
+      });
     } catch (err) {
       throw InputError.wrap(err, { image: ref });
     }
