@@ -12,7 +12,7 @@ import { digestHex } from '../oci/digest';
 import { registryClient, registryReference, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
-import { readAtMost } from '../oci/byte-stream';
+import { readAtMost, releaseBody } from '../oci/byte-stream';
 import type { ResolvedImage } from '../oci/image-io';
 import { hostPlatform, parseManifestOrIndex, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import type { BlobCache } from '../storage/blob-cache';
@@ -320,6 +320,8 @@ export class ImageStore {
       });
     } catch (err) {
       throw InputError.wrap(err, { image: ref });
+    } finally {
+      if (bytes) releaseBody(bytes); // the kernel reads the file
     }
     const validated = performance.now();
     const blobs = await opened;

@@ -215,6 +215,12 @@ interface NativeAddon {
    * kernel when freed (false if glibc refused the value).
    */
   mapLargeAllocations(bytes: number): boolean;
+  /**
+   * Gives the memory of the whole pages inside `buf` back to the kernel at once (madvise MADV_DONTNEED);
+   * those pages read as zeros from then on. Only for a buffer that owns its memory and is read no more.
+   * Returns the bytes released.
+   */
+  releasePages(buf: Buffer): number;
   /** flock(2) exclusive without waiting: false when another open file holds it. The lock goes with the fd. */
   tryLock(fd: number): boolean;
   /** A connected close-on-exec SOCK_SEQPACKET unix socket (ENOENT, ECONNREFUSED when nobody listens). */

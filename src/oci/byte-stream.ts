@@ -2,6 +2,7 @@
 // async iterator joins whatever it has buffered into one fresh Buffer on each read (a copy, and fresh
 // memory), and each Readable or generator a layer passes through costs a few microtasks per chunk.
 import type { Readable } from 'node:stream';
+import { native } from '../native';
 
 /** Bytes read once, front to back; `destroy` ends the download under them (not read to the end). */
 export interface ByteStream extends AsyncIterable<Buffer> {
@@ -142,5 +143,21 @@ export async function readAtMost(source: AsyncIterable<Buffer>, limit: number, s
     }
     total += chunk.length;
   }
-  return into ? into.subarray(0, total) : Buffer.concat(parts, total);
+  if (!into) return Buffer.concat(parts, total);
+  const body = into.subarray(0, total);
+  if (into.byteLength === into.buffer.byteLength) ownBodies.add(body);
+  return body;
+}
+
+/** Bodies readAtMost collected into memory of their own (no other buffer shares a page of it). */
+const ownBodies = new WeakSet<Buffer>();
+
+/**
+ * Gives the memory of a body from readAtMost back at once, when its reader is done with it, rather
+ * than whenever the garbage collector frees it: what keeps a daemon that streams chunks small. The
+ * body reads as zeros from then on. Any other buffer is left alone.
+ */
+export function releaseBody(body: Buffer): void {
+  if (!ownBodies.delete(body)) return;
+  native.releasePages(body);
 }

@@ -4,6 +4,7 @@
 import type { RangeReader } from '../blob/blob-index';
 import { ChunkVerificationError } from '../blob/chunk-codec';
 import type { ChunkEntry } from '../blob/chunk-table';
+import { releaseBody } from '../oci/byte-stream';
 import { Limiter, type Priority, type QueuedTask } from './limiter';
 import { planRanges, type FetchRange } from './range-plan';
 
@@ -245,5 +246,7 @@ export class ChunkFetcher {
     chunks.forEach((c, i) => {
       if (faults[i] !== null) settle(c, faults[i]);
     });
+    // Every chunk of the request is decoded from these bytes or failed: nothing reads them again.
+    releaseBody(data);
   }
 }

@@ -3,11 +3,14 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { loadBlobIndex, type BlobIndex } from '../../src/blob/blob-index';
 import { convertLayers } from '../../src/convert/convert-layers';
+import { readAtMost } from '../../src/oci/byte-stream';
 import { ChunkFetcher, type RemoteBlob } from '../../src/storage/chunk-fetcher';
 import { planRanges } from '../../src/storage/range-plan';
+import { until } from '../lib/assertions';
 import { cleanup, tempDir } from '../lib/image';
 import { memoryLayer, TAR } from '../lib/layers';
 import { makeTar } from '../lib/tar-writer';
@@ -150,6 +153,32 @@ describe('chunk fetcher', () => {
     assert.equal(r.calls.length, 1);
     assert.ok(all.every((x) => x[0].equals(all[0][0])));
     assert.equal(f.inFlight, 0);
+  });
+
+  it('gives back the memory of a response body once every chunk in it is placed, not before', async () => {
+    const base = remote({ verifies: true });
+    const bodies: Buffer[] = [];
+    const r: RemoteBlob = {
+      ...base,
+      // As the registry client reads a Range GET: into a buffer of the body's size, collected by readAtMost.
+      read: async (offset, length, verify) => {
+        const bytes = await base.read(offset, length);
+        const body = (await readAtMost(Readable.from([bytes]), length, length))!;
+        bodies.push(body);
+        await verify?.(body);
+        return body;
+      },
+    };
+    const wanted = index.chunks.slice(3, 9);
+    const got = await fetchChunkBytes(new ChunkFetcher(), r, wanted);
+    got.forEach((b, i) => {
+      const off = wanted[i].uncompressedOffset;
+      assert.ok(b.equals(content.subarray(off, off + wanted[i].uncompressedSize)), `chunk ${i}`);
+    });
+    assert.equal(bodies.length, 1);
+    // Whole pages only: a part of a page may stay at each end.
+    const kept = () => bodies[0].reduce((n, b) => n + (b === 0 ? 0 : 1), 0);
+    await until(() => kept() < 2 * 4096, "the body's memory given back", 2000);
   });
 
   it('rejects corrupt bytes and counts the verification failure', async () => {
