@@ -317,7 +317,8 @@ describe('traceBatches and replay', () => {
     const untraced = await missAfter(false);
     const traced = await missAfter(true);
     assert.ok(traced <= (256 << 10) + (66 << 10), `a first window of about one chunk: ${traced} bytes`);
-    assert.ok(untraced >= 2 << 20, `a quarter of the bound without a trace: ${untraced} bytes`);
+    // Chunk 0 has nothing before it: the request holds the window's share after the miss.
+    assert.ok(untraced >= ((2 << 20) * 5) / 8, `a quarter of the bound without a trace: ${untraced} bytes`);
   });
 
   it('replays a trace as prefetch: its chunks cached, in trace order, none recorded as a reader access', async () => {
