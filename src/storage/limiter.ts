@@ -21,7 +21,7 @@ interface Entry extends QueuedTask {
  * and each holds a request's bytes in memory until its chunks are decoded (which background does one
  * range at a time, with idle CPU).
  */
-const BACKGROUND_SLOTS = 2;
+export const BACKGROUND_SLOTS = 2;
 
 export class Limiter {
   private running = 0;

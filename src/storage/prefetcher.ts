@@ -4,7 +4,7 @@ import { log } from '../log';
 import type { AccessTrace } from './access-trace';
 import type { BlobCache } from './blob-cache';
 import type { CacheBudget } from './cache-budget';
-import type { Priority } from './limiter';
+import { BACKGROUND_SLOTS, type Priority } from './limiter';
 
 export interface FetchMissingOptions {
   priority: Priority;
@@ -65,7 +65,9 @@ export class Prefetcher {
     if (this.workers <= 0) return;
     void fetchMissing(blob, {
       priority: 'background',
-      workers: this.workers,
+      // More ranges at once than the fetcher runs would only wait in its queue, each holding the
+      // bookkeeping of every chunk in it: the daemon's heap, not its speed, would grow with `workers`.
+      workers: Math.min(this.workers, BACKGROUND_SLOTS),
       // Beyond the bound's last tenth, prefetch would only evict what readers fetched: they know better what they need.
       stopReason: (bytes) =>
         this.stopped

@@ -301,6 +301,27 @@ describe('traceBatches and replay', () => {
     await until(() => cache.presentChunks > 3, 'read-ahead, back once the trace is replayed', 5_000);
   });
 
+  it('blind prefetch holds no more ranges of a blob at once than the fetcher runs, whatever its workers', async () => {
+    const big = await makeFakeBlob({ size: 200 * (64 << 10) }); // several 4 MiB ranges
+    const cache = open(big);
+    let serving = 0;
+    let most = 0;
+    const serve = cache.serve.bind(cache);
+    cache.serve = async (...args) => {
+      most = Math.max(most, ++serving);
+      try {
+        return await serve(...args);
+      } finally {
+        serving--;
+      }
+    };
+    const prefetcher = new Prefetcher(10, new CacheBudget(0, 0, { evictUnused: () => 0, mounted: () => [cache] }));
+    prefetcher.start(cache);
+    await until(() => cache.presentChunks === cache.index.chunks.length, 'the whole blob prefetched', 10_000);
+    assert.ok(most >= 1 && most <= 2, `${most} ranges at once`);
+    cache.close();
+  });
+
   it("after a blob's trace is replayed, a miss starts read-ahead from its smallest window", async () => {
     const big = await makeFakeBlob({ size: 40 * (64 << 10) });
     const missAfter = async (trace: boolean): Promise<number> => {
