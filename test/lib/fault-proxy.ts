@@ -8,6 +8,7 @@ export type Fault =
   | { kind: 'status'; status: number; headers?: Record<string, string>; body?: string }
   | { kind: 'reset' }
   | { kind: 'ignore-range' }
+  /** Every byte of the body flipped: whatever chunks a Range GET holds, each fails its check. */
   | { kind: 'corrupt' }
   /** Holds the request `ms` milliseconds, then forwards it; without `ms`, until the proxy stops. */
   | { kind: 'stall'; ms?: number }
@@ -123,15 +124,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
           record.status = up.statusCode ?? 0;
           res.writeHead(up.statusCode ?? 502, up.headers);
           if (fault?.kind === 'corrupt') {
-            let flipped = false;
-            up.on('data', (b: Buffer) => {
-              if (!flipped && b.length > 0) {
-                b = Buffer.from(b);
-                b[0] ^= 0xff;
-                flipped = true;
-              }
-              res.write(b);
-            });
+            up.on('data', (b: Buffer) => res.write(Buffer.from(b).map((x) => x ^ 0xff)));
             up.on('end', () => res.end());
           } else {
             up.pipe(res);
