@@ -12,8 +12,8 @@ import { digestHex } from '../oci/digest';
 import { registryClient, registryReference, type OpenOptions } from '../oci/open-image';
 import { manifestReference, parseReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
-import { readAtMost, releaseBody } from '../oci/byte-stream';
-import type { ResolvedImage } from '../oci/image-io';
+import { releaseBody } from '../oci/byte-stream';
+import { readAll, type ResolvedImage } from '../oci/image-io';
 import { hostPlatform, parseManifestOrIndex, type Descriptor, type ImageManifest, type Platform } from '../oci/types';
 import type { BlobCache } from '../storage/blob-cache';
 import type { RemoteBlob } from '../storage/chunk-fetcher';
@@ -299,11 +299,8 @@ export class ImageStore {
     if (!fs.existsSync(bootstrapPath)) {
       const tmp = `${bootstrapPath}.tmp-${process.pid}`;
       try {
-        bytes = await client.readBlob(repo, boot.digest, boot.size, async (body) => {
-          const got = await readAtMost(body, boot.size, boot.size);
-          if (!got) throw new InputError(`bootstrap larger than its descriptor's ${boot.size} bytes`);
-          return got;
-        });
+        // The body stream checks the size and digest against the descriptor.
+        bytes = await client.readBlob(repo, boot.digest, boot.size, (body) => readAll(body, boot.size));
         fs.writeFileSync(tmp, bytes);
         fs.renameSync(tmp, bootstrapPath);
       } catch (err) {

@@ -66,8 +66,9 @@ export interface StreamedBlob {
   abandon(): Promise<void>;
 }
 
-export async function readAll(source: AsyncIterable<Buffer>): Promise<Buffer> {
-  return (await readAtMost(source, Infinity))!;
+/** Every byte of `source`; with `sizeHint` (the length it should have), read into one buffer of that size. */
+export async function readAll(source: AsyncIterable<Buffer>, sizeHint?: number): Promise<Buffer> {
+  return (await readAtMost(source, Infinity, sizeHint))!;
 }
 
 export interface FetchedManifest {
