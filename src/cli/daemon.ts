@@ -107,6 +107,12 @@ export function effectiveConfig(flags: DaemonFlags, configRequired: boolean): Co
 const MAPPED_ALLOCATION_BYTES = 256 << 10;
 
 export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<void> {
+  // First: without a listener a signal's default action kills the process at once, leaving what the
+  // start has made so far (its FUSE mount, its socket). One while starting stops the daemon once started.
+  const stopAsked = new Promise<void>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
+  });
   native.mapLargeAllocations(MAPPED_ALLOCATION_BYTES);
   preloadHttpClient();
   const configRequired = cmd.getOptionValueSource('config') === 'cli';
@@ -147,14 +153,9 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     }
   };
   process.on('SIGHUP', onHup);
-  const { leftMounted } = await new Promise<{ leftMounted: number }>((resolve) => {
-    const stop = () => {
-      native.sdNotify('STOPPING=1');
-      void daemon.stop().then(resolve);
-    };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-  });
+  await stopAsked;
+  native.sdNotify('STOPPING=1');
+  const { leftMounted } = await daemon.stop();
   process.off('SIGHUP', onHup);
   // Mounts left for the next daemon keep their transport open, and its reader thread the process alive.
   if (leftMounted > 0) process.stderr.write('', () => process.exit(0));

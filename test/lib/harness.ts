@@ -145,8 +145,8 @@ export const DAEMON_NODE_FLAGS: readonly string[] = (() => {
   return m[1].split(' ').filter(Boolean);
 })();
 
-/** Starts `erofs-ondemand daemon` and waits until its control socket exists; throws with its log if it does not come up. */
-export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
+/** Starts `erofs-ondemand daemon` without waiting for it (a test of what it does while starting). */
+export function spawnDaemon(opts: DaemonOptions): Daemon {
   const stderr = opts.stderr ?? 'capture';
   const child = spawn(
     process.execPath,
@@ -156,7 +156,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       env: childEnv(opts.env),
     },
   );
-  const daemon = adoptDaemon(child, opts.socket);
+  return adoptDaemon(child, opts.socket);
+}
+
+/** Starts `erofs-ondemand daemon` and waits until its control socket exists; throws with its log if it does not come up. */
+export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
+  const daemon = spawnDaemon(opts);
   const deadline = Date.now() + (opts.startTimeoutMs ?? 10_000);
   while (!fs.existsSync(opts.socket) && daemon.running && Date.now() < deadline)
     await new Promise((r) => setTimeout(r, 50));

@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { MNT_DETACH, native } from '../../src/native';
-import { runCli, runCliAsync, startDaemon, type Daemon } from '../lib/harness';
+import { runCli, runCliAsync, spawnDaemon, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 
 /** Mounts (mount id and mount point) at or under `dir`. */
@@ -64,6 +64,23 @@ describe('daemon start', () => {
     daemons.push(next);
     await next.stop();
     assert.deepEqual(mountsUnder(cacheDir), []);
+  });
+
+  it('stopped by SIGTERM while it starts, it finishes starting, then stops cleanly: nothing mounted, no socket', async () => {
+    const cacheDir = path.join(work, 'cache-early-term');
+    const socket = path.join(work, 'early-term.sock');
+    const d = spawnDaemon({ cacheDir, socket, flags: FLAGS });
+    daemons.push(d);
+    // Its FUSE mount is made early in the start, before the control socket: the signal lands mid-start.
+    const deadline = Date.now() + 10_000;
+    while (mountsUnder(cacheDir).length === 0 && d.running && Date.now() < deadline)
+      await new Promise((r) => setImmediate(r));
+    assert.equal(mountsUnder(cacheDir).length, 1, `no FUSE mount appeared:\n${d.log}`);
+    await d.stop('SIGTERM');
+    assert.equal(d.process.signalCode, null, `killed by the signal, not stopped:\n${d.log}`);
+    assert.equal(d.process.exitCode, 0, d.log);
+    assert.deepEqual(mountsUnder(cacheDir), []);
+    assert.equal(fs.existsSync(socket), false);
   });
 
   it('refuses a socket another daemon serves, and leaves that daemon serving', async () => {
