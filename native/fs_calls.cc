@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -290,6 +291,92 @@ Napi::Value UmountAsync(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// replaceFile(file, data): `data` written beside `file`, synced, renamed over it, and the directory
+// synced: a crash leaves the old file or the new one, whole. It runs on a thread of its own, not the
+// pool: the pool is shared with chunk decodes, and a snapshot's metadata must not wait behind a
+// prefetch while containerd waits for the snapshot.
+struct ReplaceJob {
+  std::string file;
+  std::vector<uint8_t> data;
+  Napi::Promise::Deferred deferred;
+  int err = 0;
+  const char* syscall = "";
+  std::string path;
+};
+
+int FailReplace(ReplaceJob* job, const char* syscall, const std::string& path) {
+  job->syscall = syscall;
+  job->path = path;
+  return errno;
+}
+
+int RunReplace(ReplaceJob* job) {
+  const std::string tmp = job->file + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return FailReplace(job, "open", tmp);
+  size_t done = 0;
+  while (done < job->data.size()) {
+    ssize_t n = ::write(fd, job->data.data() + done, job->data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = FailReplace(job, "write", tmp);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return err;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    int err = FailReplace(job, "fsync", tmp);
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return err;
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), job->file.c_str()) != 0) {
+    int err = FailReplace(job, "rename", job->file);
+    ::unlink(tmp.c_str());
+    return err;
+  }
+  const size_t slash = job->file.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : job->file.substr(0, slash);
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return FailReplace(job, "open", dir);
+  int err = ::fsync(dfd) == 0 ? 0 : FailReplace(job, "fsync", dir);
+  ::close(dfd);
+  return err;
+}
+
+Napi::Value ReplaceFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string file = PathArg(info[0], "file");
+  if (!info[1].IsBuffer()) throw Napi::TypeError::New(env, "replaceFile(file, data): data must be a Buffer");
+  auto data = info[1].As<Napi::Buffer<uint8_t>>();
+  auto* job = new ReplaceJob{file, std::vector<uint8_t>(data.Data(), data.Data() + data.Length()),
+                             Napi::Promise::Deferred::New(env), 0, "", ""};
+  Napi::Promise promise = job->deferred.Promise();
+  // Holds the event loop open until the job has answered: a process never exits mid-write.
+  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                            "replaceFile", 0, 1);
+  std::thread([job, tsfn]() mutable {
+    job->err = RunReplace(job);
+    tsfn.BlockingCall(job, [](Napi::Env env, Napi::Function, ReplaceJob* j) {
+      if (j->err == 0) {
+        j->deferred.Resolve(env.Undefined());
+      } else {
+        try {
+          ThrowErrno(env, j->err, j->syscall, j->path);
+        } catch (const Napi::Error& e) {
+          j->deferred.Reject(e.Value());
+        }
+      }
+      delete j;
+    });
+    tsfn.Release();
+  }).detach();
+  return promise;
+}
+
 Napi::Value ListXattrs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = PathArg(info[0], "path");
@@ -433,6 +520,7 @@ void InitFsCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("mountErofsAsync", Napi::Function::New(env, MountErofsAsync));
   exports.Set("openDirNoSymlinks", Napi::Function::New(env, OpenDir));
   exports.Set("umountAsync", Napi::Function::New(env, UmountAsync));
+  exports.Set("replaceFile", Napi::Function::New(env, ReplaceFile));
   exports.Set("listXattrs", Napi::Function::New(env, ListXattrs));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("setXattr", Napi::Function::New(env, SetXattr));

@@ -164,6 +164,11 @@ interface NativeAddon {
   /** An O_PATH fd of a directory whose path holds no symbolic link (ELOOP if it does, ENOTDIR). */
   openDirNoSymlinks(path: PathLike): number;
   umountAsync(target: PathLike, flags?: number): Promise<void>;
+  /**
+   * Replaces `file` with `data` durably (written beside it, synced, renamed, its directory synced), on
+   * a thread of its own rather than the thread pool the chunk decodes share.
+   */
+  replaceFile(file: PathLike, data: Buffer): Promise<void>;
   mount(source: PathLike, target: PathLike, fstype: string, flags: number, data?: string): void;
   umount(target: PathLike, flags?: number): void;
   listXattrs(path: PathLike): Buffer[];

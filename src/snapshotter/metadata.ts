@@ -1,9 +1,10 @@
 // The snapshotter's metadata: every snapshot by name, kept in one JSON file replaced atomically
-// (written aside, synced, renamed), so that a daemon killed at any point restarts with either the
-// state before a change or the state after it.
+// (written aside, synced, renamed, its directory synced), so that a daemon killed at any point
+// restarts with either the state before a change or the state after it.
 import fs from 'node:fs';
 import path from 'node:path';
 import { InputError } from '../errors';
+import { native } from '../native';
 
 export type Kind = 'VIEW' | 'ACTIVE' | 'COMMITTED';
 
@@ -41,6 +42,7 @@ export class SnapshotMetadata {
   private nextId = 1;
 
   constructor(private readonly file: string) {
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
     if (!fs.existsSync(file)) return;
     let stored: Stored;
     try {
@@ -77,8 +79,9 @@ export class SnapshotMetadata {
 
   /**
    * Applies `change` to the snapshots and persists the result; nothing changes if the write fails.
-   * Changes are applied one after another, each to the result of the last. The write and its fsync run
-   * off the event loop, which serves the mounts' cache misses meanwhile.
+   * Changes are applied one after another, each to the result of the last. The write and its syncs run
+   * off the event loop, which serves the mounts' cache misses meanwhile, and off the thread pool,
+   * where they would wait behind chunk decodes while containerd waits for the snapshot.
    */
   update(change: (byName: Map<string, Snapshot>) => void): Promise<void> {
     const run = this.writing.then(() => this.write(change));
@@ -92,16 +95,7 @@ export class SnapshotMetadata {
     const next = new Map(this.byName);
     change(next);
     const stored: Stored = { nextId: this.nextId, snapshots: [...next.values()] };
-    const tmp = `${this.file}.tmp`;
-    await fs.promises.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
-    const file = await fs.promises.open(tmp, 'w', 0o600);
-    try {
-      await file.writeFile(JSON.stringify(stored));
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await fs.promises.rename(tmp, this.file);
+    await native.replaceFile(this.file, Buffer.from(JSON.stringify(stored)));
     this.byName.clear();
     for (const [k, v] of next) this.byName.set(k, v);
   }

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DEFAULT_SNAPSHOTTER_SOCKET, DEFAULT_SOCKET, snapshotterSocket } from '../../src/defaults';
 import { compileFilters } from '../../src/snapshotter/filters';
+import { SnapshotMetadata } from '../../src/snapshotter/metadata';
 import { Label, Snapshotter, SnapshotError, type LazyImages } from '../../src/snapshotter/snapshotter';
 
 const dirs: string[] = [];
@@ -105,6 +106,26 @@ describe('snapshotter', () => {
     const again = new Snapshotter(dir, null);
     assert.deepEqual(await again.list([]), await sn.list([]));
     assert.deepEqual(await again.mounts('b'), await sn.mounts('b'));
+  });
+
+  it('replaces its metadata file whole, and a write that fails changes nothing', async () => {
+    const dir = root();
+    const file = path.join(dir, 'metadata.json');
+    const meta = new SnapshotMetadata(file);
+    const s = { id: meta.newId(), name: 'a', parent: '', kind: 'ACTIVE' as const, created: 1, updated: 1, labels: {} };
+    await meta.update((m) => m.set('a', s));
+    assert.deepEqual(fs.readdirSync(dir), ['metadata.json'], 'no file left beside it');
+    assert.deepEqual(new SnapshotMetadata(file).get('a'), s);
+
+    // The temporary file cannot be made: the write fails, naming it, and the snapshot stays unknown.
+    fs.mkdirSync(`${file}.tmp`);
+    fs.writeFileSync(path.join(`${file}.tmp`, 'x'), '');
+    await assert.rejects(
+      meta.update((m) => m.set('b', { ...s, name: 'b' })),
+      (err: NodeJS.ErrnoException) => err.code === 'EISDIR' && err.path === `${file}.tmp`,
+    );
+    assert.equal(meta.get('b'), undefined);
+    assert.deepEqual(new SnapshotMetadata(file).all(), [s]);
   });
 
   it('Cleanup removes only directories no snapshot owns', async () => {
