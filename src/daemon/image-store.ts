@@ -90,7 +90,23 @@ export async function findLazyImage(
   if (resolved.manifest.layers[0]?.mediaType === LazyMediaType.bootstrap) {
     return lazyImage(client, parsed.repository, resolved);
   }
-  const referrers = await client.referrers(parsed.repository, resolved.digest, LazyMediaType.referrer);
+  return findLazyForm(ref, resolved.digest, registries, platform);
+}
+
+/**
+ * The lazy image converted from manifest `digest` of `ref`'s repository, found through its referrers
+ * as `findLazyImage` finds it: for a caller that has resolved `ref` already (containerd, whose pull
+ * names the manifest), one round trip fewer, and no tag that moves meanwhile.
+ */
+export async function findLazyForm(
+  ref: string,
+  digest: string,
+  registries: OpenOptions = {},
+  platform: Platform = hostPlatform(),
+): Promise<LazyImage> {
+  const parsed = parseReference(ref);
+  const client = registryClient(parsed.registry, registries);
+  const referrers = await client.referrers(parsed.repository, digest, LazyMediaType.referrer);
   const named = referrers.flatMap((r) => r.annotations?.[Annotation.image] ?? []);
   const passedOver: string[] = [];
   for (const target of named) {

@@ -8,7 +8,7 @@ import { log } from '../log';
 import { registryClient, type OpenOptions } from '../oci/open-image';
 import { parseReference } from '../oci/reference';
 import type { LazyImages } from '../snapshotter/snapshotter';
-import { findLazyImage } from './image-store';
+import { findLazyForm } from './image-store';
 
 export interface Mounter {
   mount(ref: string, target: string): Promise<unknown>;
@@ -20,9 +20,9 @@ export interface Mounter {
 /** Lazy images mounted under `mountDir` (outside the cache directory, where the daemon mounts nothing). */
 export function lazySnapshots(registries: OpenOptions, mountDir: string, daemon: Mounter): LazyImages {
   return {
-    async find(ref) {
+    async find(ref, manifestDigest) {
       try {
-        const lazy = await findLazyImage(ref, registries);
+        const lazy = await findLazyForm(ref, manifestDigest, registries);
         const sourceDigest = lazy.manifest.annotations?.[Annotation.sourceDigest];
         if (!sourceDigest) return null;
         return { image: `${lazy.client.host}/${lazy.repo}@${lazy.digest}`, sourceDigest };

@@ -12,10 +12,11 @@ import { SnapshotMetadata, type Kind, type LazyLayer, type Snapshot } from './me
 /** What the snapshotter needs of the daemon: lazy images found and mounted. */
 export interface LazyImages {
   /**
-   * The lazy form of `ref`, pinned by digest, with the manifest digest it was converted from; null
-   * when it has none (or it cannot be found now: the layers are then unpacked as usual).
+   * The lazy form of manifest `manifestDigest` of `ref` (as containerd resolved it), pinned by digest,
+   * with the manifest digest it says it was converted from; null when it has none (or it cannot be
+   * found now: the layers are then unpacked as usual).
    */
-  find(ref: string): Promise<{ image: string; sourceDigest: string } | null>;
+  find(ref: string, manifestDigest: string): Promise<{ image: string; sourceDigest: string } | null>;
   /** Mounts the lazy image; returns where (a directory the caller does not choose). */
   mount(image: string, id: number): Promise<string>;
   /** Prepares the lazy image for a mount expected soon, in the background. */
@@ -199,7 +200,7 @@ export class Snapshotter {
     const lookupKey = `${imageRef}@${manifest}`;
     let lookup = this.lookups.get(lookupKey);
     if (!lookup) {
-      lookup = this.lazy.find(imageRef);
+      lookup = this.lazy.find(imageRef, manifest);
       this.lookups.set(lookupKey, lookup);
       // A later pull looks again: the lazy form may have been pushed meanwhile.
       const forget = () => setTimeout(() => this.lookups.delete(lookupKey), 60_000).unref();

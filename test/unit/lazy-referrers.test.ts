@@ -8,7 +8,7 @@ import path from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { convertImage } from '../../src/convert/convert';
 import { Annotation, LazyMediaType } from '../../src/convert/lazy-image';
-import { findLazyImage } from '../../src/daemon/image-store';
+import { findLazyForm, findLazyImage } from '../../src/daemon/image-store';
 import { InputError } from '../../src/errors';
 import { pushArtifact } from '../../src/oci/artifacts';
 import { closeRegistryClients, openSource, openTarget } from '../../src/oci/open-image';
@@ -115,6 +115,18 @@ describe('finding the lazy image through referrers', () => {
       `${reg.host}/library/mixed@${img.digest}`,
       `${reg.host}/lazy/mixed:1`,
     ]);
+  });
+
+  it('finds the lazy form of a manifest given by digest without resolving the tag again', async () => {
+    await pushSmallImage(client, 'library/known', '1', img);
+    const result = await convert(`${reg.host}/library/known:1`, `${reg.host}/lazy/known:1`);
+    reg.requests.length = 0;
+    const found = await findLazyForm(`${reg.host}/library/known:1`, img.digest);
+    assert.equal(found.digest, result.target.digest);
+    const asked = reg.requests.map((r) => r.path);
+    assert.ok(!asked.includes('/v2/library/known/manifests/1'), `the tag was resolved: ${asked.join(' ')}`);
+    // Another manifest of the repository (the tag moved after containerd resolved it) has no lazy form.
+    await assert.rejects(findLazyForm(`${reg.host}/library/known:1`, `sha256:${'0'.repeat(64)}`), InputError);
   });
 
   it('names the referrers it passed over when none leads to a lazy image', async () => {

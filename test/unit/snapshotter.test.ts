@@ -146,7 +146,10 @@ describe('snapshotter', () => {
       const mounted = new Set<string>();
       const lazy: LazyImages = {
         warm: (image) => void warmed.push(image),
-        find: async (ref) => (calls.push(`find ${ref}`), { image: 'reg/lazy@sha256:z', sourceDigest }),
+        find: async (ref, digest) => (
+          calls.push(`find ${ref} ${digest}`),
+          { image: 'reg/lazy@sha256:z', sourceDigest }
+        ),
         mount: async (image, id) => {
           calls.push(`mount ${image}`);
           mounted.add(`/mnt/lazy-${id}`);
@@ -176,7 +179,7 @@ describe('snapshotter', () => {
       assert.equal(warmed[0], 'reg/lazy@sha256:z', 'the mount is prepared while the pull goes on');
       assert.equal(await code(sn.prepare('x1', 'x0', labels(1))), 'ALREADY_EXISTS');
       assert.equal(await code(sn.prepare('y1', 'x0', labels(1))), 'ALREADY_EXISTS', 'a second pull');
-      assert.deepEqual(calls, ['find reg/app:1'], 'one lookup per image');
+      assert.deepEqual(calls, [`find reg/app:1 ${manifest}`], 'one lookup per image, of the manifest containerd pulls');
       assert.equal((await sn.stat('x1')).kind, 'COMMITTED');
       const [c1] = await sn.prepare('c1', 'x1', {});
       assert.equal(c1.type, 'overlay');
