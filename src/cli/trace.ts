@@ -135,10 +135,32 @@ function runChrooted(root: string, cmd: readonly string[], timeoutMs: number): P
 }
 
 /**
+ * What a container runtime reads of an image before its process starts: containerd resolves the
+ * user and groups of a container's spec from them. A trace recorded under chroot holds them only
+ * because they are read here; a container start then finds them fetched.
+ */
+const RUNTIME_READS = ['etc/passwd', 'etc/group'];
+
+/** Reads each of RUNTIME_READS under `root` that is a regular file reached without symbolic links. */
+function readAsRuntime(root: string): void {
+  for (const rel of RUNTIME_READS) {
+    let p = root;
+    let regular = false;
+    for (const part of rel.split('/')) {
+      p = path.join(p, part);
+      const st = fs.lstatSync(p, { throwIfNoEntry: false });
+      regular = st?.isFile() ?? false;
+      if (!st || st.isSymbolicLink()) break;
+    }
+    if (regular) fs.readFileSync(p);
+  }
+}
+
+/**
  * `trace record IMAGE -- CMD...`: through the running daemon, mounts the image in a temporary
- * directory, runs CMD chrooted into an overlay of it (writes go to a temporary upper directory; /proc,
- * /sys and /dev mounted as a container runtime would),
- * then pushes the trace the run left. A failing CMD leaves its trace unpushed: it shows what was
+ * directory, reads what a container runtime reads of it, runs CMD chrooted into an overlay of it
+ * (writes go to a temporary upper directory; /proc, /sys and /dev mounted as a container runtime
+ * would), then pushes the trace the run left. A failing CMD leaves its trace unpushed: it shows what was
  * read, and the command exits non-zero.
  */
 export async function recordCommand(
@@ -159,6 +181,7 @@ export async function recordCommand(
     mounted = true;
     mountOverlay({ lower, upper, work, target: merged });
     overlaid = true;
+    readAsRuntime(merged);
     const unmountRuntime = mountRuntimeFilesystems(merged);
     let status: number;
     try {

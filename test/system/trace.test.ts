@@ -261,4 +261,24 @@ describe('access traces through the registry', () => {
     assert.match(failed.stdout, /entries +\d+ chunks/);
     assert.equal((await status()).mounts.length, 0, 'unmounted after a failure too');
   });
+
+  it('trace record also reads what a container start reads of the image before the command', async () => {
+    const chunks = (t: AccessTrace) => new Set(t.entries.map((e) => `${e.blob}:${e.chunk}`));
+    // The chunks of /etc/passwd and /etc/group: the first accesses of a mount that reads only them.
+    await freshDaemon('cache-runtime-reads');
+    const mnt = await mount(image);
+    let read: Set<string>;
+    try {
+      for (const f of ['etc/passwd', 'etc/group']) assert.ok(fs.readFileSync(path.join(mnt, f)).length > 0, f);
+      await until(async () => (await traceOf(mnt)).entries.length > 0, 'the reads reported to the trace', 5_000);
+      read = chunks(await traceOf(mnt));
+    } finally {
+      await execCli('umount', '--socket', socket, mnt);
+    }
+    // containerd reads both to build a container's spec; a command that reads neither still has them traced.
+    const r = await runCliAsync(['trace', 'record', '--json', '--socket', socket, image, '--', '/bin/sh', '-c', ':']);
+    assert.equal(r.status, 0, r.stderr);
+    const recorded = chunks(JSON.parse((await execCli('trace', 'show', '--json', image)).stdout) as AccessTrace);
+    for (const c of read) assert.ok(recorded.has(c), `chunk ${c} of /etc/passwd or /etc/group is not in the trace`);
+  });
 });
