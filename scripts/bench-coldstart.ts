@@ -189,6 +189,7 @@ class Bench {
         [, pullSeconds] = timed(() => containerd.pull(p.source));
         return containerd.runImage(p.source, `trad-${run}`, p.image.workload);
       });
+      containerd.removeContainer(`trad-${run}`);
       this.expect(p, 'traditional', out);
       // A pull GETs the manifest, the config and every layer.
       got.traditional = { seconds, pullSeconds, bytes: p.compressedBytes, gets: p.layers + 2 };
@@ -196,6 +197,7 @@ class Bench {
     if (!MODES.includes('floor')) return got;
     dropCaches();
     const [again, floorSeconds] = timed(() => containerd.runImage(p.source, `floor-${run}`, p.image.workload));
+    containerd.removeContainer(`floor-${run}`);
     this.expect(p, 'floor', again);
     got.floor = { seconds: floorSeconds, bytes: 0, gets: 0 };
     return got;
@@ -227,7 +229,7 @@ class Bench {
       await containerd.criPull(ref);
       const pullSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
       // Kept until the daemon's status is read: removing it unmounts the image with its counters.
-      const out = containerd.runImage(ref, id, p.image.workload, { snapshotter: SNAPSHOTTER, keep: true });
+      const out = containerd.runImage(ref, id, p.image.workload, { snapshotter: SNAPSHOTTER });
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       const rssBytes = memory(daemon.process.pid!, 'VmRSS');
       const daemonCpu = processCpuSeconds(daemon.process.pid!) - cpu0[0];

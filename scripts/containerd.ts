@@ -52,22 +52,10 @@ export class Containerd {
 
   /**
    * Runs `cmd` in a new container of an image already pulled (into `snapshotter`'s snapshots), its
-   * stdout; the container is removed, unless `keep` (then `removeContainer` does it).
+   * stdout. The container is kept: `removeContainer` removes it, outside the time a benchmark takes.
    */
-  runImage(
-    ref: string,
-    id: string,
-    cmd: readonly string[],
-    opts: { snapshotter?: string; keep?: boolean } = {},
-  ): string {
-    return this.ctr(
-      'run',
-      ...(opts.keep ? [] : ['--rm']),
-      ...(opts.snapshotter ? ['--snapshotter', opts.snapshotter] : []),
-      ref,
-      id,
-      ...cmd,
-    );
+  runImage(ref: string, id: string, cmd: readonly string[], opts: { snapshotter?: string } = {}): string {
+    return this.ctr('run', ...(opts.snapshotter ? ['--snapshotter', opts.snapshotter] : []), ref, id, ...cmd);
   }
 
   /** Removes container `id` with its snapshot (and its task, if `ctr run` left one). */
