@@ -47,10 +47,14 @@ export async function fetchMissing(blob: BlobCache, opts: FetchMissingOptions): 
   return fetched;
 }
 
-/** Background prefetch of every mounted blob, behind demand reads, short of the cache bound. */
-/** Blind prefetch waits until demand misses have been quiet this long: they are what readers wait on. */
-const DEMAND_QUIET_MS = 200;
+/**
+ * Blind prefetch waits until demand misses have been quiet this long. A start's reads come in bursts
+ * with short gaps (a process creating, imports between computations); a range fetched in a gap takes
+ * the CPU the next burst's misses need to be decompressed, verified and answered.
+ */
+const DEMAND_QUIET_MS = 1000;
 
+/** Background prefetch of every mounted blob, behind demand reads, short of the cache bound. */
 export class Prefetcher {
   private stopped = false;
   private lastDemand = 0;
@@ -59,10 +63,13 @@ export class Prefetcher {
     /** Workers per blob; 0: no background prefetch. */
     private readonly workers: number,
     private readonly budget: CacheBudget,
+    private readonly quietMs = DEMAND_QUIET_MS,
   ) {}
 
+  /** Prefetches `blob` (just mounted) once demand has been quiet: a mount counts as demand about to come. */
   start(blob: BlobCache): void {
     if (this.workers <= 0) return;
+    this.noteDemand();
     void fetchMissing(blob, {
       priority: 'background',
       // More ranges at once than the fetcher runs would only wait in its queue, each holding the
@@ -87,9 +94,9 @@ export class Prefetcher {
 
   private async quiet(): Promise<void> {
     for (
-      let wait = this.lastDemand + DEMAND_QUIET_MS - Date.now();
+      let wait = this.lastDemand + this.quietMs - Date.now();
       wait > 0 && !this.stopped;
-      wait = this.lastDemand + DEMAND_QUIET_MS - Date.now()
+      wait = this.lastDemand + this.quietMs - Date.now()
     ) {
       await new Promise((r) => setTimeout(r, wait));
     }

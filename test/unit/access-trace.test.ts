@@ -322,6 +322,31 @@ describe('traceBatches and replay', () => {
     cache.close();
   });
 
+  it('blind prefetch starts once a mount has been quiet, and holds back while demand misses come', async () => {
+    const big = await makeFakeBlob({ size: 20 * (64 << 10) });
+    const cache = open(big);
+    const quietMs = 300;
+    const prefetcher = new Prefetcher(
+      2,
+      new CacheBudget(0, 0, { evictUnused: () => 0, mounted: () => [cache] }),
+      quietMs,
+    );
+    const started = Date.now();
+    prefetcher.start(cache);
+    // Misses keep coming for a while: nothing is prefetched meanwhile.
+    for (let i = 0; i < 6; i++) {
+      await new Promise((r) => setTimeout(r, quietMs / 3));
+      prefetcher.noteDemand();
+    }
+    const lastDemand = Date.now();
+    assert.equal(cache.presentChunks, 0, 'prefetched while demand misses came');
+    await until(() => cache.presentChunks === cache.index.chunks.length, 'the whole blob prefetched', 10_000);
+    assert.ok(Date.now() - lastDemand >= quietMs, 'prefetch waited for the quiet spell after the last miss');
+    assert.ok(lastDemand - started >= 2 * quietMs, 'the misses came for longer than one quiet spell');
+    prefetcher.stop();
+    cache.close();
+  });
+
   it("after a blob's trace is replayed, a miss starts read-ahead from its smallest window", async () => {
     const big = await makeFakeBlob({ size: 40 * (64 << 10) });
     const missAfter = async (trace: boolean): Promise<number> => {
