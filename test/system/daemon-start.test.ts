@@ -7,7 +7,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { MNT_DETACH, native } from '../../src/native';
-import { runCli, runCliAsync, spawnDaemon, startDaemon, type Daemon } from '../lib/harness';
+import { HOLDER_SOCKET } from '../../src/daemon/fd-holder';
+import { holderPids, runCli, runCliAsync, spawnDaemon, startDaemon, type Daemon } from '../lib/harness';
 import { cleanup, tempDir } from '../lib/image';
 
 /** Mounts (mount id and mount point) at or under `dir`. */
@@ -33,8 +34,11 @@ describe('daemon start', () => {
   const daemons: Daemon[] = [];
   after(async () => {
     for (const d of daemons) await d.stop();
-    // Only when a test failed: what it left mounted goes before the directory is removed.
+    // Only when a test failed: what it left mounted goes before the directory is removed, and a
+    // holder still keeping the fds of a daemon that died while starting goes with it.
     for (const m of mountsUnder(work).reverse()) native.umount(m.split(' ')[1], MNT_DETACH);
+    for (const d of fs.readdirSync(work))
+      for (const pid of holderPids(path.join(work, d, HOLDER_SOCKET))) process.kill(pid, 'SIGKILL');
     cleanup(work);
   });
 
