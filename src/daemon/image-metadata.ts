@@ -11,7 +11,7 @@ import { digestHex, sha256Digest } from '../oci/digest';
 import type { Descriptor } from '../oci/types';
 
 /** Replaces `file` atomically: a crash leaves no file or the whole one. */
-function writeWhole(file: string, data: Buffer | string): void {
+export function writeWhole(file: string, data: Buffer | string): void {
   const tmp = `${file}.tmp-${process.pid}`;
   try {
     fs.writeFileSync(tmp, data, { mode: 0o600 });

@@ -18,7 +18,7 @@ import { hostPlatform, parseManifestOrIndex, type Descriptor, type ImageManifest
 import type { BlobCache } from '../storage/blob-cache';
 import type { RemoteBlob } from '../storage/chunk-fetcher';
 import type { BlobStore } from '../storage/blob-store';
-import { ImageMetadata } from './image-metadata';
+import { ImageMetadata, writeWhole } from './image-metadata';
 
 /** A lazy image found, its blobs being opened (its bootstrap not checked yet). */
 export interface FoundImage {
@@ -313,14 +313,11 @@ export class ImageStore {
     const bootstrapPath = path.join(this.cacheDir, 'bootstraps', digestHex(boot.digest));
     let bytes: Buffer | undefined;
     if (!fs.existsSync(bootstrapPath)) {
-      const tmp = `${bootstrapPath}.tmp-${process.pid}`;
       try {
         // The body stream checks the size and digest against the descriptor.
         bytes = await client.readBlob(repo, boot.digest, boot.size, (body) => readAll(body, boot.size));
-        fs.writeFileSync(tmp, bytes);
-        fs.renameSync(tmp, bootstrapPath);
+        writeWhole(bootstrapPath, bytes);
       } catch (err) {
-        fs.rmSync(tmp, { force: true });
         throw InputError.wrap(err, { image: ref, layer: boot.digest });
       }
     }
