@@ -2,7 +2,6 @@
 // serving images need neither ISA-L nor this code.
 #include <malloc.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -25,16 +24,17 @@ constexpr size_t kHugePage = 2 << 20;
 constexpr size_t kHeapAhead = 48 << 20;  // below M_MMAP_THRESHOLD, so it comes from the heap
 
 void GrowHeapOntoHugePages() {
-  auto* before = static_cast<char*>(sbrk(0));
+  // The block itself is advised, not what sbrk reports as grown: the heap may already hold free
+  // memory that malloc hands out first, and where brk cannot grow glibc maps the arena's memory
+  // elsewhere. Either way, freed, the block stays with the main arena for later buffers.
   void* block = malloc(kHeapAhead);
-  auto* after = static_cast<char*>(sbrk(0));
-  if (block != nullptr && before != reinterpret_cast<char*>(-1) && after > before) {
-    auto from = (reinterpret_cast<uintptr_t>(before) + kHugePage - 1) & ~(kHugePage - 1);
-    auto to = reinterpret_cast<uintptr_t>(after) & ~(kHugePage - 1);
+  if (block != nullptr) {
+    auto from = (reinterpret_cast<uintptr_t>(block) + kHugePage - 1) & ~(kHugePage - 1);
+    auto to = (reinterpret_cast<uintptr_t>(block) + kHeapAhead) & ~(kHugePage - 1);
     // Best effort: without THP the memory is simply used in 4 KiB pages.
     if (to > from) madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
   }
-  free(block);  // stays in the heap: below the trim threshold
+  free(block);  // stays in the arena: below the trim threshold
 }
 
 Napi::Value PrepareHeap(const Napi::CallbackInfo& info) {
