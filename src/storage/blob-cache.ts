@@ -307,6 +307,11 @@ export class BlobCache implements RangeSource, ChunkDestination {
     return this.fetcher.plan([...indexOf.keys()], 'prefetch').map((r) => r.chunks.map((c) => indexOf.get(c)!));
   }
 
+  /** Prefetch requests the fetcher of this blob runs at once. */
+  get prefetchSlots(): number {
+    return this.fetcher.prefetchSlots;
+  }
+
   /** See ChunkState.presentFlags. */
   get presentFlags(): Uint8Array {
     return this.state.presentFlags;

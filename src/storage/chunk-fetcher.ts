@@ -98,6 +98,11 @@ export class ChunkFetcher {
     this.prefetchGap = opts.prefetchGap ?? 256 << 10;
   }
 
+  /** Prefetch requests that can run at once: demand keeps the rest of the slots. */
+  get prefetchSlots(): number {
+    return this.limiter.prefetchSlots;
+  }
+
   get inFlight(): number {
     return this.inflight.size;
   }

@@ -37,6 +37,11 @@ export class Limiter {
     this.reserved = Math.min(Math.max(0, reserved), limit - 1);
   }
 
+  /** Tasks below demand priority running at once at most: the slots not reserved. */
+  get prefetchSlots(): number {
+    return this.limit - this.reserved;
+  }
+
   private canStart(priority: Priority): boolean {
     if (priority === 'background' && this.runningBackground >= BACKGROUND_SLOTS) return false;
     return this.running < (priority === 'demand' ? this.limit : this.limit - this.reserved);

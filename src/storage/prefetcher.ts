@@ -104,10 +104,16 @@ export class Prefetcher {
 
   /**
    * Fetches what a checked access trace names as the fetcher's prefetch requests would take it, the
-   * request the trace wants first going first, `workers` requests at once, behind demand reads.
+   * request the trace wants first going first, `workers` requests at once (by default as many as the
+   * fetcher runs for prefetch: a request waits on the registry's latency as much as on its bytes, so
+   * each free slot shortens the replay), behind demand reads, which keep their reserved slots.
    * Resolves to the chunks fetched once the trace is replayed.
    */
-  async replay(trace: AccessTrace, blobs: readonly BlobCache[], workers = TRACE_WORKERS): Promise<number> {
+  async replay(
+    trace: AccessTrace,
+    blobs: readonly BlobCache[],
+    workers = Math.max(1, ...blobs.map((b) => b.prefetchSlots)),
+  ): Promise<number> {
     const batches = traceBatches(trace, blobs);
     const traced = new Set(trace.entries.map((e) => blobs[e.blob]));
     for (const blob of traced) blob.trace = 'replaying';
@@ -138,8 +144,6 @@ export class Prefetcher {
   }
 }
 
-/** Trace prefetch requests in flight at once: enough to keep the link busy, few enough to leave demand its slots. */
-const TRACE_WORKERS = 4;
 /**
  * The trace's chunks as the Range GETs prefetch merges them into (one blob each), in the order the
  * trace first wants any of a request's chunks.

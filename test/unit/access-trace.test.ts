@@ -301,6 +301,40 @@ describe('traceBatches and replay', () => {
     await until(() => cache.presentChunks > 3, 'read-ahead, back once the trace is replayed', 5_000);
   });
 
+  it('replays a trace in as many requests at once as the fetcher runs for prefetch, and demand still finds its slots', async () => {
+    const blob = await makeFakeBlob({ size: 32 * (64 << 10) });
+    const reader = blob.reader();
+    const cache = open(blob, reader);
+    const slots = cache.prefetchSlots;
+    assert.ok(slots >= 2 && slots < 8, `the fetcher runs 8, of which prefetch ${slots}`);
+    // Every other chunk: with prefetchGap 0 each is a request of its own.
+    const chunks = Array.from({ length: 2 * slots + 2 }, (_, i) => 2 * i);
+    assert.ok(chunks.at(-1)! < cache.index.chunks.length);
+    const trace: AccessTrace = {
+      version: 1,
+      image: IMAGE,
+      blobs: [blob.digest],
+      entries: chunks.map((chunk) => ({
+        blob: 0,
+        chunk,
+        ms: 0,
+        digest: cache.index.chunks[chunk].digest.toString('hex'),
+      })),
+    };
+    const prefetcher = new Prefetcher(0, new CacheBudget(0, 0, { evictUnused: () => 0, mounted: () => [cache] }));
+    const release = reader.hold();
+    const replay = prefetcher.replay(trace, [cache]);
+    await until(() => reader.active >= slots, `${slots} trace requests at once`, 5_000);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(reader.active, slots, 'every prefetch slot busy, no more');
+    const miss = read(cache, 1);
+    await reader.started(slots + 1);
+    release();
+    await Promise.all([miss, replay]);
+    assert.equal(reader.maxActive, slots + 1, 'the demand read ran beside the replay, in a reserved slot');
+    assert.equal(cache.presentChunks, chunks.length + 1);
+  });
+
   it('blind prefetch holds no more ranges of a blob at once than the fetcher runs, whatever its workers', async () => {
     const big = await makeFakeBlob({ size: 200 * (64 << 10) }); // several 4 MiB ranges
     const cache = open(big);
