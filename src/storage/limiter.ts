@@ -44,7 +44,7 @@ export class Limiter {
 
   private canStart(priority: Priority): boolean {
     if (priority === 'background' && this.runningBackground >= BACKGROUND_SLOTS) return false;
-    return this.running < (priority === 'demand' ? this.limit : this.limit - this.reserved);
+    return this.running < (priority === 'demand' ? this.limit : this.prefetchSlots);
   }
 
   private started(priority: Priority): void {
