@@ -296,9 +296,23 @@ export class BlobCache implements RangeSource, ChunkDestination {
    * Fetches the chunks `indexes` not cached yet, all asked for at once so that neighbours share Range
    * GETs; resolves to the number fetched. Nobody reads them now: they are not pinned.
    */
-  fetchChunks(indexes: readonly number[], priority: Priority = 'prefetch'): Promise<number> {
-    const missing = [...new Set(indexes)].filter((i) => !this.state.isPresent(i)).sort((a, b) => a - b);
-    return this.fill(missing, priority);
+  async fetchChunks(indexes: readonly number[], priority: Priority = 'prefetch'): Promise<number> {
+    const wanted = [...new Set(indexes)].sort((a, b) => a - b);
+    if (wanted.length === 0) return 0;
+    // In a kernel object, what is present is known only from the object, as for a READ. While the
+    // kernel has no object open (before a mount's OPEN, after its CLOSE) nothing fetched could be
+    // stored: a restarted daemon's trace replay would fetch again what the object already holds.
+    if (this.object) {
+      try {
+        await this.syncWithObject(wanted[0], wanted[wanted.length - 1] + 1);
+      } catch {
+        return 0;
+      }
+    }
+    return this.fill(
+      wanted.filter((i) => !this.state.isPresent(i)),
+      priority,
+    );
   }
 
   /** The chunks `indexes` (no two alike) grouped as prefetch fetches them: a Range GET each. */

@@ -379,6 +379,35 @@ describe('BlobCache kept in a kernel cache object (cachefiles)', () => {
     }
   });
 
+  it('prefetches only what the object lacks, and nothing while the kernel has no object open', async () => {
+    const blob = await makeFakeBlob();
+    const object = directObject(blob.content.length);
+    let objectOpen = false;
+    const { cache, reader } = open(blob);
+    try {
+      cache.keepInKernelObject({
+        use: async (op) => {
+          if (!objectOpen) throw new Error('not open');
+          return object.use(op);
+        },
+      });
+      const all = blob.chunks.map((_, i) => i);
+      assert.equal(await cache.fetchChunks(all), 0, 'no object open: nothing could be stored');
+      assert.equal(reader.requests.length, 0, 'nor fetched');
+      objectOpen = true;
+      const c = blob.chunks[1];
+      await cache.serve(c.uncompressedOffset, c.uncompressedOffset + 1, { kind: 'cache' });
+      // A restarted daemon: its state starts empty, the object holds chunk 1.
+      const { cache: again } = open(blob);
+      again.keepInKernelObject({ use: (op) => object.use(op) });
+      assert.equal(await again.fetchChunks(all), blob.chunks.length - 1, 'all but the chunk the object holds');
+      again.close();
+    } finally {
+      cache.close();
+      object.close();
+    }
+  });
+
   it('takes what the object holds as present, and fetches again what the kernel lost', async () => {
     const blob = await makeFakeBlob();
     const object = directObject(blob.content.length);
