@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadBlobIndex, type BlobIndex, type ExpectedTable, type RangeReader } from '../blob/blob-index';
 import { Annotation, LazyMediaType } from '../convert/lazy-image';
-import { validateBootstrap, type ExpectedDevice } from '../erofs/validate';
+import { validateBootstrapInSlices, type ExpectedDevice } from '../erofs/validate';
 import { InputError } from '../errors';
 import { log } from '../log';
 import { digestHex } from '../oci/digest';
@@ -324,7 +324,7 @@ export class ImageStore {
     const downloaded = performance.now();
     // Every mount path comes through here: no bootstrap reaches the kernel unchecked, cached or not.
     try {
-      validateBootstrap(bytes ?? fs.readFileSync(bootstrapPath), {
+      await validateBootstrapInSlices(bytes ?? fs.readFileSync(bootstrapPath), {
         what: boot.digest,
         devices: blobDescs.map(expectedDevice),
       });

@@ -160,7 +160,28 @@ export function validateBootstrap(
   opts: ValidateOptions = {},
   visit?: (entry: WalkEntry) => void,
 ): BootstrapSummary {
-  return new Validator(image, opts).run(visit);
+  const v = new Validator(image, opts);
+  v.walk(Infinity, visit);
+  return v.summary();
+}
+
+/** Steps of the walk between two looks at the clock. */
+const STEPS_PER_CLOCK_READ = 64;
+
+/**
+ * validateBootstrap for a process that serves others meanwhile (the daemon): the walk gives the
+ * event loop back every `sliceMs` of work, so that the misses of mounted images, the chunk tables
+ * and responses under way are answered while a large bootstrap is checked. `image` must not change
+ * until it resolves.
+ */
+export async function validateBootstrapInSlices(
+  image: Buffer,
+  opts: ValidateOptions = {},
+  sliceMs = 4,
+): Promise<BootstrapSummary> {
+  const v = new Validator(image, opts);
+  while (!v.walk(performance.now() + sliceMs)) await new Promise((resolve) => setImmediate(resolve));
+  return v.summary();
 }
 
 class Validator {
@@ -207,11 +228,21 @@ class Validator {
     throw new BootstrapError(message, { bootstrap: this.what });
   }
 
-  run(visit?: (entry: WalkEntry) => void): BootstrapSummary {
-    this.checkSuperblock();
-    const root = this.reader.sb.rootNid;
-    const stack = [this.entryTable.add(root, ROOT_TYPE, 0, 0, 0)];
-    while (stack.length > 0) {
+  /** Entries left to expand; null before the walk began. */
+  private stack: number[] | null = null;
+
+  /**
+   * Walks on until the tree is done (true) or the clock passes `until` (false: call again to go on).
+   * Throws on the first fault.
+   */
+  walk(until: number, visit?: (entry: WalkEntry) => void): boolean {
+    if (!this.stack) {
+      this.checkSuperblock();
+      this.stack = [this.entryTable.add(this.reader.sb.rootNid, ROOT_TYPE, 0, 0, 0)];
+    }
+    const stack = this.stack;
+    for (let steps = 1; stack.length > 0; steps++) {
+      if (steps % STEPS_PER_CLOCK_READ === 0 && performance.now() > until) return false;
       const p = stack.pop()!;
       try {
         this.step(p, stack, visit);
@@ -224,6 +255,12 @@ class Validator {
         throw err;
       }
     }
+    return true;
+  }
+
+  /** After the walk: the checks of the whole tree, and what it amounts to. */
+  summary(): BootstrapSummary {
+    if (!this.stack || this.stack.length > 0) throw new Error(`${this.what}: summary asked before the walk ended`);
     for (const nid of this.reachedNids) {
       if (this.reached[nid] === 1 && this.links[nid] !== this.nlinks[nid]) {
         throw new BootstrapError(`nlink ${this.nlinks[nid]}, but ${this.links[nid]} directory entries name the inode`, {

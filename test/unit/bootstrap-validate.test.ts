@@ -8,7 +8,7 @@ import { dirBlocksEqual, dirColumns, encodeDirBlocks, type DirEntry } from '../.
 import { BLOCK_SIZE, DIRENT_SIZE, DirentType, SUPERBLOCK_OFFSET } from '../../src/erofs/format';
 import { BootstrapError, BootstrapReader } from '../../src/erofs/reader';
 import { sealSuperblock } from '../../src/erofs/superblock';
-import { validateBootstrap, type WalkEntry } from '../../src/erofs/validate';
+import { validateBootstrap, validateBootstrapInSlices, type WalkEntry } from '../../src/erofs/validate';
 import { writeBootstrap } from '../../src/erofs/writer';
 import { mutateBootstrap } from '../lib/bootstrap-mutations';
 import { nameKey, type Directory, type Inode, type Metadata } from '../../src/tree/node';
@@ -334,6 +334,43 @@ describe('fuzz: mutated bootstraps are refused clearly or accepted, never a cras
     t.diagnostic(`${refused} refused, ${accepted} accepted, slowest ${slowest.ms} ms`);
     // A bound far above what one of these small images takes: a loop would blow through it.
     assert.ok(slowest.ms < 2000, `seed ${slowest.seed} took ${slowest.ms} ms`);
+  });
+});
+
+describe('validation in slices (the daemon)', () => {
+  it('gives the event loop back while it walks, and ends as the whole walk does', async () => {
+    const { image, inodeCount } = writeBootstrap(kitchenSink(), { chunkBits: CHUNK_BITS, devices: DEVICES });
+    let turns = 0;
+    const tick = setInterval(() => turns++, 0);
+    try {
+      // Slices of 0 ms: the walk yields at every look at the clock.
+      const summary = await validateBootstrapInSlices(image, { devices: DEVICES }, 0);
+      assert.equal(summary.inodes, inodeCount);
+      assert.equal(summary.entries, validateBootstrap(image, { devices: DEVICES }).entries);
+    } finally {
+      clearInterval(tick);
+    }
+    assert.ok(turns >= 2, `the event loop ran ${turns} times during the walk`);
+  });
+
+  it('refuses what the whole walk refuses, with the same error (seeded mutations)', async () => {
+    const base = build();
+    for (let seed = 0; seed < 300; seed++) {
+      const { image, what } = mutateBootstrap(base, seed);
+      const whole = (() => {
+        try {
+          validateBootstrap(image, { devices: DEVICES });
+          return 'accepted';
+        } catch (err) {
+          return (err as Error).message;
+        }
+      })();
+      const sliced = await validateBootstrapInSlices(image, { devices: DEVICES }, 0).then(
+        () => 'accepted',
+        (err: Error) => err.message,
+      );
+      assert.equal(sliced, whole, `seed ${seed} (${what})`);
+    }
   });
 });
 
