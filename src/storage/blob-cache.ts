@@ -273,8 +273,10 @@ export class BlobCache implements RangeSource, ChunkDestination {
     if (priority === 'demand') for (const l of this.demandListeners) l(pinned);
     this.state.pin(pinned);
     try {
-      if (priority === 'demand') await this.syncWithObject(first, last);
-      const missing = this.state.missing(first, last);
+      // A demand read under cachefiles comes from the kernel through an open object: one that finds
+      // it closed fails (EIO) rather than taking what nothing could store as served.
+      const missing = await this.absent(first, last, priority !== 'demand');
+      if (!missing) return 0;
       if (missing.length === 0) this.hits++;
       else if (priority === 'demand') this.misses++;
       const ahead =
@@ -299,20 +301,30 @@ export class BlobCache implements RangeSource, ChunkDestination {
   async fetchChunks(indexes: readonly number[], priority: Priority = 'prefetch'): Promise<number> {
     const wanted = [...new Set(indexes)].sort((a, b) => a - b);
     if (wanted.length === 0) return 0;
-    // In a kernel object, what is present is known only from the object, as for a READ. While the
-    // kernel has no object open (before a mount's OPEN, after its CLOSE) nothing fetched could be
-    // stored: a restarted daemon's trace replay would fetch again what the object already holds.
-    if (this.object) {
-      try {
-        await this.syncWithObject(wanted[0], wanted[wanted.length - 1] + 1);
-      } catch {
-        return 0;
-      }
-    }
+    const absent = await this.absent(wanted[0], wanted[wanted.length - 1] + 1, true);
+    if (!absent) return 0;
+    const set = new Set(absent);
     return this.fill(
-      wanted.filter((i) => !this.state.isPresent(i)),
+      wanted.filter((i) => set.has(i)),
       priority,
     );
+  }
+
+  /**
+   * The chunks of [first, last) not present, in order. Under cachefiles what is present is known only
+   * from the kernel's object, which is asked first: a restarted daemon's state starts empty, and
+   * anything else would fetch again what the object holds. While the kernel has no object open
+   * (before a mount's OPEN, after its CLOSE) nothing fetched could be stored: null when `orNull`,
+   * else the error.
+   */
+  private async absent(first: number, last: number, orNull: boolean): Promise<number[] | null> {
+    try {
+      await this.syncWithObject(first, last);
+    } catch (err) {
+      if (orNull) return null;
+      throw err;
+    }
+    return this.state.missing(first, last);
   }
 
   /** The chunks `indexes` (no two alike) grouped as prefetch fetches them: a Range GET each. */

@@ -402,6 +402,21 @@ describe('BlobCache kept in a kernel cache object (cachefiles)', () => {
       again.keepInKernelObject({ use: (op) => object.use(op) });
       assert.equal(await again.fetchChunks(all), blob.chunks.length - 1, 'all but the chunk the object holds');
       again.close();
+      // Blind prefetch goes through serve: the same for it.
+      const { cache: third, reader: thirdReader } = open(blob);
+      let open3 = false;
+      third.keepInKernelObject({ use: (op) => (open3 ? object.use(op) : Promise.reject(new Error('not open'))) });
+      assert.equal(await third.serve(0, blob.content.length, { kind: 'cache' }, 'background'), 0, 'no object open');
+      assert.equal(thirdReader.requests.length, 0);
+      await assert.rejects(third.serve(0, 1, { kind: 'cache' }, 'demand'), /not open/, 'a demand read fails instead');
+      open3 = true;
+      assert.equal(
+        await third.serve(0, blob.content.length, { kind: 'cache' }, 'background'),
+        0,
+        'the object holds all',
+      );
+      assert.equal(thirdReader.requests.length, 0, 'nothing fetched again');
+      third.close();
     } finally {
       cache.close();
       object.close();
