@@ -16,17 +16,14 @@ import {
   snapshotterReconnected,
   type Containerd,
 } from '../lib/containerd';
-import * as grpc from '@grpc/grpc-js';
 import { publishLazy, type Daemon } from '../lib/harness';
-import { snapshotsApi } from '../../src/snapshotter/proto';
-import type { SnapshotsClient } from '../../src/snapshotter/generated/containerd/services/snapshots/v1/Snapshots';
-import type { Info__Output } from '../../src/snapshotter/generated/containerd/services/snapshots/v1/Info';
 import type { Mount__Output } from '../../src/snapshotter/generated/containerd/types/Mount';
 import { cleanup, tempDir } from '../lib/image';
 import { startRegistry, type RegistryServer } from '../lib/registry-server';
 import { criPullImage } from '../lib/cri';
 import { startFaultProxy, type FaultProxy } from '../lib/fault-proxy';
 import { compareTreesInChild } from '../lib/tree-compare';
+import { pullLazyLayers, snapshotsClient } from '../lib/snapshots-client';
 import { minbaseImage, UmociImage } from '../lib/test-images';
 
 const run = promisify(execFile);
@@ -122,55 +119,12 @@ describe('containerd with the erofs-ondemand snapshotter', () => {
 
   it('commits the layers of an image with a lazy form at once, and mounts it under a view', async () => {
     const { source } = publishLazy(image.ref, registry.host, 'minbase');
-    const raw = execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${source}`]);
-    const manifestDigest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
-    const layers = (JSON.parse(raw.toString()) as { layers: Array<{ digest: string }> }).layers.map((l) => l.digest);
-    const client = new (snapshotsApi().containerd.services.snapshots.v1.Snapshots)(
-      `unix://${sock()}`,
-      grpc.credentials.createInsecure(),
-    ) as SnapshotsClient;
-    const list = (filter: string) =>
-      new Promise<Info__Output[]>((resolve, reject) => {
-        const out: Info__Output[] = [];
-        const call = client.List({ filters: [filter] });
-        call.on('data', (r: { info: Info__Output[] }) => out.push(...r.info));
-        call.on('end', () => resolve(out));
-        call.on('error', reject);
-      });
-    const unary = <Res>(method: 'Prepare' | 'View' | 'Remove', req: object) =>
-      new Promise<Res>((resolve, reject) =>
-        (client[method] as (r: object, cb: (e: grpc.ServiceError | null, r?: Res) => void) => void).call(
-          client,
-          req,
-          (e, r) => (e ? reject(e) : resolve(r as Res)),
-        ),
-      );
+    const client = snapshotsClient(sock());
+    const { list, unary } = client;
     try {
       // As containerd's unpacker does for a CRI pull: each layer prepared with the CRI labels.
-      let parent = '';
-      const placeholders: string[] = [];
-      for (const [i, layer] of layers.entries()) {
-        const chain = `sha256:${createHash('sha256').update(`${parent} ${layer}`).digest('hex')}`;
-        const labels = {
-          'containerd.io/snapshot.ref': chain,
-          'containerd.io/snapshot/cri.image-ref': source,
-          'containerd.io/snapshot/cri.manifest-digest': manifestDigest,
-          'containerd.io/snapshot/cri.layer-digest': layer,
-          'containerd.io/snapshot/cri.image-layers': layers.slice(i).join(','),
-        };
-        await assert.rejects(
-          unary('Prepare', { key: `default/${i}/extract ${chain}`, parent, labels }),
-          (e: grpc.ServiceError) => {
-            assert.equal(e.code, grpc.status.ALREADY_EXISTS, e.message);
-            return true;
-          },
-        );
-        const found = await list(`labels."containerd.io/snapshot.ref"==${chain},parent==${JSON.stringify(parent)}`);
-        assert.equal(found.length, 1, `one committed snapshot for layer ${i}`);
-        assert.equal(found[0].kind, 'COMMITTED');
-        parent = found[0].name;
-        placeholders.push(parent);
-      }
+      const placeholders = await pullLazyLayers(client, source);
+      const parent = placeholders[placeholders.length - 1];
       const { mounts } = await unary<{ mounts: Mount__Output[] }>('View', { key: 'default/view', parent });
       assert.equal(mounts.length, 1);
       assert.equal(mounts[0].type, 'bind');
