@@ -16,6 +16,7 @@ import { mountInfoLine } from '../test/lib/assertions';
 import { startFaultProxy, type FaultProxy } from '../test/lib/fault-proxy';
 import { adoptDaemon, CLI, execCli, startDaemon as launchDaemon, type Daemon } from '../test/lib/harness';
 import { MiB } from '../test/lib/fixtures';
+import { pullLazyLayers, snapshotsClient } from '../test/lib/snapshots-client';
 import { startRegistry, type RegistryServer } from '../test/lib/registry-server';
 import { UmociImage } from '../test/lib/test-images';
 import { compareTreesInChild } from '../test/lib/tree-compare';
@@ -252,6 +253,50 @@ describe(
       } finally {
         await cli('umount', '--socket', socket, a);
         await cli('umount', '--socket', socket, b);
+      }
+    });
+
+    it('replays an access trace into the kernel objects when a pull through the snapshotter warms the image', async () => {
+      // A copy of image a with a trace of its own: the other tests' mounts of a replay nothing.
+      const traced = `${registry.host}/src/traced:1`;
+      const layout = `oci:${path.join(work, 'layout-a')}:a`;
+      execFileSync('skopeo', ['copy', '-q', '--dest-tls-verify=false', layout, `docker://${traced}`]);
+      await cli('convert', '-q', traced, `${registry.host}/lazy/traced:1`);
+      // Recorded on one node, where the workload reads two files. Under cachefiles the daemon sees only
+      // the kernel's READs: a chunk fetched by read-ahead and then read in the kernel is not in a trace.
+      // That node reads without read-ahead, so that the trace holds exactly the two files.
+      const files = ['random-3m', 'only-a'];
+      await stopDaemon();
+      await startDaemon(path.join(work, 'cache-trace-record'), '--read-ahead', '0');
+      const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
+      await cli('mount', '--socket', socket, traced, mnt);
+      for (const f of files) fs.readFileSync(path.join(mnt, f));
+      await cli('trace', 'push', '--socket', socket, mnt);
+      await cli('umount', '--socket', socket, mnt);
+      // Pulled on another: containerd's calls for a CRI pull (the image is warmed from the first layer
+      // on, before any mount opens its objects), then a view of the image.
+      await stopDaemon();
+      const cacheDir = path.join(work, 'cache-trace-replay');
+      const snapshotter = path.join(work, 'snapshotter.sock');
+      await startDaemon(cacheDir, '--snapshotter-socket', snapshotter);
+      const client = snapshotsClient(snapshotter);
+      try {
+        const placeholders = await pullLazyLayers(client, traced);
+        const { mounts } = await client.unary<{ mounts: Array<{ source: string }> }>('View', {
+          key: 'default/view',
+          parent: placeholders[placeholders.length - 1],
+        });
+        await waitForLog(daemon!, /"message":"access trace replayed"/);
+        const replayed = (await status()).fetch.bytesFetched;
+        assert.ok(replayed > 4 * MiB, `the replay fetched ${replayed} bytes`);
+        for (const f of files)
+          assert.ok(fs.readFileSync(path.join(mounts[0].source, f)).equals(fs.readFileSync(path.join(trees.a, f))), f);
+        assert.equal((await status()).fetch.bytesFetched, replayed, 'the traced files were in the kernel objects');
+        assert.equal(blobFileBytes(cacheDir), 0);
+        await client.unary('Remove', { key: 'default/view' });
+        for (const name of placeholders.reverse()) await client.unary('Remove', { key: name });
+      } finally {
+        client.close();
       }
     });
 

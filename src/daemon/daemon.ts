@@ -359,10 +359,10 @@ export class Daemon {
   warm(ref: string): void {
     if (this.stopping || this.warmed.has(ref)) return;
     // The trace is looked up as soon as the lazy image is found, and replayed once its blobs are open,
-    // while the bootstrap is fetched and checked.
+    // while the bootstrap is fetched and checked; by the mount when only the mount lets chunks be stored.
     const found = (image: FoundImage) => {
       image.blobs.then((blobs) => (warm.blobs = blobs)).catch(() => undefined);
-      warm.replayed = this.replayTrace(ref, image);
+      if (!this.transportModule.storesFromMount) warm.replayed = this.replayTrace(ref, image);
     };
     const warm: Warm = {
       prepared: this.store.prepare(ref, undefined, found).then((image) => {

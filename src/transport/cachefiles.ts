@@ -317,6 +317,7 @@ export const cachefilesTransport: TransportModule = {
   feature: 'cachefiles on-demand',
   zerosWithoutDaemon: false,
   kernelReadsAfterAnswer: false,
+  storesFromMount: true,
   describe: () =>
     "READs on /dev/cachefiles for EROFS in fscache mode; hits never leave the kernel; verified chunks are written into the kernel's cache objects, stored once",
   probe: ({ cacheDir, fds }) =>

@@ -223,6 +223,7 @@ export const fanotifyTransport: TransportModule = {
   // After a planned stop (the keeper's copy dropped) or without a keeper, unfilled ranges read as zeros.
   zerosWithoutDaemon: true,
   kernelReadsAfterAnswer: true,
+  storesFromMount: false,
   describe: () => 'pre-content events on the blob cache files under file-backed EROFS (Linux 6.14+)',
   probe,
   create: (ctx) => new FanotifyTransport(ctx.misses, ctx.fds),

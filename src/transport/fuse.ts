@@ -812,6 +812,7 @@ export const fuseTransport: TransportModule = {
   feature: 'FUSE',
   zerosWithoutDaemon: false,
   kernelReadsAfterAnswer: false,
+  storesFromMount: false,
   describe: () =>
     'FUSE READs of blob files that EROFS is mounted on (any kernel with FUSE); every miss of the page cache reaches the daemon; a restarted daemon takes the /dev/fuse session over (READs in flight are resent: Linux 6.9+)',
   probe,

@@ -96,6 +96,12 @@ export interface TransportModule {
    * never evicted under such a transport; the cache bound then applies to blobs no mount uses.
    */
   readonly kernelReadsAfterAnswer: boolean;
+  /**
+   * Chunks can be stored only from the image's mount on (cachefiles: into the kernel's objects, which
+   * the mount opens; the daemon's own cache file is emptied then). A pull's warm-up then leaves the
+   * access trace's replay to the mount: replayed before it, the chunks would be fetched for nothing.
+   */
+  readonly storesFromMount: boolean;
   /** One line for `doctor`: how misses reach the daemon (what readers see without it: `whenDaemonDies`). */
   describe(): string;
   /** Whether this kernel and cache directory can run it, tried for real (never guessed from versions). */
