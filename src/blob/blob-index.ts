@@ -1,5 +1,6 @@
 // Loads a data blob's chunk table through any byte-range reader (a local file, HTTP Range GETs).
 import { createHash } from 'node:crypto';
+import type { BytesSoFar } from '../oci/byte-stream';
 import type { Priority } from '../oci/retry';
 import { decodeTable, decodeTrailer, ENTRY_SIZE, TRAILER_SIZE, type BlobTrailer, type ChunkEntry } from './chunk-table';
 
@@ -8,12 +9,15 @@ import { decodeTable, decodeTrailer, ENTRY_SIZE, TRAILER_SIZE, type BlobTrailer,
  * `verify` with each source's bytes and moves on to the next source when it returns an error; it
  * returns the last bytes it got, checked or not, so callers check what they are given. `priority`
  * (default 'demand') says how hard a transient failure is retried: a prefetch gives up sooner.
+ * `onBytes`, when the reader can, is told the bytes received so far as they come in (a retry or
+ * another source starts again from none).
  */
 export type RangeReader = (
   offset: number,
   length: number,
   verify?: (data: Buffer) => Promise<Error | null>,
   priority?: Priority,
+  onBytes?: BytesSoFar,
 ) => Promise<Buffer>;
 
 export interface BlobIndex {

@@ -166,8 +166,13 @@ export async function openLazyBlob(
 ): Promise<{ remote: RemoteBlob; index: BlobIndex }> {
   const { rangeBudgetMs, kept } = opts;
   const what = `image ${ref}, blob ${desc.digest}`;
-  const read: RangeReader = (offset, length, verify, priority) =>
-    client.getBlobRange(repo, desc.digest, offset, offset + length - 1, { verify, priority, budgetMs: rangeBudgetMs });
+  const read: RangeReader = (offset, length, verify, priority, onBytes) =>
+    client.getBlobRange(repo, desc.digest, offset, offset + length - 1, {
+      verify,
+      priority,
+      budgetMs: rangeBudgetMs,
+      onBytes,
+    });
   const table = expectedTable(desc);
   const readTable: RangeReader = table
     ? read

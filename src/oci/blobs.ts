@@ -3,7 +3,7 @@
 import { InputError } from '../errors';
 import { digestContext } from './api-context';
 import { pullScope } from './auth';
-import { bodyChunks, streamOver, type ByteStream } from './byte-stream';
+import { bodyChunks, streamOver, type ByteStream, type BytesSoFar } from './byte-stream';
 import { verifyDigest } from './digest';
 import { header, type HttpClient } from './http-client';
 import type { Priority } from './retry';
@@ -89,7 +89,7 @@ export async function getBlobRange(
   digest: string,
   start: number,
   endInclusive: number,
-  { priority = 'demand', budgetMs }: { priority?: Priority; budgetMs?: number } = {},
+  { priority = 'demand', budgetMs, onBytes }: { priority?: Priority; budgetMs?: number; onBytes?: BytesSoFar } = {},
 ): Promise<Buffer> {
   const ctx = { ...digestContext(http.where(), repo, digest), range: `${start}-${endInclusive}` };
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(endInclusive) || start < 0 || endInclusive < start) {
@@ -136,7 +136,7 @@ export async function getBlobRange(
     );
   }
   const want = endInclusive - start + 1;
-  const data = await http.readBody(res, want, 'range', ctx, want);
+  const data = await http.readBody(res, want, 'range', ctx, want, onBytes);
   if (data === null) throw new InputError(`registry sent more than the ${want} bytes asked for`, ctx);
   if (data.length !== want) throw new InputError(`registry sent ${data.length} bytes for a ${want}-byte range`, ctx);
   return data;

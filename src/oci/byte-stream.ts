@@ -9,6 +9,9 @@ export interface ByteStream extends AsyncIterable<Buffer> {
   destroy(): void;
 }
 
+/** Told the bytes of a body received so far, as they come (from its first byte). */
+export type BytesSoFar = (received: Buffer) => void;
+
 // Bytes a stream may deliver before the reader asks for them: then the socket is paused (TCP backpressure).
 const QUEUE_BYTES = 1 << 20;
 
@@ -126,9 +129,16 @@ export function streamOver(bytes: AsyncIterable<Buffer>, under: { destroy(): unk
  * The bytes of `source`, or null as soon as they run past `limit`: the rest is not read, and leaving
  * the loop early ends a response body under it. The one body collector of the registry layer. With
  * `sizeHint` (the length the answer should have) the bytes are copied into one buffer of that size as
- * they come, so a large body is never held twice (its pieces, then their concatenation).
+ * they come, so a large body is never held twice (its pieces, then their concatenation); `onBytes` is
+ * then called after each piece with the bytes received so far (a view of that buffer, whose bytes
+ * never change once there).
  */
-export async function readAtMost(source: AsyncIterable<Buffer>, limit: number, sizeHint = 0): Promise<Buffer | null> {
+export async function readAtMost(
+  source: AsyncIterable<Buffer>,
+  limit: number,
+  sizeHint = 0,
+  onBytes?: BytesSoFar,
+): Promise<Buffer | null> {
   let into = sizeHint > 0 && sizeHint <= limit ? Buffer.allocUnsafe(sizeHint) : null;
   const parts: Buffer[] = [];
   let total = 0;
@@ -136,6 +146,7 @@ export async function readAtMost(source: AsyncIterable<Buffer>, limit: number, s
     if (total + chunk.length > limit) return null;
     if (into && total + chunk.length <= into.length) {
       chunk.copy(into, total);
+      onBytes?.(into.subarray(0, total + chunk.length));
     } else {
       if (into) parts.push(into.subarray(0, total));
       into = null;

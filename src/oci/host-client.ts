@@ -8,7 +8,7 @@ import { LRUCache } from 'lru-cache';
 import { InputError, Interrupted, type ErrorContext } from '../errors';
 import { log } from '../log';
 import type { Capability, Endpoint, HostEndpoints } from './hosts';
-import { streamOver, type ByteStream } from './byte-stream';
+import { streamOver, type ByteStream, type BytesSoFar } from './byte-stream';
 import type { ResolvedImage } from './image-io';
 import { ALL_MANIFEST_MEDIA_TYPES, resolveManifest, type ManifestResponse } from './manifests';
 import { RegistryClient, type RegistryClientOptions } from './registry';
@@ -41,6 +41,8 @@ export interface RangeOptions {
   priority?: Priority;
   /** Milliseconds each endpoint's request may take, retries included (default: attempts alone bound it). */
   budgetMs?: number;
+  /** Told the bytes received so far as they come; each attempt at each endpoint starts again from none. */
+  onBytes?: BytesSoFar;
 }
 
 interface Slot {
@@ -203,6 +205,7 @@ export class HostClient {
         const data = await c.getBlobRange(repo, digest, start, endInclusive, {
           priority: opts.priority,
           budgetMs: opts.budgetMs,
+          onBytes: opts.onBytes,
         });
         const bad = opts.verify ? await opts.verify(data) : null;
         if (bad && slot.endpoint.mirror) {

@@ -9,7 +9,7 @@ import type { Agent, Dispatcher } from 'undici';
 import { InputError, type ErrorContext } from '../errors';
 import { log } from '../log';
 import { MAX_TOKEN_BYTES, printableUrl, RegistryAuth, type TokenResponse } from './auth';
-import { readAtMost } from './byte-stream';
+import { readAtMost, type BytesSoFar } from './byte-stream';
 import { lookupDockerCredentials, type Credentials } from './docker-credentials';
 import {
   forPriority,
@@ -205,11 +205,18 @@ export class HttpClient {
 
   /**
    * The body of `res`, or null when it runs past `limit` bytes (it is destroyed then). A connection
-   * that breaks meanwhile is an error saying what was being read. `sizeHint`: see readAtMost.
+   * that breaks meanwhile is an error saying what was being read. `sizeHint`, `onBytes`: see readAtMost.
    */
-  async readBody(res: Response, limit: number, what: string, ctx: ErrorContext, sizeHint = 0): Promise<Buffer | null> {
+  async readBody(
+    res: Response,
+    limit: number,
+    what: string,
+    ctx: ErrorContext,
+    sizeHint = 0,
+    onBytes?: BytesSoFar,
+  ): Promise<Buffer | null> {
     try {
-      const data = await readAtMost(res.body, limit, sizeHint);
+      const data = await readAtMost(res.body, limit, sizeHint, onBytes);
       if (data === null) res.body.destroy();
       return data;
     } catch (err) {

@@ -18,7 +18,7 @@ import {
   type PushResult,
 } from './blob-upload';
 import { getBlob, getBlobRange, headBlob } from './blobs';
-import type { ByteStream } from './byte-stream';
+import type { ByteStream, BytesSoFar } from './byte-stream';
 import { HttpClient } from './http-client';
 import type { ResolvedImage } from './image-io';
 import * as manifests from './manifests';
@@ -154,7 +154,7 @@ export class RegistryClient {
     digest: string,
     start: number,
     endInclusive: number,
-    opts: { priority?: Priority; budgetMs?: number } = {},
+    opts: { priority?: Priority; budgetMs?: number; onBytes?: BytesSoFar } = {},
   ): Promise<Buffer> {
     return getBlobRange(this.http, repo, digest, start, endInclusive, opts);
   }

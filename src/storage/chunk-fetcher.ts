@@ -209,19 +209,52 @@ export class ChunkFetcher {
     // meanwhile is next. A chunk that failed is settled only once no other source is left to try.
     const settled = new Set<ChunkEntry>();
     const urgent = (c: ChunkEntry) => (priority === 'demand' && !flags(c)?.ahead) || flags(c)?.readerWaits;
+    const done = (c: ChunkEntry) => {
+      if (settled.has(c)) return;
+      settled.add(c);
+      this.stats.chunksFetched++;
+      settle(c, null);
+    };
+    // While the body comes in, a chunk a reader waits for is placed as soon as its bytes are there, not
+    // after the rest of the request (read-ahead, a trace's other chunks). One that fails is left to the
+    // whole body's pass below, which counts the failure and may try another source.
+    const early = new Map<ChunkEntry, Promise<void>>();
+    let receiving: { bytes: ArrayBufferLike; complete: number; waiting: ChunkEntry[] } | null = null;
+    const onBytes = (received: Buffer) => {
+      if (receiving?.bytes !== received.buffer) receiving = { bytes: received.buffer, complete: 0, waiting: [] };
+      const r = receiving;
+      for (; r.complete < chunks.length; r.complete++) {
+        const c = chunks[r.complete];
+        if (c.compressedOffset + c.compressedSize - start > received.length) break;
+        r.waiting.push(c);
+      }
+      r.waiting = r.waiting.filter((c) => {
+        if (settled.has(c) || early.has(c)) return false;
+        if (!urgent(c)) return true;
+        early.set(
+          c,
+          dest.place(received, start, [c], 'demand').then(
+            ([fault]) => (fault === null ? done(c) : undefined),
+            () => undefined,
+          ),
+        );
+        return false;
+      });
+    };
+    const earlyPlaced = () => Promise.all(early.values());
     const placeInOrder = async (bytes: Buffer): Promise<Array<Error | null>> => {
+      // Nothing decodes a chunk twice at once, and nothing reads the body once it is released.
+      await earlyPlaced();
       const got = new Map<ChunkEntry, Error | null>();
-      let todo: readonly ChunkEntry[] = chunks;
+      for (const c of chunks) if (settled.has(c)) got.set(c, null);
+      let todo: readonly ChunkEntry[] = chunks.filter((c) => !got.has(c));
       while (todo.length > 0) {
         const waited = todo.filter(urgent);
         const batch = waited.length > 0 ? waited : nextBatch(todo, BATCH_BYTES);
         const out = await place(bytes, batch);
         batch.forEach((c, i) => {
           got.set(c, out[i]);
-          if (out[i] !== null || settled.has(c)) return;
-          settled.add(c);
-          this.stats.chunksFetched++;
-          settle(c, null);
+          if (out[i] === null) done(c);
         });
         todo = todo.filter((c) => !got.has(c));
       }
@@ -236,11 +269,12 @@ export class ChunkFetcher {
     const t0 = process.hrtime.bigint();
     try {
       this.stats.requests++;
-      data = await blob.read(start, end - start, verify, priority);
+      data = await blob.read(start, end - start, verify, priority, onBytes);
       this.stats.bytesFetched += data.length;
       this.opts.observeLatency?.(Number(process.hrtime.bigint() - t0) / 1e9, data.length);
     } catch (err) {
       this.stats.failedRequests++;
+      await earlyPlaced(); // a chunk placed from the bytes that did come is the reader's
       const e = new Error(`${blob.what}: fetching bytes ${start}-${end - 1}: ${(err as Error).message}`, {
         cause: err,
       });

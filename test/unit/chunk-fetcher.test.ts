@@ -42,7 +42,13 @@ function readAt(fd: number, offset: number, length: number): Buffer {
 }
 
 function remote(
-  opts: { corrupt?: boolean; delayMs?: number; verifies?: boolean } = {},
+  opts: {
+    corrupt?: boolean;
+    delayMs?: number;
+    verifies?: boolean;
+    /** The body comes in two parts, as a socket delivers it: `first` bytes, then the rest once `rest` resolves. */
+    trickle?: { first: number; rest: Promise<void> };
+  } = {},
 ): RemoteBlob & { calls: Array<[number, number]> } {
   const fd = fs.openSync(blobFile, 'r');
   const calls: Array<[number, number]> = [];
@@ -50,10 +56,15 @@ function remote(
     digest: `sha256:${path.basename(blobFile, '.blob')}`,
     what: 'test blob',
     calls,
-    read: async (offset, length, verify) => {
+    read: async (offset, length, verify, _priority, onBytes) => {
       calls.push([offset, length]);
       if (opts.delayMs) await new Promise((r) => setTimeout(r, opts.delayMs));
       const data = readAt(fd, offset, length);
+      if (opts.trickle) {
+        onBytes?.(data.subarray(0, opts.trickle.first));
+        await opts.trickle.rest;
+        onBytes?.(data);
+      }
       if (opts.corrupt) data[data.length >> 1] ^= 1;
       // As the registry client does: the bytes are checked (placed) before the read returns.
       if (opts.verifies) await verify?.(data);
@@ -141,6 +152,35 @@ describe('chunk fetcher', () => {
     );
     assert.equal(r.calls.length, 1, 'one request for both');
     assert.equal(f.stats.chunksFetched, 4);
+    file.close();
+  });
+
+  it('places a chunk a reader waits for once its bytes are in, before the rest of the request comes', async () => {
+    let sendRest!: () => void;
+    const rest = new Promise<void>((resolve) => (sendRest = resolve));
+    // The request starts at chunk 10, the one read; 11-13 are its read-ahead.
+    const r = remote({ trickle: { first: index.chunks[10].compressedSize, rest } });
+    const f = new ChunkFetcher();
+    const file = new FileDestination();
+    const [wanted, ...ahead] = f.getEachChunk(r, index.chunks.slice(10, 14), file, 'demand', 1);
+    let aheadPlaced = false;
+    const aheadDone = Promise.all(ahead).then(() => (aheadPlaced = true));
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error('the read waited for the whole body')), 5000);
+    });
+    try {
+      await Promise.race([wanted, stuck]);
+    } finally {
+      clearTimeout(timer);
+    }
+    const c = index.chunks[10];
+    assert.ok(file.chunk(c).equals(content.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize)));
+    assert.equal(aheadPlaced, false, 'the read-ahead waits for its bytes');
+    sendRest();
+    await aheadDone;
+    assert.equal(r.calls.length, 1, 'one request for all');
+    assert.equal(f.stats.chunksFetched, 4, 'each chunk counted once');
     file.close();
   });
 
