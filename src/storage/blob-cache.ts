@@ -301,11 +301,9 @@ export class BlobCache implements RangeSource, ChunkDestination {
   async fetchChunks(indexes: readonly number[], priority: Priority = 'prefetch'): Promise<number> {
     const wanted = [...new Set(indexes)].sort((a, b) => a - b);
     if (wanted.length === 0) return 0;
-    const absent = await this.absent(wanted[0], wanted[wanted.length - 1] + 1, true);
-    if (!absent) return 0;
-    const set = new Set(absent);
+    if (!(await this.absent(wanted[0], wanted[wanted.length - 1] + 1, true))) return 0;
     return this.fill(
-      wanted.filter((i) => set.has(i)),
+      wanted.filter((i) => !this.state.isPresent(i)),
       priority,
     );
   }

@@ -219,9 +219,12 @@ export class ChunkFetcher {
     // after the rest of the request (read-ahead, a trace's other chunks). One that fails is left to the
     // whole body's pass below, which counts the failure and may try another source.
     const early = new Map<ChunkEntry, Promise<void>>();
-    let receiving: { bytes: ArrayBufferLike; complete: number; waiting: ChunkEntry[] } | null = null;
+    // The body being received: another attempt or source fills another buffer (small ones may share
+    // an ArrayBuffer, at other offsets), and starts again from none.
+    let receiving: { bytes: ArrayBufferLike; at: number; complete: number; waiting: ChunkEntry[] } | null = null;
     const onBytes = (received: Buffer) => {
-      if (receiving?.bytes !== received.buffer) receiving = { bytes: received.buffer, complete: 0, waiting: [] };
+      if (receiving?.bytes !== received.buffer || receiving.at !== received.byteOffset)
+        receiving = { bytes: received.buffer, at: received.byteOffset, complete: 0, waiting: [] };
       const r = receiving;
       for (; r.complete < chunks.length; r.complete++) {
         const c = chunks[r.complete];
