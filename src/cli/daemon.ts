@@ -114,7 +114,8 @@ export async function daemonCommand(flags: DaemonFlags, cmd: Command): Promise<v
     process.once('SIGINT', resolve);
   });
   native.mapLargeAllocations(MAPPED_ALLOCATION_BYTES);
-  preloadHttpClient();
+  // Not awaited: the daemon starts meanwhile, and a warm-up that fails leaves the first mount slower only.
+  preloadHttpClient().catch((err: Error) => log.debug('HTTP client not warmed up', { error: err.message }));
   const configRequired = cmd.getOptionValueSource('config') === 'cli';
   const config = effectiveConfig(flags, configRequired);
   log.level = process.env.EROFS_ONDEMAND_LOG_LEVEL ?? config.logLevel;

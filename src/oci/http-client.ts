@@ -2,6 +2,8 @@
 // redirects, retries under the policy of ./retry, network errors turned into messages that say what
 // to do, and one bounded reader for every body that is collected (manifests, tokens, error bodies,
 // ranges). The distribution API (./manifests, ./blobs, ./blob-upload) speaks through it.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
 import tls from 'node:tls';
 import v8 from 'node:v8';
@@ -125,11 +127,27 @@ function loadUndici(): typeof import('undici') {
 }
 
 /**
- * Loads undici now. The daemon, which talks to registries all its life, does so at start: its first
- * mount would otherwise wait for it.
+ * Loads undici now and makes one request with it to a throwaway server on loopback. The daemon, which
+ * talks to registries all its life, does so at start: undici compiles its HTTP parser (WebAssembly)
+ * at a process's first connection, and the first mount would otherwise wait for that, and for the
+ * request path run cold, while containerd waits on the answer to its first Prepare.
  */
-export function preloadHttpClient(): void {
-  loadUndici();
+export async function preloadHttpClient(): Promise<void> {
+  const undici = loadUndici();
+  const server = http.createServer((_req, res) => res.end());
+  const agent = new undici.Agent();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', resolve);
+    });
+    const { port } = server.address() as AddressInfo;
+    const res = await agent.request({ origin: `http://127.0.0.1:${port}`, path: '/', method: 'GET' });
+    await res.body.dump();
+  } finally {
+    await agent.close();
+    server.close();
+  }
 }
 
 export class HttpClient {
