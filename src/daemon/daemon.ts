@@ -279,7 +279,7 @@ export class Daemon {
         // The control socket's problems first: they are the ones the user asked about.
         await claimSocket(this.opts.socket, 'control');
         await claimSocket(sock, 'snapshotter');
-        const lazy = lazySnapshots(this.opts.registries ?? {}, snapshotMountDir(sock), this);
+        const lazy = lazySnapshots(this.opts.registries ?? {}, snapshotMountDir(sock), this, this.store.kept);
         // Loaded only when served: gRPC and its protos are a sizeable part of an idle daemon's memory.
         const { serveSnapshotter } = await import('../snapshotter/server');
         this.snapshotter = await serveSnapshotter(
@@ -360,16 +360,17 @@ export class Daemon {
     if (this.stopping || this.warmed.has(ref)) return;
     // The trace is looked up as soon as the lazy image is found, and replayed once its blobs are open,
     // while the bootstrap is fetched and checked; by the mount when only the mount lets chunks be stored.
+    // `found` may run before `prepare` returns (a lazy image whose manifest is kept needs no request),
+    // so the record it fills exists first.
+    const warm = {} as Warm;
     const found = (image: FoundImage) => {
       image.blobs.then((blobs) => (warm.blobs = blobs)).catch(() => undefined);
       if (!this.transportModule.storesFromMount) warm.replayed = this.replayTrace(ref, image);
     };
-    const warm: Warm = {
-      prepared: this.store.prepare(ref, undefined, found).then((image) => {
-        log.info('image prepared ahead of its mount', { image: ref, ms: image.preparedMs });
-        return image;
-      }),
-    };
+    warm.prepared = this.store.prepare(ref, undefined, found).then((image) => {
+      log.info('image prepared ahead of its mount', { image: ref, ms: image.preparedMs });
+      return image;
+    });
     warm.prepared.catch((err: Error) =>
       log.info('image not prepared ahead of its mount', { image: ref, error: err.message }),
     );

@@ -10,7 +10,7 @@ import { InputError } from '../errors';
 import { log } from '../log';
 import { digestHex } from '../oci/digest';
 import { registryClient, registryReference, type OpenOptions } from '../oci/open-image';
-import { manifestReference, parseReference } from '../oci/reference';
+import { manifestReference, parseReference, type ImageReference } from '../oci/reference';
 import type { HostClient } from '../oci/host-client';
 import { releaseBody } from '../oci/byte-stream';
 import { readAll, type ResolvedImage } from '../oci/image-io';
@@ -243,7 +243,9 @@ export class ImageStore {
   async prepare(ref: string, lazy?: string, onFound?: (image: FoundImage) => void): Promise<PreparedImage> {
     const start = performance.now();
     if (lazy !== undefined) return this.open(ref, await this.keptImage(ref, lazy), start, onFound);
-    const found = await findLazyImage(ref, this.registries);
+    // A lazy image named by digest whose manifest is kept (the snapshotter keeps the one it found
+    // for a pull) needs no request: a manifest named by its digest never changes.
+    const found = this.keptLazyImage(ref) ?? (await findLazyImage(ref, this.registries));
     this.kept.keepManifest(found.digest, found.raw);
     return this.open(ref, found, start, onFound);
   }
@@ -253,22 +255,42 @@ export class ImageStore {
     const pinned = registryReference(lazy);
     const digest = pinned.digest;
     if (!digest) throw new InputError('the lazy image of a mount is not pinned by a digest', { image: ref, lazy });
+    const kept = this.keptManifest(ref, lazy, pinned, digest);
+    if (kept) return kept;
     const client = registryClient(pinned.registry, this.registries);
-    const repo = pinned.repository;
-    const raw = this.kept.manifest(digest);
-    let image: LazyImage;
-    if (raw) {
-      const parsed = parseManifestOrIndex(raw, undefined, { image: ref, lazy });
-      if (parsed.kind !== 'manifest') throw new InputError('the kept lazy manifest is an index', { image: ref, lazy });
-      const subject = { mediaType: parsed.mediaType, digest, size: raw.length };
-      image = { client, repo, manifest: parsed.manifest, raw, digest, subject };
-    } else {
-      image = lazyImage(client, repo, await client.resolveManifest(repo, digest, hostPlatform()));
-      this.kept.keepManifest(digest, image.raw);
-    }
+    const image = lazyImage(
+      client,
+      pinned.repository,
+      await client.resolveManifest(pinned.repository, digest, hostPlatform()),
+    );
     if (image.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
       throw new InputError('it is not a lazy image', { image: ref, lazy });
+    this.kept.keepManifest(digest, image.raw);
     return image;
+  }
+
+  /** `ref` itself, when it names a lazy image by digest and that manifest is kept; else null. */
+  private keptLazyImage(ref: string): LazyImage | null {
+    let pinned: ImageReference;
+    try {
+      pinned = registryReference(ref);
+    } catch {
+      return null; // findLazyImage says what is wrong with it
+    }
+    return pinned.digest ? this.keptManifest(ref, ref, pinned, pinned.digest) : null;
+  }
+
+  /** The kept manifest `digest` of the lazy image `lazy` (at `pinned`), as a LazyImage; null when none is kept. */
+  private keptManifest(ref: string, lazy: string, pinned: ImageReference, digest: string): LazyImage | null {
+    const raw = this.kept.manifest(digest);
+    if (!raw) return null;
+    const parsed = parseManifestOrIndex(raw, undefined, { image: ref, lazy });
+    if (parsed.kind !== 'manifest') throw new InputError('the kept lazy manifest is an index', { image: ref, lazy });
+    if (parsed.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
+      throw new InputError('it is not a lazy image', { image: ref, lazy });
+    const subject = { mediaType: parsed.mediaType, digest, size: raw.length };
+    const client = registryClient(pinned.registry, this.registries);
+    return { client, repo: pinned.repository, manifest: parsed.manifest, raw, digest, subject };
   }
 
   /** Each blob's cache, opened with its chunk table (fetched once for all blobs, in parallel). */

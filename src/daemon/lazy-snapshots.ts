@@ -8,6 +8,7 @@ import { log } from '../log';
 import { registryClient, type OpenOptions } from '../oci/open-image';
 import { parseReference } from '../oci/reference';
 import type { LazyImages } from '../snapshotter/snapshotter';
+import type { ImageMetadata } from './image-metadata';
 import { findLazyForm } from './image-store';
 
 export interface Mounter {
@@ -17,14 +18,23 @@ export interface Mounter {
   isMounted(target: string): boolean;
 }
 
-/** Lazy images mounted under `mountDir` (outside the cache directory, where the daemon mounts nothing). */
-export function lazySnapshots(registries: OpenOptions, mountDir: string, daemon: Mounter): LazyImages {
+/**
+ * Lazy images mounted under `mountDir` (outside the cache directory, where the daemon mounts nothing).
+ * A lazy manifest found for a pull is kept in `kept`, where the warm-up and the mount read it.
+ */
+export function lazySnapshots(
+  registries: OpenOptions,
+  mountDir: string,
+  daemon: Mounter,
+  kept: Pick<ImageMetadata, 'keepManifest'>,
+): LazyImages {
   return {
     async find(ref, manifestDigest) {
       try {
         const lazy = await findLazyForm(ref, manifestDigest, registries);
         const sourceDigest = lazy.manifest.annotations?.[Annotation.sourceDigest];
         if (!sourceDigest) return null;
+        kept.keepManifest(lazy.digest, lazy.raw);
         return { image: `${lazy.client.host}/${lazy.repo}@${lazy.digest}`, sourceDigest };
       } catch (err) {
         log.info('no lazy form: containerd unpacks the layers', { image: ref, reason: (err as Error).message });

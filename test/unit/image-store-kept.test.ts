@@ -9,6 +9,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import { convertImage } from '../../src/convert/convert';
 import { Annotation } from '../../src/convert/lazy-image';
 import { ImageStore, lazyReference, type PreparedImage } from '../../src/daemon/image-store';
+import { lazySnapshots } from '../../src/daemon/lazy-snapshots';
 import { digestHex, sha256Digest } from '../../src/oci/digest';
 import { closeRegistryClients, openSource, openTarget } from '../../src/oci/open-image';
 import { RegistryClient } from '../../src/oci/registry';
@@ -198,5 +199,29 @@ describe('a mounted image prepared again from the cache', () => {
       [],
       'no blob read: the bootstrap and the chunk tables are in the cache',
     );
+  });
+
+  it('prepares the lazy image a pull found without asking for its manifest again', async () => {
+    const source = `${reg.host}/library/app:1`;
+    const sourceDigest = (await client.resolveManifest('library/app', '1', hostPlatform())).digest;
+    const nobody = () => {
+      throw new Error('not used by find');
+    };
+    const cache = path.join(work, 'pulled');
+    const pulling = store(cache);
+    const mounter = { mount: nobody, warm: nobody, umount: nobody, isMounted: nobody };
+    const found = await lazySnapshots({}, path.join(work, 'mnt'), mounter, pulling.kept).find(source, sourceDigest);
+    assert.ok(found, 'the source has a lazy form');
+    assert.equal(found.image, `${reg.host}/lazy/app@${firstDigest}`);
+    const manifestAsks = () => reg.requests.filter((r) => r.path.includes('/manifests/')).map((r) => r.path);
+    reg.requests.length = 0;
+    const warmed = await pulling.prepare(found.image);
+    assert.equal(warmed.digest, firstDigest);
+    assert.deepEqual(manifestAsks(), [], 'the manifest the pull found is the one prepared');
+    // Without it (another cache): asked once, by digest, so the assertion above measures the kept one.
+    reg.requests.length = 0;
+    const fresh = await store(path.join(work, 'not-pulled')).prepare(found.image);
+    assert.deepEqual(served(fresh), served(warmed));
+    assert.deepEqual(manifestAsks(), [`/v2/lazy/app/manifests/${firstDigest}`]);
   });
 });
