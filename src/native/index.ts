@@ -226,6 +226,12 @@ interface NativeAddon {
    * Returns the bytes released.
    */
   releasePages(buf: Buffer): number;
+  /**
+   * `bytes` of memory of their own (a mapping, unmapped when the buffer is collected), for a body read
+   * once and then given back with releasePages: aligned and advised for huge pages (whole ones only),
+   * so that filling it costs a page fault per 2 MiB rather than per 4 KiB.
+   */
+  allocBody(bytes: number): ArrayBuffer;
   /** flock(2) exclusive without waiting: false when another open file holds it. The lock goes with the fd. */
   tryLock(fd: number): boolean;
   /** A connected close-on-exec SOCK_SEQPACKET unix socket (ENOENT, ECONNREFUSED when nobody listens). */

@@ -139,7 +139,7 @@ export async function readAtMost(
   sizeHint = 0,
   onBytes?: BytesSoFar,
 ): Promise<Buffer | null> {
-  let into = sizeHint > 0 && sizeHint <= limit ? Buffer.allocUnsafe(sizeHint) : null;
+  let into = sizeHint > 0 && sizeHint <= limit ? newBody(sizeHint) : null;
   const parts: Buffer[] = [];
   let total = 0;
   for await (const chunk of source) {
@@ -158,6 +158,13 @@ export async function readAtMost(
   const body = into.subarray(0, total);
   if (into.byteLength === into.buffer.byteLength) ownBodies.add(body);
   return body;
+}
+
+/** From this size on a body has memory advised for huge pages (the addon's allocBody): a huge page's worth. */
+const HUGE_BODY_BYTES = 2 << 20;
+
+function newBody(size: number): Buffer {
+  return size >= HUGE_BODY_BYTES ? Buffer.from(native.allocBody(size)) : Buffer.allocUnsafe(size);
 }
 
 /** Bodies readAtMost collected into memory of their own (no other buffer shares a page of it). */

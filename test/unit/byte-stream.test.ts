@@ -2,6 +2,7 @@
 // behind pauses the stream, and ending a stream early ends what is under it. Over real streams: a
 // PassThrough, and an HTTP response from a loopback server.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { PassThrough, Readable } from 'node:stream';
@@ -163,6 +164,28 @@ describe('releaseBody', () => {
     // Whole pages only: the buffer need not start on a page, so a part of a page may stay at each end.
     const kept = got.reduce((n, b) => n + (b === 0 ? 0 : 1), 0);
     assert.ok(kept < 2 * PAGE, `${kept} bytes of the body were not released`);
+  });
+
+  it('puts a body of whole huge pages in huge pages where the kernel gives them, and gives them back', async (t) => {
+    const thp = fs.readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8');
+    if (/\[never\]/.test(thp)) return t.skip(`transparent huge pages are off: ${thp.trim()}`);
+    // This process's anonymous memory in huge pages, in KiB.
+    const hugeKiB = () =>
+      Number(/^AnonHugePages:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/self/smaps_rollup', 'utf8'))![1]);
+    const MiB = 1 << 20;
+    const size = 5 * MiB + 100; // two whole huge pages, then a tail on small pages
+    const pieces = Array.from({ length: 81 }, (_, i) => Buffer.alloc(i < 80 ? 64 * 1024 : 100, i & 0xff));
+    const before = hugeKiB();
+    const got = (await readAtMost(Readable.from(pieces), size, size))!;
+    const held = hugeKiB() - before;
+    assert.ok(got.equals(Buffer.concat(pieces)), 'the bytes as they came');
+    assert.ok(held >= 4096 && held < 6144, `${held} KiB in huge pages for a body of two whole ones and a tail`);
+    releaseBody(got);
+    assert.ok(hugeKiB() - before <= 0, 'its huge pages are given back at once');
+    assert.ok(
+      got.subarray(0, 5 * MiB).every((b) => b === 0),
+      'they read as zeros',
+    );
   });
 
   it('leaves any other buffer as it is', async () => {
