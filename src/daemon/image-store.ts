@@ -245,8 +245,9 @@ export class ImageStore {
     if (lazy !== undefined) return this.open(ref, await this.keptImage(ref, lazy), start, onFound);
     // A lazy image named by digest whose manifest is kept (the snapshotter keeps the one it found
     // for a pull) needs no request: a manifest named by its digest never changes.
-    const found = this.keptLazyImage(ref) ?? (await findLazyImage(ref, this.registries));
-    this.kept.keepManifest(found.digest, found.raw);
+    const kept = this.keptLazyImage(ref);
+    const found = kept ?? (await findLazyImage(ref, this.registries));
+    if (!kept) this.kept.keepManifest(found.digest, found.raw);
     return this.open(ref, found, start, onFound);
   }
 
