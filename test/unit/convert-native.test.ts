@@ -358,8 +358,11 @@ describe('prepareHeap', () => {
     const prepared = run('prepare', env);
     // 48 MiB less at most one partial huge page at each end.
     assert.ok(prepared.advisedKb >= 44 << 10, `at least 44 MiB are advised for huge pages (${prepared.advisedKb} KiB)`);
+    // The buffers may reuse pages the allocator had touched there already (CI once saw 112 KiB resident
+    // before): they landed there when the advised memory then holds all 16 MiB, at most a huge page's
+    // worth of it resident before.
     assert.ok(
-      prepared.rssAfterKb - prepared.rssBeforeKb >= 16 << 10,
+      prepared.rssAfterKb >= 16 << 10 && prepared.rssAfterKb - prepared.rssBeforeKb >= 14 << 10,
       `the 16 MiB of buffers filled next are in the advised memory (${prepared.rssBeforeKb} -> ${prepared.rssAfterKb} KiB)`,
     );
     t.diagnostic(`huge pages granted to the 16 MiB filled: ${prepared.hugeKb} KiB`);
