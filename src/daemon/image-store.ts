@@ -68,6 +68,11 @@ function lazyImage(client: HostClient, repo: string, resolved: ResolvedImage): L
   return { client, repo, manifest, raw, digest, subject: { mediaType, digest, size: raw.length } };
 }
 
+/** Whether `manifest` is a lazy image's: its first layer is the bootstrap. */
+function isLazy(manifest: ImageManifest): boolean {
+  return manifest.layers[0]?.mediaType === LazyMediaType.bootstrap;
+}
+
 /** Where a prepared image's lazy manifest lives, pinned by its digest: what `ImageStore.prepare` takes as `lazy`. */
 export function lazyReference(image: Pick<PreparedImage, 'client' | 'repo' | 'digest'>): string {
   return `${image.client.host}/${image.repo}@${image.digest}`;
@@ -87,7 +92,7 @@ export async function findLazyImage(
   const parsed = parseReference(ref);
   const client = registryClient(parsed.registry, registries);
   const resolved = await client.resolveManifest(parsed.repository, manifestReference(parsed), platform);
-  if (resolved.manifest.layers[0]?.mediaType === LazyMediaType.bootstrap) {
+  if (isLazy(resolved.manifest)) {
     return lazyImage(client, parsed.repository, resolved);
   }
   return findLazyForm(ref, resolved.digest, registries, platform);
@@ -115,8 +120,7 @@ export async function findLazyForm(
       if (!lazy.digest) throw new InputError('the reference is not pinned by a digest', { image: target });
       const lazyClient = registryClient(lazy.registry, registries);
       const got = await lazyClient.resolveManifest(lazy.repository, lazy.digest, platform);
-      if (got.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
-        throw new InputError('it is not a lazy image', { image: target });
+      if (!isLazy(got.manifest)) throw new InputError('it is not a lazy image', { image: target });
       log.info('found the lazy image through a referrer', { image: ref, lazy: target });
       return lazyImage(lazyClient, lazy.repository, got);
     } catch (err) {
@@ -264,8 +268,7 @@ export class ImageStore {
       pinned.repository,
       await client.resolveManifest(pinned.repository, digest, hostPlatform()),
     );
-    if (image.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
-      throw new InputError('it is not a lazy image', { image: ref, lazy });
+    if (!isLazy(image.manifest)) throw new InputError('it is not a lazy image', { image: ref, lazy });
     this.kept.keepManifest(digest, image.raw);
     return image;
   }
@@ -287,8 +290,7 @@ export class ImageStore {
     if (!raw) return null;
     const parsed = parseManifestOrIndex(raw, undefined, { image: ref, lazy });
     if (parsed.kind !== 'manifest') throw new InputError('the kept lazy manifest is an index', { image: ref, lazy });
-    if (parsed.manifest.layers[0]?.mediaType !== LazyMediaType.bootstrap)
-      throw new InputError('it is not a lazy image', { image: ref, lazy });
+    if (!isLazy(parsed.manifest)) throw new InputError('it is not a lazy image', { image: ref, lazy });
     const subject = { mediaType: parsed.mediaType, digest, size: raw.length };
     const client = registryClient(pinned.registry, this.registries);
     return { client, repo: pinned.repository, manifest: parsed.manifest, raw, digest, subject };
