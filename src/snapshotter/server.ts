@@ -47,9 +47,12 @@ function grpcError(method: string, err: unknown): Partial<grpc.StatusObject> {
 /** Answers a unary call with what `op` resolves to, or the status code its error maps to. */
 function unary<Req, Res>(method: string, op: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
+    const start = performance.now();
+    const answered = () =>
+      log.debug('snapshotter request answered', { method, ms: +(performance.now() - start).toFixed(1) });
     op(call.request).then(
-      (res) => callback(null, res),
-      (err: unknown) => callback(grpcError(method, err)),
+      (res) => (answered(), callback(null, res)),
+      (err: unknown) => (answered(), callback(grpcError(method, err))),
     );
   };
 }
