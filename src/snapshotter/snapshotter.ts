@@ -217,8 +217,6 @@ export class Snapshotter {
       });
       return null;
     }
-    // A pull of an image is followed by a container of it: its mount is prepared meanwhile.
-    this.lazy.warm(found.image);
     const layers = (labels[Label.imageLayers] ?? '').split(',').filter(Boolean);
     const lazy: LazyLayer = { image: found.image, top: layers.length === 1 && layers[0] === layer };
     const now = Date.now();
@@ -235,6 +233,10 @@ export class Snapshotter {
     fs.mkdirSync(path.join(this.dir(s), 'fs'), { recursive: true, mode: 0o755 });
     await this.meta.update((m) => m.set(key, s));
     log.info('lazy layer committed without download', { image: imageRef, layer, chain: chainId, top: lazy.top });
+    // A pull of an image is followed by a container of it: its mount is prepared meanwhile. Started
+    // once this answer is on its way: containerd's next request waits for the answer, not for the start.
+    const warm = this.lazy;
+    setImmediate(() => warm.warm(found.image));
     return key;
   }
 

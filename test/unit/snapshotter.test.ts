@@ -176,6 +176,8 @@ describe('snapshotter', () => {
       const { lazy, calls, warmed } = fake();
       const sn = new Snapshotter(root(), lazy);
       assert.equal(await code(sn.prepare('x0', '', labels(0))), 'ALREADY_EXISTS');
+      assert.deepEqual(warmed, [], 'the warm-up starts once the answer is on its way');
+      await new Promise(setImmediate);
       assert.equal(warmed[0], 'reg/lazy@sha256:z', 'the mount is prepared while the pull goes on');
       assert.equal(await code(sn.prepare('x1', 'x0', labels(1))), 'ALREADY_EXISTS');
       assert.equal(await code(sn.prepare('y1', 'x0', labels(1))), 'ALREADY_EXISTS', 'a second pull');
