@@ -316,8 +316,11 @@ async function main(): Promise<void> {
       const perRun: Record<Mode, number[]> = Object.fromEntries(MODES.map((m) => [m, []])) as never;
       for (let i = 0; i < RUNS; i++) {
         const got = await bench.run(p, i);
-        for (const m of MODES) if (got[m]) samples[m].push(got[m]!);
-        for (const m of MODES) if (got[m] && got.floor) perRun[m].push(got[m]!.seconds / got.floor.seconds);
+        for (const m of MODES) {
+          if (!got[m]) continue;
+          samples[m].push(got[m]!);
+          if (got.floor) perRun[m].push(got[m]!.seconds / got.floor.seconds);
+        }
         process.stderr.write(
           `   run ${i + 1}: ${MODES.filter((m) => got[m])
             .map(
