@@ -385,7 +385,7 @@ async function main(): Promise<void> {
         `\n${image.title}: ${p.layers} layers, ${mb(p.compressedBytes)} MB compressed\n` +
           `workload: ${image.workload.join(' ')}\n${numberTable(rows)}\n`,
       );
-      const notes = p.traced ? [] : ['lazy+trace: not available in this build'];
+      const notes = p.traced || !MODES.includes('lazy+trace') ? [] : ['lazy+trace: not available in this build'];
       if (p.workloadBytes !== null && samples['lazy+trace']?.length) {
         const fetched = median(samples['lazy+trace'].map((x) => x.bytes));
         notes.push(
