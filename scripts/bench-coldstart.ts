@@ -9,7 +9,9 @@
 //                    (in a separate run with its own daemon and cache, never in the measured one)
 //   floor            the image already unpacked by containerd, then `ctr run`
 // Every measured run starts with an empty cache, a freshly started daemon and containerd, and a dropped
-// page cache. Seconds are pull + run in every mode but the floor (run only).
+// page cache. Seconds are pull + run in every mode but the floor (run only), to the workload's result:
+// the first bytes of its output. The time to `ctr run`'s exit is printed beside it: it adds the
+// container's teardown, whose overlay unmount syncs the filesystem of the upper directory.
 // Medians of BENCH_RUNS runs (default 3), all modes of one run back to back, in one series.
 // BENCH_IMAGES: comma-separated, of `small` (minbase + python3) and `ml` (Debian's torch and friends);
 // default both. BENCH_TRANSPORT: the daemon's transport (default fanotify). BENCH_SVG: where the
@@ -25,7 +27,7 @@ import { startRegistry } from '../test/lib/registry-server';
 import { mlImage, pythonImage, type UmociImage } from '../test/lib/test-images';
 import { coldStartSvg, type ChartPanel } from './coldstart-chart';
 import { SNAPSHOTTER, startContainerd, unmountUnder, type Containerd } from './containerd';
-import { cli, dropCaches, median, numberTable, processCpuSeconds, timed } from './lib';
+import { cli, dropCaches, median, numberTable, processCpuSeconds } from './lib';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const TRANSPORT = process.env.BENCH_TRANSPORT ?? 'fanotify';
@@ -72,7 +74,10 @@ const MODES: readonly Mode[] = (() => {
 const LOG_DIR = process.env.BENCH_LOG_DIR ?? '';
 
 interface Sample {
+  /** To the workload's result: the first bytes of its output. */
   seconds: number;
+  /** To `ctr run`'s exit: the result, then the container's teardown (see Containerd.runImageTimed). */
+  exitSeconds: number;
   bytes: number;
   gets: number;
   /** Reads the workload waited on the network for, and the median wait (seconds); lazy modes only. */
@@ -180,26 +185,26 @@ class Bench {
   }
 
   /** containerd's pull + unpack + run, then (the floor) the same image run again from its local snapshot. */
-  traditional(p: Prepared, containerd: Containerd, run: number): Partial<Record<Mode, Sample>> {
+  async traditional(p: Prepared, containerd: Containerd, run: number): Promise<Partial<Record<Mode, Sample>>> {
     const got: Partial<Record<Mode, Sample>> = {};
     if (MODES.includes('traditional')) {
       dropCaches();
-      let pullSeconds = 0;
-      const [out, seconds] = timed(() => {
-        [, pullSeconds] = timed(() => containerd.pull(p.source));
-        return containerd.runImage(p.source, `trad-${run}`, p.image.workload);
-      });
+      const t0 = process.hrtime.bigint();
+      containerd.pull(p.source);
+      const pullSeconds = secondsSince(t0);
+      const ran = await containerd.runImageTimed(p.source, `trad-${run}`, p.image.workload);
       containerd.removeContainer(`trad-${run}`);
-      this.expect(p, 'traditional', out);
+      this.expect(p, 'traditional', ran.stdout);
       // A pull GETs the manifest, the config and every layer.
-      got.traditional = { seconds, pullSeconds, bytes: p.compressedBytes, gets: p.layers + 2 };
+      got.traditional = { ...timesOf(t0, ran), pullSeconds, bytes: p.compressedBytes, gets: p.layers + 2 };
     } else if (MODES.includes('floor')) containerd.pull(p.source);
     if (!MODES.includes('floor')) return got;
     dropCaches();
-    const [again, floorSeconds] = timed(() => containerd.runImage(p.source, `floor-${run}`, p.image.workload));
+    const t0 = process.hrtime.bigint();
+    const again = await containerd.runImageTimed(p.source, `floor-${run}`, p.image.workload);
     containerd.removeContainer(`floor-${run}`);
-    this.expect(p, 'floor', again);
-    got.floor = { seconds: floorSeconds, bytes: 0, gets: 0 };
+    this.expect(p, 'floor', again.stdout);
+    got.floor = { ...timesOf(t0, again), bytes: 0, gets: 0 };
     return got;
   }
 
@@ -227,14 +232,13 @@ class Bench {
       const cpu0 = [processCpuSeconds(daemon.process.pid!), processCpuSeconds(this.registryPid)];
       const t0 = process.hrtime.bigint();
       await containerd.criPull(ref);
-      const pullSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      const pullSeconds = secondsSince(t0);
       // Kept until the daemon's status is read: removing it unmounts the image with its counters.
-      const out = containerd.runImage(ref, id, p.image.workload, { snapshotter: SNAPSHOTTER });
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      const ran = await containerd.runImageTimed(ref, id, p.image.workload, { snapshotter: SNAPSHOTTER });
       const rssBytes = memory(daemon.process.pid!, 'VmRSS');
       const daemonCpu = processCpuSeconds(daemon.process.pid!) - cpu0[0];
       const registryCpu = processCpuSeconds(this.registryPid) - cpu0[1];
-      this.expect(p, mode, out);
+      this.expect(p, mode, ran.stdout);
       const status = JSON.parse(cli('status', '--json', '--socket', daemon.socket)) as {
         fetch: { bytesFetched: number; requests: number };
         miss: { latency: { p50: number; p99: number } | null };
@@ -247,7 +251,7 @@ class Bench {
         );
       containerd.removeContainer(id);
       return {
-        seconds,
+        ...timesOf(t0, ran),
         pullSeconds,
         bytes: status.fetch.bytesFetched,
         gets: status.fetch.requests,
@@ -283,7 +287,7 @@ class Bench {
     if (MODES.includes('traditional') || MODES.includes('floor')) {
       const containerd = await startContainerd(this.dir('containerd'));
       try {
-        got = this.traditional(p, containerd, run);
+        got = await this.traditional(p, containerd, run);
       } finally {
         await containerd.stop();
       }
@@ -297,6 +301,15 @@ class Bench {
 }
 
 const mb = (bytes: number) => (bytes / 1e6).toFixed(1);
+
+function secondsSince(t0: bigint, t = process.hrtime.bigint()): number {
+  return Number(t - t0) / 1e9;
+}
+
+/** A run's seconds to its result and to `ctr run`'s exit, from `t0`. */
+function timesOf(t0: bigint, ran: { resultAt: bigint; exitAt: bigint }): Pick<Sample, 'seconds' | 'exitSeconds'> {
+  return { seconds: secondsSince(t0, ran.resultAt), exitSeconds: secondsSince(t0, ran.exitAt) };
+}
 
 async function main(): Promise<void> {
   const names = (process.env.BENCH_IMAGES ?? 'small,ml').split(',').filter(Boolean);
@@ -336,6 +349,7 @@ async function main(): Promise<void> {
         [
           'mode',
           'seconds',
+          'exit s',
           'pull s',
           'x floor',
           'x floor per run',
@@ -351,7 +365,7 @@ async function main(): Promise<void> {
       for (const m of MODES) {
         const s = samples[m];
         if (s.length === 0) {
-          rows.push([m, '-', '-', '-', '-', '-', '-', '-', '-', '-', '-']);
+          rows.push([m, '-', '-', '-', '-', '-', '-', '-', '-', '-', '-', '-']);
           continue;
         }
         const seconds = median(s.map((x) => x.seconds));
@@ -365,6 +379,7 @@ async function main(): Promise<void> {
         rows.push([
           m,
           seconds.toFixed(2),
+          median(s.map((x) => x.exitSeconds)).toFixed(2),
           s[0].pullSeconds === undefined ? '-' : median(s.map((x) => x.pullSeconds ?? 0)).toFixed(2),
           ratio,
           perRun[m].length ? `${median(perRun[m]).toFixed(2)}x` : '-',
@@ -403,7 +418,8 @@ async function main(): Promise<void> {
     }
     process.stdout.write(
       `\nregistry on 127.0.0.1, transport ${TRANSPORT}, page cache dropped before each run, medians of ${RUNS} runs; ` +
-        'seconds: pull + run (the floor: run only); x floor: the ratio of the medians; x floor per run: the ' +
+        "seconds: to the workload's result, its first output (pull + run; the floor: run only); exit s: to " +
+        "`ctr run`'s exit, after the container's teardown; x floor: the ratio of the medians; x floor per run: the " +
         "median of each run's ratio to that run's floor; lazy modes pull through CRI into the erofs-ondemand " +
         'snapshotter and run with `ctr run --snapshotter erofs-ondemand`; ' +
         'bytes and GETs of lazy modes are counted when the workload has printed its result (prefetch goes on); ' +
