@@ -76,7 +76,7 @@ const LOG_DIR = process.env.BENCH_LOG_DIR ?? '';
 interface Sample {
   /** To the workload's result: the first bytes of its output. */
   seconds: number;
-  /** To `ctr run`'s exit: the result, then the container's teardown (see Containerd.runImageTimed). */
+  /** To `ctr run`'s exit: the result, then the container's teardown (see Containerd.runImage). */
   exitSeconds: number;
   bytes: number;
   gets: number;
@@ -192,7 +192,7 @@ class Bench {
       const t0 = process.hrtime.bigint();
       containerd.pull(p.source);
       const pullSeconds = secondsSince(t0);
-      const ran = await containerd.runImageTimed(p.source, `trad-${run}`, p.image.workload);
+      const ran = await containerd.runImage(p.source, `trad-${run}`, p.image.workload);
       containerd.removeContainer(`trad-${run}`);
       this.expect(p, 'traditional', ran.stdout);
       // A pull GETs the manifest, the config and every layer.
@@ -201,7 +201,7 @@ class Bench {
     if (!MODES.includes('floor')) return got;
     dropCaches();
     const t0 = process.hrtime.bigint();
-    const again = await containerd.runImageTimed(p.source, `floor-${run}`, p.image.workload);
+    const again = await containerd.runImage(p.source, `floor-${run}`, p.image.workload);
     containerd.removeContainer(`floor-${run}`);
     this.expect(p, 'floor', again.stdout);
     got.floor = { ...timesOf(t0, again), bytes: 0, gets: 0 };
@@ -234,7 +234,7 @@ class Bench {
       await containerd.criPull(ref);
       const pullSeconds = secondsSince(t0);
       // Kept until the daemon's status is read: removing it unmounts the image with its counters.
-      const ran = await containerd.runImageTimed(ref, id, p.image.workload, { snapshotter: SNAPSHOTTER });
+      const ran = await containerd.runImage(ref, id, p.image.workload, { snapshotter: SNAPSHOTTER });
       const rssBytes = memory(daemon.process.pid!, 'VmRSS');
       const daemonCpu = processCpuSeconds(daemon.process.pid!) - cpu0[0];
       const registryCpu = processCpuSeconds(this.registryPid) - cpu0[1];

@@ -51,20 +51,14 @@ export class Containerd {
   }
 
   /**
-   * Runs `cmd` in a new container of an image already pulled (into `snapshotter`'s snapshots), its
-   * stdout. The container is kept: `removeContainer` removes it, outside the time a benchmark takes.
+   * Runs `cmd` in a new container of an image already pulled (into `snapshotter`'s snapshots) with
+   * `ctr run`; resolves when `ctr` has ended, with the container's stdout and when (hrtime) its first
+   * bytes arrived (the workload's result) and when `ctr` exited. The two differ by the container's
+   * teardown: runc deletes it and unmounts its root filesystem, and unmounting an overlay syncs the
+   * whole filesystem of its upper directory, whatever else left dirty pages on it. The container is
+   * kept: `removeContainer` removes it, outside the time a benchmark takes.
    */
-  runImage(ref: string, id: string, cmd: readonly string[], opts: { snapshotter?: string } = {}): string {
-    return this.ctr('run', ...(opts.snapshotter ? ['--snapshotter', opts.snapshotter] : []), ref, id, ...cmd);
-  }
-
-  /**
-   * `runImage` timed: resolves when `ctr run` has ended, with the container's stdout and when (hrtime)
-   * its first bytes arrived (the workload's result) and when `ctr` exited. The two differ by the
-   * container's teardown: runc deletes it and unmounts its root filesystem, and unmounting an overlay
-   * syncs the whole filesystem of its upper directory, whatever else left dirty pages on it.
-   */
-  runImageTimed(
+  runImage(
     ref: string,
     id: string,
     cmd: readonly string[],
