@@ -33,11 +33,16 @@ export class Containerd {
 
   /** Runs `ctr` against this containerd; its stdout. */
   ctr(...args: string[]): string {
-    return execFileSync('ctr', ['--address', this.socket, '--namespace', this.namespace, ...args], {
+    return execFileSync('ctr', this.ctrArgs(args), {
       encoding: 'utf8',
       maxBuffer: 1 << 26,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+  }
+
+  /** `ctr`'s arguments for `args` against this containerd, in its namespace. */
+  private ctrArgs(args: readonly string[]): string[] {
+    return ['--address', this.socket, '--namespace', this.namespace, ...args];
   }
 
   /** containerd's own pull: fetch every layer from a plain-HTTP registry, then unpack it into a snapshot. */
@@ -64,17 +69,20 @@ export class Containerd {
     cmd: readonly string[],
     opts: { snapshotter?: string } = {},
   ): Promise<{ stdout: string; resultAt: bigint; exitAt: bigint }> {
-    const args = ['--address', this.socket, '--namespace', this.namespace, 'run'];
-    if (opts.snapshotter) args.push('--snapshotter', opts.snapshotter);
-    const child = spawn('ctr', [...args, ref, id, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const snapshotter = opts.snapshotter ? ['--snapshotter', opts.snapshotter] : [];
+    const child = spawn('ctr', this.ctrArgs(['run', ...snapshotter, ref, id, ...cmd]), {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.setEncoding('utf8');
+    child.stderr.setEncoding('utf8');
     let stdout = '';
     let stderr = '';
     let resultAt: bigint | null = null;
-    child.stdout.on('data', (b: Buffer) => {
+    child.stdout.on('data', (text: string) => {
       resultAt ??= process.hrtime.bigint();
-      stdout += b.toString('utf8');
+      stdout += text;
     });
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString('utf8')));
+    child.stderr.on('data', (text: string) => (stderr += text));
     let exitAt: bigint | null = null;
     child.once('exit', () => (exitAt = process.hrtime.bigint()));
     return new Promise((resolve, reject) => {
