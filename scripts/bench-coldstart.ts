@@ -27,7 +27,7 @@ import { startRegistry } from '../test/lib/registry-server';
 import { mlImage, pythonImage, type UmociImage } from '../test/lib/test-images';
 import { coldStartSvg, type ChartPanel } from './coldstart-chart';
 import { SNAPSHOTTER, startContainerd, unmountUnder, type Containerd } from './containerd';
-import { cli, dropCaches, median, numberTable, processCpuSeconds } from './lib';
+import { cli, dropCaches, median, numberTable, processCpuSeconds, secondsSince } from './lib';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const TRANSPORT = process.env.BENCH_TRANSPORT ?? 'fanotify';
@@ -301,10 +301,6 @@ class Bench {
 }
 
 const mb = (bytes: number) => (bytes / 1e6).toFixed(1);
-
-function secondsSince(t0: bigint, t = process.hrtime.bigint()): number {
-  return Number(t - t0) / 1e9;
-}
 
 /** A run's seconds to its result and to `ctr run`'s exit, from `t0`. */
 function timesOf(t0: bigint, ran: { resultAt: bigint; exitAt: bigint }): Pick<Sample, 'seconds' | 'exitSeconds'> {

@@ -41,11 +41,16 @@ export function median(xs: readonly number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
+/** Seconds from `t0` to `t` (now by default), both from `process.hrtime.bigint()`. */
+export function secondsSince(t0: bigint, t = process.hrtime.bigint()): number {
+  return Number(t - t0) / 1e9;
+}
+
 /** Runs `fn` and returns its result with the wall time it took, in seconds. */
 export function timed<T>(fn: () => T): [T, number] {
   const t0 = process.hrtime.bigint();
   const r = fn();
-  return [r, Number(process.hrtime.bigint() - t0) / 1e9];
+  return [r, secondsSince(t0)];
 }
 
 /** A table with the first column left-aligned and the others right-aligned (numbers). */
