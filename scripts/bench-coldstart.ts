@@ -7,9 +7,12 @@
 //   lazy+prefetch10  the same with 10 background prefetch workers (blind: every chunk, in blob order)
 //   lazy+trace       the same, the daemon replaying a trace of the workload recorded beforehand
 //                    (in a separate run with its own daemon and cache, never in the measured one)
+//   lazy+cached      the same as lazy+trace on the cache its run left (the pull's snapshots removed):
+//                    every chunk the workload reads is on the node, so nothing is fetched. What a start
+//                    costs besides fetching: the bound of any prefetch. A fresh daemon and containerd.
 //   floor            the image already unpacked by containerd, then `ctr run`
 // Every measured run starts with an empty cache, a freshly started daemon and containerd, and a dropped
-// page cache. Seconds are pull + run in every mode but the floor (run only), to the workload's result:
+// page cache (lazy+cached: a cache filled by the run before it). Seconds are pull + run in every mode but the floor (run only), to the workload's result:
 // the first bytes of its output. The time to `ctr run`'s exit is printed beside it: it adds the
 // container's teardown, whose overlay unmount syncs the filesystem of the upper directory.
 // Medians of BENCH_RUNS runs (default 3), all modes of one run back to back, in one series.
@@ -63,7 +66,7 @@ const IMAGES: Record<string, BenchImage> = {
   },
 };
 
-const ALL_MODES = ['traditional', 'lazy', 'lazy+prefetch10', 'lazy+trace', 'floor'] as const;
+const ALL_MODES = ['traditional', 'lazy', 'lazy+prefetch10', 'lazy+trace', 'lazy+cached', 'floor'] as const;
 type Mode = (typeof ALL_MODES)[number];
 const MODES: readonly Mode[] = (() => {
   const asked = (process.env.BENCH_MODES ?? ALL_MODES.join(',')).split(',').filter(Boolean);
@@ -92,6 +95,12 @@ interface Sample {
   /** The erofs-ondemand daemon's resident set when the result is out, and its peak (VmHWM); lazy modes only. */
   rssBytes?: number;
   peakRssBytes?: number;
+}
+
+/** A lazy run's directory given to it (`from`), and whether its cache stays for the next run (`keep`). */
+interface CacheHandover {
+  from: string;
+  keep: boolean;
 }
 
 interface Prepared {
@@ -213,8 +222,8 @@ class Bench {
    * a fresh containerd with it as its proxy snapshotter, a CRI pull of the original reference, then
    * `ctr run --snapshotter erofs-ondemand`.
    */
-  async lazy(p: Prepared, mode: Mode, run: number): Promise<Sample> {
-    const dir = this.dir(`${mode}-${p.image.name}`);
+  async lazy(p: Prepared, mode: Mode, run: number, cache?: CacheHandover): Promise<Sample> {
+    const dir = cache?.from ?? this.dir(`${mode}-${p.image.name}`);
     const socket = path.join(dir, 'snapshotter.sock');
     const daemon = await this.daemon(dir, [
       '--snapshotter-socket',
@@ -226,7 +235,7 @@ class Bench {
       containerd = await startContainerd(path.join(dir, 'containerd'), {
         snapshotter: { socket, plainHttp: [this.registryHost] },
       });
-      const ref = mode === 'lazy+trace' ? p.traced! : p.source;
+      const ref = mode === 'lazy+trace' || mode === 'lazy+cached' ? p.traced! : p.source;
       const id = `${mode.replace(/\W/g, '-')}-${run}`;
       dropCaches();
       const cpu0 = [processCpuSeconds(daemon.process.pid!), processCpuSeconds(this.registryPid)];
@@ -273,7 +282,12 @@ class Bench {
         fs.writeFileSync(path.join(LOG_DIR, `${path.basename(dir)}.log`), daemon.log);
       }
       unmountUnder(dir);
-      fs.rmSync(dir, { recursive: true, force: true });
+      if (cache?.keep) {
+        // The chunks, bootstraps and chunk tables stay; containerd, the snapshots of its pull and the
+        // daemon's record of their mounts (which a restarted daemon would mount again) go.
+        for (const gone of ['containerd', 'snapshots', 'cache/snapshots', 'cache/mounts.json'])
+          fs.rmSync(path.join(dir, gone), { recursive: true, force: true });
+      } else fs.rmSync(dir, { recursive: true, force: true });
     }
   }
 
@@ -292,9 +306,22 @@ class Bench {
         await containerd.stop();
       }
     }
-    for (const mode of ['lazy', 'lazy+prefetch10', 'lazy+trace'] as const) {
-      if (!MODES.includes(mode) || (mode === 'lazy+trace' && !p.traced)) continue;
-      got[mode] = await this.lazy(p, mode, run);
+    for (const mode of ['lazy', 'lazy+prefetch10'] as const) {
+      if (MODES.includes(mode)) got[mode] = await this.lazy(p, mode, run);
+    }
+    if (!p.traced || !(MODES.includes('lazy+trace') || MODES.includes('lazy+cached'))) return got;
+    // lazy+cached starts on the cache the traced run leaves, so that run happens for it too.
+    const handover: CacheHandover = {
+      from: this.dir(`lazy+trace-${p.image.name}`),
+      keep: MODES.includes('lazy+cached'),
+    };
+    try {
+      const traced = await this.lazy(p, 'lazy+trace', run, handover);
+      if (MODES.includes('lazy+trace')) got['lazy+trace'] = traced;
+      if (handover.keep)
+        got['lazy+cached'] = await this.lazy(p, 'lazy+cached', run, { from: handover.from, keep: false });
+    } finally {
+      fs.rmSync(handover.from, { recursive: true, force: true });
     }
     return got;
   }
@@ -319,7 +346,10 @@ async function main(): Promise<void> {
     for (const name of names) {
       const image = IMAGES[name];
       process.stderr.write(`== ${name}: building (cached), pushing, converting\n`);
-      const p = await bench.prepare(image, traceAvailable && MODES.includes('lazy+trace'));
+      const p = await bench.prepare(
+        image,
+        traceAvailable && (MODES.includes('lazy+trace') || MODES.includes('lazy+cached')),
+      );
       const samples: Record<Mode, Sample[]> = Object.fromEntries(MODES.map((m) => [m, []])) as never;
       // Each run's seconds over the floor of the same run: the floor drifts with the disk from run to run.
       const perRun: Record<Mode, number[]> = Object.fromEntries(MODES.map((m) => [m, []])) as never;
