@@ -11,10 +11,11 @@
 //                    every chunk the workload reads is on the node, so nothing is fetched. What a start
 //                    costs besides fetching: the bound of any prefetch. A fresh daemon and containerd.
 //   floor            the image already unpacked by containerd, then `ctr run`
-// Every measured run starts with an empty cache, a freshly started daemon and containerd, and a dropped
-// page cache (lazy+cached: a cache filled by the run before it). Seconds are pull + run in every mode but the floor (run only), to the workload's result:
-// the first bytes of its output. The time to `ctr run`'s exit is printed beside it: it adds the
-// container's teardown, whose overlay unmount syncs the filesystem of the upper directory.
+// Every measured run starts with an empty cache (lazy+cached: the one the run before it filled), a
+// freshly started daemon and containerd, and a dropped page cache. Seconds are pull + run in every
+// mode but the floor (run only), to the workload's result: the first bytes of its output. The time to
+// `ctr run`'s exit is printed beside it: it adds the container's teardown, whose overlay unmount syncs
+// the filesystem of the upper directory.
 // Medians of BENCH_RUNS runs (default 3), all modes of one run back to back, in one series.
 // BENCH_IMAGES: comma-separated, of `small` (minbase + python3) and `ml` (Debian's torch and friends);
 // default both. BENCH_TRANSPORT: the daemon's transport (default fanotify). BENCH_SVG: where the

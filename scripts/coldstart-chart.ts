@@ -22,6 +22,7 @@ const COLORS: Record<string, string> = {
   lazy: '#1f77b4',
   'lazy+prefetch10': '#6baed6',
   'lazy+trace': '#2ca02c',
+  'lazy+cached': '#98df8a',
   floor: '#444444',
 };
 
