@@ -75,6 +75,8 @@ const MODES: readonly Mode[] = (() => {
     if (!(ALL_MODES as readonly string[]).includes(m)) throw new Error(`BENCH_MODES: no mode ${m} (have ${ALL_MODES})`);
   return ALL_MODES.filter((m) => asked.includes(m));
 })();
+/** Whether a mode asked for needs a recorded trace (lazy+cached starts on the cache of a traced run). */
+const TRACED = MODES.includes('lazy+trace') || MODES.includes('lazy+cached');
 const LOG_DIR = process.env.BENCH_LOG_DIR ?? '';
 
 interface Sample {
@@ -310,7 +312,7 @@ class Bench {
     for (const mode of ['lazy', 'lazy+prefetch10'] as const) {
       if (MODES.includes(mode)) got[mode] = await this.lazy(p, mode, run);
     }
-    if (!p.traced || !(MODES.includes('lazy+trace') || MODES.includes('lazy+cached'))) return got;
+    if (!p.traced || !TRACED) return got;
     // lazy+cached starts on the cache the traced run leaves, so that run happens for it too.
     const handover: CacheHandover = {
       from: this.dir(`lazy+trace-${p.image.name}`),
@@ -347,10 +349,7 @@ async function main(): Promise<void> {
     for (const name of names) {
       const image = IMAGES[name];
       process.stderr.write(`== ${name}: building (cached), pushing, converting\n`);
-      const p = await bench.prepare(
-        image,
-        traceAvailable && (MODES.includes('lazy+trace') || MODES.includes('lazy+cached')),
-      );
+      const p = await bench.prepare(image, traceAvailable && TRACED);
       const samples: Record<Mode, Sample[]> = Object.fromEntries(MODES.map((m) => [m, []])) as never;
       // Each run's seconds over the floor of the same run: the floor drifts with the disk from run to run.
       const perRun: Record<Mode, number[]> = Object.fromEntries(MODES.map((m) => [m, []])) as never;
