@@ -100,12 +100,6 @@ interface Sample {
   peakRssBytes?: number;
 }
 
-/** A lazy run's directory given to it (`from`), and whether its cache stays for the next run (`keep`). */
-interface CacheHandover {
-  from: string;
-  keep: boolean;
-}
-
 interface Prepared {
   image: BenchImage;
   /** The original image in the registry, with its lazy copy but no trace. */
@@ -223,10 +217,11 @@ class Bench {
   /**
    * A lazy run as Kubernetes makes it: a fresh daemon (empty cache) serving containerd's snapshots API,
    * a fresh containerd with it as its proxy snapshotter, a CRI pull of the original reference, then
-   * `ctr run --snapshotter erofs-ondemand`.
+   * `ctr run --snapshotter erofs-ondemand`. `owned`: a directory the caller owns and removes; the run
+   * leaves its cache there for the next one.
    */
-  async lazy(p: Prepared, mode: Mode, run: number, cache?: CacheHandover): Promise<Sample> {
-    const dir = cache?.from ?? this.dir(`${mode}-${p.image.name}`);
+  async lazy(p: Prepared, mode: Mode, run: number, owned?: string): Promise<Sample> {
+    const dir = owned ?? this.dir(`${mode}-${p.image.name}`);
     const socket = path.join(dir, 'snapshotter.sock');
     const daemon = await this.daemon(dir, [
       '--snapshotter-socket',
@@ -285,7 +280,7 @@ class Bench {
         fs.writeFileSync(path.join(LOG_DIR, `${path.basename(dir)}.log`), daemon.log);
       }
       unmountUnder(dir);
-      if (cache?.keep) {
+      if (owned) {
         // The chunks, bootstraps and chunk tables stay; containerd, the snapshots of its pull and the
         // daemon's record of their mounts (which a restarted daemon would mount again) go.
         for (const gone of ['containerd', 'snapshots', 'cache/snapshots', 'cache/mounts.json'])
@@ -314,17 +309,13 @@ class Bench {
     }
     if (!p.traced || !TRACED) return got;
     // lazy+cached starts on the cache the traced run leaves, so that run happens for it too.
-    const handover: CacheHandover = {
-      from: this.dir(`lazy+trace-${p.image.name}`),
-      keep: MODES.includes('lazy+cached'),
-    };
+    const dir = this.dir(`lazy+trace-${p.image.name}`);
     try {
-      const traced = await this.lazy(p, 'lazy+trace', run, handover);
+      const traced = await this.lazy(p, 'lazy+trace', run, dir);
       if (MODES.includes('lazy+trace')) got['lazy+trace'] = traced;
-      if (handover.keep)
-        got['lazy+cached'] = await this.lazy(p, 'lazy+cached', run, { from: handover.from, keep: false });
+      if (MODES.includes('lazy+cached')) got['lazy+cached'] = await this.lazy(p, 'lazy+cached', run, dir);
     } finally {
-      fs.rmSync(handover.from, { recursive: true, force: true });
+      fs.rmSync(dir, { recursive: true, force: true });
     }
     return got;
   }
